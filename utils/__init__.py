@@ -1,0 +1,15 @@
+"""utils: the package behind the anime-face DCGAN notebooks.
+
+One job per module:
+    config       TrainConfig, every knob with defaults and validation
+    data         datasets (synthetic faces, Kaggle, folders, zips) decoded once into a cached uint8 tensor
+    models       the DCGAN generator and discriminator
+    augment      DiffAugment for the improved recipe
+    training     the training loop with checkpoints and resume; `python -m utils.train` is its CLI
+    distributed  several GPUs with torch.distributed
+    visualize    sample grids and loss plots;  gif: the per-epoch GIF (`python -m utils.gif RUN_DIR`)
+    metrics      FID
+    environment  device, mixed precision and memory layout per machine
+"""
+
+__version__ = "0.1.0"
