@@ -1,0 +1,155 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from utils.gif import main, make_gif, show_gif, write_gif
+from utils.visualize import frame_path, save_grid
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = 2 * (16 + 2) + 2  # four 16x16 images, two per row
+
+
+def write_run(run_dir: Path, epochs: int, image_size: int = 16, gray: bool = True) -> None:
+    """A run folder with one 2x2 grid per epoch; `gray`: epoch e is a uniform gray that brightens with e."""
+    for epoch in range(1, epochs + 1):
+        if gray:
+            images = torch.full((4, 3, image_size, image_size), -1 + 2 * epoch / (epochs + 1))
+        else:
+            images = torch.zeros(4, 3, image_size, image_size)
+        save_grid(images, frame_path(run_dir, epoch), nrow=2)
+
+
+def read_gif(path: Path) -> tuple[list[np.ndarray], list[int], int]:
+    """(frames, per-frame durations in ms, loop count) as a GIF viewer sees them."""
+    with Image.open(path) as gif:
+        frames, durations = [], []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            frames.append(np.asarray(gif.convert("RGB")))
+            durations.append(gif.info["duration"])
+        return frames, durations, gif.info["loop"]
+
+
+def test_make_gif_has_one_frame_per_epoch_in_order_with_the_last_held(tmp_path):
+    write_run(tmp_path, epochs=12)
+
+    out = make_gif(tmp_path, frame_ms=120, hold_last_ms=900)
+
+    assert out == tmp_path / "training.gif"
+    frames, durations, loop = read_gif(out)
+    assert len(frames) == 12
+    assert durations == [120] * 11 + [900]
+    assert loop == 0  # loops forever
+    height, width, _ = frames[0].shape
+    assert width == GRID and height > GRID  # the label strip is added above the grid
+    grid_pixels = [frame[height - GRID + 5, 5, 0] for frame in frames]  # inside the first tile
+    expected = [round(255 * epoch / 13) for epoch in range(1, 13)]
+    assert np.allclose(grid_pixels, expected, atol=2)  # epoch order, grid untouched by the label
+    assert iio.imread(out, index=None).shape == (12, height, width, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["samples", "training.gif"]  # no temp files
+
+
+def test_make_gif_labels_each_frame_with_its_epoch(tmp_path):
+    write_run(tmp_path, epochs=3, gray=False)  # identical grids: only the labels tell frames apart
+
+    frames, _, _ = read_gif(make_gif(tmp_path, out=tmp_path / "labelled.gif"))
+    unlabelled, _, _ = read_gif(make_gif(tmp_path, out=tmp_path / "plain.gif", label=False))
+
+    assert len(frames) == 3  # a GIF writer merges identical frames, so this also proves the labels differ
+    strip = frames[0].shape[0] - GRID
+    assert strip > 0 and unlabelled[0].shape == (GRID, GRID, 3)
+    for a, b in [(0, 1), (1, 2), (0, 2)]:
+        assert not np.array_equal(frames[a][:strip], frames[b][:strip])
+        assert np.array_equal(frames[a][strip:], frames[b][strip:])
+    assert (frames[0][:strip] > 128).any()  # text is drawn, not just a blank strip
+
+
+def test_make_gif_writes_where_asked(tmp_path):
+    write_run(tmp_path / "run", epochs=2)
+    out = make_gif(tmp_path / "run", out=tmp_path / "gifs" / "mine.gif")
+    assert out == tmp_path / "gifs" / "mine.gif" and out.is_file()
+    assert not (tmp_path / "run" / "training.gif").exists()
+
+
+@pytest.mark.parametrize("make_samples_dir", [False, True])
+def test_make_gif_without_grids_says_to_train_first(tmp_path, make_samples_dir):
+    if make_samples_dir:
+        (tmp_path / "samples").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no sample grids in .*samples: train first"):
+        make_gif(tmp_path)
+
+
+def test_make_gif_rejects_grids_of_different_sizes_naming_the_file(tmp_path):
+    write_run(tmp_path, epochs=2)
+    save_grid(torch.zeros(4, 3, 8, 8), frame_path(tmp_path, 3), nrow=2)
+    with pytest.raises(ValueError, match="epoch_003.png"):
+        make_gif(tmp_path)
+    assert not (tmp_path / "training.gif").exists()
+
+
+def test_write_gif_holds_the_last_frame_only_when_asked(tmp_path):
+    frames = [np.full((10, 12, 3), value, np.uint8) for value in (0, 120, 250)]
+    _, durations, loop = read_gif(write_gif(frames, tmp_path / "a.gif", frame_ms=50))
+    assert durations == [50, 50, 50] and loop == 0
+    _, durations, _ = read_gif(write_gif(frames, tmp_path / "b.gif", frame_ms=50, hold_last_ms=500))
+    assert durations == [50, 50, 500]
+    with pytest.raises(ValueError, match="at least one frame"):
+        write_gif([], tmp_path / "c.gif")
+
+
+def test_show_gif_tells_where_to_download(tmp_path, monkeypatch, capsys):
+    for name in ("COLAB_RELEASE_TAG", "KAGGLE_KERNEL_RUN_TYPE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    gif = write_gif([np.zeros((4, 4, 3), np.uint8)], tmp_path / "x.gif", hold_last_ms=700)
+    assert read_gif(gif)[1] == [700]  # a single frame is a still image
+
+    show_gif(gif)
+    assert str(gif) in capsys.readouterr().out
+
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    show_gif(gif)
+    assert "/kaggle/working" in capsys.readouterr().out
+
+    monkeypatch.setenv("COLAB_RELEASE_TAG", "release")
+    show_gif(gif)
+    assert f"files.download('{gif}')" in capsys.readouterr().out
+
+
+def test_main_writes_the_gif_and_prints_its_path(tmp_path, capsys):
+    write_run(tmp_path, epochs=3)
+    main([str(tmp_path), "--out", str(tmp_path / "x.gif"), "--frame-ms", "70", "--hold-last-ms", "300"])
+    assert capsys.readouterr().out.strip() == str(tmp_path / "x.gif")
+    assert read_gif(tmp_path / "x.gif")[1] == [70, 70, 300]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "utils.gif", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_writes_the_gif(tmp_path):
+    write_run(tmp_path, epochs=3)
+    result = run_cli(str(tmp_path), "--out", str(tmp_path / "x.gif"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "x.gif")
+    frames, durations, _ = read_gif(tmp_path / "x.gif")
+    assert len(frames) == 3 and durations == [200, 200, 2000]  # the documented defaults
+
+
+def test_cli_help():
+    result = run_cli("--help")
+    assert result.returncode == 0 and "--frame-ms" in result.stdout and "--hold-last-ms" in result.stdout
+
+
+def test_main_on_a_run_without_grids_exits_with_the_reason(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path)])
+    assert exit_info.value.code == 1
+    assert "train first" in capsys.readouterr().err

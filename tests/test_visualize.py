@@ -1,0 +1,174 @@
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from utils import visualize
+from utils.visualize import (LivePlot, atomic_path, frame_path, image_grid, list_frames, plot_history, save_grid,
+                             save_history_plot)
+
+
+def history(num_steps: int = 4, fid_epochs: tuple[int, ...] = ()) -> dict:
+    steps = [{"epoch": 1 + i // 2, "step": 50 * (i + 1), "loss_d": 1.0 + i, "loss_g": 2.0 - 0.1 * i,
+              "d_real": 0.7, "d_fake": 0.3, "seconds": 1.0 * i} for i in range(num_steps)]
+    epochs = [{"epoch": e, "seconds": 10.0, "images_per_s": 100.0} | ({"fid": 200.0 / e} if e in fid_epochs else {})
+              for e in range(1, 4)]
+    return {"steps": steps, "epochs": epochs}
+
+
+def test_frame_path_names_epoch_with_at_least_three_digits(tmp_path):
+    assert frame_path(tmp_path, 7) == tmp_path / "samples" / "epoch_007.png"
+    assert frame_path(str(tmp_path), 1234).name == "epoch_1234.png"
+
+
+def test_list_frames_sorts_by_epoch_number_and_ignores_other_files(tmp_path):
+    for epoch in (10, 2, 1000, 999, 1):
+        frame_path(tmp_path, epoch).parent.mkdir(parents=True, exist_ok=True)
+        frame_path(tmp_path, epoch).touch()
+    for other in ("notes.txt", ".epoch_003.123.tmp.png", "epoch_abc.png", "epoch_004.png.bak", "grid.png"):
+        (tmp_path / "samples" / other).touch()
+
+    frames = list_frames(tmp_path)
+
+    assert [epoch for epoch, _ in frames] == [1, 2, 10, 999, 1000]
+    assert [path for _, path in frames] == [frame_path(tmp_path, e) for e in (1, 2, 10, 999, 1000)]
+
+
+def test_list_frames_of_a_run_without_samples_is_empty(tmp_path):
+    assert list_frames(tmp_path) == []
+
+
+def test_image_grid_tiles_64_images_into_8x8_with_padding():
+    grid = image_grid(torch.rand(64, 3, 64, 64) * 2 - 1)
+    assert grid.shape == (3, 8 * (64 + 2) + 2, 8 * (64 + 2) + 2) == (3, 530, 530)
+    assert grid.dtype == torch.uint8
+
+
+@pytest.mark.parametrize("value, pixel", [(-1.0, 0), (0.0, 128), (1.0, 255)])
+def test_image_grid_maps_the_fixed_range_minus_one_to_one(value, pixel):
+    # Constant images: per-image or per-grid min-max scaling would turn all of them black (or NaN).
+    grid = image_grid(torch.full((4, 3, 8, 8), value), nrow=2)
+    first_tile = grid[:, 2:10, 2:10]
+    assert (first_tile == pixel).all()
+
+
+def test_image_grid_tiles_uint8_images_unchanged():
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    grid = image_grid(images, nrow=2)
+    assert grid.shape == (3, 22, 22)
+    assert torch.equal(grid[:, 2:10, 2:10], images[0])
+    assert torch.equal(grid[:, 12:20, 12:20], images[3])
+
+
+def test_save_grid_writes_the_grid_as_png_and_leaves_no_temp_files(tmp_path):
+    images = torch.rand(64, 3, 16, 16) * 2 - 1
+    path = save_grid(images, tmp_path / "a" / "b" / "grid.png")
+
+    assert path == tmp_path / "a" / "b" / "grid.png"
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size == (146, 146)
+        pixels = np.asarray(png.convert("RGB"))
+    assert np.array_equal(pixels, image_grid(images).permute(1, 2, 0).numpy())
+    assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "grid.png"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half written")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]
+
+
+def test_plot_history_has_loss_and_score_panels_plus_fid_when_measured():
+    import matplotlib.pyplot as plt
+
+    fig = plot_history(history())
+    try:
+        assert len(fig.axes) == 2
+        losses, scores = fig.axes
+        assert list(losses.lines[0].get_xdata()) == [50, 100, 150, 200]
+        assert list(losses.lines[0].get_ydata()) == [1.0, 2.0, 3.0, 4.0]
+        assert 0.5 in scores.lines[-1].get_ydata()  # the "can't tell" reference line
+    finally:
+        plt.close(fig)
+
+    fig = plot_history(history(fid_epochs=(1, 3)), Figure())
+    fid = fig.axes[2]
+    assert len(fig.axes) == 3
+    assert list(fid.lines[0].get_xdata()) == [1, 3]
+    assert list(fid.lines[0].get_ydata()) == [200.0, 200.0 / 3]
+
+
+@pytest.mark.parametrize("empty", [{}, {"steps": [], "epochs": []}])
+def test_plot_history_of_an_empty_history_draws_empty_panels(empty):
+    fig = plot_history(empty, Figure())
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].lines[0].get_xdata()) == 0
+
+
+def test_save_history_plot_writes_a_png(tmp_path):
+    path = save_history_plot(history(fid_epochs=(2,)), tmp_path / "history.png")
+    with Image.open(path) as png:
+        assert png.format == "PNG"
+        width, height = png.size
+    assert width > 2 * height  # three panels side by side
+    assert [p.name for p in tmp_path.iterdir()] == ["history.png"]
+
+
+class FakeDisplay:
+    """Stands in for IPython.display.display: records what would be shown and redrawn."""
+
+    def __init__(self):
+        self.shown, self.updates = [], []
+
+    def __call__(self, obj, display_id=False):
+        self.shown.append(obj)
+        assert display_id is True  # needed to redraw the same output in place
+        return self
+
+    def update(self, obj):
+        self.updates.append(obj)
+
+
+@pytest.fixture
+def fake_display(monkeypatch):
+    ipython_display = pytest.importorskip("IPython.display")
+    fake = FakeDisplay()
+    monkeypatch.setattr(ipython_display, "display", fake)
+    return fake
+
+
+def test_live_plot_does_nothing_outside_jupyter(fake_display, tmp_path):
+    live = LivePlot(every_seconds=0)
+    for _ in range(3):
+        live.update(history(), force=True)
+    live.update({}, latest_grid_path=tmp_path / "missing.png", force=True)  # not even opened
+    live.close()
+    assert fake_display.shown == [] and fake_display.updates == []
+
+
+def test_live_plot_in_jupyter_redraws_one_output_at_most_every_n_seconds(monkeypatch, fake_display, tmp_path):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(visualize, "in_notebook", lambda: True)
+    grid = save_grid(torch.rand(64, 3, 16, 16) * 2 - 1, frame_path(tmp_path, 1))
+    open_figures = plt.get_fignums()
+    live = LivePlot(every_seconds=3600)
+
+    live.update(history(), grid)
+    live.update(history(num_steps=6), grid)  # within every_seconds: skipped
+    live.update(history(num_steps=8, fid_epochs=(1,)), grid, force=True)
+
+    assert len(fake_display.shown) == 1 and len(fake_display.updates) == 1
+    for picture in fake_display.shown + fake_display.updates:
+        assert picture.format == "png" and picture.data.startswith(b"\x89PNG")
+    assert plt.get_fignums() == open_figures  # nothing left open in pyplot
+
+    live.close()
+    live.update(history(), force=True)
+    assert len(fake_display.shown) == 2  # after close, a new output

@@ -1,0 +1,233 @@
+"""Pictures of a run: sample grids, the loss/score curves, and a live view while training.
+
+A run folder holds one 8x8 grid of the fixed-noise samples per epoch, which is what
+`utils/gif.py` turns into an animation:
+
+    RUN_DIR/samples/epoch_001.png, epoch_002.png, ...
+
+    >>> from utils.visualize import save_grid, show_images, plot_history, LivePlot
+    >>> save_grid(generator(fixed_noise), frame_path(run_dir, epoch))   # images in [-1, 1]
+    >>> show_images(real_batch, "real faces");                          # in a notebook
+    >>> plot_history(json.load(open(run_dir / "history.json")));
+    >>> live = LivePlot(every_seconds=5)                                 # notebook 03, during training
+    >>> live.update(history, latest_grid_path=frame_path(run_dir, epoch))
+
+`show_images` and `plot_history` draw with pyplot so a notebook shows them on their own
+(end the line with `;` to avoid a second copy from the cell's return value); everything
+that only saves or redraws uses a bare `matplotlib.figure.Figure`, which needs no GUI
+backend and is freed as soon as it is dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torchvision
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+_FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
+
+
+def frame_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where the sample grid of `epoch` (1-based) lives: RUN_DIR/samples/epoch_001.png."""
+    return Path(run_dir) / "samples" / f"epoch_{epoch:03d}.png"
+
+
+def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every sample grid in RUN_DIR/samples, in epoch order.
+
+    Sorted by the number in the name, not the name itself, so epoch_1000.png comes after
+    epoch_999.png. Other files (temporary files of a write in progress, notes) are ignored.
+    """
+    samples = Path(run_dir) / "samples"
+    if not samples.is_dir():
+        return []
+    frames = []
+    for path in samples.iterdir():
+        match = _FRAME_NAME.fullmatch(path.name)
+        if match and path.is_file():
+            frames.append((int(match.group(1)), path))
+    return sorted(frames)
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps.
+
+    Float images are read as the generator's [-1, 1] range (-1 black, +1 white) rather
+    than stretched to their own min..max, so a grid's brightness means the same thing
+    in every epoch. uint8 images (real data, 0..255) are tiled as they are.
+    """
+    images = images.detach().cpu()
+    if images.dtype == torch.uint8:
+        return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
+    grid = torchvision.utils.make_grid(images.float(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success move it onto `path` in one step.
+
+    A reader (the GIF maker, a notebook refreshing the latest grid) then never sees a
+    half-written file, even if training is interrupted mid-write. The temporary name
+    starts with a dot and keeps the suffix, so writers that go by extension still work
+    and `list_frames` does not pick it up.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Save `image_grid(images)` as a PNG (atomically, creating parent folders)."""
+    grid = image_grid(images, nrow)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+    return Path(path)
+
+
+def show_images(images: torch.Tensor, title: str = "", nrow: int = 8, figsize=(8, 8)):
+    """Draw `image_grid(images)` in a pyplot figure (for notebooks) and return the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.imshow(image_grid(images, nrow).permute(1, 2, 0).numpy())
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def _has_fid(history: dict) -> bool:
+    return any(epoch.get("fid") is not None for epoch in history.get("epochs", []))
+
+
+def _history_figsize(history: dict) -> tuple[float, float]:
+    return (5.0 * (3 if _has_fid(history) else 2), 3.5)
+
+
+def plot_history(history: dict, fig=None):
+    """Plot a run's history.json: losses and D's scores per logged step, FID per epoch.
+
+    Panels: (1) D and G loss; (2) D(x), the probability D gives real images, and
+    D(G(z)), the one it gives fakes, with the 0.5 line where D cannot tell them apart;
+    (3) FID, only when some epoch has one. An empty history gives empty, labelled panels.
+    Draws into `fig` (a Figure or SubFigure) when given, else a new pyplot figure.
+    """
+    if fig is None:
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=_history_figsize(history), layout="constrained")
+    steps = history.get("steps", [])
+    step = [s["step"] for s in steps]
+    axes = fig.subplots(1, 3 if _has_fid(history) else 2, squeeze=False)[0]
+
+    losses = axes[0]
+    losses.plot(step, [s["loss_d"] for s in steps], label="D loss")
+    losses.plot(step, [s["loss_g"] for s in steps], label="G loss")
+    losses.set(title="Losses", xlabel="step", ylabel="loss")
+    losses.legend()
+
+    scores = axes[1]
+    scores.plot(step, [s["d_real"] for s in steps], label="D(x): real")
+    scores.plot(step, [s["d_fake"] for s in steps], label="D(G(z)): fake")
+    scores.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
+    scores.set(title="Discriminator's verdict", xlabel="step", ylabel="probability 'real'", ylim=(0, 1))
+    scores.legend()
+
+    if len(axes) == 3:
+        scored = [e for e in history["epochs"] if e.get("fid") is not None]
+        fid = axes[2]
+        fid.plot([e["epoch"] for e in scored], [e["fid"] for e in scored], marker="o")
+        fid.set(title="FID (lower is better)", xlabel="epoch", ylabel="FID")
+        fid.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
+def save_history_plot(history: dict, path: str | Path) -> Path:
+    """Save `plot_history(history)` as a PNG (atomically), e.g. RUN_DIR/history.png."""
+    fig = plot_history(history, Figure(figsize=_history_figsize(history), layout="constrained"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)
+
+
+def in_notebook() -> bool:
+    """True inside a running Jupyter kernel (Jupyter, Colab, Kaggle), where output can be redrawn in place."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+class LivePlot:
+    """One notebook output, redrawn in place while training: the curves and the latest grid.
+
+    Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of updates
+    leak no figures and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests)
+    `update` does nothing; the CLI prints its progress instead.
+    """
+
+    def __init__(self, every_seconds: float = 5.0):
+        self.every_seconds = every_seconds
+        self._enabled = in_notebook()
+        self._handle = None  # IPython DisplayHandle of the output being redrawn
+        self._last_draw = -math.inf
+
+    def update(self, history: dict, latest_grid_path: Path | None = None, force: bool = False) -> None:
+        """Redraw if `every_seconds` have passed since the last redraw (or `force`)."""
+        if not self._enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < self.every_seconds:
+            return
+        self._last_draw = now
+
+        from IPython import display as ipython_display
+
+        picture = ipython_display.Image(data=self._render(history, latest_grid_path), format="png")
+        if self._handle is None:
+            self._handle = ipython_display.display(picture, display_id=True)
+        else:
+            self._handle.update(picture)
+
+    def close(self) -> None:
+        """Stop redrawing this output; the last picture stays, a later `update` starts a new one."""
+        self._handle = None
+        self._last_draw = -math.inf
+
+    @staticmethod
+    def _render(history: dict, latest_grid_path: Path | None) -> bytes:
+        width, height = _history_figsize(history)
+        if latest_grid_path is None:
+            fig = Figure(figsize=(width, height), layout="constrained")
+            plot_history(history, fig)
+        else:
+            fig = Figure(figsize=(width + height + 1, height + 1), layout="constrained")
+            curves, samples = fig.subfigures(1, 2, width_ratios=[width, height + 1])
+            plot_history(history, curves)
+            ax = samples.subplots()
+            with Image.open(latest_grid_path) as grid:
+                ax.imshow(grid.convert("RGB"))
+            ax.set_title(Path(latest_grid_path).stem.replace("_", " "))
+            ax.set_axis_off()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80)
+        return buffer.getvalue()
