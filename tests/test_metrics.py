@@ -1,0 +1,193 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from utils import metrics
+from utils.config import TrainConfig
+from utils.metrics import FID, dataset_id, fid_for_config, frechet_distance, reference_cache_file, weights_id
+
+# The real Inception is slow on a CPU: only the test that needs it uses it, on a few tiny images.
+_SHARED_WEIGHTS = Path(__file__).parents[2] / "shared/fid/pt_inception-2015-12-05-fid-features-only.pth"
+REAL_WEIGHTS = os.environ.get("ANIME_GAN_FID_WEIGHTS") or (str(_SHARED_WEIGHTS) if _SHARED_WEIGHTS.is_file() else "")
+
+
+class StandInFeatures(nn.Module):
+    """A fixed random conv + ReLU + global average: 32 features that react to noise, instantly."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 32, 3)
+        self.images_seen = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.uint8
+        self.images_seen += len(images)
+        return torch.relu(self.conv(images.float() / 127.5 - 1)).mean(dim=(2, 3))
+
+
+def smooth_images(count: int, size: int = 16, seed: int = 0) -> torch.Tensor:
+    """uint8 (count, 3, size, size) images made of blurry blobs, a little like pictures."""
+    coarse = torch.rand(count, 3, 4, 4, generator=torch.Generator().manual_seed(seed))
+    images = nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+    return (images * 255).round().to(torch.uint8)
+
+
+def with_noise(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(1)) * sigma
+    return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)
+
+
+def stand_in_fid(real: torch.Tensor, cache_file: Path | None = None, **kwargs) -> FID:
+    kwargs.setdefault("feature_extractor", StandInFeatures())
+    return FID(real, cache_file, torch.device("cpu"), batch_size=50, progress=False, **kwargs)
+
+
+class TinyGenerator(nn.Sequential):
+    """z (N, 8, 1, 1) -> (N, 3, 16, 16) in [-1, 1], with BatchNorm like the DCGAN generator."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        super().__init__(nn.ConvTranspose2d(8, 16, 4), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.ConvTranspose2d(16, 3, 4, 4), nn.Tanh())
+
+
+def random_gaussian(dim: int, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    factor = torch.randn(dim, rank, generator=generator, dtype=torch.float64)
+    return torch.randn(dim, generator=generator, dtype=torch.float64), factor @ factor.T / rank
+
+
+def test_frechet_distance_of_one_dimensional_gaussians_is_closed_form():
+    # for 1-d Gaussians the distance is (m1 - m2)^2 + (s1 - s2)^2
+    distance = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([3.0]), torch.tensor([[9.0]]))
+    assert distance == pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2, rel=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pytorch-fid passes scipy's deprecated `disp`
+@pytest.mark.parametrize("rank", [80, 20])  # full-rank and singular covariances (fewer images than features)
+def test_frechet_distance_matches_pytorch_fid(rank):
+    pytorch_fid = pytest.importorskip("pytorch_fid.fid_score")
+    (mu1, sigma1), (mu2, sigma2) = random_gaussian(64, rank, seed=1), random_gaussian(64, rank, seed=2)
+    expected = pytorch_fid.calculate_frechet_distance(mu1.numpy(), sigma1.numpy(), mu2.numpy(), sigma2.numpy())
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-6)
+    # singular directions keep square roots of rounding noise, ~sqrt(float64 eps) relative
+    assert frechet_distance(mu1, sigma1, mu1, sigma1) == pytest.approx(0, abs=1e-6 * sigma1.trace().item())
+
+
+def test_identical_images_score_zero_and_noise_increases_fid():
+    real = smooth_images(200)
+    fid = stand_in_fid(real)
+    scores = [fid.score_images(with_noise(real, sigma)) for sigma in (0, 8, 24, 64)]
+    assert scores[1] > 0
+    assert abs(scores[0]) < 1e-4 * scores[1]  # same images as the reference: the distance vanishes
+    assert scores == sorted(scores) and len(set(scores)) == len(scores), scores
+
+
+def test_reference_statistics_are_cached_and_reused(tmp_path):
+    real, fake = smooth_images(120), smooth_images(60, seed=7)
+    cache_file = tmp_path / "cache" / "fid-ref-test.pt"
+    first_extractor = StandInFeatures()
+    first = stand_in_fid(real, cache_file, feature_extractor=first_extractor)
+    assert cache_file.is_file() and first_extractor.images_seen == len(real)
+
+    second_extractor = StandInFeatures()
+    second = stand_in_fid(real, cache_file, feature_extractor=second_extractor)
+    assert second_extractor.images_seen == 0  # the real images were not run through the network again
+    assert second.score_images(fake) == first.score_images(fake)
+    assert second_extractor.images_seen == len(fake)
+
+
+def test_no_cache_file_means_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    stand_in_fid(smooth_images(20), cache_file=None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_num_real_uses_the_same_random_subset_every_time():
+    real, fake = smooth_images(300), smooth_images(60, seed=7)
+    extractor = StandInFeatures()
+    subset_scores = [stand_in_fid(real, num_real=40, feature_extractor=extractor).score_images(fake) for _ in range(2)]
+    assert extractor.images_seen == 2 * (40 + len(fake))
+    assert subset_scores[0] == subset_scores[1]
+    assert subset_scores[0] != stand_in_fid(real).score_images(fake)  # a different reference than all 300
+    assert stand_in_fid(real[:40]).score_images(fake) != subset_scores[0]  # random, not the first 40
+
+
+def test_score_generator_is_deterministic_and_leaves_the_generator_unchanged():
+    fid = stand_in_fid(smooth_images(100))
+    generator = TinyGenerator().eval()
+    before = {name: value.clone() for name, value in generator.state_dict().items()}
+
+    first = fid.score_generator(generator, latent_dim=8, num_samples=70, batch_size=32)
+    assert fid.score_generator(generator, latent_dim=8, num_samples=70, batch_size=32) == first
+    assert fid.score_generator(generator, latent_dim=8, num_samples=70, seed=1, batch_size=32) != first
+    assert fid.feature_extractor.images_seen == 100 + 3 * 70  # every sample scored, the last batch partial
+    assert not generator.training
+    for name, value in generator.state_dict().items():  # BatchNorm running statistics included
+        assert torch.equal(value, before[name]), name
+
+    generator.train()
+    fid.score_generator(generator, latent_dim=8, num_samples=10)
+    assert generator.training
+
+
+def test_images_must_be_uint8_batches():
+    fid = stand_in_fid(smooth_images(20))
+    with pytest.raises(ValueError, match="fake_images_uint8"):
+        fid.score_images(torch.zeros(4, 3, 16, 16))
+    with pytest.raises(ValueError, match="real_images"):
+        stand_in_fid(torch.zeros(4, 16, 16, dtype=torch.uint8))
+
+
+def test_cache_file_name_tells_apart_dataset_subset_and_weights(tmp_path):
+    base = reference_cache_file(tmp_path, "dataset", 0, "weights")
+    assert base.parent == tmp_path / "cache" and base.suffix == ".pt"
+    variants = {base, reference_cache_file(tmp_path, "other", 0, "weights"),
+                reference_cache_file(tmp_path, "dataset", 500, "weights"),
+                reference_cache_file(tmp_path, "dataset", 0, "other")}
+    assert len(variants) == 4
+
+
+def test_dataset_id_changes_with_content_and_shape():
+    images = smooth_images(40)
+    changed = images.clone()
+    changed[0, 0, 0, 0] ^= 1
+    assert dataset_id(images) == dataset_id(images.clone())
+    variants = {dataset_id(images), dataset_id(changed), dataset_id(images[:39]), dataset_id(smooth_images(40, 32))}
+    assert len(variants) == 4
+
+
+def test_weights_id_is_the_sha256_prefix_of_the_file(tmp_path):
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"abc")
+    assert weights_id(str(weights)) == "pt_inception-ba7816bf"  # sha256("abc") = ba7816bf...
+    assert weights_id("") == metrics.DOWNLOADED_WEIGHTS_ID
+
+
+def test_missing_weights_file_names_the_config_field(tmp_path):
+    config = TrainConfig(data_dir=str(tmp_path), fid_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="fid_weights"):
+        fid_for_config(config, smooth_images(4), torch.device("cpu"))
+
+
+def test_missing_torch_fidelity_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(metrics, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install torch-fidelity"):
+        FID(smooth_images(4), None, torch.device("cpu"), progress=False)
+
+
+@pytest.mark.skipif(not REAL_WEIGHTS or not Path(REAL_WEIGHTS).is_file(),
+                    reason="set ANIME_GAN_FID_WEIGHTS to a pt_inception-2015-12-05-*.pth file to test it")
+def test_real_inception_offline_gives_a_finite_score(tmp_path):
+    config = TrainConfig(data_dir=str(tmp_path), fid_weights=REAL_WEIGHTS)
+    real = smooth_images(8, size=32)
+    fid = fid_for_config(config, real, torch.device("cpu"))
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    assert weights_id(REAL_WEIGHTS) in cache_file.name
+    assert fid.real_mean.shape == (2048,) and torch.isfinite(fid.real_cov).all()  # pool3 features, all finite
+    score = fid.score_images(smooth_images(8, size=32, seed=3))
+    assert torch.isfinite(torch.tensor(score)) and score > 0
