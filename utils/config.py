@@ -69,6 +69,7 @@ class TrainConfig:
     out: str = "generated/dcgan-64"  # run folder: samples/, checkpoint.pt, history.json, config.json
     num_samples: int = 64       # fixed latents drawn after every epoch (an 8x8 grid)
     resume: bool = True         # continue the run in `out` if it has a checkpoint
+    max_minutes: float = 0.0    # stop (and save) once training has taken this many minutes in all; 0 = no limit
     # quality (notebook 05)
     fid_every: int = 0          # compute FID every K epochs (0 = never)
     fid_samples: int = 10_000   # generated images per FID evaluation
@@ -117,6 +118,7 @@ class TrainConfig:
         self._check(self.seed >= 0, "seed", ">= 0")
         self._check(self.out != "", "out", "a folder path")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
+        self._check(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no limit)")
         self._check(self.fid_every >= 0, "fid_every", ">= 0 (0 = never)")
         self._check(self.fid_samples >= 2, "fid_samples", ">= 2")
         self._check(self.fid_real >= 0, "fid_real", ">= 0 (0 = the whole set)")

@@ -54,6 +54,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def agree(flag: bool) -> bool:
+    """Process 0's decision, shared with every process (e.g. "stop now"), so all of them take the same step."""
+    if not dist.is_initialized():
+        return flag
+    decision = [flag]
+    dist.broadcast_object_list(decision, src=0)
+    return bool(decision[0])
+
+
 @contextmanager
 def main_first() -> Iterator[None]:
     """Run the block in process 0 first, then in the others (e.g. building the dataset cache once)."""

@@ -21,6 +21,7 @@ What makes it safe to interrupt (Colab disconnects, kernel restarts, SIGKILL):
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -40,6 +41,7 @@ from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
 from .environment import describe, pick_amp, pick_channels_last, pick_device
+from .metrics import fid_for_config
 from .models import Discriminator, Generator
 from .visualize import atomic_path, frame_path, save_grid
 
@@ -139,6 +141,20 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_models(run_dir: str | Path) -> tuple[Generator, Discriminator, dict]:
+    """A run folder's generator (its EMA weights when the run kept them), discriminator and history, on the CPU."""
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT)
+    config = TrainConfig.from_dict(state["config"])
+    generator = Generator(config.image_size, config.latent_dim, config.g_width)
+    if state.get("ema") is not None:
+        generator.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    else:
+        generator.load_state_dict(state["generator"])
+    discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
+    discriminator.load_state_dict(state["discriminator"])
+    return generator, discriminator, state["history"]
+
+
 def _write_json(path: Path, value: dict) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
@@ -181,6 +197,28 @@ def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch
     return cpu, dev
 
 
+class EMA(nn.Module):
+    """An exponential moving average of a model's weights, which samples better than the raw weights.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the updates n, so early on the average follows
+    the model closely instead of dragging the random initial weights along for thousands of steps. Buffers
+    (BatchNorm statistics) are copied. Everything stays on the device: no host sync per step.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("updates", torch.zeros((), device=next(model.parameters()).device))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        weight = 1 - torch.clamp((1 + self.updates) / (10 + self.updates), max=self.decay)
+        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), weight)
+        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))
+        self.updates += 1
+
+
 @contextmanager
 def frozen(model: nn.Module):
     """Skip the weight gradients of `model` (D during G's step: G only needs gradients w.r.t. D's input)."""
@@ -221,7 +259,8 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             images = load_dataset(config, progress=progress and is_main)
     data = DeviceData(images, device, config, channels_last, log)
 
-    # models and optimisers
+    # models and optimisers, initialised from the seed: the same config starts from the same weights
+    torch.manual_seed(config.seed)
     generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device)
     discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(device)
     if channels_last:
@@ -229,8 +268,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         discriminator.to(memory_format=torch.channels_last)
     ema = None
     if config.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            generator, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        ema = EMA(generator, config.ema_decay)
     lr_g, lr_d = config.scaled_lrs(distributed.world_size())
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=(config.beta1, config.beta2), **fused)
@@ -279,8 +317,13 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return diff_augment(x, config.diffaugment, gen) if config.diffaugment else x
 
+    fid = None  # built on first use: the reference statistics are computed (or loaded from data/) once
+    budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
     step = history["steps"][-1]["step"] if history["steps"] else 0
     for epoch in range(start_epoch, config.epochs + 1):
+        if config.max_minutes and budget_s <= 0:
+            log(f"time budget of {config.max_minutes} minutes used up after epoch {epoch - 1}")
+            break
         cpu_gen, dev_gen = epoch_generators(config.seed, epoch, device)
         order = torch.randperm(len(images), generator=cpu_gen)
         flips = torch.rand(len(images), generator=cpu_gen) < 0.5
@@ -309,7 +352,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             scaler.step(opt_g)
             scaler.update()
             if ema is not None:
-                ema.update_parameters(generator)
+                ema.update(generator)
             totals += torch.stack([loss_d.detach().float(), loss_g.detach().float(),
                                    torch.sigmoid(real_logits.detach().float()).mean(),
                                    torch.sigmoid(fake_logits.detach().float()).mean()])
@@ -324,15 +367,25 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
                                 d_x=f"{record['d_real']:.2f}", d_g_z=f"{record['d_fake']:.2f}")
                 if live_plot is not None and is_main:
                     live_plot.update(history, None)
+                if config.max_minutes and distributed.agree(time.perf_counter() - started > budget_s):
+                    break  # out of time: this epoch ends early and is saved like any other
         bar.close()
         seconds = time.perf_counter() - started
+        budget_s -= seconds
         epoch_record = {"epoch": epoch, "seconds": round(seconds, 2),
-                        "images_per_s": round(data.steps_per_epoch * config.batch_size * world / seconds, 1)}
+                        "images_per_s": round(index * config.batch_size * world / seconds, 1)}
+        if index < data.steps_per_epoch:
+            epoch_record["steps"] = index  # cut short by max_minutes
         history["epochs"].append(epoch_record)
         if is_main:
             grid = frame_path(run_dir, epoch)
             with torch.no_grad(), autocast():
                 save_grid(sampler(fixed_noise_device).float().cpu(), grid)
+            if config.fid_every and (epoch % config.fid_every == 0 or epoch == config.epochs):
+                fid = fid or fid_for_config(config, images, device)
+                epoch_record["fid"] = round(fid.score_generator(sampler, config.latent_dim, config.fid_samples,
+                                                                seed=config.seed), 3)
+                log(f"epoch {epoch}: FID {epoch_record['fid']:.2f} ({config.fid_samples:,} samples)")
             _write_json(run_dir / "history.json", history)
             save_checkpoint(checkpoint_path, {
                 "epoch": epoch, "config": config.to_dict(), "history": history, "fixed_noise": fixed_noise,
