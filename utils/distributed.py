@@ -7,34 +7,77 @@ From a shell, the same training code runs under torchrun:
 From a notebook cell (Kaggle's 2 x T4), `launch` starts one process per visible GPU and streams their output:
 
     >>> from utils.distributed import launch
-    >>> launch(config)            # config: a TrainConfig
+    >>> launch(config)                     # config: a TrainConfig; launch(config, nprocs=2) on CPUs
 
-Semantics: each process sees its own shard of every epoch's permutation; `batch_size` is per process, so the
-effective batch is batch_size x processes (printed at start, with the learning-rate rule, see TrainConfig.scale_lr).
-BatchNorm: by default each process normalises with its own batch's statistics, which is exactly what one GPU
-does with a batch of `batch_size`; `sync_batchnorm=True` shares them across processes (SyncBatchNorm) at the cost of
-a sync per BatchNorm layer. Only process 0 writes samples, checkpoints, history and GIFs; checkpoints hold the plain
-(unwrapped) models, so a run started on 2 GPUs resumes on 1 and the other way round.
+Semantics:
+- each process trains on its own, distinct shard of every epoch's permutation, and draws its own noise and
+  augmentations; `batch_size` is per process, so the effective batch is batch_size x processes (printed at
+  the start, with the learning rates: see TrainConfig.scale_lr for the square-root rule);
+- gradients are averaged across processes, so the weights stay identical everywhere; the losses in the
+  history are averaged across processes too;
+- BatchNorm, by default: each process normalises with its own batch's statistics, exactly what one GPU does
+  with a batch of `batch_size`, and keeps its own running statistics (training and sampling use batch
+  statistics; the checkpoint holds process 0's). `sync_batchnorm=True` normalises with the statistics of the
+  whole effective batch (SyncBatchNorm, CUDA only) at the cost of a sync per BatchNorm layer;
+- only process 0 writes samples, checkpoints, history and GIFs, into the same files as a single-process run;
+  checkpoints hold the plain (unwrapped) models, so a run started on 2 GPUs resumes on 1 and the other way round.
+
+Backends: nccl on GPUs (one GPU per process: cuda:LOCAL_RANK), gloo on CPUs.
 """
 
 from __future__ import annotations
 
+import codecs
+import copy
+import inspect
+import itertools
 import os
+import shlex
 import subprocess
 import sys
 from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .config import TrainConfig
+
+# How long a process waits for the others at a collective before giving up. Generous, because at some of them
+# the others wait while process 0 works alone: the first download and decoding of the dataset, FID evaluations.
+COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
-def setup() -> None:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1): nccl on GPUs, gloo on CPUs."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+def launched() -> bool:
+    """True in a process started by torchrun with more than one process (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def process_device(device: torch.device) -> torch.device:
+    """The device this process drives: under torchrun, `cuda` means GPU number LOCAL_RANK."""
+    if not launched() or device.type != "cuda":
+        return device
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.index not in (None, local_rank):
+        raise ValueError(f"config field 'device' is '{device}', but a distributed run drives one GPU per process "
+                         "(process k uses cuda:k): use device='auto' or 'cuda'")
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(f"process {local_rank} has no GPU of its own: only {torch.cuda.device_count()} visible; "
+                         "start at most one process per GPU (torchrun --nproc_per_node)")
+    return torch.device("cuda", local_rank)
+
+
+def setup(device: torch.device) -> None:
+    """Join the process group when started by torchrun: nccl for GPUs, gloo for CPUs."""
+    if launched() and not dist.is_initialized():
+        if device.type == "cuda":
+            dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
 
 
 def world_size() -> int:
@@ -54,15 +97,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def agree(flag: bool) -> bool:
-    """Process 0's decision, shared with every process (e.g. "stop now"), so all of them take the same step."""
-    if not dist.is_initialized():
-        return flag
-    decision = [flag]
-    dist.broadcast_object_list(decision, src=0)
-    return bool(decision[0])
-
-
 @contextmanager
 def main_first() -> Iterator[None]:
     """Run the block in process 0 first, then in the others (e.g. building the dataset cache once)."""
@@ -73,29 +107,100 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
+def average(tensor: torch.Tensor) -> torch.Tensor:
+    """The mean of `tensor` over all processes (`tensor` itself when running alone).
+
+    Logged losses are averaged so the history describes the whole effective batch, and so that every
+    process sees the same numbers and stops together if they stop being finite.
+    """
+    if not dist.is_initialized():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total)  # a sum: gloo has no AVG
+    return total / world_size()
+
+
+def agree(flag: bool) -> bool:
+    """True in every process if `flag` is True in any: for decisions all must take together (stop early)."""
+    if not dist.is_initialized():
+        return flag
+    votes = torch.tensor([float(flag)], device=_collective_device())
+    dist.all_reduce(votes, op=dist.ReduceOp.MAX)
+    return bool(votes.item())
+
+
+def _collective_device() -> torch.device:
+    """nccl only moves GPU tensors (of this process's GPU); gloo moves CPU tensors."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
+    """SyncBatchNorm only runs on CUDA: say so before any process starts, not deep inside DDP."""
+    if sync_batchnorm and device.type != "cuda":
+        raise ValueError(f"config field 'sync_batchnorm' needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on "
+                         f"{device.type}): set sync_batchnorm=False (--no-sync-batchnorm)")
+
+
+# No buffer broadcast at each forward: D runs twice (real, then fake) before one backward, and a broadcast at the
+# second forward would overwrite BatchNorm running statistics that cuDNN saved for that backward ("modified by an
+# inplace operation", seen on CUDA). Training normalises with batch statistics, so each process keeps its own
+# running ones. PyTorch 2.14 renamed the option (its new one still syncs the buffers once, at the start).
+_NO_BUFFER_SYNC_IN_FORWARD = (
+    {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+    else {"broadcast_buffers": False})
+
+
 def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Module:
-    """DistributedDataParallel around `model` when running distributed, else `model` itself."""
+    """DistributedDataParallel around `model` when running distributed, else `model` itself.
+
+    DDP broadcasts process 0's weights here, so every process starts from the same model. With
+    `sync_batchnorm`, DDP wraps a twin of `model` whose BatchNorm layers are SyncBatchNorm and which shares
+    `model`'s parameters and buffers: training updates `model`, and `model` itself keeps plain BatchNorm, so
+    process 0 alone can still sample from it (a SyncBatchNorm layer in train mode waits for all processes).
+    """
     if not dist.is_initialized():
         return model
+    check_sync_batchnorm(sync_batchnorm, device)
     if sync_batchnorm:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        shared = {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model, memo=shared))
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, **_NO_BUFFER_SYNC_IN_FORWARD)
 
 
-def launch(config, nprocs: int | None = None) -> None:
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside `wrap`'s DDP wrapper: calling it computes the same but all-reduces no gradients."""
+    return model.module if isinstance(model, DDP) else model
+
+
+def launch(config: TrainConfig, nprocs: int | None = None) -> None:
     """Run `python -m utils.train` on `nprocs` processes (default: one per visible GPU) and stream its output.
 
     A notebook cannot host several processes of its own training loop, so this starts torchrun as a
-    subprocess with the config's fields as options; the run folder is the same as a single-process run's.
+    subprocess with the config's fields as options. It runs in the current folder, so relative paths
+    (`out`, `data_dir`) name the same run folder as `train(config)` would. Raises RuntimeError if it fails.
     """
+    from .environment import pick_device
     from .train import config_to_argv  # late import: utils.train imports this module
 
-    nprocs = nprocs or max(torch.cuda.device_count(), 1)
+    device = pick_device(config.device)
+    check_sync_batchnorm(config.sync_batchnorm, device)
+    if nprocs is None:
+        if device.type != "cuda":
+            raise ValueError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so there is "
+                             "no GPU count to default to: pass nprocs=N to start N CPU processes")
+        nprocs = torch.cuda.device_count()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
                "-m", "utils.train", *config_to_argv(config)]
-    print(" ".join(command), flush=True)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as process:
-        for line in process.stdout:
-            print(line, end="", flush=True)
+    # the children import this very `utils` package, whatever the notebook's working folder
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    print(shlex.join(command), flush=True)
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as process:
+        # raw chunks, not lines: tqdm's carriage returns then redraw one progress line in the notebook
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := process.stdout.read1():
+            sys.stdout.write(decoder.decode(chunk))
+            sys.stdout.flush()
     if process.returncode != 0:
-        raise RuntimeError(f"distributed training failed (exit code {process.returncode}); see the output above")
+        raise RuntimeError(f"distributed training failed: torchrun exited with code {process.returncode}; "
+                           "the first error is in the output above")

@@ -1,0 +1,222 @@
+"""Distributed data-parallel training on the CPU: 2 processes with gloo, started by torchrun as a subprocess.
+
+Every run is tiny (16x16 images, widths 8, 256 images, batch 16, 2 epochs); most of the time goes into
+starting the processes. Run as a script under torchrun, this file is also the worker of
+test_weights_stay_identical_across_processes (see `_worker` at the bottom).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from itertools import chain
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils import distributed
+from utils.config import TrainConfig
+from utils.distributed import launch, process_device
+from utils.train import config_to_argv
+from utils.training import CHECKPOINT, DeviceData, epoch_generators, load_checkpoint, train
+from utils.visualize import list_frames
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES, BATCH = 256, 16
+TINY = dict(data="synthetic", max_images=IMAGES, image_size=16, g_width=8, d_width=8, batch_size=BATCH, epochs=2,
+            device="cpu", amp="off", num_samples=16, log_every=4)
+
+
+def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
+    return TrainConfig(**{**TINY, "data_dir": str(tmp_path / "data"), "out": str(tmp_path / "run"), **overrides})
+
+
+def run_torchrun(target: list[str], nprocs: int = 2) -> str:
+    """Run `torchrun --nproc_per_node nprocs TARGET` from the repository root; its output, or a failure showing it."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}", *target]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    return output
+
+
+def frame_epochs(run_dir: str | Path) -> list[int]:
+    return [epoch for epoch, _ in list_frames(run_dir)]
+
+
+def read_history(run_dir: str | Path) -> dict:
+    return json.loads((Path(run_dir) / "history.json").read_text())
+
+
+# ----------------------------------------------------------------------------------- whole runs
+
+def test_two_process_run_logs_once_and_resumes_in_one_process(tmp_path):
+    config = tiny_config(tmp_path)
+
+    output = run_torchrun(["-m", "utils.train", *config_to_argv(config)])
+
+    assert output.count("effective batch 32;") == 1   # printed by process 0 only, with the learning rates
+    assert output.count("learning rates G 2.00e-04, D 2.00e-04") == 1
+    assert output.count("epoch 1/2: loss_d") == 1 and output.count("epoch 2/2: loss_d") == 1
+    assert frame_epochs(config.out) == [1, 2]          # one frame per epoch, not one per process
+    history = read_history(config.out)
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    # each process trains on its half of the epoch: 256 / (2 x 16) = 8 steps per epoch, not 16
+    assert history["steps"][-1]["step"] == 2 * IMAGES // (2 * BATCH)
+    state = load_checkpoint(Path(config.out) / CHECKPOINT)
+    assert state["epoch"] == 2
+    assert not any(key.startswith("module.") for key in chain(state["generator"], state["discriminator"]))
+
+    result = train(tiny_config(tmp_path, epochs=3), progress=False)  # one process takes over
+
+    assert result.epochs_done == 3
+    assert frame_epochs(config.out) == [1, 2, 3]
+    history = read_history(config.out)
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert history["steps"][-1]["step"] == 16 + IMAGES // BATCH  # alone, a process sees the whole epoch
+
+
+def test_launch_resumes_a_one_process_run_on_two_processes(tmp_path, capsys):
+    train(tiny_config(tmp_path, epochs=1), progress=False)
+    capsys.readouterr()
+
+    launch(tiny_config(tmp_path, epochs=2), nprocs=2)
+
+    output = capsys.readouterr().out
+    assert "torch.distributed.run --standalone --nproc_per_node=2 -m utils.train" in output
+    assert "--device cpu" in output
+    assert output.count("resuming") == 1 and output.count("effective batch 32;") == 1
+    assert frame_epochs(tmp_path / "run") == [1, 2]
+    history = read_history(tmp_path / "run")
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    assert history["steps"][-1]["step"] == IMAGES // BATCH + IMAGES // (2 * BATCH)
+
+
+def test_launch_raises_when_training_fails(tmp_path, capsys):
+    config = tiny_config(tmp_path, resume=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / CHECKPOINT).write_bytes(b"an earlier run")
+
+    with pytest.raises(RuntimeError, match="torchrun exited with code 1"):
+        launch(config, nprocs=2)
+    assert "already holds a run" in capsys.readouterr().out  # the cause, from process 0, is shown
+
+
+def test_weights_stay_identical_across_processes(tmp_path):
+    run_torchrun([__file__, str(tmp_path)])
+
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    # DDP averaged the gradients of G and D: both processes end with the same weights...
+    assert len(rank0["parameters"]) == len(rank1["parameters"]) > 0
+    for a, b in zip(rank0["parameters"], rank1["parameters"]):
+        assert torch.equal(a, b)
+    # ... although each trained on its own batches: D's BatchNorm running statistics (each process keeps its own) differ
+    assert any(not torch.equal(a, b) for a, b in zip(rank0["d_batchnorm_stats"], rank1["d_batchnorm_stats"]))
+    assert rank0["average_of_ranks"] == rank1["average_of_ranks"] == 0.5
+    assert rank0["agree_rank1_only"] is rank1["agree_rank1_only"] is True
+    assert rank0["agree_nobody"] is rank1["agree_nobody"] is False
+
+
+# ----------------------------------------------------------------------------------- checks before starting
+
+def test_sync_batchnorm_without_cuda_is_refused_before_starting(tmp_path):
+    with pytest.raises(ValueError, match="config field 'sync_batchnorm' needs CUDA GPUs"):
+        launch(tiny_config(tmp_path, sync_batchnorm=True), nprocs=2)
+    assert not (tmp_path / "run").exists()
+
+
+def test_launch_on_cpu_needs_an_explicit_process_count(tmp_path):
+    with pytest.raises(ValueError, match="pass nprocs=N"):
+        launch(tiny_config(tmp_path))
+
+
+def test_process_device_is_the_gpu_numbered_local_rank(monkeypatch):
+    cuda = torch.device("cuda")
+    assert process_device(cuda) == cuda                      # not started by torchrun: unchanged
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+    assert process_device(cuda) == torch.device("cuda", 1)
+    assert process_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert process_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="config field 'device' is 'cuda:0'"):
+        process_device(torch.device("cuda", 0))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="only 1 visible"):
+        process_device(cuda)
+
+
+# ----------------------------------------------------------------------------------- sharding and randomness
+
+def served(images: torch.Tensor, rank: int, world: int, order: torch.Tensor, flips: torch.Tensor,
+           monkeypatch) -> list[tuple[int, bool]]:
+    """(image index, flipped) of every image process `rank` of `world` trains on in the epoch (order, flips)."""
+    monkeypatch.setattr(distributed, "rank", lambda: rank)
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    data = DeviceData(images, torch.device("cpu"), TrainConfig(batch_size=8, image_size=16), channels_last=False,
+                      log=lambda *_: None)
+    seen = []
+    for batch in data.epoch(order, flips):
+        pixels = ((batch + 1) * 127.5).round().long()
+        seen += zip(pixels[:, 0, 0, 0].tolist(), (pixels[:, 1, 0, 0] == 255).tolist())
+    return seen
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_processes_get_distinct_shards_that_cover_the_epoch(world, monkeypatch):
+    count, batch = 128, 8
+    # image i: channel 0 holds i; channel 1 is 0 on the left half and 255 on the right, so a flip shows
+    images = torch.zeros(count, 3, 16, 16, dtype=torch.uint8)
+    images[:, 0] = torch.arange(count, dtype=torch.uint8).view(-1, 1, 1)
+    images[:, 1, :, 8:] = 255
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(1))
+    flips = torch.rand(count, generator=torch.Generator().manual_seed(2)) < 0.5
+    position = {int(index): p for p, index in enumerate(order)}
+
+    shards = [served(images, rank, world, order, flips, monkeypatch) for rank in range(world)]
+
+    assert len({len(shard) for shard in shards}) == 1             # same number of steps everywhere
+    everything = [index for shard in shards for index, _ in shard]
+    assert len(everything) == len(set(everything))                # no image twice, within or across processes
+    assert count - len(everything) < world * batch                # at most a partial batch per process left out
+    if count % (world * batch) == 0:
+        assert sorted(everything) == list(range(count))           # the whole epoch
+    for index, flipped in chain(*shards):
+        assert flipped == bool(flips[position[index]])            # the flip travels with its image
+
+
+def test_each_process_draws_its_own_noise_from_the_same_permutation():
+    cpu0, dev0 = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=0)
+    cpu1, dev1 = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=1)
+    _, dev_alone = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"))
+
+    assert torch.equal(torch.randperm(100, generator=cpu0), torch.randperm(100, generator=cpu1))
+    noise0, noise1 = torch.randn(8, generator=dev0), torch.randn(8, generator=dev1)
+    assert not torch.allclose(noise0, noise1)
+    assert torch.equal(noise0, torch.randn(8, generator=dev_alone))  # process 0 draws what a single process does
+
+
+# ----------------------------------------------------------------------------------- worker
+
+def _worker(out: Path) -> None:
+    """One process of test_weights_stay_identical_across_processes: train, then save what the test compares."""
+    config = TrainConfig(**{**TINY, "out": str(out / "run")})
+    images = torch.randint(0, 256, (IMAGES, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    result = train(config, progress=False, images=images)
+    rank = distributed.rank()
+    torch.save({
+        "parameters": [p.detach() for p in chain(result.generator.parameters(), result.discriminator.parameters())],
+        "d_batchnorm_stats": [b for name, b in result.discriminator.named_buffers() if "running" in name],
+        "average_of_ranks": distributed.average(torch.tensor([float(rank)])).item(),
+        "agree_rank1_only": distributed.agree(rank == 1),
+        "agree_nobody": distributed.agree(False),
+    }, out / f"rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
