@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value is out of range."""
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
+        self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
         self._check(self.image_size >= 16 and _is_power_of_two(self.image_size), "image_size",
                "a power of two >= 16 (16, 32, 64, 128, ...)")
         self._check(self.max_images >= 0, "max_images", ">= 0 (0 = all images)")
@@ -109,7 +111,7 @@ class TrainConfig:
         self._check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
         unknown = set(filter(None, self.diffaugment.split(","))) - {"color", "translation", "cutout"}
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
-        self._check(self.device == "auto" or self.device.split(":")[0] in ("cuda", "mps", "cpu"), "device",
+        self._check(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device) is not None, "device",
                "'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
         self._check(self.amp in ("auto", "bf16", "fp16", "off"), "amp", "'auto', 'bf16', 'fp16' or 'off'")
         self._check(self.channels_last in ("auto", "on", "off"), "channels_last", "'auto', 'on' or 'off'")

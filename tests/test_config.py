@@ -1,0 +1,173 @@
+import math
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from utils.config import IMPROVED_RECIPE, TrainConfig
+from utils.train import build_parser, config_to_argv, main
+
+REPO = Path(__file__).resolve().parents[1]
+FIELDS = [f.name for f in fields(TrainConfig)]
+
+# One or more out-of-range values per field (each must be refused naming the field). Booleans can only be
+# wrong in type; `fid_weights` is a path, checked when training starts (see test_faults.py).
+BAD_VALUES = {
+    "data": [""],
+    "data_dir": [""],
+    "image_size": [8, 48, 0, -64],
+    "max_images": [-1],
+    "latent_dim": [0],
+    "g_width": [0],
+    "d_width": [-8],
+    "epochs": [0],
+    "batch_size": [0],
+    "lr_g": [0.0, 2.0, math.nan],
+    "lr_d": [-1e-4, math.inf],
+    "beta1": [1.0, -0.1],
+    "beta2": [1.5],
+    "scale_lr": ["yes"],
+    "recipe": ["fancy"],
+    "loss": ["wgan"],
+    "ema_decay": [1.0, -0.5],
+    "diffaugment": ["color,blur", "Color"],
+    "spectral_norm": [1],
+    "device": ["gpu", "cuda:x", "cuda:"],
+    "amp": ["fp8"],
+    "channels_last": ["yes"],
+    "compile": ["true"],
+    "data_on_device": ["gpu"],
+    "sync_batchnorm": [0],
+    "log_every": [0],
+    "seed": [-1],
+    "out": [""],
+    "num_samples": [0, 2000],
+    "resume": ["no"],
+    "max_minutes": [-1.0],
+    "fid_every": [-1],
+    "fid_samples": [1],
+    "fid_real": [-5],
+    "fid_weights": [3],
+}
+
+# The same mistakes on the command line: the option's value as typed, and what the error must name.
+BAD_OPTIONS = {name: [f"--{name.replace('_', '-')}={values[0]}"] for name, values in BAD_VALUES.items()
+               if not isinstance(values[0], bool) and type(values[0]) is type(getattr(TrainConfig(), name))}
+for name in ("scale_lr", "spectral_norm", "compile", "sync_batchnorm", "resume"):
+    BAD_OPTIONS[name] = [f"--{name.replace('_', '-')}=maybe"]  # flags take no value
+BAD_OPTIONS["fid_weights"] = None  # any string is a path: see test_faults.py for a missing file
+
+
+def test_the_tables_cover_every_field():
+    assert set(BAD_VALUES) == set(FIELDS)
+    assert set(BAD_OPTIONS) == set(FIELDS)
+
+
+def test_defaults_are_valid_and_match_the_dcgan_reference():
+    config = TrainConfig()
+    assert (config.image_size, config.batch_size, config.lr_g, config.lr_d, config.beta1) == (64, 128, 2e-4, 2e-4, 0.5)
+    assert (config.loss, config.ema_decay, config.diffaugment, config.spectral_norm) == ("bce", 0.0, "", False)
+
+
+@pytest.mark.parametrize("field,value", [(f, v) for f, values in BAD_VALUES.items() for v in values])
+def test_out_of_range_value_is_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"config field '{field}' must be .+; got"):
+        TrainConfig(**{field: value})
+
+
+def _wrong_type(default):
+    """A value of another type that a user could plausibly pass: '64' for 64, '0.5' for 0.5, 'yes' for True."""
+    if isinstance(default, bool):
+        return "yes"
+    if isinstance(default, (int, float)):
+        return str(default)
+    return 1
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_wrong_type_is_refused_naming_the_field_and_type(field):
+    default = getattr(TrainConfig(), field)
+    with pytest.raises(ValueError, match=rf"config field '{field}' must be of type {type(default).__name__}"):
+        TrainConfig(**{field: _wrong_type(default)})
+
+
+@pytest.mark.parametrize("field,value", [("image_size", 64.0), ("epochs", True), ("seed", 1.5), ("resume", 1)])
+def test_near_miss_types_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"'{field}'"):
+        TrainConfig(**{field: value})
+
+
+def test_validation_runs_again_on_validate_after_assignment():
+    config = TrainConfig()
+    config.image_size = 100
+    with pytest.raises(ValueError, match="'image_size'"):
+        config.validate()
+
+
+def test_integers_are_accepted_for_float_fields():
+    config = TrainConfig(lr_g=1, beta1=0, max_minutes=5)
+    assert (config.lr_g, config.beta1, config.max_minutes) == (1.0, 0.0, 5.0)
+    assert all(type(v) is float for v in (config.lr_g, config.beta1, config.max_minutes))
+
+
+def test_improved_recipe_fills_only_the_fields_left_at_their_default():
+    config = TrainConfig(recipe="improved", lr_g=3e-4)
+    assert config.lr_g == 3e-4  # set by the user: kept
+    for name, value in IMPROVED_RECIPE.items():
+        if name != "lr_g":
+            assert getattr(config, name) == value
+    assert TrainConfig(recipe="dcgan").loss == "bce"
+
+
+def test_scaled_lrs_follow_the_square_root_rule():
+    assert TrainConfig(batch_size=512).scaled_lrs() == (2e-4, 2e-4)  # off by default
+    lr_g, lr_d = TrainConfig(batch_size=256, scale_lr=True, lr_d=4e-4).scaled_lrs(world_size=2)
+    assert lr_g == pytest.approx(2e-4 * 2) and lr_d == pytest.approx(4e-4 * 2)
+
+
+def test_save_and_load_round_trip_and_unknown_keys_are_ignored(tmp_path):
+    config = TrainConfig(image_size=32, recipe="improved", out=str(tmp_path / "run"))
+    config.save(tmp_path / "config.json")
+    assert TrainConfig.load(tmp_path / "config.json") == config
+    assert TrainConfig.from_dict(config.to_dict() | {"from_a_newer_version": 1}) == config
+
+
+def test_every_field_has_a_cli_option():
+    usage = build_parser().format_help()
+    assert all(f"--{name.replace('_', '-')}" in usage for name in FIELDS)
+
+
+def test_cli_options_rebuild_the_same_config():
+    config = TrainConfig(image_size=32, lr_d=1e-3, spectral_norm=True, resume=False, diffaugment="color", out="x/y")
+    args = build_parser().parse_args(config_to_argv(config))
+    assert TrainConfig(**vars(args)) == config
+
+
+@pytest.mark.parametrize("field,argv", [(f, a) for f, options in BAD_OPTIONS.items() if options for a in options])
+def test_cli_refuses_a_bad_option_naming_it(field, argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([argv])
+    assert exit_info.value.code == 2  # argument errors; a failed training exits with 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"config field '{field}' must be" in error or f"argument --{field.replace('_', '-')}" in error, error
+
+
+@pytest.mark.parametrize("argv,named", [(["--image-size", "64.5"], "--image-size"), (["--epochs", "ten"], "--epochs"),
+                                        (["--lr-g", "fast"], "--lr-g")])
+def test_cli_refuses_values_of_the_wrong_type(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"argument {named}: invalid" in capsys.readouterr().err
+
+
+def test_cli_subprocess_prints_the_field_and_exits_before_training(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "utils.train", "--image-size", "48", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error: config field 'image_size' must be a power of two >= 16" in result.stderr
+    assert "got 48" in result.stderr
+    assert not out.exists()

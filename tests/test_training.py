@@ -1,0 +1,186 @@
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from utils.config import TrainConfig
+from utils.training import (CHECKPOINT, discriminator_loss, generator_loss, load_checkpoint, load_models, train)
+from utils.visualize import frame_path, list_frames
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: extra threads only add overhead (and crawl on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def tiny(tmp_path, name="run", **overrides) -> TrainConfig:
+    """128 images of 16x16, batch 32: 4 steps per epoch, losses read every 2 steps."""
+    values = dict(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=2, device="cpu",
+                  log_every=2, num_samples=16, out=str(tmp_path / name))
+    return TrainConfig(**values | overrides)
+
+
+def run(config: TrainConfig, images=IMAGES):
+    return train(config, progress=False, images=images)
+
+
+def state_dicts_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def without_timings(history: dict) -> dict:
+    drop = {"seconds", "images_per_s"}
+    return {part: [{k: v for k, v in record.items() if k not in drop} for record in records]
+            for part, records in history.items()}
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+def test_bce_losses_on_known_logits():
+    real, fake = torch.tensor([0.0, 2.0]), torch.tensor([0.0, -2.0])
+    softplus = lambda x: math.log1p(math.exp(x))  # -log(sigmoid(-x))
+
+    # D: -log D(x) - log(1 - D(G(z))), averaged over each half of the batch
+    expected_d = (softplus(0) + softplus(-2)) / 2 + (softplus(0) + softplus(-2)) / 2
+    assert discriminator_loss(real, fake, "bce").item() == pytest.approx(expected_d)
+    assert discriminator_loss(torch.zeros(4), torch.zeros(4), "bce").item() == pytest.approx(2 * math.log(2))
+    # G (non-saturating): -log D(G(z))
+    assert generator_loss(fake, "bce").item() == pytest.approx((softplus(0) + softplus(2)) / 2)
+
+
+def test_hinge_losses_on_known_logits():
+    real, fake = torch.tensor([0.5, 2.0, -1.0]), torch.tensor([-0.5, -3.0, 1.0])
+
+    # D: mean(relu(1 - real)) + mean(relu(1 + fake))
+    assert discriminator_loss(real, fake, "hinge").item() == pytest.approx((0.5 + 0 + 2) / 3 + (0.5 + 0 + 2) / 3)
+    # G: -mean(fake)
+    assert generator_loss(fake, "hinge").item() == pytest.approx(2.5 / 3)
+
+
+def test_losses_reward_the_right_side():
+    confident = discriminator_loss(torch.full((4,), 5.0), torch.full((4,), -5.0), "bce")
+    fooled = discriminator_loss(torch.full((4,), -5.0), torch.full((4,), 5.0), "bce")
+    assert confident < 0.1 < fooled
+    assert generator_loss(torch.full((4,), 5.0), "bce") < generator_loss(torch.full((4,), -5.0), "bce")
+
+
+# ---------------------------------------------------------------------------------------------- a run
+
+def test_a_run_writes_frames_history_config_and_checkpoint(tmp_path):
+    config = tiny(tmp_path, epochs=3)
+
+    result = run(config)
+
+    run_dir = tmp_path / "run"
+    assert result.run_dir == run_dir and result.epochs_done == 3
+    assert list_frames(run_dir) == [(e, frame_path(run_dir, e)) for e in (1, 2, 3)]
+    with Image.open(frame_path(run_dir, 3)) as grid:  # 16 samples, 8 per row, 2-pixel gaps
+        assert grid.size == (8 * 16 + 9 * 2, 2 * 16 + 3 * 2)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history == result.history
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
+    assert [(s["epoch"], s["step"]) for s in history["steps"]] == [(e, s) for e in (1, 2, 3) for s in (4 * e - 2, 4 * e)]
+    assert all(math.isfinite(s["loss_d"]) and math.isfinite(s["loss_g"]) and 0 <= s["d_real"] <= 1 for s in history["steps"])
+    assert TrainConfig.load(run_dir / "config.json") == config
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    assert state["epoch"] == 3 and state["config"] == config.to_dict() and state["history"] == history
+    assert state_dicts_equal(state["generator"], result.generator.state_dict())
+    assert state["fixed_noise"].shape == (16, 16, 1, 1)
+    assert not list(run_dir.glob(".*")) and not list((run_dir / "samples").glob(".*"))  # no temporary files left
+
+
+def test_same_config_gives_the_same_weights(tmp_path):
+    first, second = run(tiny(tmp_path, "a")), run(tiny(tmp_path, "b"))
+
+    assert state_dicts_equal(first.generator.state_dict(), second.generator.state_dict())
+    assert state_dicts_equal(first.discriminator.state_dict(), second.discriminator.state_dict())
+    other_seed = run(tiny(tmp_path, "c", seed=7))
+    assert not state_dicts_equal(first.generator.state_dict(), other_seed.generator.state_dict())
+
+
+@pytest.mark.parametrize("recipe", [dict(), dict(recipe="improved", ema_decay=0.9)], ids=["dcgan", "improved"])
+def test_resume_continues_after_the_last_epoch_and_matches_an_uninterrupted_run(tmp_path, capsys, recipe):
+    run(tiny(tmp_path, "resumed", epochs=1, **recipe))
+    first_frame = frame_path(tmp_path / "resumed", 1)
+    written = first_frame.stat().st_mtime_ns
+
+    resumed = run(tiny(tmp_path, "resumed", epochs=3, **recipe))
+    straight = run(tiny(tmp_path, "straight", epochs=3, **recipe))
+
+    assert "resuming" in capsys.readouterr().out
+    assert first_frame.stat().st_mtime_ns == written  # epoch 1 was not trained (nor drawn) again
+    assert [e["epoch"] for e in resumed.history["epochs"]] == [1, 2, 3]
+    assert [s["step"] for s in resumed.history["steps"]] == [2, 4, 6, 8, 10, 12]
+    assert without_timings(resumed.history) == without_timings(straight.history)
+    saved = [load_checkpoint(tmp_path / name / CHECKPOINT) for name in ("resumed", "straight")]
+    for part in ("generator", "discriminator", "ema"):
+        assert (saved[0][part] is None) == (saved[1][part] is None) == (part == "ema" and not recipe)
+        assert saved[0][part] is None or state_dicts_equal(saved[0][part], saved[1][part])
+    for part in ("opt_g", "opt_d"):
+        assert all(state_dicts_equal(saved[0][part]["state"][i], saved[1][part]["state"][i]) for i in saved[1][part]["state"])
+    assert saved[0]["opt_g"]["state"][0]["step"] == 12
+    for epoch in (1, 2, 3):
+        assert frame_path(tmp_path / "resumed", epoch).read_bytes() == frame_path(tmp_path / "straight", epoch).read_bytes()
+
+
+def test_resume_with_enough_epochs_already_done_trains_nothing(tmp_path, capsys):
+    first = run(tiny(tmp_path, epochs=2))
+    checkpoint = (tmp_path / "run" / CHECKPOINT).read_bytes()
+
+    again = run(tiny(tmp_path, epochs=2))
+
+    assert "already has 2 epochs" in capsys.readouterr().out
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == checkpoint
+    assert again.history == first.history and again.epochs_done == 2
+    assert state_dicts_equal(again.generator.state_dict(), first.generator.state_dict())
+
+
+def test_resume_with_another_image_size_is_refused_clearly(tmp_path):
+    run(tiny(tmp_path, epochs=1))
+
+    with pytest.raises(ValueError, match=r"image_size=16, not 32: use the same image_size to resume it, or another 'out'"):
+        run(tiny(tmp_path, epochs=2, image_size=32), images=torch.zeros(64, 3, 32, 32, dtype=torch.uint8))
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["epoch"] == 1
+
+
+def test_resume_false_on_an_existing_run_is_refused(tmp_path):
+    run(tiny(tmp_path, epochs=1))
+    checkpoint = (tmp_path / "run" / CHECKPOINT).read_bytes()
+
+    with pytest.raises(ValueError, match=r"config field 'resume' is False but .* already holds a run"):
+        run(tiny(tmp_path, epochs=2, resume=False))
+    assert (tmp_path / "run" / CHECKPOINT).read_bytes() == checkpoint
+
+
+def test_a_batch_larger_than_the_data_is_refused_naming_batch_size(tmp_path):
+    with pytest.raises(ValueError, match="config field 'batch_size' .* larger than the 16 images"):
+        run(tiny(tmp_path), images=IMAGES[:16])
+
+
+def test_improved_recipe_trains_with_ema_hinge_spectral_norm_and_diffaugment(tmp_path):
+    config = tiny(tmp_path, recipe="improved", ema_decay=0.9)
+    assert (config.loss, config.spectral_norm, config.diffaugment) == ("hinge", True, "color,translation,cutout")
+
+    result = run(config)
+
+    state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert state["ema"] is not None and state["ema"]["updates"].item() == 8  # one update per step
+    ema_weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    assert ema_weights.keys() == state["generator"].keys()
+    assert not state_dicts_equal(ema_weights, state["generator"])  # an average, not a copy
+    assert state_dicts_equal(result.generator.state_dict(), ema_weights)  # samples come from the EMA
+    assert any("parametrizations.weight.original" in k for k in state["discriminator"])
+    assert not any("running_mean" in k for k in state["discriminator"])  # no BatchNorm in D
+    first = result.history["steps"][0]  # hinge with D's logits near 0: loss_d ~ 2 and loss_g ~ 0 (BCE: 1.39 and 0.69)
+    assert first["loss_d"] > 1.5 and abs(first["loss_g"]) < 0.4
+    generator, discriminator, history = load_models(tmp_path / "run")
+    assert state_dicts_equal(generator.state_dict(), ema_weights) and history == result.history
