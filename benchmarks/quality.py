@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--recipes", default="dcgan,improved")
     parser.add_argument("--sequential", action="store_true", help="train one recipe after the other")
+    parser.add_argument("--score-only", action="store_true", help="skip training: score the runs already in --out")
     args = parser.parse_args()
 
     recipes = args.recipes.split(",")
@@ -70,7 +71,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     logs, processes = {}, {}
     started = time.time()
-    for recipe in recipes:
+    for recipe in [] if args.score_only else recipes:
         out = args.out / f"{recipe}-{args.image_size}"
         logs[recipe] = open(args.out / f"{recipe}-{args.image_size}.log", "w")
         processes[recipe] = subprocess.Popen(train_command(recipe, args, out), cwd=ROOT, env=env,
@@ -80,7 +81,8 @@ def main() -> None:
     for recipe, process in processes.items():
         if process.wait() != 0:
             raise SystemExit(f"training {recipe} failed: see {logs[recipe].name}")
-    print(f"trained {', '.join(recipes)} in {(time.time() - started) / 60:.1f} minutes", flush=True)
+    if processes:
+        print(f"trained {', '.join(recipes)} in {(time.time() - started) / 60:.1f} minutes", flush=True)
 
     fid = fid_for_config(config, images, device)
     results = {}

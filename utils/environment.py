@@ -31,6 +31,8 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU (one per process under torchrun)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("config field 'device' is 'cuda' but no CUDA GPU is visible: use device='auto' or 'cpu' "
                          "(on Colab: Runtime > Change runtime type > GPU)")
@@ -69,11 +71,15 @@ def pick_amp(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     return None
 
 
-def pick_channels_last(device: torch.device, setting: str = "auto") -> bool:
-    """channels_last (NHWC) lets cuDNN use tensor-core kernels without layout transposes."""
+def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
+    """channels_last (NHWC) lets cuDNN use tensor-core kernels without layout transposes.
+
+    Under torch.compile "auto" leaves the layout to the compiler: with channels_last, inductor's convolution
+    backward at D's 4x4 layer failed a stride assertion on torch 2.11 (measured on an H100).
+    """
     if setting != "auto":
         return setting == "on"
-    return device.type == "cuda"
+    return device.type == "cuda" and not compile
 
 
 def describe(device: torch.device) -> str:

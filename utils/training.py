@@ -15,8 +15,10 @@ What makes it safe to interrupt (Colab disconnects, kernel restarts, SIGKILL):
 - after every epoch: the sample grid, then history.json, then checkpoint.pt, each written to a temporary
   file and renamed, so a file is either the old one or the new one, never half-written;
 - the checkpoint holds G, D, both optimisers, the AMP scaler, the EMA generator, the fixed noise, the history
-  and the RNG states; every epoch's randomness is derived from (seed, epoch), so a resumed run continues
-  exactly as an uninterrupted one would.
+  and the RNG states; the weights start from `seed` and every epoch's randomness is derived from (seed, epoch),
+  so a resumed run ends with exactly the weights of an uninterrupted one (tests/test_faults.py kills one to check);
+- on resume, what a killed epoch wrote ahead of its checkpoint (its grid, temporary files) is removed, and the
+  checkpoint is loaded with weights_only=True, so a tampered file is refused instead of running code.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import copy
 import json
 import math
 import os
+import pickle
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -41,9 +44,9 @@ from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
 from .environment import describe, pick_amp, pick_channels_last, pick_device
-from .metrics import fid_for_config
+from .metrics import _weights_path, fid_for_config
 from .models import Discriminator, Generator
-from .visualize import atomic_path, frame_path, save_grid
+from .visualize import atomic_path, frame_path, list_frames, save_grid
 
 CHECKPOINT = "checkpoint.pt"
 # Fields that fix the shape of the networks or the data: a run folder cannot be resumed with other values.
@@ -138,7 +141,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """Load with weights_only=True: a checkpoint is data, and an untrusted pickle must not run code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"refused to load {path}: it holds Python objects other than tensors and plain data, and "
+                         "loading those could run arbitrary code. Use checkpoints written by this code only; move the "
+                         "file away to start a new run in its folder") from error
+    except (RuntimeError, EOFError, KeyError) as error:  # what torch.load raises on a truncated or foreign file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}): "
+                         "move it away to start a new run in its folder") from error
 
 
 def load_models(run_dir: str | Path) -> tuple[Generator, Discriminator, dict]:
@@ -160,6 +171,16 @@ def _write_json(path: Path, value: dict) -> None:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
 
 
+def _roll_back_to_checkpoint(run_dir: Path, epochs_done: int, history: dict) -> None:
+    """Drop what an epoch killed before its checkpoint landed had already written (its sample grid, history.json):
+    that epoch is trained again, so the folder shows exactly the epochs the checkpoint holds, one frame each."""
+    for epoch, path in list_frames(run_dir):
+        if epoch > epochs_done:
+            path.unlink()
+    if (run_dir / "history.json").exists():
+        _write_json(run_dir / "history.json", history)
+
+
 def _check_resumable(run_dir: Path, config: TrainConfig, saved: dict) -> None:
     for name in ARCHITECTURE_FIELDS:
         if saved.get(name) != getattr(config, name):
@@ -175,6 +196,9 @@ def prepare_run_dir(config: TrainConfig) -> Path:
         probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
+        # temporary files of writes that a kill interrupted (see atomic_path): never complete, never needed
+        for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / "samples").glob(".*.tmp.*")]:
+            stale.unlink()
     except OSError as error:
         raise ValueError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable folder "
                          "(on Kaggle, under /kaggle/working)") from error
@@ -186,14 +210,18 @@ def prepare_run_dir(config: TrainConfig) -> Path:
 
 # ------------------------------------------------------------------------------------------- training
 
-def epoch_generators(seed: int, epoch: int, device: torch.device) -> tuple[torch.Generator, torch.Generator]:
-    """(CPU, device) random generators for one epoch, derived from (seed, epoch) only.
+def epoch_generators(seed: int, epoch: int, device: torch.device,
+                     rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """(CPU, device) random generators for one epoch, derived from (seed, epoch) and the process's rank only.
 
     Because nothing carries over from one epoch to the next, a run resumed at epoch k draws exactly the
-    same batches, noise and augmentations as an uninterrupted one.
+    same batches, noise and augmentations as an uninterrupted one. The CPU generator (the epoch's
+    permutation, shared out between processes) is the same in every process; the device generator (noise,
+    augmentations) differs per process, else all processes would train on the same fakes. (The offsets are
+    small because the CPU generator keeps only the low 32 bits of a seed.)
     """
     cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000)
+    dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
     return cpu, dev
 
 
@@ -238,15 +266,17 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     `live_plot` is anything with `update(history, latest_grid_path, force=False)` (utils.visualize.LivePlot in
     notebook 03). `images` skips loading `config.data` (tests, benchmarks). Returns the trained models.
     """
-    distributed.setup()
-    is_main = distributed.is_main()
-    log = print if is_main else (lambda *_: None)
-    device = pick_device(config.device)
+    device = distributed.process_device(pick_device(config.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
+    distributed.setup(device)
+    is_main = distributed.is_main()
+    log = print if is_main else (lambda *_: None)
     amp_dtype = pick_amp(device, config.amp)
-    channels_last = pick_channels_last(device, config.channels_last)
+    channels_last = pick_channels_last(device, config.channels_last, config.compile)
+    if config.fid_every:
+        _weights_path(config.fid_weights)  # a missing weights file fails now, not at the first FID epoch
     run_dir = prepare_run_dir(config) if is_main else Path(config.out)
     distributed.barrier()
     log(describe(device))
@@ -296,6 +326,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         log(f"resuming {run_dir} after epoch {state['epoch']} (of {config.epochs})")
     if is_main:
         config.save(run_dir / "config.json")
+        _roll_back_to_checkpoint(run_dir, start_epoch - 1, history)
     if start_epoch > config.epochs:
         log(f"{run_dir} already has {start_epoch - 1} epochs; raise 'epochs' to train longer")
 
@@ -307,7 +338,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     train_g, train_d = distributed.wrap(generator, device, config.sync_batchnorm), \
         distributed.wrap(discriminator, device, config.sync_batchnorm)
     # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
-    frozen_d = discriminator
+    frozen_d = distributed.unwrap(train_d)
     if config.compile:
         train_g, train_d, frozen_d = torch.compile(train_g), torch.compile(train_d), torch.compile(frozen_d)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
@@ -324,7 +355,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         if config.max_minutes and budget_s <= 0:
             log(f"time budget of {config.max_minutes} minutes used up after epoch {epoch - 1}")
             break
-        cpu_gen, dev_gen = epoch_generators(config.seed, epoch, device)
+        cpu_gen, dev_gen = epoch_generators(config.seed, epoch, device, distributed.rank())
         order = torch.randperm(len(images), generator=cpu_gen)
         flips = torch.rand(len(images), generator=cpu_gen) < 0.5
         totals = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)) summed since the last read
@@ -359,7 +390,8 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             step += 1
             since_read += 1
             if since_read == config.log_every or index == data.steps_per_epoch:
-                record = _read_totals(totals, since_read, epoch, step, time.perf_counter() - started)
+                record = _read_totals(distributed.average(totals), since_read, epoch, step,
+                                      time.perf_counter() - started)
                 history["steps"].append(record)
                 totals.zero_()
                 since_read = 0
