@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from utils.metrics import _to_uint8
+from utils.metrics import to_uint8
 from utils.visualize import image_grid
 
 
@@ -58,7 +58,7 @@ def sample_images(generator: nn.Module, num_samples: int, seed: int = 0, batch_s
     z = latents(num_samples, generator.latent_dim, seed)
     device = next(generator.parameters()).device
     with sampling(generator):
-        return torch.cat([_to_uint8(generator(chunk.to(device))).cpu() for chunk in z.split(batch_size)])
+        return torch.cat([to_uint8(generator(chunk.to(device))).cpu() for chunk in z.split(batch_size)])
 
 
 def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:

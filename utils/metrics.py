@@ -98,7 +98,7 @@ class FID:
             for start in range(0, num_samples, batch_size):
                 n = min(batch_size, num_samples - start)
                 z = torch.randn(n, latent_dim, 1, 1, generator=latent_generator)  # on the CPU: same on every device
-                yield _to_uint8(generator(z.to(generator_device)))
+                yield to_uint8(generator(z.to(generator_device)))
 
         generator.train()
         try:
@@ -153,7 +153,7 @@ def reference_cache_file(data_dir: str | Path, dataset_cache_name: str, num_real
 
 def weights_id(weights: str) -> str:
     """Name Inception weights like the official file does: by the first 8 hex digits of their sha256."""
-    path = _weights_path(weights)
+    path = weights_path(weights)
     if path is None:
         return DOWNLOADED_WEIGHTS_ID
     return f"pt_inception-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
@@ -189,7 +189,7 @@ class _InceptionPool3(nn.Module):
                               "pip install torch-fidelity")
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        path = _weights_path(weights)
+        path = weights_path(weights)
         try:
             self.network = FeatureExtractorInceptionV3(  # weights path None: download them
                 "inception-v3-compat", ["2048"], feature_extractor_weights_path=None if path is None else str(path))
@@ -208,7 +208,7 @@ def _sqrtm_psd(matrix: Tensor) -> Tensor:
     return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
 
 
-def _weights_path(weights: str) -> Path | None:
+def weights_path(weights: str) -> Path | None:
     """The weights file, or None for 'download'; a missing file fails here, naming the config field."""
     if not weights:
         return None
@@ -232,7 +232,7 @@ def _real_indices(count: int, num_real: int) -> Tensor:
     return subset.sort().values
 
 
-def _to_uint8(images: Tensor) -> Tensor:
+def to_uint8(images: Tensor) -> Tensor:
     """Generator output in [-1, 1] -> uint8 [0, 255], rounded like an image saved to disk."""
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 

@@ -44,7 +44,7 @@ from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
 from .environment import describe, pick_amp, pick_channels_last, pick_device
-from .metrics import _weights_path, fid_for_config
+from .metrics import weights_path, fid_for_config
 from .models import Discriminator, Generator
 from .visualize import atomic_path, frame_path, list_frames, save_grid
 
@@ -276,7 +276,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     amp_dtype = pick_amp(device, config.amp)
     channels_last = pick_channels_last(device, config.channels_last, config.compile)
     if config.fid_every:
-        _weights_path(config.fid_weights)  # a missing weights file fails now, not at the first FID epoch
+        weights_path(config.fid_weights)  # a missing weights file fails now, not at the first FID epoch
     run_dir = prepare_run_dir(config) if is_main else Path(config.out)
     distributed.barrier()
     log(describe(device))
