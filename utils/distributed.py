@@ -92,6 +92,13 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def shutdown() -> None:
+    """Leave the process group together: a process that exits while another still talks to it can abort it."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as error:
         parser.error(str(error))
     from .training import TrainingDiverged, train  # after argument checks: --help stays fast
-    from .distributed import is_main
+    from .distributed import is_main, shutdown
     from .visualize import save_history_plot
 
     try:
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    shutdown()
     if is_main():
         plot = save_history_plot(result.history, result.run_dir / "history.png")
         print(f"done: {result.epochs_done} epochs in {result.run_dir} (samples/, checkpoint.pt, history.json, {plot.name}); "
