@@ -184,3 +184,19 @@ def test_improved_recipe_trains_with_ema_hinge_spectral_norm_and_diffaugment(tmp
     assert first["loss_d"] > 1.5 and abs(first["loss_g"]) < 0.4
     generator, discriminator, history = load_models(tmp_path / "run")
     assert state_dicts_equal(generator.state_dict(), ema_weights) and history == result.history
+
+
+def test_128px_training_writes_128px_grids(tmp_path):
+    images = torch.randint(0, 256, (32, 3, 128, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    result = run(tiny(tmp_path, image_size=128, g_width=4, d_width=4, batch_size=16, epochs=1, num_samples=4),
+                 images=images)
+    assert result.generator(torch.randn(2, 16, 1, 1)).shape == (2, 3, 128, 128)
+    with Image.open(frame_path(result.run_dir, 1)) as grid:  # 4 samples in one row of 128px tiles, 2px padding
+        assert grid.size == (4 * 130 + 2, 130 + 2)
+
+
+def test_budget_stops_training_and_saves_the_cut_short_epoch(tmp_path):
+    result = run(tiny(tmp_path, epochs=50, max_minutes=1e-9))
+    assert [e["epoch"] for e in result.history["epochs"]] == [1]
+    assert result.history["epochs"][0]["steps"] < 4   # cut short within the first epoch
+    assert load_checkpoint(result.run_dir / CHECKPOINT)["epoch"] == 1

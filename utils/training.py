@@ -104,9 +104,11 @@ class DeviceData:
             self.images, where = images, "in host memory (memory-mapped cache)"
         elif on_device:
             self.images, where = images.to(device), f"on {device}"
-        else:
+        elif nbytes < 0.5 * _available_ram():
             pinned = images.pin_memory() if device.type == "cuda" else images
             self.images, where = pinned, "in pinned host memory (too large for the GPU), copied per batch"
+        else:
+            self.images, where = images, "streamed from the memory-mapped cache (too large for the GPU and for RAM)"
         log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {nbytes / 2**20:,.0f} MiB, kept {where}")
         rank, world = distributed.rank(), distributed.world_size()
         self.rank, self.world = rank, world
@@ -129,6 +131,14 @@ class DeviceData:
             x = batch.float().div_(127.5).sub_(1)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def _available_ram() -> int:
+    """Bytes of RAM free for new allocations (Linux and macOS; elsewhere assume plenty)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 # ---------------------------------------------------------------------------------------- checkpoints
