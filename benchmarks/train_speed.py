@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--ours-images", type=int, default=0, help="images per epoch for ours (0 = all; CPU default 768)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs of ours, the first is warm-up (0 = 4 on a GPU, 3 on a CPU)")
     parser.add_argument("--variants", action="store_true", help="also time ours with each speed option switched")
+    parser.add_argument("--variant", action="append", default=[], help="time only this variant (repeatable)")
     args = parser.parse_args()
 
     device = pick_device(args.device)
@@ -144,9 +145,10 @@ def main() -> None:
     rows = [("baseline: ImageFolder + DataLoader, fp32, .item() per step", baseline),
             ("ours: utils.training (defaults for this device)", ours)]
     variants = {}
-    if args.variants:
+    if args.variants or args.variant:
         # each option switched away from this device's default (the CPU's default is fp32 and NCHW)
-        options = [("amp off", dict(amp="off")), ("channels_last off", dict(channels_last="off")),
+        options = [("CUDA graphs off", dict(cuda_graphs="off")),
+                   ("amp off", dict(amp="off")), ("channels_last off", dict(channels_last="off")),
                    ("data in pinned host memory", dict(data_on_device="off")),
                    ("batch 512, lr x sqrt(4)", dict(batch_size=512, scale_lr=True)),
                    ("batch 512, lr x sqrt(4), amp off", dict(batch_size=512, scale_lr=True, amp="off")),
@@ -154,7 +156,7 @@ def main() -> None:
                    ("torch.compile", dict(compile=True))]
         if not on_gpu:
             options = [("channels_last on", dict(channels_last="on")), ("torch.compile", dict(compile=True))]
-        for name, overrides in options:
+        for name, overrides in [(n, o) for n, o in options if not args.variant or n in args.variant]:
             try:
                 variants[name] = time_ours(images, device, epochs, work / name.replace(" ", "-").replace(",", ""),
                                            **{**common, **overrides})

@@ -38,6 +38,7 @@ BAD_VALUES = {
     "amp": ["fp8"],
     "channels_last": ["yes"],
     "compile": ["true"],
+    "cuda_graphs": ["yes"],
     "data_on_device": ["gpu"],
     "sync_batchnorm": [0],
     "log_every": [0],

@@ -200,3 +200,18 @@ def test_budget_stops_training_and_saves_the_cut_short_epoch(tmp_path):
     assert [e["epoch"] for e in result.history["epochs"]] == [1]
     assert result.history["epochs"][0]["steps"] < 4   # cut short within the first epoch
     assert load_checkpoint(result.run_dir / CHECKPOINT)["epoch"] == 1
+
+
+def test_cuda_graphs_are_refused_where_they_cannot_work():
+    from utils.environment import pick_cuda_graphs
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    plain = dict(amp_dtype=torch.bfloat16, diffaugment="", compile=False, world_size=1)
+    assert pick_cuda_graphs(cuda, "auto", **plain) and not pick_cuda_graphs(cpu, "auto", **plain)
+    assert not pick_cuda_graphs(cuda, "off", **plain)
+    for blocker in (dict(amp_dtype=torch.float16), dict(diffaugment="color"), dict(compile=True), dict(world_size=2)):
+        assert not pick_cuda_graphs(cuda, "auto", **plain | blocker)
+        with pytest.raises(ValueError, match="cuda_graphs"):
+            pick_cuda_graphs(cuda, "on", **plain | blocker)
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        pick_cuda_graphs(cpu, "on", **plain)

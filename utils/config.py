@@ -62,6 +62,7 @@ class TrainConfig:
     amp: str = "auto"           # "auto", "bf16", "fp16" or "off"
     channels_last: str = "auto"  # "auto", "on" or "off"
     compile: bool = False       # torch.compile the models (slow first epoch, faster after)
+    cuda_graphs: str = "auto"   # "auto", "on" or "off": replay each step as one CUDA graph (see utils/environment.py)
     data_on_device: str = "auto"  # "auto" (if it fits), "on" or "off" (pinned host memory)
     sync_batchnorm: bool = False  # multi-GPU only: share BatchNorm statistics across GPUs
     log_every: int = 50         # read losses back to the host every N steps (each read waits for the GPU)
@@ -115,6 +116,7 @@ class TrainConfig:
                "'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
         self._check(self.amp in ("auto", "bf16", "fp16", "off"), "amp", "'auto', 'bf16', 'fp16' or 'off'")
         self._check(self.channels_last in ("auto", "on", "off"), "channels_last", "'auto', 'on' or 'off'")
+        self._check(self.cuda_graphs in ("auto", "on", "off"), "cuda_graphs", "'auto', 'on' or 'off'")
         self._check(self.data_on_device in ("auto", "on", "off"), "data_on_device", "'auto', 'on' or 'off'")
         self._check(self.log_every >= 1, "log_every", ">= 1")
         self._check(self.seed >= 0, "seed", ">= 0")

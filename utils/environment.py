@@ -82,6 +82,23 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
     return device.type == "cuda" and not compile
 
 
+def pick_cuda_graphs(device: torch.device, setting: str, *, amp_dtype: torch.dtype | None, diffaugment: str,
+                     compile: bool, world_size: int) -> bool:
+    """Whether to replay each training step as one CUDA graph (utils.training.CUDAGraphStep).
+
+    At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
+    at once. "auto" uses graphs on one CUDA GPU when nothing in the step needs the host or a generator the
+    graph cannot own: not with fp16 (its GradScaler; not measured), DiffAugment, torch.compile or several processes.
+    """
+    blockers = [reason for reason, present in [
+        ("fp16 mixed precision", amp_dtype == torch.float16), ("DiffAugment", bool(diffaugment)),
+        ("torch.compile", compile), ("several processes", world_size > 1)] if present]
+    if setting == "on" and (device.type != "cuda" or blockers):
+        raise ValueError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
+                         f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
+    return setting != "off" and device.type == "cuda" and not blockers
+
+
 def describe(device: torch.device) -> str:
     """One line: torch version and the device, e.g. for the top of a training log."""
     if device.type == "cuda":

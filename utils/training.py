@@ -43,7 +43,7 @@ from . import distributed
 from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
-from .environment import describe, pick_amp, pick_channels_last, pick_device
+from .environment import describe, pick_amp, pick_channels_last, pick_cuda_graphs, pick_device
 from .metrics import weights_path, fid_for_config
 from .models import Discriminator, Generator
 from .visualize import atomic_path, frame_path, list_frames, save_grid
@@ -257,6 +257,36 @@ class EMA(nn.Module):
         self.updates += 1
 
 
+class CUDAGraphStep:
+    """Runs a training step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it.
+
+    At batch 128 the eager step is bound by launching some 300 small kernels from Python, one by one: a
+    replay launches them all at once. The step must never wait for the device (no .item()), and its inputs are
+    copied into fixed buffers, because a graph always reads the addresses it was recorded with.
+    """
+
+    def __init__(self, step: Callable[..., None], warmup: int = 3):
+        self.step, self.warmup, self.graph = step, warmup, None
+
+    def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> None:
+        if self.graph is None and self.warmup > 0:  # eager steps on a side stream: cuDNN autotuning, allocations
+            self.warmup -= 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.step(real, z, gen)
+            torch.cuda.current_stream().wait_stream(stream)
+            return
+        if self.graph is None:  # recording runs nothing: the replay below trains on this batch
+            self.real, self.z, self.graph = real.clone(), z.clone(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.step(self.real, self.z, gen)
+        else:
+            self.real.copy_(real)
+            self.z.copy_(z)
+        self.graph.replay()
+
+
 @contextmanager
 def frozen(model: nn.Module):
     """Skip the weight gradients of `model` (D during G's step: G only needs gradients w.r.t. D's input)."""
@@ -310,7 +340,9 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     if config.ema_decay > 0:
         ema = EMA(generator, config.ema_decay)
     lr_g, lr_d = config.scaled_lrs(distributed.world_size())
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, amp_dtype=amp_dtype, diffaugment=config.diffaugment,
+                                   compile=config.compile, world_size=distributed.world_size())
+    fused = {"fused": True, "capturable": cuda_graphs} if device.type == "cuda" else {"foreach": True}
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=(config.beta1, config.beta2), **fused)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=(config.beta1, config.beta2), **fused)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -351,12 +383,44 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     frozen_d = distributed.unwrap(train_d)
     if config.compile:
         train_g, train_d, frozen_d = torch.compile(train_g), torch.compile(train_d), torch.compile(frozen_d)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    # autocast's cache of bf16 weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not cuda_graphs)) if amp_dtype \
+        else nullcontext
     fixed_noise_device = fixed_noise.to(device)
     sampler = ema.module if ema is not None else generator
 
     def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return diff_augment(x, config.diffaugment, gen) if config.diffaugment else x
+
+    totals = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)) summed since the last read
+
+    def train_step(real: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> None:
+        """One round of the game. It never waits for the device, so on a GPU it can be replayed as a CUDA graph."""
+        # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
+        with autocast():
+            fake = train_g(z)
+            real_logits = train_d(augment(real, gen))
+            fake_logits = train_d(augment(fake.detach(), gen))
+            loss_d = discriminator_loss(real_logits, fake_logits, config.loss)
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(opt_d)
+        # 2) G learns to fool D (D's weights frozen: only the gradient w.r.t. the fake images is needed)
+        with frozen(discriminator), autocast():
+            gen_logits = frozen_d(augment(fake, gen))
+            loss_g = generator_loss(gen_logits, config.loss)
+        opt_g.zero_grad(set_to_none=True)
+        scaler.scale(loss_g).backward()
+        scaler.step(opt_g)
+        scaler.update()
+        if ema is not None:
+            ema.update(generator)
+        totals.add_(torch.stack([loss_d.detach().float(), loss_g.detach().float(),
+                                 torch.sigmoid(real_logits.detach().float()).mean(),
+                                 torch.sigmoid(fake_logits.detach().float()).mean()]))
+
+    run_step = CUDAGraphStep(train_step) if cuda_graphs else train_step
+    log(f"CUDA graphs: {'on' if cuda_graphs else 'off'}")
 
     fid = None  # built on first use: the reference statistics are computed (or loaded from data/) once
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
@@ -368,35 +432,14 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         cpu_gen, dev_gen = epoch_generators(config.seed, epoch, device, distributed.rank())
         order = torch.randperm(len(images), generator=cpu_gen)
         flips = torch.rand(len(images), generator=cpu_gen) < 0.5
-        totals = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)) summed since the last read
+        totals.zero_()
         since_read = 0
         started = time.perf_counter()
         bar = tqdm(data.epoch(order, flips), total=data.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
                    disable=not (progress and is_main), leave=False)
         for index, real in enumerate(bar, 1):
             z = torch.randn(real.shape[0], config.latent_dim, 1, 1, device=device, generator=dev_gen)
-            # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
-            with autocast():
-                fake = train_g(z)
-                real_logits = train_d(augment(real, dev_gen))
-                fake_logits = train_d(augment(fake.detach(), dev_gen))
-                loss_d = discriminator_loss(real_logits, fake_logits, config.loss)
-            opt_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
-            scaler.step(opt_d)
-            # 2) G learns to fool D (D's weights frozen: only the gradient w.r.t. the fake images is needed)
-            with frozen(discriminator), autocast():
-                gen_logits = frozen_d(augment(fake, dev_gen))
-                loss_g = generator_loss(gen_logits, config.loss)
-            opt_g.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
-            scaler.step(opt_g)
-            scaler.update()
-            if ema is not None:
-                ema.update(generator)
-            totals += torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                                   torch.sigmoid(real_logits.detach().float()).mean(),
-                                   torch.sigmoid(fake_logits.detach().float()).mean()])
+            run_step(real, z, dev_gen)
             step += 1
             since_read += 1
             if since_read == config.log_every or index == data.steps_per_epoch:
