@@ -16,7 +16,7 @@ DEMO_OUT := generated/demo
 # Each notebook gets the knobs of its own `parameters` cell (tests/test_notebooks.py checks that they exist there).
 DEMO_DATA := -p image_size 32 -p max_images 8000
 DEMO_MODEL := $(DEMO_DATA) -p g_width 32 -p d_width 32
-DEMO_TRAIN := $(DEMO_MODEL) -p epochs 15 -p batch_size 128 -p out $(DEMO_OUT)
+DEMO_TRAIN := $(DEMO_MODEL) -p epochs 35 -p batch_size 128 -p out $(DEMO_OUT)
 PAPERMILL := $(BIN)/papermill --cwd notebooks
 
 .PHONY: demo test
