@@ -23,13 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, "-m", "utils.train"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra threads only add overhead (and crawl on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(tmp_path, name="run", **overrides) -> TrainConfig:

@@ -10,13 +10,7 @@ from utils.training import (CHECKPOINT, discriminator_loss, generator_loss, load
 from utils.visualize import frame_path, list_frames
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra threads only add overhead (and crawl on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -215,3 +209,8 @@ def test_cuda_graphs_are_refused_where_they_cannot_work():
             pick_cuda_graphs(cuda, "on", **plain | blocker)
     with pytest.raises(ValueError, match="cuda_graphs"):
         pick_cuda_graphs(cpu, "on", **plain)
+
+
+def test_epochs_done_counts_what_was_trained(tmp_path):
+    assert run(tiny(tmp_path, epochs=2)).epochs_done == 2
+    assert run(tiny(tmp_path, name="cut", epochs=50, max_minutes=1e-9)).epochs_done == 1

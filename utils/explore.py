@@ -13,39 +13,12 @@ changes the models it is given (see `sampling`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from utils.metrics import to_uint8
+from utils.metrics import sampling, to_uint8
 from utils.visualize import image_grid
-
-
-@contextmanager
-def sampling(*models: nn.Module) -> Iterator[None]:
-    """Run `models` as during training without changing them: train mode, no_grad, buffers restored on exit.
-
-    This project's DCGAN samples with BatchNorm's batch statistics, like its per-epoch grids and its FID.
-    In train mode a forward pass also updates BatchNorm's running statistics and spectral norm's
-    power-iteration vectors; restoring those buffers keeps looking from altering a model, and makes
-    repeated calls with the same inputs return the same outputs.
-    """
-    saved = [(model, model.training, {name: buffer.clone() for name, buffer in model.named_buffers()})
-             for model in models]
-    for model in models:
-        model.train()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        with torch.no_grad():
-            for model, was_training, buffers in saved:
-                model.train(was_training)
-                for name, buffer in model.named_buffers():
-                    buffer.copy_(buffers[name])
 
 
 def latents(count: int, latent_dim: int, seed: int) -> Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from urllib.error import URLError
@@ -91,8 +92,6 @@ class FID:
         """
         latent_generator = torch.Generator().manual_seed(seed)
         generator_device = next(generator.parameters()).device
-        was_training = generator.training
-        saved_buffers = {name: buffer.clone() for name, buffer in generator.named_buffers()}
 
         def fakes() -> Iterator[Tensor]:
             for start in range(0, num_samples, batch_size):
@@ -100,14 +99,8 @@ class FID:
                 z = torch.randn(n, latent_dim, 1, 1, generator=latent_generator)  # on the CPU: same on every device
                 yield to_uint8(generator(z.to(generator_device)))
 
-        generator.train()
-        try:
+        with sampling(generator):
             return self._score(fakes(), -(-num_samples // batch_size))
-        finally:
-            generator.train(was_training)
-            with torch.no_grad():
-                for name, buffer in generator.named_buffers():
-                    buffer.copy_(saved_buffers[name])
 
     def _score(self, fake_batches: Iterable[Tensor], num_batches: int) -> float:
         mean, cov = self._statistics(fake_batches, num_batches, "FID: generated images")
@@ -230,6 +223,30 @@ def _real_indices(count: int, num_real: int) -> Tensor:
         return torch.arange(count)
     subset = torch.randperm(count, generator=torch.Generator().manual_seed(_SUBSET_SEED))[:num_real]
     return subset.sort().values
+
+
+@contextmanager
+def sampling(*models: nn.Module) -> Iterator[None]:
+    """Run `models` as during training without changing them: train mode, no_grad, buffers restored on exit.
+
+    This project's DCGAN samples with BatchNorm's batch statistics, like its per-epoch grids and its FID.
+    In train mode a forward pass also updates BatchNorm's running statistics and spectral norm's
+    power-iteration vectors; restoring those buffers keeps looking from altering a model, and makes
+    repeated calls with the same inputs return the same outputs.
+    """
+    saved = [(model, model.training, {name: buffer.clone() for name, buffer in model.named_buffers()})
+             for model in models]
+    for model in models:
+        model.train()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        with torch.no_grad():
+            for model, was_training, buffers in saved:
+                model.train(was_training)
+                for name, buffer in model.named_buffers():
+                    buffer.copy_(buffers[name])
 
 
 def to_uint8(images: Tensor) -> Tensor:

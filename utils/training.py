@@ -485,7 +485,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
                 live_plot.update(history, grid, force=True)
         distributed.barrier()
 
-    return TrainResult(sampler, discriminator, history, run_dir, max(start_epoch - 1, config.epochs))
+    return TrainResult(sampler, discriminator, history, run_dir, history["epochs"][-1]["epoch"] if history["epochs"] else 0)
 
 
 def _read_totals(totals: torch.Tensor, count: int, epoch: int, step: int, seconds: float) -> dict:
