@@ -5,7 +5,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from utils import visualize
-from utils.visualize import (LivePlot, atomic_path, frame_path, image_grid, list_frames, plot_history, save_grid,
+from utils.files import atomic_path
+from utils.visualize import (LivePlot, frame_path, image_grid, list_frames, plot_history, save_grid,
                              save_history_plot)
 
 

@@ -2,13 +2,16 @@
 
 One job per module:
     config       TrainConfig, every knob with defaults and validation
-    data         datasets (synthetic faces, Kaggle, folders, zips) decoded once into a cached uint8 tensor
+    data         datasets (Kaggle, folders, zips, URLs) decoded once into a cached uint8 tensor
+    synthetic    procedurally drawn anime faces: the offline default data
     models       the DCGAN generator and discriminator
     augment      DiffAugment for the improved recipe
     training     the training loop with checkpoints and resume; `python -m utils.train` is its CLI
     distributed  several GPUs with torch.distributed
     visualize    sample grids and loss plots;  gif: the per-epoch GIF (`python -m utils.gif RUN_DIR`)
     metrics      FID
+    explore      latent walks, nearest real neighbours, ranking samples by D
+    files        atomic writes: a file is either the old one or the new one, never half-written
     environment  device, mixed precision and memory layout per machine
 """
 

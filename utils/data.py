@@ -37,6 +37,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
+from utils.files import atomic_path
 from utils.synthetic import synthetic_faces
 
 SYNTHETIC_DEFAULT_COUNT = 20_000
@@ -63,7 +64,9 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
     if path.exists():
         verb = "reusing"
     else:
-        _save_atomically(path, _decode_source(config, progress).numpy())
+        images = _decode_source(config, progress).numpy()
+        with atomic_path(path) as tmp, open(tmp, "wb") as file:  # never a truncated cache
+            np.save(file, images)
         verb = "built"
     images = torch.from_numpy(np.load(path, mmap_mode="c"))
     print(f"dataset cache: {verb} {path} ({len(images)} images of {config.image_size}x{config.image_size})")
@@ -118,19 +121,6 @@ def _decode_source(config: TrainConfig, progress: bool) -> torch.Tensor:
     else:
         source = Path(data).expanduser()
     return load_images(source, config.image_size, config.max_images, progress)
-
-
-def _save_atomically(path: Path, array: np.ndarray) -> None:
-    """Write a .npy so that `path` is either absent or complete, even if the run is interrupted."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # same folder: os.replace is atomic
-    try:
-        with open(temporary, "wb") as file:
-            np.save(file, array)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _is_url(data: str) -> bool:

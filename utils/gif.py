@@ -23,7 +23,8 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.visualize import atomic_path, in_notebook, list_frames
+from utils.files import atomic_path
+from utils.visualize import in_notebook, list_frames
 
 
 def write_gif(frames: list[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None) -> Path:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
-from utils.visualize import atomic_path
+from utils.files import atomic_path
 
 # torch-fidelity downloads `weights-inception-2015-12-05-6726825d.pth`; by torch hub's convention the suffix
 # is the file's sha256 prefix, so a local copy of the official file shares the download's cache.

@@ -46,7 +46,8 @@ from .data import load_dataset
 from .environment import describe, pick_amp, pick_channels_last, pick_cuda_graphs, pick_device
 from .metrics import weights_path, fid_for_config
 from .models import Discriminator, Generator
-from .visualize import atomic_path, frame_path, list_frames, save_grid
+from .files import atomic_path
+from .visualize import frame_path, list_frames, save_grid
 
 CHECKPOINT = "checkpoint.pt"
 # Fields that fix the shape of the networks or the data: a run folder cannot be resumed with other values.

@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,6 +31,8 @@ import torchvision
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
+
+from utils.files import atomic_path
 
 _FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
 
@@ -72,25 +71,6 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
         return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
     grid = torchvision.utils.make_grid(images.float(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
     return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success move it onto `path` in one step.
-
-    A reader (the GIF maker, a notebook refreshing the latest grid) then never sees a
-    half-written file, even if training is interrupted mid-write. The temporary name
-    starts with a dot and keeps the suffix, so writers that go by extension still work
-    and `list_frames` does not pick it up.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
