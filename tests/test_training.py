@@ -101,7 +101,8 @@ def test_same_config_gives_the_same_weights(tmp_path):
     assert not state_dicts_equal(first.generator.state_dict(), other_seed.generator.state_dict())
 
 
-@pytest.mark.parametrize("recipe", [dict(), dict(recipe="improved", ema_decay=0.9)], ids=["dcgan", "improved"])
+@pytest.mark.parametrize("recipe", [dict(), dict(recipe="improved", ema_decay=0.9, diffaugment="color,translation,cutout")],
+                         ids=["dcgan", "improved"])
 def test_resume_continues_after_the_last_epoch_and_matches_an_uninterrupted_run(tmp_path, capsys, recipe):
     run(tiny(tmp_path, "resumed", epochs=1, **recipe))
     first_frame = frame_path(tmp_path / "resumed", 1)
@@ -161,8 +162,9 @@ def test_a_batch_larger_than_the_data_is_refused_naming_batch_size(tmp_path):
 
 
 def test_improved_recipe_trains_with_ema_hinge_spectral_norm_and_diffaugment(tmp_path):
-    config = tiny(tmp_path, recipe="improved", ema_decay=0.9)
-    assert (config.loss, config.spectral_norm, config.diffaugment) == ("hinge", True, "color,translation,cutout")
+    config = tiny(tmp_path, recipe="improved", ema_decay=0.9, diffaugment="color,translation,cutout")
+    assert (config.loss, config.spectral_norm, config.beta1) == ("hinge", True, 0.0)
+    assert config.lr_d > config.lr_g > TrainConfig().lr_g  # two time-scales, both faster than DCGAN's
 
     result = run(config)
 

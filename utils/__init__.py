@@ -5,7 +5,7 @@ One job per module:
     data         datasets (Kaggle, folders, zips, URLs) decoded once into a cached uint8 tensor
     synthetic    procedurally drawn anime faces: the offline default data
     models       the DCGAN generator and discriminator
-    augment      DiffAugment for the improved recipe
+    augment      DiffAugment, an option on top of the improved recipe
     training     the training loop with checkpoints and resume; `python -m utils.train` is its CLI
     distributed  several GPUs with torch.distributed
     visualize    sample grids and loss plots;  gif: the per-epoch GIF (`python -m utils.gif RUN_DIR`)
