@@ -36,7 +36,7 @@ def train_command(recipe: str, args: argparse.Namespace, out: Path) -> list[str]
     return [sys.executable, "-m", "utils.train", "--data", str(args.data), "--data-dir", str(args.data_dir),
             "--image-size", str(args.image_size), "--recipe", recipe, "--epochs", "100000",
             "--max-minutes", str(args.minutes), "--out", str(out), "--device", args.device, "--seed", str(args.seed),
-            "--log-every", "100"]
+            "--log-every", "10"]  # the time budget is checked at every log
 
 
 def main() -> None:
