@@ -114,7 +114,8 @@ def kill_mid_checkpoint_write(process: subprocess.Popen, run_dir: Path, log: Pat
 
 def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_ends_with_the_same_weights(tmp_path):
     # The improved recipe with DiffAugment: EMA, spectral norm's power-iteration vectors and DiffAugment's
-    # randomness all have to survive the restarts. Widths 48 make a ~4 MB checkpoint whose write takes long enough to be caught.
+    # randomness all have to survive the restarts. Widths 48 make a ~4 MB checkpoint whose write takes long
+    # enough to be caught.
     config = tiny(tmp_path, "killed", max_images=192, g_width=48, d_width=48, epochs=4, recipe="improved", ema_decay=0.9,
                   diffaugment="color,translation,cutout")
     run_dir, log = Path(config.out), tmp_path / "train.log"
