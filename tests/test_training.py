@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from utils.config import TrainConfig
-from utils.training import (CHECKPOINT, discriminator_loss, generator_loss, load_checkpoint, load_models, train)
+from utils.training import (CHECKPOINT, EMA, discriminator_loss, generator_loss, load_checkpoint, load_models,
+                            train)
 from utils.visualize import frame_path, list_frames
 
 
@@ -180,6 +181,59 @@ def test_improved_recipe_trains_with_ema_hinge_spectral_norm_and_diffaugment(tmp
     assert first["loss_d"] > 1.5 and abs(first["loss_g"]) < 0.4
     generator, discriminator, history = load_models(tmp_path / "run")
     assert state_dicts_equal(generator.state_dict(), ema_weights) and history == result.history
+
+
+def test_ema_moves_each_weight_towards_the_model_by_the_ramped_up_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(model, decay=0.5)
+    start = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(torch.randn(4, 3))  # moves BatchNorm's running statistics
+    ema.update(model)  # first update: decay min(0.5, 1/10) = 0.1, so 90% of the way to the model
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ema.module.state_dict()[name], 0.1 * start[name] + 0.9 * p.detach())
+    for name, b in model.named_buffers():  # statistics are copied, not averaged
+        assert torch.equal(ema.module.state_dict()[name], b)
+    for _ in range(20):
+        ema.update(model)
+    assert ema.updates.item() == 21
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    ema.update(model)  # the ramp (22/31) has passed 0.5: now half way
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ema.module.state_dict()[name], 0.5 * before[name] + 0.5 * p.detach())
+
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda_only
+def test_ema_update_never_waits_for_the_gpu():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2)).cuda()
+    ema = EMA(model, decay=0.999)
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host read raises
+    try:
+        ema.update(model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda_only
+@pytest.mark.parametrize("recipe", ["dcgan", "improved"])
+def test_cuda_graphs_train_each_recipe_like_the_eager_step(tmp_path, recipe):
+    images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    runs = {graphs: run(tiny(tmp_path, f"{recipe}-{graphs}", recipe=recipe, image_size=32, batch_size=64, epochs=2,
+                             device="cuda", amp="off", cuda_graphs=graphs), images=images)
+            for graphs in ("on", "off")}
+    on, off = (runs[g].history["steps"] for g in ("on", "off"))
+    assert len(on) == len(off) == 8
+    for a, b in zip(on, off):  # same batches and noise; cuDNN may pick other kernels, so close, not equal
+        assert a["loss_d"] == pytest.approx(b["loss_d"], rel=0.05, abs=0.05)
+        assert a["loss_g"] == pytest.approx(b["loss_g"], rel=0.05, abs=0.05)
 
 
 def test_128px_training_writes_128px_grids(tmp_path):

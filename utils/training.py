@@ -253,7 +253,12 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         weight = 1 - torch.clamp((1 + self.updates) / (10 + self.updates), max=self.decay)
-        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), weight)
+        # average += weight * (model - average). Not _foreach_lerp_: it takes the weight as a Python number,
+        # which would read `weight` back from the device every step (and cannot be recorded in a CUDA graph).
+        average = list(self.module.parameters())
+        step = torch._foreach_sub(list(model.parameters()), average)
+        torch._foreach_mul_(step, weight)
+        torch._foreach_add_(average, step)
         torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))
         self.updates += 1
 
