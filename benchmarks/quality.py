@@ -4,10 +4,12 @@
     python benchmarks/quality.py --data faces.zip --image-size 32 --minutes 15 --fid-samples 2000 --fid-real 5000 \
         --fid-weights pt_inception-2015-12-05.pth
     # the GPU protocol: 64x64, 10 minutes each, 10,000 samples against the whole set
-    python benchmarks/quality.py --data faces.zip --image-size 64 --minutes 10 --fid-samples 10000 --fid-real 0 --sequential
+    python benchmarks/quality.py --data faces.zip --image-size 64 --minutes 10 --fid-samples 10000 --fid-real 0
+    # a variant beside the two recipes: NAME=training options (each run is scored against DCGAN)
+    python benchmarks/quality.py ... --variant "improved-da=--recipe improved --diffaugment color,translation,cutout"
 
 Both recipes train through `python -m utils.train` (the notebooks' code) on the same data with the same seed.
-By default they run at the same time, each with half of the CPU threads, so both see the same machine load;
+By default they run at the same time (on a CPU each with an equal share of the threads), so both see the same load;
 --sequential runs one after the other (one GPU each in turn). FID uses the same reference statistics and the
 same latents for both (utils/metrics.py); the improved recipe samples from its EMA generator, as notebook 05 does.
 The last line printed is one JSON object.
@@ -32,9 +34,9 @@ from utils.metrics import fid_for_config  # noqa: E402
 from utils.training import load_models  # noqa: E402
 
 
-def train_command(recipe: str, args: argparse.Namespace, out: Path) -> list[str]:
+def train_command(options: list[str], args: argparse.Namespace, out: Path) -> list[str]:
     return [sys.executable, "-m", "utils.train", "--data", str(args.data), "--data-dir", str(args.data_dir),
-            "--image-size", str(args.image_size), "--recipe", recipe, "--epochs", "100000",
+            "--image-size", str(args.image_size), *options, "--epochs", "100000",
             "--max-minutes", str(args.minutes), "--out", str(out), "--device", args.device, "--seed", str(args.seed),
             "--log-every", "10"]  # the time budget is checked at every log
 
@@ -52,11 +54,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--recipes", default="dcgan,improved")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                        help="another run beside the recipes, e.g. 'lr-x2=--recipe improved --lr-d 2e-3'")
     parser.add_argument("--sequential", action="store_true", help="train one recipe after the other")
     parser.add_argument("--score-only", action="store_true", help="skip training: score the runs already in --out")
     args = parser.parse_args()
 
-    recipes = args.recipes.split(",")
+    runs = {recipe: ["--recipe", recipe] for recipe in args.recipes.split(",")}  # run name -> training options
+    for variant in args.variant:
+        name, _, options = variant.partition("=")
+        if not name or not options:
+            raise SystemExit(f"--variant {variant!r}: expected NAME=OPTIONS, e.g. 'lr-x2=--recipe improved --lr-d 2e-3'")
+        runs[name] = options.split()
     device = pick_device(args.device)
     print(describe(device), flush=True)
     config = TrainConfig(data=args.data, data_dir=str(args.data_dir), image_size=args.image_size, seed=args.seed,
@@ -65,47 +74,50 @@ def main() -> None:
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if not args.sequential and device.type == "cpu":
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // len(recipes)))
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // len(runs)))
     args.out.mkdir(parents=True, exist_ok=True)
     logs, processes = {}, {}
     started = time.time()
-    for recipe in [] if args.score_only else recipes:
-        out = args.out / f"{recipe}-{args.image_size}"
-        logs[recipe] = open(args.out / f"{recipe}-{args.image_size}.log", "w")
-        processes[recipe] = subprocess.Popen(train_command(recipe, args, out), cwd=ROOT, env=env,
-                                             stdout=logs[recipe], stderr=subprocess.STDOUT)
+    for name, options in {} if args.score_only else runs.items():
+        out = args.out / f"{name}-{args.image_size}"
+        logs[name] = open(args.out / f"{name}-{args.image_size}.log", "w")
+        processes[name] = subprocess.Popen(train_command(options, args, out), cwd=ROOT, env=env,
+                                           stdout=logs[name], stderr=subprocess.STDOUT)
         if args.sequential:
-            processes[recipe].wait()
-    for recipe, process in processes.items():
+            processes[name].wait()
+    for name, process in processes.items():
         if process.wait() != 0:
-            raise SystemExit(f"training {recipe} failed: see {logs[recipe].name}")
+            raise SystemExit(f"training {name} failed: see {logs[name].name}")
     if processes:
-        print(f"trained {', '.join(recipes)} in {(time.time() - started) / 60:.1f} minutes", flush=True)
+        print(f"trained {', '.join(runs)} in {(time.time() - started) / 60:.1f} minutes", flush=True)
 
     fid = fid_for_config(config, images, device)
     results = {}
-    for recipe in recipes:
-        generator, _, history = load_models(args.out / f"{recipe}-{args.image_size}")
+    for name in runs:
+        generator, _, history = load_models(args.out / f"{name}-{args.image_size}")
         generator = generator.to(device)
         epochs = history["epochs"]
-        results[recipe] = {
+        results[name] = {
             "fid": round(fid.score_generator(generator, generator.latent_dim, args.fid_samples, seed=args.seed), 2),
             "epochs": len(epochs), "steps": history["steps"][-1]["step"],
             "train_minutes": round(sum(e["seconds"] for e in epochs) / 60, 2),
         }
-        print(f"{recipe:>10}: FID {results[recipe]['fid']:.2f} after {results[recipe]['steps']} steps "
-              f"({results[recipe]['train_minutes']} min)", flush=True)
-    ratio = results["improved"]["fid"] / results["dcgan"]["fid"] if {"dcgan", "improved"} <= results.keys() else None
-    print(f"\n{'recipe':<12}{'FID':>10}{'steps':>10}{'minutes':>10}")
-    for recipe, r in results.items():
-        print(f"{recipe:<12}{r['fid']:>10.2f}{r['steps']:>10}{r['train_minutes']:>10}")
+        print(f"{name:>16}: FID {results[name]['fid']:.2f} after {results[name]['steps']} steps "
+              f"({results[name]['train_minutes']} min)", flush=True)
+    for name, r in results.items():
+        if name != "dcgan" and "dcgan" in results:
+            r["ratio_to_dcgan"] = round(r["fid"] / results["dcgan"]["fid"], 3)
+    ratio = results.get("improved", {}).get("ratio_to_dcgan")
+    print(f"\n{'run':<16}{'FID':>10}{'steps':>10}{'minutes':>10}{'/ dcgan':>10}")
+    for name, r in results.items():
+        print(f"{name:<16}{r['fid']:>10.2f}{r['steps']:>10}{r['train_minutes']:>10}{r.get('ratio_to_dcgan', ''):>10}")
     if ratio is not None:
         print(f"FID(improved) / FID(dcgan) = {ratio:.3f}")
     print(json.dumps({
         "device": describe(device), "image_size": args.image_size, "minutes_each": args.minutes,
         "side_by_side": not args.sequential, "fid_samples": args.fid_samples,
         "fid_real": args.fid_real or len(images), "real_images": len(images), "results": results,
-        "ratio": round(ratio, 3) if ratio is not None else None,
+        "ratio": ratio, "runs": {name: " ".join(options) for name, options in runs.items()},
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }))
 
