@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--fid-weights", default="", help="pt_inception-2015-12-05 weights (offline)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--recipes", default="dcgan,improved")
+    parser.add_argument("--recipes", default="dcgan,improved",
+                        help="the recipes to train (with --score-only: any runs NAME-<image size> in --out)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                         help="another run beside the recipes, e.g. 'lr-x2=--recipe improved --lr-d 2e-3'")
     parser.add_argument("--sequential", action="store_true", help="train one recipe after the other")
@@ -114,10 +115,10 @@ def main() -> None:
     if ratio is not None:
         print(f"FID(improved) / FID(dcgan) = {ratio:.3f}")
     print(json.dumps({
-        "device": describe(device), "image_size": args.image_size, "minutes_each": args.minutes,
+        "device": describe(device), "image_size": args.image_size, "minutes_each": None if args.score_only else args.minutes,
         "side_by_side": not args.sequential, "fid_samples": args.fid_samples,
         "fid_real": args.fid_real or len(images), "real_images": len(images), "results": results,
-        "ratio": ratio, "runs": {name: " ".join(options) for name, options in runs.items()},
+        "ratio": ratio, "runs": None if args.score_only else {name: " ".join(options) for name, options in runs.items()},
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
     }))
 
