@@ -12,6 +12,7 @@ One job per module:
     metrics      FID
     explore      latent walks, nearest real neighbours, ranking samples by D
     files        atomic writes: a file is either the old one or the new one, never half-written
+    errors       UserError: one message saying what happened and what to do, no traceback (CLI and notebooks)
     environment  device, mixed precision and memory layout per machine
 """
 

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from utils.errors import ConfigError
 
 # The improved recipe of notebook 05: what `recipe="improved"` switches on (a field set to anything
 # but its default keeps the value given). Measured: benchmarks/results/quality-cpu-*.log.
@@ -85,7 +86,7 @@ class TrainConfig:
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
             elif type(value) is not expected:
-                raise ValueError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
+                raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
         if self.recipe == "improved":
             for name, value in IMPROVED_RECIPE.items():
                 if getattr(self, name) == _DEFAULTS[name]:
@@ -130,7 +131,7 @@ class TrainConfig:
 
     def _check(self, ok: bool, field: str, allowed: str) -> None:
         if not ok:
-            raise ValueError(f"config field '{field}' must be {allowed}; got {getattr(self, field)!r}")
+            raise ConfigError(f"config field '{field}' must be {allowed}; got {getattr(self, field)!r}")
 
     def scaled_lrs(self, world_size: int = 1) -> tuple[float, float]:
         """(lr_g, lr_d) after the large-batch rule: x sqrt(effective batch / 128) when `scale_lr`.

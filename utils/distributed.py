@@ -46,6 +46,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .config import TrainConfig
+from .errors import ConfigError, UserError
 
 # How long a process waits for the others at a collective before giving up. Generous, because at some of them
 # the others wait while process 0 works alone: the first download and decoding of the dataset, FID evaluations.
@@ -63,10 +64,10 @@ def process_device(device: torch.device) -> torch.device:
         return device
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.index not in (None, local_rank):
-        raise ValueError(f"config field 'device' is '{device}', but a distributed run drives one GPU per process "
+        raise ConfigError(f"config field 'device' is '{device}', but a distributed run drives one GPU per process "
                          "(process k uses cuda:k): use device='auto' or 'cuda'")
     if local_rank >= torch.cuda.device_count():
-        raise ValueError(f"process {local_rank} has no GPU of its own: only {torch.cuda.device_count()} visible; "
+        raise ConfigError(f"process {local_rank} has no GPU of its own: only {torch.cuda.device_count()} visible; "
                          "start at most one process per GPU (torchrun --nproc_per_node)")
     return torch.device("cuda", local_rank)
 
@@ -144,7 +145,7 @@ def _collective_device() -> torch.device:
 def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
     """SyncBatchNorm only runs on CUDA: say so before any process starts, not deep inside DDP."""
     if sync_batchnorm and device.type != "cuda":
-        raise ValueError(f"config field 'sync_batchnorm' needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on "
+        raise ConfigError(f"config field 'sync_batchnorm' needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on "
                          f"{device.type}): set sync_batchnorm=False (--no-sync-batchnorm)")
 
 
@@ -193,7 +194,7 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
     check_sync_batchnorm(config.sync_batchnorm, device)
     if nprocs is None:
         if device.type != "cuda":
-            raise ValueError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so there is "
+            raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so there is "
                              "no GPU count to default to: pass nprocs=N to start N CPU processes")
         nprocs = torch.cuda.device_count()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
@@ -209,5 +210,5 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
             sys.stdout.write(decoder.decode(chunk))
             sys.stdout.flush()
     if process.returncode != 0:
-        raise RuntimeError(f"distributed training failed: torchrun exited with code {process.returncode}; "
+        raise UserError(f"distributed training failed: torchrun exited with code {process.returncode}; "
                            "the first error is in the output above")

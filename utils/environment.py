@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+from utils.errors import ConfigError
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -34,10 +35,10 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU (one per process under torchrun)
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("config field 'device' is 'cuda' but no CUDA GPU is visible: use device='auto' or 'cpu' "
+        raise ConfigError("config field 'device' is 'cuda' but no CUDA GPU is visible: use device='auto' or 'cpu' "
                          "(on Colab: Runtime > Change runtime type > GPU)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("config field 'device' is 'mps' but Apple MPS is not available: use device='auto' or 'cpu'")
+        raise ConfigError("config field 'device' is 'mps' but Apple MPS is not available: use device='auto' or 'cpu'")
     return device
 
 
@@ -56,12 +57,12 @@ def pick_amp(device: torch.device, amp: str = "auto") -> torch.dtype | None:
         return None
     if amp == "bf16":
         if device.type == "cpu" and not cpu_has_bf16():
-            raise ValueError("config field 'amp' is 'bf16' but this CPU has no native bf16 (it would run ~30x slower): "
+            raise ConfigError("config field 'amp' is 'bf16' but this CPU has no native bf16 (it would run ~30x slower): "
                              "use amp='auto' or 'off'")
         return torch.bfloat16
     if amp == "fp16":
         if device.type != "cuda":
-            raise ValueError(f"config field 'amp' is 'fp16', which needs a CUDA GPU (device is {device}): use 'auto' or 'off'")
+            raise ConfigError(f"config field 'amp' is 'fp16', which needs a CUDA GPU (device is {device}): use 'auto' or 'off'")
         return torch.float16
     # auto
     if device.type == "cuda":
@@ -94,7 +95,7 @@ def pick_cuda_graphs(device: torch.device, setting: str, *, amp_dtype: torch.dty
         ("fp16 mixed precision", amp_dtype == torch.float16), ("DiffAugment", bool(diffaugment)),
         ("torch.compile", compile), ("several processes", world_size > 1)] if present]
     if setting == "on" and (device.type != "cuda" or blockers):
-        raise ValueError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
+        raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
                          f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
     return setting != "off" and device.type == "cuda" and not blockers
 

@@ -1,34 +1,112 @@
-"""Writing files so that a reader (or a resumed run) never sees a half-written one.
+"""Writing files so that a reader (or a resumed run) never sees a half-written one, and a failed write says why.
 
     >>> from utils.files import atomic_path
     >>> with atomic_path("generated/run/history.json") as tmp:
     ...     tmp.write_text("{}")
 
-Used for sample grids, GIFs, history, checkpoints, FID statistics and the decoded dataset cache.
+Used for sample grids, GIFs, history, checkpoints, FID statistics and the decoded dataset cache: every file
+this project writes goes through here, so a full disk, a read-only folder or a name too long for the file
+system fails the same way everywhere, with a `CannotWrite` naming the file (see utils/errors.py).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from utils.errors import UserError
+
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
+
+
+class CannotWrite(UserError, OSError):
+    """A file could not be written: the disk is full, the folder is read-only, or the name is too long."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.errno = code
+
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, needs_bytes: int = 0) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success move it onto `path` in one step.
 
-    A reader (the GIF maker, a notebook refreshing the latest grid) then never sees a
-    half-written file, even if training is interrupted mid-write. The temporary name
-    starts with a dot and keeps the suffix, so writers that go by extension still work
-    and `list_frames` does not pick it up.
+    A reader (the GIF maker, a notebook refreshing the latest grid) then never sees a half-written file, even
+    if training is interrupted mid-write. The temporary name starts with a dot and keeps the suffix, so writers
+    that go by extension still work and `list_frames` does not pick it up. `needs_bytes` (an estimate of the
+    file's size) checks the free space first, so a large write fails at once instead of after minutes of work.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem[:64]}.{os.getpid()}.tmp{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if needs_bytes:
+            check_free_space(path, needs_bytes)
         yield tmp
         os.replace(tmp, path)
+    except OSError as error:
+        explained = _explain(error, path, tmp, needs_bytes)
+        if explained is error:
+            raise
+        raise explained from error
+    except RuntimeError as error:  # torch.save reports a failed write as "[enforce fail at inline_container.cc...]"
+        if "inline_container" not in str(error) and "PytorchStreamWriter" not in str(error):
+            raise
+        raise _explain(OSError(None, str(error).splitlines()[0]), path, tmp, needs_bytes) from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_free_space(path: str | Path, needs_bytes: int) -> None:
+    """Raise CannotWrite if the disk that will hold `path` has less than `needs_bytes` free."""
+    path = Path(path)
+    free = _free_bytes(path.parent)
+    if free is not None and free < needs_bytes:
+        raise CannotWrite(errno.ENOSPC, _disk_full_message(path, needs_bytes, free))
+
+
+def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError:
+    """The OSError `error` of writing `path`, as a CannotWrite that says what to do (or `error` itself)."""
+    if isinstance(error, CannotWrite):
+        return error
+    free = _free_bytes(path.parent)
+    written = tmp.stat().st_size if tmp.is_file() else 0
+    # numpy reports a short write as "N requested and M written" and torch.save as a failed write, without errno
+    nearly_full = free is not None and free < max(needs_bytes - written, 1 << 20)
+    if error.errno in _DISK_FULL or (error.errno in (None, errno.EIO) and nearly_full):
+        return CannotWrite(errno.ENOSPC, _disk_full_message(path, needs_bytes, free, written))
+    if error.errno == errno.ENAMETOOLONG:
+        return CannotWrite(error.errno, f"cannot write {path}: the name is too long for this file system "
+                                        f"({len(path.name)} characters): use a shorter folder or file name")
+    if error.errno in _NOT_ALLOWED:
+        return CannotWrite(error.errno, f"cannot write {path} ({error.strerror}): make the folder writable or "
+                                        "choose another one (on Kaggle, under /kaggle/working)")
+    if error.errno in (None, errno.EIO):
+        return CannotWrite(errno.EIO, f"writing {path} failed ({error.strerror or error}): check the disk, then try again")
+    return error
+
+
+def _disk_full_message(path: Path, needs_bytes: int, free: int | None, written: int = 0) -> str:
+    needed = (f"it needs about {_mib(needs_bytes)}" if needs_bytes else
+              f"it needs more than the {_mib(written)} written when the disk filled up")
+    available = f"{_mib(free)} free" if free is not None else "no free space"
+    return (f"no space left to write {path}: {needed} and the disk has {available}. Free some space (old runs in "
+            "generated/, decoded caches in data/cache/) or write to another disk")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"

@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import inspect
 import re
-import sys
 from dataclasses import MISSING, fields
 
 from .config import TrainConfig
+from .errors import run_cli
 
 
 def _field_help() -> dict[str, str]:
@@ -57,21 +57,22 @@ def config_to_argv(config: TrainConfig) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line: a UserError (bad value, missing file, ...) prints `error: ...` and exits with 1."""
+    run_cli(lambda: _train_from_command_line(argv))
+
+
+def _train_from_command_line(argv: list[str] | None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = TrainConfig(**vars(args))
     except ValueError as error:
         parser.error(str(error))
-    from .training import TrainingDiverged, train  # after argument checks: --help stays fast
+    from .training import train  # after argument checks: --help stays fast
     from .distributed import is_main, shutdown
     from .visualize import save_history_plot
 
-    try:
-        result = train(config)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    result = train(config)
     shutdown()
     if is_main():
         plot = save_history_plot(result.history, result.run_dir / "history.png")

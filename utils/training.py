@@ -43,6 +43,7 @@ from . import distributed
 from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
+from .errors import ConfigError, UserError
 from .environment import describe, pick_amp, pick_channels_last, pick_cuda_graphs, pick_device
 from .metrics import weights_path, fid_for_config
 from .models import Discriminator, Generator
@@ -54,8 +55,12 @@ CHECKPOINT = "checkpoint.pt"
 ARCHITECTURE_FIELDS = ("image_size", "latent_dim", "g_width", "d_width", "spectral_norm", "num_samples", "data")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """Raised when a loss becomes NaN or infinite; the last good checkpoint is left untouched."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used: not readable, or holding more than plain data."""
 
 
 @dataclass
@@ -115,7 +120,7 @@ class DeviceData:
         self.rank, self.world = rank, world
         self.steps_per_epoch = len(images) // world // self.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"config field 'batch_size' ({self.batch_size}) is larger than the {len(images)} images "
+            raise ConfigError(f"config field 'batch_size' ({self.batch_size}) is larger than the {len(images)} images "
                              f"available to each of {world} process(es): lower batch_size or use more images")
 
     def epoch(self, order: torch.Tensor, flips: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -155,11 +160,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ValueError(f"refused to load {path}: it holds Python objects other than tensors and plain data, and "
+        raise CheckpointError(f"refused to load {path}: it holds Python objects other than tensors and plain data, and "
                          "loading those could run arbitrary code. Use checkpoints written by this code only; move the "
                          "file away to start a new run in its folder") from error
     except (RuntimeError, EOFError, KeyError) as error:  # what torch.load raises on a truncated or foreign file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}): "
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}): "
                          "move it away to start a new run in its folder") from error
 
 
@@ -195,7 +200,7 @@ def _roll_back_to_checkpoint(run_dir: Path, epochs_done: int, history: dict) -> 
 def _check_resumable(run_dir: Path, config: TrainConfig, saved: dict) -> None:
     for name in ARCHITECTURE_FIELDS:
         if saved.get(name) != getattr(config, name):
-            raise ValueError(f"{run_dir} holds a run trained with {name}={saved.get(name)!r}, not {getattr(config, name)!r}: "
+            raise ConfigError(f"{run_dir} holds a run trained with {name}={saved.get(name)!r}, not {getattr(config, name)!r}: "
                              f"use the same {name} to resume it, or another 'out' folder for a new run")
 
 
@@ -211,10 +216,10 @@ def prepare_run_dir(config: TrainConfig) -> Path:
         for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / "samples").glob(".*.tmp.*")]:
             stale.unlink()
     except OSError as error:
-        raise ValueError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable folder "
+        raise ConfigError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable folder "
                          "(on Kaggle, under /kaggle/working)") from error
     if (run_dir / CHECKPOINT).exists() and not config.resume:
-        raise ValueError(f"config field 'resume' is False but {run_dir} already holds a run: pass resume=True (--resume) "
+        raise ConfigError(f"config field 'resume' is False but {run_dir} already holds a run: pass resume=True (--resume) "
                          "to continue it, or choose another 'out' folder")
     return run_dir
 
