@@ -43,7 +43,7 @@ BAD_VALUES = {
     "sync_batchnorm": [0],
     "log_every": [0],
     "seed": [-1],
-    "out": [""],
+    "out": [3],
     "num_samples": [0, 2000],
     "resume": ["no"],
     "max_minutes": [-1.0],
@@ -59,6 +59,7 @@ BAD_OPTIONS = {name: [f"--{name.replace('_', '-')}={values[0]}"] for name, value
 for name in ("scale_lr", "spectral_norm", "compile", "sync_batchnorm", "resume"):
     BAD_OPTIONS[name] = [f"--{name.replace('_', '-')}=maybe"]  # flags take no value
 BAD_OPTIONS["fid_weights"] = None  # any string is a path: see test_faults.py for a missing file
+BAD_OPTIONS["out"] = None  # any string is a folder ("" names it from the settings); see test_run.py
 
 
 def test_the_tables_cover_every_field():

@@ -21,8 +21,8 @@ from utils import distributed
 from utils.config import TrainConfig
 from utils.distributed import launch, process_device
 from utils.train import config_to_argv
-from utils.training import CHECKPOINT, DeviceData, epoch_generators, load_checkpoint, train
-from utils.visualize import list_frames
+from utils.run import CHECKPOINT, list_frames, read_checkpoint
+from utils.training import DeviceData, epoch_generators, train
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES, BATCH = 256, 16
@@ -67,7 +67,7 @@ def test_two_process_run_logs_once_and_resumes_in_one_process(tmp_path):
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     # each process trains on its half of the epoch: 256 / (2 x 16) = 8 steps per epoch, not 16
     assert history["steps"][-1]["step"] == 2 * IMAGES // (2 * BATCH)
-    state = load_checkpoint(Path(config.out) / CHECKPOINT)
+    state = read_checkpoint(Path(config.out) / CHECKPOINT)
     assert state["epoch"] == 2
     assert not any(key.startswith("module.") for key in chain(state["generator"], state["discriminator"]))
 

@@ -16,8 +16,8 @@ import torch
 from utils import training
 from utils.config import TrainConfig
 from utils.train import config_to_argv, main
-from utils.training import CHECKPOINT, TrainingDiverged, load_checkpoint, train
-from utils.visualize import frame_path, list_frames
+from utils.run import CHECKPOINT, frame_path, list_frames, read_checkpoint
+from utils.training import TrainingDiverged, train
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, "-m", "utils.train"]
@@ -92,7 +92,7 @@ def kill_mid_epoch(process: subprocess.Popen, run_dir: Path, log: Path) -> int:
     while True:
         time.sleep(epoch_s / 4)
         process.send_signal(signal.SIGSTOP)  # freeze it to see where it is: not writing files, so mid-epoch
-        done = load_checkpoint(run_dir / CHECKPOINT)["epoch"]
+        done = read_checkpoint(run_dir / CHECKPOINT)["epoch"]
         if not temporaries(run_dir) and len(list_frames(run_dir)) == done:
             process.kill()
             process.wait()
@@ -125,7 +125,7 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_ends_with_the_sa
     process = start(config, log)
     done = kill_mid_epoch(process, run_dir, log)
     assert process.returncode == -signal.SIGKILL and 1 <= done < config.epochs
-    assert load_checkpoint(run_dir / CHECKPOINT)["epoch"] == done
+    assert read_checkpoint(run_dir / CHECKPOINT)["epoch"] == done
     assert [epoch for epoch, _ in list_frames(run_dir)] == list(range(1, done + 1))
 
     # 2) resumed, then killed while writing a checkpoint: the previous one stays complete and loadable
@@ -137,7 +137,7 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_ends_with_the_sa
     frames = [epoch for epoch, _ in list_frames(run_dir)]
     saving = frames[-1]  # the epoch whose grid was drawn and whose checkpoint was being written
     assert frames == list(range(1, saving + 1)) and saving > done
-    assert load_checkpoint(run_dir / CHECKPOINT)["epoch"] == saving - 1
+    assert read_checkpoint(run_dir / CHECKPOINT)["epoch"] == saving - 1
     assert (run_dir / "samples" / f"epoch_{saving:03d}.png").exists()
 
     # 3) resumed to the end: the same weights, optimiser moments, EMA, RNG state, history and frames as without kills
@@ -145,7 +145,7 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_ends_with_the_sa
     assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
     assert temporaries(run_dir) == []  # the half-written file is gone
     assert [epoch for epoch, _ in list_frames(run_dir)] == [1, 2, 3, 4]  # one per epoch: no gaps, no duplicates
-    final, expected = load_checkpoint(run_dir / CHECKPOINT), load_checkpoint(reference.run_dir / CHECKPOINT)
+    final, expected = read_checkpoint(run_dir / CHECKPOINT), read_checkpoint(reference.run_dir / CHECKPOINT)
     assert final["epoch"] == 4 and final["ema"] is not None
     assert_same_training_state({k: v for k, v in final.items() if k != "config"},
                                {k: v for k, v in expected.items() if k != "config"})
@@ -189,7 +189,7 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
         train(tiny(tmp_path, epochs=3), progress=False, images=nan_images())
 
     assert {name: (run_dir / name).read_bytes() for name in good} == good  # untouched
-    state = load_checkpoint(run_dir / CHECKPOINT)
+    state = read_checkpoint(run_dir / CHECKPOINT)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["generator"].values())
     assert [epoch for epoch, _ in list_frames(run_dir)] == [1]
     resumed = train(tiny(tmp_path, epochs=2), progress=False)  # with good data, it carries on from epoch 1
@@ -236,7 +236,7 @@ def test_load_checkpoint_refuses_a_malicious_pickle_without_running_it(tmp_path)
     checkpoint = malicious_checkpoint(tmp_path / "evil.pt", tmp_path / "pwned")
 
     with pytest.raises(ValueError, match="refused to load .*evil.pt: it holds Python objects other than tensors"):
-        load_checkpoint(checkpoint)
+        read_checkpoint(checkpoint)
     assert not (tmp_path / "pwned").exists()
 
 

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from utils.gif import main, make_gif, show_gif, write_gif
-from utils.visualize import frame_path, save_grid
+from utils.run import frame_path
+from utils.visualize import save_grid
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = 2 * (16 + 2) + 2  # four 16x16 images, two per row

@@ -6,9 +6,8 @@ import torch
 from PIL import Image
 
 from utils.config import TrainConfig
-from utils.training import (CHECKPOINT, EMA, discriminator_loss, generator_loss, load_checkpoint, load_models,
-                            train)
-from utils.visualize import frame_path, list_frames
+from utils.run import CHECKPOINT, frame_path, list_frames, read_checkpoint
+from utils.training import EMA, discriminator_loss, generator_loss, load_models, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -33,9 +32,10 @@ def state_dicts_equal(a: dict, b: dict) -> bool:
 
 
 def without_timings(history: dict) -> dict:
+    """The steps and epochs of a history without wall-clock timings (and without the changes made as it continued)."""
     drop = {"seconds", "images_per_s"}
-    return {part: [{k: v for k, v in record.items() if k not in drop} for record in records]
-            for part, records in history.items()}
+    return {part: [{k: v for k, v in record.items() if k not in drop} for record in history[part]]
+            for part in ("steps", "epochs")}
 
 
 # ------------------------------------------------------------------------------------------------ losses
@@ -86,7 +86,7 @@ def test_a_run_writes_frames_history_config_and_checkpoint(tmp_path):
     assert [(s["epoch"], s["step"]) for s in history["steps"]] == [(e, s) for e in (1, 2, 3) for s in (4 * e - 2, 4 * e)]
     assert all(math.isfinite(s["loss_d"]) and math.isfinite(s["loss_g"]) and 0 <= s["d_real"] <= 1 for s in history["steps"])
     assert TrainConfig.load(run_dir / "config.json") == config
-    state = load_checkpoint(run_dir / CHECKPOINT)
+    state = read_checkpoint(run_dir / CHECKPOINT)
     assert state["epoch"] == 3 and state["config"] == config.to_dict() and state["history"] == history
     assert state_dicts_equal(state["generator"], result.generator.state_dict())
     assert state["fixed_noise"].shape == (16, 16, 1, 1)
@@ -117,7 +117,8 @@ def test_resume_continues_after_the_last_epoch_and_matches_an_uninterrupted_run(
     assert [e["epoch"] for e in resumed.history["epochs"]] == [1, 2, 3]
     assert [s["step"] for s in resumed.history["steps"]] == [2, 4, 6, 8, 10, 12]
     assert without_timings(resumed.history) == without_timings(straight.history)
-    saved = [load_checkpoint(tmp_path / name / CHECKPOINT) for name in ("resumed", "straight")]
+    assert resumed.history["changes"] == [{"epoch": 2, "step": 4, "field": "epochs", "from": 1, "to": 3}]
+    saved = [read_checkpoint(tmp_path / name / CHECKPOINT) for name in ("resumed", "straight")]
     for part in ("generator", "discriminator", "ema"):
         assert (saved[0][part] is None) == (saved[1][part] is None) == (part == "ema" and not recipe)
         assert saved[0][part] is None or state_dicts_equal(saved[0][part], saved[1][part])
@@ -143,9 +144,9 @@ def test_resume_with_enough_epochs_already_done_trains_nothing(tmp_path, capsys)
 def test_resume_with_another_image_size_is_refused_clearly(tmp_path):
     run(tiny(tmp_path, epochs=1))
 
-    with pytest.raises(ValueError, match=r"image_size=16, not 32: use the same image_size to resume it, or another 'out'"):
+    with pytest.raises(ValueError, match=r"(?s)image_size: 16 -> 32\n.*To continue that run, set image_size=16"):
         run(tiny(tmp_path, epochs=2, image_size=32), images=torch.zeros(64, 3, 32, 32, dtype=torch.uint8))
-    assert load_checkpoint(tmp_path / "run" / CHECKPOINT)["epoch"] == 1
+    assert read_checkpoint(tmp_path / "run" / CHECKPOINT)["epoch"] == 1
 
 
 def test_resume_false_on_an_existing_run_is_refused(tmp_path):
@@ -169,7 +170,7 @@ def test_improved_recipe_trains_with_ema_hinge_spectral_norm_and_diffaugment(tmp
 
     result = run(config)
 
-    state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    state = read_checkpoint(tmp_path / "run" / CHECKPOINT)
     assert state["ema"] is not None and state["ema"]["updates"].item() == 8  # one update per step
     ema_weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     assert ema_weights.keys() == state["generator"].keys()
@@ -249,17 +250,17 @@ def test_budget_stops_training_and_saves_the_cut_short_epoch(tmp_path):
     result = run(tiny(tmp_path, epochs=50, max_minutes=1e-9))
     assert [e["epoch"] for e in result.history["epochs"]] == [1]
     assert result.history["epochs"][0]["steps"] < 4   # cut short within the first epoch
-    assert load_checkpoint(result.run_dir / CHECKPOINT)["epoch"] == 1
+    assert read_checkpoint(result.run_dir / CHECKPOINT)["epoch"] == 1
 
 
 def test_cuda_graphs_are_refused_where_they_cannot_work():
     from utils.environment import pick_cuda_graphs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    plain = dict(amp_dtype=torch.bfloat16, diffaugment="", compile=False, world_size=1)
+    plain = dict(diffaugment="", compile=False, world_size=1)
     assert pick_cuda_graphs(cuda, "auto", **plain) and not pick_cuda_graphs(cpu, "auto", **plain)
     assert not pick_cuda_graphs(cuda, "off", **plain)
-    for blocker in (dict(amp_dtype=torch.float16), dict(diffaugment="color"), dict(compile=True), dict(world_size=2)):
+    for blocker in (dict(diffaugment="color"), dict(compile=True), dict(world_size=2)):
         assert not pick_cuda_graphs(cuda, "auto", **plain | blocker)
         with pytest.raises(ValueError, match="cuda_graphs"):
             pick_cuda_graphs(cuda, "on", **plain | blocker)

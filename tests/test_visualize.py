@@ -1,3 +1,5 @@
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +8,7 @@ from PIL import Image
 
 from utils import visualize
 from utils.files import atomic_path
-from utils.visualize import (LivePlot, frame_path, image_grid, list_frames, plot_history, save_grid,
-                             save_history_plot)
+from utils.visualize import LivePlot, change_marks, image_grid, plot_history, save_grid, save_history_plot
 
 
 def history(num_steps: int = 4, fid_epochs: tuple[int, ...] = ()) -> dict:
@@ -16,28 +17,6 @@ def history(num_steps: int = 4, fid_epochs: tuple[int, ...] = ()) -> dict:
     epochs = [{"epoch": e, "seconds": 10.0, "images_per_s": 100.0} | ({"fid": 200.0 / e} if e in fid_epochs else {})
               for e in range(1, 4)]
     return {"steps": steps, "epochs": epochs}
-
-
-def test_frame_path_names_epoch_with_at_least_three_digits(tmp_path):
-    assert frame_path(tmp_path, 7) == tmp_path / "samples" / "epoch_007.png"
-    assert frame_path(str(tmp_path), 1234).name == "epoch_1234.png"
-
-
-def test_list_frames_sorts_by_epoch_number_and_ignores_other_files(tmp_path):
-    for epoch in (10, 2, 1000, 999, 1):
-        frame_path(tmp_path, epoch).parent.mkdir(parents=True, exist_ok=True)
-        frame_path(tmp_path, epoch).touch()
-    for other in ("notes.txt", ".epoch_003.123.tmp.png", "epoch_abc.png", "epoch_004.png.bak", "grid.png"):
-        (tmp_path / "samples" / other).touch()
-
-    frames = list_frames(tmp_path)
-
-    assert [epoch for epoch, _ in frames] == [1, 2, 10, 999, 1000]
-    assert [path for _, path in frames] == [frame_path(tmp_path, e) for e in (1, 2, 10, 999, 1000)]
-
-
-def test_list_frames_of_a_run_without_samples_is_empty(tmp_path):
-    assert list_frames(tmp_path) == []
 
 
 def test_image_grid_tiles_64_images_into_8x8_with_padding():
@@ -144,26 +123,36 @@ def fake_display(monkeypatch):
     return fake
 
 
-def test_live_plot_does_nothing_outside_jupyter(fake_display, tmp_path):
+def grid_array(seed: int = 0) -> np.ndarray:
+    images = torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return image_grid(images).permute(1, 2, 0).numpy()
+
+
+def shown_png(picture) -> np.ndarray:
+    with Image.open(io.BytesIO(picture.data)) as png:
+        return np.asarray(png.convert("RGB"))
+
+
+def test_live_plot_does_nothing_outside_jupyter(fake_display):
     live = LivePlot(every_seconds=0)
     for _ in range(3):
         live.update(history(), force=True)
-    live.update({}, latest_grid_path=tmp_path / "missing.png", force=True)  # not even opened
+    live.update({}, grid=grid_array(), force=True)
     live.close()
     assert fake_display.shown == [] and fake_display.updates == []
 
 
-def test_live_plot_in_jupyter_redraws_one_output_at_most_every_n_seconds(monkeypatch, fake_display, tmp_path):
+def test_live_plot_in_jupyter_redraws_one_output_at_most_every_n_seconds(monkeypatch, fake_display):
     import matplotlib.pyplot as plt
 
     monkeypatch.setattr(visualize, "in_notebook", lambda: True)
-    grid = save_grid(torch.rand(64, 3, 16, 16) * 2 - 1, frame_path(tmp_path, 1))
+    grid = grid_array()
     open_figures = plt.get_fignums()
     live = LivePlot(every_seconds=3600)
 
-    live.update(history(), grid)
-    live.update(history(num_steps=6), grid)  # within every_seconds: skipped
-    live.update(history(num_steps=8, fid_epochs=(1,)), grid, force=True)
+    live.update(history(), grid, title="epoch 1")
+    live.update(history(num_steps=6))  # within every_seconds: skipped
+    live.update(history(num_steps=8, fid_epochs=(1,)), force=True)
 
     assert len(fake_display.shown) == 1 and len(fake_display.updates) == 1
     for picture in fake_display.shown + fake_display.updates:
@@ -173,3 +162,41 @@ def test_live_plot_in_jupyter_redraws_one_output_at_most_every_n_seconds(monkeyp
     live.close()
     live.update(history(), force=True)
     assert len(fake_display.shown) == 2  # after close, a new output
+
+
+def test_live_plot_keeps_the_last_grid_on_screen_between_epochs(monkeypatch, fake_display):
+    """Mid-epoch redraws pass no grid: the picture must still show the last epoch's, not lose it."""
+    monkeypatch.setattr(visualize, "in_notebook", lambda: True)
+    live = LivePlot(every_seconds=0)
+    live.update(history(), force=True)
+    without_grid = shown_png(fake_display.shown[0])
+
+    live.update(history(), grid=grid_array(), title="epoch 1", force=True)
+    with_grid = shown_png(fake_display.updates[-1])
+    live.update(history(num_steps=5), force=True)  # a mid-epoch redraw
+    mid_epoch = shown_png(fake_display.updates[-1])
+
+    assert with_grid.shape[1] > without_grid.shape[1]  # the grid is drawn beside the curves
+    assert mid_epoch.shape == with_grid.shape
+
+
+def test_plot_history_extends_the_curves_with_the_pending_steps():
+    fig = plot_history(history(), Figure(), pending={"step": 230, "loss_d": 9.0, "loss_g": 0.5, "d_real": 0.6,
+                                                     "d_fake": 0.4})
+    losses = fig.axes[0]
+    assert list(losses.lines[0].get_xdata()) == [50, 100, 150, 200, 230]
+    assert losses.lines[0].get_ydata()[-1] == 9.0
+
+
+def test_plot_history_marks_where_a_setting_changed():
+    changed = history() | {"changes": [{"epoch": 2, "step": 100, "field": "lr_g", "from": 0.0002, "to": 0.001},
+                                       {"epoch": 2, "step": 100, "field": "epochs", "from": 2, "to": 4}]}
+    assert change_marks(changed) == [(100, "lr_g 0.0002 -> 0.001, epochs 2 -> 4")]
+
+    fig = plot_history(changed, Figure())
+
+    for ax in fig.axes[:2]:
+        marks = [line for line in ax.lines if list(line.get_xdata()) == [100, 100]]
+        assert len(marks) == 1
+    assert "lr_g 0.0002 -> 0.001" in fig.axes[0].texts[0].get_text()
+    assert not plot_history(history(), Figure()).axes[0].texts  # no change, no mark

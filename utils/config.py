@@ -70,9 +70,9 @@ class TrainConfig:
     log_every: int = 50         # read losses back to the host every N steps (each read waits for the GPU)
     # run
     seed: int = 42
-    out: str = "generated/dcgan-64"  # run folder: samples/, checkpoint.pt, history.json, config.json
+    out: str = ""               # run folder; "" = generated/<recipe>-<size>px[-field=value...], named from the settings
     num_samples: int = 64       # fixed latents drawn after every epoch (an 8x8 grid)
-    resume: bool = True         # continue the run in `out` if it has a checkpoint
+    resume: bool = True         # continue the run in its folder if it has a checkpoint (see utils/run.py)
     max_minutes: float = 0.0    # stop (and save) once training has taken this many minutes in all; 0 = no limit
     # quality (notebook 05)
     fid_every: int = 0          # compute FID every K epochs (0 = never)
@@ -122,7 +122,6 @@ class TrainConfig:
         self._check(self.data_on_device in ("auto", "on", "off"), "data_on_device", "'auto', 'on' or 'off'")
         self._check(self.log_every >= 1, "log_every", ">= 1")
         self._check(self.seed >= 0, "seed", ">= 0")
-        self._check(self.out != "", "out", "a folder path")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
         self._check(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no limit)")
         self._check(self.fid_every >= 0, "fid_every", ">= 0 (0 = never)")

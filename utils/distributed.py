@@ -53,6 +53,10 @@ from .errors import ConfigError, UserError
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
+class TrainingFailed(UserError, RuntimeError):
+    """A distributed run launched from a notebook failed; its processes' output says why."""
+
+
 def launched() -> bool:
     """True in a process started by torchrun with more than one process (WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -210,5 +214,5 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
             sys.stdout.write(decoder.decode(chunk))
             sys.stdout.flush()
     if process.returncode != 0:
-        raise UserError(f"distributed training failed: torchrun exited with code {process.returncode}; "
+        raise TrainingFailed(f"distributed training failed: torchrun exited with code {process.returncode}; "
                            "the first error is in the output above")

@@ -83,20 +83,19 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
     return device.type in ("cuda", "cpu") and not compile
 
 
-def pick_cuda_graphs(device: torch.device, setting: str, *, amp_dtype: torch.dtype | None, diffaugment: str,
-                     compile: bool, world_size: int) -> bool:
+def pick_cuda_graphs(device: torch.device, setting: str, *, diffaugment: str, compile: bool, world_size: int) -> bool:
     """Whether to replay each training step as one CUDA graph (utils.training.CUDAGraphStep).
 
     At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
     at once. "auto" uses graphs on one CUDA GPU when nothing in the step needs the host or a generator the
-    graph cannot own: not with fp16 (its GradScaler; not measured), DiffAugment, torch.compile or several processes.
+    graph cannot own: not with DiffAugment (its random draws), torch.compile or several processes. fp16 is
+    fine: GradScaler hands the fused Adam its scale and inf check as device tensors, so nothing waits.
     """
     blockers = [reason for reason, present in [
-        ("fp16 mixed precision", amp_dtype == torch.float16), ("DiffAugment", bool(diffaugment)),
-        ("torch.compile", compile), ("several processes", world_size > 1)] if present]
+        ("DiffAugment", bool(diffaugment)), ("torch.compile", compile), ("several processes", world_size > 1)] if present]
     if setting == "on" and (device.type != "cuda" or blockers):
         raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
-                         f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
+                          f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
     return setting != "off" and device.type == "cuda" and not blockers
 
 

@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from utils.files import atomic_path
-from utils.visualize import in_notebook, list_frames
+from utils.run import list_frames
+from utils.visualize import in_notebook
 
 
 def write_gif(frames: list[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None) -> Path:

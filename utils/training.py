@@ -2,32 +2,29 @@
 
     >>> from utils.config import TrainConfig
     >>> from utils.training import train
-    >>> result = train(TrainConfig(epochs=5, out="generated/my-run"))   # run it again: it resumes
+    >>> result = train(TrainConfig(epochs=5))     # run it again: it resumes; change a value: see utils/run.py
+    >>> result = train(config, generator=MyGenerator(), discriminator=MyDiscriminator())   # your own networks
 
-What makes it fast (numbers in the README, from benchmarks/train_speed.py):
-- the dataset is decoded once into a uint8 tensor (utils/data.py) and, when it fits, lives on the GPU;
-  shuffling, flips and scaling to [-1, 1] happen there, so no DataLoader workers decode JPEGs each epoch;
-- no per-step host syncs: losses and D's scores are summed on the device and read every `log_every` steps;
-- bf16 autocast on GPUs that have it, fp16 + GradScaler on those that don't, channels_last, fused Adam;
-- D's weights are frozen during G's step, so their unused gradients are never computed.
-
-What makes it safe to interrupt (Colab disconnects, kernel restarts, SIGKILL):
-- after every epoch: the sample grid, then history.json, then checkpoint.pt, each written to a temporary
-  file and renamed, so a file is either the old one or the new one, never half-written;
-- the checkpoint holds G, D, both optimisers, the AMP scaler, the EMA generator, the fixed noise, the history
-  and the RNG states; the weights start from `seed` and every epoch's randomness is derived from (seed, epoch),
-  so a resumed run ends with exactly the weights of an uninterrupted one (tests/test_faults.py kills one to check);
-- on resume, what a killed epoch wrote ahead of its checkpoint (its grid, temporary files) is removed, and the
-  checkpoint is loaded with weights_only=True, so a tampered file is refused instead of running code.
+`TrainingStep` is one round of the game, the same computation notebook 03 writes out by hand in 30 lines
+(tests/test_notebook_code.py proves it). What `train()` adds around it, and where (numbers in the README):
+- the dataset is decoded once into a uint8 tensor (utils/data.py) and, when it fits, lives on the GPU; shuffling,
+  flips and scaling to [-1, 1] happen there (`DeviceData`), so no DataLoader workers decode JPEGs each epoch;
+- no host syncs in a step: losses and D's scores are summed on the device and read every `log_every` steps, so
+  on one GPU the whole step is recorded once as a CUDA graph and replayed (`CUDAGraphStep`);
+- bf16 autocast on GPUs that have it, fp16 + GradScaler on those that don't, channels_last, fused Adam
+  (utils/environment.py chooses); D's weights are frozen during G's step, so their gradients are never computed;
+- the run folder (utils/run.py): one process at a time, checkpoints written in the background after every
+  epoch, resume, changes between epochs applied and recorded. The weights start from `seed` and every epoch's
+  randomness is derived from (seed, epoch), so a resumed run ends with exactly the weights of an uninterrupted one
+  (tests/test_faults.py kills one to check).
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import hashlib
 import math
 import os
-import pickle
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -43,24 +40,16 @@ from . import distributed
 from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
-from .errors import ConfigError, UserError
 from .environment import describe, pick_amp, pick_channels_last, pick_cuda_graphs, pick_device
-from .metrics import weights_path, fid_for_config
-from .models import Discriminator, Generator
-from .files import atomic_path
-from .visualize import frame_path, list_frames, save_grid
-
-CHECKPOINT = "checkpoint.pt"
-# Fields that fix the shape of the networks or the data: a run folder cannot be resumed with other values.
-ARCHITECTURE_FIELDS = ("image_size", "latent_dim", "g_width", "d_width", "spectral_norm", "num_samples", "data")
+from .errors import ConfigError, Interrupted, UserError
+from .metrics import fid_for_config, sampling, weights_path
+from .models import Discriminator, Generator, count_parameters
+from .run import CHECKPOINT, Run, read_checkpoint
+from .visualize import image_grid
 
 
 class TrainingDiverged(UserError, RuntimeError):
     """Raised when a loss becomes NaN or infinite; the last good checkpoint is left untouched."""
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be used: not readable, or holding more than plain data."""
 
 
 @dataclass
@@ -88,157 +77,80 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-# ----------------------------------------------------------------------------------------------- data
+# ------------------------------------------------------------------------------------------ the step
 
-class DeviceData:
-    """Serves shuffled, flipped batches in [-1, 1] from a uint8 image tensor.
+class TrainingStep:
+    """One round of the game: D learns from a real and a fake batch, then G learns to fool D.
 
-    The tensor lives on the GPU when it fits (`data_on_device`), else in pinned host memory and each
-    batch is copied over asynchronously. With several processes, each one gets its own shard of every
-    epoch's permutation.
+    Exactly the step of notebook 03, plus what keeps it fast: it never waits for the device (the losses and
+    D's average verdicts are summed into `totals` on the device, and `read` fetches them every few steps), so
+    on a GPU it can be replayed as a CUDA graph. `train_g`/`train_d` are the networks as trained (a DDP wrapper,
+    a compiled module), `generator`/`discriminator` the plain ones; the optional parts (mixed precision's
+    `autocast` and `scaler`, an `ema` of G, DiffAugment's `augment`) default to nothing.
     """
 
-    def __init__(self, images: torch.Tensor, device: torch.device, config: TrainConfig, channels_last: bool,
-                 log: Callable[[str], None] = print):
-        self.device, self.batch_size, self.channels_last = device, config.batch_size, channels_last
-        nbytes = images.numel()
-        on_device = config.data_on_device == "on"
-        if config.data_on_device == "auto" and device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            on_device = nbytes < 0.4 * free
-        if device.type == "cpu":
-            self.images, where = images, "in host memory (memory-mapped cache)"
-        elif on_device:
-            self.images, where = images.to(device), f"on {device}"
-        elif nbytes < 0.5 * _available_ram():
-            pinned = images.pin_memory() if device.type == "cuda" else images
-            self.images, where = pinned, "in pinned host memory (too large for the GPU), copied per batch"
-        else:
-            self.images, where = images, "streamed from the memory-mapped cache (too large for the GPU and for RAM)"
-        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {nbytes / 2**20:,.0f} MiB, kept {where}")
-        rank, world = distributed.rank(), distributed.world_size()
-        self.rank, self.world = rank, world
-        self.steps_per_epoch = len(images) // world // self.batch_size
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"config field 'batch_size' ({self.batch_size}) is larger than the {len(images)} images "
-                             f"available to each of {world} process(es): lower batch_size or use more images")
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer, loss: str = "bce", *, scaler: torch.amp.GradScaler | None = None,
+                 autocast: Callable = nullcontext, ema: "EMA | None" = None,
+                 augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+                 train_g: nn.Module | None = None, train_d: nn.Module | None = None, frozen_d: nn.Module | None = None):
+        self.generator, self.discriminator, self.opt_g, self.opt_d, self.loss = generator, discriminator, opt_g, opt_d, loss
+        self.scaler = scaler or torch.amp.GradScaler(enabled=False)
+        self.autocast, self.ema = autocast, ema
+        self.augment = augment or (lambda x, gen: x)
+        self.train_g, self.train_d = train_g or generator, train_d or discriminator
+        # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
+        self.frozen_d = frozen_d or distributed.unwrap(self.train_d)
+        self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
 
-    def epoch(self, order: torch.Tensor, flips: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield this process's batches for one epoch, given the epoch's permutation and flip coin tosses."""
-        per_rank = len(order) // self.world
-        order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
-        flips = flips[self.rank * per_rank:(self.rank + 1) * per_rank]
-        if self.images.device == self.device:
-            order, flips = order.to(self.device), flips.to(self.device)
-        for step in range(self.steps_per_epoch):
-            index = order[step * self.batch_size:(step + 1) * self.batch_size]
-            batch = self.images[index].to(self.device, non_blocking=True)
-            flip = flips[step * self.batch_size:(step + 1) * self.batch_size].to(self.device, non_blocking=True)
-            x = batch.float().div_(127.5).sub_(1)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
-            yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+    def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
+        # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
+        with self.autocast():
+            fake = self.train_g(z)
+            real_logits = self.train_d(self.augment(real, gen)).flatten()
+            fake_logits = self.train_d(self.augment(fake.detach(), gen)).flatten()
+            loss_d = discriminator_loss(real_logits, fake_logits, self.loss)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+        # 2) G learns to fool D (D's weights frozen: only the gradient w.r.t. the fake images is needed)
+        with frozen(self.discriminator), self.autocast():
+            gen_logits = self.frozen_d(self.augment(fake, gen)).flatten()
+            loss_g = generator_loss(gen_logits, self.loss)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.generator)
+        self.totals.add_(torch.stack([loss_d.detach().float(), loss_g.detach().float(),
+                                      torch.sigmoid(real_logits.detach().float()).mean(),
+                                      torch.sigmoid(fake_logits.detach().float()).mean()]))
+
+    def read(self, steps: int) -> dict:
+        """The means over the last `steps` steps (one host sync; averaged over processes), then start again."""
+        loss_d, loss_g, d_real, d_fake = (distributed.average(self.totals) / steps).tolist()
+        self.totals.zero_()
+        return {"loss_d": round(loss_d, 5), "loss_g": round(loss_g, 5), "d_real": round(d_real, 5),
+                "d_fake": round(d_fake, 5)}
+
+    def peek(self, steps: int) -> dict:
+        """The means so far without starting again: free where reading the device costs nothing (the CPU)."""
+        loss_d, loss_g, d_real, d_fake = (self.totals / max(steps, 1)).tolist()
+        return {"loss_d": loss_d, "loss_g": loss_g, "d_real": d_real, "d_fake": d_fake}
 
 
-def _available_ram() -> int:
-    """Bytes of RAM free for new allocations (Linux and macOS; elsewhere assume plenty)."""
+@contextmanager
+def frozen(model: nn.Module):
+    """Skip the weight gradients of `model` (D during G's step: G only needs gradients w.r.t. D's input)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
-# ---------------------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file, then rename: the previous checkpoint survives any interruption."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load with weights_only=True: a checkpoint is data, and an untrusted pickle must not run code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(f"refused to load {path}: it holds Python objects other than tensors and plain data, and "
-                         "loading those could run arbitrary code. Use checkpoints written by this code only; move the "
-                         "file away to start a new run in its folder") from error
-    except (RuntimeError, EOFError, KeyError) as error:  # what torch.load raises on a truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}): "
-                         "move it away to start a new run in its folder") from error
-
-
-def load_models(run_dir: str | Path) -> tuple[Generator, Discriminator, dict]:
-    """A run folder's generator (its EMA weights when the run kept them), discriminator and history, on the CPU."""
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT)
-    config = TrainConfig.from_dict(state["config"])
-    generator = Generator(config.image_size, config.latent_dim, config.g_width)
-    if state.get("ema") is not None:
-        generator.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
-    else:
-        generator.load_state_dict(state["generator"])
-    discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
-    discriminator.load_state_dict(state["discriminator"])
-    return generator, discriminator, state["history"]
-
-
-def _write_json(path: Path, value: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=1) + "\n")
-
-
-def _roll_back_to_checkpoint(run_dir: Path, epochs_done: int, history: dict) -> None:
-    """Drop what an epoch killed before its checkpoint landed had already written (its sample grid, history.json):
-    that epoch is trained again, so the folder shows exactly the epochs the checkpoint holds, one frame each."""
-    for epoch, path in list_frames(run_dir):
-        if epoch > epochs_done:
-            path.unlink()
-    if (run_dir / "history.json").exists():
-        _write_json(run_dir / "history.json", history)
-
-
-def _check_resumable(run_dir: Path, config: TrainConfig, saved: dict) -> None:
-    for name in ARCHITECTURE_FIELDS:
-        if saved.get(name) != getattr(config, name):
-            raise ConfigError(f"{run_dir} holds a run trained with {name}={saved.get(name)!r}, not {getattr(config, name)!r}: "
-                             f"use the same {name} to resume it, or another 'out' folder for a new run")
-
-
-def prepare_run_dir(config: TrainConfig) -> Path:
-    """Create the run folder and prove it is writable before any training starts."""
-    run_dir = Path(config.out)
-    try:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-        # temporary files of writes that a kill interrupted (see atomic_path): never complete, never needed
-        for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / "samples").glob(".*.tmp.*")]:
-            stale.unlink()
-    except OSError as error:
-        raise ConfigError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable folder "
-                         "(on Kaggle, under /kaggle/working)") from error
-    if (run_dir / CHECKPOINT).exists() and not config.resume:
-        raise ConfigError(f"config field 'resume' is False but {run_dir} already holds a run: pass resume=True (--resume) "
-                         "to continue it, or choose another 'out' folder")
-    return run_dir
-
-
-# ------------------------------------------------------------------------------------------- training
-
-def epoch_generators(seed: int, epoch: int, device: torch.device,
-                     rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
-    """(CPU, device) random generators for one epoch, derived from (seed, epoch) and the process's rank only.
-
-    Because nothing carries over from one epoch to the next, a run resumed at epoch k draws exactly the
-    same batches, noise and augmentations as an uninterrupted one. The CPU generator (the epoch's
-    permutation, shared out between processes) is the same in every process; the device generator (noise,
-    augmentations) differs per process, else all processes would train on the same fakes. (The offsets are
-    small because the CPU generator keeps only the low 32 bits of a seed.)
-    """
-    cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
-    return cpu, dev
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class EMA(nn.Module):
@@ -272,8 +184,9 @@ class CUDAGraphStep:
     """Runs a training step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it.
 
     At batch 128 the eager step is bound by launching some 300 small kernels from Python, one by one: a
-    replay launches them all at once. The step must never wait for the device (no .item()), and its inputs are
-    copied into fixed buffers, because a graph always reads the addresses it was recorded with.
+    replay launches them all at once. The step must never wait for the device (no .item(); with fp16 the fused
+    Adam takes GradScaler's scale and inf check as device tensors), and its inputs are copied into fixed
+    buffers, because a graph always reads the addresses it was recorded with.
     """
 
     def __init__(self, step: Callable[..., None], warmup: int = 3):
@@ -298,24 +211,131 @@ class CUDAGraphStep:
         self.graph.replay()
 
 
-@contextmanager
-def frozen(model: nn.Module):
-    """Skip the weight gradients of `model` (D during G's step: G only needs gradients w.r.t. D's input)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
+# ----------------------------------------------------------------------------------------------- data
+
+class DeviceData:
+    """Serves shuffled, flipped batches in [-1, 1] from a uint8 image tensor.
+
+    The tensor lives on the GPU when it fits (`data_on_device`), else in pinned host memory and each
+    batch is copied over asynchronously. With several processes, each one gets its own shard of every
+    epoch's permutation.
+    """
+
+    def __init__(self, images: torch.Tensor, device: torch.device, config: TrainConfig, channels_last: bool,
+                 log: Callable[[str], None] = print):
+        self.device, self.batch_size, self.channels_last = device, config.batch_size, channels_last
+        nbytes = images.numel()
+        on_device = config.data_on_device == "on"
+        if config.data_on_device == "auto" and device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            on_device = nbytes < 0.4 * free
+        if device.type == "cpu":
+            self.images, where = images, "in host memory (memory-mapped cache)"
+        elif on_device:
+            self.images, where = images.to(device), f"on {device}"
+        elif nbytes < 0.5 * _available_ram():
+            pinned = images.pin_memory() if device.type == "cuda" else images
+            self.images, where = pinned, "in pinned host memory (too large for the GPU), copied per batch"
+        else:
+            self.images, where = images, "streamed from the memory-mapped cache (too large for the GPU and for RAM)"
+        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {nbytes / 2**20:,.0f} MiB, kept {where}")
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.steps_per_epoch = len(images) // self.world // self.batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"config field 'batch_size' ({self.batch_size}) is larger than the {len(images)} images "
+                              f"available to each of {self.world} process(es): lower batch_size or use more images")
+
+    def epoch(self, order: torch.Tensor, flips: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield this process's batches for one epoch, given the epoch's permutation and flip coin tosses."""
+        per_rank = len(order) // self.world
+        order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        flips = flips[self.rank * per_rank:(self.rank + 1) * per_rank]
+        if self.images.device == self.device:
+            order, flips = order.to(self.device), flips.to(self.device)
+        for step in range(self.steps_per_epoch):
+            index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            batch = self.images[index].to(self.device, non_blocking=True)
+            flip = flips[step * self.batch_size:(step + 1) * self.batch_size].to(self.device, non_blocking=True)
+            x = batch.float().div_(127.5).sub_(1)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+            yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def _available_ram() -> int:
+    """Bytes of RAM free for new allocations (Linux and macOS; elsewhere assume plenty)."""
     try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
-def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None) -> TrainResult:
-    """Train (or resume) the run in `config.out` until `config.epochs` epochs are done.
+def epoch_generators(seed: int, epoch: int, device: torch.device,
+                     rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
+    """(CPU, device) random generators for one epoch, derived from (seed, epoch) and the process's rank only.
 
-    `live_plot` is anything with `update(history, latest_grid_path, force=False)` (utils.visualize.LivePlot in
-    notebook 03). `images` skips loading `config.data` (tests, benchmarks). Returns the trained models.
+    Because nothing carries over from one epoch to the next, a run resumed at epoch k draws exactly the
+    same batches, noise and augmentations as an uninterrupted one. The CPU generator (the epoch's
+    permutation, shared out between processes) is the same in every process; the device generator (noise,
+    augmentations) differs per process, else all processes would train on the same fakes. (The offsets are
+    small because the CPU generator keeps only the low 32 bits of a seed.)
+    """
+    cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
+    return cpu, dev
+
+
+# ------------------------------------------------------------------------------------------- networks
+
+def describe_network(model: nn.Module) -> str:
+    """`ClassName (N parameters, #hash)`: the hash covers the layers and every weight's shape, not the values."""
+    layout = repr(model) + "".join(f"{name}{tuple(t.shape)}" for name, t in model.state_dict().items())
+    return f"{type(model).__name__} ({count_parameters(model):,} parameters, #{hashlib.sha1(layout.encode()).hexdigest()[:6]})"
+
+
+def network_tag(config: TrainConfig, generator: nn.Module | None, discriminator: nn.Module | None) -> str:
+    """The part of the run folder's name that tells networks other than the built-in ones apart ('' for those)."""
+    parts = []
+    for role, model, builtin in (("G", generator, lambda: Generator(config.image_size, config.latent_dim, config.g_width)),
+                                 ("D", discriminator, lambda: Discriminator(config.image_size, config.d_width,
+                                                                            config.spectral_norm))):
+        if model is not None and describe_network(model) != describe_network(builtin()):
+            parts.append(f"{role}={type(model).__name__}{describe_network(model).rsplit('#', 1)[1].rstrip(')')}")
+    return "-".join(parts)
+
+
+def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device) -> None:
+    """Your own networks must take and give what the loop passes: z (N, latent_dim, 1, 1) -> (N, 3, S, S) -> (N,)."""
+    size = config.image_size
+    with sampling(generator, discriminator):
+        z = torch.zeros(2, config.latent_dim, 1, 1, device=device)
+        try:
+            images = generator(z)
+        except Exception as error:
+            raise ConfigError(f"your generator fails on z of shape (2, {config.latent_dim}, 1, 1) (config field "
+                              f"'latent_dim'): {type(error).__name__}: {error}") from None
+        if tuple(images.shape) != (2, 3, size, size):
+            raise ConfigError(f"your generator turns z of shape (2, {config.latent_dim}, 1, 1) into {tuple(images.shape)}; "
+                              f"training needs (2, 3, {size}, {size}) (config field 'image_size' is {size})")
+        try:
+            logits = discriminator(images)
+        except Exception as error:
+            raise ConfigError(f"your discriminator fails on images of shape (2, 3, {size}, {size}): "
+                              f"{type(error).__name__}: {error}") from None
+        if logits.numel() != 2:
+            raise ConfigError(f"your discriminator turns images of shape (2, 3, {size}, {size}) into "
+                              f"{tuple(logits.shape)}; training needs one score per image: shape (2,) or (2, 1)")
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None,
+          generator: nn.Module | None = None, discriminator: nn.Module | None = None) -> TrainResult:
+    """Train (or continue) the run of `config` until `config.epochs` epochs are done; return the trained models.
+
+    The run folder is `config.out`, or one named from the settings when that is "" (utils/run.py). `live_plot`
+    is anything with `update(history, grid=None, pending=None, force=False)` (utils.visualize.LivePlot in
+    notebook 03). `images` skips loading `config.data` (tests, benchmarks). `generator` and `discriminator`
+    replace the built-in networks with your own (any modules with the same input and output shapes).
     """
     device = distributed.process_device(pick_device(config.device))
     if device.type == "cuda":
@@ -324,187 +344,222 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     distributed.setup(device)
     is_main = distributed.is_main()
     log = print if is_main else (lambda *_: None)
-    amp_dtype = pick_amp(device, config.amp)
-    channels_last = pick_channels_last(device, config.channels_last, config.compile)
     if config.fid_every:
         weights_path(config.fid_weights)  # a missing weights file fails now, not at the first FID epoch
-    run_dir = prepare_run_dir(config) if is_main else Path(config.out)
-    distributed.barrier()
-    log(describe(device))
-    log(f"mixed precision: {amp_dtype or 'off (fp32)'}, channels_last: {'on' if channels_last else 'off'}, "
+    tag = network_tag(config, generator, discriminator)
+    torch.manual_seed(config.seed)  # the same config starts from the same weights
+    generator = generator or Generator(config.image_size, config.latent_dim, config.g_width)
+    discriminator = discriminator or Discriminator(config.image_size, config.d_width, config.spectral_norm)
+    networks = {"generator": describe_network(generator), "discriminator": describe_network(discriminator)}
+    with Run.open(config, networks, tag, main=is_main, log=log) as run:  # refuses what cannot continue, before the data
+        distributed.barrier()
+        return _train(config, run, generator, discriminator, networks, device, progress and is_main, live_plot,
+                      images, log)
+
+
+def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: nn.Module, networks: dict,
+           device: torch.device, progress: bool, live_plot, images: torch.Tensor | None,
+           log: Callable[[str], None]) -> TrainResult:
+    is_main, world = distributed.is_main(), distributed.world_size()
+    amp_dtype = pick_amp(device, config.amp)
+    channels_last = pick_channels_last(device, config.channels_last, config.compile)
+    cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, diffaugment=config.diffaugment, compile=config.compile,
+                                   world_size=world)
+    log(f"{describe(device)}\nrun folder: {run.dir}\nmixed precision: {amp_dtype or 'off (fp32)'}, channels_last: "
+        f"{'on' if channels_last else 'off'}, CUDA graphs: {'on' if cuda_graphs else 'off'}, "
         f"torch.compile: {'on' if config.compile else 'off'}")
+    for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
+        if not isinstance(model, builtin):
+            log(f"{role}: yours, {networks[role]} (config fields 'g_width'/'d_width' do not apply to it)")
 
     # data
     if images is None:
         with distributed.main_first():  # the main process builds the cache, the others then reuse it
-            images = load_dataset(config, progress=progress and is_main)
+            images = load_dataset(config, progress=progress)
     data = DeviceData(images, device, config, channels_last, log)
 
-    # models and optimisers, initialised from the seed: the same config starts from the same weights
-    torch.manual_seed(config.seed)
-    generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device)
-    discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(device)
-    if channels_last:
-        generator.to(memory_format=torch.channels_last)
-        discriminator.to(memory_format=torch.channels_last)
-    ema = None
-    if config.ema_decay > 0:
-        ema = EMA(generator, config.ema_decay)
-    lr_g, lr_d = config.scaled_lrs(distributed.world_size())
-    cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, amp_dtype=amp_dtype, diffaugment=config.diffaugment,
-                                   compile=config.compile, world_size=distributed.world_size())
-    fused = {"fused": True, "capturable": cuda_graphs} if device.type == "cuda" else {"foreach": True}
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr_g, betas=(config.beta1, config.beta2), **fused)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr_d, betas=(config.beta1, config.beta2), **fused)
+    # networks and optimisers
+    for model in (generator, discriminator):
+        model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    if not (isinstance(generator, Generator) and isinstance(discriminator, Discriminator)):
+        check_networks(config, generator, discriminator, device)
+    ema = EMA(generator, config.ema_decay) if config.ema_decay > 0 else None
+    device_options = {"fused": True, "capturable": cuda_graphs} if device.type == "cuda" else {"foreach": True}
+    opt_g = torch.optim.Adam(generator.parameters(), **device_options)
+    opt_d = torch.optim.Adam(discriminator.parameters(), **device_options)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     fixed_noise = torch.randn(config.num_samples, config.latent_dim, 1, 1,
                               generator=torch.Generator().manual_seed(config.seed))
     history: dict = {"steps": [], "epochs": []}
     start_epoch = 1
-
-    checkpoint_path = run_dir / CHECKPOINT
-    if config.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        _check_resumable(run_dir, config, state["config"])
+    if run.state is not None:  # continue: weights, optimiser moments, scaler, EMA, noise, history, RNG
+        state = run.state
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
+        _load_optimizer(opt_g, state["opt_g"], device_options)
+        _load_optimizer(opt_d, state["opt_d"], device_options)
+        if scaler.is_enabled() and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None:
             ema.load_state_dict(state["ema"])
         fixed_noise, history = state["fixed_noise"], state["history"]
         torch.set_rng_state(state["rng"]["cpu"])
         start_epoch = state["epoch"] + 1
-        log(f"resuming {run_dir} after epoch {state['epoch']} (of {config.epochs})")
-    if is_main:
-        config.save(run_dir / "config.json")
-        _roll_back_to_checkpoint(run_dir, start_epoch - 1, history)
-    if start_epoch > config.epochs:
-        log(f"{run_dir} already has {start_epoch - 1} epochs; raise 'epochs' to train longer")
-
-    world = distributed.world_size()
+        log(f"resuming {run.dir} after epoch {state['epoch']} (of {config.epochs})")
+    # this run's learning rates and betas, set after loading: load_state_dict restores the saved ones
+    lr_g, lr_d = config.scaled_lrs(world)
+    for optimizer, lr in ((opt_g, lr_g), (opt_d, lr_d)):
+        for group in optimizer.param_groups:
+            group.update(lr=lr, betas=(config.beta1, config.beta2))
     if world > 1:
         log(f"distributed: {world} processes x batch {config.batch_size} = effective batch {world * config.batch_size}; "
             f"learning rates G {lr_g:.2e}, D {lr_d:.2e}" + (" (x sqrt(effective batch / 128))" if config.scale_lr else
                                                             " (not scaled: pass scale_lr=True for x sqrt(effective batch / 128))"))
-    train_g, train_d = distributed.wrap(generator, device, config.sync_batchnorm), \
-        distributed.wrap(discriminator, device, config.sync_batchnorm)
-    # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
+    step = history["steps"][-1]["step"] if history["steps"] else 0
+    if start_epoch > config.epochs:
+        log(f"{run.dir} already has {start_epoch - 1} epochs; raise 'epochs' to train longer")
+    elif is_main:
+        run.start(config, history, start_epoch, step)
+
+    # the step, as trained: DDP wrappers, torch.compile, autocast, a CUDA graph
+    train_g = distributed.wrap(generator, device, config.sync_batchnorm)
+    train_d = distributed.wrap(discriminator, device, config.sync_batchnorm)
     frozen_d = distributed.unwrap(train_d)
     if config.compile:
         train_g, train_d, frozen_d = torch.compile(train_g), torch.compile(train_d), torch.compile(frozen_d)
     # autocast's cache of bf16 weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not cuda_graphs)) if amp_dtype \
         else nullcontext
-    fixed_noise_device = fixed_noise.to(device)
+    augment = (lambda x, gen: diff_augment(x, config.diffaugment, gen)) if config.diffaugment else None
+    training_step = TrainingStep(generator, discriminator, opt_g, opt_d, config.loss, scaler=scaler, autocast=autocast,
+                                 ema=ema, augment=augment, train_g=train_g, train_d=train_d, frozen_d=frozen_d)
+    run_step = CUDAGraphStep(training_step) if cuda_graphs else training_step
     sampler = ema.module if ema is not None else generator
-
-    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        return diff_augment(x, config.diffaugment, gen) if config.diffaugment else x
-
-    totals = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)) summed since the last read
-
-    def train_step(real: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> None:
-        """One round of the game. It never waits for the device, so on a GPU it can be replayed as a CUDA graph."""
-        # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
-        with autocast():
-            fake = train_g(z)
-            real_logits = train_d(augment(real, gen))
-            fake_logits = train_d(augment(fake.detach(), gen))
-            loss_d = discriminator_loss(real_logits, fake_logits, config.loss)
-        opt_d.zero_grad(set_to_none=True)
-        scaler.scale(loss_d).backward()
-        scaler.step(opt_d)
-        # 2) G learns to fool D (D's weights frozen: only the gradient w.r.t. the fake images is needed)
-        with frozen(discriminator), autocast():
-            gen_logits = frozen_d(augment(fake, gen))
-            loss_g = generator_loss(gen_logits, config.loss)
-        opt_g.zero_grad(set_to_none=True)
-        scaler.scale(loss_g).backward()
-        scaler.step(opt_g)
-        scaler.update()
-        if ema is not None:
-            ema.update(generator)
-        totals.add_(torch.stack([loss_d.detach().float(), loss_g.detach().float(),
-                                 torch.sigmoid(real_logits.detach().float()).mean(),
-                                 torch.sigmoid(fake_logits.detach().float()).mean()]))
-
-    run_step = CUDAGraphStep(train_step) if cuda_graphs else train_step
-    log(f"CUDA graphs: {'on' if cuda_graphs else 'off'}")
-
+    fixed_noise_device = fixed_noise.to(device)
     fid = None  # built on first use: the reference statistics are computed (or loaded from data/) once
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
-    step = history["steps"][-1]["step"] if history["steps"] else 0
-    for epoch in range(start_epoch, config.epochs + 1):
-        if config.max_minutes and budget_s <= 0:
-            log(f"time budget of {config.max_minutes} minutes used up after epoch {epoch - 1}")
-            break
-        cpu_gen, dev_gen = epoch_generators(config.seed, epoch, device, distributed.rank())
-        order = torch.randperm(len(images), generator=cpu_gen)
-        flips = torch.rand(len(images), generator=cpu_gen) < 0.5
-        totals.zero_()
-        since_read = 0
-        started = time.perf_counter()
-        bar = tqdm(data.epoch(order, flips), total=data.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                   disable=not (progress and is_main), leave=False)
-        for index, real in enumerate(bar, 1):
-            z = torch.randn(real.shape[0], config.latent_dim, 1, 1, device=device, generator=dev_gen)
-            run_step(real, z, dev_gen)
-            step += 1
-            since_read += 1
-            if since_read == config.log_every or index == data.steps_per_epoch:
-                record = _read_totals(distributed.average(totals), since_read, epoch, step,
-                                      time.perf_counter() - started)
-                history["steps"].append(record)
-                totals.zero_()
-                since_read = 0
-                bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
-                                d_x=f"{record['d_real']:.2f}", d_g_z=f"{record['d_fake']:.2f}")
-                if live_plot is not None and is_main:
-                    live_plot.update(history, None)
-                if config.max_minutes and distributed.agree(time.perf_counter() - started > budget_s):
-                    break  # out of time: this epoch ends early and is saved like any other
-        bar.close()
-        seconds = time.perf_counter() - started
-        budget_s -= seconds
-        epoch_record = {"epoch": epoch, "seconds": round(seconds, 2),
-                        "images_per_s": round(index * config.batch_size * world / seconds, 1)}
-        if index < data.steps_per_epoch:
-            epoch_record["steps"] = index  # cut short by max_minutes
-        history["epochs"].append(epoch_record)
-        if is_main:
-            grid = frame_path(run_dir, epoch)
-            with torch.no_grad(), autocast():
-                save_grid(sampler(fixed_noise_device).float().cpu(), grid)
-            if config.fid_every and (epoch % config.fid_every == 0 or epoch == config.epochs):
-                fid = fid or fid_for_config(config, images, device)
-                epoch_record["fid"] = round(fid.score_generator(sampler, config.latent_dim, config.fid_samples,
-                                                                seed=config.seed), 3)
-                log(f"epoch {epoch}: FID {epoch_record['fid']:.2f} ({config.fid_samples:,} samples)")
-            _write_json(run_dir / "history.json", history)
-            save_checkpoint(checkpoint_path, {
-                "epoch": epoch, "config": config.to_dict(), "history": history, "fixed_noise": fixed_noise,
-                "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
+    saved_epoch = start_epoch - 1
+
+    def checkpoint(epoch: int) -> dict:
+        return {"epoch": epoch, "config": config.to_dict(), "networks": networks, "history": history,
+                "fixed_noise": fixed_noise, "generator": generator.state_dict(),
+                "discriminator": discriminator.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"cpu": torch.get_rng_state()},
-            })
-            log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
-                f"loss_g {history['steps'][-1]['loss_g']:.3f}, {epoch_record['images_per_s']:,.0f} images/s -> {grid}")
-            if live_plot is not None:
-                live_plot.update(history, grid, force=True)
-        distributed.barrier()
+                "rng": {"cpu": torch.get_rng_state()}}
 
-    return TrainResult(sampler, discriminator, history, run_dir, history["epochs"][-1]["epoch"] if history["epochs"] else 0)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, config.epochs + 1):
+            if config.max_minutes and budget_s <= 0:
+                log(f"time budget of {config.max_minutes} minutes used up after epoch {epoch - 1}")
+                break
+            cpu_gen, dev_gen = epoch_generators(config.seed, epoch, device, distributed.rank())
+            order = torch.randperm(len(images), generator=cpu_gen)
+            flips = torch.rand(len(images), generator=cpu_gen) < 0.5
+            since_read, started = 0, time.perf_counter()
+            bar = tqdm(data.epoch(order, flips), total=data.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
+                       disable=not progress, leave=False)
+            for index, real in enumerate(bar, 1):
+                z = torch.randn(real.shape[0], config.latent_dim, 1, 1, device=device, generator=dev_gen)
+                run_step(real, z, dev_gen)
+                step, since_read = step + 1, since_read + 1
+                if since_read == config.log_every or index == data.steps_per_epoch:
+                    record = {"epoch": epoch, "step": step, **training_step.read(since_read),
+                              "seconds": round(time.perf_counter() - started, 2)}
+                    _check_finite(record)
+                    history["steps"].append(record)
+                    since_read = 0
+                    bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
+                                    d_x=f"{record['d_real']:.2f}", d_g_z=f"{record['d_fake']:.2f}")
+                    if live_plot is not None and is_main:
+                        live_plot.update(history)
+                    if config.max_minutes and distributed.agree(time.perf_counter() - started > budget_s):
+                        break  # out of time: this epoch ends early and is saved like any other
+                elif live_plot is not None and is_main and device.type == "cpu":  # reading is free on the CPU
+                    live_plot.update(history, pending={"step": step, **training_step.peek(since_read)})
+            bar.close()
+            seconds = time.perf_counter() - started
+            budget_s -= seconds
+            epoch_record = {"epoch": epoch, "seconds": round(seconds, 2),
+                            "images_per_s": round(index * config.batch_size * world / seconds, 1)}
+            if index < data.steps_per_epoch:
+                epoch_record["steps"] = index  # cut short by max_minutes
+            history["epochs"].append(epoch_record)
+            if is_main:
+                with torch.no_grad(), autocast():
+                    grid = image_grid(sampler(fixed_noise_device).float()).permute(1, 2, 0).numpy()
+                if config.fid_every and (epoch % config.fid_every == 0 or epoch == config.epochs):
+                    fid = fid or fid_for_config(config, images, device)
+                    epoch_record["fid"] = round(fid.score_generator(sampler, config.latent_dim, config.fid_samples,
+                                                                    seed=config.seed), 3)
+                    log(f"epoch {epoch}: FID {epoch_record['fid']:.2f} ({config.fid_samples:,} samples)")
+                warning = _d_has_won(history, epoch)
+                if warning:
+                    epoch_record["warning"] = "D has won"
+                    log(warning)
+                run.save_epoch(epoch, grid, history, checkpoint(epoch))
+                saved_epoch = epoch
+                log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
+                    f"loss_g {history['steps'][-1]['loss_g']:.3f}, {epoch_record['images_per_s']:,.0f} images/s "
+                    f"-> {run.dir}/samples/epoch_{epoch:03d}.png")
+                if live_plot is not None:
+                    live_plot.update(history, grid=grid, title=f"epoch {epoch}", force=True)
+            distributed.barrier()
+    except KeyboardInterrupt:
+        saved = f"epochs 1-{saved_epoch} are saved in {run.dir / CHECKPOINT}" if saved_epoch else "no epoch was saved"
+        raise Interrupted(f"training stopped during epoch {epoch}: {saved}. Run the same again to resume from epoch "
+                          f"{saved_epoch + 1}") from None
+
+    epochs_done = history["epochs"][-1]["epoch"] if history["epochs"] else 0
+    return TrainResult(sampler, discriminator, history, run.dir, epochs_done)
 
 
-def _read_totals(totals: torch.Tensor, count: int, epoch: int, step: int, seconds: float) -> dict:
-    """The one host sync every `log_every` steps; stops the run if a loss is no longer finite."""
-    loss_d, loss_g, d_real, d_fake = (totals / count).tolist()
-    if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, device_options: dict) -> None:
+    """Load the moments with this device's implementation flags (a run moved from a GPU to a CPU, or back):
+    load_state_dict would restore the saved ones, and places Adam's step counters by them."""
+    flags = {"fused": None, "foreach": None, "capturable": False, **device_options}
+    optimizer.load_state_dict({**saved, "param_groups": [{**group, **flags} for group in saved["param_groups"]]})
+
+
+def _check_finite(record: dict) -> None:
+    """Stop the run once a loss is NaN or infinite: nothing after it can be trusted."""
+    if not (math.isfinite(record["loss_d"]) and math.isfinite(record["loss_g"])):
         raise TrainingDiverged(
-            f"training diverged at epoch {epoch}, step {step}: loss_d={loss_d}, loss_g={loss_g}. The last good checkpoint "
-            "(end of the previous epoch) is kept; lower lr_g/lr_d, try amp='off', or loss='hinge' with spectral_norm=True")
-    return {"epoch": epoch, "step": step, "loss_d": round(loss_d, 5), "loss_g": round(loss_g, 5),
-            "d_real": round(d_real, 5), "d_fake": round(d_fake, 5), "seconds": round(seconds, 2)}
+            f"training diverged at epoch {record['epoch']}, step {record['step']}: loss_d={record['loss_d']}, "
+            f"loss_g={record['loss_g']}. The last good checkpoint (end of the previous epoch) is kept; lower lr_g/lr_d, "
+            "try amp='off', or loss='hinge' with spectral_norm=True")
+
+
+def _d_has_won(history: dict, epoch: int) -> str:
+    """A warning when D told real from fake with certainty all epoch long: G then gets almost no gradient."""
+    records = [s for s in history["steps"] if s["epoch"] == epoch]
+    if not records or not all(s["d_real"] > 0.99 and s["d_fake"] < 0.01 for s in records):
+        return ""
+    loss_g = sum(s["loss_g"] for s in records) / len(records)
+    return (f"warning: D has won outright in epoch {epoch}: D(x) = {records[-1]['d_real']:.2f} on real faces and D(G(z)) = "
+            f"{records[-1]['d_fake']:.2f} on fakes all epoch long, G's loss {loss_g:.1f}. G gets almost no useful "
+            "gradient, so its faces stop improving. Lower the learning rates (lr_d, lr_g; the DCGAN recipe uses 2e-4), "
+            "or try recipe='improved' (spectral norm and the hinge loss keep D in check)")
+
+
+def load_models(run_dir: str | Path, generator: nn.Module | None = None,
+                discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """A run folder's generator (its EMA weights when the run kept them), discriminator and history, on the CPU.
+
+    A run trained with your own networks needs them passed in (fresh instances; their weights are loaded).
+    """
+    state = read_checkpoint(Path(run_dir) / CHECKPOINT)
+    config = TrainConfig.from_dict(state["config"])
+    generator = generator or Generator(config.image_size, config.latent_dim, config.g_width)
+    discriminator = discriminator or Discriminator(config.image_size, config.d_width, config.spectral_norm)
+    for role, model in (("generator", generator), ("discriminator", discriminator)):
+        trained = state.get("networks", {}).get(role, describe_network(model))
+        if trained != describe_network(model):
+            raise ConfigError(f"{run_dir} was trained with the {role} {trained}, not {describe_network(model)}: "
+                              f"pass that {role} to load_models")
+    if state.get("ema") is not None:
+        generator.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    else:
+        generator.load_state_dict(state["generator"])
+    discriminator.load_state_dict(state["discriminator"])
+    return generator, discriminator, state["history"]

@@ -1,16 +1,11 @@
 """Pictures of a run: sample grids, the loss/score curves, and a live view while training.
 
-A run folder holds one 8x8 grid of the fixed-noise samples per epoch, which is what
-`utils/gif.py` turns into an animation:
-
-    RUN_DIR/samples/epoch_001.png, epoch_002.png, ...
-
     >>> from utils.visualize import save_grid, show_images, plot_history, LivePlot
-    >>> save_grid(generator(fixed_noise), frame_path(run_dir, epoch))   # images in [-1, 1]
+    >>> save_grid(generator(fixed_noise), "grid.png")                   # images in [-1, 1]
     >>> show_images(real_batch, "real faces");                          # in a notebook
-    >>> plot_history(json.load(open(run_dir / "history.json")));
+    >>> plot_history(json.load(open(run_dir / "history.json")));       # marks where a setting changed
     >>> live = LivePlot(every_seconds=5)                                 # notebook 03, during training
-    >>> live.update(history, latest_grid_path=frame_path(run_dir, epoch))
+    >>> live.update(history, grid=image_grid(samples).permute(1, 2, 0).numpy(), title="epoch 3")
 
 `show_images` and `plot_history` draw with pyplot so a notebook shows them on their own
 (end the line with `;` to avoid a second copy from the cell's return value); everything
@@ -22,9 +17,10 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import time
 from pathlib import Path
+
+import numpy as np
 
 import torch
 import torchvision
@@ -33,31 +29,6 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from utils.files import atomic_path
-
-_FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
-
-
-def frame_path(run_dir: str | Path, epoch: int) -> Path:
-    """Where the sample grid of `epoch` (1-based) lives: RUN_DIR/samples/epoch_001.png."""
-    return Path(run_dir) / "samples" / f"epoch_{epoch:03d}.png"
-
-
-def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(epoch, path) of every sample grid in RUN_DIR/samples, in epoch order.
-
-    Sorted by the number in the name, not the name itself, so epoch_1000.png comes after
-    epoch_999.png. Other files (temporary files of a write in progress, notes) are ignored.
-    """
-    samples = Path(run_dir) / "samples"
-    if not samples.is_dir():
-        return []
-    frames = []
-    for path in samples.iterdir():
-        match = _FRAME_NAME.fullmatch(path.name)
-        if match and path.is_file():
-            frames.append((int(match.group(1)), path))
-    return sorted(frames)
-
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps.
@@ -101,19 +72,23 @@ def _history_figsize(history: dict) -> tuple[float, float]:
     return (5.0 * (3 if _has_fid(history) else 2), 3.5)
 
 
-def plot_history(history: dict, fig=None):
+def plot_history(history: dict, fig=None, pending: dict | None = None):
     """Plot a run's history.json: losses and D's scores per logged step, FID per epoch.
 
     Panels: (1) D and G loss; (2) D(x), the probability D gives real images, and
     D(G(z)), the one it gives fakes, with the 0.5 line where D cannot tell them apart;
-    (3) FID, only when some epoch has one. An empty history gives empty, labelled panels.
-    Draws into `fig` (a Figure or SubFigure) when given, else a new pyplot figure.
+    (3) FID, only when some epoch has one. A dotted vertical line marks each step where a
+    setting changed as the run continued (history["changes"], e.g. a new lr_g), labelled
+    with the change. `pending` (a partial record of the steps since the last logged one:
+    step, loss_d, loss_g, d_real, d_fake) extends the curves up to now. An empty history
+    gives empty, labelled panels. Draws into `fig` (a Figure or SubFigure) when given,
+    else a new pyplot figure.
     """
     if fig is None:
         import matplotlib.pyplot as plt
 
         fig = plt.figure(figsize=_history_figsize(history), layout="constrained")
-    steps = history.get("steps", [])
+    steps = history.get("steps", []) + ([pending] if pending else [])
     step = [s["step"] for s in steps]
     axes = fig.subplots(1, 3 if _has_fid(history) else 2, squeeze=False)[0]
 
@@ -130,6 +105,12 @@ def plot_history(history: dict, fig=None):
     scores.set(title="Discriminator's verdict", xlabel="step", ylabel="probability 'real'", ylim=(0, 1))
     scores.legend()
 
+    for at, label in change_marks(history):
+        for ax in axes[:2]:
+            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1)
+        losses.annotate(label, (at, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                        fontsize=7, color="tab:red")
+
     if len(axes) == 3:
         scored = [e for e in history["epochs"] if e.get("fid") is not None]
         fid = axes[2]
@@ -137,6 +118,14 @@ def plot_history(history: dict, fig=None):
         fid.set(title="FID (lower is better)", xlabel="epoch", ylabel="FID")
         fid.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
+
+
+def change_marks(history: dict) -> list[tuple[int, str]]:
+    """(step, "lr_g 0.0002 -> 0.001") for every group of changes applied as a run continued, in order."""
+    marks: dict[int, list[str]] = {}
+    for change in history.get("changes", []):
+        marks.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
+    return [(step, ", ".join(labels)) for step, labels in sorted(marks.items())]
 
 
 def save_history_plot(history: dict, path: str | Path) -> Path:
@@ -158,11 +147,13 @@ def in_notebook() -> bool:
 
 
 class LivePlot:
-    """One notebook output, redrawn in place while training: the curves and the latest grid.
+    """One notebook output, redrawn in place while training: the curves and the latest epoch's grid.
 
-    Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of updates
-    leak no figures and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests)
-    `update` does nothing; the CLI prints its progress instead.
+    The grid stays on screen between epochs (each `update` without one keeps the last), and a `pending`
+    record extends the curves to the current step where reading the losses costs nothing (the CPU).
+    Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of updates leak no figures
+    and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests) `update` does nothing; the CLI
+    prints its progress instead.
     """
 
     def __init__(self, every_seconds: float = 5.0):
@@ -170,9 +161,18 @@ class LivePlot:
         self._enabled = in_notebook()
         self._handle = None  # IPython DisplayHandle of the output being redrawn
         self._last_draw = -math.inf
+        self._grid: np.ndarray | None = None
+        self._title = ""
 
-    def update(self, history: dict, latest_grid_path: Path | None = None, force: bool = False) -> None:
-        """Redraw if `every_seconds` have passed since the last redraw (or `force`)."""
+    def update(self, history: dict, grid: np.ndarray | None = None, pending: dict | None = None, title: str = "",
+               force: bool = False) -> None:
+        """Redraw if `every_seconds` have passed since the last redraw (or `force`).
+
+        `grid` is the latest sample grid as uint8 (H, W, 3) (`image_grid(...).permute(1, 2, 0).numpy()`),
+        shown under `title` until the next one.
+        """
+        if grid is not None:
+            self._grid, self._title = grid, title
         if not self._enabled:
             return
         now = time.monotonic()
@@ -182,7 +182,7 @@ class LivePlot:
 
         from IPython import display as ipython_display
 
-        picture = ipython_display.Image(data=self._render(history, latest_grid_path), format="png")
+        picture = ipython_display.Image(data=self._render(history, pending), format="png")
         if self._handle is None:
             self._handle = ipython_display.display(picture, display_id=True)
         else:
@@ -192,21 +192,20 @@ class LivePlot:
         """Stop redrawing this output; the last picture stays, a later `update` starts a new one."""
         self._handle = None
         self._last_draw = -math.inf
+        self._grid = None
 
-    @staticmethod
-    def _render(history: dict, latest_grid_path: Path | None) -> bytes:
+    def _render(self, history: dict, pending: dict | None) -> bytes:
         width, height = _history_figsize(history)
-        if latest_grid_path is None:
+        if self._grid is None:
             fig = Figure(figsize=(width, height), layout="constrained")
-            plot_history(history, fig)
+            plot_history(history, fig, pending)
         else:
             fig = Figure(figsize=(width + height + 1, height + 1), layout="constrained")
             curves, samples = fig.subfigures(1, 2, width_ratios=[width, height + 1])
-            plot_history(history, curves)
+            plot_history(history, curves, pending)
             ax = samples.subplots()
-            with Image.open(latest_grid_path) as grid:
-                ax.imshow(grid.convert("RGB"))
-            ax.set_title(Path(latest_grid_path).stem.replace("_", " "))
+            ax.imshow(self._grid)
+            ax.set_title(self._title)
             ax.set_axis_off()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=80)

@@ -1,0 +1,445 @@
+"""A run folder: one training run's files, who may write them, and what may change when the run continues.
+
+    generated/dcgan-64px/               named from the settings that differ from the defaults (or `out`)
+        config.json                     the run's settings: written when it starts, updated when a change applies
+        checkpoint.pt                   everything needed to continue exactly (weights, optimisers, noise, RNG, history)
+        history.json                    losses and scores every `log_every` steps, one record per epoch, the changes
+        samples/epoch_001.png, ...      the 8x8 grid of the fixed noise after every epoch
+        .lock                           held while a process trains here
+
+The rules, all of them here:
+- **One process per folder.** `Run.open` takes an advisory lock (`flock`) for as long as the run trains; a second
+  process fails at once, naming the first. The kernel drops the lock when its holder dies, so a killed run never
+  blocks its own resumption, and temporary files are only cleaned up under the lock.
+- **Continuing a run.** The fields in `FIXED_FIELDS` fix the networks, the data or the game: a trained run refuses
+  other values before any data is decoded, listing every difference. The fields in `TUNABLE_FIELDS` can change
+  between epochs: `train()` applies them after loading the optimisers, prints one line per change and records it
+  in the history, where `plot_history` marks it.
+- **A tweak makes a new run by default.** With `out=""` the folder is named from the fields that change what is
+  learned and differ from the defaults (`default_run_dir`): changing a learning rate in a notebook starts a
+  sibling run and leaves the old one intact, and re-running unchanged cells resumes.
+- **Nothing a run made is deleted**, except what the checkpoint makes obsolete: the grid of an epoch a kill cut
+  short. Files of an earlier run without its checkpoint are moved aside into `earlier-N/`, saying so.
+- **Saving never stalls training.** `save_epoch` copies the state to the CPU and a background thread writes the
+  grid, then the checkpoint, then history.json, each atomically; `close` waits for them, so every file is
+  complete when `train()` returns, and a kill at any moment leaves the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from utils.config import IMPROVED_RECIPE, TrainConfig
+from utils.errors import ConfigError, UserError
+from utils.files import atomic_path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs still work, without the protection
+    fcntl = None
+
+GENERATED = Path("generated")
+CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
+
+# Fields that fix the networks, the data or the game: a run trained with one value cannot continue with another.
+FIXED_FIELDS = ("data", "image_size", "max_images", "latent_dim", "g_width", "d_width", "spectral_norm", "loss",
+                "ema_decay", "diffaugment", "num_samples", "seed")
+# Fields that can change between epochs of a run: applied from the next epoch on, printed, recorded.
+TUNABLE_FIELDS = ("epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "scale_lr", "log_every", "max_minutes",
+                  "fid_every", "fid_samples", "fid_real", "fid_weights", "data_dir", "device", "amp",
+                  "channels_last", "compile", "cuda_graphs", "data_on_device", "sync_batchnorm")
+# Fields about this call rather than the run: `recipe` is resolved into the fields it sets.
+CALL_FIELDS = ("recipe", "out", "resume")
+# What names a run folder (when it differs from the recipe's default): everything that changes what is learned.
+NAMED_FIELDS = FIXED_FIELDS + ("batch_size", "lr_g", "lr_d", "beta1", "beta2", "scale_lr")
+
+_FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
+_CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
+                    "scaler", "rng")
+
+
+class RunInUse(UserError):
+    """Another process holds the run folder's lock."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used: unreadable, incomplete, or holding more than plain data."""
+
+
+# ------------------------------------------------------------------------------------------- names and files
+
+def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
+    """generated/<recipe>-<size>px[-field=value...]: the fields of NAMED_FIELDS that differ from the recipe's defaults.
+
+    `networks` is a tag for networks other than the built-in ones (see utils.training.network_tag). The same
+    settings always give the same folder, so re-running a notebook resumes its run; any other value of a field
+    that changes what is learned gives a sibling folder, so a tweak never overwrites a run.
+    """
+    defaults = TrainConfig(recipe=config.recipe)
+    parts = [f"{config.recipe}-{config.image_size}px"]
+    for name in NAMED_FIELDS:
+        value = getattr(config, name)
+        if name != "image_size" and not _same_value(name, value, getattr(defaults, name)):
+            parts.append(f"{name}={_short(name, value)}")
+    if networks:
+        parts.append(networks)
+    return GENERATED / "-".join(parts)
+
+
+def run_dir_of(config: TrainConfig, networks: str = "") -> Path:
+    """The folder `config` trains in: `out` when given, else `default_run_dir`."""
+    return Path(config.out) if config.out else default_run_dir(config, networks)
+
+
+def _short(name: str, value: Any) -> str:
+    if name == "data":
+        value = value if value in ("synthetic", "kaggle") else Path(str(value).rstrip("/")).stem or "data"
+    elif isinstance(value, float):
+        value = f"{value:g}"
+    return re.sub(r"[^\w.+=-]", "+", str(value))[:40]
+
+
+def frame_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where the sample grid of `epoch` (1-based) lives: RUN_DIR/samples/epoch_001.png."""
+    return Path(run_dir) / SAMPLES / f"epoch_{epoch:03d}.png"
+
+
+def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every sample grid in RUN_DIR/samples, in epoch order.
+
+    Sorted by the number in the name, not the name itself, so epoch_1000.png comes after epoch_999.png. Other
+    files (temporary files of a write in progress, notes) are ignored.
+    """
+    samples = Path(run_dir) / SAMPLES
+    if not samples.is_dir():
+        return []
+    frames = []
+    for path in samples.iterdir():
+        match = _FRAME_NAME.fullmatch(path.name)
+        if match and path.is_file():
+            frames.append((int(match.group(1)), path))
+    return sorted(frames)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load with weights_only=True: a checkpoint is data, and an untrusted pickle must not run code."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"refused to load {path}: it holds Python objects other than tensors and plain data, and "
+                              "loading those could run arbitrary code. Use checkpoints written by this code only; move "
+                              "the file away to start a new run in its folder") from None
+    except (RuntimeError, EOFError, KeyError, OSError) as error:  # what torch.load raises on a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}): "
+                              "move it away to start a new run in its folder") from None
+    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)}; "
+                              "move it away to start a new run in its folder")
+    return state
+
+
+def saved_config(run_dir: str | Path) -> TrainConfig | None:
+    """The settings a run folder was last trained with: its checkpoint's (the truth), else config.json, else None."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).is_file():
+        return TrainConfig.from_dict(read_checkpoint(run_dir / CHECKPOINT)["config"])
+    return TrainConfig.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
+
+
+def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
+    """(config, history) of a run folder from its config.json and history.json; (None, {}) where they are missing."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
+    history = json.loads((run_dir / HISTORY).read_text()) if (run_dir / HISTORY).is_file() else {}
+    return config, history
+
+
+def _write_json(path: Path, value: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=1) + "\n")
+
+
+# -------------------------------------------------------------------------------------------- what may change
+
+def _same_value(name: str, a: Any, b: Any) -> bool:
+    """Equal as settings: floats within rounding, data folders however they are spelled (faces, ./faces/, /abs/faces)."""
+    if name == "data" and isinstance(a, str) and isinstance(b, str):
+        return _data_identity(a) == _data_identity(b)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def _data_identity(data: str) -> str:
+    if data in ("synthetic", "kaggle") or data.startswith(("http://", "https://")):
+        return data
+    return str(Path(data).expanduser().resolve())
+
+
+def differences(saved: TrainConfig, requested: TrainConfig, names: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, requested value) for each of `names` whose value differs."""
+    return [(name, getattr(saved, name), getattr(requested, name)) for name in names
+            if not _same_value(name, getattr(saved, name), getattr(requested, name))]
+
+
+def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConfig, epochs_done: int) -> None:
+    """Raise ConfigError listing every fixed field whose value differs from the trained run's, with what to do."""
+    fixed = differences(saved, requested, FIXED_FIELDS)
+    if not fixed:
+        return
+    lines = [f"  {name}: {old!r} -> {new!r}{_recipe_note(name, saved, requested)}" for name, old, new in fixed]
+    keep = (f"recipe={saved.recipe!r}" if saved.recipe != requested.recipe else
+            ", ".join(f"{name}={old!r}" for name, old, _ in fixed))
+    raise ConfigError(
+        f"{run_dir} holds a run trained for {epochs_done} epoch(s) with other values of fields that fix the networks, "
+        f"the data or the game (saved -> requested):\n" + "\n".join(lines) + "\n"
+        f"To continue that run, set {keep} (all its settings are in {run_dir / CONFIG}). To start a new run with "
+        f"your values, leave out='' (the new run gets a folder named from its settings) or choose another out.")
+
+
+def _recipe_note(name: str, saved: TrainConfig, requested: TrainConfig) -> str:
+    if name in IMPROVED_RECIPE and saved.recipe != requested.recipe:
+        return f" (set by recipe: {saved.recipe!r} -> {requested.recipe!r})"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------------ lock
+
+class _Lock:
+    """An advisory lock on RUN_DIR/.lock, held by this process until `release` (or its death)."""
+
+    def __init__(self, run_dir: Path, log: Callable[[str], None]):
+        self.fd = None
+        if fcntl is None:
+            log(f"note: {run_dir} is not locked (no file locks on this system): train in it from one process at a time")
+            return
+        path = run_dir / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = path.read_text().strip() or "another process"
+            os.close(fd)
+            raise RunInUse(f"{run_dir} is in use: {owner} is training in it. Wait for it to finish or stop it "
+                           "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
+        except OSError as error:  # file systems without locks (some network and FUSE mounts)
+            os.close(fd)
+            log(f"note: {run_dir} cannot be locked ({error.strerror}): train in it from one process at a time")
+            return
+        self.path = path
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({_command()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        """Remove the file, then drop the lock: a process that opened the file before sees it locked until then,
+        one that comes after creates a new file (a killed holder leaves the file, unlocked, for the next)."""
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _command() -> str:
+    if "ipykernel" in sys.modules:
+        return "a Jupyter kernel"
+    return " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:120] or "python"
+
+
+# -------------------------------------------------------------------------------------------------- the run
+
+class Run:
+    """The run folder of one `train()` call: open it, read what it holds, save each epoch, close it.
+
+        run = Run.open(config, log=print)      # folder, lock, checks: before any data is decoded
+        run.state                               # the checkpoint to continue from, or None for a new run
+        run.start(config, history)              # record and print the changes; write config.json
+        run.save_epoch(epoch, grid, history, state)   # in the background
+        run.close()                             # everything written, lock released
+    """
+
+    def __init__(self, run_dir: Path, state: dict | None, saved: TrainConfig | None, lock: _Lock | None,
+                 log: Callable[[str], None]):
+        self.dir, self.state, self.saved, self.log = run_dir, state, saved, log
+        self._lock = lock
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-writer") if lock else None
+        self._pending: Future | None = None
+
+    @classmethod
+    def open(cls, config: TrainConfig, networks: dict[str, str], tag: str = "", main: bool = True,
+             log: Callable[[str], None] = print) -> "Run":
+        """Create or open the run folder of `config`, lock it (main process only) and check that it can continue.
+
+        `networks` describes the generator and discriminator (utils.training.describe_networks); a checkpoint
+        written with others is refused. Raises ConfigError before anything is written when the folder is not
+        writable, holds a run that `config` cannot continue, or `resume` is False on a trained run.
+        """
+        run_dir = run_dir_of(config, tag)
+        if not main:  # other processes of a distributed run only read; process 0 owns the folder
+            path = run_dir / CHECKPOINT
+            state = read_checkpoint(path) if config.resume and path.exists() else None
+            return cls(run_dir, state, TrainConfig.from_dict(state["config"]) if state else None, None, log)
+        try:  # prove the folder is writable before any work: a probe file, as root ignores permission bits
+            (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
+            probe = run_dir / SAMPLES / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            raise ConfigError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable "
+                              "folder (on Kaggle, under /kaggle/working)") from None
+        lock = _Lock(run_dir, log)
+        try:
+            run = cls._check(run_dir, config, networks, lock, log)
+        except BaseException:
+            lock.release()
+            raise
+        return run
+
+    @classmethod
+    def _check(cls, run_dir: Path, config: TrainConfig, networks: dict[str, str], lock: _Lock,
+               log: Callable[[str], None]) -> "Run":
+        # temporary files of writes that a kill interrupted (see atomic_path): never complete, never needed
+        for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
+            stale.unlink()
+        path = run_dir / CHECKPOINT
+        if not path.exists():
+            cls._set_aside_earlier_run(run_dir, config, log)
+            return cls(run_dir, None, None, lock, log)
+        if not config.resume:
+            raise ConfigError(f"config field 'resume' is False but {run_dir} already holds a run: pass resume=True "
+                              "(--resume) to continue it, or choose another 'out' folder")
+        state = read_checkpoint(path)
+        saved = TrainConfig.from_dict(state["config"])
+        refuse_fixed_changes(run_dir, saved, config, state["epoch"])
+        trained_with = state.get("networks", {})
+        for role, description in networks.items():
+            if trained_with.get(role, description) != description:
+                raise ConfigError(f"{run_dir} was trained with another {role}: {trained_with[role]}, not {description}. "
+                                  f"Pass the same {role} to continue it, or leave out='' (or set another out) to "
+                                  "train yours in a folder of its own")
+        # what a killed epoch wrote ahead of its checkpoint is obsolete: that epoch is trained again
+        for epoch, frame in list_frames(run_dir):
+            if epoch > state["epoch"]:
+                frame.unlink()
+        if (run_dir / HISTORY).exists() and json.loads((run_dir / HISTORY).read_text()) != state["history"]:
+            _write_json(run_dir / HISTORY, state["history"])
+        return cls(run_dir, state, saved, lock, log)
+
+    @staticmethod
+    def _set_aside_earlier_run(run_dir: Path, config: TrainConfig, log: Callable[[str], None]) -> None:
+        """A folder with grids or history but no checkpoint: a first epoch cut short, or someone else's run."""
+        frames = list_frames(run_dir)
+        saved = TrainConfig.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
+        own_first_epoch = (saved is not None and not differences(saved, config, FIXED_FIELDS)
+                           and not (run_dir / HISTORY).exists() and [e for e, _ in frames] in ([], [1]))
+        if own_first_epoch:  # this run, killed before its first checkpoint: its grid is obsolete
+            for _, frame in frames:
+                frame.unlink()
+            return
+        leftovers = [path for _, path in frames] + [run_dir / name for name in (HISTORY, "history.png", "training.gif")
+                                                    if (run_dir / name).exists()]
+        if not leftovers:
+            return
+        number = 1 + sum(1 for _ in run_dir.glob("earlier-*"))
+        aside = run_dir / f"earlier-{number}"
+        for path in leftovers + ([run_dir / CONFIG] if saved is not None else []):
+            target = aside / path.relative_to(run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)
+        log(f"{run_dir} held {len(frames)} sample grid(s) and the history of an earlier run, but no {CHECKPOINT}: "
+            f"moved them to {aside}/ (nothing deleted); starting a new run here")
+
+    # --------------------------------------------------------------------------------------------- training
+
+    def start(self, config: TrainConfig, history: dict, epoch: int, step: int) -> None:
+        """Before the first epoch that trains: record and print what changed since the checkpoint; write config.json."""
+        if self.saved is not None:
+            for name, old, new in differences(self.saved, config, TUNABLE_FIELDS):
+                self.log(f"{name}: {old!r} -> {new!r} from epoch {epoch}")
+                history.setdefault("changes", []).append({"epoch": epoch, "step": step, "field": name,
+                                                          "from": old, "to": new})
+        if self.saved is None or differences(self.saved, config, TUNABLE_FIELDS):
+            config.save(self.dir / CONFIG)
+
+    def save_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
+        """Write the epoch's grid, checkpoint and history.json in the background, in that order, each atomically.
+
+        The state is copied to the CPU first (training goes on changing the tensors); at most one epoch is
+        pending, so a slow disk slows training rather than piling up copies. A write that failed raises here or
+        in `close`.
+        """
+        self._wait()
+        state, history = _to_cpu(state), copy.deepcopy(history)
+        self._pending = self._writer.submit(self._write_epoch, epoch, grid, history, state)
+
+    def _write_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
+        with atomic_path(frame_path(self.dir, epoch)) as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
+        needs = sum(t.numel() * t.element_size() for t in _tensors(state))
+        with atomic_path(self.dir / CHECKPOINT, needs_bytes=needs) as tmp:
+            torch.save(state, tmp)
+        _write_json(self.dir / HISTORY, history)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait until every file is written, then release the lock (also after an error or an interrupt)."""
+        try:
+            self._wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+            if self._lock is not None:
+                self._lock.release()
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _tensors(value: Any):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _to_cpu(value: Any) -> Any:
+    """A copy of `value` with every tensor copied to the CPU (the originals keep training)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(item) for item in value)
+    return copy.deepcopy(value)
