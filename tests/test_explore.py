@@ -1,4 +1,5 @@
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -166,14 +167,19 @@ def test_notebook_05_runs_with_smoke_test_and_writes_the_walk(tmp_path, monkeypa
     papermill.execute_notebook(str(tmp_path / "notebooks" / "05_evaluate.ipynb"), str(executed),
                                cwd=str(tmp_path / "notebooks"), kernel_name="python3", progress_bar=False)
 
-    walk = tmp_path / "generated" / "smoke-improved" / "interpolation.gif"
-    with Image.open(walk) as gif:
-        assert gif.n_frames == 3 * 4 + 1   # the smoke configuration: 3 keyframes, 4 steps between them
-    for run in ("smoke", "smoke-improved"):
-        assert (tmp_path / "generated" / run / "checkpoint.pt").is_file()
     outputs = [out for cell in nbformat.read(executed, as_version=4).cells if cell.cell_type == "code"
                for out in cell.outputs]
     text = "\n".join(out.get("text", "") for out in outputs)
+    folders = dict(re.findall(r"^(dcgan|improved) run folder: (\S+)$", text, re.M))  # what the notebook says it uses
+    assert set(folders) == {"dcgan", "improved"} and folders["dcgan"] != folders["improved"]
+    walk = tmp_path / folders["improved"] / "interpolation.gif"
+    with Image.open(walk) as gif:
+        assert gif.n_frames == 3 * 4 + 1   # the smoke configuration: 3 keyframes, 4 steps between them
+    for run in folders.values():
+        assert (tmp_path / run / "checkpoint.pt").is_file()
+    tables = [out["data"]["text/markdown"] for out in outputs if "text/markdown" in out.get("data", {})]
+    header = tables[-1].splitlines()[0]  # the side-by-side table: only the fields the recipe changed
+    assert "spectral_norm" in header and "lr_d" in header and "seed" not in header and "image_size" not in header
     assert "FID skipped: no Inception weights offline (set fid_weights)" in text
     assert sum("image/png" in out.get("data", {}) for out in outputs) >= 5  # 2 histories, pairs, best, worst
     assert not (REPO / "notebooks" / "generated").exists()

@@ -15,16 +15,21 @@ import sysconfig
 import types
 from pathlib import Path
 
+import ast
+from dataclasses import fields
+
 import nbformat
 import papermill
 import pytest
 from papermill.cli import _resolve_type as resolve_type
 from PIL import Image
 
+from utils.config import TrainConfig
+from utils.run import run_dir_of
+
 REPO = Path(__file__).resolve().parents[1]
 SERIES = ["01_dataset", "02_models", "03_training", "04_gif"]   # executed here, in this order
 NOTEBOOKS = sorted(path.stem for path in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))   # checked statically
-SMOKE_RUN = Path("generated", "smoke")      # the smoke configuration's `out`
 TRAINS_FIRST = "has no sample grids yet"    # what 04 prints before training a run that has no grids
 
 
@@ -46,6 +51,12 @@ def parameters(name: str, smoke: bool) -> dict:
     namespace = {"os": types.SimpleNamespace(environ={"SMOKE_TEST": "1"} if smoke else {})}
     exec(cell.source, namespace)
     return {key: value for key, value in namespace.items() if key not in ("os", "__builtins__")}
+
+
+def smoke_run() -> Path:
+    """The run folder of 03's smoke configuration: named from its settings, as `out = ""` asks."""
+    known = {f.name for f in fields(TrainConfig)}
+    return run_dir_of(TrainConfig(**{k: v for k, v in parameters("03_training", smoke=True).items() if k in known}))
 
 
 def repository_url() -> str:
@@ -85,6 +96,38 @@ def test_notebook_has_exactly_one_parameters_cell_with_a_smoke_configuration(nam
     assert len(cells) == 1, f"{name}: {len(cells)} cells tagged 'parameters'"
     assert 'os.environ.get("SMOKE_TEST")' in cells[0].source
     assert parameters(name, smoke=True) != parameters(name, smoke=False)
+
+
+DROPDOWNS = {"data": "kaggle", "device": "cuda", "amp": "fp16", "recipe": "improved"}  # a choice each must offer
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_cell_is_a_colab_form_with_dropdowns(name):
+    """Colab draws `name = value  # @param SPEC` lines as a form; papermill and plain Jupyter read them as Python."""
+    (cell,) = parameters_cells(load(name))
+    lines = cell.source.splitlines()
+    assert lines[0].startswith("# @title ")
+    assignments = [line for line in lines if re.match(r"^\w+ = ", line)]  # the top level: not the SMOKE_TEST block
+    assert [line.split(" = ")[0] for line in assignments] == list(parameters(name, smoke=False))
+    for line in assignments:
+        key, rest = line.split(" = ", 1)
+        value, spec = rest.split("  # @param ", 1)
+        default = ast.literal_eval(value)
+        if key in DROPDOWNS:
+            choices = ast.literal_eval(spec[:spec.index("]") + 1])
+            assert default in choices and DROPDOWNS[key] in choices, f"{name}: {key} dropdown {choices}"
+        elif spec.startswith("["):  # any other dropdown offers its default
+            assert default in ast.literal_eval(spec[:spec.index("]") + 1]), line
+        else:
+            kind = re.search(r'type:"(\w+)"', spec).group(1)
+            expected = {"string": str, "integer": int, "number": float, "boolean": bool, "slider": int}[kind]
+            assert type(default) is expected, line
+            if kind == "slider":
+                low, high = (int(re.search(rf"{edge}:(-?\d+)", spec).group(1)) for edge in ("min", "max"))
+                assert low <= default <= high, line
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in parameters(name, smoke=False).items() if k in known}
+    TrainConfig(**values)  # the form's defaults are valid settings
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -162,7 +205,7 @@ def test_series_runs_in_order_in_the_repository_layout(tmp_path, smoke_env):
     """01 -> 04 from notebooks/, as `make demo` and a clone opened in Jupyter run them."""
     shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
     (tmp_path / "utils").symlink_to(REPO / "utils", target_is_directory=True)
-    notebooks, executed, run = tmp_path / "notebooks", tmp_path / "executed", tmp_path / SMOKE_RUN
+    notebooks, executed, run = tmp_path / "notebooks", tmp_path / "executed", tmp_path / smoke_run()
 
     execute("01_dataset", notebooks, executed)
     assert list((tmp_path / "data" / "cache").iterdir()), "01 left no decoded cache in data/cache"
@@ -197,7 +240,7 @@ def test_notebook_runs_alone_in_an_empty_folder(name, tmp_path, smoke_env, monke
     text = execute(name, folder, tmp_path / "executed")
     assert set(os.listdir(folder)) <= {"data", "generated"}, "the notebook wrote outside data/ and generated/"
     assert list((folder / "data" / "cache").iterdir())
-    run = folder / SMOKE_RUN
+    run = folder / smoke_run()
     if name == "03_training":
         assert (run / "checkpoint.pt").is_file()
     if name == "04_gif":
