@@ -353,8 +353,14 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     networks = {"generator": describe_network(generator), "discriminator": describe_network(discriminator)}
     with Run.open(config, networks, tag, main=is_main, log=log) as run:  # refuses what cannot continue, before the data
         distributed.barrier()
-        return _train(config, run, generator, discriminator, networks, device, progress and is_main, live_plot,
-                      images, log)
+        try:
+            return _train(config, run, generator, discriminator, networks, device, progress and is_main, live_plot,
+                          images, log)
+        except KeyboardInterrupt as interrupt:
+            if isinstance(interrupt, Interrupted):
+                raise
+            raise Interrupted(f"stopped while loading the data or building the networks, before any epoch trained in "
+                              f"{run.dir}. Run the same again to start") from None
 
 
 def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: nn.Module, networks: dict,
