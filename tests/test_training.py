@@ -224,17 +224,54 @@ def test_ema_update_never_waits_for_the_gpu():
 
 
 @cuda_only
-@pytest.mark.parametrize("recipe", ["dcgan", "improved"])
-def test_cuda_graphs_train_each_recipe_like_the_eager_step(tmp_path, recipe):
+@pytest.mark.parametrize("recipe,amp", [("dcgan", "off"), ("improved", "off"), ("dcgan", "fp16"), ("improved", "fp16")])
+def test_cuda_graphs_train_each_recipe_like_the_eager_step(tmp_path, recipe, amp):
+    """fp16 too (the T4's path): GradScaler's scale and inf check reach the fused Adam as device tensors."""
     images = torch.randint(0, 256, (512, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    runs = {graphs: run(tiny(tmp_path, f"{recipe}-{graphs}", recipe=recipe, image_size=32, batch_size=64, epochs=2,
-                             device="cuda", amp="off", cuda_graphs=graphs), images=images)
+    runs = {graphs: run(tiny(tmp_path, f"{recipe}-{amp}-{graphs}", recipe=recipe, image_size=32, batch_size=64, epochs=2,
+                             device="cuda", amp=amp, cuda_graphs=graphs), images=images)
             for graphs in ("on", "off")}
     on, off = (runs[g].history["steps"] for g in ("on", "off"))
     assert len(on) == len(off) == 8
     for a, b in zip(on, off):  # same batches and noise; cuDNN may pick other kernels, so close, not equal
         assert a["loss_d"] == pytest.approx(b["loss_d"], rel=0.05, abs=0.05)
         assert a["loss_g"] == pytest.approx(b["loss_g"], rel=0.05, abs=0.05)
+
+
+@cuda_only
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "CUDA graph"])
+def test_an_overflowing_fp16_step_is_skipped_and_halves_the_scale(graphed):
+    from itertools import chain
+
+    from utils.models import Discriminator, Generator
+    from utils.training import CUDAGraphStep, TrainingStep
+
+    torch.manual_seed(0)
+    generator, discriminator = Generator(16, 16, 8).cuda(), Discriminator(16, 8).cuda()
+    options = dict(lr=2e-4, betas=(0.5, 0.999), fused=True, capturable=graphed)
+    opt_g, opt_d = torch.optim.Adam(generator.parameters(), **options), torch.optim.Adam(discriminator.parameters(), **options)
+    scaler = torch.amp.GradScaler("cuda")
+    step = TrainingStep(generator, discriminator, opt_g, opt_d, scaler=scaler,
+                        autocast=lambda: torch.autocast("cuda", dtype=torch.float16, cache_enabled=not graphed))
+    run_step = CUDAGraphStep(step) if graphed else step
+    real, z = torch.rand(32, 3, 16, 16, device="cuda") * 2 - 1, torch.randn(32, 16, 1, 1, device="cuda")
+    for _ in range(6):  # ordinary steps; graphed: 3 eager warm-ups, then recorded and replayed
+        run_step(real, z, None)
+    assert not graphed or run_step.graph is not None
+    params = list(chain(generator.parameters(), discriminator.parameters()))
+    torch.cuda.synchronize()
+    scaler._scale.fill_(2.0 ** 60)  # the scale the next step multiplies its losses by: fp16 gradients overflow
+    before = [p.detach().clone() for p in params]
+
+    run_step(real, z, None)
+    torch.cuda.synchronize()
+
+    assert scaler._scale.item() == 2.0 ** 59  # backed off by half
+    assert all(torch.equal(a, p.detach()) for a, p in zip(before, params))  # the step was skipped
+    scaler._scale.fill_(1024.0)
+    run_step(real, z, None)  # and training goes on
+    torch.cuda.synchronize()
+    assert any(not torch.equal(a, p.detach()) for a, p in zip(before, params))
 
 
 def test_128px_training_writes_128px_grids(tmp_path):

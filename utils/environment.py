@@ -2,10 +2,14 @@
 
 The "auto" choices come from measurements (benchmarks/train_speed.py, results in the README):
 
-- CUDA with bf16 (compute capability >= 8: A100, L4, H100): bf16 autocast + channels_last.
+- CUDA with bf16 (compute capability >= 8: A100, L4, H100): bf16 autocast + channels_last (measured on an H100).
 - CUDA without bf16 (T4, V100): fp16 autocast with a GradScaler + channels_last.
-- CPU: no autocast unless the CPU has native bf16 (AVX512-BF16 / AMX); on an AVX2 CPU bf16 autocast made a
-  DCGAN step ~30x slower. channels_last is on (65 vs 54 images/s at 64x64 on a 2-core AVX2 CPU).
+- CPU: decided by a timed trial, because CPUs disagree. On an AVX2 CPU without bf16 instructions bf16 autocast
+  made a DCGAN step ~30x slower, and even on an Intel Xeon with AVX512-BF16 (no AMX) it was ~30% slower than fp32;
+  channels_last was faster on one AVX2 CPU (65 vs 54 images/s at 64x64). So `cpu_trial` times one forward and
+  backward pass of this config's networks in each candidate (fp32 with and without channels_last; bf16 too where
+  the CPU has bf16 instructions, and only chosen when clearly faster) for a few seconds, once, and caches the result
+  for this machine, torch version, thread count and network size (see `trial_cache_file`).
 - Apple MPS: fp32 (autocast on MPS is not faster for these small convolutions).
 
     >>> from utils.environment import describe
@@ -14,13 +18,23 @@ The "auto" choices come from measurements (benchmarks/train_speed.py, results in
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from utils.config import TrainConfig
 from utils.errors import ConfigError
+from utils.files import atomic_path
+
+# bf16 must beat fp32 by this much in the trial: a tie on a noisy machine must not pick the riskier dtype
+BF16_MARGIN = 1.10
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -67,9 +81,7 @@ def pick_amp(device: torch.device, amp: str = "auto") -> torch.dtype | None:
     # auto
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    if device.type == "cpu" and cpu_has_bf16():
-        return torch.bfloat16
-    return None
+    return None  # the CPU's "auto" is decided by cpu_trial (choose_amp_and_layout); MPS: fp32
 
 
 def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
@@ -81,6 +93,124 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
     if setting != "auto":
         return setting == "on"
     return device.type in ("cuda", "cpu") and not compile
+
+
+def choose_amp_and_layout(device: torch.device, config: TrainConfig) -> tuple[torch.dtype | None, bool, str]:
+    """(autocast dtype, channels_last, how they were chosen) for training `config` on `device`.
+
+    Settings given explicitly are taken as they are; "auto" on a CPU comes from `cpu_trial`, elsewhere from the
+    rules above. The third item is a line for the log ("" when nothing was measured).
+    """
+    if device.type != "cpu" or config.compile or "auto" not in (config.amp, config.channels_last):
+        return pick_amp(device, config.amp), pick_channels_last(device, config.channels_last, config.compile), ""
+    trial = cpu_trial(config)
+    amp = trial.amp if config.amp == "auto" else pick_amp(device, config.amp)
+    channels_last = trial.channels_last if config.channels_last == "auto" else config.channels_last == "on"
+    return amp, channels_last, trial.summary
+
+
+@dataclass
+class CPUTrial:
+    amp: torch.dtype | None
+    channels_last: bool
+    summary: str
+
+
+def cpu_trial(config: TrainConfig, measure=None) -> CPUTrial:
+    """The fastest of fp32 / bf16 (where the CPU has bf16 instructions) x NCHW / channels_last for `config`'s networks.
+
+    Measured once per machine, torch version, thread count and network size, and cached (`trial_cache_file`):
+    the next runs read the answer, so every process on a machine makes the same choice (a resumed run trains
+    exactly like an uninterrupted one). `measure(candidates) -> {name: images/s}` replaces the timing (tests).
+    """
+    key = _trial_key(config)
+    cache = trial_cache_file()
+    try:
+        results = json.loads(cache.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        results = None
+    cached = results is not None
+    if not cached:
+        candidates = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
+        results = {name: round(value, 1) for name, value in
+                   (measure or (lambda names: _images_per_second(config, names)))(candidates).items()}
+        _save_trial(cache, key, results)
+    best = max((name for name in results if name.startswith("fp32")), key=results.get)
+    best_bf16 = max((name for name in results if name.startswith("bf16")), key=results.get, default=None)
+    if best_bf16 is not None and results[best_bf16] > BF16_MARGIN * results[best]:
+        best = best_bf16
+    dtype, layout = best.split()
+    measured = ", ".join(f"{name} {value:,.0f}" for name, value in results.items())
+    return CPUTrial(torch.bfloat16 if dtype == "bf16" else None, layout == "channels_last",
+                    f"CPU trial ({'cached' if cached else 'just measured'}; images/s of a forward and backward pass "
+                    f"of G and D): {measured} -> {best}")
+
+
+def trial_cache_file() -> Path:
+    """$ANIME_GAN_CACHE_DIR/cpu-trials.json, else ~/.cache/anime-face-gan/ (delete it to measure again)."""
+    root = os.environ.get("ANIME_GAN_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
+                                                         "anime-face-gan")
+    return Path(root) / "cpu-trials.json"
+
+
+def _trial_key(config: TrainConfig) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = models[0].split(":", 1)[1].strip() if models else cpu
+    except OSError:
+        pass
+    flags = hashlib.sha1(str(torch.backends.cpu.get_cpu_capability()).encode() + str(cpu_has_bf16()).encode()).hexdigest()[:6]
+    return (f"{cpu}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px "
+            f"z{config.latent_dim} G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
+
+
+def _save_trial(cache: Path, key: str, results: dict) -> None:
+    try:
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    try:
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps(known | {key: results}, indent=1) + "\n")
+    except OSError:  # a read-only home: the trial is simply repeated next time
+        pass
+
+
+def _images_per_second(config: TrainConfig, candidates: list[str], batch: int = 8, rounds: int = 2) -> dict[str, float]:
+    """Images/s of each candidate ("fp32 NCHW", "bf16 channels_last", ...) on the work of one training step.
+
+    The candidates take turns, round after round, and each keeps its fastest round: a burst of other work on the
+    machine slows one round of every candidate rather than all rounds of one.
+    """
+    from utils.models import Discriminator, Generator  # models do not depend on this module
+
+    steps = {}
+    with torch.random.fork_rng(devices=[]):  # the training's random state is left as it was
+        torch.manual_seed(0)
+        for name in candidates:
+            dtype, layout = name.split()
+            memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            generator = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
+            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
+            z = torch.randn(batch, config.latent_dim, 1, 1)
+            real = torch.randn(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
+
+            def step(g=generator, d=discriminator, z=z, real=real, bf16=dtype == "bf16") -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = d(real).float().mean() + d(g(z)).float().mean()
+                loss.backward()
+
+            step()  # the first call allocates and picks kernels
+            steps[name] = step
+        fastest = dict.fromkeys(candidates, float("inf"))
+        for _ in range(rounds):
+            for name, step in steps.items():
+                started = time.perf_counter()
+                step()
+                fastest[name] = min(fastest[name], time.perf_counter() - started)
+    return {name: batch / seconds for name, seconds in fastest.items()}
 
 
 def pick_cuda_graphs(device: torch.device, setting: str, *, diffaugment: str, compile: bool, world_size: int) -> bool:

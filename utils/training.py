@@ -40,7 +40,7 @@ from . import distributed
 from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
-from .environment import describe, pick_amp, pick_channels_last, pick_cuda_graphs, pick_device
+from .environment import choose_amp_and_layout, describe, pick_cuda_graphs, pick_device
 from .errors import ConfigError, Interrupted, UserError
 from .metrics import fid_for_config, sampling, weights_path
 from .models import Discriminator, Generator, count_parameters
@@ -367,13 +367,12 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
            device: torch.device, progress: bool, live_plot, images: torch.Tensor | None,
            log: Callable[[str], None]) -> TrainResult:
     is_main, world = distributed.is_main(), distributed.world_size()
-    amp_dtype = pick_amp(device, config.amp)
-    channels_last = pick_channels_last(device, config.channels_last, config.compile)
+    amp_dtype, channels_last, measured = choose_amp_and_layout(device, config)
     cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, diffaugment=config.diffaugment, compile=config.compile,
                                    world_size=world)
     log(f"{describe(device)}\nrun folder: {run.dir}\nmixed precision: {amp_dtype or 'off (fp32)'}, channels_last: "
         f"{'on' if channels_last else 'off'}, CUDA graphs: {'on' if cuda_graphs else 'off'}, "
-        f"torch.compile: {'on' if config.compile else 'off'}")
+        f"torch.compile: {'on' if config.compile else 'off'}" + (f"\n{measured}" if measured else ""))
     for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
         if not isinstance(model, builtin):
             log(f"{role}: yours, {networks[role]} (config fields 'g_width'/'d_width' do not apply to it)")
