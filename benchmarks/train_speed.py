@@ -161,6 +161,7 @@ def main() -> None:
         # each choice of "auto" switched, so the table shows what each is worth on this device
         options = [("CUDA graphs off", dict(cuda_graphs="off")),
                    ("amp off", dict(amp="off")), ("amp bf16", dict(amp="bf16")), ("amp fp16", dict(amp="fp16")),
+                   ("amp fp16, CUDA graphs on", dict(amp="fp16", cuda_graphs="on")),
                    ("amp fp16, CUDA graphs off", dict(amp="fp16", cuda_graphs="off")),
                    ("amp bf16, CUDA graphs off", dict(amp="bf16", cuda_graphs="off")),
                    ("channels_last off", dict(channels_last="off")), ("channels_last on", dict(channels_last="on")),

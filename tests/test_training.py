@@ -294,9 +294,11 @@ def test_cuda_graphs_are_refused_where_they_cannot_work():
     from utils.environment import pick_cuda_graphs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    plain = dict(diffaugment="", compile=False, world_size=1)
+    plain = dict(amp_dtype=torch.bfloat16, diffaugment="", compile=False, world_size=1)
     assert pick_cuda_graphs(cuda, "auto", **plain) and not pick_cuda_graphs(cpu, "auto", **plain)
     assert not pick_cuda_graphs(cuda, "off", **plain)
+    fp16 = plain | dict(amp_dtype=torch.float16)  # recorded when asked for; "auto" waits for a GPU measurement
+    assert pick_cuda_graphs(cuda, "on", **fp16) and not pick_cuda_graphs(cuda, "auto", **fp16)
     for blocker in (dict(diffaugment="color"), dict(compile=True), dict(world_size=2)):
         assert not pick_cuda_graphs(cuda, "auto", **plain | blocker)
         with pytest.raises(ValueError, match="cuda_graphs"):

@@ -213,20 +213,23 @@ def _images_per_second(config: TrainConfig, candidates: list[str], batch: int = 
     return {name: batch / seconds for name, seconds in fastest.items()}
 
 
-def pick_cuda_graphs(device: torch.device, setting: str, *, diffaugment: str, compile: bool, world_size: int) -> bool:
+def pick_cuda_graphs(device: torch.device, setting: str, *, amp_dtype: torch.dtype | None, diffaugment: str,
+                     compile: bool, world_size: int) -> bool:
     """Whether to replay each training step as one CUDA graph (utils.training.CUDAGraphStep).
 
     At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
-    at once. "auto" uses graphs on one CUDA GPU when nothing in the step needs the host or a generator the
-    graph cannot own: not with DiffAugment (its random draws), torch.compile or several processes. fp16 is
-    fine: GradScaler hands the fused Adam its scale and inf check as device tensors, so nothing waits.
+    at once. It needs one CUDA GPU and nothing in the step that needs the host or a generator the graph cannot
+    own: not DiffAugment (its random draws), torch.compile or several processes. fp16 can be recorded (GradScaler
+    hands the fused Adam its scale and inf check as device tensors, so nothing waits), but that path has not run on
+    a GPU yet (benchmarks/gpu_check.sh measures it): "on" records it, "auto" keeps fp16 steps eager until then.
     """
     blockers = [reason for reason, present in [
         ("DiffAugment", bool(diffaugment)), ("torch.compile", compile), ("several processes", world_size > 1)] if present]
     if setting == "on" and (device.type != "cuda" or blockers):
         raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
                           f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
-    return setting != "off" and device.type == "cuda" and not blockers
+    unmeasured = amp_dtype == torch.float16
+    return device.type == "cuda" and not blockers and (setting == "on" or (setting == "auto" and not unmeasured))
 
 
 def describe(device: torch.device) -> str:

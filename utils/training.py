@@ -368,8 +368,8 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
            log: Callable[[str], None]) -> TrainResult:
     is_main, world = distributed.is_main(), distributed.world_size()
     amp_dtype, channels_last, measured = choose_amp_and_layout(device, config)
-    cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, diffaugment=config.diffaugment, compile=config.compile,
-                                   world_size=world)
+    cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, amp_dtype=amp_dtype, diffaugment=config.diffaugment,
+                                   compile=config.compile, world_size=world)
     log(f"{describe(device)}\nrun folder: {run.dir}\nmixed precision: {amp_dtype or 'off (fp32)'}, channels_last: "
         f"{'on' if channels_last else 'off'}, CUDA graphs: {'on' if cuda_graphs else 'off'}, "
         f"torch.compile: {'on' if config.compile else 'off'}" + (f"\n{measured}" if measured else ""))
