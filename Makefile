@@ -17,6 +17,7 @@ DEMO_OUT := generated/demo
 DEMO_DATA := -p image_size 32 -p max_images 8000
 DEMO_MODEL := $(DEMO_DATA) -p g_width 32 -p d_width 32
 DEMO_TRAIN := $(DEMO_MODEL) -p epochs 35 -p batch_size 128 -p out $(DEMO_OUT)
+DEMO_03 := $(DEMO_TRAIN) -p manual_steps 100
 PAPERMILL := $(BIN)/papermill --cwd notebooks
 
 .PHONY: demo test
@@ -25,7 +26,7 @@ demo: $(INSTALLED)
 	mkdir -p $(DEMO_OUT)/notebooks
 	$(PAPERMILL) notebooks/01_dataset.ipynb $(DEMO_OUT)/notebooks/01_dataset.ipynb $(DEMO_DATA)
 	$(PAPERMILL) notebooks/02_models.ipynb $(DEMO_OUT)/notebooks/02_models.ipynb $(DEMO_MODEL)
-	$(PAPERMILL) notebooks/03_training.ipynb $(DEMO_OUT)/notebooks/03_training.ipynb $(DEMO_TRAIN)
+	$(PAPERMILL) notebooks/03_training.ipynb $(DEMO_OUT)/notebooks/03_training.ipynb $(DEMO_03)
 	$(PAPERMILL) notebooks/04_gif.ipynb $(DEMO_OUT)/notebooks/04_gif.ipynb $(DEMO_TRAIN)
 	@echo
 	@echo "The faces taking shape, epoch by epoch: $(DEMO_OUT)/training.gif"

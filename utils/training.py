@@ -375,7 +375,7 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
         f"torch.compile: {'on' if config.compile else 'off'}" + (f"\n{measured}" if measured else ""))
     for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
         if not isinstance(model, builtin):
-            log(f"{role}: yours, {networks[role]} (config fields 'g_width'/'d_width' do not apply to it)")
+            log(f"{role}: yours, {networks[role]}")
 
     # data
     if images is None:

@@ -1,0 +1,139 @@
+"""The code the notebooks teach is the code the package runs.
+
+Notebook 02 writes the 64x64 generator and discriminator out as `nn.Sequential` stacks (its cells tagged
+`networks`), and notebook 03 writes one training step out as a function (its cell tagged `training-step`). These
+tests execute those cells' source, as committed, with controlled inputs and compare the result with `utils`:
+02's networks must be `utils.models`' layer for layer, with the same weights from the same seed and the same output;
+03's step must be `utils.training.TrainingStep`'s computation: from the same weights, on the same real batches and
+noise, in fp32 on the CPU, both end with the same losses and the same weights, bit for bit. So a change to either
+side (a layer, an activation, the order of the updates, the loss) fails here.
+"""
+
+import copy
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from torch import nn
+
+from utils.models import Discriminator, Generator, count_parameters, layer_table
+from utils.training import TrainingStep
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def tagged_source(name: str, tag: str) -> str:
+    """The source of notebook `name`'s code cells tagged `tag`, in order, joined as one program."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    cells = [cell.source for cell in notebook.cells
+             if cell.cell_type == "code" and tag in cell.metadata.get("tags", [])]
+    assert cells, f"{name} has no code cell tagged {tag!r}"
+    return "\n\n".join(cells)
+
+
+def run_cells(name: str, tag: str, **inputs) -> dict:
+    """Execute the tagged cells with `inputs` as the notebook's variables; return what they define."""
+    namespace = dict(inputs)
+    exec(compile(tagged_source(name, tag), f"{name}.ipynb[{tag}]", "exec"), namespace)
+    return namespace
+
+
+def states_equal(a: nn.Module, b: nn.Module) -> bool:
+    """Every weight and buffer (BatchNorm's running statistics too) equal, bit for bit."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[key], sb[key]) for key in sa)
+
+
+# ---------------------------------------------------------------------------------------------- notebook 02
+
+@pytest.mark.parametrize("latent_dim, g_width, d_width, seed", [(128, 64, 64, 42), (16, 8, 4, 7)],
+                         ids=["defaults", "small"])
+def test_notebook_02_networks_are_the_package_networks_at_64px(latent_dim, g_width, d_width, seed):
+    cells = run_cells("02_models", "networks", latent_dim=latent_dim, g_width=g_width, d_width=d_width, seed=seed)
+    torch.manual_seed(seed)
+    package_g = Generator(image_size=64, latent_dim=latent_dim, width=g_width)
+    torch.manual_seed(seed)
+    package_d = Discriminator(image_size=64, width=d_width)
+
+    z = torch.randn(6, latent_dim, 1, 1, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    for mine, package, example in ((cells["netG"], package_g, z), (cells["netD"], package_d, images)):
+        assert type(mine) is nn.Sequential
+        # the same layers in the same order: a layer's repr holds its type, sizes and options
+        assert [repr(layer) for layer in mine] == [repr(layer) for layer in package]
+        assert [(shape, params) for _, shape, params in layer_table(mine, example)] == \
+               [(shape, params) for _, shape, params in layer_table(package, example)]
+        assert count_parameters(mine) == count_parameters(package)
+        # the same seed gives the same initial weights, so the same output for the same input
+        assert states_equal(mine, package)
+        assert torch.equal(mine(example), package(example))          # training mode: BatchNorm on the batch
+        assert states_equal(mine, package)                           # ... and the same running statistics
+        mine.eval(), package.eval()
+        assert torch.equal(mine(example), package(example))          # eval mode: the running statistics
+    assert cells["netG"](z).shape == (6, 3, 64, 64)
+    assert cells["netD"](images).shape == (6,)
+
+
+def test_notebook_02_networks_follow_the_seed():
+    """The equality above is not an accident of fixed weights: another seed gives other weights."""
+    one = run_cells("02_models", "networks", latent_dim=16, g_width=8, d_width=4, seed=1)
+    two = run_cells("02_models", "networks", latent_dim=16, g_width=8, d_width=4, seed=2)
+    assert not states_equal(one["netG"], two["netG"]) and not states_equal(one["netD"], two["netD"])
+
+
+# ---------------------------------------------------------------------------------------------- notebook 03
+
+def test_notebook_03_training_step_is_the_package_training_step():
+    step_function = run_cells("03_training", "training-step")["training_step"]
+    image_size, latent_dim, batch, steps = 16, 16, 8, 4
+    torch.manual_seed(0)
+    generator, discriminator = Generator(image_size, latent_dim, 8), Discriminator(image_size, 8)
+    initial = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    data = torch.Generator().manual_seed(1)
+    reals = [torch.rand(batch, 3, image_size, image_size, generator=data) * 2 - 1 for _ in range(steps)]
+    noise = [torch.randn(batch, latent_dim, 1, 1, generator=data) for _ in range(steps)]
+
+    def adam(model, **options):  # the DCGAN recipe's rates and betas, as train() sets them
+        return torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999), **options)
+
+    # the notebook's step: its own copies of the networks, plain torch.optim.Adam as in the notebook
+    hand_g, hand_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    hand_opt_g, hand_opt_d = adam(hand_g), adam(hand_d)
+    hand = [step_function(hand_g, hand_d, hand_opt_g, hand_opt_d, real, z) for real, z in zip(reals, noise)]
+
+    # utils.training's step, with the optimiser options train() uses on a CPU (foreach Adam), fp32, no channels_last
+    opt_g, opt_d = adam(generator, foreach=True), adam(discriminator, foreach=True)
+    step = TrainingStep(generator, discriminator, opt_g, opt_d, loss="bce")
+    package = []
+    for real, z in zip(reals, noise):
+        step(real, z)
+        package.append(step.read(1))
+
+    # read() rounds to 5 decimals for the history; the notebook returns full floats
+    for mine, theirs in zip(hand, package):
+        assert {key: round(value, 5) for key, value in mine.items()} == theirs
+    # bit for bit: every weight, every BatchNorm statistic, every Adam moment
+    assert states_equal(hand_g, generator) and states_equal(hand_d, discriminator)
+    for hand_opt, opt in ((hand_opt_g, opt_g), (hand_opt_d, opt_d)):
+        for a, b in zip(hand_opt.state.values(), opt.state.values()):
+            assert all(torch.equal(a[key], b[key]) for key in ("exp_avg", "exp_avg_sq"))
+    # and both really trained: the weights moved
+    assert not states_equal(generator, initial[0]) and not states_equal(discriminator, initial[1])
+
+
+def test_notebook_03_training_step_losses_are_exact_before_rounding():
+    """The unrounded losses of one step are the same floats as TrainingStep's sums (no tolerance needed)."""
+    step_function = run_cells("03_training", "training-step")["training_step"]
+    torch.manual_seed(3)
+    generator, discriminator = Generator(16, 16, 8), Discriminator(16, 8)
+    hand_g, hand_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    real = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    z = torch.randn(8, 16, 1, 1, generator=torch.Generator().manual_seed(5))
+    adam = lambda model: torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    mine = step_function(hand_g, hand_d, adam(hand_g), adam(hand_d), real, z)
+    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator))
+    step(real, z)
+    assert [mine[key] for key in ("loss_d", "loss_g", "d_real", "d_fake")] == step.totals.tolist()
