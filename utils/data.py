@@ -8,21 +8,23 @@
 
 `config.data` is one of
     "synthetic"          anime-style faces drawn procedurally by `synthetic_faces` (offline, a few seconds)
-    "kaggle"             the Anime Face Dataset (63,565 JPEGs): an attached Kaggle input, or a download
+    "kaggle"             the Anime Face Dataset (63,565 JPEGs): an attached Kaggle input, or a download (with
+                         opendatasets and your Kaggle credentials, or with kagglehub and no account)
     a folder or a .zip   your own images (searched recursively; a zip is read in place, never extracted)
     an http(s) URL       of a .zip of images, downloaded once into `config.data_dir`
 
 Decoding tens of thousands of JPEGs takes minutes, so the decoded pixels are written once to
 `config.data_dir/cache/*.npy` and memory-mapped on every later run (well under a second).
 
-Every failure a user can meet here (a missing source, no readable images, a full or read-only `data_dir`) is a
-`UserError` whose message says what happened and what to do.
+Every failure a user can meet here (a missing source, no readable images, the network, a full or read-only
+`data_dir`, malformed Kaggle credentials) is a `UserError` whose message says what happened and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import json
 import math
@@ -31,7 +33,9 @@ import shutil
 import stat
 import sys
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -46,14 +50,16 @@ from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
 from utils.errors import UserError
-from utils.files import atomic_path
+from utils.files import CannotWrite, atomic_path, check_free_space, explain_write_error
 from utils.synthetic import synthetic_faces
 
 SYNTHETIC_DEFAULT_COUNT = 20_000
 KAGGLE_DATASET = "splcher/animefacedataset"   # 63,565 JPEGs under images/
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"
+KAGGLE_DOWNLOAD_BYTES = 900 * 2**20   # its ~400 MB archive and the files extracted from it, side by side
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 MAX_FILE_BYTES = 64 * 2**20   # a face is tens of KB; a larger "image" is skipped unread instead of filling memory
+NETWORK_TIMEOUT_S = 60        # a server that stops answering fails the download after this long, never hangs it
 _KAGGLE_SLUG = KAGGLE_DATASET.split("/")[1]
 
 
@@ -63,6 +69,10 @@ class DataError(UserError, ValueError):
 
 class DataNotFound(UserError, FileNotFoundError):
     """`config.data` names a file or folder that does not exist."""
+
+
+class DownloadError(UserError, RuntimeError):
+    """A download failed or cannot start; the message names the URL and the server's answer or the network's error."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +196,7 @@ def _build_cache(config: TrainConfig, source: Path | None, path: Path, progress:
         _write_cache(path, count, size, lambda: synthetic_faces(count, size, config.seed).numpy())
         return
     if source is None:
-        source = download_url(config.data, Path(config.data_dir))
+        source = download_url(config.data, Path(config.data_dir), progress)
     with _open_source(source, config.max_images) as listing:
         _write_cache(path, len(listing.names), size, lambda: _decode_all(source, listing, size, progress))
 
@@ -400,76 +410,149 @@ def find_kaggle_input() -> Path | None:
         return None
     candidates = [folder for depth in range(1, 5) for folder in sorted(root.glob("*/" * depth + "images"))
                   if folder.is_dir() and next(folder.glob("*.jpg"), None) is not None]
-    slug = KAGGLE_DATASET.split("/")[1]
-    preferred = [folder for folder in candidates if slug in folder.relative_to(root).parts]
+    preferred = [folder for folder in candidates if _KAGGLE_SLUG in folder.relative_to(root).parts]
     return (preferred or candidates or [None])[0]
 
 
 def download_kaggle(data_dir: Path) -> Path:
     """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now.
 
-    The download goes through `opendatasets` into data_dir/.kaggle-download/ and is renamed to
-    data_dir/animefacedataset/ only once complete, so an interrupted download is never mistaken
-    for a finished one. opendatasets reads credentials only from ./kaggle.json and otherwise
-    *prompts* (which hangs a notebook or a script), so we find the credentials ourselves, fail
-    fast without them, and hand them over in a private kaggle.json (mode 0600) that is deleted
-    afterwards (opendatasets copies them into KAGGLE_USERNAME / KAGGLE_KEY for this process).
+    With Kaggle credentials the download goes through `opendatasets`, as the series always did; without
+    any, or where opendatasets cannot be imported (Python 3.13 removed the `cgi` module it imports), it
+    goes through `kagglehub`, which downloads public datasets without an account. A line says which.
+    Either way it lands in data_dir/.kaggle-download/ and is renamed to data_dir/animefacedataset/ only
+    once complete, so an interrupted download is never mistaken for a finished one, and nothing prompts:
+    opendatasets reads credentials only from ./kaggle.json and otherwise *prompts* (which hangs a
+    notebook or a script), so we find them ourselves and hand them over in a private kaggle.json
+    (mode 0600) that is deleted afterwards (opendatasets copies them into KAGGLE_USERNAME / KAGGLE_KEY
+    for this process).
     """
     attached = find_kaggle_input()
     if attached is not None:
         print(f"kaggle: using the attached dataset in {attached}")
         return attached
     data_dir = Path(data_dir)
-    slug = KAGGLE_DATASET.split("/")[1]
-    target = data_dir / slug
+    target = data_dir / _KAGGLE_SLUG
     if target.is_dir() and any(target.iterdir()):
         return target
-    username, key = _kaggle_credentials()
+    credentials = _kaggle_credentials()
+    opendatasets, why_not = _import_opendatasets() if credentials else (None, "no Kaggle credentials found")
+    if opendatasets is not None:
+        tool = "opendatasets"
+        print(f"kaggle: downloading {KAGGLE_DATASET} with opendatasets as {credentials[0]} (credentials from "
+              f"{credentials[2]}) into {target}")
+    else:
+        tool = "kagglehub"
+        print(f"kaggle: {why_not}: downloading the public dataset {KAGGLE_DATASET} with kagglehub (no account "
+              f"needed) into {target}")
     staging = data_dir / ".kaggle-download"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
-        _write_private(staging / "kaggle.json", json.dumps({"username": username, "key": key}))
-        import opendatasets
-        with _working_directory(staging):
-            opendatasets.download(KAGGLE_URL, data_dir=str(staging.resolve()))
-        os.replace(staging / slug, target)
+        check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if opendatasets is not None:
+            _write_private(staging / "kaggle.json", json.dumps({"username": credentials[0], "key": credentials[1]}))
+            folder = staging.resolve()   # before the chdir, which would change what a relative data_dir means
+            with _working_directory(staging):
+                opendatasets.download(KAGGLE_URL, data_dir=str(folder))
+        else:
+            found = _kagglehub_download(staging / _KAGGLE_SLUG)
+            if found != staging / _KAGGLE_SLUG:   # on Colab, kagglehub mounts the dataset from Colab's own cache
+                return found
+        os.replace(staging / _KAGGLE_SLUG, target)
+    except UserError:
+        raise
     except Exception as error:
-        raise RuntimeError(f"downloading {KAGGLE_URL} failed ({type(error).__name__}): check the network and "
-                           f"your Kaggle credentials, or use data='synthetic'") from error
+        raise _download_failure(error, tool, target, signed_in=opendatasets is not None) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def _kaggle_credentials() -> tuple[str, str]:
-    """(username, key) from the first place that has both; raises at once if none has (never prompts)."""
-    found = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
+def _import_opendatasets():
+    """(the opendatasets module, "") or (None, why it cannot be imported)."""
+    try:
+        import opendatasets
+    except ImportError as error:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return None, f"opendatasets cannot be imported on Python {version} ({type(error).__name__}: {error})"
+    return opendatasets, ""
+
+
+def _kagglehub_download(folder: Path) -> Path:
+    try:
+        import kagglehub
+    except ImportError as error:
+        raise DownloadError(f"downloading {KAGGLE_DATASET} needs kagglehub, which cannot be imported ({error}): "
+                            "pip install 'kagglehub>=0.4.3', or attach the dataset or use data='synthetic'") from error
+    return Path(kagglehub.dataset_download(KAGGLE_DATASET, output_dir=str(folder)))
+
+
+def _download_failure(error: Exception, tool: str, target: Path, signed_in: bool) -> UserError:
+    """What a download client's exception means, as one message (a full disk, an HTTP status, the network)."""
+    if isinstance(error, OSError):
+        explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES)
+        if isinstance(explained, CannotWrite):
+            return explained
+    hint = ("check the network and your Kaggle credentials" if signed_in else "check the network") + \
+           ", or attach the dataset (on Kaggle) or use data='synthetic'"
+    response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
+    if getattr(response, "status_code", None):
+        return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed: {response.url} answered "
+                             f"{response.status_code} {response.reason}: {hint}")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({type(error).__name__}: {reason}): {hint}")
+
+
+def _kaggle_credentials() -> tuple[str, str, str] | None:
+    """(username, key, where they came from) from the first place that has them, or None (never prompts).
+
+    A credentials file that exists but is not what Kaggle writes (not JSON, not an object, no username
+    or key) is an error naming it, rather than silently skipped: its owner meant to use it.
+    """
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME and KAGGLE_KEY"
     files = [Path("kaggle.json"), Path.home() / ".kaggle" / "kaggle.json",
              Path.home() / ".config" / "kaggle" / "kaggle.json"]
     if os.environ.get("KAGGLE_CONFIG_DIR"):
         files.insert(1, Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json")
     for file in files:
+        if file.is_file():
+            return _read_credentials(file)
+    with contextlib.suppress(Exception):   # Colab only; raises if the secrets are missing or not shared
+        from google.colab import userdata
+        found = userdata.get("KAGGLE_USERNAME"), userdata.get("KAGGLE_KEY")
         if all(found):
-            break
-        with contextlib.suppress(OSError, ValueError, AttributeError):   # missing, unreadable or not JSON
-            values = json.loads(file.read_text())
-            found = values.get("username"), values.get("key")
-    if not all(found):
-        with contextlib.suppress(Exception):   # Colab only; raises if the secrets are missing or not shared
-            from google.colab import userdata
-            found = userdata.get("KAGGLE_USERNAME"), userdata.get("KAGGLE_KEY")
-    if not all(found):
-        with contextlib.suppress(Exception):   # Kaggle notebooks only (Add-ons > Secrets)
-            from kaggle_secrets import UserSecretsClient
-            secrets = UserSecretsClient()
-            found = secrets.get_secret("KAGGLE_USERNAME"), secrets.get_secret("KAGGLE_KEY")
-    if not all(found):
-        raise RuntimeError(
-            "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json (kaggle.com > "
-            "Settings > API > Create New Token) in the working directory or ~/.kaggle/, or add Colab secrets "
-            "KAGGLE_USERNAME and KAGGLE_KEY (or attach the dataset to a Kaggle notebook); or use data='synthetic'")
-    return found
+            return *found, "Colab secrets"
+    with contextlib.suppress(Exception):   # Kaggle notebooks only (Add-ons > Secrets)
+        from kaggle_secrets import UserSecretsClient
+        secrets = UserSecretsClient()
+        found = secrets.get_secret("KAGGLE_USERNAME"), secrets.get_secret("KAGGLE_KEY")
+        if all(found):
+            return *found, "Kaggle secrets"
+    return None
+
+
+def _read_credentials(file: Path) -> tuple[str, str, str]:
+    """(username, key, the file's name) of a kaggle.json; a DownloadError naming the file when it is not one (the key
+    is never shown)."""
+    shown = str(file) if file.is_absolute() else f"./{file}"
+    fix = (f"download a new one (kaggle.com > Settings > API > Create New Token), or delete {shown} to download "
+           "the public dataset without an account")
+    try:
+        values = json.loads(file.read_text())
+    except OSError as error:
+        raise DownloadError(f"found {shown} but cannot read it ({error.strerror}): {fix}") from None
+    except ValueError as error:   # the message gives the position only, never the content
+        raise DownloadError(f"found {shown} but it is not valid JSON ({error}): {fix}") from None
+    if not isinstance(values, dict):
+        raise DownloadError(f"found {shown} but it holds a JSON {type(values).__name__}, not an object with "
+                            f'"username" and "key": {fix}')
+    missing = [name for name in ("username", "key") if not isinstance(values.get(name), str) or not values[name]]
+    if missing:
+        raise DownloadError(f"found {shown} but it has no {' and no '.join(map(repr, missing))} (a non-empty "
+                            f"string): {fix}")
+    return values["username"], values["key"], shown
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -488,27 +571,66 @@ def _working_directory(path: Path):
         os.chdir(previous)
 
 
-def download_url(url: str, data_dir: Path) -> Path:
+def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
     """Download a .zip of images once into data_dir/downloads/ and return its path (read in place).
 
-    Uses opendatasets' downloader with a file name of our own (opendatasets.download would take
-    the name from the server's Content-Disposition header, which could point outside data_dir)
-    and a ".part" file renamed when complete (opendatasets reuses any existing file, even a
-    half-downloaded one). Nothing is extracted. Note that opendatasets retries a failed https
-    download over plain http.
+    The file name is our own (a server's Content-Disposition could point outside data_dir), the
+    download goes to a temporary name renamed only once complete and checked to be a zip (so a
+    dropped connection never leaves a file that looks finished), and nothing is extracted. Every
+    failure is a UserError: the HTTP status and URL, the network's error, a connection that dropped
+    (the partial file is removed), a disk that filled up.
     """
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(urllib.parse.urlsplit(url).path).stem)
     digest = hashlib.sha1(url.encode()).hexdigest()[:8]   # two URLs ending in faces.zip do not collide
-    target = Path(data_dir) / "downloads" / f"{stem or 'download'}-{digest}.zip"
+    stem = _file_name(Path(urllib.parse.urlsplit(url).path).stem, "download")
+    target = Path(data_dir) / "downloads" / f"{stem}-{digest}.zip"
     if target.exists():
         print(f"download: reusing {target}")
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    from opendatasets.utils.network import download_url as fetch
-    fetch(url, str(target.parent), filename=partial.name, force=True)
-    if not zipfile.is_zipfile(partial):
-        partial.unlink()
-        raise ValueError(f"{url} did not return a .zip archive: data must be the URL of a .zip of images")
-    os.replace(partial, target)
+    with atomic_path(target) as tmp:
+        with _network_errors(url):
+            content_type = _fetch(url, tmp, target, progress)
+        _check_zip(tmp, url, content_type)
     return target
+
+
+def _fetch(url: str, tmp: Path, target: Path, progress: bool) -> str:
+    """Stream `url` into `tmp` (checking for room for `target` first); returns the Content-Type."""
+    with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response, open(tmp, "wb") as file:
+        size = int(response.headers.get("Content-Length") or 0)
+        check_free_space(target, size)
+        with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {target.name}",
+                  disable=not progress) as bar:
+            while chunk := response.read(1 << 20):
+                bar.update(file.write(chunk))
+        if file.tell() < size:
+            raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {url}: the "
+                                "partial download was removed; run again")
+        return response.headers.get_content_type()
+
+
+@contextlib.contextmanager
+def _network_errors(url: str) -> Iterator[None]:
+    """urllib's and the socket's errors as a DownloadError naming the URL (and the HTTP status)."""
+    try:
+        yield
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"downloading {url} failed: the server answered {error.code} {error.reason}: check "
+                            "the URL (it must be a direct link to a .zip of images)") from error
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+        raise DownloadError(f"downloading {url} failed ({reason}): check the network and the URL, then run "
+                            "again") from error
+
+
+def _check_zip(path: Path, url: str, content_type: str) -> None:
+    if zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if start == b"PK\x03\x04":   # the start of a zip whose end never arrived
+        raise DownloadError(f"the download of {url} ended after {size:,} bytes, before the end of the .zip (the "
+                            "server sent no length to check against, so the connection probably dropped): the "
+                            "partial download was removed; run again")
+    raise DataError(f"{url} did not return a .zip archive (it sent {size:,} bytes of {content_type}): data must "
+                    "be the URL of a .zip of images")
