@@ -1,4 +1,4 @@
-"""utils/data.py downloads: a zip over real HTTP (127.0.0.1), the Kaggle dataset from a local fake Kaggle API.
+"""Downloads: a zip over real HTTP (127.0.0.1), the Kaggle dataset from a local fake Kaggle API, the FID weights.
 
 The fake Kaggle API is a real HTTP server on 127.0.0.1: KAGGLE_API_ENVIRONMENT=LOCALHOST points both download
 clients (kagglehub, and opendatasets through the `kaggle` package) at http://localhost, and http_proxy routes
@@ -11,6 +11,7 @@ import http.server
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import stat
@@ -449,3 +450,19 @@ def test_the_kaggle_cache_is_keyed_on_the_files_read(tmp_path, monkeypatch):
     assert len(load_dataset(config, progress=False)) == 3
     assert cache_path(config) != partial
 
+
+# ------------------------------------------------------------------------------------------ the FID weights
+
+def test_a_failed_download_of_the_fid_weights_names_the_url_and_the_offline_option(tmp_path, monkeypatch, no_proxy):
+    inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    from utils.metrics import _InceptionPool3
+
+    with socket.socket() as unused:   # where the weights are fetched from: a port that nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}/weights-inception-2015-12-05-6726825d.pth"
+    monkeypatch.setattr(inception, "URL_INCEPTION_V3", url)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))   # no weights downloaded before
+    with pytest.raises(DownloadError, match=rf"could not download the FID Inception weights from {re.escape(url)} "
+                                            r"\(\[Errno 111\] Connection refused\): check the network; offline, set "
+                                            r"config field 'fid_weights' to a local pt_inception-2015-12-05-\*\.pth"):
+        _InceptionPool3("")
