@@ -29,7 +29,8 @@ from PIL import Image
 import utils.data as data
 from small_disk import small_disk
 from utils.config import TrainConfig
-from utils.data import DataError, DownloadError, cache_path, download_kaggle, download_url, find_kaggle_input, load_dataset
+from utils.data import (DataError, DownloadError, cache_path, download_kaggle, download_url, find_kaggle_input,
+                        load_dataset)
 from utils.files import CannotWrite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -292,7 +293,8 @@ def test_where_opendatasets_cannot_be_imported_kagglehub_downloads_instead(tmp_p
     assert result.returncode == 0, result.stderr
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert (f"kaggle: opendatasets cannot be imported on Python {version} (ModuleNotFoundError: No module named "
-            "'cgi'): downloading the public dataset splcher/animefacedataset with kagglehub") in result.stdout
+            "'cgi'): downloading the public dataset splcher/animefacedataset with kagglehub into "
+            "data/animefacedataset") in result.stdout
     assert "shape (3, 3, 16, 16)" in result.stdout
     assert [endpoint for endpoint, _ in kaggle_api.requests] == ["GetDataset", "DownloadDataset"]
 

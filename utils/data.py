@@ -384,7 +384,7 @@ def _is_image_name(name: str) -> bool:
 
 
 def _decode_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Bytes of one image file -> (uint8 (size, size, 3): RGB, centre-cropped, resized; its original (width, height))."""
+    """Bytes of one image file -> (uint8 (size, size, 3), RGB, centre-cropped, resized; its own (width, height))."""
     with Image.open(io.BytesIO(data)) as image:   # raises DecompressionBombError above 2 x MAX_IMAGE_PIXELS
         original = image.size
         image.draft("RGB", (size, size))   # JPEG: decode at 1/2..1/8 scale when that is still >= size
@@ -443,8 +443,9 @@ def download_kaggle(data_dir: Path) -> Path:
               f"{credentials[2]}) into {target}")
     else:
         tool = "kagglehub"
-        print(f"kaggle: {why_not}: downloading the public dataset {KAGGLE_DATASET} with kagglehub (no account "
-              f"needed) into {target}")
+        account = " (no account needed)" if credentials is None else ""   # else it signs in where it finds them
+        print(f"kaggle: {why_not}: downloading the public dataset {KAGGLE_DATASET} with kagglehub{account} "
+              f"into {target}")
     staging = data_dir / ".kaggle-download"
     try:
         check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
@@ -463,7 +464,7 @@ def download_kaggle(data_dir: Path) -> Path:
     except UserError:
         raise
     except Exception as error:
-        raise _download_failure(error, tool, target, signed_in=opendatasets is not None) from error
+        raise _download_failure(error, tool, target, signed_in=credentials is not None) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
