@@ -93,14 +93,14 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
     """
     source = _local_source(config)
     path, counts = _cache_file(config, source)
-    problem = _cache_problem(path, config.image_size, counts) if path.exists() else None
-    if path.exists() and problem is None:
+    problem = _cache_problem(path, config.image_size, counts) if path.exists() else "missing"
+    if problem is None:
         verb = "reusing"
     else:
-        if problem:
+        if problem != "missing":
             print(f"dataset cache: {path} {problem}: rebuilding it")
         _build_cache(config, source, path, progress)
-        verb = "rebuilt" if problem else "built"
+        verb = "built" if problem == "missing" else "rebuilt"
     images = torch.from_numpy(np.load(path, mmap_mode="c"))
     print(f"dataset cache: {verb} {path} ({len(images)} images of {config.image_size}x{config.image_size})")
     return images
