@@ -1,5 +1,11 @@
 """utils/data.py: synthetic faces, the decoded cache, and reading folders and zips of real image files."""
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -11,8 +17,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import utils.data as data
+from small_disk import small_disk
 from utils.config import TrainConfig
-from utils.data import cache_path, load_dataset, load_images, synthetic_faces
+from utils.data import DataError, DataNotFound, cache_path, load_dataset, load_images, synthetic_faces
+from utils.files import CannotWrite
+from utils.run import frame_path
+from utils.visualize import save_grid
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def save(path: Path, image: Image.Image, **options) -> Path:
@@ -244,15 +256,15 @@ def test_zip_is_read_in_place_and_hostile_member_names_write_nothing(tmp_path, m
 # ------------------------------------------------------------------------------------------ errors
 
 def test_a_missing_source_says_what_to_pass(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist.*'synthetic' or 'kaggle'"):
+    with pytest.raises(DataNotFound, match="does not exist.*'synthetic' or 'kaggle'"):
         load_images(tmp_path / "nowhere", 16)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataNotFound, match="does not exist"):
         load_dataset(TrainConfig(data=str(tmp_path / "nowhere.zip"), data_dir=str(tmp_path)))
 
 
 def test_a_folder_without_images_is_an_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match=f"no images found in {tmp_path}: expected files ending in .jpg"):
+    with pytest.raises(DataError, match=f"no images found in {tmp_path}: expected files ending in .jpg"):
         load_images(tmp_path, 16)
     empty_zip = tmp_path / "empty.zip"
     zipfile.ZipFile(empty_zip, "w").close()
@@ -263,11 +275,220 @@ def test_a_folder_without_images_is_an_error(tmp_path):
 def test_a_folder_of_only_broken_files_is_an_error(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"")
     (tmp_path / "b.png").write_text("nope")
-    with pytest.raises(ValueError, match="no images found in .*none of its 2 image files could be decoded"):
+    with pytest.raises(DataError, match="no images found in .*none of its 2 image files could be decoded"):
         load_images(tmp_path, 16, progress=False)
 
 
 def test_a_file_that_is_not_a_zip_is_an_error(tmp_path):
     (tmp_path / "faces.tar").write_bytes(b"\0" * 1024)
-    with pytest.raises(ValueError, match="neither a folder nor a .zip"):
+    with pytest.raises(DataError, match="neither a folder nor a .zip"):
         load_images(tmp_path / "faces.tar", 16)
+
+
+# ------------------------------------------------------------------------------------------ a cache that lies
+
+def synthetic_config(tmp_path, **changes) -> TrainConfig:
+    return TrainConfig(**{**dict(data="synthetic", data_dir=str(tmp_path), image_size=16, max_images=8, seed=5),
+                          **changes})
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def replace_with(array: np.ndarray):
+    return lambda path: np.save(path, array)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (truncate, r"has 1,000 bytes but its header announces 6,272 \(truncated or overwritten\)"),
+    (lambda path: path.write_bytes(b""), r"is not a readable \.npy file \(EOF: reading magic string"),
+    (lambda path: path.write_text("not an array"), r"is not a readable \.npy file \(the magic string is not correct"),
+    (replace_with(np.zeros((8, 3, 32, 32), np.uint8)), r"holds uint8 images of shape \(3, 32, 32\), not uint8 of "
+                                                       r"shape \(3, 16, 16\)"),
+    (replace_with(np.zeros((8, 3, 16, 16), np.float32)), r"holds float32 images of shape \(3, 16, 16\), not uint8"),
+    (replace_with(np.zeros((8, 16, 16, 3), np.uint8)), r"holds uint8 images of shape \(16, 16, 3\)"),
+    (replace_with(np.asfortranarray(np.zeros((8, 3, 16, 16), np.uint8))),
+     r"holds uint8 images of shape \(3, 16, 16\) in Fortran order, not uint8 of shape \(3, 16, 16\) in C order"),
+    (replace_with(np.zeros((5, 3, 16, 16), np.uint8)), r"holds 5 images where 8 are expected"),
+])
+def test_a_damaged_or_foreign_cache_is_rebuilt_with_the_reason_never_used(tmp_path, capsys, damage, reason):
+    config = synthetic_config(tmp_path)
+    expected = load_dataset(config, progress=False).clone()   # not the map of the file about to be damaged
+    path = cache_path(config)
+    damage(path)
+    capsys.readouterr()
+
+    images = load_dataset(config, progress=False)
+
+    out = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(rf"dataset cache: {re.escape(str(path))} {reason}.*: rebuilding it", out[0]), out
+    assert out[1].startswith(f"dataset cache: rebuilt {path}")
+    assert torch.equal(images, expected)
+    load_dataset(config, progress=False)
+    assert "reusing" in capsys.readouterr().out   # and the rebuilt file is good
+
+
+def test_a_folder_cache_holding_more_images_than_the_folder_is_rebuilt(tmp_path, capsys):
+    for i in range(3):
+        save(tmp_path / "faces" / f"{i}.png", solid((i * 80, 0, 0)))
+    config = TrainConfig(data=str(tmp_path / "faces"), data_dir=str(tmp_path / "data"), image_size=16)
+    load_dataset(config, progress=False)
+    np.save(cache_path(config), np.zeros((7, 3, 16, 16), np.uint8))
+    capsys.readouterr()
+    assert len(load_dataset(config, progress=False)) == 3
+    assert "holds 7 images where 1 to 3 are expected: rebuilding it" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ where the cache goes
+
+def test_an_unwritable_data_dir_fails_before_any_decoding(tmp_path, monkeypatch):
+    for i in range(3):
+        save(tmp_path / "faces" / f"{i}.png", solid((0, 0, 255)))
+    decoded = []
+    monkeypatch.setattr(data, "_decode_image", lambda *args: decoded.append(args) or pytest.fail("decoded"))
+    with small_disk(tmp_path / "disk", size="16m", read_only=True) as disk:
+        with pytest.raises(CannotWrite, match=r"cannot write .*disk/cache/faces-16px-\w+\.npy \(Read-only file "
+                                              r"system\): make the folder writable"):
+            load_dataset(TrainConfig(data=str(tmp_path / "faces"), data_dir=str(disk), image_size=16), progress=False)
+    assert decoded == []
+
+
+def test_a_data_dir_without_room_for_the_cache_fails_before_any_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "synthetic_faces", lambda *args: pytest.fail("drew the faces"))
+    with small_disk(tmp_path / "disk", size="1m") as disk:
+        with pytest.raises(CannotWrite, match=r"no space left to write .*disk/cache/synthetic-seed5-64px-\w+\.npy: it "
+                                              r"needs about 2\.3 MiB and the disk has 1\.0 MiB free"):
+            load_dataset(synthetic_config(disk, image_size=64, max_images=200), progress=False)
+        assert list((disk / "cache").iterdir()) == []
+
+
+def test_a_folder_with_a_very_long_name_gets_a_cache_name_that_fits(tmp_path):
+    folder = tmp_path / ("faces-" + "x" * 240)   # 246 characters: the old cache name had 266 (ENAMETOOLONG)
+    save(folder / "a.png", solid((255, 0, 0)))
+    config = TrainConfig(data=str(folder), data_dir=str(tmp_path / "data"), image_size=16)
+    assert len(load_dataset(config, progress=False)) == 1
+    assert len(cache_path(config).name) <= 64 + len("-16px-") + 12 + len(".npy")
+
+
+def test_a_run_folder_and_a_cache_inside_the_data_folder_are_never_read_as_images(tmp_path, capsys):
+    faces = tmp_path / "faces"
+    for i in range(3):
+        save(faces / f"{i}.png", solid((0, 255, 0)))
+    run = faces / "generated" / "run"
+    for epoch in (1, 2):
+        save_grid(torch.zeros(4, 3, 16, 16), frame_path(run, epoch), nrow=2)
+    save(run / "history.png", solid((255, 0, 0)))
+    save(run / "training.gif", solid((255, 0, 0)))
+    config = TrainConfig(data=str(faces), data_dir=str(faces / "data"), image_size=16)   # the cache lands inside too
+
+    images = load_dataset(config, progress=False)
+    assert images.shape[0] == 3 and (images[:, 1] == 255).all()
+    save_grid(torch.zeros(4, 3, 16, 16), frame_path(run, 3), nrow=2)   # the run goes on: the cache still holds
+    capsys.readouterr()
+    assert torch.equal(load_dataset(config, progress=False), images)
+    assert "reusing" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ nothing hangs or explodes
+
+def test_a_fifo_with_an_image_name_is_skipped_not_waited_on(tmp_path):
+    for i in range(2):
+        save(tmp_path / "faces" / f"{i}.png", solid((0, 0, 255)))
+    os.mkfifo(tmp_path / "faces" / "blocked.jpg")   # opening it for reading would wait for a writer for ever
+    result = subprocess.run([sys.executable, "-c", f"from utils.data import load_images; "
+                             f"print(tuple(load_images({str(tmp_path / 'faces')!r}, 16, progress=False).shape))"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(2, 3, 16, 16)"
+    assert "skipped 1 of 3 files" in result.stderr and "blocked.jpg: not a regular file" in result.stderr
+
+
+def test_files_over_the_size_limit_are_skipped_unread(tmp_path):
+    save(tmp_path / "ok.png", solid((0, 255, 0)))
+    with open(tmp_path / "huge.jpg", "wb") as file:
+        file.truncate(2**30)   # a sparse 1 GiB "JPEG": reading it would take 1 GiB of memory
+    with pytest.warns(UserWarning, match=r"skipped 1 of 2 .*huge.jpg: 1,024.0 MiB, over the 64 MiB limit for one "
+                                         r"image file, so not read"):
+        images = load_images(tmp_path, 8, progress=False)
+    assert images.shape[0] == 1
+
+
+def test_a_zip_member_of_1_gib_is_skipped_without_reading_it_into_memory(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr("faces/ok.png", save(tmp_path / "ok.png", solid((255, 0, 0))).read_bytes())
+        with zf.open("faces/huge.jpg", "w", force_zip64=True) as member:   # 1 GiB of zeros, ~4 MB compressed
+            for _ in range(64):
+                member.write(bytes(2**24))
+    small = tmp_path / "small.zip"
+    with zipfile.ZipFile(small, "w") as zf:
+        zf.write(tmp_path / "ok.png", "faces/ok.png")
+    code = f"""
+import resource, warnings
+from utils.data import load_images
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+load_images({str(small)!r}, 16, progress=False)
+before = peak()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    images = load_images({str(archive)!r}, 16, progress=False)
+print(len(images), peak() - before, caught[0].message)
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    count, growth_mib, message = result.stdout.split(" ", 2)
+    assert count == "1"
+    assert int(growth_mib) < 100   # reading the member whole took 2 GiB more
+    assert "huge.jpg: 1,024.0 MiB, over the 64 MiB limit" in message
+
+
+def test_ctrl_c_during_decoding_stops_at_once(tmp_path):
+    noise = save(tmp_path / "noise.png", Image.effect_noise((1200, 1200), 80).convert("RGB"))
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(1500):   # decoding them all takes a minute on two cores; hard links take no space
+        os.link(noise, faces / f"{i:04d}.png")
+    (faces / "0003.png").unlink()
+    os.mkfifo(faces / "0003.png")   # before, a thread blocked on it, and Ctrl-C then waited for it for ever
+    process = subprocess.Popen([sys.executable, "-c", f"from utils.data import load_images; "
+                                f"load_images({str(faces)!r}, 16)"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        progress = ""
+        while "decoding faces:" not in progress or "/1500" not in progress:   # the bar is up: decoding has started
+            progress += process.stderr.read(1)
+            assert process.poll() is None, progress
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        process.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+        rest = process.stderr.read()
+    finally:
+        process.kill()
+    assert "KeyboardInterrupt" in rest
+    assert stopped_after < 5   # the images still queued were dropped, not decoded
+
+
+# ------------------------------------------------------------------------------------------ nonsense is named
+
+def test_upsampling_past_the_sources_size_is_warned_once(tmp_path):
+    for i in range(3):
+        save(tmp_path / f"{i}.png", solid((0, 0, 255), size=(24, 20)))
+    save(tmp_path / "big.png", solid((0, 0, 255), size=(64, 64)))
+    with pytest.warns(UserWarning) as record:
+        load_images(tmp_path, 32, progress=False)
+    assert [str(w.message) for w in record] == [
+        f"3 of 4 images are smaller than 32x32 (e.g. {tmp_path}/0.png is 24x20) and were upsampled, which adds no "
+        "detail: an image_size of at most 20 keeps them at their own resolution"]
+
+
+def test_the_command_line_prints_a_missing_data_source_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "utils.train", "--data", str(tmp_path / "nowhere"), "--data-dir",
+                             str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--device", "cpu"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data source does not exist: {tmp_path}/nowhere: pass a folder or .zip of images, an http(s) URL of "
+        "a .zip, 'synthetic' or 'kaggle'")

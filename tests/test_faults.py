@@ -87,7 +87,7 @@ def temporaries(run_dir: Path) -> list[Path]:
 
 def kill_mid_epoch(process: subprocess.Popen, run_dir: Path, log: Path) -> int:
     """SIGKILL while the steps of an epoch after the first run; returns the epochs the checkpoint holds."""
-    wait_until(lambda: (run_dir / CHECKPOINT).exists(), process, log)  # epoch 1 is saved
+    wait_until(lambda: (run_dir / "history.json").exists(), process, log)  # epoch 1 is saved (history is written last)
     epoch_s = json.loads((run_dir / "history.json").read_text())["epochs"][0]["seconds"]
     while True:
         time.sleep(epoch_s / 4)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.gif import main, make_gif, show_gif, write_gif
+from utils.gif import GifError, NoSampleGrids, main, make_gif, show_gif, write_gif
 from utils.run import frame_path
 from utils.visualize import save_grid
 
@@ -82,14 +82,14 @@ def test_make_gif_writes_where_asked(tmp_path):
 def test_make_gif_without_grids_says_to_train_first(tmp_path, make_samples_dir):
     if make_samples_dir:
         (tmp_path / "samples").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"no sample grids in .*samples: train first"):
+    with pytest.raises(NoSampleGrids, match=r"no sample grids in .*samples: train first"):
         make_gif(tmp_path)
 
 
 def test_make_gif_rejects_grids_of_different_sizes_naming_the_file(tmp_path):
     write_run(tmp_path, epochs=2)
     save_grid(torch.zeros(4, 3, 8, 8), frame_path(tmp_path, 3), nrow=2)
-    with pytest.raises(ValueError, match="epoch_003.png"):
+    with pytest.raises(GifError, match=r"epoch_003.png is 22x22 pixels but .*epoch_001.png is 38x38"):
         make_gif(tmp_path)
     assert not (tmp_path / "training.gif").exists()
 
@@ -100,7 +100,7 @@ def test_write_gif_holds_the_last_frame_only_when_asked(tmp_path):
     assert durations == [50, 50, 50] and loop == 0
     _, durations, _ = read_gif(write_gif(frames, tmp_path / "b.gif", frame_ms=50, hold_last_ms=500))
     assert durations == [50, 50, 500]
-    with pytest.raises(ValueError, match="at least one frame"):
+    with pytest.raises(GifError, match="at least one frame"):
         write_gif([], tmp_path / "c.gif")
 
 
@@ -154,3 +154,66 @@ def test_main_on_a_run_without_grids_exits_with_the_reason(tmp_path, capsys):
         main([str(tmp_path)])
     assert exit_info.value.code == 1
     assert "train first" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ nonsense is refused
+
+@pytest.mark.parametrize("options,message", [
+    (dict(frame_ms=5), r"frame_ms \(--frame-ms\) must be 20 to 655,350 milliseconds; got 5 \(GIF stores 1/100 s"),
+    (dict(frame_ms=0), r"frame_ms \(--frame-ms\) must be 20 to 655,350 milliseconds; got 0"),
+    (dict(hold_last_ms=-5), r"hold_last_ms \(--hold-last-ms\) must be 20 to 655,350 milliseconds; got -5"),
+    (dict(hold_last_ms=700_000), r"hold_last_ms .* got 700000"),
+])
+def test_durations_a_gif_cannot_hold_are_refused_before_any_work(tmp_path, options, message):
+    write_run(tmp_path, epochs=2)
+    with pytest.raises(GifError, match=message):
+        make_gif(tmp_path, **options)
+    with pytest.raises(GifError, match=message):
+        write_gif([np.zeros((4, 4, 3), np.uint8)] * 2, tmp_path / "x.gif", **{"frame_ms": 100, **options})
+    assert not (tmp_path / "training.gif").exists() and not (tmp_path / "x.gif").exists()
+
+
+def test_the_shortest_allowed_frame_is_kept_as_written(tmp_path):
+    write_run(tmp_path, epochs=2)
+    assert read_gif(make_gif(tmp_path, frame_ms=20, hold_last_ms=20))[1] == [20, 20]
+
+
+def test_two_grids_of_one_epoch_are_refused_naming_both(tmp_path):
+    write_run(tmp_path, epochs=2)
+    (tmp_path / "samples" / "epoch_0001.png").write_bytes(frame_path(tmp_path, 1).read_bytes())
+    with pytest.raises(GifError, match=r"samples/epoch_0001.png and .*samples/epoch_001.png are both the grid of "
+                                       r"epoch 1: move one of them out of .*samples \(training writes "
+                                       r"samples/epoch_001.png\)"):
+        make_gif(tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"notes: this is not a PNG", "truncated"])
+def test_an_unreadable_grid_is_named(tmp_path, content):
+    write_run(tmp_path, epochs=4)
+    grid = frame_path(tmp_path, 4)
+    grid.write_bytes(grid.read_bytes()[:60] if content == "truncated" else content)
+    with pytest.raises(GifError, match=r"samples/epoch_004.png is not a readable image \(.+\): delete it or "
+                                       r"replace it with the grid of epoch 4"):
+        make_gif(tmp_path)
+
+
+def test_out_pointing_at_a_folder_is_refused(tmp_path):
+    write_run(tmp_path, epochs=2)
+    with pytest.raises(GifError, match=rf"out \(--out\) {tmp_path} is a folder: pass the GIF's file name, e.g. "
+                                       rf"{tmp_path}/training.gif"):
+        make_gif(tmp_path, out=tmp_path)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--frame-ms", "5"], "error: frame_ms (--frame-ms) must be 20 to 655,350 milliseconds; got 5"),
+    (["--hold-last-ms", "-5"], "error: hold_last_ms (--hold-last-ms) must be 20 to 655,350 milliseconds; got -5"),
+    (["--out", "{run}"], "error: out (--out) {run} is a folder"),
+    ([], "error: {run}/samples/epoch_004.png is not a readable image (cannot identify image file"),
+])
+def test_cli_prints_each_refusal_in_one_line(tmp_path, args, message):
+    write_run(tmp_path, epochs=4)
+    frame_path(tmp_path, 4).write_text("a text file with a grid's name")
+    result = run_cli(str(tmp_path), *[arg.format(run=tmp_path) for arg in args])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith(message.format(run=tmp_path))

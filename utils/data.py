@@ -8,28 +8,40 @@
 
 `config.data` is one of
     "synthetic"          anime-style faces drawn procedurally by `synthetic_faces` (offline, a few seconds)
-    "kaggle"             the Anime Face Dataset (63,565 JPEGs): an attached Kaggle input, or a download
+    "kaggle"             the Anime Face Dataset (63,565 JPEGs): an attached Kaggle input, or a download (with
+                         opendatasets and your Kaggle credentials, or with kagglehub and no account)
     a folder or a .zip   your own images (searched recursively; a zip is read in place, never extracted)
     an http(s) URL       of a .zip of images, downloaded once into `config.data_dir`
 
 Decoding tens of thousands of JPEGs takes minutes, so the decoded pixels are written once to
 `config.data_dir/cache/*.npy` and memory-mapped on every later run (well under a second).
+
+Every failure a user can meet here (a missing source, no readable images, the network, a full or read-only
+`data_dir`, malformed Kaggle credentials) is a `UserError` whose message says what happened and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import io
 import json
+import math
 import os
 import shutil
+import stat
+import sys
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 import warnings
 import zipfile
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -37,19 +49,37 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
-from utils.files import atomic_path
+from utils.errors import UserError
+from utils.files import CannotWrite, atomic_path, check_free_space, explain_write_error
+from utils.run import list_frames
 from utils.synthetic import synthetic_faces
 
 SYNTHETIC_DEFAULT_COUNT = 20_000
 KAGGLE_DATASET = "splcher/animefacedataset"   # 63,565 JPEGs under images/
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"
+KAGGLE_DOWNLOAD_BYTES = 900 * 2**20   # its ~400 MB archive and the files extracted from it, side by side
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
+MAX_FILE_BYTES = 64 * 2**20   # a face is tens of KB; a larger "image" is skipped unread instead of filling memory
+NETWORK_TIMEOUT_S = 60        # a server that stops answering fails the download after this long, never hangs it
+_KAGGLE_SLUG = KAGGLE_DATASET.split("/")[1]
+
+
+class DataError(UserError, ValueError):
+    """The data source cannot be used: no readable images, or neither a folder, a .zip nor a URL of a .zip."""
+
+
+class DataNotFound(UserError, FileNotFoundError):
+    """`config.data` names a file or folder that does not exist."""
+
+
+class DownloadError(UserError, RuntimeError):
+    """A download failed or cannot start; the message names the URL and the server's answer or the network's error."""
 
 
 # ---------------------------------------------------------------------------------------------
 # The one entry point: resolve config.data, decode once, cache as .npy, memory-map afterwards.
 
-_CACHE_FORMAT = 2   # bump when decoding or the synthetic renderer changes, so old caches are not reused
+_CACHE_FORMAT = 3   # bump when decoding, the synthetic renderer or the cache key changes, so old caches are not reused
 
 
 def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
@@ -58,16 +88,20 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
     N is at most config.max_images (0 = all; for "synthetic" 0 means SYNTHETIC_DEFAULT_COUNT, drawn
     with config.seed). The first call decodes and writes `cache_path(config)`; later calls
     memory-map it, so they cost well under a second and share pages with other processes. The map
-    is copy-on-write: writing into the tensor never changes the file.
+    is copy-on-write: writing into the tensor never changes the file. A cache file that does not hold
+    what this config asks for (truncated, another size, dtype or count, not a .npy at all) is rebuilt,
+    with one line saying why: it is never trained on.
     """
-    path = cache_path(config)
-    if path.exists():
+    source = _local_source(config)
+    path, counts = _cache_file(config, source)
+    problem = _cache_problem(path, config.image_size, counts) if path.exists() else "missing"
+    if problem is None:
         verb = "reusing"
     else:
-        images = _decode_source(config, progress).numpy()
-        with atomic_path(path) as tmp, open(tmp, "wb") as file:  # never a truncated cache
-            np.save(file, images)
-        verb = "built"
+        if problem != "missing":
+            print(f"dataset cache: {path} {problem}: rebuilding it")
+        _build_cache(config, source, path, progress)
+        verb = "built" if problem == "missing" else "rebuilt"
     images = torch.from_numpy(np.load(path, mmap_mode="c"))
     print(f"dataset cache: {verb} {path} ({len(images)} images of {config.image_size}x{config.image_size})")
     return images
@@ -76,51 +110,103 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
 def cache_path(config: TrainConfig) -> Path:
     """Where `load_dataset` keeps the decoded images for this config.
 
-    The name hashes the source's identity (a local folder's file names, sizes and modification
-    times; a zip's size and time; the URL; the synthetic seed and count) with image_size and
-    max_images, so editing a folder or changing either knob builds a new cache.
+    The name hashes the identity of what is read (a folder's file names, sizes and modification times,
+    also for "kaggle", whose folder is found or downloaded first; a zip's size and time; the URL; the
+    synthetic seed and count) with image_size and max_images, so editing a folder, finishing a download
+    or changing either knob builds a new cache.
     """
-    name, identity = _source_identity(config)
+    return _cache_file(config, _local_source(config))[0]
+
+
+def _local_source(config: TrainConfig) -> Path | None:
+    """The folder or zip that config.data reads ("kaggle": found or downloaded now); None for synthetic and URLs."""
+    if config.data == "synthetic" or _is_url(config.data):
+        return None
+    if config.data == "kaggle":
+        return download_kaggle(Path(config.data_dir))
+    return _existing(Path(config.data).expanduser())
+
+
+def _cache_file(config: TrainConfig, source: Path | None) -> tuple[Path, range]:
+    """(the cache's path, the image counts a valid cache of this config can hold)."""
+    name, identity, counts = _source_identity(config, source)
     key = f"{_CACHE_FORMAT}|{identity}|{config.image_size}|{config.max_images}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "data"
-    return Path(config.data_dir) / "cache" / f"{safe_name}-{config.image_size}px-{digest}.npy"
+    return Path(config.data_dir) / "cache" / f"{_file_name(name, 'data')}-{config.image_size}px-{digest}.npy", counts
 
 
-def _source_identity(config: TrainConfig) -> tuple[str, str]:
-    """(a readable name, a string that changes whenever the images would) for config.data."""
+def _source_identity(config: TrainConfig, source: Path | None) -> tuple[str, str, range]:
+    """(a readable name, a string that changes whenever the images would, the possible image counts)."""
     data = config.data
     if data == "synthetic":
         count = config.max_images or SYNTHETIC_DEFAULT_COUNT
-        return f"synthetic-seed{config.seed}", f"synthetic|{config.seed}|{count}"
-    if data == "kaggle":   # the same images whether attached on Kaggle or downloaded
-        return KAGGLE_DATASET.split("/")[1], f"kaggle|{KAGGLE_DATASET}"
-    if _is_url(data):
-        return Path(urllib.parse.urlsplit(data).path).stem, f"url|{data}"
-    source = _existing(Path(data).expanduser())
+        return f"synthetic-seed{config.seed}", f"synthetic|{config.seed}|{count}", range(count, count + 1)
+    most = config.max_images or sys.maxsize
+    if source is None:   # a URL: the zip it names does not change
+        return Path(urllib.parse.urlsplit(data).path).stem, f"url|{data}", range(1, most + 1)
     if source.is_dir():
         files = _image_files(source)
         digest = hashlib.sha1()
         prefix = len(str(source))
-        for file in map(str, files):
-            stat = os.stat(file)
-            digest.update(f"{file[prefix:]}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        return source.name, f"folder|{source.resolve()}|{len(files)}|{digest.hexdigest()}"
-    stat = source.stat()
-    return source.stem, f"file|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        for file in files:
+            info = os.stat(file)
+            digest.update(f"{file[prefix:]}|{info.st_size}|{info.st_mtime_ns}\n".encode())
+        name = _KAGGLE_SLUG if data == "kaggle" else source.name
+        return name, f"folder|{source.resolve()}|{len(files)}|{digest.hexdigest()}", range(1, min(most, len(files)) + 1)
+    info = source.stat()
+    return source.stem, f"file|{source.resolve()}|{info.st_size}|{info.st_mtime_ns}", range(1, most + 1)
 
 
-def _decode_source(config: TrainConfig, progress: bool) -> torch.Tensor:
-    data, data_dir = config.data, Path(config.data_dir)
-    if data == "synthetic":
-        return synthetic_faces(config.max_images or SYNTHETIC_DEFAULT_COUNT, config.image_size, config.seed)
-    if data == "kaggle":
-        source = download_kaggle(data_dir)
-    elif _is_url(data):
-        source = download_url(data, data_dir)
-    else:
-        source = Path(data).expanduser()
-    return load_images(source, config.image_size, config.max_images, progress)
+def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
+    """Why the cache file `path` cannot be used for these images, or None if it can.
+
+    Reads the .npy header only (shape, dtype, layout) and compares the size it announces with the file's,
+    which catches a truncated file without reading the pixels: reusing a valid cache stays instant.
+    """
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            return "is not a regular file"
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return f"is a .npy file of version {version}, which this project does not write"
+            shape, fortran_order, dtype = read_header(file)
+            offset = file.tell()
+    except (OSError, ValueError) as error:
+        return f"is not a readable .npy file ({error})"
+    wanted = (3, image_size, image_size)
+    if dtype != np.uint8 or fortran_order or len(shape) != 4 or shape[1:] != wanted:
+        order = (" in Fortran order", " in C order") if fortran_order else ("", "")
+        return f"holds {dtype} images of shape {shape[1:]}{order[0]}, not uint8 of shape {wanted}{order[1]}"
+    if shape[0] not in counts:
+        expected = f"{counts.start:,}" if len(counts) == 1 else f"1 to {counts.stop - 1:,}"
+        return f"holds {shape[0]:,} images where {expected} are expected"
+    size = offset + math.prod(shape) * dtype.itemsize
+    if info.st_size != size:
+        return f"has {info.st_size:,} bytes but its header announces {size:,} (truncated or overwritten)"
+    return None
+
+
+def _build_cache(config: TrainConfig, source: Path | None, path: Path, progress: bool) -> None:
+    size = config.image_size
+    if config.data == "synthetic":
+        count = config.max_images or SYNTHETIC_DEFAULT_COUNT
+        _write_cache(path, count, size, lambda: synthetic_faces(count, size, config.seed).numpy())
+        return
+    if source is None:
+        source = download_url(config.data, Path(config.data_dir), progress)
+    with _open_source(source, config.max_images) as listing:
+        _write_cache(path, len(listing.names), size, lambda: _decode_all(source, listing, size, progress))
+
+
+def _write_cache(path: Path, count: int, image_size: int, make: Callable[[], np.ndarray]) -> None:
+    """Write `make()` to `path` as .npy. The file is checked for room and opened before `make` runs, so a full,
+    read-only or unnameable data_dir fails at once, not after minutes of decoding."""
+    with atomic_path(path, needs_bytes=count * 3 * image_size**2 + 128) as tmp, open(tmp, "wb") as file:
+        np.save(file, make())
 
 
 def _is_url(data: str) -> bool:
@@ -129,92 +215,163 @@ def _is_url(data: str) -> bool:
 
 def _existing(source: Path) -> Path:
     if not source.exists():
-        raise FileNotFoundError(f"data source does not exist: {source}: pass a folder or .zip of images, "
-                                f"an http(s) URL of a .zip, 'synthetic' or 'kaggle'")
+        raise DataNotFound(f"data source does not exist: {source}: pass a folder or .zip of images, "
+                           f"an http(s) URL of a .zip, 'synthetic' or 'kaggle'")
     return source
+
+
+def _file_name(text: str, fallback: str) -> str:
+    """`text` as a short, safe file name part: 64 characters at most, so no folder name makes a name too long."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:64] or fallback
 
 
 # ---------------------------------------------------------------------------------------------
 # Decoding a folder or a zip of images.
+
+class _Listing(NamedTuple):
+    names: list[str]
+    read: Callable[[str], bytes]       # the bytes of one file (raises _Unreadable for what is never read)
+    describe: Callable[[str], str]     # the file's name in messages
+
+
+class _Unreadable(Exception):
+    """A file that is skipped without reading it: not a regular file, or larger than MAX_FILE_BYTES."""
+
 
 def load_images(source: Path, image_size: int, max_images: int = 0, progress: bool = True) -> torch.Tensor:
     """Decode the images in a folder (searched recursively) or a .zip (read in place) into uint8 (N, 3, S, S).
 
     Files are taken in sorted order (the first `max_images` of them when that is > 0), converted
     to RGB (transparency composited on white), centre-cropped to a square and resized with a
-    Lanczos filter. Files that do not decode (corrupt, truncated, empty, not an image, too large)
-    are skipped and reported in one warning at the end: one bad file should not stop a long run.
+    Lanczos filter. Files that do not decode (corrupt, truncated, empty, not an image, too large,
+    not a regular file) are skipped and reported in one warning at the end: one bad file should not
+    stop a long run. Images smaller than `image_size`, which upsampling cannot sharpen, are counted in
+    another warning.
     """
     source = _existing(Path(source))
-    with _open_source(source) as (names, read, describe):
-        if max_images:
-            names = names[:max_images]
-        if not names:
-            raise ValueError(f"no images found in {source}: expected files ending in "
-                             f"{', '.join(IMAGE_EXTENSIONS)} (folders are searched recursively)")
+    with _open_source(source, max_images) as listing:
+        return torch.from_numpy(_decode_all(source, listing, image_size, progress))
 
-        def decode(name: str) -> tuple[np.ndarray | None, str]:
-            try:
-                return _decode_image(read(name), image_size), ""
-            except UnidentifiedImageError:
-                return None, "not a recognised image format"
-            except Exception as error:   # PIL raises many types for broken files; all mean "skip it"
-                return None, f"{type(error).__name__}: {error}"
 
-        images = np.empty((len(names), 3, image_size, image_size), dtype=np.uint8)
-        count, failures = 0, []
-        pool = ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 2))   # PIL frees the GIL
+def _decode_all(source: Path, listing: _Listing, image_size: int, progress: bool) -> np.ndarray:
+    def decode(name: str) -> tuple[np.ndarray | None, tuple[int, int], str]:
         try:
-            results = tqdm(pool.map(decode, names), total=len(names), desc=f"decoding {source.name}",
-                           unit="img", disable=not progress)
-            for name, (pixels, error) in zip(names, results):
-                if pixels is None:
-                    failures.append((describe(name), error))
-                else:
-                    images[count] = pixels.transpose(2, 0, 1)
-                    count += 1
-        finally:
-            pool.shutdown(cancel_futures=True)   # after Ctrl-C, do not decode the files still queued
+            return *_decode_image(listing.read(name), image_size), ""
+        except _Unreadable as error:
+            return None, (0, 0), str(error)
+        except UnidentifiedImageError:
+            return None, (0, 0), "not a recognised image format"
+        except Exception as error:   # PIL raises many types for broken files; all mean "skip it"
+            return None, (0, 0), f"{type(error).__name__}: {error}"
+
+    names = listing.names
+    images = np.empty((len(names), 3, image_size, image_size), dtype=np.uint8)
+    count, failures, upsampled = 0, [], []
+    pool = ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 2))   # PIL frees the GIL
+    try:
+        results = tqdm(pool.map(decode, names), total=len(names), desc=f"decoding {source.name}",
+                       unit="img", disable=not progress)
+        for name, (pixels, original, error) in zip(names, results):
+            if pixels is None:
+                failures.append((listing.describe(name), error))
+                continue
+            images[count] = pixels.transpose(2, 0, 1)
+            count += 1
+            if min(original) < image_size:
+                upsampled.append((listing.describe(name), original))
+    finally:
+        # Ctrl-C: return at once, dropping the queued files; the few being decoded finish in the background
+        pool.shutdown(wait=False, cancel_futures=True)
     if count == 0:
         example, error = failures[0]
-        raise ValueError(f"no images found in {source}: none of its {len(names)} image files could be "
-                         f"decoded (e.g. {example}: {error})")
+        raise DataError(f"no images found in {source}: none of its {len(names)} image files could be "
+                        f"decoded (e.g. {example}: {error})")
     if failures:
         example, error = failures[0]
         warnings.warn(f"skipped {len(failures)} of {len(names)} files that are not readable images "
-                      f"(e.g. {example}: {error})", stacklevel=2)
-    return torch.from_numpy(images[:count])
+                      f"(e.g. {example}: {error})", stacklevel=3)
+    if upsampled:
+        example, (width, height) = upsampled[0]
+        warnings.warn(f"{len(upsampled)} of {count} images are smaller than {image_size}x{image_size} (e.g. {example} "
+                      f"is {width}x{height}) and were upsampled, which adds no detail: an image_size of at most "
+                      f"{min(width, height)} keeps them at their own resolution", stacklevel=3)
+    return images[:count]
 
 
 @contextlib.contextmanager
-def _open_source(source: Path):
-    """Yield (names, read(name) -> bytes, describe(name) -> str for messages) for a folder or a zip."""
+def _open_source(source: Path, max_images: int) -> Iterator[_Listing]:
+    """The image files of a folder or a zip (the first `max_images` when > 0), and how to read one."""
     if source.is_dir():
-        yield [str(file) for file in _image_files(source)], lambda name: Path(name).read_bytes(), str
+        listing = _Listing(_image_files(source), _read_regular_file, str)
+        yield _check_listing(listing, source, max_images)
     elif zipfile.is_zipfile(source):
         # Members are read, never extracted, so names like "../x.jpg" or "/x.jpg" cannot write anywhere.
         with zipfile.ZipFile(source) as archive:
             lock = threading.Lock()   # one file handle shared by the decoding threads
+            members = {info.filename: info for info in archive.infolist()
+                       if not info.is_dir() and _is_image_name(info.filename)}
 
             def read(name: str) -> bytes:
-                with lock:
-                    return archive.read(name)
+                info = members[name]
+                with lock, archive.open(info) as member:
+                    return _read_limited(member, info.file_size)
 
-            names = sorted(info.filename for info in archive.infolist()
-                           if not info.is_dir() and _is_image_name(info.filename))
-            yield names, read, lambda name: f"{source}:{name}"
+            yield _check_listing(_Listing(sorted(members), read, lambda name: f"{source}:{name}"), source, max_images)
     else:
-        raise ValueError(f"data source {source} is neither a folder nor a .zip: pass a folder or .zip of images")
+        raise DataError(f"data source {source} is neither a folder nor a .zip: pass a folder or .zip of images")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, sorted. os.walk on plain strings: listing 30,000 files
-    this way takes a fraction of what Path.rglob + relative_to took (3.8 s), so reusing a cache stays fast."""
+def _check_listing(listing: _Listing, source: Path, max_images: int) -> _Listing:
+    names = listing.names[:max_images] if max_images else listing.names
+    if not names:
+        raise DataError(f"no images found in {source}: expected files ending in "
+                        f"{', '.join(IMAGE_EXTENSIONS)} (folders are searched recursively)")
+    return listing._replace(names=names)
+
+
+def _read_regular_file(name: str) -> bytes:
+    """The bytes of a regular file. A FIFO, socket or device with an image's name is refused, never waited on:
+    O_NONBLOCK opens a FIFO at once instead of blocking until something writes to it."""
+    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Unreadable("not a regular file (a FIFO, socket or device), so not read")
+        return _read_limited(file, info.st_size)
+
+
+def _read_limited(file: io.BufferedIOBase, declared_size: int) -> bytes:
+    """`file`'s bytes, refused unread when its declared size is over MAX_FILE_BYTES, and bounded if it lies."""
+    if declared_size <= MAX_FILE_BYTES:
+        data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) <= MAX_FILE_BYTES:
+            return data
+        declared_size = len(data)
+    raise _Unreadable(f"{declared_size / 2**20:,.1f} MiB, over the {MAX_FILE_BYTES / 2**20:,.0f} MiB limit for one "
+                      "image file, so not read")
+
+
+def _image_files(folder: Path) -> list[str]:
+    """The paths of the image files under `folder`, recursively, sorted; never those of a training run inside it.
+
+    os.walk on plain strings, kept as strings: listing 30,000 files this way takes a fraction of what
+    Path.rglob + relative_to took (3.8 s), and half of what making a Path of each took, so reusing a
+    cache stays fast. A run folder's grids, history.png and GIF are this project's output: reading
+    them as training data would train on its own samples.
+    """
     found = []
     for root, dirs, names in os.walk(folder):
+        if _is_run_folder(root, dirs):
+            dirs[:] = []
+            continue
         dirs[:] = [d for d in dirs if _is_image_name(d + ".jpg")]  # prune hidden folders and __MACOSX early
         found += [os.path.join(root, name) for name in names if _is_image_name(name)]
-    return [Path(path) for path in sorted(found)]
+    return sorted(found)
+
+
+def _is_run_folder(root: str, dirs: list[str]) -> bool:
+    """Whether `root` is a training run's folder: its samples/ holds the per-epoch grids."""
+    return "samples" in dirs and bool(list_frames(root))
 
 
 def _is_image_name(name: str) -> bool:
@@ -224,16 +381,17 @@ def _is_image_name(name: str) -> bool:
             and not any(part.startswith(".") and part not in (".", "..") for part in parts))
 
 
-def _decode_image(data: bytes, size: int) -> np.ndarray:
-    """Bytes of one image file -> uint8 (size, size, 3): RGB, centre-cropped, resized."""
+def _decode_image(data: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Bytes of one image file -> (uint8 (size, size, 3), RGB, centre-cropped, resized; its own (width, height))."""
     with Image.open(io.BytesIO(data)) as image:   # raises DecompressionBombError above 2 x MAX_IMAGE_PIXELS
+        original = image.size
         image.draft("RGB", (size, size))   # JPEG: decode at 1/2..1/8 scale when that is still >= size
         if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
             rgba = image.convert("RGBA")
             rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
         else:
             rgb = image.convert("RGB")   # grayscale, palette, CMYK, ...; also reads the first GIF frame
-    return np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.LANCZOS))
+    return np.asarray(ImageOps.fit(rgb, (size, size), Image.Resampling.LANCZOS)), original
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,76 +408,150 @@ def find_kaggle_input() -> Path | None:
         return None
     candidates = [folder for depth in range(1, 5) for folder in sorted(root.glob("*/" * depth + "images"))
                   if folder.is_dir() and next(folder.glob("*.jpg"), None) is not None]
-    slug = KAGGLE_DATASET.split("/")[1]
-    preferred = [folder for folder in candidates if slug in folder.relative_to(root).parts]
+    preferred = [folder for folder in candidates if _KAGGLE_SLUG in folder.relative_to(root).parts]
     return (preferred or candidates or [None])[0]
 
 
 def download_kaggle(data_dir: Path) -> Path:
     """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now.
 
-    The download goes through `opendatasets` into data_dir/.kaggle-download/ and is renamed to
-    data_dir/animefacedataset/ only once complete, so an interrupted download is never mistaken
-    for a finished one. opendatasets reads credentials only from ./kaggle.json and otherwise
-    *prompts* (which hangs a notebook or a script), so we find the credentials ourselves, fail
-    fast without them, and hand them over in a private kaggle.json (mode 0600) that is deleted
-    afterwards (opendatasets copies them into KAGGLE_USERNAME / KAGGLE_KEY for this process).
+    With Kaggle credentials the download goes through `opendatasets`, as the series always did; without
+    any, or where opendatasets cannot be imported (Python 3.13 removed the `cgi` module it imports), it
+    goes through `kagglehub`, which downloads public datasets without an account. A line says which.
+    Either way it lands in data_dir/.kaggle-download/ and is renamed to data_dir/animefacedataset/ only
+    once complete, so an interrupted download is never mistaken for a finished one, and nothing prompts:
+    opendatasets reads credentials only from ./kaggle.json and otherwise *prompts* (which hangs a
+    notebook or a script), so we find them ourselves and hand them over in a private kaggle.json
+    (mode 0600) that is deleted afterwards (opendatasets copies them into KAGGLE_USERNAME / KAGGLE_KEY
+    for this process).
     """
     attached = find_kaggle_input()
     if attached is not None:
         print(f"kaggle: using the attached dataset in {attached}")
         return attached
     data_dir = Path(data_dir)
-    slug = KAGGLE_DATASET.split("/")[1]
-    target = data_dir / slug
+    target = data_dir / _KAGGLE_SLUG
     if target.is_dir() and any(target.iterdir()):
         return target
-    username, key = _kaggle_credentials()
+    credentials = _kaggle_credentials()
+    opendatasets, why_not = _import_opendatasets() if credentials else (None, "no Kaggle credentials found")
+    if opendatasets is not None:
+        tool = "opendatasets"
+        print(f"kaggle: downloading {KAGGLE_DATASET} with opendatasets as {credentials[0]} (credentials from "
+              f"{credentials[2]}) into {target}")
+    else:
+        tool = "kagglehub"
+        account = " (no account needed)" if credentials is None else ""   # else it signs in where it finds them
+        print(f"kaggle: {why_not}: downloading the public dataset {KAGGLE_DATASET} with kagglehub{account} "
+              f"into {target}")
     staging = data_dir / ".kaggle-download"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
-        _write_private(staging / "kaggle.json", json.dumps({"username": username, "key": key}))
-        import opendatasets
-        with _working_directory(staging):
-            opendatasets.download(KAGGLE_URL, data_dir=str(staging.resolve()))
-        os.replace(staging / slug, target)
+        check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        if opendatasets is not None:
+            _write_private(staging / "kaggle.json", json.dumps({"username": credentials[0], "key": credentials[1]}))
+            folder = staging.resolve()   # before the chdir, which would change what a relative data_dir means
+            with _working_directory(staging):
+                opendatasets.download(KAGGLE_URL, data_dir=str(folder))
+        else:
+            found = _kagglehub_download(staging / _KAGGLE_SLUG)
+            if found != staging / _KAGGLE_SLUG:   # on Colab, kagglehub mounts the dataset from Colab's own cache
+                return found
+        os.replace(staging / _KAGGLE_SLUG, target)
+    except UserError:
+        raise
     except Exception as error:
-        raise RuntimeError(f"downloading {KAGGLE_URL} failed ({type(error).__name__}): check the network and "
-                           f"your Kaggle credentials, or use data='synthetic'") from error
+        raise _download_failure(error, tool, target, signed_in=credentials is not None) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
-def _kaggle_credentials() -> tuple[str, str]:
-    """(username, key) from the first place that has both; raises at once if none has (never prompts)."""
-    found = os.environ.get("KAGGLE_USERNAME"), os.environ.get("KAGGLE_KEY")
+def _import_opendatasets():
+    """(the opendatasets module, "") or (None, why it cannot be imported)."""
+    try:
+        import opendatasets
+    except ImportError as error:
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        return None, f"opendatasets cannot be imported on Python {version} ({type(error).__name__}: {error})"
+    return opendatasets, ""
+
+
+def _kagglehub_download(folder: Path) -> Path:
+    try:
+        import kagglehub
+    except ImportError as error:
+        raise DownloadError(f"downloading {KAGGLE_DATASET} needs kagglehub, which cannot be imported ({error}): "
+                            "pip install 'kagglehub>=0.4.3', or attach the dataset or use data='synthetic'") from error
+    return Path(kagglehub.dataset_download(KAGGLE_DATASET, output_dir=str(folder)))
+
+
+def _download_failure(error: Exception, tool: str, target: Path, signed_in: bool) -> UserError:
+    """What a download client's exception means, as one message (a full disk, an HTTP status, the network)."""
+    if isinstance(error, OSError):
+        explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES)
+        if isinstance(explained, CannotWrite):
+            return explained
+    hint = ("check the network and your Kaggle credentials" if signed_in else "check the network") + \
+           ", or attach the dataset (on Kaggle) or use data='synthetic'"
+    response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
+    if getattr(response, "status_code", None):
+        return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed: {response.url} answered "
+                             f"{response.status_code} {response.reason}: {hint}")
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({type(error).__name__}: {reason}): {hint}")
+
+
+def _kaggle_credentials() -> tuple[str, str, str] | None:
+    """(username, key, where they came from) from the first place that has them, or None (never prompts).
+
+    A credentials file that exists but is not what Kaggle writes (not JSON, not an object, no username
+    or key) is an error naming it, rather than silently skipped: its owner meant to use it.
+    """
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME and KAGGLE_KEY"
     files = [Path("kaggle.json"), Path.home() / ".kaggle" / "kaggle.json",
              Path.home() / ".config" / "kaggle" / "kaggle.json"]
     if os.environ.get("KAGGLE_CONFIG_DIR"):
         files.insert(1, Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json")
     for file in files:
+        if file.is_file():
+            return _read_credentials(file)
+    with contextlib.suppress(Exception):   # Colab only; raises if the secrets are missing or not shared
+        from google.colab import userdata
+        found = userdata.get("KAGGLE_USERNAME"), userdata.get("KAGGLE_KEY")
         if all(found):
-            break
-        with contextlib.suppress(OSError, ValueError, AttributeError):   # missing, unreadable or not JSON
-            values = json.loads(file.read_text())
-            found = values.get("username"), values.get("key")
-    if not all(found):
-        with contextlib.suppress(Exception):   # Colab only; raises if the secrets are missing or not shared
-            from google.colab import userdata
-            found = userdata.get("KAGGLE_USERNAME"), userdata.get("KAGGLE_KEY")
-    if not all(found):
-        with contextlib.suppress(Exception):   # Kaggle notebooks only (Add-ons > Secrets)
-            from kaggle_secrets import UserSecretsClient
-            secrets = UserSecretsClient()
-            found = secrets.get_secret("KAGGLE_USERNAME"), secrets.get_secret("KAGGLE_KEY")
-    if not all(found):
-        raise RuntimeError(
-            "Kaggle credentials not found: set KAGGLE_USERNAME and KAGGLE_KEY, put kaggle.json (kaggle.com > "
-            "Settings > API > Create New Token) in the working directory or ~/.kaggle/, or add Colab secrets "
-            "KAGGLE_USERNAME and KAGGLE_KEY (or attach the dataset to a Kaggle notebook); or use data='synthetic'")
-    return found
+            return *found, "Colab secrets"
+    with contextlib.suppress(Exception):   # Kaggle notebooks only (Add-ons > Secrets)
+        from kaggle_secrets import UserSecretsClient
+        secrets = UserSecretsClient()
+        found = secrets.get_secret("KAGGLE_USERNAME"), secrets.get_secret("KAGGLE_KEY")
+        if all(found):
+            return *found, "Kaggle secrets"
+    return None
+
+
+def _read_credentials(file: Path) -> tuple[str, str, str]:
+    """(username, key, the file's name) of a kaggle.json; a DownloadError naming the file when it is not one (the key
+    is never shown)."""
+    shown = str(file) if file.is_absolute() else f"./{file}"
+    fix = (f"download a new one (kaggle.com > Settings > API > Create New Token), or delete {shown} to download "
+           "the public dataset without an account")
+    try:
+        values = json.loads(file.read_text())
+    except OSError as error:
+        raise DownloadError(f"found {shown} but cannot read it ({error.strerror}): {fix}") from None
+    except ValueError as error:   # the message gives the position only, never the content
+        raise DownloadError(f"found {shown} but it is not valid JSON ({error}): {fix}") from None
+    if not isinstance(values, dict):
+        raise DownloadError(f"found {shown} but it holds a JSON {type(values).__name__}, not an object with "
+                            f'"username" and "key": {fix}')
+    missing = [name for name in ("username", "key") if not isinstance(values.get(name), str) or not values[name]]
+    if missing:
+        raise DownloadError(f"found {shown} but it has no {' and no '.join(map(repr, missing))} (a non-empty "
+                            f"string): {fix}")
+    return values["username"], values["key"], shown
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -338,27 +570,66 @@ def _working_directory(path: Path):
         os.chdir(previous)
 
 
-def download_url(url: str, data_dir: Path) -> Path:
+def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
     """Download a .zip of images once into data_dir/downloads/ and return its path (read in place).
 
-    Uses opendatasets' downloader with a file name of our own (opendatasets.download would take
-    the name from the server's Content-Disposition header, which could point outside data_dir)
-    and a ".part" file renamed when complete (opendatasets reuses any existing file, even a
-    half-downloaded one). Nothing is extracted. Note that opendatasets retries a failed https
-    download over plain http.
+    The file name is our own (a server's Content-Disposition could point outside data_dir), the
+    download goes to a temporary name renamed only once complete and checked to be a zip (so a
+    dropped connection never leaves a file that looks finished), and nothing is extracted. Every
+    failure is a UserError: the HTTP status and URL, the network's error, a connection that dropped
+    (the partial file is removed), a disk that filled up.
     """
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(urllib.parse.urlsplit(url).path).stem)
     digest = hashlib.sha1(url.encode()).hexdigest()[:8]   # two URLs ending in faces.zip do not collide
-    target = Path(data_dir) / "downloads" / f"{stem or 'download'}-{digest}.zip"
+    stem = _file_name(Path(urllib.parse.urlsplit(url).path).stem, "download")
+    target = Path(data_dir) / "downloads" / f"{stem}-{digest}.zip"
     if target.exists():
         print(f"download: reusing {target}")
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    from opendatasets.utils.network import download_url as fetch
-    fetch(url, str(target.parent), filename=partial.name, force=True)
-    if not zipfile.is_zipfile(partial):
-        partial.unlink()
-        raise ValueError(f"{url} did not return a .zip archive: data must be the URL of a .zip of images")
-    os.replace(partial, target)
+    with atomic_path(target) as tmp:
+        with _network_errors(url):
+            content_type = _fetch(url, tmp, target, progress)
+        _check_zip(tmp, url, content_type)
     return target
+
+
+def _fetch(url: str, tmp: Path, target: Path, progress: bool) -> str:
+    """Stream `url` into `tmp` (checking for room for `target` first); returns the Content-Type."""
+    with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response, open(tmp, "wb") as file:
+        size = int(response.headers.get("Content-Length") or 0)
+        check_free_space(target, size)
+        with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {target.name}",
+                  disable=not progress) as bar:
+            while chunk := response.read(1 << 20):
+                bar.update(file.write(chunk))
+        if file.tell() < size:
+            raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {url}: the "
+                                "partial download was removed; run again")
+        return response.headers.get_content_type()
+
+
+@contextlib.contextmanager
+def _network_errors(url: str) -> Iterator[None]:
+    """urllib's and the socket's errors as a DownloadError naming the URL (and the HTTP status)."""
+    try:
+        yield
+    except urllib.error.HTTPError as error:
+        raise DownloadError(f"downloading {url} failed: the server answered {error.code} {error.reason}: check "
+                            "the URL (it must be a direct link to a .zip of images)") from error
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+        raise DownloadError(f"downloading {url} failed ({reason}): check the network and the URL, then run "
+                            "again") from error
+
+
+def _check_zip(path: Path, url: str, content_type: str) -> None:
+    if zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        start = file.read(4)
+    if start == b"PK\x03\x04":   # the start of a zip whose end never arrived
+        raise DownloadError(f"the download of {url} ended after {size:,} bytes, before the end of the .zip (the "
+                            "server sent no length to check against, so the connection probably dropped): the "
+                            "partial download was removed; run again")
+    raise DataError(f"{url} did not return a .zip archive (it sent {size:,} bytes of {content_type}): data must "
+                    "be the URL of a .zip of images")

@@ -70,6 +70,18 @@ def check_free_space(path: str | Path, needs_bytes: int) -> None:
         raise CannotWrite(errno.ENOSPC, _disk_full_message(path, needs_bytes, free))
 
 
+def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) -> OSError:
+    """`error`, raised while another library wrote `path` (a file or a folder), as the CannotWrite atomic_path would
+    raise (full disk, read-only folder, name too long), or `error` itself.
+
+    For writes this module cannot wrap (a dataset downloaded and extracted by a download client). Only an error that
+    carries an errno is explained: one without (a network error of the same client) is not about writing.
+    """
+    if error.errno is None:
+        return error
+    return _explain(error, Path(path), Path(path), needs_bytes)
+
+
 def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError:
     """The OSError `error` of writing `path`, as a CannotWrite that says what to do (or `error` itself)."""
     if isinstance(error, CannotWrite):

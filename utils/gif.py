@@ -1,11 +1,11 @@
 """Turn a run's per-epoch sample grids into an animated GIF: watch the faces emerge.
 
     >>> from utils.gif import make_gif, show_gif
-    >>> show_gif(make_gif("generated/dcgan-64"))      # -> generated/dcgan-64/training.gif
+    >>> show_gif(make_gif("generated/dcgan-64px"))    # -> generated/dcgan-64px/training.gif
 
 or from a shell:
 
-    python -m utils.gif generated/dcgan-64 [--out FILE.gif] [--frame-ms 200] [--hold-last-ms 2000]
+    python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--hold-last-ms 2000]
 
 Every frame is the same fixed noise decoded by the generator after one more epoch, so
 the animation shows the same faces sharpening. Each frame gets an "epoch N" strip on top
@@ -23,9 +23,21 @@ import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from utils.errors import UserError, run_cli
 from utils.files import atomic_path
 from utils.run import list_frames
 from utils.visualize import in_notebook
+
+# GIF stores durations in 1/100 s, at most 65535 of them; browsers play anything under 20 ms as 100 ms
+MIN_FRAME_MS, MAX_FRAME_MS = 20, 655_350
+
+
+class GifError(UserError, ValueError):
+    """A GIF cannot be made as asked: a duration out of range, an unreadable or mismatched grid, a folder as `out`."""
+
+
+class NoSampleGrids(UserError, FileNotFoundError):
+    """The run folder has no sample grids yet."""
 
 
 def write_gif(frames: list[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None) -> Path:
@@ -35,9 +47,8 @@ def write_gif(frames: list[np.ndarray], out: str | Path, frame_ms: int = 100, ho
     (default: the same). GIF stores durations in 1/100 s, so they round to 10 ms.
     """
     if not frames:
-        raise ValueError("write_gif needs at least one frame; got an empty list")
-    if frame_ms <= 0:
-        raise ValueError(f"frame_ms must be > 0 milliseconds; got {frame_ms}")
+        raise GifError("write_gif needs at least one frame; got an empty list")
+    _check_gif_options(out, frame_ms, hold_last_ms)
     durations = [frame_ms] * (len(frames) - 1) + [frame_ms if hold_last_ms is None else hold_last_ms]
     with atomic_path(out) as tmp:
         iio.imwrite(tmp, np.stack(frames), extension=".gif", is_batch=True, loop=0,
@@ -49,27 +60,50 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
              label: bool = True) -> Path:
     """Animate RUN_DIR/samples/epoch_*.png (in epoch order) into RUN_DIR/training.gif or `out`.
 
-    Raises FileNotFoundError when the run has no grids yet, and ValueError naming the
-    file when a grid's size differs from the first one's (e.g. a run resumed at another
+    Raises NoSampleGrids (a FileNotFoundError) when the run has no grids yet, and GifError (a
+    ValueError) before reading any grid when a duration is out of range or `out` is a folder, and
+    naming the file when a grid does not decode, when two grids are of one epoch (epoch_001.png and
+    epoch_0001.png), or when a grid's size differs from the first one's (e.g. a run resumed at another
     image size or sample count): a GIF has one frame size.
     """
     run_dir = Path(run_dir)
+    out = run_dir / "training.gif" if out is None else Path(out)
+    _check_gif_options(out, frame_ms, hold_last_ms)
     frames = list_frames(run_dir)
     if not frames:
-        raise FileNotFoundError(f"no sample grids in {run_dir / 'samples'}: train first "
-                                f"(notebook 03 or `python -m utils.train --out {run_dir}`)")
+        raise NoSampleGrids(f"no sample grids in {run_dir / 'samples'}: train first "
+                            f"(notebook 03 or `python -m utils.train --out {run_dir}`)")
+    for (epoch, first), (next_epoch, second) in zip(frames, frames[1:]):
+        if epoch == next_epoch:
+            raise GifError(f"{first} and {second} are both the grid of epoch {epoch}: move one of them out of "
+                           f"{first.parent} (training writes {first.parent.name}/epoch_{epoch:03d}.png)")
     images = []
     for epoch, path in frames:
-        with Image.open(path) as grid:
-            image = np.asarray(grid.convert("RGB"))
+        try:
+            with Image.open(path) as grid:
+                image = np.asarray(grid.convert("RGB"))
+        except (OSError, ValueError) as error:   # not an image, truncated, empty, or Pillow's size limit
+            raise GifError(f"{path} is not a readable image ({error}): delete it or replace it with the grid of "
+                           f"epoch {epoch}") from error
         if images and image.shape != images[0].shape:
-            raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]} pixels but {frames[0][1]} is "
-                             f"{images[0].shape[1]}x{images[0].shape[0]}: a GIF needs one frame size; "
-                             f"move the grids of the other run out of {path.parent}")
+            raise GifError(f"{path} is {image.shape[1]}x{image.shape[0]} pixels but {frames[0][1]} is "
+                           f"{images[0].shape[1]}x{images[0].shape[0]}: a GIF needs one frame size; "
+                           f"move the grids of the other run out of {path.parent}")
         images.append(image)
     if label:
         images = [add_label(image, f"epoch {epoch}") for image, (epoch, _) in zip(images, frames)]
-    return write_gif(images, run_dir / "training.gif" if out is None else out, frame_ms, hold_last_ms)
+    return write_gif(images, out, frame_ms, hold_last_ms)
+
+
+def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None) -> None:
+    """Refuse what a GIF cannot hold, before any work: durations out of range, a folder as the output file."""
+    for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
+        if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
+            raise GifError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
+                           f"milliseconds; got {value} (GIF stores 1/100 s, and browsers play frames shorter than "
+                           f"{MIN_FRAME_MS} ms for 100 ms)")
+    if Path(out).is_dir():
+        raise GifError(f"out (--out) {out} is a folder: pass the GIF's file name, e.g. {Path(out) / 'training.gif'}")
 
 
 def add_label(image: np.ndarray, text: str) -> np.ndarray:
@@ -113,20 +147,17 @@ def show_gif(path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command line: a UserError (no grids, a bad duration, an unreadable grid) prints `error: ...`, exits 1."""
     parser = argparse.ArgumentParser(prog="python -m utils.gif",
                                      description="Animate a run's per-epoch sample grids (RUN_DIR/samples) into a GIF.")
     parser.add_argument("run_dir", help="run folder written by training (it holds samples/epoch_001.png, ...)")
     parser.add_argument("--out", default=None, help="GIF to write (default: RUN_DIR/training.gif)")
-    parser.add_argument("--frame-ms", type=int, default=200, help="milliseconds per epoch (default: 200)")
+    parser.add_argument("--frame-ms", type=int, default=200, help="milliseconds per epoch, 20 to 655350 (default: 200)")
     parser.add_argument("--hold-last-ms", type=int, default=2000,
-                        help="milliseconds the last epoch stays before looping (default: 2000)")
+                        help="milliseconds the last epoch stays before looping, 20 to 655350 (default: 2000)")
     parser.add_argument("--no-label", dest="label", action="store_false", help="do not draw 'epoch N' above each frame")
     args = parser.parse_args(argv)
-    try:
-        path = make_gif(args.run_dir, args.out, args.frame_ms, args.hold_last_ms, args.label)
-    except (FileNotFoundError, ValueError) as error:
-        parser.exit(1, f"error: {error}\n")
-    print(path)
+    run_cli(lambda: print(make_gif(args.run_dir, args.out, args.frame_ms, args.hold_last_ms, args.label)))
 
 
 if __name__ == "__main__":

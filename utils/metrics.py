@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
+from utils.data import DownloadError
 from utils.files import atomic_path
 
 # torch-fidelity downloads `weights-inception-2015-12-05-6726825d.pth`; by torch hub's convention the suffix
@@ -180,15 +181,16 @@ class _InceptionPool3(nn.Module):
         if find_spec("torch_fidelity") is None:
             raise ImportError("FID needs the torch-fidelity package for its Inception network: "
                               "pip install torch-fidelity")
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 
         path = weights_path(weights)
         try:
             self.network = FeatureExtractorInceptionV3(  # weights path None: download them
                 "inception-v3-compat", ["2048"], feature_extractor_weights_path=None if path is None else str(path))
         except URLError as error:
-            raise RuntimeError("could not download the FID Inception weights; offline, set config field "
-                               "'fid_weights' to a local pt_inception-2015-12-05-*.pth file") from error
+            raise DownloadError(f"could not download the FID Inception weights from {URL_INCEPTION_V3} "
+                                f"({error.reason}): check the network; offline, set config field 'fid_weights' to "
+                                "a local pt_inception-2015-12-05-*.pth file") from error
 
     def forward(self, images: Tensor) -> Tensor:
         (features,) = self.network(images)
