@@ -6,7 +6,9 @@ One job per module:
     synthetic    procedurally drawn anime faces: the offline default data
     models       the DCGAN generator and discriminator
     augment      DiffAugment, an option on top of the improved recipe
-    training     the training loop with checkpoints and resume; `python -m utils.train` is its CLI
+    training     the training step and loop; `python -m utils.train` is its CLI
+    run          the run folder: its name, lock, checkpoints, history, and what may change when it continues
+    compare      several runs side by side: grids, curves, FID and the settings that differ
     distributed  several GPUs with torch.distributed
     visualize    sample grids and loss plots;  gif: the per-epoch GIF (`python -m utils.gif RUN_DIR`)
     metrics      FID
