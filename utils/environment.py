@@ -6,10 +6,11 @@ The "auto" choices come from measurements (benchmarks/train_speed.py, results in
 - CUDA without bf16 (T4, V100): fp16 autocast with a GradScaler + channels_last.
 - CPU: decided by a timed trial, because CPUs disagree. On an AVX2 CPU without bf16 instructions bf16 autocast
   made a DCGAN step ~30x slower, and even on an Intel Xeon with AVX512-BF16 (no AMX) it was ~30% slower than fp32;
-  channels_last was faster on one AVX2 CPU (65 vs 54 images/s at 64x64). So `cpu_trial` times one forward and
-  backward pass of this config's networks in each candidate (fp32 with and without channels_last; bf16 too where
-  the CPU has bf16 instructions, and only chosen when clearly faster) for a few seconds, once, and caches the result
-  for this machine, torch version, thread count and network size (see `trial_cache_file`).
+  channels_last was faster on two AVX2 CPUs. So `cpu_trial` times a few real training steps of this config's
+  networks in each candidate (fp32 with and without channels_last; bf16 too where the CPU has bf16 instructions),
+  taking turns, for a few seconds, once, keeps fp32 with channels_last unless another candidate is more than 10%
+  faster (short timings on a shared machine vary by about that much), and caches the result for this machine,
+  torch version, thread count and network size (see `trial_cache_file`).
 - Apple MPS: fp32 (autocast on MPS is not faster for these small convolutions).
 
     >>> from utils.environment import describe
@@ -23,7 +24,6 @@ import json
 import os
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +33,10 @@ from utils.config import TrainConfig
 from utils.errors import ConfigError
 from utils.files import atomic_path
 
-# bf16 must beat fp32 by this much in the trial: a tie on a noisy machine must not pick the riskier dtype
-BF16_MARGIN = 1.10
+# What "auto" keeps on a CPU unless the trial finds another candidate faster by MARGIN: fp32 with channels_last was
+# the fastest on both AVX2 CPUs measured (65 vs 54 images/s; 44-52 vs 38 on the second, benchmarks/results/), and a
+# few seconds of timing on a shared machine vary by more than 10% from one try to the next.
+CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -95,16 +97,18 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
     return device.type in ("cuda", "cpu") and not compile
 
 
-def choose_amp_and_layout(device: torch.device, config: TrainConfig) -> tuple[torch.dtype | None, bool, str]:
+def choose_amp_and_layout(device: torch.device, config: TrainConfig, measure=None) -> tuple[torch.dtype | None, bool, str]:
     """(autocast dtype, channels_last, how they were chosen) for training `config` on `device`.
 
-    Settings given explicitly are taken as they are; "auto" on a CPU comes from `cpu_trial`, elsewhere from the
-    rules above. The third item is a line for the log ("" when nothing was measured).
+    Settings given explicitly are taken as they are; "auto" on a CPU comes from `cpu_trial`, timed with
+    `measure` (utils.training.time_training_steps), elsewhere from the rules above. The third item is a line for
+    the log ("" when nothing was measured).
     """
     if device.type != "cpu" or config.compile or "auto" not in (config.amp, config.channels_last):
         return pick_amp(device, config.amp), pick_channels_last(device, config.channels_last, config.compile), ""
-    trial = cpu_trial(config)
-    amp = trial.amp if config.amp == "auto" else pick_amp(device, config.amp)
+    explicit = None if config.amp == "auto" else pick_amp(device, config.amp)  # a refused value fails before measuring
+    trial = cpu_trial(config, measure)
+    amp = trial.amp if config.amp == "auto" else explicit
     channels_last = trial.channels_last if config.channels_last == "auto" else config.channels_last == "on"
     return amp, channels_last, trial.summary
 
@@ -116,12 +120,14 @@ class CPUTrial:
     summary: str
 
 
-def cpu_trial(config: TrainConfig, measure=None) -> CPUTrial:
-    """The fastest of fp32 / bf16 (where the CPU has bf16 instructions) x NCHW / channels_last for `config`'s networks.
+def cpu_trial(config: TrainConfig, measure) -> CPUTrial:
+    """fp32 with channels_last, unless another of fp32 / bf16 (where the CPU has bf16 instructions) x NCHW /
+    channels_last is more than 10% faster for `config`'s networks.
 
-    Measured once per machine, torch version, thread count and network size, and cached (`trial_cache_file`):
-    the next runs read the answer, so every process on a machine makes the same choice (a resumed run trains
-    exactly like an uninterrupted one). `measure(candidates) -> {name: images/s}` replaces the timing (tests).
+    `measure(candidates) -> {name: images/s}` times a few real training steps of each candidate ("fp32 NCHW",
+    "bf16 channels_last", ...). Measured once per machine, torch version, thread count and network size, and
+    cached (`trial_cache_file`): the next runs read the answer, so every process on a machine makes the same
+    choice (a resumed run trains exactly like an uninterrupted one).
     """
     key = _trial_key(config)
     cache = trial_cache_file()
@@ -132,18 +138,15 @@ def cpu_trial(config: TrainConfig, measure=None) -> CPUTrial:
     cached = results is not None
     if not cached:
         candidates = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
-        results = {name: round(value, 1) for name, value in
-                   (measure or (lambda names: _images_per_second(config, names)))(candidates).items()}
+        results = {name: round(value, 1) for name, value in measure(candidates).items()}
         _save_trial(cache, key, results)
-    best = max((name for name in results if name.startswith("fp32")), key=results.get)
-    best_bf16 = max((name for name in results if name.startswith("bf16")), key=results.get, default=None)
-    if best_bf16 is not None and results[best_bf16] > BF16_MARGIN * results[best]:
-        best = best_bf16
+    fastest = max(results, key=results.get)
+    best = fastest if results[fastest] > MARGIN * results[CPU_DEFAULT] else CPU_DEFAULT
     dtype, layout = best.split()
     measured = ", ".join(f"{name} {value:,.0f}" for name, value in results.items())
     return CPUTrial(torch.bfloat16 if dtype == "bf16" else None, layout == "channels_last",
-                    f"CPU trial ({'cached' if cached else 'just measured'}; images/s of a forward and backward pass "
-                    f"of G and D): {measured} -> {best}")
+                    f"CPU trial ({'cached' if cached else 'just measured'}; images/s of training steps): "
+                    f"{measured} -> {best}")
 
 
 def trial_cache_file() -> Path:
@@ -176,41 +179,6 @@ def _save_trial(cache: Path, key: str, results: dict) -> None:
             tmp.write_text(json.dumps(known | {key: results}, indent=1) + "\n")
     except OSError:  # a read-only home: the trial is simply repeated next time
         pass
-
-
-def _images_per_second(config: TrainConfig, candidates: list[str], batch: int = 8, rounds: int = 2) -> dict[str, float]:
-    """Images/s of each candidate ("fp32 NCHW", "bf16 channels_last", ...) on the work of one training step.
-
-    The candidates take turns, round after round, and each keeps its fastest round: a burst of other work on the
-    machine slows one round of every candidate rather than all rounds of one.
-    """
-    from utils.models import Discriminator, Generator  # models do not depend on this module
-
-    steps = {}
-    with torch.random.fork_rng(devices=[]):  # the training's random state is left as it was
-        torch.manual_seed(0)
-        for name in candidates:
-            dtype, layout = name.split()
-            memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            generator = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
-            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
-            z = torch.randn(batch, config.latent_dim, 1, 1)
-            real = torch.randn(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
-
-            def step(g=generator, d=discriminator, z=z, real=real, bf16=dtype == "bf16") -> None:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = d(real).float().mean() + d(g(z)).float().mean()
-                loss.backward()
-
-            step()  # the first call allocates and picks kernels
-            steps[name] = step
-        fastest = dict.fromkeys(candidates, float("inf"))
-        for _ in range(rounds):
-            for name, step in steps.items():
-                started = time.perf_counter()
-                step()
-                fastest[name] = min(fastest[name], time.perf_counter() - started)
-    return {name: batch / seconds for name, seconds in fastest.items()}
 
 
 def pick_cuda_graphs(device: torch.device, setting: str, *, amp_dtype: torch.dtype | None, diffaugment: str,

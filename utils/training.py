@@ -326,6 +326,38 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
                               f"{tuple(logits.shape)}; training needs one score per image: shape (2,) or (2, 1)")
 
 
+def time_training_steps(config: TrainConfig, candidates: list[str], batch: int = 32, rounds: int = 3) -> dict[str, float]:
+    """Images/s of the CPU training step of `config`'s built-in networks for each candidate ("fp32 NCHW",
+    "bf16 channels_last", ...): what `choose_amp_and_layout` decides "auto" with on a CPU.
+
+    The candidates take turns, round after round, and each keeps its fastest round: a burst of other work on the
+    machine slows one round of every candidate rather than all rounds of one. The training's random state is left
+    as it was.
+    """
+    batch = min(batch, config.batch_size)
+    steps, fastest = {}, dict.fromkeys(candidates, math.inf)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name in candidates:
+            dtype, layout = name.split()
+            memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            generator = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
+            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
+            autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
+            step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters(), foreach=True),
+                                torch.optim.Adam(discriminator.parameters(), foreach=True), config.loss, autocast=autocast)
+            real = torch.rand(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
+            z = torch.randn(batch, config.latent_dim, 1, 1)
+            step(real, z)  # the first step allocates and picks kernels
+            steps[name] = (step, real, z)
+        for _ in range(rounds):
+            for name, (step, real, z) in steps.items():
+                started = time.perf_counter()
+                step(real, z)
+                fastest[name] = min(fastest[name], time.perf_counter() - started)
+    return {name: batch / seconds for name, seconds in fastest.items()}
+
+
 # ------------------------------------------------------------------------------------------- training
 
 def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None,
@@ -367,7 +399,8 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
            device: torch.device, progress: bool, live_plot, images: torch.Tensor | None,
            log: Callable[[str], None]) -> TrainResult:
     is_main, world = distributed.is_main(), distributed.world_size()
-    amp_dtype, channels_last, measured = choose_amp_and_layout(device, config)
+    amp_dtype, channels_last, measured = choose_amp_and_layout(
+        device, config, lambda candidates: time_training_steps(config, candidates))
     cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, amp_dtype=amp_dtype, diffaugment=config.diffaugment,
                                    compile=config.compile, world_size=world)
     log(f"{describe(device)}\nrun folder: {run.dir}\nmixed precision: {amp_dtype or 'off (fp32)'}, channels_last: "
