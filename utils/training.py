@@ -98,9 +98,10 @@ class TrainingStep:
         self.scaler = scaler or torch.amp.GradScaler(enabled=False)
         self.autocast, self.ema = autocast, ema
         self.augment = augment or (lambda x, gen: x)
-        self.train_g, self.train_d = train_g or generator, train_d or discriminator
+        self.train_g = generator if train_g is None else train_g
+        self.train_d = discriminator if train_d is None else train_d
         # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
-        self.frozen_d = frozen_d or distributed.unwrap(self.train_d)
+        self.frozen_d = distributed.unwrap(self.train_d) if frozen_d is None else frozen_d
         self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
@@ -380,8 +381,10 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         weights_path(config.fid_weights)  # a missing weights file fails now, not at the first FID epoch
     tag = network_tag(config, generator, discriminator)
     torch.manual_seed(config.seed)  # the same config starts from the same weights
-    generator = generator or Generator(config.image_size, config.latent_dim, config.g_width)
-    discriminator = discriminator or Discriminator(config.image_size, config.d_width, config.spectral_norm)
+    if generator is None:
+        generator = Generator(config.image_size, config.latent_dim, config.g_width)
+    if discriminator is None:
+        discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
     networks = {"generator": describe_network(generator), "discriminator": describe_network(discriminator)}
     with Run.open(config, networks, tag, main=is_main, log=log) as run:  # refuses what cannot continue, before the data
         distributed.barrier()
@@ -588,8 +591,10 @@ def load_models(run_dir: str | Path, generator: nn.Module | None = None,
     """
     state = read_checkpoint(Path(run_dir) / CHECKPOINT)
     config = TrainConfig.from_dict(state["config"])
-    generator = generator or Generator(config.image_size, config.latent_dim, config.g_width)
-    discriminator = discriminator or Discriminator(config.image_size, config.d_width, config.spectral_norm)
+    if generator is None:
+        generator = Generator(config.image_size, config.latent_dim, config.g_width)
+    if discriminator is None:
+        discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
     for role, model in (("generator", generator), ("discriminator", discriminator)):
         trained = state.get("networks", {}).get(role, describe_network(model))
         if trained != describe_network(model):
