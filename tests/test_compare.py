@@ -1,5 +1,7 @@
 """Comparing runs (utils/compare.py) on real tiny runs trained here."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -48,6 +50,9 @@ def test_the_table_shows_only_the_fields_that_differ(runs):
     assert rows[1].startswith("| b | 32 | 0.001 | 2 |") and rows[1].endswith("| 123.5 |")
     assert rows[2].startswith("| c | 64 | 0.0002 | 2 |")
     assert run_labels(made) == ["batch_size=32, lr_g=0.0002", "batch_size=32, lr_g=0.001", "batch_size=64, lr_g=0.0002"]
+    twin = made[0].with_name("a-twin")  # same settings (e.g. your own networks): the folder names tell them apart
+    shutil.copytree(made[0], twin)
+    assert run_labels([made[0], twin, made[1]]) == ["a", "a-twin", "lr_g=0.001"]  # batch_size is the same in these
 
 
 def test_curves_line_up_by_epoch_whatever_the_batch_size(runs):

@@ -60,11 +60,13 @@ def comparison_table(run_dirs: list[str | Path], fid: dict | None = None) -> str
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:
-    """A short label per run: its values of the differing fields ("lr_g=0.001, batch_size=64"), else its folder."""
+    """A short label per run: its values of the differing fields ("lr_g=0.001, batch_size=64"), else its folder name."""
     configs = [read_run(run_dir)[0] for run_dir in run_dirs]
     changed = differing_fields([config for config in configs if config is not None])
-    return [", ".join(f"{name}={_cell(getattr(config, name))}" for name in changed) if config and changed
-            else Path(run_dir).name for run_dir, config in zip(run_dirs, configs)]
+    labels = [", ".join(f"{name}={_cell(getattr(config, name))}" for name in changed) if config and changed
+              else Path(run_dir).name for run_dir, config in zip(run_dirs, configs)]
+    # runs that differ in something other than their settings (your own networks): their folders tell them apart
+    return [Path(run_dir).name if labels.count(label) > 1 else label for run_dir, label in zip(run_dirs, labels)]
 
 
 def plot_runs(run_dirs: list[str | Path], fig: Figure | None = None) -> Figure:
