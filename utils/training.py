@@ -402,8 +402,9 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
            device: torch.device, progress: bool, live_plot, images: torch.Tensor | None,
            log: Callable[[str], None]) -> TrainResult:
     is_main, world = distributed.is_main(), distributed.world_size()
-    amp_dtype, channels_last, measured = choose_amp_and_layout(
-        device, config, lambda candidates: time_training_steps(config, candidates))
+    with distributed.main_first():  # process 0 runs the CPU trial; the others read its answer from the cache
+        amp_dtype, channels_last, measured = choose_amp_and_layout(
+            device, config, lambda candidates: time_training_steps(config, candidates))
     cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, amp_dtype=amp_dtype, diffaugment=config.diffaugment,
                                    compile=config.compile, world_size=world)
     log(f"{describe(device)}\nrun folder: {run.dir}\nmixed precision: {amp_dtype or 'off (fp32)'}, channels_last: "
