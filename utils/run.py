@@ -159,11 +159,14 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def saved_config(run_dir: str | Path) -> TrainConfig | None:
-    """The settings a run folder was last trained with: its checkpoint's (the truth), else config.json, else None."""
+    """The run's settings: config.json (written when it starts and whenever a change applies), else the
+    checkpoint's (a folder whose config.json was lost), else None. The checkpoint is loaded only then."""
     run_dir = Path(run_dir)
+    if (run_dir / CONFIG).is_file():
+        return TrainConfig.load(run_dir / CONFIG)
     if (run_dir / CHECKPOINT).is_file():
         return TrainConfig.from_dict(read_checkpoint(run_dir / CHECKPOINT)["config"])
-    return TrainConfig.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
+    return None
 
 
 def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
