@@ -180,12 +180,17 @@ def test_live_plot_keeps_the_last_grid_on_screen_between_epochs(monkeypatch, fak
     assert mid_epoch.shape == with_grid.shape
 
 
-def test_plot_history_extends_the_curves_with_the_pending_steps():
-    fig = plot_history(history(), Figure(), pending={"step": 230, "loss_d": 9.0, "loss_g": 0.5, "d_real": 0.6,
-                                                     "d_fake": 0.4})
-    losses = fig.axes[0]
-    assert list(losses.lines[0].get_xdata()) == [50, 100, 150, 200, 230]
-    assert losses.lines[0].get_ydata()[-1] == 9.0
+def test_live_plot_keeps_every_pending_step_as_a_point_between_the_logged_ones():
+    live = LivePlot()
+    for step in (51, 52, 52, 53):  # a repeated step (no new training since) is kept once
+        live.update(history(num_steps=1), pending={"step": step, "loss_d": step / 10, "loss_g": 0.5, "d_real": 0.6,
+                                                   "d_fake": 0.4})
+    shown = live.curves(history(num_steps=2))  # step 100 is now logged too
+
+    assert [s["step"] for s in shown["steps"]] == [50, 51, 52, 53, 100]
+    fig = plot_history(shown, Figure())
+    assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 5.1, 5.2, 5.3, 2.0]
+    assert fig.axes[0].lines[0].get_marker() == "o"  # few points: each one drawn, even a single one
 
 
 def test_plot_history_marks_where_a_setting_changed():
@@ -200,3 +205,51 @@ def test_plot_history_marks_where_a_setting_changed():
         assert len(marks) == 1
     assert "lr_g 0.0002 -> 0.001" in fig.axes[0].texts[0].get_text()
     assert not plot_history(history(), Figure()).axes[0].texts  # no change, no mark
+
+
+def test_change_labels_sit_in_a_band_above_the_panel_crossing_no_curve_title_or_each_other():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    changed = history(num_steps=8) | {"changes": [
+        {"epoch": 2, "step": 100, "field": "lr_g", "from": 0.0002, "to": 0.001},
+        {"epoch": 3, "step": 150, "field": "batch_size", "from": 64, "to": 128}]}
+    fig = plot_history(changed, Figure(figsize=(10, 3.5), layout="constrained"))
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
+    losses = fig.axes[0]
+    panel = losses.get_window_extent(renderer)
+    labels = [text.get_window_extent(renderer) for text in losses.texts]
+    title = losses.title.get_window_extent(renderer)
+
+    assert len(labels) == 2 and all(text.get_fontsize() >= 9 for text in losses.texts)
+    for label in labels:
+        assert label.y0 >= panel.y1  # above the axes: no curve is drawn there
+        assert label.y1 <= title.y0  # under the title
+        assert fig.bbox.x0 <= label.x0 and label.x1 <= fig.bbox.x1  # not cut off
+    assert labels[0].y1 <= labels[1].y0  # one row per change
+
+
+def test_live_plot_shows_points_from_the_first_steps_of_a_real_cpu_run(tmp_path, monkeypatch, fake_display):
+    """An epoch shorter than log_every logs nothing until it ends: the live view must still grow step by step."""
+    from utils.config import TrainConfig
+    from utils.training import train
+
+    monkeypatch.setattr(visualize, "in_notebook", lambda: True)
+    seen = []  # (epochs done, points on the D-loss curve) of every picture drawn
+
+    class Recording(LivePlot):
+        def figure(self, history):
+            fig = super().figure(history)
+            seen.append((len(history["epochs"]), len(fig.axes[0].lines[0].get_xdata())))
+            return fig
+
+    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=16, epochs=2, log_every=100,
+                         device="cpu", amp="off", num_samples=16, out=str(tmp_path / "run"))
+    images = torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    train(config, progress=False, images=images, live_plot=Recording(every_seconds=0))
+
+    during_epoch_1 = [points for epochs_done, points in seen if epochs_done == 0]
+    assert during_epoch_1[0] == 0  # the picture is drawn before the first step, above what the epochs print
+    assert during_epoch_1[1:] == list(range(1, 6 + 1))  # then a point per step: 6 steps of 16 images
+    assert seen[-1] == (2, 12)  # at the end every step of both epochs is on the curve
+    assert len(fake_display.shown) == 1  # one output, redrawn in place

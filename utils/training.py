@@ -489,6 +489,8 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
                 "rng": {"cpu": torch.get_rng_state()}}
 
+    if live_plot is not None and is_main and start_epoch <= config.epochs:
+        live_plot.update(history, force=True)  # the picture first: each epoch's bar and line print under it
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs + 1):

@@ -6,6 +6,7 @@
     >>> plot_history(json.load(open(run_dir / "history.json")));       # marks where a setting changed
     >>> live = LivePlot(every_seconds=5)                                 # notebook 03, during training
     >>> live.update(history, grid=image_grid(samples).permute(1, 2, 0).numpy(), title="epoch 3")
+    >>> live.update(history, pending={"step": 7, "loss_d": 1.2, "loss_g": 0.9, "d_real": 0.6, "d_fake": 0.4})
 
 `show_images` and `plot_history` draw with pyplot so a notebook shows them on their own
 (end the line with `;` to avoid a second copy from the cell's return value); everything
@@ -29,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from utils.files import atomic_path
+
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps.
@@ -72,50 +74,62 @@ def _history_figsize(history: dict) -> tuple[float, float]:
     return (5.0 * (3 if _has_fid(history) else 2), 3.5)
 
 
-def plot_history(history: dict, fig=None, pending: dict | None = None):
+def plot_history(history: dict, fig=None):
     """Plot a run's history.json: losses and D's scores per logged step, FID per epoch.
 
     Panels: (1) D and G loss; (2) D(x), the probability D gives real images, and
     D(G(z)), the one it gives fakes, with the 0.5 line where D cannot tell them apart;
     (3) FID, only when some epoch has one. A dotted vertical line marks each step where a
     setting changed as the run continued (history["changes"], e.g. a new lr_g), labelled
-    with the change. `pending` (a partial record of the steps since the last logged one:
-    step, loss_d, loss_g, d_real, d_fake) extends the curves up to now. An empty history
-    gives empty, labelled panels. Draws into `fig` (a Figure or SubFigure) when given,
-    else a new pyplot figure.
+    with the change in a band above the panel, one row per change, so no label crosses a
+    curve or another label. Curves of few points get dots, so even one step shows. An empty
+    history gives empty, labelled panels. Draws into `fig` (a Figure or SubFigure) when
+    given, else a new pyplot figure.
     """
     if fig is None:
         import matplotlib.pyplot as plt
 
         fig = plt.figure(figsize=_history_figsize(history), layout="constrained")
-    steps = history.get("steps", []) + ([pending] if pending else [])
+    steps = history.get("steps", [])
     step = [s["step"] for s in steps]
+    dots = dict(marker="o", markersize=3) if len(steps) < 60 else {}
     axes = fig.subplots(1, 3 if _has_fid(history) else 2, squeeze=False)[0]
 
     losses = axes[0]
-    losses.plot(step, [s["loss_d"] for s in steps], label="D loss")
-    losses.plot(step, [s["loss_g"] for s in steps], label="G loss")
-    losses.set(title="Losses", xlabel="step", ylabel="loss")
+    losses.plot(step, [s["loss_d"] for s in steps], label="D loss", **dots)
+    losses.plot(step, [s["loss_g"] for s in steps], label="G loss", **dots)
+    losses.set(xlabel="step", ylabel="loss")
     losses.legend()
 
     scores = axes[1]
-    scores.plot(step, [s["d_real"] for s in steps], label="D(x): real")
-    scores.plot(step, [s["d_fake"] for s in steps], label="D(G(z)): fake")
+    scores.plot(step, [s["d_real"] for s in steps], label="D(x): real", **dots)
+    scores.plot(step, [s["d_fake"] for s in steps], label="D(G(z)): fake", **dots)
     scores.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
-    scores.set(title="Discriminator's verdict", xlabel="step", ylabel="probability 'real'", ylim=(0, 1))
+    scores.set(xlabel="step", ylabel="probability 'real'", ylim=(0, 1))
     scores.legend()
+    for ax in axes[:2]:
+        ax.set_xlim(left=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-    for at, label in change_marks(history):
+    marks = change_marks(history)
+    for row, (at, label) in enumerate(marks):
         for ax in axes[:2]:
-            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1)
-        losses.annotate(label, (at, 1), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
-                        fontsize=7, color="tab:red")
+            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
+        # above the axes, a row per change: left of the line when it is in the right half of the panel
+        right_half = at > sum(losses.get_xlim()) / 2
+        losses.annotate(label, (at, 1), xycoords=("data", "axes fraction"), xytext=(-2 if right_half else 2, 3 + 12 * row),
+                        textcoords="offset points", ha="right" if right_half else "left", va="bottom", fontsize=9,
+                        color="tab:red", annotation_clip=False)
+    band = 12 * len(marks) + (4 if marks else 0)  # points: the titles go above the change labels
+    losses.set_title("Losses", pad=6 + band)
+    scores.set_title("Discriminator's verdict", pad=6 + band)
 
     if len(axes) == 3:
         scored = [e for e in history["epochs"] if e.get("fid") is not None]
         fid = axes[2]
         fid.plot([e["epoch"] for e in scored], [e["fid"] for e in scored], marker="o")
-        fid.set(title="FID (lower is better)", xlabel="epoch", ylabel="FID")
+        fid.set_title("FID (lower is better)", pad=6 + band)
+        fid.set(xlabel="epoch", ylabel="FID")
         fid.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
@@ -149,11 +163,16 @@ def in_notebook() -> bool:
 class LivePlot:
     """One notebook output, redrawn in place while training: the curves and the latest epoch's grid.
 
-    The grid stays on screen between epochs (each `update` without one keeps the last), and a `pending`
-    record extends the curves to the current step where reading the losses costs nothing (the CPU).
-    Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of updates leak no figures
-    and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests) `update` does nothing; the CLI
-    prints its progress instead.
+    What the learner sees, in order: train() draws the picture once before its first step (empty, labelled
+    axes, or the curves so far when a run resumes), so it sits above everything the epochs print; under it
+    come each epoch's progress bar (gone when the epoch ends) and its "epoch N/M: ..." line. The curves grow
+    from the first step: on the CPU train() passes a `pending` record at every step (the means since the
+    last logged step, free to read there), which this keeps as a point of its own, so the curves get a point
+    per step even when an epoch is shorter than `log_every`; on a GPU they get a point per logged step. The
+    picture is redrawn at most every `every_seconds`, and at each epoch's end with its grid, which stays on
+    screen until the next. Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of
+    updates leak no figures and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests) `update`
+    draws nothing; the CLI prints its progress instead.
     """
 
     def __init__(self, every_seconds: float = 5.0):
@@ -163,14 +182,19 @@ class LivePlot:
         self._last_draw = -math.inf
         self._grid: np.ndarray | None = None
         self._title = ""
+        self._live_steps: list[dict] = []  # the pending records seen, one per step on the CPU
 
     def update(self, history: dict, grid: np.ndarray | None = None, pending: dict | None = None, title: str = "",
                force: bool = False) -> None:
-        """Redraw if `every_seconds` have passed since the last redraw (or `force`).
+        """Keep `pending` as a point of the curves; redraw if `every_seconds` have passed since the last redraw
+        (or `force`).
 
+        `pending` is a record of the steps since the last logged one (step, loss_d, loss_g, d_real, d_fake).
         `grid` is the latest sample grid as uint8 (H, W, 3) (`image_grid(...).permute(1, 2, 0).numpy()`),
         shown under `title` until the next one.
         """
+        if pending is not None and (not self._live_steps or pending["step"] > self._live_steps[-1]["step"]):
+            self._live_steps.append(dict(pending))
         if grid is not None:
             self._grid, self._title = grid, title
         if not self._enabled:
@@ -182,7 +206,7 @@ class LivePlot:
 
         from IPython import display as ipython_display
 
-        picture = ipython_display.Image(data=self._render(history, pending), format="png")
+        picture = ipython_display.Image(data=self._render(history), format="png")
         if self._handle is None:
             self._handle = ipython_display.display(picture, display_id=True)
         else:
@@ -193,20 +217,34 @@ class LivePlot:
         self._handle = None
         self._last_draw = -math.inf
         self._grid = None
+        self._live_steps = []
 
-    def _render(self, history: dict, pending: dict | None) -> bytes:
+    def curves(self, history: dict) -> dict:
+        """`history` with the pending points kept between its logged steps: what the curves show now."""
+        logged = {record["step"] for record in history.get("steps", [])}
+        steps = history.get("steps", []) + [record for record in self._live_steps if record["step"] not in logged]
+        return {**history, "steps": sorted(steps, key=lambda record: record["step"])}
+
+    def figure(self, history: dict) -> Figure:
+        """The picture as it would be drawn now: the curves, and beside them the last grid once there is one."""
+        history = self.curves(history)
         width, height = _history_figsize(history)
         if self._grid is None:
             fig = Figure(figsize=(width, height), layout="constrained")
-            plot_history(history, fig, pending)
-        else:
-            fig = Figure(figsize=(width + height + 1, height + 1), layout="constrained")
-            curves, samples = fig.subfigures(1, 2, width_ratios=[width, height + 1])
-            plot_history(history, curves, pending)
-            ax = samples.subplots()
-            ax.imshow(self._grid)
-            ax.set_title(self._title)
-            ax.set_axis_off()
+            plot_history(history, fig)
+            if not history["steps"]:
+                fig.suptitle("training: the curves start with the first steps", fontsize=10, color="gray")
+            return fig
+        fig = Figure(figsize=(width + height + 1, height + 1), layout="constrained")
+        curves, samples = fig.subfigures(1, 2, width_ratios=[width, height + 1])
+        plot_history(history, curves)
+        ax = samples.subplots()
+        ax.imshow(self._grid)
+        ax.set_title(self._title)
+        ax.set_axis_off()
+        return fig
+
+    def _render(self, history: dict) -> bytes:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=80)
+        self.figure(history).savefig(buffer, format="png", dpi=80)
         return buffer.getvalue()
