@@ -123,7 +123,8 @@ def test_the_table_shows_one_epochs_column_and_only_the_fields_that_differ(runs)
     assert rows[1].startswith("| 2 | 123.5 | 2 | 32 | 0.001 |")
     assert rows[2].startswith("| 3 | - | 2 | 64 | 0.0002 |")
     assert table.endswith(f"1. `{made[0]}`\n2. `{made[1]}`\n3. `{made[2]}`")
-    assert run_labels(made) == ["batch_size=32, lr_g=0.0002", "batch_size=32, lr_g=0.001", "batch_size=64, lr_g=0.0002"]
+    assert run_labels(made) == ["common settings", "lr_g=0.001", "batch_size=64"]  # each label: its tweak
+    assert run_labels(made[1:]) == ["batch_size=32, lr_g=0.001", "batch_size=64, lr_g=0.0002"]  # no majority
     twin = made[0].with_name("a-twin")  # same settings, same networks: the folder names tell them apart
     shutil.copytree(made[0], twin)
     assert run_labels([made[0], twin, made[1]]) == ["a", "a-twin", "lr_g=0.001"]  # batch_size is the same in these
@@ -139,7 +140,8 @@ def test_the_table_shows_one_epochs_column_and_only_the_fields_that_differ(runs)
 
 def test_your_own_networks_are_named_in_the_labels_and_the_table(runs):
     _, made, own = runs
-    assert run_labels([made[0], own]) == ["built-in networks", "G=LeakyGenerator"]
+    assert run_labels([made[0], own]) == ["G=built-in", "G=LeakyGenerator"]
+    assert run_labels([*made, own]) == ["common settings", "lr_g=0.001", "batch_size=64", "G=LeakyGenerator"]
     header, _, builtin, leaky = comparison_table([made[0], own]).splitlines()[:4]
     assert "| G |" in header and "| built-in |" in builtin and "| LeakyGenerator |" in leaky
 
@@ -295,3 +297,15 @@ def test_a_damaged_run_is_shown_as_unreadable_with_one_line_naming_the_file(runs
     assert f"2. `{broken}` (unreadable: see above)" in lines
     assert fig.axes[0].get_title().startswith("1: ")
     shutil.rmtree(broken)
+
+
+def test_more_than_12_runs_show_the_last_12_saying_so(many, capsys):
+    extra = sibling(many[0], "a-13th-run", lr_g=0.002)
+
+    fig = compare_runs([*many, extra])
+
+    out = capsys.readouterr().out
+    assert "showing the last 12 of 13 runs: choose others with last=, match= or a list of run folders" in out
+    assert f"`{many[0]}`" not in out and f"12. `{extra}`" in out
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 12 + 3
+    shutil.rmtree(extra)

@@ -246,17 +246,20 @@ def _differences(runs: list[_Run]) -> list[tuple[str, list[str]]]:
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:
-    """A short label per run: the values in which it differs ("lr_g=0.001, G=LeakyGenerator"), else its folder name."""
+    """A short label per run: the values in which it differs from most of the others ("lr_g=0.001",
+    "G=LeakyGenerator"), or "common settings" for the run that has all of those; else its folder name."""
     return _labels(read_runs(run_dirs))
 
 
 def _labels(runs: list[_Run]) -> list[str]:
+    """A value that more than half of the runs share is left out of the labels (the table shows it): with a
+    baseline and one tweak per run, each label is just its tweak. With two runs every differing value is shown."""
     columns = _differences(runs)
-    labels = [", ".join(f"{name}={values[i]}" for name, values in columns if values[i] != "built-in")
-              or ("built-in networks" if any(name in ("G", "D") for name, _ in columns) else "")
-              for i in range(len(runs))]
+    common = {name: value for name, values in columns for value in set(values) if values.count(value) > len(runs) / 2}
+    labels = [", ".join(f"{name}={values[i]}" for name, values in columns if values[i] != common.get(name))
+              or "common settings" for i in range(len(runs))]
     # runs that differ in nothing compare reads (an unreadable config, a copied folder): their folders tell them apart
-    return [run.dir.name if not label or labels.count(label) > 1 or run.config is None else label
+    return [run.dir.name if not columns or labels.count(label) > 1 or run.config is None else label
             for run, label in zip(runs, labels)]
 
 
