@@ -210,12 +210,14 @@ def test_no_text_overlaps_another_or_an_axes_for_1_to_12_runs_with_long_names(ma
 def test_a_diverged_run_does_not_flatten_the_others_and_is_said(many):
     fig = plot_runs(many[-6:])  # the diverged copy (try-04) is the 3rd of these
     g_loss = fig.axes[6 + 1]
-    others = [max(line.get_ydata()) for i, line in enumerate(g_loss.lines) if i != 2]
+    others = [max(line.get_ydata()) for i, line in enumerate(g_loss.lines[:6]) if i != 2]
     diverged = max(g_loss.lines[2].get_ydata())
 
     low, high = g_loss.get_ylim()
     assert diverged > 1000 and high < diverged / 100 and high >= max(others)
     assert "run 3 off the scale" in g_loss.get_title()
+    pinned = g_loss.lines[-1]  # where the diverged run is, on the top edge
+    assert pinned.get_marker() == "^" and set(pinned.get_ydata()) == {high} and pinned.get_color() == g_loss.lines[2].get_color()
     legend = [text.get_text() for text in fig.subfigs[2].legends[0].get_texts()]
     assert "(G loss up to" in legend[2] and "off the scale" in legend[2]
     assert not any("off the scale" in text for i, text in enumerate(legend) if i != 2)

@@ -393,6 +393,9 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
             scale = [c[key] for i, c in enumerate(curves) if i not in dict(outliers[key])]
             low, high = _limits(scale)
             ax.set_ylim(low, high)
+            for index, _ in outliers[key]:  # a triangle on the top edge where the run is above it
+                above = [(x, high) for x, y in zip(curves[index]["x"], curves[index][key]) if y > high]
+                ax.plot(*zip(*above), linestyle="none", marker="^", markersize=5, color=_COLOURS[index], clip_on=False)
             numbers = ", ".join(str(index + 1) for index, _ in outliers[key])
             title += f"\n(run {numbers} off the scale)"
         ax.set_title(title, fontsize=9)

@@ -110,6 +110,10 @@ def plot_history(history: dict, fig=None):
     for ax in axes[:2]:
         ax.set_xlim(left=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if not steps:  # nothing to measure yet: no made-up scale
+            ax.set_xticks([])
+    if not steps:
+        losses.set_yticks([])
 
     marks = change_marks(history)
     for row, (at, label) in enumerate(marks):
