@@ -394,10 +394,11 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
             low, high = _limits(scale)
             ax.set_ylim(low, high)
             for index, _ in outliers[key]:  # a triangle on the top edge where the run is above it
-                above = [(x, high) for x, y in zip(curves[index]["x"], curves[index][key]) if y > high]
-                ax.plot(*zip(*above), linestyle="none", marker="^", markersize=5, color=_COLOURS[index], clip_on=False)
+                above = [x for x, y in zip(curves[index]["x"], curves[index][key]) if y > high]
+                ax.plot(above, [high] * len(above), linestyle="none", marker="^", markersize=5, color=_COLOURS[index],
+                        clip_on=False)
             numbers = ", ".join(str(index + 1) for index, _ in outliers[key])
-            title += f"\n(run {numbers} off the scale)"
+            title += f"\n({'runs' if len(outliers[key]) > 1 else 'run'} {numbers} off the scale)"
         ax.set_title(title, fontsize=9)
     panels[2].set_title("D(x) solid, D(G(z)) dashed", fontsize=9)
     panels[2].set_ylim(0, 1)
@@ -465,8 +466,8 @@ def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = No
                  image_size: int | None = None, match: str | None = None, last: int | None = None) -> Figure:
     """Show the table and the figure of the runs in a notebook (print the table elsewhere); return the figure.
 
-    The runs are `run_dirs` (folders as train() returns them), else every run under `root` (of `image_size` when
-    given), oldest first; `match` (a glob on the folder name, "*lr_g*") and `last` (the N trained last) narrow
+    The runs are `run_dirs` (folders as train() returns them, in that order), else every run under `root` (of
+    `image_size` when given), least recently trained first; `match` (a glob on the folder name, "*lr_g*") and `last` (the N trained last) narrow
     either. More than 12 runs: the last 12 are shown, saying so. `fid` ({run_dir: score}) overrides the FID that
     a run's history holds.
     """
