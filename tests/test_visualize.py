@@ -246,10 +246,34 @@ def test_live_plot_shows_points_from_the_first_steps_of_a_real_cpu_run(tmp_path,
     config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=16, epochs=2, log_every=100,
                          device="cpu", amp="off", num_samples=16, out=str(tmp_path / "run"))
     images = torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    train(config, progress=False, images=images, live_plot=Recording(every_seconds=0))
+    train(config, progress=False, images=images, live_plot=Recording(every_seconds=0, max_share=1.0))
 
     during_epoch_1 = [points for epochs_done, points in seen if epochs_done == 0]
     assert during_epoch_1[0] == 0  # the picture is drawn before the first step, above what the epochs print
     assert during_epoch_1[1:] == list(range(1, 6 + 1))  # then a point per step: 6 steps of 16 images
     assert seen[-1] == (2, 12)  # at the end every step of both epochs is on the curve
     assert len(fake_display.shown) == 1  # one output, redrawn in place
+
+
+def test_live_plot_redraws_rarer_when_a_redraw_is_slow(monkeypatch, fake_display):
+    """A redraw that takes 2 s (a busy 2-core CPU) must not take more than max_share of the training's time."""
+    monkeypatch.setattr(visualize, "in_notebook", lambda: True)
+    clock = [100.0]
+    monkeypatch.setattr(visualize.time, "monotonic", lambda: clock[0])
+
+    class Slow(LivePlot):
+        def _render(self, history):
+            clock[0] += 2.0  # the redraw takes 2 s
+            return b"\x89PNG"
+
+    live = Slow(every_seconds=5, max_share=0.2)
+    live.update(history())
+    for _ in range(7):  # 7 s after the redraw ended: past every_seconds, within 4 x 2 s
+        clock[0] += 1.0
+        live.update(history())
+    assert len(fake_display.shown) == 1 and not fake_display.updates
+    clock[0] += 1.0  # 8 s: the redraw took 2 of the last 10 s
+    live.update(history())
+    assert len(fake_display.updates) == 1
+    live.update(history(), force=True)  # an epoch's end is always drawn
+    assert len(fake_display.updates) == 2

@@ -173,14 +173,18 @@ class LivePlot:
     from the first step: on the CPU train() passes a `pending` record at every step (the means since the
     last logged step, free to read there), which this keeps as a point of its own, so the curves get a point
     per step even when an epoch is shorter than `log_every`; on a GPU they get a point per logged step. The
-    picture is redrawn at most every `every_seconds`, and at each epoch's end with its grid, which stays on
-    screen until the next. Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of
+    picture is redrawn at most every `every_seconds` (rarer where a redraw is slow, see `max_share`), and at
+    each epoch's end with its grid, which stays on screen until the next. Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of
     updates leak no figures and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests) `update`
     draws nothing; the CLI prints its progress instead.
     """
 
-    def __init__(self, every_seconds: float = 5.0):
+    def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
+        """Redraw at most every `every_seconds`, and rarer where one redraw is slow (a busy 2-core CPU takes
+        about 2 s): redrawing takes at most `max_share` of the time, the rest is left to training."""
         self.every_seconds = every_seconds
+        self.max_share = max_share
+        self._draw_seconds = 0.0  # how long the last redraw took
         self._enabled = in_notebook()
         self._handle = None  # IPython DisplayHandle of the output being redrawn
         self._last_draw = -math.inf
@@ -204,13 +208,15 @@ class LivePlot:
         if not self._enabled:
             return
         now = time.monotonic()
-        if not force and now - self._last_draw < self.every_seconds:
+        wait = max(self.every_seconds, self._draw_seconds * (1 / self.max_share - 1))
+        if not force and now - self._last_draw < wait:
             return
-        self._last_draw = now
 
         from IPython import display as ipython_display
 
         picture = ipython_display.Image(data=self._render(history), format="png")
+        self._last_draw = time.monotonic()
+        self._draw_seconds = self._last_draw - now
         if self._handle is None:
             self._handle = ipython_display.display(picture, display_id=True)
         else:
