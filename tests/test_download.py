@@ -277,6 +277,8 @@ def test_stale_temporary_files_in_data_dir_are_removed_under_the_lock(tmp_path, 
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")
+    fid_statistics = tmp_path / "data" / "cache" / ".fid-ref-0123.4243.tmp.pt"   # written without the lock: kept
+    fid_statistics.write_bytes(b"being written")
     capsys.readouterr()
 
     with open(tmp_path / "data" / ".lock", "a") as held:   # another process downloading or decoding there
@@ -284,7 +286,7 @@ def test_stale_temporary_files_in_data_dir_are_removed_under_the_lock(tmp_path, 
         load_dataset(config, progress=False)   # reusing its cache: does not wait, and touches nothing
         assert all(path.exists() for path in stale)
     load_dataset(config, progress=False)
-    assert not any(path.exists() for path in stale)
+    assert not any(path.exists() for path in stale) and fid_statistics.exists()
     assert ("data: removed 2 partial file(s) that a stopped download or cache build left "
             f"({stale[0]}, {stale[1]})") in capsys.readouterr().out
 

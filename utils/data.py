@@ -238,7 +238,9 @@ def _write_cache(path: Path, count: int, image_size: int, make: Callable[[], np.
         np.save(file, make())
 
 
-_TEMPORARY = ".*.tmp*"   # the names `atomic_path` writes to before renaming (e.g. .faces-1a2b3c4d.4242.tmp.zip)
+# What this module writes under data_dir/.lock, by the names `atomic_path` gives a file until it is complete (e.g.
+# downloads/.faces-1a2b3c4d.4242.tmp.zip); not the FID statistics in cache/, which are written without that lock.
+_TEMPORARIES = ("cache/.*.tmp.npy", "downloads/.*.tmp.zip")
 
 
 @contextlib.contextmanager
@@ -281,7 +283,7 @@ def _data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
 def _remove_stale_temporaries(data_dir: Path) -> None:
     """Remove the partial downloads and caches that a process killed in data_dir left (call holding its lock)."""
     removed = []
-    for stale in sorted([*data_dir.glob(f"cache/{_TEMPORARY}"), *data_dir.glob(f"downloads/{_TEMPORARY}")]):
+    for stale in sorted(path for pattern in _TEMPORARIES for path in data_dir.glob(pattern)):
         with contextlib.suppress(OSError):
             stale.unlink()
             removed.append(stale)
