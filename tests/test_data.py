@@ -217,6 +217,30 @@ def test_broken_files_are_skipped_and_counted_in_one_warning(tmp_path):
     assert (images[:, 2] == 255).all()
 
 
+def test_dangling_and_looping_symbolic_links_are_skipped_and_counted_in_one_warning(tmp_path, capsys):
+    folder = tmp_path / "faces"
+    for i in range(3):
+        save(folder / f"good{i}.png", solid((0, 0, 255)))
+    (folder / "a-dangling.png").symlink_to(folder / "deleted.png")
+    (folder / "b-loop.jpg").symlink_to("b-loop.jpg")   # points to itself
+    (folder / "c-linked.png").symlink_to(folder / "good0.png")   # a working link is read like its target
+    config = TrainConfig(data=str(folder), data_dir=str(tmp_path / "data"), image_size=16)
+
+    with pytest.warns(UserWarning) as record:
+        images = load_dataset(config, progress=False)
+    assert len(record) == 1
+    assert str(record[0].message) == (f"skipped 2 of 6 files that are not readable images (e.g. {folder}/a-dangling.png: "
+                                      f"a symbolic link that points to nothing ({folder}/deleted.png), so not read)")
+    assert images.shape == (4, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(load_dataset(config, progress=False), images)   # the cache: nothing decoded again
+    (folder / "a-dangling.png").unlink()
+    with pytest.warns(UserWarning, match=rf"^skipped 1 of 5 files .*\(e\.g\. {folder}/b-loop\.jpg: a symbolic link "
+                                         r"that loops \(b-loop\.jpg\), so not read\)$"):
+        assert len(load_images(folder, 16, progress=False)) == 4
+
+
 def test_decompression_bombs_are_skipped_not_fatal(tmp_path, monkeypatch):
     save(tmp_path / "normal.png", solid((0, 255, 0), size=(10, 10)))
     save(tmp_path / "huge.png", solid((255, 0, 0), size=(100, 100)))
@@ -249,7 +273,7 @@ def test_zip_is_read_in_place_and_hostile_member_names_write_nothing(tmp_path, m
     assert (images[:, 0] == 255).all()
     created = set(tmp_path.rglob("*")) - set(before)
     assert all((tmp_path / "data") in path.parents or path == tmp_path / "data" for path in created)
-    assert [p.name for p in (tmp_path / "data").rglob("*") if p.is_file()] == [cache_path(config).name]
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*") if p.is_file()) == [".lock", cache_path(config).name]
     assert not Path("/abs/evil.png").exists() and not (tmp_path.parent / "evil.png").exists()
 
 

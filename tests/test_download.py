@@ -7,7 +7,9 @@ prompt run in a subprocess with stdin closed and a timeout.
 """
 
 import base64
+import contextlib
 import http.server
+import signal
 import io
 import json
 import os
@@ -18,6 +20,8 @@ import stat
 import subprocess
 import sys
 import threading
+import time
+import urllib.parse
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +34,7 @@ import utils.data as data
 from small_disk import small_disk
 from utils.config import TrainConfig
 from utils.data import (DataError, DownloadError, cache_path, download_kaggle, download_url, find_kaggle_input,
-                        load_dataset)
+                        load_dataset, redact_url)
 from utils.files import CannotWrite
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +81,11 @@ def no_proxy(monkeypatch):
 def server(tmp_path, no_proxy):
     """An HTTP server on 127.0.0.1 serving tmp_path/served, recording the paths it was asked for, plus a few
     misbehaving routes: /status/N answers N, /drop/N sends N bytes of a promised 100,000 and hangs up,
-    /unsized/NAME sends the first half of served/NAME without a Content-Length and hangs up, /silent never answers."""
-    root, requests = tmp_path / "served", []
+    /unsized/NAME sends the first half of served/NAME without a Content-Length and hangs up, /silent never answers,
+    /trickle-headers and /trickle-body send one byte every 0.1 s (of the headers, or of a promised 100,000-byte
+    body), /steady sends 64 KiB every 0.05 s of a promised 1 GB, /endless sends zeros without a length until the
+    client hangs up, /length/VALUE announces Content-Length: VALUE. `authorizations` records each Authorization."""
+    root, requests, authorizations = tmp_path / "served", [], []
     root.mkdir()
     stop = threading.Event()
 
@@ -86,10 +93,38 @@ def server(tmp_path, no_proxy):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(root), **kwargs)
 
+        def trickle(self, data: bytes, every_s: float, size: int = 1):
+            for start in range(0, len(data), size):
+                if stop.wait(every_s):
+                    return
+                self.wfile.write(data[start:start + size])
+
         def do_GET(self):
             requests.append(self.path)
-            route, _, argument = self.path.strip("/").partition("/")
-            if route == "status":
+            authorizations.append(self.headers.get("Authorization"))
+            route, _, argument = self.path.split("?")[0].strip("/").partition("/")
+            self.close_connection = True
+            with contextlib.suppress(ConnectionError):   # the client hung up, as it should
+                self.answer(route, argument)
+
+        def answer(self, route, argument):
+            if route == "trickle-headers":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                self.trickle(b"X-Padding: " + b"a" * 10_000, 0.1)
+            elif route in ("trickle-body", "steady", "endless", "length"):
+                self.send_response(200)
+                if route != "endless":
+                    length = {"trickle-body": "100000", "steady": "1000000000"}.get(route, urllib.parse.unquote(argument))
+                    self.send_header("Content-Length", length)
+                self.end_headers()
+                if route == "trickle-body":
+                    self.trickle(b"PK\x03\x04" + bytes(100_000), 0.1)
+                elif route == "steady":
+                    self.trickle(bytes(10**9), 0.05, size=64 * 2**10)
+                elif route == "endless":
+                    while not stop.is_set():
+                        self.wfile.write(bytes(2**20))
+            elif route == "status":
                 self.send_error(int(argument))
             elif route == "drop":
                 self.send_response(200)
@@ -112,7 +147,8 @@ def server(tmp_path, no_proxy):
             pass
 
     running = serve(Handler)
-    yield SimpleNamespace(root=root, url=running.url, requests=requests)
+    yield SimpleNamespace(root=root, url=running.url, port=running.port, requests=requests,
+                          authorizations=authorizations)
     stop.set()
     running.httpd.shutdown()
     running.httpd.server_close()
@@ -161,8 +197,146 @@ def test_a_failed_download_says_what_the_server_did_and_leaves_nothing(server, t
 
 def test_a_server_that_stops_answering_times_out_instead_of_hanging(server, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.5)
-    with pytest.raises(DownloadError, match=r"/silent failed \(.*timed out\): check the network"):
+    # the socket's own timeout and the watchdog's end this at the same moment: either says so
+    with pytest.raises(DownloadError, match=r"/silent failed (\(.*timed out\): check the network|: the server did "
+                                            r"not answer within 0\.5 s, so it was stopped)"):
         download_url(f"{server.url}/silent", tmp_path / "data")
+
+
+@pytest.mark.parametrize("route,reason", [
+    ("trickle-headers", r"the server did not answer within 1 s"),
+    ("trickle-body", r"it stalled: \d+ bytes arrived in the last 1 s \(after \d+\)"),
+])
+def test_a_server_that_trickles_a_byte_at_a_time_fails_in_one_line_within_the_limit(server, tmp_path, monkeypatch,
+                                                                                   route, reason):
+    """One byte every 0.1 s restarts a socket's timeout at every byte: only the watchdog ends this."""
+    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 1)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"^downloading {server.url}/{route} failed: {reason}, so it was "
+                                            r"stopped: the partial download was removed; check the network"):
+        download_url(f"{server.url}/{route}", tmp_path / "data", progress=False)
+    assert time.monotonic() - started < 4   # 1 s in the headers, or 1-2 s of body windows, plus the check interval
+    assert list((tmp_path / "data" / "downloads").iterdir()) == []
+
+
+def test_a_download_that_never_stalls_still_ends_at_its_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(data, "DOWNLOAD_DEADLINE_S", 2)   # /steady sends ~1.3 MB/s: it never stalls
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"/steady failed: it did not finish within 2 s \([\d,]+ bytes arrived\)"):
+        download_url(f"{server.url}/steady", tmp_path / "data", progress=False)
+    assert time.monotonic() - started < 4
+    assert list((tmp_path / "data" / "downloads").iterdir()) == []
+
+
+def test_a_body_without_a_length_stops_at_the_size_limit(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MAX_UNSIZED_BYTES", 4 * 2**20)
+    with pytest.raises(DownloadError, match=r"/endless stopped after [\d,]+ bytes: the server sent no length and the "
+                                            r"body went on past 4 MiB, several times any face dataset"):
+        download_url(f"{server.url}/endless", tmp_path / "data", progress=False)
+    assert list((tmp_path / "data" / "downloads").iterdir()) == []
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "12, 12", "1e6"])
+def test_a_content_length_that_is_not_a_number_is_one_line(server, tmp_path, length):
+    with pytest.raises(DownloadError, match=rf"/length/.* failed: the server announced a length that is not a number "
+                                            rf"\(Content-Length: {re.escape(repr(length))}\), so the download could "
+                                            r"not be checked"):
+        download_url(f"{server.url}/length/{urllib.parse.quote(length)}", tmp_path / "data", progress=False)
+    assert list((tmp_path / "data" / "downloads").iterdir()) == []
+
+
+def test_sigterm_during_a_download_removes_the_partial_file(server, tmp_path):
+    downloads = tmp_path / "data" / "downloads"
+    process = subprocess.Popen([sys.executable, "-c", f"from utils.data import download_url; "
+                                f"download_url('{server.url}/trickle-body', {str(tmp_path / 'data')!r})"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(downloads.glob("*")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)   # a few bytes into the body
+        partial = list(downloads.glob("*"))
+        assert partial and partial[0].name.endswith(".tmp.zip")   # the download is under way
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGTERM   # it still ends the way SIGTERM ends a process
+    assert "Traceback" not in stderr
+    assert list(downloads.iterdir()) == []
+
+
+def test_stale_temporary_files_in_data_dir_are_removed_under_the_lock(tmp_path, capsys):
+    import fcntl
+
+    config = TrainConfig(data="synthetic", max_images=8, image_size=16, data_dir=str(tmp_path / "data"))
+    load_dataset(config, progress=False)
+    stale = [tmp_path / "data" / "cache" / ".synthetic-seed0-16px-0123.4242.tmp.npy",
+             tmp_path / "data" / "downloads" / ".faces-1a2b3c4d.4242.tmp.zip"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    fid_statistics = tmp_path / "data" / "cache" / ".fid-ref-0123.4243.tmp.pt"   # written without the lock: kept
+    fid_statistics.write_bytes(b"being written")
+    capsys.readouterr()
+
+    with open(tmp_path / "data" / ".lock", "a") as held:   # another process downloading or decoding there
+        fcntl.flock(held, fcntl.LOCK_EX)
+        load_dataset(config, progress=False)   # reusing its cache: does not wait, and touches nothing
+        assert all(path.exists() for path in stale)
+    load_dataset(config, progress=False)
+    assert not any(path.exists() for path in stale) and fid_statistics.exists()
+    assert ("data: removed 2 partial file(s) that a stopped download or cache build left "
+            f"({stale[0]}, {stale[1]})") in capsys.readouterr().out
+
+
+def test_a_cache_build_waits_for_the_process_that_holds_data_dir(tmp_path, capsys):
+    import fcntl
+
+    config = TrainConfig(data="synthetic", max_images=8, image_size=16, data_dir=str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    held = open(tmp_path / "data" / ".lock", "a+")
+    fcntl.flock(held, fcntl.LOCK_EX)
+    held.write("process 4242 on elsewhere\n")
+    held.flush()
+    threading.Timer(1.0, held.close).start()   # the other process finishes after 1 s
+    started = time.monotonic()
+    assert load_dataset(config, progress=False).shape == (8, 3, 16, 16)
+    assert time.monotonic() - started >= 0.9
+    assert (f"data: waiting for process 4242 on elsewhere to finish downloading or decoding into {tmp_path / 'data'}"
+            in capsys.readouterr().out)
+
+
+def test_credentials_in_a_url_are_sent_as_basic_auth_and_never_printed(server, tmp_path):
+    (server.root / "faces.zip").write_bytes(zip_of_images(4))
+    url = f"http://ann:s3cr%3At@127.0.0.1:{server.port}/faces.zip?token=abc123&dl=1"
+    assert len(load_dataset(TrainConfig(data=url, data_dir=str(tmp_path / "data"), image_size=16),
+                            progress=False)) == 4
+    assert server.authorizations == ["Basic " + base64.b64encode(b"ann:s3cr:t").decode()]
+
+    failing = f"http://ann:s3cr%3At@127.0.0.1:{server.port}/status/404?token=abc123&dl=1"
+    with pytest.raises(DownloadError) as failure:
+        download_url(failing, tmp_path / "data", progress=False)
+    assert str(failure.value).startswith(f"downloading http://***@127.0.0.1:{server.port}/status/404?token=***&dl=1 "
+                                         "failed: the server answered 404")
+    shown = str(failure.value) + "".join(map(str, [failure.value.__cause__, failure.value.__context__]))
+    assert "s3cr" not in shown and "abc123" not in shown
+
+
+@pytest.mark.parametrize("url,shown", [
+    ("https://host/faces.zip", "https://host/faces.zip"),
+    ("https://ghp_secret@github.com/x/faces.zip", "https://***@github.com/x/faces.zip"),
+    ("https://ann:pw@host:8080/f.zip", "https://***@host:8080/f.zip"),
+    ("https://host/f.zip?X-Amz-Signature=ab&X-Amz-Credential=cd&X-Amz-Date=2026",
+     "https://host/f.zip?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=2026"),
+    ("https://host/f.zip?access_token=ab&dl=1&api_key=cd&flag", "https://host/f.zip?access_token=***&dl=1&api_key=***&flag"),
+    ("data/faces", "data/faces"),
+    ("synthetic", "synthetic"),
+    ("http://[::1/broken", "http://***"),
+])
+def test_redact_url_hides_passwords_and_tokens_only(url, shown):
+    assert redact_url(url) == shown
 
 
 def test_an_unreachable_host_names_the_url_and_the_network_error(tmp_path, no_proxy):
@@ -314,7 +488,7 @@ def test_a_failed_kaggle_download_names_the_status_leaves_nothing_and_never_prin
         "datasets.DatasetApiService/DownloadDataset answered 500 ")
     assert "check the network and your Kaggle credentials" in result.stderr
     assert key not in result.stdout + result.stderr
-    assert list((tmp_path / "work" / "data").iterdir()) == []   # the private kaggle.json and the partial download
+    assert [p.name for p in (tmp_path / "work" / "data").iterdir()] == [".lock"]   # no kaggle.json, no partial download
 
 
 @pytest.fixture
@@ -372,7 +546,7 @@ def test_kaggle_credentials_reach_opendatasets_in_a_private_file_that_is_removed
                         values={"username": "ann", "key": "k3y"})
     assert folder == tmp_path / "data" / "animefacedataset" and (folder / "images" / "1.jpg").is_file()
     assert Path.cwd() == tmp_path / "work"
-    assert [p.name for p in (tmp_path / "data").iterdir()] == ["animefacedataset"]   # no kaggle.json left
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".lock", "animefacedataset"]   # no kaggle.json
     monkeypatch.setattr(opendatasets, "download", lambda *args: pytest.fail("downloaded twice"))
     assert download_kaggle(tmp_path / "data") == folder
 
@@ -396,7 +570,7 @@ def test_a_disk_that_fills_during_the_kaggle_download_names_the_folder(tmp_path,
     with small_disk(tmp_path / "disk", size="1m") as disk:
         with pytest.raises(CannotWrite, match=r"no space left to write .*disk/animefacedataset: .*Free some space"):
             download_kaggle(disk)
-        assert list(disk.iterdir()) == []   # the partial download is gone
+        assert [p.name for p in disk.iterdir()] == [".lock"]   # the partial download is gone
 
 
 def test_a_read_only_data_dir_fails_the_kaggle_download_before_it_starts(tmp_path, no_credentials, kaggle_api,

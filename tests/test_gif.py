@@ -1,5 +1,7 @@
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -14,6 +16,8 @@ from utils.visualize import save_grid
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = 2 * (16 + 2) + 2  # four 16x16 images, two per row
+SCALE = 14  # the whole factor that makes a 38 px grid at least 512 px wide (MIN_WIDTH)
+WIDE = GRID * SCALE
 
 
 def write_run(run_dir: Path, epochs: int, image_size: int = 16, gray: bool = True) -> None:
@@ -48,8 +52,8 @@ def test_make_gif_has_one_frame_per_epoch_in_order_with_the_last_held(tmp_path):
     assert durations == [120] * 11 + [900]
     assert loop == 0  # loops forever
     height, width, _ = frames[0].shape
-    assert width == GRID and height > GRID  # the label strip is added above the grid
-    grid_pixels = [frame[height - GRID + 5, 5, 0] for frame in frames]  # inside the first tile
+    assert width == WIDE and height > WIDE  # enlarged, and the label strip is added above the grid
+    grid_pixels = [frame[height - WIDE + 5 * SCALE, 5 * SCALE, 0] for frame in frames]  # inside the first tile
     expected = [round(255 * epoch / 13) for epoch in range(1, 13)]
     assert np.allclose(grid_pixels, expected, atol=2)  # epoch order, grid untouched by the label
     assert iio.imread(out, index=None).shape == (12, height, width, 3)
@@ -63,8 +67,8 @@ def test_make_gif_labels_each_frame_with_its_epoch(tmp_path):
     unlabelled, _, _ = read_gif(make_gif(tmp_path, out=tmp_path / "plain.gif", label=False))
 
     assert len(frames) == 3  # a GIF writer merges identical frames, so this also proves the labels differ
-    strip = frames[0].shape[0] - GRID
-    assert strip > 0 and unlabelled[0].shape == (GRID, GRID, 3)
+    strip = frames[0].shape[0] - WIDE
+    assert strip > 0 and unlabelled[0].shape == (WIDE, WIDE, 3)
     for a, b in [(0, 1), (1, 2), (0, 2)]:
         assert not np.array_equal(frames[a][:strip], frames[b][:strip])
         assert np.array_equal(frames[a][strip:], frames[b][strip:])
@@ -76,6 +80,95 @@ def test_make_gif_writes_where_asked(tmp_path):
     out = make_gif(tmp_path / "run", out=tmp_path / "gifs" / "mine.gif")
     assert out == tmp_path / "gifs" / "mine.gif" and out.is_file()
     assert not (tmp_path / "run" / "training.gif").exists()
+
+
+def test_small_grids_are_enlarged_by_a_whole_factor_with_sharp_pixels(tmp_path):
+    save_grid(torch.rand(4, 3, 16, 16) * 2 - 1, frame_path(tmp_path, 1), nrow=2)
+    grid = np.asarray(Image.open(frame_path(tmp_path, 1)).convert("RGB"))
+
+    enlarged, _, _ = read_gif(make_gif(tmp_path, label=False))
+    assert enlarged[0].shape == (WIDE, WIDE, 3) and WIDE >= 512 > WIDE - GRID
+    block = enlarged[0][5 * SCALE:6 * SCALE, 5 * SCALE:6 * SCALE].reshape(-1, 3)
+    assert (block == block[0]).all()   # nearest neighbour: one grid pixel is one solid SCALE x SCALE block
+    as_is, _, _ = read_gif(make_gif(tmp_path, out=tmp_path / "small.gif", label=False, min_width=0))
+    assert as_is[0].shape == grid.shape
+    assert np.array_equal(enlarged[0], as_is[0].repeat(SCALE, axis=0).repeat(SCALE, axis=1))
+
+
+def test_a_run_longer_than_max_frames_is_animated_with_evenly_spread_grids_and_says_so(tmp_path, capsys):
+    write_run(tmp_path, epochs=12)
+    frames, durations, _ = read_gif(make_gif(tmp_path, label=False, min_width=0, max_frames=4, hold_last_ms=900))
+
+    assert len(frames) == 4 and durations == [200, 200, 200, 900]
+    expected = [round(255 * epoch / 13) for epoch in (1, 5, 8, 12)]   # the first, the last and two between
+    assert np.allclose([frame[5, 5, 0] for frame in frames], expected, atol=2)
+    assert capsys.readouterr().out == ("gif: 12 grids, more than max_frames=4: animating 4 of them, evenly spread "
+                                       "from epoch 1 to epoch 12 (a larger max_frames shows more, and needs more "
+                                       "memory)\n")
+    assert len(read_gif(make_gif(tmp_path, out=tmp_path / "all.gif", max_frames=12))[0]) == 12
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+def test_the_memory_of_a_gif_does_not_grow_with_the_epochs(tmp_path):
+    """The frames are encoded as they are read, and a long run is capped at max_frames of its grids: 4x the epochs
+    costs no more memory. (Holding every frame, as before, 160 frames of 532x560 took >= 140 MB as RGB alone.)
+    One subprocess makes both GIFs: its peak memory rises during the second only by what that needs beyond the first."""
+    grid = np.asarray(Image.open(save_grid(torch.rand(4, 3, 16, 16) * 2 - 1, frame_path(tmp_path / "short", 1),
+                                           nrow=2)).convert("RGB"))
+    for run, epochs in (("short", 40), ("long", 160)):
+        for epoch in range(1, epochs + 1):
+            path = frame_path(tmp_path / run, epoch)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.roll(grid, epoch, axis=1)).save(path)   # every epoch a different grid
+    code = ("import resource, sys; from utils.gif import make_gif\n"
+            "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux\n"
+            "before = peak(); make_gif(sys.argv[1], max_frames=20); short = peak()\n"
+            "make_gif(sys.argv[2], max_frames=20); print(short - before, peak() - short)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "short"), str(tmp_path / "long")], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    short, growth = map(int, result.stdout.split()[-2:])
+    assert growth < 8 * 2**20, (short, growth)   # without the cap: +37 MB here
+
+
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A valid PNG that announces `width` x `height` pixels but holds one row's worth of data (a decompression
+    bomb's header: opening it reads the size, decoding it would allocate width * height * 3 bytes)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)   # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("size,message", [
+    (20000, r"announces more than 178,956,970 pixels, far more than any sample grid \(Pillow refuses it as a "
+            r"possible decompression bomb\)"),
+    (9000, r"announces 9000x9000 pixels, more than any sample grid \(at most 67,108,864 pixels\)"),
+])
+def test_a_grid_announcing_a_huge_size_is_refused_in_one_line_naming_it(tmp_path, size, message):
+    write_run(tmp_path, epochs=2)
+    write_png_header(frame_path(tmp_path, 2), size, size)
+    with pytest.raises(GifError, match=rf"^{tmp_path}/samples/epoch_002\.png {message}: delete it or replace it with "
+                                       r"the grid of epoch 2$"):
+        make_gif(tmp_path)
+    assert not (tmp_path / "training.gif").exists()
+
+
+@pytest.mark.parametrize("name", ["training.gif", "epoch_001.png", "epoch_003.png"])
+def test_out_inside_the_runs_samples_is_refused_and_no_grid_is_touched(tmp_path, name):
+    write_run(tmp_path, epochs=2)
+    before = {path: path.read_bytes() for path in (tmp_path / "samples").iterdir()}
+    with pytest.raises(GifError, match=rf"out \(--out\) .*samples/{name} is in {tmp_path}/samples, where training "
+                                       rf"keeps the run's per-epoch grids: write the GIF elsewhere, e.g. "
+                                       rf"{tmp_path}/training.gif"):
+        make_gif(tmp_path, out=tmp_path / "samples" / name)
+    with pytest.raises(GifError, match=r"is in .*/samples, where training keeps"):   # any run's samples/, by any path
+        write_gif([np.zeros((4, 4, 3), np.uint8)], tmp_path / "samples" / ".." / "samples" / name)
+    assert {path: path.read_bytes() for path in (tmp_path / "samples").iterdir()} == before
 
 
 @pytest.mark.parametrize("make_samples_dir", [False, True])
@@ -208,6 +301,8 @@ def test_out_pointing_at_a_folder_is_refused(tmp_path):
     (["--frame-ms", "5"], "error: frame_ms (--frame-ms) must be 20 to 655,350 milliseconds; got 5"),
     (["--hold-last-ms", "-5"], "error: hold_last_ms (--hold-last-ms) must be 20 to 655,350 milliseconds; got -5"),
     (["--out", "{run}"], "error: out (--out) {run} is a folder"),
+    (["--out", "{run}/samples/epoch_001.png"], "error: out (--out) {run}/samples/epoch_001.png is in {run}/samples"),
+    (["--max-frames", "1"], "error: max_frames (--max-frames) must be >= 2 (the first and the last epoch); got 1"),
     ([], "error: {run}/samples/epoch_004.png is not a readable image (cannot identify image file"),
 ])
 def test_cli_prints_each_refusal_in_one_line(tmp_path, args, message):

@@ -22,17 +22,24 @@ Every failure a user can meet here (a missing source, no readable images, the ne
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import errno
+import functools
 import hashlib
 import http.client
 import io
 import json
 import math
 import os
+import re
 import shutil
+import signal
+import socket
 import stat
 import sys
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -54,13 +61,24 @@ from utils.files import CannotWrite, atomic_path, check_free_space, explain_writ
 from utils.run import list_frames
 from utils.synthetic import synthetic_faces
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; data_dir is then used without one, and nothing stale is removed
+    fcntl = None
+
 SYNTHETIC_DEFAULT_COUNT = 20_000
 KAGGLE_DATASET = "splcher/animefacedataset"   # 63,565 JPEGs under images/
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"
 KAGGLE_DOWNLOAD_BYTES = 900 * 2**20   # its ~400 MB archive and the files extracted from it, side by side
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 MAX_FILE_BYTES = 64 * 2**20   # a face is tens of KB; a larger "image" is skipped unread instead of filling memory
-NETWORK_TIMEOUT_S = 60        # a server that stops answering fails the download after this long, never hangs it
+# A download ends, whatever the server does: connecting and the answer's headers take at most NETWORK_TIMEOUT_S, the
+# body brings at least STALL_BYTES in every NETWORK_TIMEOUT_S, the whole download takes at most DOWNLOAD_DEADLINE_S
+# (the real dataset, ~400 MB, then needs ~60 KB/s), and a body without a Content-Length stops at MAX_UNSIZED_BYTES.
+NETWORK_TIMEOUT_S = 60
+STALL_BYTES = 128 * 2**10
+DOWNLOAD_DEADLINE_S = 2 * 3600
+MAX_UNSIZED_BYTES = 2 * 2**30   # about 5 times the Anime Face Dataset's archive
 _KAGGLE_SLUG = KAGGLE_DATASET.split("/")[1]
 
 
@@ -95,13 +113,20 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
     source = _local_source(config)
     path, counts = _cache_file(config, source)
     problem = _cache_problem(path, config.image_size, counts) if path.exists() else "missing"
-    if problem is None:
-        verb = "reusing"
-    else:
-        if problem != "missing":
-            print(f"dataset cache: {path} {problem}: rebuilding it")
-        _build_cache(config, source, path, progress)
-        verb = "built" if problem == "missing" else "rebuilt"
+    # a cache to build waits for a process building in data_dir; one to reuse only cleans up when nobody is there
+    with _data_dir_lock(Path(config.data_dir), wait=problem is not None) as locked:
+        if locked:
+            _remove_stale_temporaries(Path(config.data_dir))
+            if problem is not None and path.exists():   # built by the process we waited for
+                problem = _cache_problem(path, config.image_size, counts)
+        if problem is None:
+            verb = "reusing"
+        else:
+            if problem != "missing":
+                print(f"dataset cache: {path} {problem}: rebuilding it")
+            with _cleaned_up_on_sigterm():
+                _build_cache(config, source, path, progress)
+            verb = "built" if problem == "missing" else "rebuilt"
     images = torch.from_numpy(np.load(path, mmap_mode="c"))
     print(f"dataset cache: {verb} {path} ({len(images)} images of {config.image_size}x{config.image_size})")
     return images
@@ -149,8 +174,12 @@ def _source_identity(config: TrainConfig, source: Path | None) -> tuple[str, str
         digest = hashlib.sha1()
         prefix = len(str(source))
         for file in files:
-            info = os.stat(file)
-            digest.update(f"{file[prefix:]}|{info.st_size}|{info.st_mtime_ns}\n".encode())
+            try:
+                info = os.stat(file)
+                state = f"{info.st_size}|{info.st_mtime_ns}"
+            except OSError as error:   # a broken or looping symbolic link: decoding skips it and counts it
+                state = f"unreadable {error.errno}"
+            digest.update(f"{file[prefix:]}|{state}\n".encode())
         name = _KAGGLE_SLUG if data == "kaggle" else source.name
         return name, f"folder|{source.resolve()}|{len(files)}|{digest.hexdigest()}", range(1, min(most, len(files)) + 1)
     info = source.stat()
@@ -207,6 +236,60 @@ def _write_cache(path: Path, count: int, image_size: int, make: Callable[[], np.
     read-only or unnameable data_dir fails at once, not after minutes of decoding."""
     with atomic_path(path, needs_bytes=count * 3 * image_size**2 + 128) as tmp, open(tmp, "wb") as file:
         np.save(file, make())
+
+
+# What this module writes under data_dir/.lock, by the names `atomic_path` gives a file until it is complete (e.g.
+# downloads/.faces-1a2b3c4d.4242.tmp.zip); not the FID statistics in cache/, which are written without that lock.
+_TEMPORARIES = ("cache/.*.tmp.npy", "downloads/.*.tmp.zip")
+
+
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
+    """Hold data_dir/.lock while the block runs (yields True): one process at a time downloads or builds a cache in
+    data_dir, so the temporary files found there under the lock are stale, never a live process's. Without `wait`,
+    yields False at once when another process holds it; also where nothing can be locked (Windows, a read-only or
+    missing data_dir, some network file systems), and the block then runs as it always did.
+    """
+    if fcntl is None or (not wait and not data_dir.is_dir()):
+        yield False
+        return
+    path = data_dir / ".lock"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:   # read-only or unwritable: whatever the block writes will fail there with its own message
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            print(f"data: waiting for {owner} to finish downloading or decoding into {data_dir}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:   # a file system without locks
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield True
+    finally:
+        os.close(fd)   # drops the lock; the file stays, so every process locks the same one
+
+
+def _remove_stale_temporaries(data_dir: Path) -> None:
+    """Remove the partial downloads and caches that a process killed in data_dir left (call holding its lock)."""
+    removed = []
+    for stale in sorted(path for pattern in _TEMPORARIES for path in data_dir.glob(pattern)):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed.append(stale)
+    if removed:
+        print(f"data: removed {len(removed)} partial file(s) that a stopped download or cache build left "
+              f"({', '.join(map(str, removed))})")
 
 
 def _is_url(data: str) -> bool:
@@ -331,8 +414,15 @@ def _check_listing(listing: _Listing, source: Path, max_images: int) -> _Listing
 
 def _read_regular_file(name: str) -> bytes:
     """The bytes of a regular file. A FIFO, socket or device with an image's name is refused, never waited on:
-    O_NONBLOCK opens a FIFO at once instead of blocking until something writes to it."""
-    fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    O_NONBLOCK opens a FIFO at once instead of blocking until something writes to it. So is a broken or looping
+    symbolic link."""
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        if os.path.islink(name):
+            what = "loops" if error.errno == errno.ELOOP else "points to nothing"
+            raise _Unreadable(f"a symbolic link that {what} ({os.readlink(name)}), so not read") from None
+        raise
     with open(fd, "rb") as file:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -434,6 +524,13 @@ def download_kaggle(data_dir: Path) -> Path:
     if target.is_dir() and any(target.iterdir()):
         return target
     credentials = _kaggle_credentials()
+    with _data_dir_lock(data_dir, wait=True), _cleaned_up_on_sigterm():
+        if target.is_dir() and any(target.iterdir()):   # downloaded by the process we waited for
+            return target
+        return _download_kaggle(data_dir, target, credentials)
+
+
+def _download_kaggle(data_dir: Path, target: Path, credentials: tuple[str, str, str] | None) -> Path:
     opendatasets, why_not = _import_opendatasets() if credentials else (None, "no Kaggle credentials found")
     if opendatasets is not None:
         tool = "opendatasets"
@@ -576,8 +673,10 @@ def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
     The file name is our own (a server's Content-Disposition could point outside data_dir), the
     download goes to a temporary name renamed only once complete and checked to be a zip (so a
     dropped connection never leaves a file that looks finished), and nothing is extracted. Every
-    failure is a UserError: the HTTP status and URL, the network's error, a connection that dropped
-    (the partial file is removed), a disk that filled up.
+    failure is a UserError: the HTTP status and URL, the network's error, a connection that dropped,
+    stalled or went on too long, a body without a length that grows past MAX_UNSIZED_BYTES, a disk that
+    filled up. The partial file is removed on every exit, SIGTERM included. A user:password@ in the URL is
+    sent as HTTP basic authentication; no message shows it or a token in the query (see `redact_url`).
     """
     digest = hashlib.sha1(url.encode()).hexdigest()[:8]   # two URLs ending in faces.zip do not collide
     stem = _file_name(Path(urllib.parse.urlsplit(url).path).stem, "download")
@@ -585,51 +684,251 @@ def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
     if target.exists():
         print(f"download: reusing {target}")
         return target
-    with atomic_path(target) as tmp:
-        with _network_errors(url):
-            content_type = _fetch(url, tmp, target, progress)
-        _check_zip(tmp, url, content_type)
+    shown = redact_url(url)
+    with _cleaned_up_on_sigterm(), atomic_path(target) as tmp:
+        with _network_errors(shown):
+            content_type = _fetch(url, shown, tmp, target, progress)
+        _check_zip(tmp, shown, content_type)
     return target
 
 
-def _fetch(url: str, tmp: Path, target: Path, progress: bool) -> str:
-    """Stream `url` into `tmp` (checking for room for `target` first); returns the Content-Type."""
-    with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response, open(tmp, "wb") as file:
-        size = int(response.headers.get("Content-Length") or 0)
-        check_free_space(target, size)
-        with tqdm(total=size or None, unit="B", unit_scale=True, desc=f"downloading {target.name}",
-                  disable=not progress) as bar:
-            while chunk := response.read(1 << 20):
-                bar.update(file.write(chunk))
-        if file.tell() < size:
-            raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {url}: the "
-                                "partial download was removed; run again")
-        return response.headers.get_content_type()
+_SECRET_NAME = re.compile(r"token|key|sig|secret|pass|pwd|auth|cred|session", re.IGNORECASE)
+
+
+def redact_url(data: str) -> str:
+    """`data` with a URL's credentials replaced by ***: its user:password@ and the values of query parameters
+    whose names say they are secret (token, key, signature, X-Amz-Credential, ...); anything else as it is.
+
+    For every message that names config.data and every file that stores it (config.json, the checkpoint):
+    a private link's token must not end up in a log, or in a run folder shared with others.
+    """
+    if not _is_url(data):
+        return data
+    try:
+        parts = urllib.parse.urlsplit(data)
+    except ValueError:   # e.g. an unclosed [ in the host: show the scheme only
+        return f"{data.split(':', 1)[0]}://***"
+    netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rpartition("@")[2]
+    pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
+    query = "&".join(name + equals + ("***" if equals and _SECRET_NAME.search(urllib.parse.unquote(name)) else value)
+                     for name, equals, value in pairs)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _fetch(url: str, shown: str, tmp: Path, target: Path, progress: bool) -> str:
+    """Stream `url` into `tmp` (checking for room for `target` first) within the limits at the top of this module;
+    returns the Content-Type. `shown` is the URL as messages may print it."""
+    watchdog = _Watchdog(shown)
+    opener = urllib.request.build_opener(_WatchedHandler(watchdog))
+    try:
+        with watchdog, opener.open(_request(url), timeout=NETWORK_TIMEOUT_S) as response, open(tmp, "wb") as file:
+            watchdog.body_started()
+            size = _content_length(response, shown)
+            check_free_space(target, size or 0)
+            with tqdm(total=size, unit="B", unit_scale=True, desc=f"downloading {target.name}",
+                      disable=not progress) as bar:
+                while chunk := response.read1(1 << 20):   # read1: returns what arrived, so the watchdog's view is fresh
+                    bar.update(file.write(chunk))
+                    watchdog.received = file.tell()
+                    if size is None and file.tell() > MAX_UNSIZED_BYTES:
+                        raise DownloadError(
+                            f"downloading {shown} stopped after {file.tell():,} bytes: the server sent no length and "
+                            f"the body went on past {MAX_UNSIZED_BYTES / 2**20:,.0f} MiB, several times any face dataset "
+                            "(the Anime Face Dataset is ~400 MB), so it is probably not one: the partial download was "
+                            "removed; check the URL, or download the .zip yourself and pass its path as data")
+            watchdog.check()   # a socket the watchdog shut down reads as the end of the body
+            if size is not None and file.tell() < size:
+                raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {shown}: "
+                                    "the partial download was removed; run again")
+            return response.headers.get_content_type()
+    except (OSError, http.client.HTTPException):
+        watchdog.check()   # the error of a socket the watchdog shut down: say why it did
+        raise
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A request for `url`; a user:password@ in it becomes basic authentication (urllib would take it for the host),
+    never sent on to where the server redirects."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return urllib.request.Request(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)))
+    credentials = ":".join(urllib.parse.unquote(part) for part in userinfo.split(":", 1))
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    return request
+
+
+def _content_length(response: http.client.HTTPResponse, shown: str) -> int | None:
+    """The body's length the server announced, None when it announced none; a DownloadError when it is not a number."""
+    value = response.headers.get("Content-Length")
+    if value is None:
+        return None
+    if not re.fullmatch(r"\s*[0-9]+\s*", value):
+        raise DownloadError(f"downloading {shown} failed: the server announced a length that is not a number "
+                            f"(Content-Length: {value[:40]!r}), so the download could not be checked: check the URL, "
+                            "or download the .zip yourself and pass its path as data")
+    return int(value)
+
+
+class _Watchdog:
+    """Ends a download that breaks the limits at the top of this module, from a thread that shuts its sockets down
+    (a blocked read then returns at once). A socket timeout cannot: it bounds each read, so a server that sends a
+    byte every few seconds, in its headers or its body, would hold the download forever."""
+
+    def __init__(self, shown: str):
+        self.shown = shown
+        self.received = 0   # bytes of the body so far, set by the reader
+        self.reason: str | None = None
+        self._started = self._window_start = time.monotonic()
+        self._window_bytes = 0
+        self._in_body = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="download-watchdog", daemon=True)
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.reason is not None:
+                self._shut_down(sock)
+
+    def body_started(self) -> None:
+        self._window_start, self._in_body = time.monotonic(), True
+
+    def check(self) -> None:
+        """Raise the DownloadError saying why the watchdog ended the download, if it did."""
+        if self.reason is not None:
+            raise DownloadError(f"downloading {self.shown} failed: {self.reason}, so it was stopped: the partial "
+                                "download was removed; check the network and run again, or download the .zip yourself "
+                                "and pass its path as data") from None
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.05):
+            now = time.monotonic()
+            if now - self._started > DOWNLOAD_DEADLINE_S:
+                self._stop(f"it did not finish within {_duration(DOWNLOAD_DEADLINE_S)} ({self.received:,} bytes "
+                           "arrived)")
+            elif not self._in_body and now - self._started > NETWORK_TIMEOUT_S:
+                self._stop(f"the server did not answer within {_duration(NETWORK_TIMEOUT_S)}")
+            elif self._in_body and now - self._window_start > NETWORK_TIMEOUT_S:
+                if self.received - self._window_bytes < STALL_BYTES:
+                    self._stop(f"it stalled: {self.received - self._window_bytes:,} bytes arrived in the last "
+                               f"{_duration(NETWORK_TIMEOUT_S)} (after {self.received:,})")
+                self._window_start, self._window_bytes = now, self.received
+
+    def _stop(self, reason: str) -> None:
+        with self._lock:
+            self.reason = reason
+            for sock in self._sockets:
+                self._shut_down(sock)
+        self._done.set()
+
+    @staticmethod
+    def _shut_down(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):   # socket.socket's own shutdown: an SSL socket's would tear down its state
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 120 else f"{seconds:g} s"
+
+
+class _Watched:
+    """An HTTP(S) connection whose socket the download's watchdog can shut down."""
+
+    def __init__(self, *args, watchdog: _Watchdog, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.watchdog = watchdog
+
+    def connect(self) -> None:
+        super().connect()
+        self.watchdog.watch(self.sock)
+
+
+class _WatchedHTTP(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPS(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _WatchedHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's http and https handlers (proxies and redirects work as usual), with watched connections."""
+
+    def __init__(self, watchdog: _Watchdog):
+        urllib.request.HTTPSHandler.__init__(self)
+        self.watchdog = watchdog
+
+    def http_open(self, request: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTP, watchdog=self.watchdog), request)
+
+    def https_open(self, request: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_WatchedHTTPS, watchdog=self.watchdog), request, context=self._context)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that `finally` blocks remove partial files."""
 
 
 @contextlib.contextmanager
-def _network_errors(url: str) -> Iterator[None]:
-    """urllib's and the socket's errors as a DownloadError naming the URL (and the HTTP status)."""
+def _cleaned_up_on_sigterm() -> Iterator[None]:
+    """While the block runs, SIGTERM (a platform stopping the session, `kill`, a job scheduler) unwinds like an
+    exception, so the block's `finally`s remove its partial files; then the process ends by SIGTERM as the sender
+    asked. Only in the main thread and where SIGTERM has its default meaning: a program that handles SIGTERM itself
+    keeps it (what it leaves is removed on the next run, see `_remove_stale_temporaries`)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise SystemExit(128 + signal.SIGTERM) from None   # where the signal does not end the process at once
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _network_errors(shown: str) -> Iterator[None]:
+    """urllib's and the socket's errors as a DownloadError naming the URL (as `redact_url` shows it) and the status."""
     try:
         yield
     except urllib.error.HTTPError as error:
-        raise DownloadError(f"downloading {url} failed: the server answered {error.code} {error.reason}: check "
-                            "the URL (it must be a direct link to a .zip of images)") from error
+        raise DownloadError(f"downloading {shown} failed: the server answered {error.code} {error.reason}: check "
+                            "the URL (it must be a direct link to a .zip of images)") from None
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
         reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-        raise DownloadError(f"downloading {url} failed ({reason}): check the network and the URL, then run "
-                            "again") from error
+        raise DownloadError(f"downloading {shown} failed ({reason}): check the network and the URL, then run "
+                            "again") from None
 
 
-def _check_zip(path: Path, url: str, content_type: str) -> None:
+def _check_zip(path: Path, shown: str, content_type: str) -> None:
     if zipfile.is_zipfile(path):
         return
     size = path.stat().st_size
     with open(path, "rb") as file:
         start = file.read(4)
     if start == b"PK\x03\x04":   # the start of a zip whose end never arrived
-        raise DownloadError(f"the download of {url} ended after {size:,} bytes, before the end of the .zip (the "
+        raise DownloadError(f"the download of {shown} ended after {size:,} bytes, before the end of the .zip (the "
                             "server sent no length to check against, so the connection probably dropped): the "
                             "partial download was removed; run again")
-    raise DataError(f"{url} did not return a .zip archive (it sent {size:,} bytes of {content_type}): data must "
+    raise DataError(f"{shown} did not return a .zip archive (it sent {size:,} bytes of {content_type}): data must "
                     "be the URL of a .zip of images")

@@ -5,31 +5,40 @@
 
 or from a shell:
 
-    python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--hold-last-ms 2000]
+    python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--hold-last-ms 2000] [--max-frames 100]
 
 Every frame is the same fixed noise decoded by the generator after one more epoch, so
 the animation shows the same faces sharpening. Each frame gets an "epoch N" strip on top
 and the last frame is held longer, so the final result can be looked at before it loops.
+Small grids are enlarged with sharp pixels to at least MIN_WIDTH (512) pixels wide, and a run
+of more than `max_frames` (100) epochs shows that many of its grids, evenly spread, so making
+the GIF of a 500-epoch run needs no more memory than that of a 100-epoch one.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from utils.errors import UserError, run_cli
 from utils.files import atomic_path
-from utils.run import list_frames
+from utils.run import SAMPLES, list_frames
 from utils.visualize import in_notebook
 
 # GIF stores durations in 1/100 s, at most 65535 of them; browsers play anything under 20 ms as 100 ms
 MIN_FRAME_MS, MAX_FRAME_MS = 20, 655_350
+MAX_FRAMES = 100          # a longer run is animated with this many of its grids, evenly spread: memory stays bounded
+MIN_WIDTH = 512           # small grids are enlarged (whole factor, nearest neighbour) to at least this many pixels wide
+MAX_GRID_PIXELS = 8192**2  # far above any grid training writes; a PNG announcing more is refused before decoding
 
 
 class GifError(UserError, ValueError):
@@ -49,54 +58,118 @@ def write_gif(frames: list[np.ndarray], out: str | Path, frame_ms: int = 100, ho
     if not frames:
         raise GifError("write_gif needs at least one frame; got an empty list")
     _check_gif_options(out, frame_ms, hold_last_ms)
-    durations = [frame_ms] * (len(frames) - 1) + [frame_ms if hold_last_ms is None else hold_last_ms]
+    return _write_frames(map(Image.fromarray, frames), len(frames), Path(out), frame_ms, hold_last_ms)
+
+
+def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms: int, hold_last_ms: int | None) -> Path:
+    """Encode `count` frames from an iterator: Pillow converts each to the GIF's palette as it arrives, so what it
+    holds until the file is written is one byte a pixel per frame, never the RGB frames themselves."""
+    durations = [frame_ms] * (count - 1) + [frame_ms if hold_last_ms is None else hold_last_ms]
+    first = next(frames)
     with atomic_path(out) as tmp:
-        iio.imwrite(tmp, np.stack(frames), extension=".gif", is_batch=True, loop=0,
-                    duration=durations if len(frames) > 1 else durations[0])  # Pillow: a list only for animations
-    return Path(out)
+        first.save(tmp, format="GIF", save_all=True, append_images=frames, loop=0,
+                   duration=durations if count > 1 else durations[0])  # a list only for animations
+    return out
 
 
 def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000,
-             label: bool = True) -> Path:
+             label: bool = True, max_frames: int = MAX_FRAMES, min_width: int = MIN_WIDTH) -> Path:
     """Animate RUN_DIR/samples/epoch_*.png (in epoch order) into RUN_DIR/training.gif or `out`.
 
-    Raises NoSampleGrids (a FileNotFoundError) when the run has no grids yet, and GifError (a
-    ValueError) before reading any grid when a duration is out of range or `out` is a folder, and
-    naming the file when a grid does not decode, when two grids are of one epoch (epoch_001.png and
-    epoch_0001.png), or when a grid's size differs from the first one's (e.g. a run resumed at another
-    image size or sample count): a GIF has one frame size.
+    A run of more than `max_frames` epochs is animated with `max_frames` of its grids, evenly spread and always
+    with the first and the last, and a line says so: memory grows with the frames of the GIF, never with the
+    epochs. Grids narrower than `min_width` pixels are enlarged by a whole factor with nearest-neighbour pixels,
+    so a 16 px run is not a thumbnail and stays sharp (0: keep the grids' size).
+
+    Raises NoSampleGrids (a FileNotFoundError) when the run has no grids yet, and GifError (a ValueError) before
+    reading any grid when an option is out of range or `out` is a folder or inside the run's samples/; and, naming
+    the file, when a grid does not decode or announces a size no grid has (e.g. a decompression bomb), when two
+    grids are of one epoch (epoch_001.png and epoch_0001.png), or when a grid's size differs from the first one's
+    (e.g. a run resumed at another image size or sample count): a GIF has one frame size.
     """
     run_dir = Path(run_dir)
     out = run_dir / "training.gif" if out is None else Path(out)
-    _check_gif_options(out, frame_ms, hold_last_ms)
+    _check_gif_options(out, frame_ms, hold_last_ms, run_dir)
+    if max_frames < 2 or min_width < 0:
+        name, value, rule = ("max_frames", max_frames, ">= 2 (the first and the last epoch)") if max_frames < 2 else \
+            ("min_width", min_width, ">= 0 (0 keeps the grids' size)")
+        raise GifError(f"{name} (--{name.replace('_', '-')}) must be {rule}; got {value}")
     frames = list_frames(run_dir)
     if not frames:
-        raise NoSampleGrids(f"no sample grids in {run_dir / 'samples'}: train first "
+        raise NoSampleGrids(f"no sample grids in {run_dir / SAMPLES}: train first "
                             f"(notebook 03 or `python -m utils.train --out {run_dir}`)")
     for (epoch, first), (next_epoch, second) in zip(frames, frames[1:]):
         if epoch == next_epoch:
             raise GifError(f"{first} and {second} are both the grid of epoch {epoch}: move one of them out of "
                            f"{first.parent} (training writes {first.parent.name}/epoch_{epoch:03d}.png)")
-    images = []
-    for epoch, path in frames:
+    chosen = _spread(frames, max_frames)
+    if len(chosen) < len(frames):
+        print(f"gif: {len(frames)} grids, more than max_frames={max_frames}: animating {len(chosen)} of them, evenly "
+              f"spread from epoch {chosen[0][0]} to epoch {chosen[-1][0]} (a larger max_frames shows more, and "
+              "needs more memory)")
+    sizes = [(_grid_size(path, epoch), path) for epoch, path in chosen]   # headers only: every refusal comes first
+    for size, path in sizes:
+        if size != sizes[0][0]:
+            raise GifError(f"{path} is {size[0]}x{size[1]} pixels but {sizes[0][1]} is {sizes[0][0][0]}x"
+                           f"{sizes[0][0][1]}: a GIF needs one frame size; move the grids of the other run out of "
+                           f"{path.parent}")
+    scale = max(1, math.ceil(min_width / sizes[0][0][0]))
+
+    def images() -> Iterator[Image.Image]:
+        for epoch, path in chosen:
+            image = _read_grid(path, epoch)
+            if scale > 1:
+                image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+            yield Image.fromarray(add_label(image, f"epoch {epoch}") if label else image)
+
+    return _write_frames(images(), len(chosen), out, frame_ms, hold_last_ms)
+
+
+def _spread(frames: list[tuple[int, Path]], limit: int) -> list[tuple[int, Path]]:
+    """At most `limit` of `frames`, evenly spaced, the first and the last always among them."""
+    if len(frames) <= limit:
+        return frames
+    step = (len(frames) - 1) / (limit - 1)   # > 1, so no index comes twice
+    return [frames[round(i * step)] for i in range(limit)]
+
+
+@contextmanager
+def _open_grid(path: Path, epoch: int) -> Iterator[Image.Image]:
+    """The grid at `path`, opened (header read, pixels not yet); a GifError naming it when it is not one."""
+    fix = f"delete it or replace it with the grid of epoch {epoch}"
+    try:
+        with warnings.catch_warnings():   # sizes Pillow only warns about are refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            grid = Image.open(path)
+    except Image.DecompressionBombError:
+        raise GifError(f"{path} announces more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, far more than any sample "
+                       f"grid (Pillow refuses it as a possible decompression bomb): {fix}") from None
+    except (OSError, ValueError) as error:   # not an image, truncated, empty
+        raise GifError(f"{path} is not a readable image ({error}): {fix}") from None
+    with grid:
+        if grid.width * grid.height > MAX_GRID_PIXELS:
+            raise GifError(f"{path} announces {grid.width}x{grid.height} pixels, more than any sample grid (at most "
+                           f"{MAX_GRID_PIXELS:,} pixels): {fix}")
+        yield grid
+
+
+def _grid_size(path: Path, epoch: int) -> tuple[int, int]:
+    with _open_grid(path, epoch) as grid:
+        return grid.size
+
+
+def _read_grid(path: Path, epoch: int) -> np.ndarray:
+    with _open_grid(path, epoch) as grid:
         try:
-            with Image.open(path) as grid:
-                image = np.asarray(grid.convert("RGB"))
-        except (OSError, ValueError) as error:   # not an image, truncated, empty, or Pillow's size limit
+            return np.asarray(grid.convert("RGB"))
+        except (OSError, ValueError) as error:   # pixel data truncated or corrupt
             raise GifError(f"{path} is not a readable image ({error}): delete it or replace it with the grid of "
-                           f"epoch {epoch}") from error
-        if images and image.shape != images[0].shape:
-            raise GifError(f"{path} is {image.shape[1]}x{image.shape[0]} pixels but {frames[0][1]} is "
-                           f"{images[0].shape[1]}x{images[0].shape[0]}: a GIF needs one frame size; "
-                           f"move the grids of the other run out of {path.parent}")
-        images.append(image)
-    if label:
-        images = [add_label(image, f"epoch {epoch}") for image, (epoch, _) in zip(images, frames)]
-    return write_gif(images, out, frame_ms, hold_last_ms)
+                           f"epoch {epoch}") from None
 
 
-def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None) -> None:
-    """Refuse what a GIF cannot hold, before any work: durations out of range, a folder as the output file."""
+def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None, run_dir: Path | None = None) -> None:
+    """Refuse what a GIF cannot hold, before any work: durations out of range, a folder as the output file, a file
+    in a run's samples/ (it would replace a grid there, or be taken for one)."""
     for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
         if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
             raise GifError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
@@ -104,6 +177,10 @@ def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None)
                            f"{MIN_FRAME_MS} ms for 100 ms)")
     if Path(out).is_dir():
         raise GifError(f"out (--out) {out} is a folder: pass the GIF's file name, e.g. {Path(out) / 'training.gif'}")
+    folder = Path(out).resolve().parent
+    if folder.name == SAMPLES and (list_frames(folder.parent) or (run_dir and folder == (run_dir / SAMPLES).resolve())):
+        raise GifError(f"out (--out) {out} is in {folder}, where training keeps the run's per-epoch grids: write the "
+                       f"GIF elsewhere, e.g. {folder.parent / 'training.gif'}")
 
 
 def add_label(image: np.ndarray, text: str) -> np.ndarray:
@@ -156,8 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hold-last-ms", type=int, default=2000,
                         help="milliseconds the last epoch stays before looping, 20 to 655350 (default: 2000)")
     parser.add_argument("--no-label", dest="label", action="store_false", help="do not draw 'epoch N' above each frame")
+    parser.add_argument("--max-frames", type=int, default=MAX_FRAMES,
+                        help=f"a longer run shows this many of its grids, evenly spread (default: {MAX_FRAMES})")
+    parser.add_argument("--min-width", type=int, default=MIN_WIDTH,
+                        help=f"enlarge smaller grids (nearest neighbour) to at least this width; 0: as they are "
+                             f"(default: {MIN_WIDTH})")
     args = parser.parse_args(argv)
-    run_cli(lambda: print(make_gif(args.run_dir, args.out, args.frame_ms, args.hold_last_ms, args.label)))
+    run_cli(lambda: print(make_gif(args.run_dir, args.out, args.frame_ms, args.hold_last_ms, args.label,
+                                   args.max_frames, args.min_width)))
 
 
 if __name__ == "__main__":
