@@ -590,7 +590,12 @@ def load_models(run_dir: str | Path, generator: nn.Module | None = None,
 
     A run trained with your own networks needs them passed in (fresh instances; their weights are loaded).
     """
-    state = read_checkpoint(Path(run_dir) / CHECKPOINT)
+    return models_from_checkpoint(read_checkpoint(Path(run_dir) / CHECKPOINT), run_dir, generator, discriminator)
+
+
+def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Module | None = None,
+                           discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """`load_models` from a checkpoint already read (`run_dir` only names it in errors)."""
     config = TrainConfig.from_dict(state["config"])
     if generator is None:
         generator = Generator(config.image_size, config.latent_dim, config.g_width)
