@@ -12,6 +12,7 @@ from PIL import Image
 
 from utils.config import TrainConfig
 from utils.generate import (FaceError, NotARun, face_latent, face_set_latents, frozen_statistics, generate,
+                            grid_face_history,
                             load_faces, main, morph, morph_frames)
 from utils.metrics import sampling, to_uint8
 from utils.run import CHECKPOINT, frame_path, read_checkpoint
@@ -179,3 +180,15 @@ def test_main_refuses_with_one_line(run_dir, tmp_path, case, capsys):
     assert exit.value.code == 1 and error.startswith("error: ") and words in error
     assert len(error.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists() and sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
+
+
+def test_a_grid_face_across_the_epochs_is_cut_from_each_epochs_grid(run_dir):
+    faces = load_faces(run_dir, "cpu")
+    history = grid_face_history(faces, "grid:9")
+    assert [epoch for epoch, _ in history] == [1, 2]
+    assert all(image.shape == (16, 16, 3) for _, image in history)
+    last = faces.decode(face_latent(faces, 9))[0].permute(1, 2, 0).numpy().astype(int)
+    assert np.abs(history[-1][1].astype(int) - last).max() <= 1      # the last grid is this generator's
+    assert not np.array_equal(history[0][1], history[1][1])          # the face changed as training went on
+    with pytest.raises(FaceError, match="faces 0 to 63"):
+        grid_face_history(faces, 64)

@@ -191,6 +191,27 @@ def face_latents(faces: Faces, chosen: list[str | int]) -> Tensor:
     return torch.stack([face_latent(faces, face) for face in chosen])
 
 
+def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarray]]:
+    """(epoch, uint8 (S, S, 3) image) of one face of the fixed grid ("grid:12" or 12) in every epoch's saved grid.
+
+    The run keeps only its latest checkpoint, so earlier generators are gone; but every epoch decoded the same fixed
+    noise into samples/epoch_NNN.png, so face 12 of each grid is that face as training went on. (A latent you
+    saved is decoded by `faces.decode` with the generator of the epoch you load: keep it, train further, load again.)
+    """
+    from utils.run import list_frames
+
+    index = face if isinstance(face, int) else int(str(face).removeprefix("grid:"))
+    face_latent(faces, index)  # refuses an index outside the grid
+    size, row, col = faces.image_size, *divmod(index, 8)  # the grids are 8 faces wide with 2-pixel gaps
+    history = []
+    for epoch, path in list_frames(faces.run_dir):
+        with Image.open(path) as grid:
+            tiles = np.asarray(grid.convert("RGB"))
+        history.append((epoch, tiles[2 + row * (size + 2):2 + row * (size + 2) + size,
+                                     2 + col * (size + 2):2 + col * (size + 2) + size].copy()))
+    return history
+
+
 # -------------------------------------------------------------------------------------------------- to files
 
 def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None, grid: str | Path | None = None,
