@@ -3,33 +3,23 @@
 import base64
 import io
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from utils.config import TrainConfig
 from utils.explorer import FaceExplorer, latent_directions
 from utils.generate import load_faces
-from utils.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-IMAGES = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 TILE = 18  # 16-pixel faces with 2-pixel gaps
 
 
 @pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=1, device="cpu",
-                         amp="off", log_every=1, out=str(tmp_path_factory.mktemp("explorer") / "run"))
-    train(config, progress=False, images=IMAGES)
-    torch.set_num_threads(threads)
-    return load_faces(config.out, "cpu")
+def faces(tiny_run):
+    return load_faces(tiny_run, "cpu")  # tests/conftest.py: 16x16, latent 16, 2 epochs
 
 
 def cell(grid: np.ndarray, index: int, scale: int, nrow: int = 3) -> np.ndarray:

@@ -10,14 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.config import TrainConfig
 from utils.export import META, ExportError, export_generator, main
 from utils.generate import load_faces
-from utils.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-
-IMAGES = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 # A Python that sees torch but not this project: isolated (-I: no PYTHONPATH, no current folder on the path), no
 # site module (-S: the editable install's .pth finder never runs), with only the site-packages folder added back.
@@ -39,15 +35,9 @@ print(json.dumps({"latent_dim": generator.latent_dim, "image_size": generator.im
 """
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=1, device="cpu",
-                         amp="off", log_every=1, num_samples=16, out=str(tmp_path_factory.mktemp("export") / "run"))
-    train(config, progress=False, images=IMAGES)
-    torch.set_num_threads(threads)
-    return Path(config.out)
+@pytest.fixture
+def run_dir(tiny_run) -> Path:
+    return tiny_run  # tests/conftest.py: 16x16, latent 16, 2 epochs
 
 
 def test_the_export_samples_without_utils_and_gives_the_runs_images(run_dir, tmp_path):
@@ -60,7 +50,7 @@ def test_the_export_samples_without_utils_and_gives_the_runs_images(run_dir, tmp
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["latent_dim"] == 16 and info["image_size"] == 16
-    assert info["meta"]["latent_dim"] == 16 and info["meta"]["image_size"] == 16 and info["meta"]["epoch"] == 1
+    assert info["meta"]["latent_dim"] == 16 and info["meta"]["image_size"] == 16 and info["meta"]["epoch"] == 2
     images = torch.load(tmp_path / "images.pt")
     faces = load_faces(run_dir, "cpu")
     with torch.no_grad():

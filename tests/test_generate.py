@@ -16,24 +16,16 @@ from utils.generate import (FaceError, NotARun, face_latent, face_set_latents, f
                             load_faces, main, morph, morph_frames)
 from utils.metrics import sampling, to_uint8
 from utils.run import CHECKPOINT, frame_path, read_checkpoint
-from utils.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A real run: 16x16, 2 epochs, with an EMA generator, fp32 (exact numbers), the default 64 fixed latents."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=2, device="cpu",
-                         amp="off", log_every=2, ema_decay=0.9, out=str(tmp_path_factory.mktemp("gen") / "run"))
-    train(config, progress=False, images=IMAGES)
-    torch.set_num_threads(threads)
-    return Path(config.out)
+@pytest.fixture
+def run_dir(tiny_run) -> Path:
+    """tests/conftest.py: 16x16, 2 epochs, an EMA generator, fp32, 64 fixed latents."""
+    return tiny_run
 
 
 def png(path: Path) -> np.ndarray:

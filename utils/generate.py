@@ -72,14 +72,12 @@ class Faces:
     device: torch.device
     batch_size: int             # faces per forward pass, sized to the device's memory
 
-    def decode(self, z: Tensor, progress: bool = False) -> Tensor:
-        """Latents (N, latent_dim, 1, 1) (or (latent_dim, 1, 1) for one face) -> uint8 images (N, 3, S, S) on the CPU."""
+    def decode(self, z: Tensor) -> Tensor:
+        """Latents (N, latent_dim, 1, 1) (or (latent_dim, 1, 1) for one face) -> uint8 images (N, 3, S, S) on the CPU,
+        `batch_size` at a time."""
         z = z.reshape(-1, self.latent_dim, 1, 1).float()
-        chunks = z.split(self.batch_size)
         with torch.no_grad():
-            images = [to_uint8(self.generator(chunk.to(self.device))).cpu()
-                      for chunk in tqdm(chunks, desc="faces", unit="batch", disable=not progress or len(chunks) < 2)]
-        return torch.cat(images)
+            return torch.cat([to_uint8(self.generator(chunk.to(self.device))).cpu() for chunk in z.split(self.batch_size)])
 
 
 def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module | None = None) -> Faces:
