@@ -54,6 +54,12 @@ def test_label_flip_swaps_about_that_share_of_the_targets(monkeypatch):
     assert torch.allclose(real[real != 0], torch.tensor(0.9)) and torch.allclose(fake[fake != 0], torch.tensor(0.9))
 
 
+def test_the_targets_keep_their_value_under_bf16():
+    logits = torch.zeros(4, dtype=torch.bfloat16)
+    real, fake = discriminator_targets(logits, logits, real_label=0.9, fake_label=0.1)
+    assert real.dtype == torch.float32 and torch.equal(real, torch.full((4,), 0.9)) and torch.equal(fake, torch.full((4,), 0.1))
+
+
 def test_flips_come_from_the_generator_given_and_none_are_drawn_when_off():
     logits = torch.zeros(1000)
     a = discriminator_targets(logits, logits, label_flip=0.3, gen=torch.Generator().manual_seed(5))

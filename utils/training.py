@@ -83,8 +83,9 @@ def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, 
     for longer. The coin tosses come from `gen` (the epoch's device generator: a resumed run draws the same ones),
     real images first; none are drawn when `label_flip` is 0.
     """
-    real_targets = torch.full_like(real_logits, real_label)
-    fake_targets = torch.full_like(fake_logits, fake_label)
+    # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984 (BCE runs in float32 anyway)
+    real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
+    fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
     if label_flip > 0:
         flip_real = torch.rand(real_logits.shape, generator=gen, device=real_logits.device) < label_flip
         flip_fake = torch.rand(fake_logits.shape, generator=gen, device=fake_logits.device) < label_flip
