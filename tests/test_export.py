@@ -74,6 +74,13 @@ def test_main_writes_the_file_and_refuses_what_is_not_a_run(run_dir, tmp_path, c
         export_generator(run_dir, tmp_path)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
+def test_asking_for_onnx_without_the_package_says_what_to_install(run_dir, tmp_path):
+    with pytest.raises(ExportError, match="pip install onnx"):
+        export_generator(run_dir, tmp_path / "g.pt", onnx=True)
+    assert not (tmp_path / "g.pt").exists()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed (an optional export)")
 def test_the_onnx_export_records_the_sizes(run_dir, tmp_path):
     import onnx

@@ -19,6 +19,7 @@ face depends on its own latent only and the fixed noise decodes to the run's lat
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import warnings
@@ -55,14 +56,17 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", 
     out = Path(out)
     if out.is_dir():
         raise ExportError(f"out (--out) {out} is a folder: pass the file to write, e.g. {out / 'generator.pt'}")
+    has_onnx = importlib.util.find_spec("onnx") is not None
+    if onnx and not has_onnx:
+        raise ExportError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for TorchScript alone")
+    onnx = has_onnx if onnx is None else onnx
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
-    module = TravellingGenerator(faces.generator.cpu(), faces.latent_dim, faces.image_size).eval()
+    # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
+    module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
     meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "output": "images in [-1, 1], (N, 3, S, S)",
             "input": "z ~ N(0, I), (N, latent_dim, 1, 1)", "run": str(faces.run_dir), "epoch": faces.epoch,
             "seed": faces.seed}
     written = [out]
-    if onnx is None:
-        onnx = importlib.util.find_spec("onnx") is not None
     # Recent PyTorch deprecates TorchScript (and the ONNX exporter built on it) for torch.export, whose files load only
     # in as recent a PyTorch, and whose ONNX exporter needs the onnxscript package: TorchScript loads in any PyTorch
     # since 1.x, which is what a file that travels needs.
