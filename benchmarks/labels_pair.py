@@ -1,4 +1,5 @@
-"""The measured pair of notebook 03's Try-it 5: the plain DCGAN vs label smoothing + noisy labels, same settings otherwise.
+"""The measured pair of notebook 03's Try-it 5: the plain DCGAN vs label smoothing + noisy labels, same settings
+otherwise.
 
     python benchmarks/labels_pair.py      # about 15 minutes on a 2-core CPU; log: benchmarks/results/labels-cpu-*.log
 

@@ -38,7 +38,8 @@ def targets_of_one_step(monkeypatch, **labels) -> list[torch.Tensor]:
 
 def test_d_targets_are_one_and_zero_unless_the_labels_are_set(monkeypatch):
     real, fake, g = targets_of_one_step(monkeypatch)
-    assert torch.equal(real, torch.ones(256)) and torch.equal(fake, torch.zeros(256)) and torch.equal(g, torch.ones(256))
+    assert torch.equal(real, torch.ones(256)) and torch.equal(fake, torch.zeros(256))
+    assert torch.equal(g, torch.ones(256))
 
 
 def test_label_smoothing_changes_d_targets_but_not_gs(monkeypatch):
@@ -57,7 +58,8 @@ def test_label_flip_swaps_about_that_share_of_the_targets(monkeypatch):
 def test_the_targets_keep_their_value_under_bf16():
     logits = torch.zeros(4, dtype=torch.bfloat16)
     real, fake = discriminator_targets(logits, logits, real_label=0.9, fake_label=0.1)
-    assert real.dtype == torch.float32 and torch.equal(real, torch.full((4,), 0.9)) and torch.equal(fake, torch.full((4,), 0.1))
+    assert real.dtype == torch.float32 and torch.equal(real, torch.full((4,), 0.9))
+    assert torch.equal(fake, torch.full((4,), 0.1))
 
 
 def test_flips_come_from_the_generator_given_and_none_are_drawn_when_off():

@@ -60,9 +60,9 @@ class TrainConfig:
     diffaugment: str = ""       # comma-separated subset of "color,translation,cutout"; "" = off
     spectral_norm: bool = False  # spectral normalisation in D (replaces its BatchNorm)
     # D's targets (loss="bce" only): label smoothing and noisy labels, tricks of popular anime-GAN projects
-    real_label: float = 1.0     # D's target for real images; below 1 is label smoothing (e.g. 0.9): D is never pushed to certainty
-    fake_label: float = 0.0     # D's target for fakes; above 0 smooths it too (e.g. 0.1); must stay below real_label
-    label_flip: float = 0.0     # probability that each of D's targets is swapped, real for fake (noisy labels, e.g. 0.05); 0 = off
+    real_label: float = 1.0     # bce only: D's target for real images; below 1 is label smoothing (e.g. 0.9)
+    fake_label: float = 0.0     # bce only: D's target for fakes; above 0 smooths it too (e.g. 0.1); below real_label
+    label_flip: float = 0.0     # bce only: chance that each of D's targets is swapped (noisy labels, e.g. 0.05)
     # speed (chosen per device by measurement when "auto"; see utils/environment.py)
     device: str = "auto"        # "auto", "cuda", "cuda:1", "mps" or "cpu"
     amp: str = "auto"           # "auto", "bf16", "fp16" or "off"

@@ -6,10 +6,10 @@
     >>> grid = explorer.render(seed=3, position=0.5, strengths=(1.5, 0.0, -1.0))   # uint8 (H, W, 3)
 
 The grid's first row holds the two picked faces and, between them, their slerp at `position` (0 = the first, 1 = the
-second); the other cells are faces of the set of `seed` (seedS_0000.png, ...), 3x3 faces in all by default. Every face is moved by the
-same amounts along a few **random directions** of the latent space (orthonormal, fixed by `direction_seed`): a
-Gaussian latent's coordinate along a unit direction is itself N(0, 1), so strengths of -3 to 3 span what the
-generator saw in training. Random directions rarely map to one clean attribute (hair colour, say); they show how
+second); the other cells are faces of the set of `seed` (seedS_0000.png, ...), 3x3 faces in all by default. Every
+face is moved by the same amounts along a few **random directions** of the latent space (orthonormal, fixed by
+`direction_seed`): a Gaussian latent's coordinate along a unit direction is itself N(0, 1), so strengths of -3 to 3
+span what the generator saw in training. Random directions rarely map to one clean attribute (hair colour, say); they show how
 smoothly the faces change, and together how much of a face a few numbers can move.
 
 Only ipywidgets' core widgets are used (sliders, an Image, a Label), so it works in JupyterLab, Colab and Kaggle.

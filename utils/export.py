@@ -58,7 +58,8 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", 
         raise ExportError(f"out (--out) {out} is a folder: pass the file to write, e.g. {out / 'generator.pt'}")
     has_onnx = importlib.util.find_spec("onnx") is not None
     if onnx and not has_onnx:
-        raise ExportError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for TorchScript alone")
+        raise ExportError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
+                          "TorchScript alone")
     onnx = has_onnx if onnx is None else onnx
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device

@@ -77,7 +77,8 @@ class Faces:
         `batch_size` at a time."""
         z = z.reshape(-1, self.latent_dim, 1, 1).float()
         with torch.no_grad():
-            return torch.cat([to_uint8(self.generator(chunk.to(self.device))).cpu() for chunk in z.split(self.batch_size)])
+            return torch.cat([to_uint8(self.generator(chunk.to(self.device))).cpu()
+                              for chunk in z.split(self.batch_size)])
 
 
 def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module | None = None) -> Faces:
@@ -212,8 +213,8 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
 
 # -------------------------------------------------------------------------------------------------- to files
 
-def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None, grid: str | Path | None = None,
-             size: int | None = None, progress: bool = True) -> list[Path]:
+def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
+             grid: str | Path | None = None, size: int | None = None, progress: bool = True) -> list[Path]:
     """Write faces 0..n-1 of the set of `seed` (default: the run's seed) as OUT/seedS_NNNN.png; return the paths.
 
     The same call writes the same files. `size` resizes each face to size x size pixels (nearest neighbour when
@@ -229,7 +230,8 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
         raise FaceError(f"out (--out) {out} is a file: pass a folder for the faces (it is created if missing)")
     others = sorted(p.name for p in out.iterdir() if not FACE_NAME.fullmatch(p.name)) if out.is_dir() else []
     if others:
-        raise FaceError(f"out (--out) {out} holds other files ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): "
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise FaceError(f"out (--out) {out} holds other files ({listed}): "
                         "choose a new or empty folder, or one holding only generated faces (seedS_NNNN.png)")
     faces = faces if isinstance(faces, Faces) else load_faces(faces)
     seed = faces.seed if seed is None else seed
