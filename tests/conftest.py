@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,3 +19,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real trained run shared by the tests that only read it (generate, explorer, export): 16x16, 2 epochs of
+    128 random images, with an EMA generator, fp32 (exact numbers), the default 64 fixed latents."""
+    from utils.config import TrainConfig
+    from utils.training import train
+
+    images = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=2, device="cpu",
+                         amp="off", log_every=2, ema_decay=0.9, out=str(tmp_path_factory.mktemp("tiny") / "run"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(config, progress=False, images=images)
+    finally:
+        torch.set_num_threads(threads)
+    return Path(config.out)

@@ -34,6 +34,9 @@ BAD_VALUES = {
     "ema_decay": [1.0, -0.5],
     "diffaugment": ["color,blur", "Color"],
     "spectral_norm": [1],
+    "real_label": [0.0, 1.5],
+    "fake_label": [-0.1, 1.0],   # 1.0: not below real_label
+    "label_flip": [0.5, -0.01],
     "device": ["gpu", "cuda:x", "cuda:"],
     "amp": ["fp8"],
     "channels_last": ["yes"],

@@ -137,3 +137,37 @@ def test_notebook_03_training_step_losses_are_exact_before_rounding():
     step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator))
     step(real, z)
     assert [mine[key] for key in ("loss_d", "loss_g", "d_real", "d_fake")] == step.totals.tolist()
+
+
+def test_notebook_03_training_step_is_the_package_training_step_with_smoothed_and_noisy_labels():
+    """With real_label, fake_label and label_flip set, both steps use the same targets (the flips drawn from the
+    same random stream, real images first) and end with the same weights, bit for bit."""
+    step_function = run_cells("03_training", "training-step")["training_step"]
+    labels = dict(real_label=0.9, fake_label=0.1, label_flip=0.25)
+    torch.manual_seed(6)
+    generator, discriminator = Generator(16, 16, 8), Discriminator(16, 8)
+    hand_g, hand_d = copy.deepcopy(generator), copy.deepcopy(discriminator)
+    data = torch.Generator().manual_seed(7)
+    batches = [(torch.rand(8, 3, 16, 16, generator=data) * 2 - 1, torch.randn(8, 16, 1, 1, generator=data))
+               for _ in range(3)]
+    adam = lambda model: torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    torch.manual_seed(8)  # the coin tosses of label_flip
+    hand = [step_function(hand_g, hand_d, adam_g, adam_d, real, z, **labels)
+            for adam_g, adam_d in [(adam(hand_g), adam(hand_d))] for real, z in batches]
+    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator), **labels)
+    torch.manual_seed(8)
+    package = []
+    for real, z in batches:
+        step(real, z)
+        package.append(step.totals.tolist())
+        step.totals.zero_()
+    assert [[mine[key] for key in ("loss_d", "loss_g", "d_real", "d_fake")] for mine in hand] == package
+    assert states_equal(hand_g, generator) and states_equal(hand_d, discriminator)
+    # the labels matter: the default targets give another D
+    plain_d = copy.deepcopy(hand_d)
+    torch.manual_seed(6)
+    g2, d2 = Generator(16, 16, 8), Discriminator(16, 8)
+    plain = TrainingStep(g2, d2, adam(g2), adam(d2))
+    for real, z in batches:
+        plain(real, z)
+    assert not states_equal(d2, plain_d)

@@ -289,3 +289,22 @@ def test_bootstrap_cell_installs_the_project_from_its_git_repository(tmp_path):
                            check=True, capture_output=True, text=True).stdout.strip()
     assert Path(where).is_relative_to(env_site)
     assert os.listdir(empty) == []
+
+
+def test_notebook_06_runs_alone_and_its_explorer_falls_back_to_a_static_grid(tmp_path, smoke_env, monkeypatch):
+    """06 from a folder holding no run: it trains the tiny smoke run, then writes faces, a morph and an export; the
+    explorer's output, where no frontend draws widgets (papermill), carries the grid as a PNG."""
+    folder = tmp_path / "alone"
+    folder.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("ANIME_GAN_REPO", "file:///nonexistent/do-not-install")
+    text = execute("06_use_your_gan", folder, tmp_path / "executed")
+    assert "has no finished epoch yet" in text
+    run, smoke = folder / smoke_run(), parameters("06_use_your_gan", smoke=True)
+    assert sorted(p.name for p in (run / "faces").iterdir()) == [f"seed42_{i:04d}.png" for i in range(smoke["n_faces"])]
+    assert gif_frames(run / "morph.gif") == 2 * smoke["morph_steps"]
+    assert (run / "generator.pt").is_file() and (run / "picked_face.pt").is_file()
+    notebook = nbformat.read(tmp_path / "executed" / "06_use_your_gan.ipynb", as_version=4)
+    (explorer,) = [cell for cell in code_cells(notebook) if "explorer.show(" in cell.source]
+    shown = [out.get("data", {}) for out in explorer.outputs if out.get("output_type") == "display_data"]
+    assert any("application/vnd.jupyter.widget-view+json" in data and "image/png" in data for data in shown)

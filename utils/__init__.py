@@ -13,6 +13,9 @@ One job per module:
     visualize    sample grids and loss plots;  gif: the per-epoch GIF (`python -m utils.gif RUN_DIR`)
     metrics      FID
     explore      latent walks, nearest real neighbours, ranking samples by D
+    generate     faces to PNG files, a face by its name, morphs (`python -m utils.generate RUN_DIR`)
+    explorer     sliders that redraw a grid of faces in a notebook, a static grid where widgets cannot show
+    export       the generator as one TorchScript file that needs no `utils` (`python -m utils.export RUN_DIR`)
     files        atomic writes: a file is either the old one or the new one, never half-written
     errors       UserError: one message saying what happened and what to do, no traceback (CLI and notebooks)
     environment  device, mixed precision and memory layout per machine

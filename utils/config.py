@@ -59,6 +59,10 @@ class TrainConfig:
     ema_decay: float = 0.0      # 0 = off; else the EMA decay of G's weights used for sampling
     diffaugment: str = ""       # comma-separated subset of "color,translation,cutout"; "" = off
     spectral_norm: bool = False  # spectral normalisation in D (replaces its BatchNorm)
+    # D's targets (loss="bce" only): label smoothing and noisy labels, tricks of popular anime-GAN projects
+    real_label: float = 1.0     # bce only: D's target for real images; below 1 is label smoothing (e.g. 0.9)
+    fake_label: float = 0.0     # bce only: D's target for fakes; above 0 smooths it too (e.g. 0.1); below real_label
+    label_flip: float = 0.0     # bce only: chance that each of D's targets is swapped (noisy labels, e.g. 0.05)
     # speed (chosen per device by measurement when "auto"; see utils/environment.py)
     device: str = "auto"        # "auto", "cuda", "cuda:1", "mps" or "cpu"
     amp: str = "auto"           # "auto", "bf16", "fp16" or "off"
@@ -112,6 +116,14 @@ class TrainConfig:
         self._check(self.recipe in ("dcgan", "improved"), "recipe", "'dcgan' or 'improved'")
         self._check(self.loss in ("bce", "hinge"), "loss", "'bce' or 'hinge'")
         self._check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
+        self._check(0 < self.real_label <= 1, "real_label", "in (0, 1] (1 = no smoothing)")
+        self._check(0 <= self.fake_label < self.real_label, "fake_label",
+                    f"in [0, real_label) (0 = no smoothing; real_label is {self.real_label!r})")
+        self._check(0 <= self.label_flip < 0.5, "label_flip", "in [0, 0.5) (0 = off; at 0.5 the labels say nothing)")
+        for name in ("real_label", "fake_label", "label_flip"):
+            if self.loss == "hinge" and getattr(self, name) != _DEFAULTS[name]:
+                raise ConfigError(f"config field '{name}' is {getattr(self, name)!r} but loss is 'hinge', which has no "
+                                  f"targets to smooth or flip: leave {name} at {_DEFAULTS[name]!r}, or use loss='bce'")
         unknown = set(filter(None, self.diffaugment.split(","))) - {"color", "translation", "cutout"}
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
         self._check(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device) is not None, "device",

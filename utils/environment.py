@@ -182,17 +182,19 @@ def _save_trial(cache: Path, key: str, results: dict) -> None:
 
 
 def pick_cuda_graphs(device: torch.device, setting: str, *, amp_dtype: torch.dtype | None, diffaugment: str,
-                     compile: bool, world_size: int) -> bool:
+                     compile: bool, world_size: int, label_flip: float = 0.0) -> bool:
     """Whether to replay each training step as one CUDA graph (utils.training.CUDAGraphStep).
 
     At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
     at once. It needs one CUDA GPU and nothing in the step that needs the host or a generator the graph cannot
-    own: not DiffAugment (its random draws), torch.compile or several processes. fp16 can be recorded (GradScaler
-    hands the fused Adam its scale and inf check as device tensors, so nothing waits), but that path has not run on
-    a GPU yet (benchmarks/gpu_check.sh measures it): "on" records it, "auto" keeps fp16 steps eager until then.
+    own: not DiffAugment or noisy labels (their random draws), torch.compile or several processes. fp16 can be
+    recorded (GradScaler hands the fused Adam its scale and inf check as device tensors, so nothing waits), but that
+    path has not run on a GPU yet (benchmarks/gpu_check.sh measures it): "on" records it, "auto" keeps fp16 steps
+    eager until then.
     """
     blockers = [reason for reason, present in [
-        ("DiffAugment", bool(diffaugment)), ("torch.compile", compile), ("several processes", world_size > 1)] if present]
+        ("DiffAugment", bool(diffaugment)), ("label_flip", label_flip > 0), ("torch.compile", compile),
+        ("several processes", world_size > 1)] if present]
     if setting == "on" and (device.type != "cuda" or blockers):
         raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
                           f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")

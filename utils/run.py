@@ -61,7 +61,7 @@ CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "hi
 
 # Fields that fix the networks, the data or the game: a run trained with one value cannot continue with another.
 FIXED_FIELDS = ("data", "image_size", "max_images", "latent_dim", "g_width", "d_width", "spectral_norm", "loss",
-                "ema_decay", "diffaugment", "num_samples", "seed")
+                "ema_decay", "diffaugment", "real_label", "fake_label", "label_flip", "num_samples", "seed")
 # Fields that can change between epochs of a run: applied from the next epoch on, printed, recorded.
 TUNABLE_FIELDS = ("epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "scale_lr", "log_every", "max_minutes",
                   "fid_every", "fid_samples", "fid_real", "fid_weights", "data_dir", "device", "amp",

@@ -63,11 +63,35 @@ class TrainResult:
 
 # --------------------------------------------------------------------------------------------- losses
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
+                       targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """D's loss; for BCE against `targets` (real, fake) when given (see `discriminator_targets`), else 1 and 0."""
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-            + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    real_targets, fake_targets = targets or (torch.ones_like(real_logits), torch.zeros_like(fake_logits))
+    return (F.binary_cross_entropy_with_logits(real_logits, real_targets)
+            + F.binary_cross_entropy_with_logits(fake_logits, fake_targets))
+
+
+def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0,
+                          fake_label: float = 0.0, label_flip: float = 0.0,
+                          gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's BCE targets (real, fake): `real_label` for each real image and `fake_label` for each fake (label
+    smoothing when they are not 1 and 0), each swapped for the other with probability `label_flip` (noisy labels).
+
+    A D trained on softer or occasionally wrong targets cannot become certain, so its gradients to G stay useful
+    for longer. The coin tosses come from `gen` (the epoch's device generator: a resumed run draws the same ones),
+    real images first; none are drawn when `label_flip` is 0.
+    """
+    # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984 (BCE runs in float32 anyway)
+    real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
+    fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
+    if label_flip > 0:
+        flip_real = torch.rand(real_logits.shape, generator=gen, device=real_logits.device) < label_flip
+        flip_fake = torch.rand(fake_logits.shape, generator=gen, device=fake_logits.device) < label_flip
+        real_targets = torch.where(flip_real, fake_label, real_targets)
+        fake_targets = torch.where(flip_fake, real_label, fake_targets)
+    return real_targets, fake_targets
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -86,15 +110,18 @@ class TrainingStep:
     D's average verdicts are summed into `totals` on the device, and `read` fetches them every few steps), so
     on a GPU it can be replayed as a CUDA graph. `train_g`/`train_d` are the networks as trained (a DDP wrapper,
     a compiled module), `generator`/`discriminator` the plain ones; the optional parts (mixed precision's
-    `autocast` and `scaler`, an `ema` of G, DiffAugment's `augment`) default to nothing.
+    `autocast` and `scaler`, an `ema` of G, DiffAugment's `augment`) default to nothing, and D's BCE targets
+    (`real_label`, `fake_label`, `label_flip`, see `discriminator_targets`) to 1, 0 and no flips.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
-                 opt_d: torch.optim.Optimizer, loss: str = "bce", *, scaler: torch.amp.GradScaler | None = None,
+                 opt_d: torch.optim.Optimizer, loss: str = "bce", *, real_label: float = 1.0, fake_label: float = 0.0,
+                 label_flip: float = 0.0, scaler: torch.amp.GradScaler | None = None,
                  autocast: Callable = nullcontext, ema: "EMA | None" = None,
                  augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
                  train_g: nn.Module | None = None, train_d: nn.Module | None = None, frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d, self.loss = generator, discriminator, opt_g, opt_d, loss
+        self.labels = (real_label, fake_label, label_flip)
         self.scaler = scaler or torch.amp.GradScaler(enabled=False)
         self.autocast, self.ema = autocast, ema
         self.augment = augment or (lambda x, gen: x)
@@ -110,7 +137,9 @@ class TrainingStep:
             fake = self.train_g(z)
             real_logits = self.train_d(self.augment(real, gen)).flatten()
             fake_logits = self.train_d(self.augment(fake.detach(), gen)).flatten()
-            loss_d = discriminator_loss(real_logits, fake_logits, self.loss)
+            targets = discriminator_targets(real_logits, fake_logits, *self.labels, gen) \
+                if self.labels != (1.0, 0.0, 0.0) and self.loss == "bce" else None
+            loss_d = discriminator_loss(real_logits, fake_logits, self.loss, targets)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_d)
@@ -406,7 +435,7 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
         amp_dtype, channels_last, measured = choose_amp_and_layout(
             device, config, lambda candidates: time_training_steps(config, candidates))
     cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, amp_dtype=amp_dtype, diffaugment=config.diffaugment,
-                                   compile=config.compile, world_size=world)
+                                   compile=config.compile, world_size=world, label_flip=config.label_flip)
     log(f"{describe(device)}\nrun folder: {run.dir}\nmixed precision: {amp_dtype or 'off (fp32)'}, channels_last: "
         f"{'on' if channels_last else 'off'}, CUDA graphs: {'on' if cuda_graphs else 'off'}, "
         f"torch.compile: {'on' if config.compile else 'off'}" + (f"\n{measured}" if measured else ""))
@@ -473,8 +502,10 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype, cache_enabled=not cuda_graphs)) if amp_dtype \
         else nullcontext
     augment = (lambda x, gen: diff_augment(x, config.diffaugment, gen)) if config.diffaugment else None
-    training_step = TrainingStep(generator, discriminator, opt_g, opt_d, config.loss, scaler=scaler, autocast=autocast,
-                                 ema=ema, augment=augment, train_g=train_g, train_d=train_d, frozen_d=frozen_d)
+    training_step = TrainingStep(generator, discriminator, opt_g, opt_d, config.loss, real_label=config.real_label,
+                                 fake_label=config.fake_label, label_flip=config.label_flip, scaler=scaler,
+                                 autocast=autocast, ema=ema, augment=augment, train_g=train_g, train_d=train_d,
+                                 frozen_d=frozen_d)
     run_step = CUDAGraphStep(training_step) if cuda_graphs else training_step
     sampler = ema.module if ema is not None else generator
     fixed_noise_device = fixed_noise.to(device)
@@ -592,7 +623,12 @@ def load_models(run_dir: str | Path, generator: nn.Module | None = None,
 
     A run trained with your own networks needs them passed in (fresh instances; their weights are loaded).
     """
-    state = read_checkpoint(Path(run_dir) / CHECKPOINT)
+    return models_from_checkpoint(read_checkpoint(Path(run_dir) / CHECKPOINT), run_dir, generator, discriminator)
+
+
+def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Module | None = None,
+                           discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """`load_models` from a checkpoint already read (`run_dir` only names it in errors)."""
     config = TrainConfig.from_dict(state["config"])
     if generator is None:
         generator = Generator(config.image_size, config.latent_dim, config.g_width)

@@ -1,0 +1,107 @@
+"""Label smoothing and noisy labels: D's BCE targets change when (and only when) the fields are set."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils import training
+from utils.config import TrainConfig
+from utils.environment import pick_cuda_graphs
+from utils.errors import ConfigError
+from utils.models import Discriminator, Generator
+from utils.run import default_run_dir
+from utils.training import TrainingStep, discriminator_targets, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+IMAGES = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def targets_of_one_step(monkeypatch, **labels) -> list[torch.Tensor]:
+    """The targets of every BCE the step computes (D's real, D's fake, G's), recorded from a real TrainingStep."""
+    seen = []
+    bce = training.F.binary_cross_entropy_with_logits
+
+    def recording(logits, targets, *args, **kwargs):
+        seen.append(targets.detach().clone())
+        return bce(logits, targets, *args, **kwargs)
+
+    monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits", recording)
+    torch.manual_seed(0)
+    generator, discriminator = Generator(16, 16, 8), Discriminator(16, 8)
+    step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
+                        torch.optim.Adam(discriminator.parameters()), **labels)
+    step(torch.rand(256, 3, 16, 16) * 2 - 1, torch.randn(256, 16, 1, 1), torch.Generator().manual_seed(1))
+    return seen
+
+
+def test_d_targets_are_one_and_zero_unless_the_labels_are_set(monkeypatch):
+    real, fake, g = targets_of_one_step(monkeypatch)
+    assert torch.equal(real, torch.ones(256)) and torch.equal(fake, torch.zeros(256))
+    assert torch.equal(g, torch.ones(256))
+
+
+def test_label_smoothing_changes_d_targets_but_not_gs(monkeypatch):
+    real, fake, g = targets_of_one_step(monkeypatch, real_label=0.9, fake_label=0.1)
+    assert torch.equal(real, torch.full((256,), 0.9)) and torch.equal(fake, torch.full((256,), 0.1))
+    assert torch.equal(g, torch.ones(256))  # G still wants D to say "real"
+
+
+def test_label_flip_swaps_about_that_share_of_the_targets(monkeypatch):
+    real, fake, _ = targets_of_one_step(monkeypatch, real_label=0.9, label_flip=0.2)
+    flipped_real, flipped_fake = (real == 0).float().mean().item(), (fake != 0).float().mean().item()
+    assert 0.12 < flipped_real < 0.28 and 0.12 < flipped_fake < 0.28  # 256 tosses each at p = 0.2
+    assert torch.allclose(real[real != 0], torch.tensor(0.9)) and torch.allclose(fake[fake != 0], torch.tensor(0.9))
+
+
+def test_the_targets_keep_their_value_under_bf16():
+    logits = torch.zeros(4, dtype=torch.bfloat16)
+    real, fake = discriminator_targets(logits, logits, real_label=0.9, fake_label=0.1)
+    assert real.dtype == torch.float32 and torch.equal(real, torch.full((4,), 0.9))
+    assert torch.equal(fake, torch.full((4,), 0.1))
+
+
+def test_flips_come_from_the_generator_given_and_none_are_drawn_when_off():
+    logits = torch.zeros(1000)
+    a = discriminator_targets(logits, logits, label_flip=0.3, gen=torch.Generator().manual_seed(5))
+    b = discriminator_targets(logits, logits, label_flip=0.3, gen=torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    gen = torch.Generator().manual_seed(5)
+    state = gen.get_state()
+    discriminator_targets(logits, logits, real_label=0.9, gen=gen)
+    assert torch.equal(gen.get_state(), state)
+
+
+def test_the_fields_are_validated_and_refused_for_the_hinge_loss():
+    for values, field in ((dict(real_label=0.0), "real_label"), (dict(real_label=1.5), "real_label"),
+                          (dict(fake_label=-0.1), "fake_label"), (dict(real_label=0.5, fake_label=0.5), "fake_label"),
+                          (dict(label_flip=0.5), "label_flip"), (dict(label_flip=-0.01), "label_flip")):
+        with pytest.raises(ConfigError, match=f"config field '{field}'"):
+            TrainConfig(**values)
+    with pytest.raises(ConfigError, match="'real_label' is 0.9 but loss is 'hinge'"):
+        TrainConfig(loss="hinge", real_label=0.9)
+    with pytest.raises(ConfigError, match="'label_flip' is 0.05 but loss is 'hinge'"):
+        TrainConfig(recipe="improved", label_flip=0.05)
+    TrainConfig(recipe="improved")  # the defaults are fine with the hinge loss
+
+
+def test_the_labels_name_the_run_and_cannot_change_when_it_continues(tmp_path):
+    assert default_run_dir(TrainConfig(real_label=0.9, label_flip=0.05)) == \
+        Path("generated/dcgan-64px-real_label=0.9-label_flip=0.05")
+    config = dict(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=1, device="cpu",
+                  amp="off", log_every=1, num_samples=4, out=str(tmp_path / "run"), real_label=0.9)
+    smoothed = train(TrainConfig(**config), progress=False, images=IMAGES)
+    with pytest.raises(ConfigError, match="real_label: 0.9 -> 1.0"):
+        train(TrainConfig(**config | dict(real_label=1.0, epochs=2)), progress=False, images=IMAGES)
+    plain = train(TrainConfig(**config | dict(real_label=1.0, out=str(tmp_path / "plain"))), progress=False,
+                  images=IMAGES)
+    assert plain.history["steps"][0]["loss_d"] != smoothed.history["steps"][0]["loss_d"]
+
+
+def test_noisy_labels_keep_the_step_off_cuda_graphs():
+    cuda = torch.device("cuda")
+    common = dict(amp_dtype=torch.bfloat16, diffaugment="", compile=False, world_size=1)
+    assert pick_cuda_graphs(cuda, "auto", **common) and not pick_cuda_graphs(cuda, "auto", **common, label_flip=0.1)
+    with pytest.raises(ConfigError, match="label_flip"):
+        pick_cuda_graphs(cuda, "on", **common, label_flip=0.1)

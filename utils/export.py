@@ -1,0 +1,117 @@
+"""A generator that travels: one file that loads and samples with PyTorch alone, without this project.
+
+    python -m utils.export generated/dcgan-64px --out generator.pt      # + generator.onnx when `onnx` is installed
+
+    >>> export_generator("generated/dcgan-64px", "generator.pt")
+
+and then, anywhere with PyTorch (the README has the same three lines):
+
+    >>> generator = torch.jit.load("generator.pt")
+    >>> z = torch.randn(16, generator.latent_dim, 1, 1)
+    >>> images = generator(z)              # (16, 3, S, S) in [-1, 1], S = generator.image_size
+
+The file is TorchScript: the network's code and weights, with its latent size and image size as attributes and, as
+an extra file `meta.json`, those and where it came from (run folder, epoch, seed). It is the generator of
+utils.generate (the EMA weights when the run kept them, BatchNorm frozen to the fixed noise's statistics), so each
+face depends on its own latent only and the fixed noise decodes to the run's latest sample grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from utils.errors import UserError, run_cli
+from utils.files import atomic_path
+from utils.generate import Faces, load_faces
+
+META = "meta.json"
+
+
+class ExportError(UserError, ValueError):
+    """The export cannot be written as asked."""
+
+
+class TravellingGenerator(nn.Module):
+    """z (N, latent_dim, 1, 1) -> images (N, 3, image_size, image_size) in [-1, 1], sizes kept as attributes."""
+
+    def __init__(self, generator: nn.Module, latent_dim: int, image_size: int):
+        super().__init__()
+        self.generator, self.latent_dim, self.image_size = generator, latent_dim, image_size
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.generator(z.reshape(-1, self.latent_dim, 1, 1))
+
+
+def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", onnx: bool | None = None) -> list[Path]:
+    """Write the run's generator as TorchScript to `out`, and as ONNX beside it (`out` with .onnx) when `onnx` is
+    True, or None and the `onnx` package is importable; returns the files written."""
+    out = Path(out)
+    if out.is_dir():
+        raise ExportError(f"out (--out) {out} is a folder: pass the file to write, e.g. {out / 'generator.pt'}")
+    has_onnx = importlib.util.find_spec("onnx") is not None
+    if onnx and not has_onnx:
+        raise ExportError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
+                          "TorchScript alone")
+    onnx = has_onnx if onnx is None else onnx
+    faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
+    # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
+    module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
+    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "output": "images in [-1, 1], (N, 3, S, S)",
+            "input": "z ~ N(0, I), (N, latent_dim, 1, 1)", "run": str(faces.run_dir), "epoch": faces.epoch,
+            "seed": faces.seed}
+    written = [out]
+    # Recent PyTorch deprecates TorchScript (and the ONNX exporter built on it) for torch.export, whose files load only
+    # in as recent a PyTorch, and whose ONNX exporter needs the onnxscript package: TorchScript loads in any PyTorch
+    # since 1.x, which is what a file that travels needs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(module)
+        with atomic_path(out) as tmp:
+            torch.jit.save(scripted, str(tmp), _extra_files={META: json.dumps(meta, indent=1)})
+        if onnx:
+            written.append(_export_onnx(module, meta, out.with_suffix(".onnx")))
+    return written
+
+
+def _export_onnx(module: nn.Module, meta: dict, out: Path) -> Path:
+    """ONNX with a dynamic batch axis, the sizes in the model's metadata (onnx.load(out).metadata_props)."""
+    import onnx
+
+    example = torch.zeros(2, meta["latent_dim"], 1, 1)
+    with atomic_path(out) as tmp:
+        torch.onnx.export(module, (example,), str(tmp), input_names=["z"], output_names=["images"],
+                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}}, dynamo=False)
+        model = onnx.load(str(tmp))
+        for key, value in meta.items():
+            model.metadata_props.add(key=key, value=str(value))
+        onnx.save(model, str(tmp))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command line: a UserError (not a run folder, no finished epoch, a folder as --out) prints one line."""
+    parser = argparse.ArgumentParser(prog="python -m utils.export", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
+    parser.add_argument("--out", default="generator.pt", help="TorchScript file to write (default: generator.pt)")
+    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                        help="also write OUT with .onnx (default: when the onnx package is installed)")
+    args = parser.parse_args(argv)
+
+    def command() -> None:
+        for path in export_generator(args.run_dir, args.out, args.onnx):
+            print(path)
+
+    run_cli(command)
+
+
+if __name__ == "__main__":
+    main()
