@@ -32,7 +32,7 @@ def list_runs(root: str | Path = "generated", image_size: int | None = None) -> 
     runs = []
     for config_file in sorted(Path(root).glob(f"*/{CONFIG}")):
         run_dir = config_file.parent
-        if (run_dir / HISTORY).is_file() and (image_size is None or TrainConfig.load(config_file).image_size == image_size):
+        if (run_dir / HISTORY).is_file() and (image_size is None or read_run(run_dir)[0].image_size == image_size):
             runs.append(run_dir)
     return sorted(runs, key=lambda run: (run / CONFIG).stat().st_mtime)
 

@@ -213,7 +213,7 @@ class _InceptionPool3(nn.Module):
         from torch_fidelity import feature_extractor_inceptionv3 as inception
 
         path = weights_path(weights)
-        error, remedy = (ConfigError, _GIVE_WEIGHTS) if path is not None else (
+        error, remedy = (ConfigError, _GIVE_WEIGHTS[0].upper() + _GIVE_WEIGHTS[1:]) if path is not None else (
             DownloadError, f"Delete it to download it again; offline, {_GIVE_WEIGHTS}")
         path = path or _download_weights(inception.URL_INCEPTION_V3)
         state = load_data(path, "weights file", error, remedy)
