@@ -27,7 +27,8 @@ from utils.config import MAX_SEED, TrainConfig
 from utils.data import DownloadError
 from utils.errors import ConfigError, UserError
 from utils.metrics import FID, load_inception
-from utils.run import CHECKPOINT, CONFIG, HISTORY, CheckpointError, RunInUse, _Lock, list_frames, read_checkpoint
+from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, RunInUse, _Lock, list_frames, read_checkpoint,
+                       saved_config)
 from utils.train import config_to_argv
 from utils.training import epoch_generators, load_models, train
 
@@ -248,22 +249,36 @@ def trained(tmp_path, epochs=1, **overrides) -> Path:
     return tmp_path / "run"
 
 
-@pytest.mark.parametrize("damage", ["empty", "truncated", "invalid value"])
-def test_the_cli_resumes_a_run_whose_config_json_is_damaged_from_its_checkpoint(tmp_path, damage):
+def test_the_cli_resumes_a_run_whose_config_json_is_empty_from_its_checkpoint(tmp_path):
+    """What a kill or a full disk during the old in-place rewrite left; the CLI reads config.json first."""
     run_dir = trained(tmp_path)
-    text = (run_dir / CONFIG).read_text()
-    (run_dir / CONFIG).write_text({"empty": "", "truncated": text[:len(text) // 2],
-                                   "invalid value": text.replace('"lr_g": 0.0002', '"lr_g": -1')}[damage])
-    assert list_runs(tmp_path) == [run_dir]            # compare: no JSONDecodeError, the checkpoint's settings
-    assert "| run |" in comparison_table([run_dir])
+    (run_dir / CONFIG).write_text("")
 
     result = cli(tiny(tmp_path, epochs=2))
 
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if "rewritten from" in line]
-    assert len(lines) == 1 and f"{run_dir / CONFIG}" in lines[0] and "continuing after epoch 1" in lines[0]
+    assert len(lines) == 1 and f"{run_dir / CONFIG} is not valid JSON" in lines[0]
+    assert "continuing after epoch 1" in lines[0]
+    assert TrainConfig.load(run_dir / CONFIG).epochs == 2 and read_checkpoint(run_dir / CHECKPOINT)["epoch"] == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "invalid value", "not settings"])
+def test_a_run_whose_config_json_is_damaged_resumes_from_its_checkpoint_and_says_so(tmp_path, capsys, damage):
+    run(tiny(tmp_path))
+    run_dir = tmp_path / "run"
+    text = (run_dir / CONFIG).read_text()
+    (run_dir / CONFIG).write_text({"truncated": text[:len(text) // 2], "not settings": "[]",
+                                   "invalid value": text.replace('"lr_g": 0.0002', '"lr_g": -1')}[damage])
+    assert saved_config(run_dir).lr_g == 2e-4          # what the CLI continues with: the checkpoint's settings
+    assert list_runs(tmp_path, image_size=16) == [run_dir] and "| run |" in comparison_table([run_dir])
+    capsys.readouterr()
+
+    result = run(tiny(tmp_path, epochs=2))
+
+    lines = [line for line in capsys.readouterr().out.splitlines() if "rewritten from" in line]
+    assert len(lines) == 1 and str(run_dir / CONFIG) in lines[0] and result.epochs_done == 2
     assert TrainConfig.load(run_dir / CONFIG).lr_g == 2e-4
-    assert read_checkpoint(run_dir / CHECKPOINT)["epoch"] == 2
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "not a history", "edited"])
@@ -408,8 +423,8 @@ def test_networks_that_cannot_be_allocated_are_refused_before_any_allocation(tmp
         torch.empty(10**15, dtype=torch.uint8)
     no_training(monkeypatch)
     for field, value in (("latent_dim", 10**12), ("g_width", 10**6), ("d_width", 10**20)):
-        with pytest.raises(ConfigError, match=rf"config fields 'latent_dim' .* make networks of .* parameters: training "
-                                              rf"them needs at least .* GiB and cpu has .* GiB free") as error:
+        with pytest.raises(ConfigError, match=r"config fields 'latent_dim' .* make networks of .* parameters: training "
+                                              r"them needs at least .* GiB and cpu has .* GiB free") as error:
             train(tiny(tmp_path, **{field: value}), progress=False)
         assert "\n" not in str(error.value)
 
@@ -468,5 +483,5 @@ def test_out_may_not_be_inside_or_hold_the_data_folder(tmp_path, monkeypatch, wh
         train(config, progress=False)
     assert "\n" not in str(error.value)
     assert not (faces / "samples").exists() and not (faces / "run").exists() and not (tmp_path / "samples").exists()
-    result = cli(config)
-    assert one_line_error(result).startswith("error: config field 'out'")
+    if where == "is":
+        assert one_line_error(cli(config)).startswith(f"error: config field 'out' ({faces}) is the data folder")
