@@ -485,3 +485,37 @@ def test_out_may_not_be_inside_or_hold_the_data_folder(tmp_path, monkeypatch, wh
     assert not (faces / "samples").exists() and not (faces / "run").exists() and not (tmp_path / "samples").exists()
     if where == "is":
         assert one_line_error(cli(config)).startswith(f"error: config field 'out' ({faces}) is the data folder")
+
+
+class StandInInception(torch.nn.Module):
+    """A fixed random conv + global average in place of the 95 MB Inception: 8 features, instantly."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(images.float() / 127.5 - 1)).mean(dim=(2, 3))
+
+
+def test_a_damaged_fid_statistics_cache_fails_before_the_first_epoch_and_a_good_run_scores(tmp_path, monkeypatch):
+    from utils.metrics import dataset_id, reference_cache_file, weights_id
+
+    monkeypatch.setattr(training, "load_inception", lambda weights: StandInInception())
+    config = tiny(tmp_path, fid_every=1, fid_samples=32)
+    cache = plant_payload(reference_cache_file(config.data_dir, dataset_id(IMAGES), 0, weights_id("")), tmp_path / "pwned")
+
+    steps = []
+
+    class Probe:  # a live plot: told about every few steps trained
+        def update(self, history, **kwargs):
+            steps.append(history["steps"][-1:])
+
+    with pytest.raises(UserError, match=rf"refused to load {re.escape(str(cache))}") as error:
+        run(config, live_plot=Probe())
+    assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists()
+    assert steps == [] and not (tmp_path / "run" / CHECKPOINT).exists()  # refused before the first step
+
+    cache.unlink()
+    result = run(config)
+    assert result.history["epochs"][0]["fid"] > 0 and cache.is_file()  # computed before epoch 1, cached
