@@ -584,10 +584,10 @@ def check_network_size(config: TrainConfig, device: torch.device) -> None:
     a thousand times too large would otherwise fail in the allocator with a page of C++ text, or make the system
     swap. Training needs 16 bytes per parameter at least: the weights, their gradients and Adam's two moments.
     """
-    try:
+    try:  # D without spectral norm: as many parameters within a bias, and its power iterations crawl on "meta"
         with torch.device("meta"):
             parameters = (count_parameters(Generator(config.image_size, config.latent_dim, config.g_width))
-                          + count_parameters(Discriminator(config.image_size, config.d_width, config.spectral_norm)))
+                          + count_parameters(Discriminator(config.image_size, config.d_width)))
     except (RuntimeError, TypeError, OverflowError):  # sizes beyond 64 bits
         parameters = math.inf
     needs, free = 16 * parameters, _free_memory(device)
