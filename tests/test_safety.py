@@ -300,7 +300,7 @@ def test_a_run_whose_history_json_is_damaged_resumes_from_its_checkpoint_and_say
         "history"]
 
 
-def test_a_damaged_config_json_without_a_checkpoint_is_one_line(tmp_path):
+def test_a_damaged_config_json_without_a_checkpoint_is_one_line_and_a_new_run_moves_it_aside(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / CONFIG).write_text("{")
@@ -308,6 +308,14 @@ def test_a_damaged_config_json_without_a_checkpoint_is_one_line(tmp_path):
     assert list_runs(tmp_path) == [run_dir]
     with pytest.raises(UserError, match=rf"{re.escape(str(run_dir / CONFIG))} is not valid JSON .*no {CHECKPOINT}"):
         comparison_table([run_dir])
+    (run_dir / HISTORY).unlink()
+
+    result = cli(tiny(tmp_path))  # nothing trained to continue: a new run, the damaged file kept aside
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{run_dir} held a damaged config.json, but no {CHECKPOINT}: moved them to {run_dir / 'earlier-1'}/" \
+        in result.stdout
+    assert (run_dir / "earlier-1" / CONFIG).read_text() == "{" and TrainConfig.load(run_dir / CONFIG).epochs == 1
 
 
 def test_an_older_checkpoint_copied_in_moves_the_later_epochs_aside_and_says_so(tmp_path, capsys):

@@ -247,14 +247,12 @@ def _read_history_file(run_dir: Path) -> tuple[dict | None, str]:
 
 def saved_config(run_dir: str | Path) -> TrainConfig | None:
     """The run's settings: config.json (written when it starts and whenever a change applies), else the
-    checkpoint's (a folder whose config.json was lost or damaged), else None. The checkpoint is loaded only then.
-    A damaged config.json without a checkpoint raises its one line."""
+    checkpoint's (a folder whose config.json was lost or damaged), else None (nothing trained to continue; opening
+    the run moves a damaged config.json aside, saying so). The checkpoint is loaded only then."""
     run_dir = Path(run_dir)
-    config, problem = _read_config_file(run_dir)
+    config, _ = _read_config_file(run_dir)
     if config is None and (run_dir / CHECKPOINT).is_file():
         return TrainConfig.from_dict(read_checkpoint(run_dir / CHECKPOINT)["config"])
-    if problem:
-        raise ConfigError(f"{problem}. Fix it or move it away (its run has no {CHECKPOINT} to take the settings from)")
     return config
 
 
@@ -547,7 +545,7 @@ class Run:
     def _set_aside_earlier_run(run_dir: Path, config: TrainConfig, log: Callable[[str], None]) -> None:
         """A folder with grids or history but no checkpoint: a first epoch cut short, or someone else's run."""
         frames = list_frames(run_dir)
-        saved, _ = _read_config_file(run_dir)
+        saved, damaged = _read_config_file(run_dir)
         own_first_epoch = (saved is not None and not differences(saved, config, FIXED_FIELDS)
                            and not (run_dir / HISTORY).exists() and [e for e, _ in frames] in ([], [1]))
         if own_first_epoch:  # this run, killed before its first checkpoint: its grid is obsolete
@@ -556,11 +554,12 @@ class Run:
             return
         leftovers = [path for _, path in frames] + [run_dir / name for name in (HISTORY, "history.png", "training.gif")
                                                     if (run_dir / name).exists()]
-        if not leftovers:
+        if not leftovers and not damaged:
             return
         aside = _move_aside(run_dir, leftovers + ([run_dir / CONFIG] if (run_dir / CONFIG).exists() else []))
-        log(f"{run_dir} held {len(frames)} sample grid(s) and the history of an earlier run, but no {CHECKPOINT}: "
-            f"moved them to {aside}/ (nothing deleted); starting a new run here")
+        held = f"{len(frames)} sample grid(s) and the history of an earlier run" if leftovers else "a damaged config.json"
+        log(f"{run_dir} held {held}, but no {CHECKPOINT}: moved them to {aside}/ (nothing deleted); starting a new run "
+            "here")
 
     # --------------------------------------------------------------------------------------------- training
 
