@@ -13,7 +13,8 @@ One job per module:
     visualize    sample grids and loss plots;  gif: the per-epoch GIF (`python -m utils.gif RUN_DIR`)
     metrics      FID
     explore      latent walks, nearest real neighbours, ranking samples by D
-    files        atomic writes: a file is either the old one or the new one, never half-written
+    files        atomic, durable writes (the old file or the new one, never half-written) and PyTorch files read as
+                 data only (nothing in them runs)
     errors       UserError: one message saying what happened and what to do, no traceback (CLI and notebooks)
     environment  device, mixed precision and memory layout per machine
 """
