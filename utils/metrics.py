@@ -213,8 +213,8 @@ class _InceptionPool3(nn.Module):
         from torch_fidelity import feature_extractor_inceptionv3 as inception
 
         path = weights_path(weights)
-        error, remedy = (ConfigError, _GIVE_WEIGHTS[0].upper() + _GIVE_WEIGHTS[1:]) if path is not None else (
-            DownloadError, f"Delete it to download it again; offline, {_GIVE_WEIGHTS}")
+        error, remedy = (ConfigError, _OTHER_WEIGHTS) if path is not None else (
+            DownloadError, f"Delete it to download it again; offline, {_OFFLINE}")
         path = path or _download_weights(inception.URL_INCEPTION_V3)
         state = load_data(path, "weights file", error, remedy)
         if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
@@ -233,8 +233,9 @@ class _InceptionPool3(nn.Module):
         return features
 
 
-_GIVE_WEIGHTS = ("set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's weights), "
-                 "or to '' to download them")
+_OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
+_OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's weights), "
+                  "or to '' to download them")
 
 
 def _download_weights(url: str) -> Path:
@@ -243,7 +244,6 @@ def _download_weights(url: str) -> Path:
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
     if target.is_file():
         return target
-    offline = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
     prefix = torch.hub.HASH_REGEX.search(target.name)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -251,10 +251,10 @@ def _download_weights(url: str) -> Path:
     except (URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
         reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
         raise DownloadError(f"could not download the FID Inception weights from {url} ({reason}): check the "
-                            f"network; offline, {offline}") from error
+                            f"network; offline, {_OFFLINE}") from error
     except RuntimeError as error:  # "invalid hash value": not the published file; torch removed the download
         raise DownloadError(f"{url} did not send the published FID Inception weights ({error}); nothing was kept. "
-                            f"Try again later; offline, {offline}") from None
+                            f"Try again later; offline, {_OFFLINE}") from None
     except OSError as error:
         raise explain_write_error(error, target) from error
     return target

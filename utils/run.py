@@ -15,7 +15,7 @@ The rules, all of them here:
 - **The folder stays where it is.** A run folder renamed or deleted while it trains stops the training at the next
   save, with one line saying where its epochs are; it is never recreated, empty, under its old name.
 - **A run folder is not the data.** `out` may not be the data folder, lie inside it or hold it (its grids would
-  become training images), nor lie in `data_dir`.
+  become training images), nor be `data_dir`.
 - **Continuing a run.** The fields in `FIXED_FIELDS` fix the networks, the data or the game: a trained run refuses
   other values before any data is decoded, listing every difference. The fields in `TUNABLE_FIELDS` can change
   between epochs: `train()` applies them after loading the optimisers, prints one line per change and records it
@@ -300,11 +300,11 @@ def _identity(folder: Path) -> tuple[int, int] | None:
 
 
 def _refuse_data_folders(run_dir: Path, config: TrainConfig) -> None:
-    """Raise ConfigError if the run folder is, lies in or holds the data folder, or lies in data_dir.
+    """Raise ConfigError if the run folder is, lies in or holds the data folder, or is data_dir.
 
     The data folder's images are found recursively, and a run folder inside it is skipped (its grids are this
     project's output): training there would find no images next time, or train on its own samples. data_dir holds
-    downloads and caches that other processes clean up.
+    downloads and caches whose temporary files other processes clean up, as a run cleans up its own.
     """
     run = _resolved(run_dir)
     data = Path(config.data).expanduser()
@@ -318,9 +318,9 @@ def _refuse_data_folders(run_dir: Path, config: TrainConfig) -> None:
                               "'data'): the run's grids would mix with the images it trains on. Choose another out, "
                               "or leave out='' (a folder under generated/)")
     data_dir = _resolved(Path(config.data_dir))
-    if run == data_dir or data_dir in run.parents:
-        raise ConfigError(f"config field 'out' ({run_dir}) lies in data_dir {config.data_dir} (downloads and caches): "
-                          "choose another out, or leave out='' (a folder under generated/)")
+    if run == data_dir:
+        raise ConfigError(f"config field 'out' ({run_dir}) is data_dir (downloads and caches): choose another out, "
+                          "or leave out='' (a folder under generated/)")
 
 
 def _resolved(path: Path) -> Path:
