@@ -405,9 +405,13 @@ class _Lock:
         (Deleting it first would let a process that had opened it lock the deleted file while a later one locks
         a new file of the same name: two processes training in one folder.) Its text is cleared first."""
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)
-            os.close(self.fd)
-            self.fd = None
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:  # a file system that refuses it: the text only names the holder
+                pass
+            finally:
+                os.close(self.fd)
+                self.fd = None
 
     def folder_now(self) -> Path | None:
         """Where the locked folder is now, renamed or not (Linux tells by the open file); None if it was deleted or
