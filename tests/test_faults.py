@@ -15,6 +15,7 @@ import torch
 
 from utils import training
 from utils.config import TrainConfig
+from utils.errors import ConfigError
 from utils.train import config_to_argv, main
 from utils.run import CHECKPOINT, frame_path, list_frames, read_checkpoint
 from utils.training import TrainingDiverged, train
@@ -167,7 +168,7 @@ def test_leftovers_of_a_killed_epoch_are_cleared_on_resume(tmp_path):
     train(tiny(tmp_path, epochs=1), progress=False)  # resume with nothing left to train
 
     assert [epoch for epoch, _ in list_frames(run_dir)] == [1]
-    assert list(run_dir.glob(".*")) == [] and list((run_dir / "samples").glob(".*")) == []
+    assert [p.name for p in run_dir.glob(".*")] == [".lock"] and list((run_dir / "samples").glob(".*")) == []
 
 
 # ------------------------------------------------------------------------------------------- divergence
@@ -262,7 +263,7 @@ def test_a_truncated_checkpoint_fails_clearly(tmp_path):
     checkpoint = Path(config.out) / CHECKPOINT
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
 
-    with pytest.raises(ValueError, match=r"checkpoint.pt is not a readable checkpoint .*move it away"):
+    with pytest.raises(ValueError, match=r"checkpoint.pt is not a readable checkpoint .*Move it away"):
         train(tiny(tmp_path, epochs=2), progress=False)
 
 
@@ -298,6 +299,6 @@ def test_a_missing_fid_weights_file_fails_before_any_training(tmp_path, monkeypa
     monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("training started"))
     config = tiny(tmp_path, fid_every=1, fid_weights=str(tmp_path / "missing.pth"))
 
-    with pytest.raises(FileNotFoundError, match="config field 'fid_weights' points to .*missing.pth"):
+    with pytest.raises(ConfigError, match="config field 'fid_weights' points to .*missing.pth"):
         train(config, progress=False)
     assert not Path(config.out).exists()

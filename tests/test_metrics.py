@@ -7,6 +7,7 @@ from torch import nn
 
 from utils import metrics
 from utils.config import TrainConfig
+from utils.errors import ConfigError
 from utils.metrics import FID, dataset_id, fid_for_config, frechet_distance, reference_cache_file, weights_id
 
 # The real Inception is slow on a CPU: only the test that needs it uses it, on a few tiny images.
@@ -170,7 +171,7 @@ def test_weights_id_is_the_sha256_prefix_of_the_file(tmp_path):
 
 def test_missing_weights_file_names_the_config_field(tmp_path):
     config = TrainConfig(data_dir=str(tmp_path), fid_weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(FileNotFoundError, match="fid_weights"):
+    with pytest.raises(ConfigError, match="fid_weights"):
         fid_for_config(config, smooth_images(4), torch.device("cpu"))
 
 

@@ -16,7 +16,8 @@ One job per module:
     generate     faces to PNG files, a face by its name, morphs (`python -m utils.generate RUN_DIR`)
     explorer     sliders that redraw a grid of faces in a notebook, a static grid where widgets cannot show
     export       the generator as one TorchScript file that needs no `utils` (`python -m utils.export RUN_DIR`)
-    files        atomic writes: a file is either the old one or the new one, never half-written
+    files        atomic, durable writes (the old file or the new one, never half-written) and PyTorch files read as
+                 data only (nothing in them runs)
     errors       UserError: one message saying what happened and what to do, no traceback (CLI and notebooks)
     environment  device, mixed precision and memory layout per machine
 """

@@ -3,7 +3,8 @@
 The notebooks build a `TrainConfig` from their `parameters` cell; `python -m utils.train`
 builds the same object from its command line (one option per field, see `--help`).
 A bad value raises a ValueError that names the field and the allowed range, so the
-notebook and the CLI fail the same way, before any work starts.
+notebook and the CLI fail the same way, before any work starts. `train()` validates its config
+again, so a value assigned after construction (`config.lr_g = -1`) is checked too.
 
     >>> config = TrainConfig(image_size=32, epochs=5)
     >>> config.batch_size
@@ -19,7 +20,12 @@ import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+
 from utils.errors import ConfigError
+from utils.files import atomic_path
+
+# The largest seed: every epoch's random generators are seeded from (seed, epoch) (utils/training.py), within 64 bits.
+MAX_SEED = 2**32 - 1
 
 # The improved recipe of notebook 05: what `recipe="improved"` switches on (a field set to anything
 # but its default keeps the value given). Measured: benchmarks/results/quality-cpu-*.log.
@@ -85,20 +91,25 @@ class TrainConfig:
     fid_weights: str = ""       # path to pt_inception-2015-12-05 weights for offline use ("" = download)
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value, expected = getattr(self, f.name), type(f.default)
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, f.name, float(value))
-            elif type(value) is not expected:
-                raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
+        self._check_types()
         if self.recipe == "improved":
             for name, value in IMPROVED_RECIPE.items():
                 if getattr(self, name) == _DEFAULTS[name]:
                     setattr(self, name, value)
         self.validate()
 
+    def _check_types(self) -> None:
+        """Raise ConfigError naming the first field of another type; an int given for a float field becomes a float."""
+        for f in fields(self):
+            value, expected = getattr(self, f.name), type(f.default)
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+            elif type(value) is not expected:
+                raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
+
     def validate(self) -> None:
-        """Raise ValueError naming the first field whose value is out of range."""
+        """Raise ValueError naming the first field whose value is of another type or out of range."""
+        self._check_types()
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
         self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
         self._check(self.image_size >= 16 and _is_power_of_two(self.image_size), "image_size",
@@ -133,7 +144,7 @@ class TrainConfig:
         self._check(self.cuda_graphs in ("auto", "on", "off"), "cuda_graphs", "'auto', 'on' or 'off'")
         self._check(self.data_on_device in ("auto", "on", "off"), "data_on_device", "'auto', 'on' or 'off'")
         self._check(self.log_every >= 1, "log_every", ">= 1")
-        self._check(self.seed >= 0, "seed", ">= 0")
+        self._check(0 <= self.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}]")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
         self._check(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no limit)")
         self._check(self.fid_every >= 0, "fid_every", ">= 0 (0 = never)")
@@ -157,7 +168,9 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write config.json atomically: a kill or a full disk leaves the old file, never an empty one."""
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -167,7 +180,18 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a config.json; one that is not JSON of valid settings raises ConfigError naming the file."""
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except ValueError as error:  # JSONDecodeError (empty, truncated, edited) and UnicodeDecodeError
+            raise ConfigError(f"{path} is not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} does not hold settings (a JSON object of config fields)")
+        try:
+            return cls.from_dict(values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
 
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}

@@ -1,22 +1,34 @@
-"""Writing files so that a reader (or a resumed run) never sees a half-written one, and a failed write says why.
+"""Writing files so that a reader (or a resumed run) never sees a half-written one, and a failed write says why;
+reading PyTorch files so that nothing in them can run code.
 
-    >>> from utils.files import atomic_path
+    >>> from utils.files import atomic_path, load_data
     >>> with atomic_path("generated/run/history.json") as tmp:
     ...     tmp.write_text("{}")
+    >>> state = load_data("generated/run/checkpoint.pt", "checkpoint", UserError, "Move it away to start a new run")
 
-Used for sample grids, GIFs, history, checkpoints, FID statistics and the decoded dataset cache: every file
-this project writes goes through here, so a full disk, a read-only folder or a name too long for the file
-system fails the same way everywhere, with a `CannotWrite` naming the file (see utils/errors.py).
+Used for sample grids, GIFs, history, config.json, checkpoints, FID statistics and the decoded dataset cache:
+every file this project writes goes through here, so a full disk, a read-only folder or a name too long for the
+file system fails the same way everywhere, with a `CannotWrite` naming the file (see utils/errors.py). A write
+is durable once `atomic_path` returns: the file's data is on the disk (fsync) before its new name, and the name
+is on the disk (fsync of the folder) before the writer goes on, so a power cut or a crash of the machine leaves
+the old file or the new one, never an empty one.
+
+Every PyTorch file this project reads (checkpoints, the FID Inception weights, the cached FID statistics) goes
+through `load_data`: `torch.load(weights_only=True)`, which builds tensors and plain containers only. A pickle
+can hold any call (`os.system(...)`), and the plain loader would run it just by loading the file.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import pickle
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from utils.errors import UserError
 
@@ -33,22 +45,27 @@ class CannotWrite(UserError, OSError):
 
 
 @contextmanager
-def atomic_path(path: str | Path, needs_bytes: int = 0) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success move it onto `path` in one step.
+def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success sync it to the disk and move it onto `path` in one step.
 
     A reader (the GIF maker, a notebook refreshing the latest grid) then never sees a half-written file, even
-    if training is interrupted mid-write. The temporary name starts with a dot and keeps the suffix, so writers
-    that go by extension still work and `list_frames` does not pick it up. `needs_bytes` (an estimate of the
-    file's size) checks the free space first, so a large write fails at once instead of after minutes of work.
+    if training is interrupted mid-write, and a crash of the machine never leaves an empty one. The temporary
+    name starts with a dot and keeps the suffix, so writers that go by extension still work and `list_frames`
+    does not pick it up. `needs_bytes` (an estimate of the file's size) checks the free space first, so a large
+    write fails at once instead of after minutes of work. `make_folder=False` never creates the folder: a run
+    folder renamed while it trains must not come back empty under its old name (utils/run.py).
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem[:64]}.{os.getpid()}.tmp{path.suffix}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if make_folder:
+            path.parent.mkdir(parents=True, exist_ok=True)
         if needs_bytes:
             check_free_space(path, needs_bytes)
         yield tmp
+        _sync_file(tmp)
         os.replace(tmp, path)
+        _sync_folder(path.parent)
     except OSError as error:
         explained = _explain(error, path, tmp, needs_bytes)
         if explained is error:
@@ -60,6 +77,52 @@ def atomic_path(path: str | Path, needs_bytes: int = 0) -> Iterator[Path]:
         raise _explain(OSError(None, str(error).splitlines()[0]), path, tmp, needs_bytes) from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _sync_file(path: Path) -> None:
+    """Wait until the file's data is on the disk: renamed before that, a crash could leave it empty."""
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows commits only writable handles
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Wait until the folder's entries (the new name) are on the disk. Not possible on Windows, where a rename is
+    journaled by the file system itself, nor on some network file systems, which answer EINVAL."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def load_data(path: str | Path, what: str, error: type[Exception], remedy: str) -> Any:
+    """The tensors and plain data (dicts, lists, numbers, strings) in the PyTorch file `path`, on the CPU.
+
+    Never runs code from the file: a pickle holding anything else is refused. Every way the file can be unusable
+    (code in it, another format, truncated, unreadable) raises `error` (a UserError) with one line that names the
+    file (`what` it should be: "checkpoint"), says what is wrong and ends with `remedy` (what to do).
+    """
+    import torch  # here, not at the top: utils.config writes through this module, and `--help` must stay fast
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the line below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise error(f"refused to load {path}: it holds Python objects other than tensors and plain data (loading "
+                    f"those could run arbitrary code), or it is not a PyTorch file at all. {remedy}") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as failure:  # truncated, empty or foreign
+        detail = str(failure).strip().splitlines()[0][:80] if str(failure).strip() else "the file ends too early"
+        raise error(f"{path} is not a readable {what} ({type(failure).__name__}: {detail}). {remedy}") from None
 
 
 def check_free_space(path: str | Path, needs_bytes: int) -> None:

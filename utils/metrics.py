@@ -15,17 +15,25 @@ CPU than the general eigenvalue solver torchmetrics uses.
 
 Real images are uint8 (N, 3, S, S). Generated images (floats in [-1, 1]) are rounded to uint8
 first, exactly like an image saved to disk, so both sides take the same path into the network.
-The weights (about 95 MB) download by themselves on first use; offline, point `fid_weights` at
-a local `pt_inception-2015-12-05-*.pth`.
+The weights (about 95 MB) download by themselves on first use (into torch hub's cache, checked
+against the sha256 prefix in the published file's name); offline, point `fid_weights` at a local
+`pt_inception-2015-12-05-*.pth`. Either file is loaded by this module as data only
+(`torch.load(weights_only=True)`, utils/files.py) and checked to be the Inception's weights before
+torch-fidelity builds its network from them: torch-fidelity's own loader unpickles with
+`weights_only=False`, which runs whatever code a pickle holds. `load_inception` is called when
+training starts, so a wrong file fails before the first epoch, not after it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
+from unittest import mock
 from urllib.error import URLError
 
 import torch
@@ -34,7 +42,8 @@ from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
 from utils.data import DownloadError
-from utils.files import atomic_path
+from utils.errors import ConfigError, UserError
+from utils.files import atomic_path, explain_write_error, load_data
 
 # torch-fidelity downloads `weights-inception-2015-12-05-6726825d.pth`; by torch hub's convention the suffix
 # is the file's sha256 prefix, so a local copy of the official file shares the download's cache.
@@ -62,8 +71,7 @@ class FID:
         extractor = feature_extractor if feature_extractor is not None else _InceptionPool3(weights)
         self.feature_extractor = extractor.eval().to(self.device)
         if cache_file is not None and Path(cache_file).is_file():
-            reference = torch.load(cache_file, map_location=self.statistics_device, weights_only=True)
-            self.real_mean, self.real_cov = reference["mean"], reference["cov"]
+            self.real_mean, self.real_cov = _read_reference(Path(cache_file), self.statistics_device)
         else:
             indices = _real_indices(len(real_images), num_real)
             starts = range(0, len(indices), batch_size)
@@ -161,11 +169,32 @@ def dataset_id(real_images: Tensor) -> str:
     return f"{count}x{height}x{width}-{hashlib.sha256(sample).hexdigest()[:10]}"
 
 
-def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.device) -> FID:
-    """The 2048-d Inception FID of a TrainConfig: `fid_weights`, `fid_real`, cached under `data_dir`/cache."""
+def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.device,
+                   inception: nn.Module | None = None) -> FID:
+    """The 2048-d Inception FID of a TrainConfig: `fid_weights`, `fid_real`, cached under `data_dir`/cache.
+
+    `inception` is the network `load_inception(config.fid_weights)` returned, if it was built already."""
     cache_file = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
                                       weights_id(config.fid_weights))
-    return FID(real_images, cache_file, device, weights=config.fid_weights, num_real=config.fid_real)
+    return FID(real_images, cache_file, device, weights=config.fid_weights, num_real=config.fid_real,
+               feature_extractor=inception)
+
+
+def load_inception(weights: str) -> nn.Module:
+    """The FID Inception of `weights` (a file, or "" for the published one, downloaded once): a wrong file, a failed
+    download or a missing torch-fidelity raises its one line now. `train()` calls it before the first epoch."""
+    return _InceptionPool3(weights)
+
+
+def _read_reference(path: Path, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The cached real mean and covariance, loaded as data only and checked."""
+    remedy = "Delete it: the statistics are computed again"
+    reference = load_data(path, "FID statistics cache", UserError, remedy)
+    mean, cov = (reference.get(key) if isinstance(reference, dict) else None for key in ("mean", "cov"))
+    if not (isinstance(mean, Tensor) and isinstance(cov, Tensor) and mean.dtype == cov.dtype == torch.float64
+            and mean.dim() == 1 and cov.shape == (len(mean), len(mean))):
+        raise UserError(f"{path} does not hold FID statistics (a float64 mean and its square covariance). {remedy}")
+    return mean.to(device), cov.to(device)
 
 
 class _InceptionPool3(nn.Module):
@@ -181,20 +210,54 @@ class _InceptionPool3(nn.Module):
         if find_spec("torch_fidelity") is None:
             raise ImportError("FID needs the torch-fidelity package for its Inception network: "
                               "pip install torch-fidelity")
-        from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
+        from torch_fidelity import feature_extractor_inceptionv3 as inception
 
         path = weights_path(weights)
+        error, remedy = (ConfigError, _OTHER_WEIGHTS) if path is not None else (
+            DownloadError, f"Delete it to download it again; offline, {_OFFLINE}")
+        path = path or _download_weights(inception.URL_INCEPTION_V3)
+        state = load_data(path, "weights file", error, remedy)
+        if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
+            raise error(f"{path} does not hold network weights (a dict of tensors). {remedy}")
+        # torch-fidelity's constructor loads its weights itself, unpickling a file with weights_only=False or
+        # downloading: handed the dict loaded above instead, it only builds the network and load_state_dict()s it.
         try:
-            self.network = FeatureExtractorInceptionV3(  # weights path None: download them
-                "inception-v3-compat", ["2048"], feature_extractor_weights_path=None if path is None else str(path))
-        except URLError as error:
-            raise DownloadError(f"could not download the FID Inception weights from {URL_INCEPTION_V3} "
-                                f"({error.reason}): check the network; offline, set config field 'fid_weights' to "
-                                "a local pt_inception-2015-12-05-*.pth file") from error
+            with mock.patch.object(inception, "load_state_dict_from_url", lambda *args, **kwargs: state):
+                self.network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+        except RuntimeError as failure:  # load_state_dict: missing, unexpected or differently shaped tensors
+            detail = " ".join(str(failure).split("\n", 1)[-1].split())[:160]
+            raise error(f"{path} is not the FID Inception's weights ({detail}). {remedy}") from None
 
     def forward(self, images: Tensor) -> Tensor:
         (features,) = self.network(images)
         return features
+
+
+_OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
+_OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's weights), "
+                  "or to '' to download them")
+
+
+def _download_weights(url: str) -> Path:
+    """The published weights in torch hub's cache, downloaded there first if needed (to a temporary name, renamed
+    once complete and its sha256 checked against the prefix in the file's name); the path is loaded as data only."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
+    if target.is_file():
+        return target
+    prefix = torch.hub.HASH_REGEX.search(target.name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(target), prefix.group(1) if prefix else None, progress=True)
+    except (URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
+        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
+        raise DownloadError(f"could not download the FID Inception weights from {url} ({reason}): check the "
+                            f"network; offline, {_OFFLINE}") from error
+    except RuntimeError as error:  # "invalid hash value": not the published file; torch removed the download
+        raise DownloadError(f"{url} did not send the published FID Inception weights ({error}); nothing was kept. "
+                            f"Try again later; offline, {_OFFLINE}") from None
+    except OSError as error:
+        raise explain_write_error(error, target) from error
+    return target
 
 
 def _sqrtm_psd(matrix: Tensor) -> Tensor:
@@ -209,8 +272,8 @@ def weights_path(weights: str) -> Path | None:
         return None
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"config field 'fid_weights' points to {weights!r}, which is not a file: give the "
-                                "path of a pt_inception-2015-12-05-*.pth file, or '' to download the weights")
+        raise ConfigError(f"config field 'fid_weights' points to {weights!r}, which is not a file: give the "
+                          "path of a pt_inception-2015-12-05-*.pth file, or '' to download the weights")
     return path
 
 

@@ -10,7 +10,12 @@
 The rules, all of them here:
 - **One process per folder.** `Run.open` takes an advisory lock (`flock`) for as long as the run trains; a second
   process fails at once, naming the first. The kernel drops the lock when its holder dies, so a killed run never
-  blocks its own resumption, and temporary files are only cleaned up under the lock.
+  blocks its own resumption, and temporary files are only cleaned up under the lock. `.lock` is never deleted:
+  every process locks the same file, so two can never each hold a lock on a file of their own.
+- **The folder stays where it is.** A run folder renamed or deleted while it trains stops the training at the next
+  save, with one line saying where its epochs are; it is never recreated, empty, under its old name.
+- **A run folder is not the data.** `out` may not be the data folder, lie inside it or hold it (its grids would
+  become training images), nor be `data_dir`.
 - **Continuing a run.** The fields in `FIXED_FIELDS` fix the networks, the data or the game: a trained run refuses
   other values before any data is decoded, listing every difference. The fields in `TUNABLE_FIELDS` can change
   between epochs: `train()` applies them after loading the optimisers, prints one line per change and records it
@@ -19,10 +24,14 @@ The rules, all of them here:
   learned and differ from the defaults (`default_run_dir`): changing a learning rate in a notebook starts a
   sibling run and leaves the old one intact, and re-running unchanged cells resumes.
 - **Nothing a run made is deleted**, except what the checkpoint makes obsolete: the grid of an epoch a kill cut
-  short. Files of an earlier run without its checkpoint are moved aside into `earlier-N/`, saying so.
+  short. Files of an earlier run without its checkpoint are moved aside into `earlier-N/`, saying so; so are the
+  grids and history of epochs after the checkpoint's (an older checkpoint copied in).
+- **The checkpoint is the truth.** It holds the settings and the history too: a config.json or history.json that
+  is empty, truncated or edited by hand is rewritten from it, saying so; its tensors must fit the networks.
 - **Saving never stalls training.** `save_epoch` copies the state to the CPU and a background thread writes the
-  grid, then the checkpoint, then history.json, each atomically; `close` waits for them, so every file is
-  complete when `train()` returns, and a kill at any moment leaves the last complete checkpoint.
+  grid, then the checkpoint, then history.json, each atomically and durably (utils/files.py); `close` waits for
+  them, so every file is complete when `train()` returns, and a kill at any moment leaves the last complete
+  checkpoint.
 """
 
 from __future__ import annotations
@@ -31,7 +40,6 @@ import copy
 import json
 import math
 import os
-import pickle
 import re
 import shutil
 import socket
@@ -39,7 +47,6 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +56,7 @@ from PIL import Image
 
 from utils.config import IMPROVED_RECIPE, TrainConfig
 from utils.errors import ConfigError, UserError
-from utils.files import atomic_path
+from utils.files import atomic_path, load_data
 
 try:
     import fcntl
@@ -81,7 +88,12 @@ class RunInUse(UserError):
 
 
 class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be used: unreadable, incomplete, or holding more than plain data."""
+    """A checkpoint that cannot be used: unreadable, incomplete, holding more than plain data, or tensors that do
+    not fit the networks."""
+
+
+class RunMoved(UserError):
+    """The run folder was renamed or deleted while a process trained in it."""
 
 
 # ------------------------------------------------------------------------------------------- names and files
@@ -139,47 +151,180 @@ def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(frames)
 
 
+_MOVE_AWAY = "Move it away to start a new run in its folder"
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """Load with weights_only=True: a checkpoint is data, and an untrusted pickle must not run code."""
+    """The checkpoint's contents, loaded as data only (nothing in the file can run code) and checked: every key,
+    the plain parts' types, valid settings. Its tensors are checked against the networks by `check_weights`."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(f"refused to load {path}: it holds Python objects other than tensors and plain data, and "
-                              "loading those could run arbitrary code. Use checkpoints written by this code only; move "
-                              "the file away to start a new run in its folder") from None
-    except (RuntimeError, EOFError, KeyError, OSError) as error:  # what torch.load raises on a truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {str(error)[:80]}): "
-                              "move it away to start a new run in its folder") from None
+    state = load_data(path, "checkpoint", CheckpointError, "Use checkpoints written by this code only. " + _MOVE_AWAY)
     missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)}; "
-                              "move it away to start a new run in its folder")
+        raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)}. {_MOVE_AWAY}")
+    plain = {"epoch": isinstance(state["epoch"], int) and not isinstance(state["epoch"], bool) and state["epoch"] >= 0,
+             "config": isinstance(state["config"], dict), "history": _is_history(state["history"]),
+             "fixed_noise": isinstance(state["fixed_noise"], torch.Tensor),
+             "rng": isinstance(state["rng"], dict) and isinstance(state["rng"].get("cpu"), torch.Tensor)}
+    plain |= {key: isinstance(state[key], dict) for key in ("generator", "discriminator", "opt_g", "opt_d")}
+    wrong = [key for key, ok in plain.items() if not ok]
+    if wrong:
+        raise CheckpointError(f"{path} is not a checkpoint of this project: its {', '.join(wrong)} "
+                              f"{'is' if len(wrong) == 1 else 'are'} not what this code writes. {_MOVE_AWAY}")
+    try:
+        TrainConfig.from_dict(state["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path} holds settings that are not valid ({error}). {_MOVE_AWAY}") from None
     return state
+
+
+def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.Tensor]) -> None:
+    """Raise CheckpointError unless `saved` (the checkpoint's `role` state dict) has exactly the names, shapes and
+    dtypes of `expected` (the network's own state_dict()): load_state_dict would fail with a page of text, or
+    convert a dtype without a word."""
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: its {role or 'state'} is not a dict of tensors. {_MOVE_AWAY}")
+    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    if missing or unexpected:
+        names = ", ".join([f"no {name}" for name in missing[:3]] + [f"an unknown {name}" for name in unexpected[:3]])
+        raise CheckpointError(f"{path}: its {role or 'state'} does not fit the run's settings ({names}). {_MOVE_AWAY}")
+    for name, tensor in expected.items():
+        value = saved[name]
+        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
+            found = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__)
+            raise CheckpointError(f"{path}: {f'{role}.{name}' if role else name} is {found}; the run's settings "
+                                  f"need {tensor.dtype} {tuple(tensor.shape)}. {_MOVE_AWAY}")
+
+
+def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Raise CheckpointError unless `saved` (an optimiser's state_dict from the checkpoint) fits `optimizer`: the same
+    parameter groups, and moments of each parameter's shape and dtype (Adam would fail at its first step)."""
+    groups = saved.get("param_groups")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if (not isinstance(groups, list) or not isinstance(saved.get("state"), dict)
+            or [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != sizes):
+        raise CheckpointError(f"{path}: its {role} does not fit the optimiser of its networks. {_MOVE_AWAY}")
+    for index, moments in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(moments, dict):
+            raise CheckpointError(f"{path}: its {role} holds moments of no parameter ({index!r}). {_MOVE_AWAY}")
+        for name, value in moments.items():
+            shape = () if name == "step" else params[index].shape
+            if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point():
+                found = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__)
+                raise CheckpointError(f"{path}: {role} {name} of parameter {index} is {found}, not float "
+                                      f"{tuple(shape)}. {_MOVE_AWAY}")
+
+
+def _is_history(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("steps"), list) and isinstance(value.get("epochs"), list)
+            and all(isinstance(record, dict) for record in value["steps"] + value["epochs"]))
+
+
+def _read_config_file(run_dir: Path) -> tuple[TrainConfig | None, str]:
+    """(config.json's settings, "") / (None, "") when it is missing / (None, what is wrong with it)."""
+    if not (run_dir / CONFIG).is_file():
+        return None, ""
+    try:
+        return TrainConfig.load(run_dir / CONFIG), ""
+    except (ConfigError, OSError) as error:
+        return None, str(error)
+
+
+def _read_history_file(run_dir: Path) -> tuple[dict | None, str]:
+    """(history.json's records, "") / (None, "") when it is missing / (None, what is wrong with it)."""
+    path = run_dir / HISTORY
+    if not path.is_file():
+        return None, ""
+    try:
+        history = json.loads(path.read_text())
+    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None, f"{path} is not valid JSON ({error})"
+    if not _is_history(history):
+        return None, f"{path} does not hold a history (a 'steps' and an 'epochs' list of records)"
+    return history, ""
 
 
 def saved_config(run_dir: str | Path) -> TrainConfig | None:
     """The run's settings: config.json (written when it starts and whenever a change applies), else the
-    checkpoint's (a folder whose config.json was lost), else None. The checkpoint is loaded only then."""
+    checkpoint's (a folder whose config.json was lost or damaged), else None (nothing trained to continue; opening
+    the run moves a damaged config.json aside, saying so). The checkpoint is loaded only then."""
     run_dir = Path(run_dir)
-    if (run_dir / CONFIG).is_file():
-        return TrainConfig.load(run_dir / CONFIG)
-    if (run_dir / CHECKPOINT).is_file():
+    config, _ = _read_config_file(run_dir)
+    if config is None and (run_dir / CHECKPOINT).is_file():
         return TrainConfig.from_dict(read_checkpoint(run_dir / CHECKPOINT)["config"])
-    return None
+    return config
 
 
 def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
-    """(config, history) of a run folder from its config.json and history.json; (None, {}) where they are missing."""
+    """(config, history) of a run folder from its config.json and history.json; (None, {}) where they are missing.
+
+    One that is damaged (empty, truncated, edited into invalid JSON) is taken from the checkpoint, which holds both;
+    without a checkpoint, a UserError says which file to fix. Reads only: the folder may be training.
+    """
     run_dir = Path(run_dir)
-    config = TrainConfig.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
-    history = json.loads((run_dir / HISTORY).read_text()) if (run_dir / HISTORY).is_file() else {}
-    return config, history
+    (config, config_problem), (history, history_problem) = _read_config_file(run_dir), _read_history_file(run_dir)
+    if config_problem or history_problem:
+        if not (run_dir / CHECKPOINT).is_file():
+            raise UserError(f"{config_problem or history_problem}, and {run_dir} has no {CHECKPOINT} to recover it "
+                            "from: fix the file or move it away")
+        state = read_checkpoint(run_dir / CHECKPOINT)
+        config = TrainConfig.from_dict(state["config"]) if config_problem else config
+        history = state["history"] if history_problem else history
+    return config, history if history is not None else {}
 
 
-def _write_json(path: Path, value: dict) -> None:
-    with atomic_path(path) as tmp:
+def _write_json(path: Path, value: dict, make_folder: bool = True) -> None:
+    with atomic_path(path, make_folder=make_folder) as tmp:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
+
+
+def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
+    """Move `paths` (inside run_dir) into a new run_dir/earlier-N/, keeping their relative paths; return that folder."""
+    number = 1 + sum(1 for _ in run_dir.glob("earlier-*"))
+    aside = run_dir / f"earlier-{number}"
+    for path in paths:
+        target = aside / path.relative_to(run_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(path, target)
+    return aside
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """(device, inode) of a folder: changes when it is renamed away or deleted, even if another takes its name."""
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _refuse_data_folders(run_dir: Path, config: TrainConfig) -> None:
+    """Raise ConfigError if the run folder is, lies in or holds the data folder, or is data_dir.
+
+    The data folder's images are found recursively, and a run folder inside it is skipped (its grids are this
+    project's output): training there would find no images next time, or train on its own samples. data_dir holds
+    downloads and caches whose temporary files other processes clean up, as a run cleans up its own.
+    """
+    run = _resolved(run_dir)
+    data = Path(config.data).expanduser()
+    if config.data not in ("synthetic", "kaggle") and not config.data.startswith(("http://", "https://")) \
+            and data.is_dir():
+        data = _resolved(data)
+        relation = ("is" if run == data else "lies inside" if data in run.parents else
+                    "holds" if run in data.parents else "")
+        if relation:
+            raise ConfigError(f"config field 'out' ({run_dir}) {relation} the data folder {config.data} (config field "
+                              "'data'): the run's grids would mix with the images it trains on. Choose another out, "
+                              "or leave out='' (a folder under generated/)")
+    data_dir = _resolved(Path(config.data_dir))
+    if run == data_dir:
+        raise ConfigError(f"config field 'out' ({run_dir}) is data_dir (downloads and caches): choose another out, "
+                          "or leave out='' (a folder under generated/)")
+
+
+def _resolved(path: Path) -> Path:
+    return path.expanduser().resolve()
 
 
 # -------------------------------------------------------------------------------------------- what may change
@@ -256,12 +401,26 @@ class _Lock:
         self.fd = fd
 
     def release(self) -> None:
-        """Remove the file, then drop the lock: a process that opened the file before sees it locked until then,
-        one that comes after creates a new file (a killed holder leaves the file, unlocked, for the next)."""
+        """Drop the lock by closing the file, which stays for the next process: all of them lock this one file.
+        (Deleting it first would let a process that had opened it lock the deleted file while a later one locks
+        a new file of the same name: two processes training in one folder.) Its text is cleared first."""
         if self.fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self.fd)
-            self.fd = None
+            try:
+                os.ftruncate(self.fd, 0)
+            except OSError:  # a file system that refuses it: the text only names the holder
+                pass
+            finally:
+                os.close(self.fd)
+                self.fd = None
+
+    def folder_now(self) -> Path | None:
+        """Where the locked folder is now, renamed or not (Linux tells by the open file); None if it was deleted or
+        this system cannot tell."""
+        try:
+            target = os.readlink(f"/proc/self/fd/{self.fd}")
+        except (OSError, TypeError):
+            return None
+        return None if target.endswith(" (deleted)") else Path(target).parent
 
 
 def _command() -> str:
@@ -288,6 +447,8 @@ class Run:
         self._lock = lock
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-writer") if lock else None
         self._pending: Future | None = None
+        self._identity = _identity(run_dir) if lock else None  # the folder as opened: a rename or a new one differs
+        self._saved_epoch = state["epoch"] if state else 0
 
     @classmethod
     def open(cls, config: TrainConfig, networks: dict[str, str], tag: str = "", main: bool = True,
@@ -299,6 +460,7 @@ class Run:
         writable, holds a run that `config` cannot continue, or `resume` is False on a trained run.
         """
         run_dir = run_dir_of(config, tag)
+        _refuse_data_folders(run_dir, config)
         if not main:  # other processes of a distributed run only read; process 0 owns the folder
             path = run_dir / CHECKPOINT
             state = read_checkpoint(path) if config.resume and path.exists() else None
@@ -341,19 +503,53 @@ class Run:
                 raise ConfigError(f"{run_dir} was trained with another {role}: {trained_with[role]}, not {description}. "
                                   f"Pass the same {role} to continue it, or leave out='' (or set another out) to "
                                   "train yours in a folder of its own")
-        # what a killed epoch wrote ahead of its checkpoint is obsolete: that epoch is trained again
-        for epoch, frame in list_frames(run_dir):
-            if epoch > state["epoch"]:
-                frame.unlink()
-        if (run_dir / HISTORY).exists() and json.loads((run_dir / HISTORY).read_text()) != state["history"]:
-            _write_json(run_dir / HISTORY, state["history"])
+        cls._match_checkpoint(run_dir, state, log)
         return cls(run_dir, state, saved, lock, log)
+
+    @staticmethod
+    def _match_checkpoint(run_dir: Path, state: dict, log: Callable[[str], None]) -> None:
+        """Make the folder hold what the checkpoint holds, losing nothing, saying what was not routine.
+
+        Routine (silent): the grid of the epoch a kill cut short (written before its checkpoint) is deleted, and a
+        history.json one epoch behind (written after it) is rewritten. Epochs after the checkpoint's (an older
+        checkpoint copied in) are moved aside into earlier-N/. A config.json or history.json that is damaged or
+        edited is rewritten from the checkpoint, which holds both.
+        """
+        epoch = state["epoch"]
+        later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
+        history, history_problem = _read_history_file(run_dir)
+        history_ahead = history is not None and len(history["epochs"]) > len(state["history"]["epochs"])
+        if history_ahead or [e for e, _ in later] not in ([], [epoch + 1]):
+            aside = _move_aside(run_dir, [frame for _, frame in later] + [run_dir / name for name in (
+                HISTORY, "history.png", "training.gif") if (run_dir / name).exists()])
+            log(f"{run_dir}: {CHECKPOINT} holds epochs 1-{epoch}, but the folder had grids or history of later epochs "
+                f"(an older checkpoint copied in?): moved those to {aside}/ (nothing deleted); continuing after epoch "
+                f"{epoch}")
+            history = None
+        else:
+            for _, frame in later:  # the grid of the epoch a kill cut short: that epoch is trained again
+                frame.unlink()
+        repaired = []
+        config, config_problem = _read_config_file(run_dir)
+        if config is None:
+            TrainConfig.from_dict(state["config"]).save(run_dir / CONFIG)
+            repaired += [config_problem] if config_problem else []
+        if history != state["history"]:
+            behind = history is not None and all(history[key] == state["history"][key][:len(history[key])]
+                                                 for key in ("steps", "epochs"))
+            if history is not None and not behind:
+                history_problem = f"{run_dir / HISTORY} does not match {CHECKPOINT} (edited by hand?)"
+            _write_json(run_dir / HISTORY, state["history"])
+            repaired += [history_problem] if history_problem else []
+        if repaired:
+            log(f"{'; '.join(repaired)}: rewritten from {run_dir / CHECKPOINT}, which holds the run's settings and "
+                f"history; continuing after epoch {epoch}")
 
     @staticmethod
     def _set_aside_earlier_run(run_dir: Path, config: TrainConfig, log: Callable[[str], None]) -> None:
         """A folder with grids or history but no checkpoint: a first epoch cut short, or someone else's run."""
         frames = list_frames(run_dir)
-        saved = TrainConfig.load(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
+        saved, damaged = _read_config_file(run_dir)
         own_first_epoch = (saved is not None and not differences(saved, config, FIXED_FIELDS)
                            and not (run_dir / HISTORY).exists() and [e for e, _ in frames] in ([], [1]))
         if own_first_epoch:  # this run, killed before its first checkpoint: its grid is obsolete
@@ -362,16 +558,12 @@ class Run:
             return
         leftovers = [path for _, path in frames] + [run_dir / name for name in (HISTORY, "history.png", "training.gif")
                                                     if (run_dir / name).exists()]
-        if not leftovers:
+        if not leftovers and not damaged:
             return
-        number = 1 + sum(1 for _ in run_dir.glob("earlier-*"))
-        aside = run_dir / f"earlier-{number}"
-        for path in leftovers + ([run_dir / CONFIG] if saved is not None else []):
-            target = aside / path.relative_to(run_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(path, target)
-        log(f"{run_dir} held {len(frames)} sample grid(s) and the history of an earlier run, but no {CHECKPOINT}: "
-            f"moved them to {aside}/ (nothing deleted); starting a new run here")
+        aside = _move_aside(run_dir, leftovers + ([run_dir / CONFIG] if (run_dir / CONFIG).exists() else []))
+        held = f"{len(frames)} sample grid(s) and the history of an earlier run" if leftovers else "a damaged config.json"
+        log(f"{run_dir} held {held}, but no {CHECKPOINT}: moved them to {aside}/ (nothing deleted); starting a new run "
+            "here")
 
     # --------------------------------------------------------------------------------------------- training
 
@@ -397,12 +589,35 @@ class Run:
         self._pending = self._writer.submit(self._write_epoch, epoch, grid, history, state)
 
     def _write_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
-        with atomic_path(frame_path(self.dir, epoch)) as tmp:
-            Image.fromarray(grid).save(tmp, format="PNG")
-        needs = sum(t.numel() * t.element_size() for t in _tensors(state))
-        with atomic_path(self.dir / CHECKPOINT, needs_bytes=needs) as tmp:
-            torch.save(state, tmp)
-        _write_json(self.dir / HISTORY, history)
+        """Into the folder as opened only: if it was renamed or deleted meanwhile, nothing is written (and no folder
+        is created under its old name), and the error says where the saved epochs are."""
+        self._check_in_place(epoch)
+        try:
+            with atomic_path(frame_path(self.dir, epoch), make_folder=False) as tmp:
+                Image.fromarray(grid).save(tmp, format="PNG")
+            needs = sum(t.numel() * t.element_size() for t in _tensors(state))
+            with atomic_path(self.dir / CHECKPOINT, needs_bytes=needs, make_folder=False) as tmp:
+                torch.save(state, tmp)
+            self._saved_epoch = epoch
+            _write_json(self.dir / HISTORY, history, make_folder=False)
+        except OSError:
+            self._check_in_place(epoch)
+            raise
+
+    def _check_in_place(self, epoch: int) -> None:
+        """Raise RunMoved if the folder is no longer where it was opened (renamed, deleted, or replaced by another)."""
+        if self._identity is None or _identity(self.dir) == self._identity:
+            return
+        stopped = f"training stopped at epoch {epoch}" + (", before saving it" if epoch > self._saved_epoch else "")
+        saved = f"epochs 1-{self._saved_epoch}" if self._saved_epoch else "no epoch had been saved"
+        now = self._lock.folder_now() if self._lock is not None else None
+        if now is None:
+            raise RunMoved(f"{self.dir} was deleted (or moved where this process cannot see it) while training: "
+                           f"{stopped}; {saved + ' went with it' if self._saved_epoch else saved}. Run the same again "
+                           "to start a new run there")
+        where = f"{saved} are in {now}" if self._saved_epoch else saved
+        raise RunMoved(f"{self.dir} was moved to {now} while training: {stopped}; {where}. Move it back and run the same "
+                       f"again to continue, or continue it where it is with out={str(now)!r}")
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -422,8 +637,11 @@ class Run:
     def __enter__(self) -> "Run":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, error_type, *_) -> None:
+        """Close; after a run that ended well, check that its folder is still where the caller will look for it."""
         self.close()
+        if error_type is None:
+            self._check_in_place(self._saved_epoch)
 
 
 def _tensors(value: Any):

@@ -42,9 +42,9 @@ from .config import TrainConfig
 from .data import load_dataset
 from .environment import choose_amp_and_layout, describe, pick_cuda_graphs, pick_device
 from .errors import ConfigError, Interrupted, UserError
-from .metrics import fid_for_config, sampling, weights_path
+from .metrics import fid_for_config, load_inception, sampling
 from .models import Discriminator, Generator, count_parameters
-from .run import CHECKPOINT, Run, read_checkpoint
+from .run import CHECKPOINT, Run, check_optimizer_state, check_weights, read_checkpoint
 from .visualize import image_grid
 
 
@@ -399,6 +399,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     notebook 03). `images` skips loading `config.data` (tests, benchmarks). `generator` and `discriminator`
     replace the built-in networks with your own (any modules with the same input and output shapes).
     """
+    config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
     device = distributed.process_device(pick_device(config.device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -406,8 +407,10 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     distributed.setup(device)
     is_main = distributed.is_main()
     log = print if is_main else (lambda *_: None)
-    if config.fid_every:
-        weights_path(config.fid_weights)  # a missing weights file fails now, not at the first FID epoch
+    # a wrong or missing weights file, or a failed download, fails now: not after the first epoch, losing it
+    inception = load_inception(config.fid_weights) if config.fid_every and is_main else None
+    if generator is None or discriminator is None:
+        check_network_size(config, device)
     tag = network_tag(config, generator, discriminator)
     torch.manual_seed(config.seed)  # the same config starts from the same weights
     if generator is None:
@@ -419,7 +422,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         distributed.barrier()
         try:
             return _train(config, run, generator, discriminator, networks, device, progress and is_main, live_plot,
-                          images, log)
+                          images, inception, log)
         except KeyboardInterrupt as interrupt:
             if isinstance(interrupt, Interrupted):
                 raise
@@ -428,7 +431,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
 
 
 def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: nn.Module, networks: dict,
-           device: torch.device, progress: bool, live_plot, images: torch.Tensor | None,
+           device: torch.device, progress: bool, live_plot, images: torch.Tensor | None, inception: nn.Module | None,
            log: Callable[[str], None]) -> TrainResult:
     is_main, world = distributed.is_main(), distributed.world_size()
     with distributed.main_first():  # process 0 runs the CPU trial; the others read its answer from the cache
@@ -465,6 +468,7 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
     start_epoch = 1
     if run.state is not None:  # continue: weights, optimiser moments, scaler, EMA, noise, history, RNG
         state = run.state
+        _check_resumable(run.dir / CHECKPOINT, state, generator, discriminator, ema, opt_g, opt_d, fixed_noise)
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])
         _load_optimizer(opt_g, state["opt_g"], device_options)
@@ -509,7 +513,10 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
     run_step = CUDAGraphStep(training_step) if cuda_graphs else training_step
     sampler = ema.module if ema is not None else generator
     fixed_noise_device = fixed_noise.to(device)
-    fid = None  # built on first use: the reference statistics are computed (or loaded from data/) once
+    # the real images' statistics are computed (or read from data_dir's cache) before the first epoch: a damaged
+    # cache fails now, not after an epoch
+    fid = fid_for_config(config, images, device, inception) if inception is not None and start_epoch <= config.epochs \
+        else None
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
     saved_epoch = start_epoch - 1
 
@@ -564,7 +571,7 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
                 with torch.no_grad(), autocast():
                     grid = image_grid(sampler(fixed_noise_device).float()).permute(1, 2, 0).numpy()
                 if config.fid_every and (epoch % config.fid_every == 0 or epoch == config.epochs):
-                    fid = fid or fid_for_config(config, images, device)
+                    fid = fid or fid_for_config(config, images, device, inception)
                     epoch_record["fid"] = round(fid.score_generator(sampler, config.latent_dim, config.fid_samples,
                                                                     seed=config.seed), 3)
                     log(f"epoch {epoch}: FID {epoch_record['fid']:.2f} ({config.fid_samples:,} samples)")
@@ -587,6 +594,53 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
 
     epochs_done = history["epochs"][-1]["epoch"] if history["epochs"] else 0
     return TrainResult(sampler, discriminator, history, run.dir, epochs_done)
+
+
+def _check_resumable(path: Path, state: dict, generator: nn.Module, discriminator: nn.Module, ema: "EMA | None",
+                     opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, fixed_noise: torch.Tensor) -> None:
+    """Raise CheckpointError, naming the first tensor, unless every tensor of the checkpoint fits what it is loaded
+    into (a checkpoint with the right keys and other shapes or dtypes would fail in load_state_dict or later)."""
+    check_weights(path, "generator", state["generator"], generator.state_dict())
+    check_weights(path, "discriminator", state["discriminator"], discriminator.state_dict())
+    if ema is not None:
+        check_weights(path, "ema", state.get("ema"), ema.state_dict())
+    check_optimizer_state(path, "opt_g", state["opt_g"], opt_g)
+    check_optimizer_state(path, "opt_d", state["opt_d"], opt_d)
+    check_weights(path, "", {"fixed_noise": state["fixed_noise"]}, {"fixed_noise": fixed_noise})
+    check_weights(path, "rng", state["rng"], {"cpu": torch.get_rng_state()})
+
+
+def check_network_size(config: TrainConfig, device: torch.device) -> None:
+    """Raise ConfigError if the built-in networks of `config` cannot fit in the device's free memory.
+
+    They are built on the "meta" device, which allocates nothing, to count their parameters: a latent_dim or width
+    a thousand times too large would otherwise fail in the allocator with a page of C++ text, or make the system
+    swap. Training needs 16 bytes per parameter at least: the weights, their gradients and Adam's two moments.
+    """
+    try:  # D without spectral norm: as many parameters within a bias, and its power iterations crawl on "meta"
+        with torch.device("meta"):
+            parameters = (count_parameters(Generator(config.image_size, config.latent_dim, config.g_width))
+                          + count_parameters(Discriminator(config.image_size, config.d_width)))
+    except (RuntimeError, TypeError, OverflowError):  # sizes beyond 64 bits
+        parameters = math.inf
+    needs, free = 16 * parameters, _free_memory(device)
+    if needs > free:
+        raise ConfigError(
+            f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and 'd_width' "
+            f"({config.d_width}) make networks of {parameters:,} parameters: training them needs at least "
+            f"{needs / 2**30:,.1f} GiB and {device} has {free / 2**30:,.1f} GiB free. Use smaller values (the DCGAN "
+            "reference: latent_dim 100-128, widths 64)")
+
+
+def _free_memory(device: torch.device) -> float:
+    """Bytes free for new tensors on `device`: the GPU's free memory, else the RAM available (or free) now."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:  # MemAvailable counts the page cache the kernel would give back
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return _available_ram()
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, device_options: dict) -> None:
@@ -639,9 +693,13 @@ def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Modul
         if trained != describe_network(model):
             raise ConfigError(f"{run_dir} was trained with the {role} {trained}, not {describe_network(model)}: "
                               f"pass that {role} to load_models")
+    path = Path(run_dir) / CHECKPOINT
     if state.get("ema") is not None:
+        check_weights(path, "ema", state["ema"], EMA(generator, config.ema_decay).state_dict())
         generator.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
     else:
+        check_weights(path, "generator", state["generator"], generator.state_dict())
         generator.load_state_dict(state["generator"])
+    check_weights(path, "discriminator", state["discriminator"], discriminator.state_dict())
     discriminator.load_state_dict(state["discriminator"])
     return generator, discriminator, state["history"]
