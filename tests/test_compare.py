@@ -6,6 +6,7 @@ import os
 import shutil
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from utils.compare import (FIGURE_WIDTH, TABLE_WIDTH_PX, compare_runs, compariso
 from utils.config import TrainConfig
 from utils.errors import UserError
 from utils.models import Generator
+from utils.run import CHECKPOINT
 from utils.training import train
 
 IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -267,29 +269,49 @@ def png_announcing(width: int, height: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
-@pytest.mark.parametrize("damage, file, said", [
-    ("truncate", "history.json", "history.json is unreadable (not valid JSON at line"),
-    ("truncate", "config.json", "config.json is unreadable (not valid JSON at line"),
-    ("edit", "history.json", "history.json is unreadable (ValueError: step record 1 lacks a number"),
-    ("edit", "config.json", "config.json is unreadable (ConfigError"),
-    ("bomb", "samples/epoch_002.png", "epoch_002.png says it is 20000x20000 pixels"),
-])
-def test_a_damaged_run_is_shown_as_unreadable_with_one_line_naming_the_file(runs, damage, file, said, capsys):
-    _, made, _ = runs
-    broken = made[1].with_name(f"broken-{damage}-{file.replace('/', '_')}")
-    shutil.copytree(made[1], broken)
-    path = broken / file
+def damage_file(path: Path, damage: str) -> None:
     if damage == "truncate":
         path.write_text(path.read_text()[:40])
     elif damage == "edit":
         value = json.loads(path.read_text())
-        if file == "history.json":
+        if path.name == "history.json":
             value["steps"][0]["loss_g"] = "big"
         else:
             value["epochs"] = -3
         path.write_text(json.dumps(value))
     else:
         path.write_bytes(png_announcing(20000, 20000))
+
+
+@pytest.mark.parametrize("damage, file", [("truncate", "history.json"), ("truncate", "config.json"),
+                                          ("edit", "config.json")])
+def test_a_damaged_json_file_of_a_run_with_a_checkpoint_is_read_from_the_checkpoint(runs, damage, file, capsys):
+    _, made, _ = runs
+    broken = made[1].with_name(f"recovered-{damage}-{file.replace('/', '_')}")
+    shutil.copytree(made[1], broken)
+    damage_file(broken / file, damage)
+
+    table = comparison_table([made[0], broken])
+
+    assert "unreadable" not in table and table.replace(str(broken), "") == \
+        comparison_table([made[0], made[1]]).replace(str(made[1]), "")
+
+
+@pytest.mark.parametrize("damage, file, said", [
+    ("truncate", "history.json", "history.json is not valid JSON"),
+    ("truncate", "config.json", "config.json is not valid JSON"),
+    ("edit", "history.json", "history.json is unreadable (ValueError: step record 1 lacks a number"),
+    ("edit", "config.json", "config.json: config field 'epochs'"),
+    ("bomb", "samples/epoch_002.png", "epoch_002.png says it is 20000x20000 pixels"),
+])
+def test_a_damaged_run_is_shown_as_unreadable_with_one_line_naming_the_file(runs, damage, file, said, capsys):
+    """Without a checkpoint to recover them from (see the next test), damaged files make a run unreadable."""
+    _, made, _ = runs
+    broken = made[1].with_name(f"broken-{damage}-{file.replace('/', '_')}")
+    shutil.copytree(made[1], broken)
+    (broken / CHECKPOINT).unlink()
+    path = broken / file
+    damage_file(path, damage)
 
     fig = compare_runs([made[0], broken])
 

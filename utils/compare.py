@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -39,7 +38,8 @@ from PIL import Image
 
 from utils.config import TrainConfig
 from utils.errors import UserError
-from utils.run import CHECKPOINT, CONFIG, FIXED_FIELDS, HISTORY, TUNABLE_FIELDS, list_frames
+from utils.files import load_data
+from utils.run import CHECKPOINT, CONFIG, FIXED_FIELDS, HISTORY, TUNABLE_FIELDS, list_frames, read_run
 from utils.visualize import in_notebook
 
 MAX_RUNS = 12  # more than this and the grids are too small to see: the last 12 are shown, saying so
@@ -144,17 +144,18 @@ def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
 
 
 def _read_run(run_dir: Path) -> _Run:
+    """A damaged config.json or history.json is taken from the checkpoint as training does (utils.run.read_run);
+    without a checkpoint to recover it from, the run is shown as unreadable with that one line."""
     run = _Run(run_dir)
-    if (run_dir / CONFIG).is_file():
-        try:
-            run.config = TrainConfig.load(run_dir / CONFIG)
-        except (OSError, ValueError, TypeError, UserError) as error:  # truncated, hand-edited, a value out of range
-            run.problems.append(f"{run_dir / CONFIG} is unreadable ({_reason(error)}): its settings are not shown")
-    if (run_dir / HISTORY).is_file():
-        try:
-            run.history = _checked_history(json.loads((run_dir / HISTORY).read_text()))
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            run.problems.append(f"{run_dir / HISTORY} is unreadable ({_reason(error)}): its curves are not shown")
+    try:
+        run.config, history = read_run(run_dir)
+    except UserError as error:
+        run.problems.append(f"{error}; it is shown as unreadable")
+        return run
+    try:
+        run.history = _checked_history(history)
+    except ValueError as error:
+        run.problems.append(f"{run_dir / HISTORY} is unreadable ({_reason(error)}): its curves are not shown")
     run.networks = _own_networks(run_dir)
     return run
 
@@ -180,9 +181,9 @@ def _own_networks(run_dir: Path) -> dict[str, str]:
     can run code. A run without a readable checkpoint has no record: its networks are taken as built in.
     """
     try:
-        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True, mmap=True)
+        state = load_data(run_dir / CHECKPOINT, "checkpoint", UserError, "", mmap=True)
         described = state.get("networks", {}) if isinstance(state, dict) else {}
-    except Exception:  # noqa: BLE001 - no checkpoint, or one compare cannot read: nothing to tell about networks
+    except UserError:  # no checkpoint, or one compare cannot read: nothing to tell about networks
         return {}
     own = {}
     for role, (short, builtin) in _NETWORK_ROLES.items():

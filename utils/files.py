@@ -103,12 +103,13 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def load_data(path: str | Path, what: str, error: type[Exception], remedy: str) -> Any:
+def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
     """The tensors and plain data (dicts, lists, numbers, strings) in the PyTorch file `path`, on the CPU.
 
     Never runs code from the file: a pickle holding anything else is refused. Every way the file can be unusable
     (code in it, another format, truncated, unreadable) raises `error` (a UserError) with one line that names the
-    file (`what` it should be: "checkpoint"), says what is wrong and ends with `remedy` (what to do).
+    file (`what` it should be: "checkpoint"), says what is wrong and ends with `remedy` (what to do). `mmap`
+    maps the tensors instead of reading them, for a caller that reads one small entry of a large file.
     """
     import torch  # here, not at the top: utils.config writes through this module, and `--help` must stay fast
 
@@ -116,7 +117,7 @@ def load_data(path: str | Path, what: str, error: type[Exception], remedy: str) 
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the line below
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         raise error(f"refused to load {path}: it holds Python objects other than tensors and plain data (loading "
                     f"those could run arbitrary code), or it is not a PyTorch file at all. {remedy}") from None
