@@ -34,8 +34,9 @@ import utils.data as data
 from small_disk import small_disk
 from utils.config import TrainConfig
 from utils.data import (DataError, DownloadError, cache_path, download_kaggle, download_url, find_kaggle_input,
-                        load_dataset, redact_url)
+                        load_dataset)
 from utils.files import CannotWrite
+from utils.urls import redact_url
 
 REPO = Path(__file__).resolve().parents[1]
 try:
@@ -642,3 +643,27 @@ def test_a_failed_download_of_the_fid_weights_names_the_url_and_the_offline_opti
                                             r"\(\[Errno 111\] Connection refused\): check the network; offline, set "
                                             r"config field 'fid_weights' to a local pt_inception-2015-12-05-\*\.pth"):
         _InceptionPool3("")
+
+
+def test_a_password_or_token_in_the_data_url_is_never_stored_and_the_run_continues(server, tmp_path):
+    from utils.run import CHECKPOINT, default_run_dir
+    from utils.training import train
+
+    (server.root / "faces.zip").write_bytes(zip_of_images(16))
+    url = f"http://learner:pa55word@127.0.0.1:{server.port}/faces.zip?token=s3cret.key"
+    tiny = dict(data=url, data_dir=str(tmp_path / "data"), image_size=16, latent_dim=8, g_width=8, d_width=8,
+                batch_size=8, device="cpu", amp="off", num_samples=4, log_every=1, out=str(tmp_path / "run"))
+    train(TrainConfig(**tiny, epochs=1))
+    train(TrainConfig(**tiny, epochs=2))       # the same URL is the same data: the run continues, nothing refused
+
+    stored = (tmp_path / "run" / "config.json").read_bytes() + (tmp_path / "run" / CHECKPOINT).read_bytes()
+    assert b"pa55word" not in stored and b"s3cret" not in stored and b"faces.zip?token=***" in stored
+    assert json.loads((tmp_path / "run" / "history.json").read_text())["epochs"][-1]["epoch"] == 2
+    assert "s3cret" not in str(default_run_dir(TrainConfig(**tiny | {"out": ""})))
+
+    # the CLI continues from config.json, which lacks the secret: it asks for the URL again, in one line
+    result = subprocess.run([sys.executable, "-m", "utils.train", "--out", str(tmp_path / "run"), "--epochs", "3"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "stored without its password or token" in result.stderr and "give it again with --data URL" in result.stderr
+    assert "pa55word" not in result.stderr + result.stdout

@@ -23,6 +23,7 @@ from typing import Any
 
 from utils.errors import ConfigError
 from utils.files import atomic_path
+from utils.urls import redact_url
 
 # The largest seed: every epoch's random generators are seeded from (seed, epoch) (utils/training.py), within 64 bits.
 MAX_SEED = 2**32 - 1
@@ -164,13 +165,18 @@ class TrainConfig:
         factor = math.sqrt(self.batch_size * world_size / 128) if self.scale_lr else 1.0
         return self.lr_g * factor, self.lr_d * factor
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self, *, stored: bool = False) -> dict[str, Any]:
+        """The fields as a dict; `stored` for what files keep (config.json, the checkpoint): a URL given as `data`
+        without its password or token (utils.urls.redact_url), so a shared run folder shares no secret."""
+        values = dataclasses.asdict(self)
+        if stored:
+            values["data"] = redact_url(self.data)
+        return values
 
     def save(self, path: str | Path) -> None:
         """Write config.json atomically: a kill or a full disk leaves the old file, never an empty one."""
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            tmp.write_text(json.dumps(self.to_dict(stored=True), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":

@@ -60,6 +60,7 @@ from utils.errors import UserError
 from utils.files import CannotWrite, atomic_path, check_free_space, explain_write_error
 from utils.run import list_frames
 from utils.synthetic import synthetic_faces
+from utils.urls import is_url, redact_url
 
 try:
     import fcntl
@@ -145,7 +146,7 @@ def cache_path(config: TrainConfig) -> Path:
 
 def _local_source(config: TrainConfig) -> Path | None:
     """The folder or zip that config.data reads ("kaggle": found or downloaded now); None for synthetic and URLs."""
-    if config.data == "synthetic" or _is_url(config.data):
+    if config.data == "synthetic" or is_url(config.data):
         return None
     if config.data == "kaggle":
         return download_kaggle(Path(config.data_dir))
@@ -290,10 +291,6 @@ def _remove_stale_temporaries(data_dir: Path) -> None:
     if removed:
         print(f"data: removed {len(removed)} partial file(s) that a stopped download or cache build left "
               f"({', '.join(map(str, removed))})")
-
-
-def _is_url(data: str) -> bool:
-    return data.startswith(("http://", "https://"))
 
 
 def _existing(source: Path) -> Path:
@@ -690,29 +687,6 @@ def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
             content_type = _fetch(url, shown, tmp, target, progress)
         _check_zip(tmp, shown, content_type)
     return target
-
-
-_SECRET_NAME = re.compile(r"token|key|sig|secret|pass|pwd|auth|cred|session", re.IGNORECASE)
-
-
-def redact_url(data: str) -> str:
-    """`data` with a URL's credentials replaced by ***: its user:password@ and the values of query parameters
-    whose names say they are secret (token, key, signature, X-Amz-Credential, ...); anything else as it is.
-
-    For every message that names config.data and every file that stores it (config.json, the checkpoint):
-    a private link's token must not end up in a log, or in a run folder shared with others.
-    """
-    if not _is_url(data):
-        return data
-    try:
-        parts = urllib.parse.urlsplit(data)
-    except ValueError:   # e.g. an unclosed [ in the host: show the scheme only
-        return f"{data.split(':', 1)[0]}://***"
-    netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rpartition("@")[2]
-    pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
-    query = "&".join(name + equals + ("***" if equals and _SECRET_NAME.search(urllib.parse.unquote(name)) else value)
-                     for name, equals, value in pairs)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def _fetch(url: str, shown: str, tmp: Path, target: Path, progress: bool) -> str:

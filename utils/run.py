@@ -45,6 +45,7 @@ import shutil
 import socket
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -57,6 +58,7 @@ from PIL import Image
 from utils.config import IMPROVED_RECIPE, TrainConfig
 from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, load_data
+from utils.urls import is_url, redact_url
 
 try:
     import fcntl
@@ -123,7 +125,8 @@ def run_dir_of(config: TrainConfig, networks: str = "") -> Path:
 
 def _short(name: str, value: Any) -> str:
     if name == "data":
-        value = value if value in ("synthetic", "kaggle") else Path(str(value).rstrip("/")).stem or "data"
+        path = urllib.parse.urlsplit(value).path if is_url(value) else str(value)  # never a token into a folder name
+        value = value if value in ("synthetic", "kaggle") else Path(path.rstrip("/")).stem or "data"
     elif isinstance(value, float):
         value = f"{value:g}"
     return re.sub(r"[^\w.+=-]", "+", str(value))[:40]
@@ -338,9 +341,15 @@ def _same_value(name: str, a: Any, b: Any) -> bool:
     return a == b
 
 
+def _shown(name: str, value: Any) -> Any:
+    return redact_url(value) if name == "data" and isinstance(value, str) else value
+
+
 def _data_identity(data: str) -> str:
-    if data in ("synthetic", "kaggle") or data.startswith(("http://", "https://")):
+    if data in ("synthetic", "kaggle"):
         return data
+    if is_url(data):  # the run stored it without its credentials: the same URL is the same data
+        return redact_url(data)
     return str(Path(data).expanduser().resolve())
 
 
@@ -355,7 +364,8 @@ def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConf
     fixed = differences(saved, requested, FIXED_FIELDS)
     if not fixed:
         return
-    lines = [f"  {name}: {old!r} -> {new!r}{_recipe_note(name, saved, requested)}" for name, old, new in fixed]
+    lines = [f"  {name}: {_shown(name, old)!r} -> {_shown(name, new)!r}{_recipe_note(name, saved, requested)}"
+             for name, old, new in fixed]
     keep = (f"recipe={saved.recipe!r}" if saved.recipe != requested.recipe else
             ", ".join(f"{name}={old!r}" for name, old, _ in fixed))
     raise ConfigError(

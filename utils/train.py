@@ -78,11 +78,15 @@ def _train_from_command_line(argv: list[str] | None) -> None:
         parser.error(str(error))
     from .run import run_dir_of, saved_config  # after argument checks: --help stays fast
     from .training import train
+    from .urls import is_url
     from .distributed import is_main, shutdown
     from .visualize import save_history_plot
 
     saved = saved_config(run_dir_of(requested)) if requested.resume else None
     config = requested
+    if saved is not None and "data" not in given and is_url(saved.data) and "***" in saved.data:
+        parser.error(f"the run's data URL is stored without its password or token ({saved.data}): give it again "
+                     "with --data URL to continue")
     if saved is not None:  # continuing: what is not given keeps the run's value, what is given is a change
         try:
             config = TrainConfig.from_dict(saved.to_dict() | given | {"out": requested.out})

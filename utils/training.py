@@ -521,7 +521,7 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
     saved_epoch = start_epoch - 1
 
     def checkpoint(epoch: int) -> dict:
-        return {"epoch": epoch, "config": config.to_dict(), "networks": networks, "history": history,
+        return {"epoch": epoch, "config": config.to_dict(stored=True), "networks": networks, "history": history,
                 "fixed_noise": fixed_noise, "generator": generator.state_dict(),
                 "discriminator": discriminator.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
