@@ -639,10 +639,26 @@ def test_a_failed_download_of_the_fid_weights_names_the_url_and_the_offline_opti
         url = f"http://127.0.0.1:{unused.getsockname()[1]}/weights-inception-2015-12-05-6726825d.pth"
     monkeypatch.setattr(inception, "URL_INCEPTION_V3", url)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))   # no weights downloaded before
-    with pytest.raises(DownloadError, match=rf"could not download the FID Inception weights from {re.escape(url)} "
-                                            r"\(\[Errno 111\] Connection refused\): check the network; offline, set "
-                                            r"config field 'fid_weights' to a local pt_inception-2015-12-05-\*\.pth"):
+    with pytest.raises(DownloadError, match=rf"could not download the FID Inception weights: downloading "
+                                            rf"{re.escape(url)} failed \(\[Errno 111\] Connection refused\): check "
+                                            r"the network.*; offline, set config field 'fid_weights' to a local "
+                                            r"pt_inception-2015-12-05-\*\.pth"):
         _InceptionPool3("")
+
+
+def test_a_download_of_the_fid_weights_that_trickles_ends_within_the_limit(server, tmp_path, monkeypatch):
+    """The weights come through the same bounded download as the faces: a byte every 0.1 s cannot hang FID."""
+    inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    from utils.metrics import load_inception
+
+    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 1)
+    monkeypatch.setattr(inception, "URL_INCEPTION_V3", f"{server.url}/trickle-body/weights-inception-2015-12-05-6726825d.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"could not download the FID Inception weights: .* it stalled"):
+        load_inception("")
+    assert time.monotonic() - started < 4
+    assert list((tmp_path / "torch" / "hub" / "checkpoints").iterdir()) == []
 
 
 def test_a_password_or_token_in_the_data_url_is_never_stored_and_the_run_continues(server, tmp_path):

@@ -682,11 +682,22 @@ def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
         print(f"download: reusing {target}")
         return target
     shown = redact_url(url)
+    download_file(url, target, progress, check=lambda tmp, content_type: _check_zip(tmp, shown, content_type))
+    return target
+
+
+def download_file(url: str, target: Path, progress: bool = True,
+                  check: Callable[[Path, str], None] | None = None) -> None:
+    """Download `url` into `target` within this module's limits (a header deadline, a stall rule, a total deadline,
+    a cap on bodies without a length), to a temporary name renamed only once complete; `check(tmp, content_type)`
+    may refuse the body (raising) before it takes the name. The partial file is removed on every exit, SIGTERM
+    included; every failure is a UserError naming the URL as `redact_url` shows it."""
+    shown = redact_url(url)
     with _cleaned_up_on_sigterm(), atomic_path(target) as tmp:
         with _network_errors(shown):
             content_type = _fetch(url, shown, tmp, target, progress)
-        _check_zip(tmp, shown, content_type)
-    return target
+        if check is not None:
+            check(tmp, content_type)
 
 
 def _fetch(url: str, shown: str, tmp: Path, target: Path, progress: bool) -> str:

@@ -27,21 +27,19 @@ training starts, so a wrong file fails before the first epoch, not after it.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from unittest import mock
-from urllib.error import URLError
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
-from utils.data import DownloadError
+from utils.data import DownloadError, download_file
 from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, explain_write_error, load_data
 
@@ -239,22 +237,27 @@ _OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*
 
 
 def _download_weights(url: str) -> Path:
-    """The published weights in torch hub's cache, downloaded there first if needed (to a temporary name, renamed
-    once complete and its sha256 checked against the prefix in the file's name); the path is loaded as data only."""
+    """The published weights in torch hub's cache, downloaded there first if needed (utils.data.download_file: it
+    cannot hang or fill the disk), its sha256 checked against the prefix in the file's name before it is kept;
+    the path is loaded as data only."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
     if target.is_file():
         return target
     prefix = torch.hub.HASH_REGEX.search(target.name)
+
+    def published(tmp: Path, _content_type: str) -> None:
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        if prefix and not digest.startswith(prefix.group(1)):
+            raise DownloadError(f"{url} did not send the published FID Inception weights (invalid hash value: sha256 "
+                                f"{digest[:8]}..., expected {prefix.group(1)}...); nothing was kept. Try again later; "
+                                f"offline, {_OFFLINE}")
+
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(target), prefix.group(1) if prefix else None, progress=True)
-    except (URLError, http.client.HTTPException, ConnectionError, TimeoutError) as error:
-        reason = getattr(error, "reason", None) or f"{type(error).__name__}: {error}"
-        raise DownloadError(f"could not download the FID Inception weights from {url} ({reason}): check the "
-                            f"network; offline, {_OFFLINE}") from error
-    except RuntimeError as error:  # "invalid hash value": not the published file; torch removed the download
-        raise DownloadError(f"{url} did not send the published FID Inception weights ({error}); nothing was kept. "
-                            f"Try again later; offline, {_OFFLINE}") from None
+        download_file(url, target, check=published)
+    except DownloadError as error:
+        if "did not send the published" in str(error):
+            raise
+        raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
     except OSError as error:
         raise explain_write_error(error, target) from error
     return target
