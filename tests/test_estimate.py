@@ -9,8 +9,9 @@ import torch
 
 from utils.config import TrainConfig
 from utils.environment import _save_trial, _trial_key, speed_gap_note, trial_cache_file
-from utils.estimate import (DEMO_SETTINGS, fid_estimate, format_duration, measured_speed, timed_speed,
-                            training_estimate)
+from utils.estimate import (DEMO_SETTINGS, fid_estimate, fid_images_to_score, format_duration, measured_speed,
+                            timed_speed, training_estimate)
+from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.run import CONFIG, HISTORY, default_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,3 +99,13 @@ def test_the_log_says_why_an_epoch_and_the_cpu_trial_disagree(tmp_path, monkeypa
     assert note.startswith("note: epoch 2 trained at 45 images/s, 82% below the CPU trial's 250: ")
     assert "the trial times batches of 32, the epochs batches of 128" in note
     assert speed_gap_note(config, 2, 210.0) == ""   # within 25%
+
+
+def test_fid_counts_the_real_images_only_until_their_statistics_are_cached(tmp_path):
+    images = torch.zeros(300, 3, 16, 16, dtype=torch.uint8)
+    config = TrainConfig(data_dir=str(tmp_path), fid_samples=1000, fid_real=200)
+    assert fid_images_to_score(config, images, generators=2) == 200 + 2 * 1000
+    cache = reference_cache_file(tmp_path, dataset_id(images), 200, weights_id(""))
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"cached")
+    assert fid_images_to_score(config, images, generators=2) == 2 * 1000

@@ -304,3 +304,18 @@ def test_bootstrap_cell_installs_the_project_from_its_git_repository(tmp_path):
                            check=True, capture_output=True, text=True).stdout.strip()
     assert Path(where).is_relative_to(env_site)
     assert os.listdir(empty) == []
+
+
+def test_02_names_the_layer_whose_input_does_not_fit_in_one_line(capsys):
+    """A width edited in one line of the written-out generator: one line naming the layer, no traceback."""
+    cells = {cell.id: cell.source for cell in code_cells(load("02_models"))}
+    namespace = {"latent_dim": 128, "g_width": 64, "d_width": 64, "seed": 42}
+    exec(cells["5"], namespace)
+    edited = cells["6"].replace("nn.BatchNorm2d(ngf * 4),", "nn.BatchNorm2d(ngf * 3),", 1)
+    assert edited != cells["6"]
+    for source in (edited, cells["8"], cells["10"]):
+        exec(source, namespace)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("G:", "D:"))]
+    assert lines[0] == ("G: the written-out network does not run: layer 4 (BatchNorm2d) expects 192 channels but "
+                        "layer 3 gives it 256 (shape (8, 256, 8, 8)): make the two agree")
+    assert lines[1].startswith("D: 13 layers, same as utils.models: True")

@@ -25,9 +25,10 @@ import torch
 
 from utils.config import TrainConfig
 from utils.environment import choose_amp_and_layout
+from utils.metrics import dataset_id, reference_cache_file, weights_id
+from utils.models import Discriminator, Generator
 from utils.run import CONFIG, GENERATED, HISTORY, run_dir_of
 from utils.training import TrainingStep, time_training_steps
-from utils.models import Discriminator, Generator
 
 # `make demo`'s settings (the Makefile's DEMO_* lines; tests/test_estimate.py keeps the two equal): what a CPU trains
 # in minutes, so it is what the warnings suggest.
@@ -156,6 +157,15 @@ def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device
     if device.type == "cpu" and seconds > LONG_ON_CPU_S:
         line += f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: lower {lower} (1,000 to 2,000), or use a GPU"
     return line
+
+
+def fid_images_to_score(config: TrainConfig, real_images: torch.Tensor, generators: int) -> int:
+    """How many images FID runs through Inception for `generators` scores: `fid_samples` each, plus the real
+    reference set where its statistics are not cached yet."""
+    cached = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
+                                  weights_id(config.fid_weights)).is_file()
+    real = 0 if cached else min(config.fid_real or len(real_images), len(real_images))
+    return real + generators * config.fid_samples
 
 
 def inception_speed(fid, image_size: int, batch: int = 8) -> float:
