@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.config import TrainConfig
-from utils.run import CHECKPOINT, GENERATED, NAMED_FIELDS, default_run_dir, differences, list_frames, \
-    read_checkpoint, saved_config, trained_runs
+from utils.run import (CHECKPOINT, GENERATED, NAMED_FIELDS, default_run_dir, differences, list_frames,
+                       read_checkpoint, saved_config, trained_runs)
 
 SHOWN_OTHERS = 6   # the other runs listed by name; the rest are counted
 
