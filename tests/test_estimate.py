@@ -99,6 +99,10 @@ def test_the_log_says_why_an_epoch_and_the_cpu_trial_disagree(tmp_path, monkeypa
     assert note.startswith("note: epoch 2 trained at 45 images/s, 82% below the CPU trial's 250: ")
     assert "the trial times batches of 32, the epochs batches of 128" in note
     assert speed_gap_note(config, 2, 210.0) == ""   # within 25%
+    faster = speed_gap_note(config, 2, 460.0)         # the trial was cached from a busier moment
+    assert faster == (f"note: epoch 2 trained at 460 images/s, 84% above the CPU trial's 250, which was measured "
+                      f"earlier and cached (perhaps while other work shared this CPU): delete {trial_cache_file()} "
+                      "to measure it again")
 
 
 def test_fid_counts_the_real_images_only_until_their_statistics_are_cached(tmp_path):

@@ -82,9 +82,11 @@ def prepare(work: Path) -> None:
 
 
 def open_and_run_all(page: Page, url: str, name: str) -> None:
-    page.goto(f"{url}/lab/tree/notebooks/{name}.ipynb")
+    """Open the notebook alone (`?reset`: no other tabs), wait until its kernel is idle, then Run > Run All Cells."""
+    page.goto(f"{url}/lab/tree/notebooks/{name}.ipynb?reset")
     page.locator(".jp-Notebook").first.wait_for(timeout=120_000)
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=120_000)
+    time.sleep(3)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_text("Run All Cells", exact=True).click()
 
@@ -107,7 +109,8 @@ def shoot(cell, path: Path) -> None:
 
 
 def wait_until_idle(page: Page) -> None:
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=CELL_TIMEOUT_MS)
+    time.sleep(2)
+    page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=CELL_TIMEOUT_MS)
 
 
 def main(out: Path) -> None:
@@ -116,8 +119,9 @@ def main(out: Path) -> None:
     if chromium is None:
         raise SystemExit("needs Debian's chromium: apt-get install chromium")
     with tempfile.TemporaryDirectory(prefix="screenshots-") as temporary:
-        work = Path(temporary)
-        prepare(work)
+        work = Path(os.environ.get("SCREENSHOTS_WORK") or temporary)   # a folder to keep (and reuse) between runs
+        if not (work / "notebooks").is_dir():
+            prepare(work)
         port = free_port()
         env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(work / "lab-settings"), "OMP_NUM_THREADS": "2"}
         env.pop("SMOKE_TEST", None)
@@ -147,7 +151,7 @@ def main(out: Path) -> None:
                 wait_until_idle(page)
                 shoot(compare, out / "03-compare-6-runs.png")
                 guide = page.locator(".jp-MarkdownCell", has_text="What goes wrong in GAN training").first
-                guide.scroll_into_view_if_needed()
+                guide.locator("h2").first.scroll_into_view_if_needed()
                 time.sleep(1)
                 page.screenshot(path=str(out / "03-troubleshooting.png"))
                 print("saved", out / "03-troubleshooting.png", flush=True)
