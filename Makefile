@@ -20,7 +20,7 @@ DEMO_TRAIN := $(DEMO_MODEL) -p epochs 35 -p batch_size 128 -p out $(DEMO_OUT)
 DEMO_03 := $(DEMO_TRAIN) -p manual_steps 100
 PAPERMILL := $(BIN)/papermill --cwd notebooks
 
-.PHONY: demo test
+.PHONY: demo test screenshots
 
 demo: $(INSTALLED)
 	mkdir -p $(DEMO_OUT)/notebooks
@@ -34,6 +34,12 @@ demo: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# Not part of `make test`: notebooks 03-05 run in JupyterLab in headless Chromium (minutes of CPU training), and
+# screenshots of what a learner sees land in generated/screenshots/. Needs `apt-get install chromium` and
+# `$(BIN)/pip install playwright` (tests/browser/screenshots.py).
+screenshots: $(INSTALLED)
+	$(BIN)/python tests/browser/screenshots.py generated/screenshots
 
 # The stamp file is newer than pyproject.toml once the install succeeded; the venv itself is only created if missing.
 $(INSTALLED): pyproject.toml

@@ -4,15 +4,19 @@ The exercises and the fixes name what to change. Written as `name = value` (spac
 notebook's parameters cell: the name must be one of its parameters and the value of the same type as its default
 (as papermill would pass it). Written as `TrainConfig(name=value, ...)`, it must build a valid TrainConfig. So a
 renamed or removed parameter, a misspelt field or an invalid value in the text fails here, and so does a missing
-section, a figure that is not in the repository, or an exercise that does not say how long it takes.
+section, a picture that would not display (not attached to its cell: offline, on Colab or Kaggle it would be
+missing), or an exercise that does not say how long it takes.
 """
 
 import ast
+import base64
+import io
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
+from PIL import Image
 
 from utils.config import TrainConfig
 
@@ -32,13 +36,56 @@ def parameters(name: str) -> dict:
     return {key: value for key, value in namespace.items() if key not in ("os", "__builtins__")}
 
 
-def figure_file(link: str) -> Path:
-    """The repository file an image link shows: a raw.githubusercontent.com URL of this repository's main branch (so
-    that Colab and Kaggle, which open the notebook alone, can show it) or a path relative to notebooks/."""
-    bootstrap = next(c for c in load(NOTEBOOKS[0]).cells if c.cell_type == "code").source
-    repository = re.search(r'"ANIME_GAN_REPO", "https://github.com/([^"]+)"', bootstrap).group(1)
-    raw = f"https://raw.githubusercontent.com/{repository}/main/"
-    return REPO / link.removeprefix(raw) if link.startswith(raw) else REPO / "notebooks" / link
+BADGES = ("https://colab.research.google.com/assets/", "https://kaggle.com/static/images/")   # "Open in ..." buttons
+IMAGE_TYPES = {"image/png": b"\x89PNG", "image/jpeg": b"\xff\xd8", "image/gif": b"GIF8"}
+MAX_ATTACHMENT_BYTES = 200_000   # a figure is a small copy: the notebook stays quick to open, diff and download
+
+
+def markdown_images(cell) -> list[tuple[str, str]]:
+    """(alt text, target) of every image in a markdown cell: `![alt](target)` and `<img src="target">`."""
+    images = re.findall(r"!\[([^\]]*)\]\(\s*<?([^)\s>]+)", cell.source)
+    return images + [("", src) for src in re.findall(r"<img[^>]*\ssrc=[\"']([^\"']+)", cell.source)]
+
+
+def undisplayable(cell) -> list[str]:
+    """Why each image of `cell` would not show everywhere the series is read, offline included.
+
+    A cell attachment or a data: URI travels inside the notebook: JupyterLab and VS Code from a clone, offline,
+    Colab and Kaggle (which open the notebook alone, from the badge) and GitHub's viewer all show it. A relative
+    path shows only next to a clone, and an absolute URL only online and while the file is there. The exception
+    is the Colab and Kaggle badges: links whose alt text is the working link when the picture is missing.
+    """
+    problems = []
+    attachments = cell.get("attachments", {})
+    for alt, target in markdown_images(cell):
+        if target.startswith(BADGES) and alt.lower().startswith("open in"):
+            continue
+        if target.startswith("data:image/"):
+            continue
+        if not target.startswith("attachment:"):
+            problems.append(f"{target} is not a cell attachment (it would not show offline, or opened alone)")
+            continue
+        name = target.removeprefix("attachment:")
+        if name not in attachments:
+            problems.append(f"{target}: the cell has no attachment {name!r} (it has {sorted(attachments)})")
+            continue
+        ((mime, encoded),) = attachments[name].items()
+        data = base64.b64decode(encoded)
+        if not data.startswith(IMAGE_TYPES.get(mime, b"?")):
+            problems.append(f"{target}: the attachment is not a {mime} image")
+        elif len(data) > MAX_ATTACHMENT_BYTES:
+            problems.append(f"{target}: {len(data):,} bytes; keep attachments under {MAX_ATTACHMENT_BYTES:,}")
+    unused = set(attachments) - {target.removeprefix("attachment:") for _, target in markdown_images(cell)}
+    problems += [f"attachment {name!r} is shown nowhere in its cell" for name in sorted(unused)]
+    return problems
+
+
+def figure_file(attachment: str) -> Path:
+    """The repository file an attached figure is a small copy of: the same name, under docs/ (any extension)."""
+    stem = Path(attachment.removeprefix("attachment:")).stem
+    matches = [path for path in (REPO / "docs").rglob(f"{stem}.*") if path.suffix in (".png", ".jpg")]
+    assert len(matches) == 1, f"{attachment}: no single figure named {stem}.* under docs/ ({matches})"
+    return matches[0]
 
 
 def section(name: str, title: str) -> str:
@@ -120,10 +167,43 @@ def test_troubleshooting_covers_each_problem_with_signs_and_a_fix_from_real_runs
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", guide)
     assert len(figures) >= 4
     for figure in figures:
-        assert figure_file(figure).resolve().is_file(), f"{figure} is not in the repository"
+        assert figure.startswith("attachment:"), f"{figure}: attach it to the cell (test_every_picture_displays)"
+        figure_file(figure)
     # the mode collapse and "D wins" figures are curves of real runs whose commands are written down
     readme = (REPO / "docs" / "troubleshooting" / "README.md").read_text()
     for figure in figures:
-        if "troubleshooting/" in figure:
-            assert Path(figure).name in readme, f"docs/troubleshooting/README.md does not say how {figure} was made"
+        if figure_file(figure).parent.name == "troubleshooting":
+            assert figure_file(figure).name in readme, f"docs/troubleshooting/README.md does not say how {figure} was made"
     assert readme.count("python -m utils.train") >= 2
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_picture_displays_everywhere(name):
+    """No markdown image that needs the repository or the network: each is an attachment (or a data: URI)."""
+    problems = [f"cell {index}: {problem}" for index, cell in enumerate(load(name).cells) if cell.cell_type == "markdown"
+                for problem in undisplayable(cell)]
+    assert not problems, f"{name}: " + "; ".join(problems)
+
+
+def test_attached_figures_are_copies_of_the_repository_figures():
+    """Each attachment shows the docs/ figure of its name (same aspect ratio), so the prose describes what is shown."""
+    for name in NOTEBOOKS:
+        for cell in load(name).cells:
+            for attachment, bundle in cell.get("attachments", {}).items():
+                ((_, encoded),) = bundle.items()
+                with Image.open(io.BytesIO(base64.b64decode(encoded))) as shown, Image.open(figure_file(attachment)) as original:
+                    assert abs(shown.width / shown.height - original.width / original.height) < 0.02, attachment
+
+
+def test_the_image_check_rejects_what_would_not_display():
+    """The check itself: a URL, a relative path and a missing attachment fail; an attachment and a badge pass."""
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    attached = {"a.png": {"image/png": base64.b64encode(png.getvalue()).decode()}}
+    cell = nbformat.v4.new_markdown_cell
+    assert undisplayable(cell("![x](attachment:a.png)", attachments=attached)) == []
+    assert undisplayable(cell("[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)](u)")) == []
+    for source in ("![x](https://raw.githubusercontent.com/o/r/main/docs/a.png)", "![x](../docs/a.png)",
+                   '<img src="../docs/a.png">', "![x](attachment:b.png)"):
+        assert len(undisplayable(cell(source, attachments=attached))) >= 1, source
+    assert undisplayable(cell("no picture", attachments=attached)) == ["attachment 'a.png' is shown nowhere in its cell"]

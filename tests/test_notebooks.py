@@ -30,7 +30,7 @@ from utils.run import run_dir_of
 REPO = Path(__file__).resolve().parents[1]
 SERIES = ["01_dataset", "02_models", "03_training", "04_gif"]   # executed here, in this order
 NOTEBOOKS = sorted(path.stem for path in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))   # checked statically
-TRAINS_FIRST = "has no sample grids yet"    # what 04 prints before training a run that has no grids
+TRAINS_FIRST = "training one first"    # what 04 prints before training a run when none exists (train_if_missing)
 
 
 def load(name: str) -> nbformat.NotebookNode:
@@ -64,12 +64,12 @@ def repository_url() -> str:
     return re.search(r'"ANIME_GAN_REPO", "([^"]+)"', code_cells(load(SERIES[0]))[0].source).group(1)
 
 
-def execute(name: str, cwd: Path, executed: Path) -> str:
+def execute(name: str, cwd: Path, executed: Path, parameters: dict | None = None) -> str:
     """Run notebook `name` in a fresh kernel with `cwd` as working folder; return all its text output."""
     executed.mkdir(exist_ok=True)
     output = executed / f"{name}.ipynb"
     source = cwd / f"{name}.ipynb" if (cwd / f"{name}.ipynb").exists() else REPO / "notebooks" / f"{name}.ipynb"
-    papermill.execute_notebook(str(source), str(output), cwd=str(cwd), kernel_name="python3",
+    papermill.execute_notebook(str(source), str(output), cwd=str(cwd), kernel_name="python3", parameters=parameters,
                                progress_bar=False, log_output=False, execution_timeout=300)
     texts = []
     for cell in code_cells(nbformat.read(output, as_version=4)):
@@ -223,8 +223,12 @@ def test_series_runs_in_order_in_the_repository_layout(tmp_path, smoke_env):
         assert (run / name).is_file(), f"03 left no {name} in {run}"
     assert '"image_size": %d' % smoke["image_size"] in (run / "config.json").read_text()
 
-    text = execute("04_gif", notebooks, executed)
+    # 04 left at other settings than 03's (the learner forgot to retype them): it finds 03's run, says so, trains nothing
+    text = execute("04_gif", notebooks, executed, parameters={"image_size": 64, "epochs": 25})
     assert TRAINS_FIRST not in text, "04 trained again although 03 had left the grids"
+    assert f"working on {smoke_run()}: the run trained last" in text
+    assert re.search(r"^note: this notebook's parameters differ from .*image_size 64 here, 16 in the run.*epochs 25 "
+                     r"here, 2 in the run", text, re.M), text
     assert gif_frames(run / "training.gif") == smoke["epochs"]
     assert not (REPO / "notebooks" / "data").exists() and not (REPO / "notebooks" / "generated").exists()
 
@@ -246,6 +250,17 @@ def test_notebook_runs_alone_in_an_empty_folder(name, tmp_path, smoke_env, monke
     if name == "04_gif":
         assert TRAINS_FIRST in text
         assert gif_frames(run / "training.gif") == parameters(name, smoke=True)["epochs"]
+
+
+def test_04_alone_trains_nothing_unless_asked(tmp_path, smoke_env, monkeypatch):
+    """Opened from its badge with no run anywhere and train_if_missing left False: one line saying what to do."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("ANIME_GAN_REPO", "file:///nonexistent/do-not-install")
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        execute("04_gif", tmp_path, tmp_path / "executed", parameters={"train_if_missing": False})
+    assert failure.value.ename == "UserError"
+    assert "no trained run under generated/ yet: run notebook 03 first" in failure.value.evalue
+    assert not (tmp_path / "generated").exists() and not (tmp_path / "data").exists()
 
 
 def test_bootstrap_cell_installs_the_project_from_its_git_repository(tmp_path):
@@ -308,3 +323,18 @@ def test_notebook_06_runs_alone_and_its_explorer_falls_back_to_a_static_grid(tmp
     (explorer,) = [cell for cell in code_cells(notebook) if "explorer.show(" in cell.source]
     shown = [out.get("data", {}) for out in explorer.outputs if out.get("output_type") == "display_data"]
     assert any("application/vnd.jupyter.widget-view+json" in data and "image/png" in data for data in shown)
+
+
+def test_02_names_the_layer_whose_input_does_not_fit_in_one_line(capsys):
+    """A width edited in one line of the written-out generator: one line naming the layer, no traceback."""
+    cells = {cell.id: cell.source for cell in code_cells(load("02_models"))}
+    namespace = {"latent_dim": 128, "g_width": 64, "d_width": 64, "seed": 42}
+    exec(cells["5"], namespace)
+    edited = cells["6"].replace("nn.BatchNorm2d(ngf * 4),", "nn.BatchNorm2d(ngf * 3),", 1)
+    assert edited != cells["6"]
+    for source in (edited, cells["8"], cells["10"]):
+        exec(source, namespace)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("G:", "D:"))]
+    assert lines[0] == ("G: the written-out network does not run: layer 4 (BatchNorm2d) expects 192 channels but "
+                        "layer 3 gives it 256 (shape (8, 256, 8, 8)): make the two agree")
+    assert lines[1].startswith("D: 13 layers, same as utils.models: True")

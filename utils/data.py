@@ -351,7 +351,7 @@ def _decode_all(source: Path, listing: _Listing, image_size: int, progress: bool
     try:
         results = tqdm(pool.map(decode, names), total=len(names), desc=f"decoding {source.name}",
                        unit="img", disable=not progress)
-        for name, (pixels, original, error) in zip(names, results):
+        for (pixels, original, error), name in zip(results, names):   # the bar first: it sees its end and shows N/N
             if pixels is None:
                 failures.append((listing.describe(name), error))
                 continue

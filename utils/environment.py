@@ -118,6 +118,10 @@ class CPUTrial:
     amp: torch.dtype | None
     channels_last: bool
     summary: str
+    images_per_s: float = 0.0   # the chosen candidate's figure
+
+
+TRIAL_BATCH = 32   # the batch size the trial times (at most the run's): utils.training.time_training_steps
 
 
 def cpu_trial(config: TrainConfig, measure) -> CPUTrial:
@@ -129,24 +133,63 @@ def cpu_trial(config: TrainConfig, measure) -> CPUTrial:
     cached (`trial_cache_file`): the next runs read the answer, so every process on a machine makes the same
     choice (a resumed run trains exactly like an uninterrupted one).
     """
-    key = _trial_key(config)
-    cache = trial_cache_file()
+    cached = cached_trial(config)
+    if cached is not None:
+        return cached
+    candidates = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
+    results = {name: round(value, 1) for name, value in measure(candidates).items()}
+    _save_trial(trial_cache_file(), _trial_key(config), results)
+    return _decide(results, cached=False)
+
+
+def cached_trial(config: TrainConfig) -> CPUTrial | None:
+    """The answer of an earlier trial for `config`'s networks on this machine, or None (nothing measured here)."""
     try:
-        results = json.loads(cache.read_text()).get(key)
+        results = json.loads(trial_cache_file().read_text()).get(_trial_key(config))
     except (OSError, ValueError, AttributeError):
-        results = None
-    cached = results is not None
-    if not cached:
-        candidates = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
-        results = {name: round(value, 1) for name, value in measure(candidates).items()}
-        _save_trial(cache, key, results)
+        return None
+    return _decide(results, cached=True) if results else None
+
+
+def _decide(results: dict[str, float], cached: bool) -> CPUTrial:
     fastest = max(results, key=results.get)
     best = fastest if results[fastest] > MARGIN * results[CPU_DEFAULT] else CPU_DEFAULT
     dtype, layout = best.split()
     measured = ", ".join(f"{name} {value:,.0f}" for name, value in results.items())
     return CPUTrial(torch.bfloat16 if dtype == "bf16" else None, layout == "channels_last",
                     f"CPU trial ({'cached' if cached else 'just measured'}; images/s of training steps): "
-                    f"{measured} -> {best}")
+                    f"{measured} -> {best}", results[best])
+
+
+def speed_gap_note(config: TrainConfig, epoch: int, epoch_images_per_s: float, tolerance: float = 0.25) -> str:
+    """Why an epoch's images/s and the CPU trial's figure differ by more than `tolerance` ("" when they agree).
+
+    The trial times `TRIAL_BATCH` random images per step with nothing else running in the process; an epoch also
+    shuffles, flips and scales its batches, reads the losses, draws the live plot and saves a grid and a checkpoint.
+    Other work on the machine slows whichever of the two it overlaps, which the load average shows.
+    """
+    trial = cached_trial(config)
+    if trial is None or not trial.images_per_s or abs(epoch_images_per_s / trial.images_per_s - 1) <= tolerance:
+        return ""
+    gap = epoch_images_per_s / trial.images_per_s - 1
+    if gap > 0:   # the epochs beat the trial: it was timed earlier, under other conditions, and its answer kept
+        return (f"note: epoch {epoch} trained at {epoch_images_per_s:,.0f} images/s, {gap:.0%} above the CPU trial's "
+                f"{trial.images_per_s:,.0f}, which was measured earlier and cached (perhaps while other work shared "
+                f"this CPU): delete {trial_cache_file()} to measure it again")
+    reasons = []
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+        if load > torch.get_num_threads() + 0.5:
+            reasons.append(f"other work shares this CPU (load average {load:.1f} on {cores} cores)")
+    except OSError:
+        pass
+    batch = min(TRIAL_BATCH, config.batch_size)
+    if batch != config.batch_size:
+        reasons.append(f"the trial times batches of {batch}, the epochs batches of {config.batch_size}")
+    reasons.append("an epoch also shuffles and scales its batches, logs, draws the live plot and saves")
+    return (f"note: epoch {epoch} trained at {epoch_images_per_s:,.0f} images/s, {-gap:.0%} below the CPU trial's "
+            f"{trial.images_per_s:,.0f}: " + "; ".join(reasons))
 
 
 def trial_cache_file() -> Path:

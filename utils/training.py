@@ -40,7 +40,7 @@ from . import distributed
 from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
-from .environment import choose_amp_and_layout, describe, pick_cuda_graphs, pick_device
+from .environment import TRIAL_BATCH, choose_amp_and_layout, describe, pick_cuda_graphs, pick_device, speed_gap_note
 from .errors import ConfigError, Interrupted, UserError
 from .metrics import fid_for_config, load_inception, sampling
 from .models import Discriminator, Generator, count_parameters
@@ -356,7 +356,8 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
                               f"{tuple(logits.shape)}; training needs one score per image: shape (2,) or (2, 1)")
 
 
-def time_training_steps(config: TrainConfig, candidates: list[str], batch: int = 32, rounds: int = 3) -> dict[str, float]:
+def time_training_steps(config: TrainConfig, candidates: list[str], batch: int = TRIAL_BATCH,
+                        rounds: int = 3) -> dict[str, float]:
     """Images/s of the CPU training step of `config`'s built-in networks for each candidate ("fp32 NCHW",
     "bf16 channels_last", ...): what `choose_amp_and_layout` decides "auto" with on a CPU.
 
@@ -584,6 +585,10 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
                 log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
                     f"loss_g {history['steps'][-1]['loss_g']:.3f}, {epoch_record['images_per_s']:,.0f} images/s "
                     f"-> {run.dir}/samples/epoch_{epoch:03d}.png")
+                if measured and epoch == start_epoch + min(1, config.epochs - start_epoch):  # past the warm-up epoch
+                    note = speed_gap_note(config, epoch, epoch_record["images_per_s"])
+                    if note:
+                        log(note)
                 if live_plot is not None:
                     live_plot.update(history, grid=grid, title=f"epoch {epoch}", force=True)
             distributed.barrier()

@@ -1,0 +1,115 @@
+"""utils.estimate: the time a long cell announces comes from this machine's measurements, and says what to lower."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.config import TrainConfig
+from utils.environment import _save_trial, _trial_key, speed_gap_note, trial_cache_file
+from utils.estimate import (DEMO_SETTINGS, fid_estimate, fid_images_to_score, format_duration, measured_speed,
+                            timed_speed, training_estimate)
+from utils.metrics import dataset_id, reference_cache_file, weights_id
+from utils.run import CONFIG, HISTORY, default_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def past_run(root: Path, config: TrainConfig, speeds: list[float], cut_short: float | None = None) -> Path:
+    """A run folder whose history.json holds epochs at `speeds` images/s (and one cut short by max_minutes)."""
+    folder = root / default_run_dir(config).name
+    folder.mkdir(parents=True)
+    config.save(folder / CONFIG)
+    epochs = [{"epoch": i, "seconds": 1.0, "images_per_s": speed} for i, speed in enumerate(speeds, 1)]
+    if cut_short is not None:
+        epochs.append({"epoch": len(epochs) + 1, "seconds": 1.0, "images_per_s": cut_short, "steps": 3})
+    (folder / HISTORY).write_text(json.dumps({"steps": [], "epochs": epochs}))
+    return folder
+
+
+def test_durations_read_as_estimates():
+    assert [format_duration(s) for s in (0.2, 40, 89, 360, 3599, 11_111)] == \
+           ["about 1 s", "about 40 s", "about 89 s", "about 6 min", "about 1 h 00 min", "about 3 h 05 min"]
+
+
+def test_demo_settings_are_the_makefiles():
+    makefile = (REPO / "Makefile").read_text()
+    passed = dict(re.findall(r"-p (\w+) (\d+)", " ".join(line for line in makefile.splitlines()
+                                                       if line.startswith(("DEMO_DATA", "DEMO_MODEL", "DEMO_TRAIN")))))
+    assert {name: int(value) for name, value in passed.items()} == DEMO_SETTINGS
+
+
+def test_the_estimate_uses_the_epochs_measured_here_and_warns_on_a_cpu_with_what_to_lower(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "generated"
+    past_run(root, TrainConfig(lr_g=1e-3), [20.0, 44.0, 45.0, 46.0], cut_short=5.0)   # same networks: counts
+    past_run(root, TrainConfig(g_width=32), [500.0])                                  # other widths: does not
+    past_run(root, TrainConfig(**DEMO_SETTINGS), [200.0, 200.0])                      # what the warning cites
+    assert measured_speed(TrainConfig(), root) == (45.0, f"the epochs of {root / 'dcgan-64px-lr_g=0.001'} on this machine")
+
+    text = training_estimate(TrainConfig(), CPU, 20_000, root=root)
+    first, warning = text.splitlines()
+    assert first == (f"25 epochs x 20,000 images at about 45 images/s (the epochs of {root / 'dcgan-64px-lr_g=0.001'} "
+                     "on this machine): about 3 h 05 min here")
+    assert warning.startswith("warning: over 30 minutes on a CPU. Lower image_size (32), g_width and d_width (32), "
+                              "max_images (8000) or epochs, or use a GPU")
+    assert warning.endswith("take about 23 min here")   # 35 epochs x 8,000 images at 200 images/s
+
+    short = training_estimate(TrainConfig(epochs=1, max_images=2000), CPU, 2_000, root=root)
+    assert short == (f"1 epoch x 2,000 images at about 45 images/s (the epochs of {root / 'dcgan-64px-lr_g=0.001'} "
+                     "on this machine): about 44 s here")                                         # no warning
+    assert "warning" not in training_estimate(TrainConfig(), torch.device("meta"), 20_000, root=root)  # not a CPU
+
+
+def test_a_resumed_run_counts_only_the_epochs_left(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "generated"
+    config = TrainConfig(epochs=3, image_size=32)
+    run = past_run(root, config, [100.0, 100.0])
+    assert training_estimate(config, CPU, 1_000, root=root).startswith("1 epoch (epochs 3-3; 2 done) x 1,000 images")
+    assert training_estimate(TrainConfig(epochs=2, image_size=32), CPU, 1_000, root=root) == \
+           f"{run.relative_to(tmp_path)} already has 2 epochs: nothing to train, it only loads (seconds)"
+
+
+def test_timed_speed_times_real_steps_and_leaves_the_random_state_alone():
+    config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=8, amp="off", channels_last="off")
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    speed = timed_speed(config, CPU, seconds=0.2, max_steps=2)
+    assert speed > 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_fid_estimate_warns_on_a_cpu_past_half_an_hour():
+    assert fid_estimate(1_000, 10.0, CPU, "fid_samples") == \
+           "FID: 1,000 images through Inception at about 10.0 images/s (timed now on cpu): about 2 min here"
+    slow = fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real")
+    assert slow.endswith("warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
+
+
+def test_the_log_says_why_an_epoch_and_the_cpu_trial_disagree(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path))
+    config = TrainConfig(image_size=32, g_width=32, d_width=32)
+    assert speed_gap_note(config, 2, 45.0) == ""   # no trial measured on this machine: nothing to compare
+    _save_trial(trial_cache_file(), _trial_key(config), {"fp32 NCHW": 200.0, "fp32 channels_last": 250.0})
+    note = speed_gap_note(config, 2, 45.0)
+    assert note.startswith("note: epoch 2 trained at 45 images/s, 82% below the CPU trial's 250: ")
+    assert "the trial times batches of 32, the epochs batches of 128" in note
+    assert speed_gap_note(config, 2, 210.0) == ""   # within 25%
+    faster = speed_gap_note(config, 2, 460.0)         # the trial was cached from a busier moment
+    assert faster == (f"note: epoch 2 trained at 460 images/s, 84% above the CPU trial's 250, which was measured "
+                      f"earlier and cached (perhaps while other work shared this CPU): delete {trial_cache_file()} "
+                      "to measure it again")
+
+
+def test_fid_counts_the_real_images_only_until_their_statistics_are_cached(tmp_path):
+    images = torch.zeros(300, 3, 16, 16, dtype=torch.uint8)
+    config = TrainConfig(data_dir=str(tmp_path), fid_samples=1000, fid_real=200)
+    assert fid_images_to_score(config, images, generators=2) == 200 + 2 * 1000
+    cache = reference_cache_file(tmp_path, dataset_id(images), 200, weights_id(""))
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"cached")
+    assert fid_images_to_score(config, images, generators=2) == 2 * 1000

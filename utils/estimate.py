@@ -1,0 +1,178 @@
+"""How long the long cells take on the machine in front of you, from what was measured on it.
+
+Notebook 03's training cell and notebook 05's training and FID cells print an estimate before they start, and on a
+CPU they warn when it is over half an hour, naming the values to lower:
+
+    >>> print(training_estimate(config, pick_device("auto"), len(images)))
+    25 epochs x 20,000 images at about 45 images/s (the epochs of generated/dcgan-64px here): about 3 h 05 min here
+
+The images/s come, best first, from the epochs that an earlier run with the same networks, image size and batch
+size trained here (its history.json), else from a few training steps timed now on this device, at the run's batch
+size and with the precision training will use. The CPU trial's figure (utils/environment.py) is not used: it times
+batches of 32 on random images, and ran up to 5 times faster than the epochs on a busy 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from utils.config import TrainConfig
+from utils.environment import choose_amp_and_layout
+from utils.metrics import dataset_id, reference_cache_file, weights_id
+from utils.models import Discriminator, Generator
+from utils.run import CONFIG, GENERATED, HISTORY, run_dir_of
+from utils.training import TrainingStep, time_training_steps
+
+# `make demo`'s settings (the Makefile's DEMO_* lines; tests/test_estimate.py keeps the two equal): what a CPU trains
+# in minutes, so it is what the warnings suggest.
+DEMO_SETTINGS = {"image_size": 32, "max_images": 8000, "g_width": 32, "d_width": 32, "epochs": 35, "batch_size": 128}
+LONG_ON_CPU_S = 30 * 60   # past this a CPU run is worth shrinking: the warning names the values to lower
+# The fields that decide how fast a training step is: a run with the same ones measured the speed of this one.
+SPEED_FIELDS = ("image_size", "latent_dim", "g_width", "d_width", "spectral_norm", "batch_size", "diffaugment", "loss")
+
+
+def format_duration(seconds: float) -> str:
+    """'about 40 s', 'about 6 min', 'about 3 h 05 min': as precise as an estimate deserves."""
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"about {minutes} min" if minutes < 60 else f"about {minutes // 60} h {minutes % 60:02d} min"
+
+
+def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[float, str] | None:
+    """(images/s, where it was measured) from the epochs of the latest run under `root` whose step costs the same.
+
+    The median of that run's last three epochs: the first epoch also pays for warming up, and one epoch during other
+    work on the machine should not decide the estimate.
+    """
+    candidates = []
+    for config_file in Path(root).glob(f"*/{CONFIG}"):
+        history_file = config_file.parent / HISTORY
+        if not history_file.is_file():
+            continue
+        try:
+            saved = TrainConfig.load(config_file)
+            epochs = json.loads(history_file.read_text()).get("epochs", [])
+        except (OSError, ValueError):
+            continue
+        speeds = [epoch["images_per_s"] for epoch in epochs if "images_per_s" in epoch and "steps" not in epoch]
+        if speeds and all(getattr(saved, name) == getattr(config, name) for name in SPEED_FIELDS):
+            candidates.append((history_file.stat().st_mtime, speeds, config_file.parent))
+    if not candidates:
+        return None
+    _, speeds, run_dir = max(candidates, key=lambda candidate: candidate[0])
+    return statistics.median(speeds[-3:]), f"the epochs of {run_dir} on this machine"
+
+
+def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, max_steps: int = 10) -> float:
+    """Images/s of the built-in networks' training step, timed now on `device`: at `config.batch_size`, with the
+    precision and layout training picks, one step to warm up, then as many as fit in `seconds` (at least one).
+
+    It leaves the random state as it was, so timing before a run does not change what the run learns.
+    """
+    amp, channels_last, _ = choose_amp_and_layout(device, config, lambda names: time_training_steps(config, names))
+    memory = torch.channels_last if channels_last else torch.preserve_format
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
+        discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(device,
+                                                                                                 memory_format=memory)
+        autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
+                            torch.optim.Adam(discriminator.parameters()), config.loss, scaler=scaler, autocast=autocast)
+        real = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device) * 2 - 1
+        z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
+        step(real, z)
+        step.read(1)   # waits for the device: the warm-up step is over
+        steps, started = 0, time.perf_counter()
+        while steps < max_steps and (steps == 0 or time.perf_counter() - started < seconds):
+            step(real, z)
+            steps += 1
+        step.read(steps)
+        return steps * config.batch_size / (time.perf_counter() - started)
+
+
+def training_speed(config: TrainConfig, device: torch.device, root: str | Path = GENERATED) -> tuple[float, str]:
+    """(images/s, where the figure comes from) for training `config` here: measured epochs, else timed steps."""
+    measured = measured_speed(config, root)
+    if measured is not None:
+        return measured
+    return timed_speed(config, device), f"{config.batch_size}-image training steps timed now on {device}"
+
+
+def epochs_done(run_dir: Path) -> int:
+    """How many epochs a run folder already holds (0 for a new run)."""
+    try:
+        return len(json.loads((run_dir / HISTORY).read_text()).get("epochs", [])) if (run_dir / HISTORY).is_file() else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def training_estimate(config: TrainConfig, device: torch.device, num_images: int, root: str | Path = GENERATED,
+                      run_dir: Path | None = None) -> str:
+    """What training `config` on `num_images` images will take here, in a line (two with a CPU warning).
+
+    Counts only the epochs still to train in `run_dir` (default: the run folder of `config`), so a resumed or
+    finished run says so; on a CPU over LONG_ON_CPU_S it adds the values to lower and what `make demo`'s settings
+    take here.
+    """
+    run_dir = run_dir_of(config) if run_dir is None else run_dir
+    done = epochs_done(run_dir)
+    remaining = config.epochs - done
+    if remaining <= 0:
+        return f"{run_dir} already has {plural(done, 'epoch')}: nothing to train, it only loads (seconds)"
+    speed, source = training_speed(config, device, root)
+    seconds = remaining * num_images / speed
+    resumed = f" (epochs {done + 1}-{config.epochs}; {done} done)" if done else ""
+    line = (f"{plural(remaining, 'epoch')}{resumed} x {num_images:,} images at about {speed:,.0f} images/s ({source}): "
+            f"{format_duration(seconds)} here")
+    if device.type != "cpu" or seconds <= LONG_ON_CPU_S:
+        return line
+    demo = dataclasses.replace(config, **DEMO_SETTINGS, out="")
+    demo_speed, _ = training_speed(demo, device, root)
+    demo_seconds = DEMO_SETTINGS["epochs"] * DEMO_SETTINGS["max_images"] / demo_speed
+    return (line + f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU. Lower image_size (32), g_width and d_width "
+            f"(32), max_images (8000) or epochs, or use a GPU: the make demo settings ("
+            + ", ".join(f"{name} {value}" for name, value in DEMO_SETTINGS.items())
+            + f") take {format_duration(demo_seconds)} here")
+
+
+def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device, lower: str) -> str:
+    """What scoring `images_to_score` images through Inception takes at `images_per_s`; on a CPU over LONG_ON_CPU_S
+    a warning naming `lower` (the parameters that set the count)."""
+    seconds = images_to_score / images_per_s
+    line = (f"FID: {images_to_score:,} images through Inception at about {images_per_s:,.1f} images/s (timed now on "
+            f"{device}): {format_duration(seconds)} here")
+    if device.type == "cpu" and seconds > LONG_ON_CPU_S:
+        line += f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: lower {lower} (1,000 to 2,000), or use a GPU"
+    return line
+
+
+def fid_images_to_score(config: TrainConfig, real_images: torch.Tensor, generators: int) -> int:
+    """How many images FID runs through Inception for `generators` scores: `fid_samples` each, plus the real
+    reference set where its statistics are not cached yet."""
+    cached = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
+                                  weights_id(config.fid_weights)).is_file()
+    real = 0 if cached else min(config.fid_real or len(real_images), len(real_images))
+    return real + generators * config.fid_samples
+
+
+def inception_speed(fid, image_size: int, batch: int = 8) -> float:
+    """Images/s of an FID scorer's feature extractor on its device, timed on one batch after a warm-up batch."""
+    images = torch.zeros(batch, 3, image_size, image_size, dtype=torch.uint8, device=fid.device)
+    with torch.no_grad():
+        fid.feature_extractor(images[:2])
+        started = time.perf_counter()
+        fid.feature_extractor(images).sum().item()
+    return batch / (time.perf_counter() - started)
