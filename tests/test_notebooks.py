@@ -314,7 +314,7 @@ def test_notebook_06_runs_alone_and_its_explorer_falls_back_to_a_static_grid(tmp
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("ANIME_GAN_REPO", "file:///nonexistent/do-not-install")
     text = execute("06_use_your_gan", folder, tmp_path / "executed")
-    assert "has no finished epoch yet" in text
+    assert f"no trained run under generated/ yet: {TRAINS_FIRST}" in text
     run, smoke = folder / smoke_run(), parameters("06_use_your_gan", smoke=True)
     assert sorted(p.name for p in (run / "faces").iterdir()) == [f"seed42_{i:04d}.png" for i in range(smoke["n_faces"])]
     assert gif_frames(run / "morph.gif") == 2 * smoke["morph_steps"]
