@@ -16,6 +16,8 @@ browser and saves, under OUT_DIR (default generated/screenshots/):
     03-troubleshooting.png       the first figures of the troubleshooting guide (cell attachments)
     04-gif.png                   the GIF and its download link
     05-latent-walk.png           the walk through the latent space
+    06-explorer.png              06's sliders and faces as they first show
+    06-explorer-moved.png        the same after moving the seed and direction sliders (redrawn in place)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ PARAMETERS = {
     "03_training": {**TRAIN, "manual_steps": 100, "manual_seconds": 20},
     "04_gif": {},
     "05_evaluate": {**TRAIN, "compute_fid": False},
+    "06_use_your_gan": {"n_faces": 16},
 }
 SIBLINGS = ["--lr-g 1e-3", "--lr-d 4e-4", "--beta1 0.9", "--batch-size 32", "--lr-g 5e-3 --lr-d 1e-4"]
 CELL_TIMEOUT_MS = 20 * 60 * 1000
@@ -143,9 +146,11 @@ def main(out: Path) -> None:
                         time.sleep(1)
 
                 open_and_run_all(page, url, "03_training")
-                live = wait_for_output(page, "LivePlot(every_seconds", "epoch 1/3")
-                live.locator("img").first.wait_for(timeout=CELL_TIMEOUT_MS)
-                time.sleep(8)   # a few redraws into epoch 1
+                live = code_cell(page, "LivePlot(every_seconds")
+                live.locator(".jp-OutputArea img").first.wait_for(timeout=CELL_TIMEOUT_MS)   # drawn before step 1
+                time.sleep(20)   # a few redraws into epoch 1, which takes longer than this at these settings
+                if live.locator(".jp-OutputArea", has_text="epoch 1/3").count():
+                    print("warning: epoch 1 ended before the mid-epoch screenshot", flush=True)
                 shoot(live, out / "03-live-plot-mid-epoch.png")
                 compare = wait_for_output(page, "compare_runs(", "run(s) of")
                 wait_until_idle(page)
@@ -162,6 +167,19 @@ def main(out: Path) -> None:
 
                 open_and_run_all(page, url, "05_evaluate")
                 shoot(wait_for_output(page, "interpolation_frames(", "saved to"), out / "05-latent-walk.png")
+                wait_until_idle(page)
+
+                open_and_run_all(page, url, "06_use_your_gan")
+                explorer = wait_for_output(page, "FaceExplorer(", "one redraw")
+                explorer.locator(".widget-hslider").first.wait_for(timeout=CELL_TIMEOUT_MS)
+                shoot(explorer, out / "06-explorer.png")
+                for slider, presses in ((0, 7), (2, 15)):   # the seed, then the first latent direction
+                    handle = explorer.locator(".widget-hslider .noUi-handle, .widget-hslider input").nth(slider)
+                    handle.focus()
+                    for _ in range(presses):
+                        page.keyboard.press("ArrowRight")
+                time.sleep(3)
+                shoot(explorer, out / "06-explorer-moved.png")
                 browser.close()
         finally:
             os.killpg(lab.pid, signal.SIGTERM)
