@@ -333,3 +333,19 @@ def test_more_than_12_runs_show_the_last_12_saying_so(many, capsys):
     assert f"`{many[0]}`" not in out and f"12. `{extra}`" in out
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 12 + 3
     shutil.rmtree(extra)
+
+
+def test_a_run_with_one_logged_point_shows_as_a_dot(runs, tmp_path):
+    """A 1-epoch run shorter than log_every has a single point per curve: without a marker it would not show."""
+    _, made, _ = runs
+    short = made[1].with_name("one-logged-point")
+    shutil.copytree(made[1], short)
+    history = json.loads((short / "history.json").read_text())
+    history["steps"] = history["steps"][:1]
+    (short / "history.json").write_text(json.dumps(history))
+
+    fig = compare_runs([made[0], short])
+
+    (d_loss,) = [ax for ax in fig.axes if ax.get_title().startswith("D loss")]
+    (single,) = [line for line in d_loss.lines if len(line.get_xdata()) == 1]
+    assert single.get_marker() == "o" and single.get_markersize() > 0

@@ -383,8 +383,9 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
 
     panels = middle.subplots(1, 3)
     for number, run in enumerate(runs):
-        style = dict(color=_COLOURS[number], linewidth=1)
         x = curves[number]["x"]
+        # a short run has one logged point per log_every steps: dots, so that a 1-epoch run's single point shows
+        style = dict(color=_COLOURS[number], linewidth=1, **(dict(marker="o", markersize=3) if len(x) < 20 else {}))
         panels[0].plot(x, curves[number]["loss_d"], **style)
         panels[1].plot(x, curves[number]["loss_g"], **style)
         panels[2].plot(x, curves[number]["d_real"], **style)
