@@ -8,6 +8,7 @@ from PIL import Image
 
 from utils import visualize
 from utils.files import atomic_path
+from utils.models import Discriminator, Generator
 from utils.visualize import LivePlot, change_marks, image_grid, plot_history, save_grid, save_history_plot
 
 
@@ -180,17 +181,37 @@ def test_live_plot_keeps_the_last_grid_on_screen_between_epochs(monkeypatch, fak
     assert mid_epoch.shape == with_grid.shape
 
 
-def test_live_plot_keeps_every_pending_step_as_a_point_between_the_logged_ones():
+def test_live_plot_shows_each_steps_own_values_from_its_first_step_and_the_logged_means_before_it():
     live = LivePlot()
     for step in (51, 52, 52, 53):  # a repeated step (no new training since) is kept once
         live.update(history(num_steps=1), pending={"step": step, "loss_d": step / 10, "loss_g": 0.5, "d_real": 0.6,
                                                    "d_fake": 0.4})
-    shown = live.curves(history(num_steps=2))  # step 100 is now logged too
+    shown = live.curves(history(num_steps=2))  # step 100 is logged too: a window mean, not mixed in the per-step
 
-    assert [s["step"] for s in shown["steps"]] == [50, 51, 52, 53, 100]
+    assert [s["step"] for s in shown["steps"]] == [50, 51, 52, 53]
     fig = plot_history(shown, Figure())
-    assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 5.1, 5.2, 5.3, 2.0]
+    assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 5.1, 5.2, 5.3]
     assert fig.axes[0].lines[0].get_marker() == "o"  # few points: each one drawn, even a single one
+
+
+def test_a_cpu_steps_live_point_is_that_steps_own_value_not_a_mean_that_restarts():
+    """Means since the last logged step restart at each log_every: drawn step by step they jump there."""
+    from utils.training import TrainingStep
+
+    torch.manual_seed(0)
+    generator, discriminator = Generator(16, 8, 8), Discriminator(16, 8)
+    step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
+                        torch.optim.Adam(discriminator.parameters()))
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    seen = []
+    for number in range(1, 5):
+        before = step.totals.clone()
+        step(real, torch.randn(8, 8, 1, 1), None)
+        seen.append(step.last_step())
+        assert [round(v, 5) for v in seen[-1].values()] == [round(v, 5) for v in (step.totals - before).tolist()]
+        if number == 2:
+            step.read(2)  # a logged step in between: the next step's value is still its own
+    assert seen[2]["loss_d"] > 0 and all(0 < record["d_real"] < 1 for record in seen)
 
 
 def test_plot_history_marks_where_a_setting_changed():

@@ -130,6 +130,7 @@ class TrainingStep:
         # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
         self.frozen_d = distributed.unwrap(self.train_d) if frozen_d is None else frozen_d
         self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
+        self._seen = torch.zeros_like(self.totals)  # the totals at the last `last_step()`
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
         # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
@@ -161,12 +162,15 @@ class TrainingStep:
         """The means over the last `steps` steps (one host sync; averaged over processes), then start again."""
         loss_d, loss_g, d_real, d_fake = (distributed.average(self.totals) / steps).tolist()
         self.totals.zero_()
+        self._seen.zero_()
         return {"loss_d": round(loss_d, 5), "loss_g": round(loss_g, 5), "d_real": round(d_real, 5),
                 "d_fake": round(d_fake, 5)}
 
-    def peek(self, steps: int) -> dict:
-        """The means so far without starting again: free where reading the device costs nothing (the CPU)."""
-        loss_d, loss_g, d_real, d_fake = (self.totals / max(steps, 1)).tolist()
+    def last_step(self) -> dict:
+        """The values of the step just taken (what the totals grew by since the last call), for a point per step
+        in the live plot: free where reading the device costs nothing (the CPU)."""
+        loss_d, loss_g, d_real, d_fake = (self.totals - self._seen).tolist()
+        self._seen.copy_(self.totals)
         return {"loss_d": loss_d, "loss_g": loss_g, "d_real": d_real, "d_fake": d_fake}
 
 
@@ -546,6 +550,8 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
                 z = torch.randn(real.shape[0], config.latent_dim, 1, 1, device=device, generator=dev_gen)
                 run_step(real, z, dev_gen)
                 step, since_read = step + 1, since_read + 1
+                if live_plot is not None and is_main and device.type == "cpu":  # reading is free on the CPU
+                    live_plot.update(history, pending={"step": step, **training_step.last_step()})
                 if since_read == config.log_every or index == data.steps_per_epoch:
                     record = {"epoch": epoch, "step": step, **training_step.read(since_read),
                               "seconds": round(time.perf_counter() - started, 2)}
@@ -554,12 +560,10 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
                     since_read = 0
                     bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
                                     d_x=f"{record['d_real']:.2f}", d_g_z=f"{record['d_fake']:.2f}")
-                    if live_plot is not None and is_main:
+                    if live_plot is not None and is_main and device.type != "cpu":  # the CPU's came with its step
                         live_plot.update(history)
                     if config.max_minutes and distributed.agree(time.perf_counter() - started > budget_s):
                         break  # out of time: this epoch ends early and is saved like any other
-                elif live_plot is not None and is_main and device.type == "cpu":  # reading is free on the CPU
-                    live_plot.update(history, pending={"step": step, **training_step.peek(since_read)})
             bar.close()
             seconds = time.perf_counter() - started
             budget_s -= seconds

@@ -170,9 +170,10 @@ class LivePlot:
     What the learner sees, in order: train() draws the picture once before its first step (empty, labelled
     axes, or the curves so far when a run resumes), so it sits above everything the epochs print; under it
     come each epoch's progress bar (gone when the epoch ends) and its "epoch N/M: ..." line. The curves grow
-    from the first step: on the CPU train() passes a `pending` record at every step (the means since the
-    last logged step, free to read there), which this keeps as a point of its own, so the curves get a point
-    per step even when an epoch is shorter than `log_every`; on a GPU they get a point per logged step. The
+    from the first step: on the CPU train() passes a `pending` record at every step (that step's own values,
+    free to read there), which this keeps as a point of its own, so the curves get a point per step even when
+    an epoch is shorter than `log_every` (and no window means beside them, whose resets would show as jumps);
+    on a GPU they get a point per logged step. The
     picture is redrawn at most every `every_seconds` (rarer where a redraw is slow, see `max_share`), and at
     each epoch's end with its grid, which stays on screen until the next. Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of
     updates leak no figures and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests) `update`
@@ -197,7 +198,7 @@ class LivePlot:
         """Keep `pending` as a point of the curves; redraw if `every_seconds` have passed since the last redraw
         (or `force`).
 
-        `pending` is a record of the steps since the last logged one (step, loss_d, loss_g, d_real, d_fake).
+        `pending` is the record of one step (step, loss_d, loss_g, d_real, d_fake).
         `grid` is the latest sample grid as uint8 (H, W, 3) (`image_grid(...).permute(1, 2, 0).numpy()`),
         shown under `title` until the next one.
         """
@@ -230,10 +231,11 @@ class LivePlot:
         self._live_steps = []
 
     def curves(self, history: dict) -> dict:
-        """`history` with the pending points kept between its logged steps: what the curves show now."""
-        logged = {record["step"] for record in history.get("steps", [])}
-        steps = history.get("steps", []) + [record for record in self._live_steps if record["step"] not in logged]
-        return {**history, "steps": sorted(steps, key=lambda record: record["step"])}
+        """What the curves show now: each step's own values from the first step this process trained (the CPU),
+        the logged means (one per `log_every` steps) before it (a resumed run), or only those (a GPU)."""
+        first = self._live_steps[0]["step"] if self._live_steps else math.inf
+        steps = [record for record in history.get("steps", []) if record["step"] < first] + self._live_steps
+        return {**history, "steps": steps}
 
     def figure(self, history: dict) -> Figure:
         """The picture as it would be drawn now: the curves, and beside them the last grid once there is one."""

@@ -150,7 +150,7 @@ def main(out: Path) -> None:
                 live = code_cell(page, "LivePlot(every_seconds")
                 live.locator(".jp-OutputArea img").first.wait_for(timeout=CELL_TIMEOUT_MS)   # drawn before step 1
                 time.sleep(12)   # a few redraws into epoch 1, which takes longer than this at these settings
-                if live.locator(".jp-OutputArea", has_text="epoch 1/3").count():
+                if live.locator(".jp-OutputArea", has_text="epoch 1/3: loss_d").count():
                     print("warning: epoch 1 ended before the mid-epoch screenshot", flush=True)
                 shoot(live, out / "03-live-plot-mid-epoch.png")
                 compare = wait_for_output(page, "compare_runs(", "run(s) of")
