@@ -8,6 +8,8 @@ One job per module:
     augment      DiffAugment, an option on top of the improved recipe
     training     the training step and loop; `python -m utils.train` is its CLI
     run          the run folder: its name, lock, checkpoints, history, and what may change when it continues
+    choose       which run notebooks 04-06 work on: the one trained last, unless the learner names another
+    estimate     how long training and FID take on this machine, measured here, before a long cell starts
     compare      several runs side by side: grids, curves, FID and the settings that differ
     distributed  several GPUs with torch.distributed
     visualize    sample grids and loss plots;  gif: the per-epoch GIF (`python -m utils.gif RUN_DIR`)
@@ -20,6 +22,7 @@ One job per module:
                  data only (nothing in them runs)
     errors       UserError: one message saying what happened and what to do, no traceback (CLI and notebooks)
     environment  device, mixed precision and memory layout per machine
+    urls         which data strings are URLs, and a URL with its password or token hidden (messages, stored files)
 """
 
 __version__ = "0.1.0"
