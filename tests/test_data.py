@@ -476,7 +476,10 @@ def test_ctrl_c_during_decoding_stops_at_once(tmp_path):
     (faces / "0003.png").unlink()
     os.mkfifo(faces / "0003.png")   # before, a thread blocked on it, and Ctrl-C then waited for it for ever
     process = subprocess.Popen([sys.executable, "-c", f"from utils.data import load_images; "
-                                f"load_images({str(faces)!r}, 16)"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                                f"load_images({str(faces)!r}, 16)"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                               # Ctrl-C as a terminal sends it, even where this suite runs as a background job
+                               # (whose children start with SIGINT ignored, and Python then keeps it so)
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         progress = ""
         while "decoding faces:" not in progress or "/1500" not in progress:   # the bar is up: decoding has started

@@ -58,8 +58,11 @@ def cli(*args, **kwargs) -> subprocess.CompletedProcess:
 def start_cli(*args, log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(log, "ab") as output:
+        # SIGINT as a terminal's Ctrl-C delivers it, even where this suite runs as a background job (whose
+        # children start with SIGINT ignored, and Python then keeps it so)
         return subprocess.Popen([sys.executable, "-m", "utils.train", *args], cwd=REPO, env=env, stdout=output,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(condition, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
