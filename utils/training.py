@@ -598,7 +598,8 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
             distributed.barrier()
     except KeyboardInterrupt:
         saved = f"epochs 1-{saved_epoch} are saved in {run.dir / CHECKPOINT}" if saved_epoch else "no epoch was saved"
-        raise Interrupted(f"training stopped during epoch {epoch}: {saved}. Run the same again to resume from epoch "
+        when = f"after epoch {epoch}" if saved_epoch == epoch else f"during epoch {epoch}"  # between two epochs?
+        raise Interrupted(f"training stopped {when}: {saved}. Run the same again to resume from epoch "
                           f"{saved_epoch + 1}") from None
 
     epochs_done = history["epochs"][-1]["epoch"] if history["epochs"] else 0
