@@ -4,7 +4,6 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 from utils.config import TrainConfig
