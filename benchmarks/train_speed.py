@@ -33,9 +33,10 @@ from torchvision import datasets, transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.config import TrainConfig  # noqa: E402
-from utils.data import load_dataset, synthetic_faces  # noqa: E402
+from utils.data import load_dataset  # noqa: E402
 from utils.environment import describe, pick_device  # noqa: E402
 from utils.models import Discriminator, Generator  # noqa: E402
+from utils.synthetic import synthetic_faces  # noqa: E402
 from utils.training import train  # noqa: E402
 
 

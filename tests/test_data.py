@@ -1,4 +1,5 @@
-"""utils/data.py: synthetic faces, the decoded cache, and reading folders and zips of real image files."""
+"""utils/data.py and utils/image_files.py: synthetic faces, the decoded cache, and reading folders and zips of real
+image files."""
 
 import os
 import re
@@ -17,9 +18,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import utils.data as data
+import utils.image_files as image_files
 from small_disk import small_disk
 from utils.config import TrainConfig
-from utils.data import DataError, DataNotFound, cache_path, load_dataset, load_images, synthetic_faces
+from utils.data import cache_path, load_dataset
+from utils.image_files import DataError, DataNotFound, load_images
+from utils.synthetic import synthetic_faces
 from utils.files import CannotWrite
 from utils.run import frame_path
 from utils.visualize import save_grid
@@ -370,7 +374,7 @@ def test_an_unwritable_data_dir_fails_before_any_decoding(tmp_path, monkeypatch)
     for i in range(3):
         save(tmp_path / "faces" / f"{i}.png", solid((0, 0, 255)))
     decoded = []
-    monkeypatch.setattr(data, "_decode_image", lambda *args: decoded.append(args) or pytest.fail("decoded"))
+    monkeypatch.setattr(image_files, "_decode_image", lambda *args: decoded.append(args) or pytest.fail("decoded"))
     with small_disk(tmp_path / "disk", size="16m", read_only=True) as disk:
         with pytest.raises(CannotWrite, match=r"cannot write .*disk/cache/faces-16px-\w+\.npy \(Read-only file "
                                               r"system\): make the folder writable"):
@@ -420,7 +424,7 @@ def test_a_fifo_with_an_image_name_is_skipped_not_waited_on(tmp_path):
     for i in range(2):
         save(tmp_path / "faces" / f"{i}.png", solid((0, 0, 255)))
     os.mkfifo(tmp_path / "faces" / "blocked.jpg")   # opening it for reading would wait for a writer for ever
-    result = subprocess.run([sys.executable, "-c", f"from utils.data import load_images; "
+    result = subprocess.run([sys.executable, "-c", f"from utils.image_files import load_images; "
                              f"print(tuple(load_images({str(tmp_path / 'faces')!r}, 16, progress=False).shape))"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -450,7 +454,7 @@ def test_a_zip_member_of_1_gib_is_skipped_without_reading_it_into_memory(tmp_pat
         zf.write(tmp_path / "ok.png", "faces/ok.png")
     code = f"""
 import resource, warnings
-from utils.data import load_images
+from utils.image_files import load_images
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 load_images({str(small)!r}, 16, progress=False)
 before = peak()
@@ -475,7 +479,7 @@ def test_ctrl_c_during_decoding_stops_at_once(tmp_path):
         os.link(noise, faces / f"{i:04d}.png")
     (faces / "0003.png").unlink()
     os.mkfifo(faces / "0003.png")   # before, a thread blocked on it, and Ctrl-C then waited for it for ever
-    process = subprocess.Popen([sys.executable, "-c", f"from utils.data import load_images; "
+    process = subprocess.Popen([sys.executable, "-c", f"from utils.image_files import load_images; "
                                 f"load_images({str(faces)!r}, 16)"], cwd=REPO, stderr=subprocess.PIPE, text=True,
                                # Ctrl-C as a terminal sends it, even where this suite runs as a background job
                                # (whose children start with SIGINT ignored, and Python then keeps it so)

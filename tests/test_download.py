@@ -30,11 +30,12 @@ import pytest
 import torch
 from PIL import Image
 
-import utils.data as data
+import utils.downloads as downloads
 from small_disk import small_disk
 from utils.config import TrainConfig
-from utils.data import (DataError, DownloadError, cache_path, download_kaggle, download_url, find_kaggle_input,
-                        load_dataset)
+from utils.data import cache_path, load_dataset
+from utils.downloads import DownloadError, download_kaggle, download_url, find_kaggle_input
+from utils.image_files import DataError
 from utils.files import CannotWrite
 from utils.urls import redact_url
 
@@ -197,7 +198,7 @@ def test_a_failed_download_says_what_the_server_did_and_leaves_nothing(server, t
 
 
 def test_a_server_that_stops_answering_times_out_instead_of_hanging(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(downloads, "NETWORK_TIMEOUT_S", 0.5)
     # the socket's own timeout and the watchdog's end this at the same moment: either says so
     with pytest.raises(DownloadError, match=r"/silent failed (\(.*timed out\): check the network|: the server did "
                                             r"not answer within 0\.5 s, so it was stopped)"):
@@ -211,7 +212,7 @@ def test_a_server_that_stops_answering_times_out_instead_of_hanging(server, tmp_
 def test_a_server_that_trickles_a_byte_at_a_time_fails_in_one_line_within_the_limit(server, tmp_path, monkeypatch,
                                                                                    route, reason):
     """One byte every 0.1 s restarts a socket's timeout at every byte: only the watchdog ends this."""
-    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 1)
+    monkeypatch.setattr(downloads, "NETWORK_TIMEOUT_S", 1)
     started = time.monotonic()
     with pytest.raises(DownloadError, match=rf"^downloading {server.url}/{route} failed: {reason}, so it was "
                                             r"stopped: the partial download was removed; check the network"):
@@ -221,8 +222,8 @@ def test_a_server_that_trickles_a_byte_at_a_time_fails_in_one_line_within_the_li
 
 
 def test_a_download_that_never_stalls_still_ends_at_its_deadline(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(data, "DOWNLOAD_DEADLINE_S", 2)   # /steady sends ~1.3 MB/s: it never stalls
+    monkeypatch.setattr(downloads, "NETWORK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(downloads, "DOWNLOAD_DEADLINE_S", 2)   # /steady sends ~1.3 MB/s: it never stalls
     started = time.monotonic()
     with pytest.raises(DownloadError, match=r"/steady failed: it did not finish within 2 s \([\d,]+ bytes arrived\)"):
         download_url(f"{server.url}/steady", tmp_path / "data", progress=False)
@@ -231,7 +232,7 @@ def test_a_download_that_never_stalls_still_ends_at_its_deadline(server, tmp_pat
 
 
 def test_a_body_without_a_length_stops_at_the_size_limit(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_UNSIZED_BYTES", 4 * 2**20)
+    monkeypatch.setattr(downloads, "MAX_UNSIZED_BYTES", 4 * 2**20)
     with pytest.raises(DownloadError, match=r"/endless stopped after [\d,]+ bytes: the server sent no length and the "
                                             r"body went on past 4 MiB, several times any face dataset"):
         download_url(f"{server.url}/endless", tmp_path / "data", progress=False)
@@ -249,7 +250,7 @@ def test_a_content_length_that_is_not_a_number_is_one_line(server, tmp_path, len
 
 def test_sigterm_during_a_download_removes_the_partial_file(server, tmp_path):
     downloads = tmp_path / "data" / "downloads"
-    process = subprocess.Popen([sys.executable, "-c", f"from utils.data import download_url; "
+    process = subprocess.Popen([sys.executable, "-c", f"from utils.downloads import download_url; "
                                 f"download_url('{server.url}/trickle-body', {str(tmp_path / 'data')!r})"],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -478,7 +479,7 @@ def test_where_opendatasets_cannot_be_imported_kagglehub_downloads_instead(tmp_p
 def test_a_failed_kaggle_download_names_the_status_leaves_nothing_and_never_prints_the_key(tmp_path, kaggle_api):
     kaggle_api.answer = 500
     key = secrets.token_hex(16)
-    result = run_isolated(tmp_path, "from utils.errors import run_cli; from utils.data import download_kaggle; "
+    result = run_isolated(tmp_path, "from utils.errors import run_cli; from utils.downloads import download_kaggle; "
                                     "run_cli(lambda: download_kaggle('data'))",
                           KAGGLE_USERNAME="someone", KAGGLE_KEY=key, **kaggle_api.env)
 
@@ -567,7 +568,7 @@ def test_a_disk_that_fills_during_the_kaggle_download_names_the_folder(tmp_path,
     for name, value in kaggle_api.env.items():
         monkeypatch.setenv(name, value)
     kaggle_api.archive = zip_of_images(3, folder="images", noise_bytes=3 * 2**20)
-    monkeypatch.setattr(data, "KAGGLE_DOWNLOAD_BYTES", 0)   # pass the check up front, so the disk really fills
+    monkeypatch.setattr(downloads, "KAGGLE_DOWNLOAD_BYTES", 0)   # pass the check up front, so the disk really fills
     with small_disk(tmp_path / "disk", size="1m") as disk:
         with pytest.raises(CannotWrite, match=r"no space left to write .*disk/animefacedataset: .*Free some space"):
             download_kaggle(disk)
@@ -604,7 +605,7 @@ def test_kaggle_data_is_read_in_place_from_the_attached_input(tmp_path, monkeypa
     for i, colour in enumerate(COLOURS[:3]):
         write_png(root / "animefacedataset" / "images" / f"{i}.jpg", colour)
     monkeypatch.setenv("ANIME_GAN_KAGGLE_INPUT_ROOT", str(root))
-    monkeypatch.setattr(data, "_kaggle_credentials", lambda: pytest.fail("tried to download"))
+    monkeypatch.setattr(downloads, "_kaggle_credentials", lambda: pytest.fail("tried to download"))
     before = sorted((p, p.stat().st_mtime_ns) for p in root.rglob("*"))
 
     images = load_dataset(TrainConfig(data="kaggle", data_dir=str(tmp_path / "data"), image_size=16),
@@ -651,7 +652,7 @@ def test_a_download_of_the_fid_weights_that_trickles_ends_within_the_limit(serve
     inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     from utils.metrics import load_inception
 
-    monkeypatch.setattr(data, "NETWORK_TIMEOUT_S", 1)
+    monkeypatch.setattr(downloads, "NETWORK_TIMEOUT_S", 1)
     monkeypatch.setattr(inception, "URL_INCEPTION_V3", f"{server.url}/trickle-body/weights-inception-2015-12-05-6726825d.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     started = time.monotonic()

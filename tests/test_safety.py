@@ -24,7 +24,7 @@ import torch
 from utils import files, training
 from utils.compare import comparison_table, list_runs, read_runs
 from utils.config import MAX_SEED, TrainConfig
-from utils.data import DownloadError
+from utils.downloads import DownloadError
 from utils.errors import ConfigError, UserError
 from utils.metrics import FID, load_inception
 from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, RunInUse, _Lock, list_frames, read_checkpoint,

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
-from utils.data import DownloadError, download_file
+from utils.downloads import DownloadError, download_file
 from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, explain_write_error, load_data
 
