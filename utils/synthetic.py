@@ -187,20 +187,9 @@ def _draw_faces(f: SimpleNamespace, size: int) -> torch.Tensor:
     canvas = f.background.expand(len(f.zoom), 3, size, size).clone()
     canvas.lerp_(f.background_b.expand_as(canvas), ramp.mul_(0.5).add_(0.5).clamp_(0, 1).unsqueeze(1) * f.gradient)
     p = _Painter(canvas, x, y, pixel=(2 / size) / f.zoom)
-    hair, skin, ax = f.hair, f.skin, torch.abs(x)
-
-    # Back hair: the cap plus a curtain down to the hair length, with jagged ends.
-    head = _ellipse(x, y, 0, f.head_cy, f.head_r, f.head_r)
-    ends = torch.abs(torch.remainder(x * 6 + f.ends_phase, 1) * 2 - 1) * 0.08
-    curtain = torch.maximum(ax - f.back_w, torch.maximum(f.head_cy - y, y - (f.head_cy + f.length) + ends))
-    p.paint(p.cover(torch.minimum(head, curtain)), hair * 0.78)
-    # Twin tails, tied with ribbons.
-    tails = _ellipse(ax, y, f.tail_x, f.head_cy + f.tail_y + 0.1, f.tail_rx, f.tail_ry)
-    p.paint(p.cover(tails) * f.twin_tails, hair * 0.9)
-    w = p.window(-1, 1, f.head_cy - 0.13, f.head_cy + 0.03)
-    w.paint(w.cover(_ellipse(torch.abs(w.x), w.y, f.tail_x - 0.07, f.head_cy - 0.05, 0.06, 0.08)) * f.twin_tails,
-            f.ribbon)
+    head = _draw_back_hair(p, f)
     # Shoulders, neck, and the face with its pointed chin and an outline.
+    skin, ax = f.skin, torch.abs(x)
     w = p.window(-1, 1, f.chin_y + 0.35, 1)
     w.paint(w.cover(_ellipse(w.x, w.y, 0, f.chin_y + 0.75, 0.8, 0.4)), f.clothes)
     p.paint(p.cover(torch.maximum(ax - 0.12, torch.maximum(0.2 - y, y - (f.chin_y + 0.45)))), skin * 0.82)
@@ -208,10 +197,31 @@ def _draw_faces(f: SimpleNamespace, size: int) -> torch.Tensor:
     face = torch.maximum(_ellipse(x, y, 0, 0.02, f.face_w, 0.6), chin)
     p.paint(p.cover(face), skin)
     p.paint(p.outline(face), skin * 0.55)
-
     _draw_eyes(p, f)
     _draw_mouth(p.window(-0.1, 0.1, f.chin_y - 0.25, f.chin_y), f)
+    _draw_front_hair(p, f, head, face)
+    return canvas.clamp_(0, 1)
 
+
+def _draw_back_hair(p: _Painter, f: SimpleNamespace) -> torch.Tensor:
+    """The hair behind the face: the cap, a curtain down to the hair length with jagged ends, and (sometimes) twin
+    tails tied with ribbons. Returns the head's shape, which the front hair is cut from."""
+    x, y, ax, hair = p.x, p.y, torch.abs(p.x), f.hair
+    head = _ellipse(x, y, 0, f.head_cy, f.head_r, f.head_r)
+    ends = torch.abs(torch.remainder(x * 6 + f.ends_phase, 1) * 2 - 1) * 0.08
+    curtain = torch.maximum(ax - f.back_w, torch.maximum(f.head_cy - y, y - (f.head_cy + f.length) + ends))
+    p.paint(p.cover(torch.minimum(head, curtain)), hair * 0.78)
+    tails = _ellipse(ax, y, f.tail_x, f.head_cy + f.tail_y + 0.1, f.tail_rx, f.tail_ry)
+    p.paint(p.cover(tails) * f.twin_tails, hair * 0.9)
+    w = p.window(-1, 1, f.head_cy - 0.13, f.head_cy + 0.03)
+    w.paint(w.cover(_ellipse(torch.abs(w.x), w.y, f.tail_x - 0.07, f.head_cy - 0.05, 0.06, 0.08)) * f.twin_tails,
+            f.ribbon)
+    return head
+
+
+def _draw_front_hair(p: _Painter, f: SimpleNamespace, head: torch.Tensor, face: torch.Tensor) -> None:
+    """The hair in front of the face: the ahoge, side locks, the bangs with their shadow, the "angel ring"."""
+    x, y, ax, hair = p.x, p.y, torch.abs(p.x), f.hair
     # Ahoge: a crescent-shaped strand sticking out of the top of the head (its root hides under the cap).
     top = f.head_cy - f.head_r
     w = p.window(f.ahoge_x - f.ahoge_r, f.ahoge_x + f.ahoge_r, top + 0.05 - f.ahoge_r, top + 0.1)
@@ -228,7 +238,7 @@ def _draw_faces(f: SimpleNamespace, size: int) -> torch.Tensor:
     teeth = torch.abs(torch.remainder(x * f.strands + f.strands_phase, 1) * 2 - 1) ** f.strands_sharp
     parting = f.parting * (1 - ax / 0.3).clamp(0, 1)
     front = torch.maximum(head, y - (f.bangs_y - f.bangs_depth * (1 - teeth) + f.bangs_slope * x - parting))
-    p.paint(p.cover(torch.maximum(front - 0.05, face)), skin * 0.85)
+    p.paint(p.cover(torch.maximum(front - 0.05, face)), f.skin * 0.85)
     p.paint(p.cover(front), hair)
     p.paint(p.outline(front), hair * 0.45)
     # The glossy "angel ring" highlight across the top of the hair.
@@ -236,7 +246,6 @@ def _draw_faces(f: SimpleNamespace, size: int) -> torch.Tensor:
     ring = _ellipse(w.x, w.y, 0, f.head_cy + 0.1, f.head_r * 0.7, f.head_r * 0.6).abs_() - 0.015
     ring = torch.maximum(ring, torch.maximum(w.crop(front), w.y - f.head_cy + 0.1))
     w.paint(w.cover(ring) * f.shine, _rgb(1, 1, 1))
-    return canvas.clamp_(0, 1)
 
 
 def _draw_eyes(p: _Painter, f: SimpleNamespace) -> None:
