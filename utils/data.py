@@ -12,6 +12,7 @@
                          opendatasets and your Kaggle credentials, or with kagglehub and no account)
     a folder or a .zip   your own images (searched recursively; a zip is read in place, never extracted)
     an http(s) URL       of a .zip of images, downloaded once into `config.data_dir`
+
 Downloads are `utils.downloads`'s job, listing and decoding image files `utils.image_files`'s; this module owns the
 cache:
 - decoding tens of thousands of JPEGs takes minutes, so the decoded pixels are written once to
@@ -19,6 +20,7 @@ cache:
 - the cache's name changes whenever what it holds would (the source's files, image_size, max_images, the seed,
   `_CACHE_FORMAT`), and a cache file that does not hold what its name promises is rebuilt, never trained on;
 - it is built under data_dir's lock, and the partial files a killed process left there are removed first.
+
 Every failure a user can meet (a missing source, no readable images, the network, a full or read-only `data_dir`,
 malformed Kaggle credentials) is a `UserError` whose message says what happened and what to do.
 """

@@ -58,6 +58,7 @@ KAGGLE_DATASET = "splcher/animefacedataset"   # 63,565 JPEGs under images/
 KAGGLE_SLUG = KAGGLE_DATASET.split("/")[1]
 KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}"
 KAGGLE_DOWNLOAD_BYTES = 900 * 2**20   # its ~400 MB archive and the files extracted from it, side by side
+# The limits every download keeps (the module's docstring says how).
 NETWORK_TIMEOUT_S = 60
 STALL_BYTES = 128 * 2**10
 DOWNLOAD_DEADLINE_S = 2 * 3600
@@ -106,7 +107,6 @@ def data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
         yield True
     finally:
         os.close(fd)   # drops the lock; the file stays, so every process locks the same one
-
 
 
 def safe_file_name(text: str, fallback: str) -> str:
