@@ -237,7 +237,7 @@ _OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*
 
 
 def _download_weights(url: str) -> Path:
-    """The published weights in torch hub's cache, downloaded there first if needed (utils.data.download_file: it
+    """The published weights in torch hub's cache, downloaded there first if needed (utils.downloads.download_file: it
     cannot hang or fill the disk), its sha256 checked against the prefix in the file's name before it is kept;
     the path is loaded as data only."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
