@@ -1,12 +1,13 @@
 import math
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pytest
 
-from utils.config import IMPROVED_RECIPE, TrainConfig
+from utils.config import (CALL_FIELDS, FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS,
+                          TrainConfig, field_kinds, fixed)
 from utils.train import build_parser, config_to_argv, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,6 +143,31 @@ def test_save_and_load_round_trip_and_unknown_keys_are_ignored(tmp_path):
 def test_every_field_has_a_cli_option():
     usage = build_parser().format_help()
     assert all(f"--{name.replace('_', '-')}" in usage for name in FIELDS)
+
+
+def test_every_field_says_what_it_is_for_a_run():
+    """A continued run must know of each field whether to refuse a new value, apply it or ignore it."""
+    classified = FIXED_FIELDS + TUNABLE_FIELDS + CALL_FIELDS
+    assert sorted(classified) == sorted(FIELDS)
+    assert len(set(classified)) == len(classified)
+    assert set(HOW_FIELDS) <= set(TUNABLE_FIELDS) and not set(HOW_FIELDS) & set(NAMED_FIELDS)
+    assert set(FIXED_FIELDS) <= set(NAMED_FIELDS) <= set(FIXED_FIELDS + TUNABLE_FIELDS)
+    # a few that must not move: what fixes the networks, what names a run, what only says how fast
+    assert {"image_size", "g_width", "loss", "seed"} <= set(FIXED_FIELDS)
+    assert {"lr_g", "batch_size"} <= set(NAMED_FIELDS) - set(FIXED_FIELDS)
+    assert {"epochs", "amp", "device"} <= set(TUNABLE_FIELDS) - set(NAMED_FIELDS)
+    assert {"amp", "device", "data_dir"} <= set(HOW_FIELDS) and "epochs" not in HOW_FIELDS
+
+
+def test_a_field_declared_without_a_kind_is_refused_naming_it():
+    @dataclass
+    class WithANewSetting:
+        image_size: int = fixed(64)
+        warmup: int = field(default=0)  # declared the plain dataclass way: nothing says what it is for a run
+
+    assert set(field_kinds(TrainConfig)) == set(FIELDS)
+    with pytest.raises(TypeError, match=r"field 'warmup' does not say what it is for a run: declare it with fixed"):
+        field_kinds(WithANewSetting)
 
 
 def test_cli_options_rebuild_the_same_config():

@@ -36,19 +36,16 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from utils.config import TrainConfig
+from utils.config import FIXED_FIELDS, HOW_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import UserError
 from utils.files import load_data
-from utils.run import CHECKPOINT, CONFIG, FIXED_FIELDS, HISTORY, TUNABLE_FIELDS, list_frames, read_run
+from utils.run import CHECKPOINT, CONFIG, HISTORY, list_frames, read_run
 from utils.visualize import in_notebook
 
 MAX_RUNS = 12  # more than this and the grids are too small to see: the last 12 are shown, saying so
 FIGURE_WIDTH = 9.0  # inches: about 900 px in a notebook, the width the table also fits
 TABLE_WIDTH_PX = 900
 
-# Fields that say how fast a run went, not what it learned: left out of the table of differences.
-_HOW_FIELDS = {"data_dir", "device", "amp", "channels_last", "compile", "cuda_graphs", "data_on_device", "log_every",
-               "fid_every", "fid_samples", "fid_real", "fid_weights", "max_minutes", "sync_batchnorm"}
 # Table headers of fields whose names are long; a space lets a header wrap in a narrow column.
 _HEADERS = {"batch_size": "batch", "image_size": "size", "latent_dim": "z dim", "g_width": "G width",
             "d_width": "D width", "spectral_norm": "spectral norm", "diffaugment": "diff augment",
@@ -230,7 +227,7 @@ def differing_fields(configs: list[TrainConfig]) -> list[str]:
 
     `epochs` is left out: the table has one "epochs" column (done, and the target where it differs).
     """
-    names = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in _HOW_FIELDS | {"epochs"}] + ["recipe"]
+    names = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)] + ["recipe"]
     return [name for name in names if len({repr(getattr(config, name)) for config in configs}) > 1]
 
 
