@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from utils.config import (CALL_FIELDS, FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS,
-                          TrainConfig, field_kinds, fixed)
-from utils.train import build_parser, config_to_argv, main
+                          TrainConfig, build_parser, config_to_argv, field_help, field_kinds, fixed)
+from utils.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in fields(TrainConfig)]
@@ -143,6 +143,16 @@ def test_save_and_load_round_trip_and_unknown_keys_are_ignored(tmp_path):
 def test_every_field_has_a_cli_option():
     usage = build_parser().format_help()
     assert all(f"--{name.replace('_', '-')}" in usage for name in FIELDS)
+
+
+def test_every_field_has_its_comment_as_help_in_the_cli():
+    help_text = field_help()
+    assert sorted(help_text) == sorted(FIELDS)
+    assert all(help_text[name] for name in FIELDS), [name for name in FIELDS if not help_text[name]]
+    usage = " ".join(build_parser().format_help().split())  # argparse wraps lines: compare words
+    missing = [name for name in FIELDS if " ".join(help_text[name].split()) not in usage]
+    assert not missing, missing
+    assert "(drawn offline)" in help_text["data"] and "power of two" in help_text["image_size"]
 
 
 def test_every_field_says_what_it_is_for_a_run():

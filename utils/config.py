@@ -12,7 +12,7 @@ again, so a value assigned after construction (`config.lr_g = -1`) is checked to
 
 Everything about a field lives on its line, so a new setting is one line here (plus its check in `validate`):
 - **its default and type**, as in any dataclass;
-- **its help**: the comment after it is its `--help` text (utils/train.py reads it from this file's source);
+- **its help**: the comment after it is its `--help` text (`build_parser` reads it from this file's source);
 - **what it is for a run**, in its dataclass metadata, given by the helper that declares it:
   `fixed` (it fixes the networks, the data or the game: a trained run refuses another value, and a value other
   than the default names the run folder), `tunable` (it can change between epochs of a run; `names_run=True`
@@ -22,15 +22,20 @@ Everything about a field lives on its line, so a new setting is one line here (p
   Helpers rather than `field(metadata={...})` keep the class one short line per field, readable top to
   bottom; a field declared without one fails at import, naming it (`field_kinds`). The parts of a run
   folder's name follow the class's order, fixed fields first: moving a field that names runs renames them.
+
+The command line lives here too (`build_parser`, `config_to_argv`): one option per field, named from it, so
+`python -m utils.train` (utils/train.py) and `utils.distributed.launch` need nothing of their own per setting.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -280,3 +285,43 @@ def _is_power_of_two(n: int) -> bool:
 
 
 
+
+# ------------------------------------------------------------------------------------ the command line
+
+def field_help() -> dict[str, str]:
+    """The comment after each field in TrainConfig's source: one place documents both notebook and CLI."""
+    source = inspect.getsource(TrainConfig)
+    return {name: comment.strip() for name, comment in re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#(.*)$", source, re.M)}
+
+
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """One option per TrainConfig field; `defaults=False` leaves out the options not given (to tell which were)."""
+    parser = argparse.ArgumentParser(prog="python -m utils.train",
+                                     description="Command line for the notebooks' training code: one option per "
+                                                 "TrainConfig field.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    help_text = field_help()
+    for f in fields(TrainConfig):
+        option = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        shown = default if defaults else argparse.SUPPRESS
+        if isinstance(default, bool):
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=shown,
+                                help=help_text.get(f.name, ""))
+        else:
+            parser.add_argument(option, type=type(default), default=shown, metavar=f.name.upper(),
+                                help=help_text.get(f.name, ""))
+    return parser
+
+
+def config_to_argv(config: TrainConfig) -> list[str]:
+    """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
+    argv = []
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        option = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(option if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [option, str(value)]
+    return argv
