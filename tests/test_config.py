@@ -1,4 +1,5 @@
 import math
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field, fields
@@ -212,3 +213,12 @@ def test_cli_subprocess_prints_the_field_and_exits_before_training(tmp_path):
     assert "error: config field 'image_size' must be a power of two >= 16" in result.stderr
     assert "got 48" in result.stderr
     assert not out.exists()
+
+
+def test_the_readme_shows_a_field_as_utils_config_declares_it():
+    """The README's "Adding a setting" diff is real: its new line is a line of TrainConfig today."""
+    readme = (REPO / "README.md").read_text()
+    diff = re.search(r"\*\*Adding a setting\*\*.*?```diff\n(.*?)```", readme, re.S)
+    assert diff, "README.md has no 'Adding a setting' paragraph with a diff"
+    added = [line[1:] for line in diff.group(1).splitlines() if line.startswith("+")]
+    assert added and set(added) <= set((REPO / "utils" / "config.py").read_text().splitlines()), added
