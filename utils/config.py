@@ -284,8 +284,6 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-
-
 # ------------------------------------------------------------------------------------ the command line
 
 def field_help() -> dict[str, str]:
