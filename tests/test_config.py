@@ -1,13 +1,15 @@
 import math
+import re
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pytest
 
-from utils.config import IMPROVED_RECIPE, TrainConfig
-from utils.train import build_parser, config_to_argv, main
+from utils.config import (CALL_FIELDS, FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS,
+                          TrainConfig, build_parser, config_to_argv, field_help, field_kinds, fixed)
+from utils.train import main
 
 REPO = Path(__file__).resolve().parents[1]
 FIELDS = [f.name for f in fields(TrainConfig)]
@@ -144,6 +146,41 @@ def test_every_field_has_a_cli_option():
     assert all(f"--{name.replace('_', '-')}" in usage for name in FIELDS)
 
 
+def test_every_field_has_its_comment_as_help_in_the_cli():
+    help_text = field_help()
+    assert sorted(help_text) == sorted(FIELDS)
+    assert all(help_text[name] for name in FIELDS), [name for name in FIELDS if not help_text[name]]
+    usage = " ".join(build_parser().format_help().split())  # argparse wraps lines: compare words
+    missing = [name for name in FIELDS if " ".join(help_text[name].split()) not in usage]
+    assert not missing, missing
+    assert "(drawn offline)" in help_text["data"] and "power of two" in help_text["image_size"]
+
+
+def test_every_field_says_what_it_is_for_a_run():
+    """A continued run must know of each field whether to refuse a new value, apply it or ignore it."""
+    classified = FIXED_FIELDS + TUNABLE_FIELDS + CALL_FIELDS
+    assert sorted(classified) == sorted(FIELDS)
+    assert len(set(classified)) == len(classified)
+    assert set(HOW_FIELDS) <= set(TUNABLE_FIELDS) and not set(HOW_FIELDS) & set(NAMED_FIELDS)
+    assert set(FIXED_FIELDS) <= set(NAMED_FIELDS) <= set(FIXED_FIELDS + TUNABLE_FIELDS)
+    # a few that must not move: what fixes the networks, what names a run, what only says how fast
+    assert {"image_size", "g_width", "loss", "seed"} <= set(FIXED_FIELDS)
+    assert {"lr_g", "batch_size"} <= set(NAMED_FIELDS) - set(FIXED_FIELDS)
+    assert {"epochs", "amp", "device"} <= set(TUNABLE_FIELDS) - set(NAMED_FIELDS)
+    assert {"amp", "device", "data_dir"} <= set(HOW_FIELDS) and "epochs" not in HOW_FIELDS
+
+
+def test_a_field_declared_without_a_kind_is_refused_naming_it():
+    @dataclass
+    class WithANewSetting:
+        image_size: int = fixed(64)
+        warmup: int = field(default=0)  # declared the plain dataclass way: nothing says what it is for a run
+
+    assert set(field_kinds(TrainConfig)) == set(FIELDS)
+    with pytest.raises(TypeError, match=r"field 'warmup' does not say what it is for a run: declare it with fixed"):
+        field_kinds(WithANewSetting)
+
+
 def test_cli_options_rebuild_the_same_config():
     config = TrainConfig(image_size=32, lr_d=1e-3, spectral_norm=True, resume=False, diffaugment="color", out="x/y")
     args = build_parser().parse_args(config_to_argv(config))
@@ -176,3 +213,12 @@ def test_cli_subprocess_prints_the_field_and_exits_before_training(tmp_path):
     assert "error: config field 'image_size' must be a power of two >= 16" in result.stderr
     assert "got 48" in result.stderr
     assert not out.exists()
+
+
+def test_the_readme_shows_a_field_as_utils_config_declares_it():
+    """The README's "Adding a setting" diff is real: its new line is a line of TrainConfig today."""
+    readme = (REPO / "README.md").read_text()
+    diff = re.search(r"\*\*Adding a setting\*\*.*?```diff\n(.*?)```", readme, re.S)
+    assert diff, "README.md has no 'Adding a setting' paragraph with a diff"
+    added = [line[1:] for line in diff.group(1).splitlines() if line.startswith("+")]
+    assert added and set(added) <= set((REPO / "utils" / "config.py").read_text().splitlines()), added

@@ -18,9 +18,8 @@ import pytest
 import torch
 
 from utils import distributed
-from utils.config import TrainConfig
+from utils.config import TrainConfig, config_to_argv
 from utils.distributed import launch, process_device
-from utils.train import config_to_argv
 from utils.run import CHECKPOINT, list_frames, read_checkpoint
 from utils.training import DeviceData, epoch_generators, train
 

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from utils import training
-from utils.config import TrainConfig
+from utils.config import TrainConfig, config_to_argv
 from utils.errors import ConfigError
-from utils.train import config_to_argv, main
+from utils.train import main
 from utils.run import CHECKPOINT, frame_path, list_frames, read_checkpoint
 from utils.training import TrainingDiverged, train
 

@@ -23,13 +23,12 @@ import torch
 
 from utils import files, training
 from utils.compare import comparison_table, list_runs, read_runs
-from utils.config import MAX_SEED, TrainConfig
+from utils.config import MAX_SEED, TrainConfig, config_to_argv
 from utils.downloads import DownloadError
 from utils.errors import ConfigError, UserError
 from utils.metrics import FID, load_inception
 from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, RunInUse, _Lock, list_frames, read_checkpoint,
                        saved_config)
-from utils.train import config_to_argv
 from utils.training import epoch_generators, load_models, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.config import TrainConfig
-from utils.run import (CHECKPOINT, GENERATED, NAMED_FIELDS, default_run_dir, differences, list_frames,
-                       read_checkpoint, saved_config, trained_runs)
+from utils.config import NAMED_FIELDS, TrainConfig
+from utils.run import (CHECKPOINT, GENERATED, default_run_dir, differences, list_frames, read_checkpoint,
+                       saved_config, trained_runs)
 
 SHOWN_OTHERS = 6   # the other runs listed by name; the rest are counted
 

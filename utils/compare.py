@@ -36,19 +36,16 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from utils.config import TrainConfig
+from utils.config import FIXED_FIELDS, HOW_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import UserError
 from utils.files import load_data
-from utils.run import CHECKPOINT, CONFIG, FIXED_FIELDS, HISTORY, TUNABLE_FIELDS, list_frames, read_run
+from utils.run import CHECKPOINT, CONFIG, HISTORY, list_frames, read_run
 from utils.visualize import in_notebook
 
 MAX_RUNS = 12  # more than this and the grids are too small to see: the last 12 are shown, saying so
 FIGURE_WIDTH = 9.0  # inches: about 900 px in a notebook, the width the table also fits
 TABLE_WIDTH_PX = 900
 
-# Fields that say how fast a run went, not what it learned: left out of the table of differences.
-_HOW_FIELDS = {"data_dir", "device", "amp", "channels_last", "compile", "cuda_graphs", "data_on_device", "log_every",
-               "fid_every", "fid_samples", "fid_real", "fid_weights", "max_minutes", "sync_batchnorm"}
 # Table headers of fields whose names are long; a space lets a header wrap in a narrow column.
 _HEADERS = {"batch_size": "batch", "image_size": "size", "latent_dim": "z dim", "g_width": "G width",
             "d_width": "D width", "spectral_norm": "spectral norm", "diffaugment": "diff augment",
@@ -230,7 +227,7 @@ def differing_fields(configs: list[TrainConfig]) -> list[str]:
 
     `epochs` is left out: the table has one "epochs" column (done, and the target where it differs).
     """
-    names = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in _HOW_FIELDS | {"epochs"}] + ["recipe"]
+    names = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)] + ["recipe"]
     return [name for name in names if len({repr(getattr(config, name)) for config in configs}) > 1]
 
 
@@ -347,14 +344,10 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
     title_chars = max(12, int(tile * 72 / (8 * 0.62)))  # characters of an 8 pt title that fit in one tile
     titles = [_wrap(label, title_chars) for label in labels]
     title_lines = max(title.count("\n") + 2 for title in titles)  # + the "epoch N" line
-    legend_chars = int(FIGURE_WIDTH * 72 / (8 * 0.6) / min(len(runs), 3)) - 6
-    legend_labels = [_wrap(label, legend_chars) for label in labels]
 
     curves = [_curves(run) for run in runs]
     outliers = {key: _outliers([c[key] for c in curves]) for key in ("loss_d", "loss_g")}
-    for key, title in (("loss_d", "D loss"), ("loss_g", "G loss")):
-        for index, peak in outliers[key]:
-            legend_labels[index] += f"\n({title} up to {peak:,.0f}: off the scale)"
+    legend_labels = _legend_labels(labels, outliers)
     legend_rows = sum(max(legend_labels[i].count("\n") + 1 for i in range(start, min(start + 3, len(runs))))
                       for start in range(0, len(runs), 3))
 
@@ -366,8 +359,25 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
     if fig.get_layout_engine() is not None:  # room at the edges, so that no title touches them
         fig.get_layout_engine().set(h_pad=0.1, w_pad=0.08)
     top, middle, bottom = fig.subfigures(3, 1, height_ratios=[grids_height, 2.9, legend_height])
+    _draw_grids(top.subplots(grid_rows, columns, squeeze=False).ravel(), runs, titles, grids)
+    _draw_curves(middle.subplots(1, 3), curves, outliers)
+    handles = [Line2D([], [], color=_COLOURS[number], linewidth=2) for number in range(len(runs))]
+    bottom.legend(handles, legend_labels, loc="center", ncols=min(len(runs), 3), fontsize=8, frameon=False)
+    return fig
 
-    axes = top.subplots(grid_rows, columns, squeeze=False).ravel()
+
+def _legend_labels(labels: list[str], outliers: dict[str, list[tuple[int, float]]]) -> list[str]:
+    """The runs' labels wrapped to a third of the figure's width, each saying which of its curves is off the scale."""
+    legend_chars = int(FIGURE_WIDTH * 72 / (8 * 0.6) / min(len(labels), 3)) - 6
+    legend_labels = [_wrap(label, legend_chars) for label in labels]
+    for key, title in (("loss_d", "D loss"), ("loss_g", "G loss")):
+        for index, peak in outliers[key]:
+            legend_labels[index] += f"\n({title} up to {peak:,.0f}: off the scale)"
+    return legend_labels
+
+
+def _draw_grids(axes, runs: list[_Run], titles: list[str], grids: list[tuple[int, np.ndarray | None, str]]) -> None:
+    """Each run's last grid under its label and epoch in its colour; "unreadable" or "no grid yet" where none."""
     for number, (ax, run, title, (epoch, pixels, problem)) in enumerate(zip(axes, runs, titles, grids)):
         if problem:
             run.problems.append(problem)
@@ -381,15 +391,18 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
     for ax in axes[len(runs):]:
         ax.set_visible(False)
 
-    panels = middle.subplots(1, 3)
-    for number, run in enumerate(runs):
-        x = curves[number]["x"]
+
+def _draw_curves(panels, curves: list[dict[str, list[float]]], outliers: dict[str, list[tuple[int, float]]]) -> None:
+    """D loss, G loss and D's verdicts against epochs, one colour per run; a run off the scale of a loss is left
+    out of that panel's scale and drawn as triangles on its top edge, the title saying which."""
+    for number, curve in enumerate(curves):
+        x = curve["x"]
         # a short run has one logged point per log_every steps: dots, so that a 1-epoch run's single point shows
         style = dict(color=_COLOURS[number], linewidth=1, **(dict(marker="o", markersize=3) if len(x) < 20 else {}))
-        panels[0].plot(x, curves[number]["loss_d"], **style)
-        panels[1].plot(x, curves[number]["loss_g"], **style)
-        panels[2].plot(x, curves[number]["d_real"], **style)
-        panels[2].plot(x, curves[number]["d_fake"], linestyle="--", **{**style, "linewidth": 0.8})
+        panels[0].plot(x, curve["loss_d"], **style)
+        panels[1].plot(x, curve["loss_g"], **style)
+        panels[2].plot(x, curve["d_real"], **style)
+        panels[2].plot(x, curve["d_fake"], linestyle="--", **{**style, "linewidth": 0.8})
     for ax, key, title in ((panels[0], "loss_d", "D loss"), (panels[1], "loss_g", "G loss")):
         if outliers[key]:
             scale = [c[key] for i, c in enumerate(curves) if i not in dict(outliers[key])]
@@ -410,10 +423,6 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
-
-    handles = [Line2D([], [], color=_COLOURS[number], linewidth=2) for number in range(len(runs))]
-    bottom.legend(handles, legend_labels, loc="center", ncols=min(len(runs), 3), fontsize=8, frameon=False)
-    return fig
 
 
 def _curves(run: _Run) -> dict[str, list[float]]:

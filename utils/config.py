@@ -9,17 +9,35 @@ again, so a value assigned after construction (`config.lr_g = -1`) is checked to
     >>> config = TrainConfig(image_size=32, epochs=5)
     >>> config.batch_size
     128
+
+Everything about a field lives on its line, so a new setting is one line here (plus its check in `validate`):
+- **its default and type**, as in any dataclass;
+- **its help**: the comment after it is its `--help` text (`build_parser` reads it from this file's source);
+- **what it is for a run**, in its dataclass metadata, given by the helper that declares it:
+  `fixed` (it fixes the networks, the data or the game: a trained run refuses another value, and a value other
+  than the default names the run folder), `tunable` (it can change between epochs of a run; `names_run=True`
+  when it changes what is learned, so that it names the run folder too), `how` (tunable, and it only says how
+  fast, where or how often: never in a folder's name nor in compare's table) or `call` (about this call, not
+  the run). utils/run.py and utils/compare.py read the tuples derived from them below (`FIXED_FIELDS`, ...).
+  Helpers rather than `field(metadata={...})` keep the class one short line per field, readable top to
+  bottom; a field declared without one fails at import, naming it (`field_kinds`). The parts of a run
+  folder's name follow the class's order, fixed fields first: moving a field that names runs renames them.
+
+The command line lives here too (`build_parser`, `config_to_argv`): one option per field, named from it, so
+`python -m utils.train` (utils/train.py) and `utils.distributed.launch` need nothing of their own per setting.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
 import json
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from utils.errors import ConfigError
 from utils.files import atomic_path
@@ -41,55 +59,84 @@ IMPROVED_RECIPE = dict(
 )
 
 
+# ------------------------------------------------------------------------------ what a field is for a run
+
+T = TypeVar("T")
+
+
+def fixed(default: T) -> T:
+    """A field that fixes the networks, the data or the game: a trained run refuses another value; names the run."""
+    return field(default=default, metadata={"kind": "fixed", "names_run": True, "how": False})
+
+
+def tunable(default: T, *, names_run: bool = False) -> T:
+    """A field that can change between epochs of a run (applied, printed, recorded in the history). `names_run`:
+    it changes what is learned, so a value other than the default names the run folder (a tweak is a new run)."""
+    return field(default=default, metadata={"kind": "tunable", "names_run": names_run, "how": False})
+
+
+def how(default: T) -> T:
+    """A tunable field that only says how fast, where or how often a run trains, not what it learns."""
+    return field(default=default, metadata={"kind": "tunable", "names_run": False, "how": True})
+
+
+def call(default: T) -> T:
+    """A field about this call rather than the run (`recipe` is resolved into the fields it sets)."""
+    return field(default=default, metadata={"kind": "call", "names_run": False, "how": False})
+
+
+_KINDS = ("fixed", "tunable", "call")
+
+
 @dataclass
 class TrainConfig:
     # data
-    data: str = "synthetic"     # "synthetic" (drawn offline), "kaggle" (downloaded), a folder, a .zip or an http(s) URL of a zip
-    data_dir: str = "data"      # downloads and decoded caches live here
-    image_size: int = 64        # images are square, a power of two >= 16
-    max_images: int = 0         # use at most this many images (0 = all; synthetic: 0 means 20,000)
+    data: str = fixed("synthetic")      # "synthetic" (drawn offline), "kaggle" (downloaded), a folder, a .zip or its URL
+    data_dir: str = how("data")         # downloads and decoded caches live here
+    image_size: int = fixed(64)         # images are square, a power of two >= 16
+    max_images: int = fixed(0)          # use at most this many images (0 = all; synthetic: 0 means 20,000)
     # model (DCGAN reference: latent 100-128, widths 64)
-    latent_dim: int = 128       # length of the noise vector z
-    g_width: int = 64           # channels of G's last hidden block (doubles towards the input)
-    d_width: int = 64           # channels of D's first block (doubles towards the output)
+    latent_dim: int = fixed(128)        # length of the noise vector z
+    g_width: int = fixed(64)            # channels of G's last hidden block (doubles towards the input)
+    d_width: int = fixed(64)            # channels of D's first block (doubles towards the output)
     # optimisation (DCGAN reference: Adam 2e-4, betas (0.5, 0.999), batch 128, 25 epochs)
-    epochs: int = 25
-    batch_size: int = 128
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    scale_lr: bool = False      # larger batches: multiply both learning rates by sqrt(batch_size / 128)
+    epochs: int = tunable(25)           # train until this many epochs in all (a continued run trains the rest)
+    batch_size: int = tunable(128, names_run=True)  # images per step (per process when distributed)
+    lr_g: float = tunable(2e-4, names_run=True)     # G's learning rate (Adam)
+    lr_d: float = tunable(2e-4, names_run=True)     # D's learning rate (Adam)
+    beta1: float = tunable(0.5, names_run=True)     # Adam's first-moment decay (DCGAN: 0.5 instead of Adam's 0.9)
+    beta2: float = tunable(0.999, names_run=True)   # Adam's second-moment decay
+    scale_lr: bool = tunable(False, names_run=True)  # larger batches: both learning rates x sqrt(batch_size / 128)
     # recipe (notebook 05): "dcgan" keeps the fields below as given, "improved" applies IMPROVED_RECIPE
-    recipe: str = "dcgan"
-    loss: str = "bce"           # "bce" (original DCGAN) or "hinge"
-    ema_decay: float = 0.0      # 0 = off; else the EMA decay of G's weights used for sampling
-    diffaugment: str = ""       # comma-separated subset of "color,translation,cutout"; "" = off
-    spectral_norm: bool = False  # spectral normalisation in D (replaces its BatchNorm)
+    recipe: str = call("dcgan")         # "dcgan" or "improved" (sets those of IMPROVED_RECIPE left at their defaults)
+    spectral_norm: bool = fixed(False)  # spectral normalisation in D (replaces its BatchNorm)
+    loss: str = fixed("bce")            # "bce" (original DCGAN) or "hinge"
+    ema_decay: float = fixed(0.0)       # 0 = off; else the EMA decay of G's weights used for sampling
+    diffaugment: str = fixed("")        # comma-separated subset of "color,translation,cutout"; "" = off
     # D's targets (loss="bce" only): label smoothing and noisy labels, tricks of popular anime-GAN projects
-    real_label: float = 1.0     # bce only: D's target for real images; below 1 is label smoothing (e.g. 0.9)
-    fake_label: float = 0.0     # bce only: D's target for fakes; above 0 smooths it too (e.g. 0.1); below real_label
-    label_flip: float = 0.0     # bce only: chance that each of D's targets is swapped (noisy labels, e.g. 0.05)
+    real_label: float = fixed(1.0)      # bce only: D's target for real images; below 1 is label smoothing (e.g. 0.9)
+    fake_label: float = fixed(0.0)      # bce only: D's target for fakes; above 0 smooths it (e.g. 0.1); below real_label
+    label_flip: float = fixed(0.0)      # bce only: chance that each of D's targets is swapped (noisy labels, e.g. 0.05)
     # speed (chosen per device by measurement when "auto"; see utils/environment.py)
-    device: str = "auto"        # "auto", "cuda", "cuda:1", "mps" or "cpu"
-    amp: str = "auto"           # "auto", "bf16", "fp16" or "off"
-    channels_last: str = "auto"  # "auto", "on" or "off"
-    compile: bool = False       # torch.compile the models (slow first epoch, faster after)
-    cuda_graphs: str = "auto"   # "auto", "on" or "off": replay each step as one CUDA graph (see utils/environment.py)
-    data_on_device: str = "auto"  # "auto" (if it fits), "on" or "off" (pinned host memory)
-    sync_batchnorm: bool = False  # multi-GPU only: share BatchNorm statistics across GPUs
-    log_every: int = 50         # read losses back to the host every N steps (each read waits for the GPU)
+    device: str = how("auto")           # "auto", "cuda", "cuda:1", "mps" or "cpu"
+    amp: str = how("auto")              # "auto", "bf16", "fp16" or "off"
+    channels_last: str = how("auto")    # "auto", "on" or "off"
+    compile: bool = how(False)          # torch.compile the models (slow first epoch, faster after)
+    cuda_graphs: str = how("auto")      # "auto", "on" or "off": replay each step as one CUDA graph (utils/environment.py)
+    data_on_device: str = how("auto")   # "auto" (if it fits), "on" or "off" (pinned host memory)
+    sync_batchnorm: bool = how(False)   # multi-GPU only: share BatchNorm statistics across GPUs
+    log_every: int = how(50)            # read losses back to the host every N steps (each read waits for the GPU)
     # run
-    seed: int = 42
-    out: str = ""               # run folder; "" = generated/<recipe>-<size>px[-field=value...], named from the settings
-    num_samples: int = 64       # fixed latents drawn after every epoch (an 8x8 grid)
-    resume: bool = True         # continue the run in its folder if it has a checkpoint (see utils/run.py)
-    max_minutes: float = 0.0    # stop (and save) once training has taken this many minutes in all; 0 = no limit
+    num_samples: int = fixed(64)        # fixed latents drawn after every epoch (an 8x8 grid)
+    seed: int = fixed(42)               # the first weights, the fixed latents and each epoch's randomness come from it
+    out: str = call("")                 # run folder; "" = generated/<recipe>-<size>px[-field=value...] from the settings
+    resume: bool = call(True)           # continue the run in its folder if it has a checkpoint (see utils/run.py)
+    max_minutes: float = how(0.0)       # stop (and save) once training has taken this many minutes in all; 0 = no limit
     # quality (notebook 05)
-    fid_every: int = 0          # compute FID every K epochs (0 = never)
-    fid_samples: int = 10_000   # generated images per FID evaluation
-    fid_real: int = 0           # real images for the reference statistics (0 = the whole set)
-    fid_weights: str = ""       # path to pt_inception-2015-12-05 weights for offline use ("" = download)
+    fid_every: int = how(0)             # compute FID every K epochs (0 = never)
+    fid_samples: int = how(10_000)      # generated images per FID evaluation
+    fid_real: int = how(0)              # real images for the reference statistics (0 = the whole set)
+    fid_weights: str = how("")          # path to pt_inception-2015-12-05 weights for offline use ("" = download)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -203,7 +250,76 @@ class TrainConfig:
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
+def field_kinds(config_class: type = TrainConfig) -> dict[str, dict[str, Any]]:
+    """Each field's metadata (kind, names_run, how); a field declared without `fixed`, `tunable`, `how` or `call`
+    raises TypeError naming it: a continued run would otherwise silently ignore or take its value."""
+    kinds = {}
+    for f in fields(config_class):
+        if f.metadata.get("kind") not in _KINDS:
+            raise TypeError(f"{config_class.__name__} field '{f.name}' does not say what it is for a run: declare it "
+                            "with fixed(), tunable(), how() or call() (utils/config.py)")
+        kinds[f.name] = dict(f.metadata)
+    return kinds
+
+
+def _names(**wanted: Any) -> tuple[str, ...]:
+    """The fields whose metadata has all of `wanted`, in the class's order."""
+    return tuple(name for name, kind in field_kinds().items() if all(kind[k] == v for k, v in wanted.items()))
+
+
+# Fields that fix the networks, the data or the game: a run trained with one value cannot continue with another.
+FIXED_FIELDS = _names(kind="fixed")
+# Fields that can change between epochs of a run: applied from the next epoch on, printed, recorded.
+TUNABLE_FIELDS = _names(kind="tunable")
+# Fields about this call rather than the run: `recipe` is resolved into the fields it sets.
+CALL_FIELDS = _names(kind="call")
+# What names a run folder (when it differs from the recipe's default): everything that changes what is learned,
+# the fixed fields first, then the tunable ones (the order of the parts of a folder's name).
+NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)
+# Fields that only say how fast, where or how often a run trains: not in compare's table of differences.
+HOW_FIELDS = _names(how=True)
+
+
 def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
+# ------------------------------------------------------------------------------------ the command line
+
+def field_help() -> dict[str, str]:
+    """The comment after each field in TrainConfig's source: one place documents both notebook and CLI."""
+    source = inspect.getsource(TrainConfig)
+    return {name: comment.strip() for name, comment in re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#(.*)$", source, re.M)}
+
+
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """One option per TrainConfig field; `defaults=False` leaves out the options not given (to tell which were)."""
+    parser = argparse.ArgumentParser(prog="python -m utils.train",
+                                     description="Command line for the notebooks' training code: one option per "
+                                                 "TrainConfig field.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    help_text = field_help()
+    for f in fields(TrainConfig):
+        option = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        shown = default if defaults else argparse.SUPPRESS
+        if isinstance(default, bool):
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=shown,
+                                help=help_text.get(f.name, ""))
+        else:
+            parser.add_argument(option, type=type(default), default=shown, metavar=f.name.upper(),
+                                help=help_text.get(f.name, ""))
+    return parser
+
+
+def config_to_argv(config: TrainConfig) -> list[str]:
+    """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
+    argv = []
+    for f in fields(TrainConfig):
+        value = getattr(config, f.name)
+        option = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(option if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [option, str(value)]
+    return argv

@@ -45,8 +45,9 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .config import TrainConfig
-from .errors import ConfigError, UserError
+from utils.config import TrainConfig, config_to_argv
+from utils.environment import pick_device
+from utils.errors import ConfigError, UserError
 
 # How long a process waits for the others at a collective before giving up. Generous, because at some of them
 # the others wait while process 0 works alone: the first download and decoding of the dataset, FID evaluations.
@@ -191,9 +192,6 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
     subprocess with the config's fields as options. It runs in the current folder, so relative paths
     (`out`, `data_dir`) name the same run folder as `train(config)` would. Raises RuntimeError if it fails.
     """
-    from .environment import pick_device
-    from .train import config_to_argv  # late import: utils.train imports this module
-
     device = pick_device(config.device)
     check_sync_batchnorm(config.sync_batchnorm, device)
     if nprocs is None:

@@ -16,12 +16,14 @@ The rules, all of them here:
   save, with one line saying where its epochs are; it is never recreated, empty, under its old name.
 - **A run folder is not the data.** `out` may not be the data folder, lie inside it or hold it (its grids would
   become training images), nor be `data_dir`.
-- **Continuing a run.** The fields in `FIXED_FIELDS` fix the networks, the data or the game: a trained run refuses
-  other values before any data is decoded, listing every difference. The fields in `TUNABLE_FIELDS` can change
-  between epochs: `train()` applies them after loading the optimisers, prints one line per change and records it
-  in the history, where `plot_history` marks it.
+- **Continuing a run.** The fields declared `fixed` in TrainConfig (utils/config.py: `FIXED_FIELDS`) fix the
+  networks, the data or the game: a trained run refuses other values before any data is decoded, listing every
+  difference. The fields declared `tunable` or `how` (`TUNABLE_FIELDS`) can change between epochs: `train()`
+  applies them after loading the optimisers, prints one line per change and records it in the history, where
+  `plot_history` marks it.
 - **A tweak makes a new run by default.** With `out=""` the folder is named from the fields that change what is
-  learned and differ from the defaults (`default_run_dir`): changing a learning rate in a notebook starts a
+  learned (`NAMED_FIELDS`: the fixed ones and those declared `tunable(..., names_run=True)`) and differ from the
+  defaults (`default_run_dir`): changing a learning rate in a notebook starts a
   sibling run and leaves the old one intact, and re-running unchanged cells resumes.
 - **Nothing a run made is deleted**, except what the checkpoint makes obsolete: the grid of an epoch a kill cut
   short. Files of an earlier run without its checkpoint are moved aside into `earlier-N/`, saying so; so are the
@@ -55,7 +57,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.config import IMPROVED_RECIPE, TrainConfig
+from utils.config import FIXED_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, load_data
 from utils.urls import is_url, redact_url
@@ -67,18 +69,6 @@ except ImportError:  # Windows: no advisory locks; runs still work, without the 
 
 GENERATED = Path("generated")
 CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
-
-# Fields that fix the networks, the data or the game: a run trained with one value cannot continue with another.
-FIXED_FIELDS = ("data", "image_size", "max_images", "latent_dim", "g_width", "d_width", "spectral_norm", "loss",
-                "ema_decay", "diffaugment", "real_label", "fake_label", "label_flip", "num_samples", "seed")
-# Fields that can change between epochs of a run: applied from the next epoch on, printed, recorded.
-TUNABLE_FIELDS = ("epochs", "batch_size", "lr_g", "lr_d", "beta1", "beta2", "scale_lr", "log_every", "max_minutes",
-                  "fid_every", "fid_samples", "fid_real", "fid_weights", "data_dir", "device", "amp",
-                  "channels_last", "compile", "cuda_graphs", "data_on_device", "sync_batchnorm")
-# Fields about this call rather than the run: `recipe` is resolved into the fields it sets.
-CALL_FIELDS = ("recipe", "out", "resume")
-# What names a run folder (when it differs from the recipe's default): everything that changes what is learned.
-NAMED_FIELDS = FIXED_FIELDS + ("batch_size", "lr_g", "lr_d", "beta1", "beta2", "scale_lr")
 
 _FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
 _CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",

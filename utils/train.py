@@ -1,4 +1,4 @@
-"""Command line for the notebooks' training code: one option per TrainConfig field.
+"""`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field.
 
     python -m utils.train --data synthetic --image-size 32 --epochs 5     # -> generated/dcgan-32px
     python -m utils.train --data synthetic --image-size 32 --epochs 10    # the same run, 5 more epochs
@@ -17,50 +17,8 @@ checkpoint.pt, history.json, history.png and config.json; `python -m utils.gif R
 
 from __future__ import annotations
 
-import argparse
-import inspect
-import re
-from dataclasses import MISSING, fields
-
-from .config import TrainConfig
-from .errors import ConfigError, run_cli
-
-
-def _field_help() -> dict[str, str]:
-    """The comment after each field in TrainConfig's source: one place documents both notebook and CLI."""
-    source = inspect.getsource(TrainConfig)
-    return {name: comment.strip() for name, comment in re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#(.*)$", source, re.M)}
-
-
-def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
-    """One option per TrainConfig field; `defaults=False` leaves out the options not given (to tell which were)."""
-    parser = argparse.ArgumentParser(prog="python -m utils.train", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    help_text = _field_help()
-    for field in fields(TrainConfig):
-        option = "--" + field.name.replace("_", "-")
-        default = field.default if field.default is not MISSING else None
-        shown = default if defaults else argparse.SUPPRESS
-        if isinstance(default, bool):
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=shown,
-                                help=help_text.get(field.name, ""))
-        else:
-            parser.add_argument(option, type=type(default), default=shown, metavar=field.name.upper(),
-                                help=help_text.get(field.name, ""))
-    return parser
-
-
-def config_to_argv(config: TrainConfig) -> list[str]:
-    """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
-    argv = []
-    for field in fields(TrainConfig):
-        value = getattr(config, field.name)
-        option = "--" + field.name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(option if value else "--no-" + field.name.replace("_", "-"))
-        else:
-            argv += [option, str(value)]
-    return argv
+from utils.config import TrainConfig, build_parser
+from utils.errors import ConfigError, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,11 +34,11 @@ def _train_from_command_line(argv: list[str] | None) -> None:
         requested = TrainConfig(**vars(args))
     except ConfigError as error:
         parser.error(str(error))
-    from .run import run_dir_of, saved_config  # after argument checks: --help stays fast
-    from .training import train
-    from .urls import is_url
-    from .distributed import is_main, shutdown
-    from .visualize import save_history_plot
+    from utils.run import run_dir_of, saved_config  # after argument checks: --help stays fast
+    from utils.training import train
+    from utils.urls import is_url
+    from utils.distributed import is_main, shutdown
+    from utils.visualize import save_history_plot
 
     saved = saved_config(run_dir_of(requested)) if requested.resume else None
     config = requested

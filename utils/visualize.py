@@ -115,27 +115,36 @@ def plot_history(history: dict, fig=None):
     if not steps:
         losses.set_yticks([])
 
-    marks = change_marks(history)
-    for row, (at, label) in enumerate(marks):
-        for ax in axes[:2]:
-            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
-        # above the axes, a row per change: left of the line when it is in the right half of the panel
-        right_half = at > sum(losses.get_xlim()) / 2
-        losses.annotate(label, (at, 1), xycoords=("data", "axes fraction"), xytext=(-2 if right_half else 2, 3 + 12 * row),
-                        textcoords="offset points", ha="right" if right_half else "left", va="bottom", fontsize=9,
-                        color="tab:red", annotation_clip=False)
-    band = 12 * len(marks) + (4 if marks else 0)  # points: the titles go above the change labels
+    band = _mark_changes(axes[:2], change_marks(history))
     losses.set_title("Losses", pad=6 + band)
     scores.set_title("Discriminator's verdict", pad=6 + band)
-
     if len(axes) == 3:
-        scored = [e for e in history["epochs"] if e.get("fid") is not None]
-        fid = axes[2]
-        fid.plot([e["epoch"] for e in scored], [e["fid"] for e in scored], marker="o")
-        fid.set_title("FID (lower is better)", pad=6 + band)
-        fid.set(xlabel="epoch", ylabel="FID")
-        fid.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _plot_fid(axes[2], history, pad=6 + band)
     return fig
+
+
+def _mark_changes(axes, marks: list[tuple[int, str]]) -> float:
+    """A dotted line at each change's step in every panel, its label above the first panel (a row per change,
+    left of the line in the right half), so no label crosses a curve or another; returns the band's height in
+    points, for the titles to go above it."""
+    for row, (at, label) in enumerate(marks):
+        for ax in axes:
+            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
+        right_half = at > sum(axes[0].get_xlim()) / 2
+        axes[0].annotate(label, (at, 1), xycoords=("data", "axes fraction"),
+                         xytext=(-2 if right_half else 2, 3 + 12 * row), textcoords="offset points",
+                         ha="right" if right_half else "left", va="bottom", fontsize=9, color="tab:red",
+                         annotation_clip=False)
+    return 12 * len(marks) + (4 if marks else 0)
+
+
+def _plot_fid(ax, history: dict, pad: float) -> None:
+    """FID of every epoch that has one, against epochs."""
+    scored = [e for e in history["epochs"] if e.get("fid") is not None]
+    ax.plot([e["epoch"] for e in scored], [e["fid"] for e in scored], marker="o")
+    ax.set_title("FID (lower is better)", pad=pad)
+    ax.set(xlabel="epoch", ylabel="FID")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def change_marks(history: dict) -> list[tuple[int, str]]:
