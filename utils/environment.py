@@ -39,7 +39,7 @@ import time
 from contextlib import closing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Generator
 
 import torch
 
@@ -60,8 +60,8 @@ AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest
 RECHECK_GAP = 0.25        # an epoch this much faster or slower than the trial's figure has it measured again
 QUIETER = 1.0             # a new measurement replaces the cached one unless it saw a load this much higher
 
-# measure(candidates) yields, round after round, {candidate: images/s of one training step}
-Measure = Callable[[list[str]], Iterable[dict[str, float]]]
+# measure(candidates): a generator yielding, round after round, {candidate: images/s of one training step}
+Measure = Callable[[list[str]], Generator[dict[str, float], None, None]]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -330,13 +330,14 @@ def _measure_trial(measure: Measure) -> CPUTrial:
     """Time the candidates with `measure`, which yields rounds: {candidate: images/s of one training step}.
 
     The candidates take turns, so a burst of other work slows one round of each rather than every round of one;
-    each keeps its fastest round, and rounds continue past TRIAL_MIN_ROUNDS until every candidate's two fastest agree within AGREEMENT, for at most
-    TRIAL_SECONDS: rounds slowed by other work are outvoted, and an answer that never settled says so.
+    each keeps its fastest round, and rounds continue past TRIAL_MIN_ROUNDS until every candidate's two fastest
+    agree within AGREEMENT, for at most TRIAL_SECONDS: rounds slowed by other work are outvoted, and an answer that
+    never settled says so.
     """
     candidates = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
     speeds: dict[str, list[float]] = {name: [] for name in candidates}
     rounds, settled, started = 0, False, None
-    with closing(iter(measure(candidates))) as timings:   # closing: the timer restores the random state it forked
+    with closing(measure(candidates)) as timings:   # closing: the timer restores the random state it forked
         for timing in timings:
             started = started or time.perf_counter()      # the clock starts after the first round (and its warm-up)
             rounds += 1
