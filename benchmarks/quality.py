@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from utils.config import TrainConfig  # noqa: E402
 from utils.data import load_dataset  # noqa: E402
-from utils.environment import describe, pick_device  # noqa: E402
+from utils.environment import describe_device, pick_device  # noqa: E402
 from utils.metrics import fid_for_config  # noqa: E402
 from utils.training import load_models  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> None:
             raise SystemExit(f"--variant {variant!r}: expected NAME=OPTIONS, e.g. 'lr-x2=--recipe improved --lr-d 2e-3'")
         runs[name] = options.split()
     device = pick_device(args.device)
-    print(describe(device), flush=True)
+    print(describe_device(device), flush=True)
     config = TrainConfig(data=args.data, data_dir=str(args.data_dir), image_size=args.image_size, seed=args.seed,
                          fid_samples=args.fid_samples, fid_real=args.fid_real, fid_weights=args.fid_weights)
     images = load_dataset(config)  # build the decoded cache once, before the timed runs
@@ -115,7 +115,7 @@ def main() -> None:
     if ratio is not None:
         print(f"FID(improved) / FID(dcgan) = {ratio:.3f}")
     print(json.dumps({
-        "device": describe(device), "image_size": args.image_size, "minutes_each": None if args.score_only else args.minutes,
+        "device": describe_device(device), "image_size": args.image_size, "minutes_each": None if args.score_only else args.minutes,
         "side_by_side": not args.sequential, "fid_samples": args.fid_samples,
         "fid_real": args.fid_real or len(images), "real_images": len(images), "results": results,
         "ratio": ratio, "runs": None if args.score_only else {name: " ".join(options) for name, options in runs.items()},

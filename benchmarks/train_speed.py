@@ -34,7 +34,7 @@ from torchvision import datasets, transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from utils.config import TrainConfig  # noqa: E402
 from utils.data import load_dataset  # noqa: E402
-from utils.environment import describe, pick_device  # noqa: E402
+from utils.environment import describe_device, pick_device  # noqa: E402
 from utils.models import Discriminator, Generator  # noqa: E402
 from utils.synthetic import synthetic_faces  # noqa: E402
 from utils.training import train  # noqa: E402
@@ -134,7 +134,7 @@ def main() -> None:
 
     device = pick_device(args.device)
     on_gpu = device.type == "cuda"
-    print(describe(device))
+    print(describe_device(device))
     work = Path(tempfile.mkdtemp(prefix="train-speed-"))
     data = args.data or write_synthetic_jpegs(work / "jpegs", args.synthetic_count, args.image_size)
     root = image_root(data)
@@ -191,7 +191,7 @@ def main() -> None:
     print(f"\ncache: decoding {len(images):,} images into the cache took {cache_build_s:.2f} s; loading it again "
           f"{cache_load_s:.3f} s")
     print(json.dumps({
-        "device": describe(device), "image_size": args.image_size, "batch_size": args.batch_size,
+        "device": describe_device(device), "image_size": args.image_size, "batch_size": args.batch_size,
         "images": len(images), "img_per_s_baseline": round(baseline, 1), "img_per_s_ours": round(ours, 1),
         "img_per_s_ours_end_to_end": round(ours_end_to_end, 1),
         "ratio": round(ours / baseline, 2), "cache_build_s": round(cache_build_s, 3),

@@ -19,7 +19,7 @@ import torch
 
 from utils import distributed
 from utils.config import TrainConfig, config_to_argv
-from utils.distributed import launch, process_device
+from utils.distributed import launch
 from utils.run import CHECKPOINT, list_frames, read_checkpoint
 from utils.training import DeviceData, epoch_generators, train
 
@@ -131,23 +131,6 @@ def test_sync_batchnorm_without_cuda_is_refused_before_starting(tmp_path):
 def test_launch_on_cpu_needs_an_explicit_process_count(tmp_path):
     with pytest.raises(ValueError, match="pass nprocs=N"):
         launch(tiny_config(tmp_path))
-
-
-def test_process_device_is_the_gpu_numbered_local_rank(monkeypatch):
-    cuda = torch.device("cuda")
-    assert process_device(cuda) == cuda                      # not started by torchrun: unchanged
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-
-    assert process_device(cuda) == torch.device("cuda", 1)
-    assert process_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
-    assert process_device(torch.device("cpu")) == torch.device("cpu")
-    with pytest.raises(ValueError, match="config field 'device' is 'cuda:0'"):
-        process_device(torch.device("cuda", 0))
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ValueError, match="only 1 visible"):
-        process_device(cuda)
 
 
 # ----------------------------------------------------------------------------------- sharding and randomness

@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from utils.config import TrainConfig
-from utils.environment import _save_trial, _trial_key, speed_gap_note, trial_cache_file
 from utils.estimate import (DEMO_SETTINGS, fid_estimate, fid_images_to_score, format_duration, measured_speed,
                             timed_speed, training_estimate)
 from utils.metrics import dataset_id, reference_cache_file, weights_id
@@ -87,21 +86,6 @@ def test_fid_estimate_warns_on_a_cpu_past_half_an_hour():
            "FID: 1,000 images through Inception at about 10.0 images/s (timed now on cpu): about 2 min here"
     slow = fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real")
     assert slow.endswith("warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
-
-
-def test_the_log_says_why_an_epoch_and_the_cpu_trial_disagree(tmp_path, monkeypatch):
-    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path))
-    config = TrainConfig(image_size=32, g_width=32, d_width=32)
-    assert speed_gap_note(config, 2, 45.0) == ""   # no trial measured on this machine: nothing to compare
-    _save_trial(trial_cache_file(), _trial_key(config), {"fp32 NCHW": 200.0, "fp32 channels_last": 250.0})
-    note = speed_gap_note(config, 2, 45.0)
-    assert note.startswith("note: epoch 2 trained at 45 images/s, 82% below the CPU trial's 250: ")
-    assert "the trial times batches of 32, the epochs batches of 128" in note
-    assert speed_gap_note(config, 2, 210.0) == ""   # within 25%
-    faster = speed_gap_note(config, 2, 460.0)         # the trial was cached from a busier moment
-    assert faster == (f"note: epoch 2 trained at 460 images/s, 84% above the CPU trial's 250, which was measured "
-                      f"earlier and cached (perhaps while other work shared this CPU): delete {trial_cache_file()} "
-                      "to measure it again")
 
 
 def test_fid_counts_the_real_images_only_until_their_statistics_are_cached(tmp_path):

@@ -101,7 +101,7 @@ def test_the_labels_name_the_run_and_cannot_change_when_it_continues(tmp_path):
 
 def test_noisy_labels_keep_the_step_off_cuda_graphs():
     cuda = torch.device("cuda")
-    common = dict(amp_dtype=torch.bfloat16, diffaugment="", compile=False, world_size=1)
-    assert pick_cuda_graphs(cuda, "auto", **common) and not pick_cuda_graphs(cuda, "auto", **common, label_flip=0.1)
+    assert pick_cuda_graphs(cuda, TrainConfig(), torch.bfloat16)
+    assert not pick_cuda_graphs(cuda, TrainConfig(label_flip=0.1), torch.bfloat16)
     with pytest.raises(ConfigError, match="label_flip"):
-        pick_cuda_graphs(cuda, "on", **common, label_flip=0.1)
+        pick_cuda_graphs(cuda, TrainConfig(cuda_graphs="on", label_flip=0.1), torch.bfloat16)

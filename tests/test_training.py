@@ -294,17 +294,17 @@ def test_cuda_graphs_are_refused_where_they_cannot_work():
     from utils.environment import pick_cuda_graphs
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    plain = dict(amp_dtype=torch.bfloat16, diffaugment="", compile=False, world_size=1)
-    assert pick_cuda_graphs(cuda, "auto", **plain) and not pick_cuda_graphs(cpu, "auto", **plain)
-    assert not pick_cuda_graphs(cuda, "off", **plain)
-    fp16 = plain | dict(amp_dtype=torch.float16)  # recorded when asked for; "auto" waits for a GPU measurement
-    assert pick_cuda_graphs(cuda, "on", **fp16) and not pick_cuda_graphs(cuda, "auto", **fp16)
-    for blocker in (dict(diffaugment="color"), dict(compile=True), dict(world_size=2)):
-        assert not pick_cuda_graphs(cuda, "auto", **plain | blocker)
+    auto, on, off = (TrainConfig(cuda_graphs=setting) for setting in ("auto", "on", "off"))
+    assert pick_cuda_graphs(cuda, auto, torch.bfloat16) and not pick_cuda_graphs(cpu, auto, torch.bfloat16)
+    assert not pick_cuda_graphs(cuda, off, torch.bfloat16)
+    # fp16 is recorded when asked for; "auto" waits for a GPU measurement
+    assert pick_cuda_graphs(cuda, on, torch.float16) and not pick_cuda_graphs(cuda, auto, torch.float16)
+    for blocker, world_size in ((dict(diffaugment="color"), 1), (dict(compile=True), 1), ({}, 2)):
+        assert not pick_cuda_graphs(cuda, TrainConfig(**blocker), torch.bfloat16, world_size)
         with pytest.raises(ValueError, match="cuda_graphs"):
-            pick_cuda_graphs(cuda, "on", **plain | blocker)
+            pick_cuda_graphs(cuda, TrainConfig(cuda_graphs="on", **blocker), torch.bfloat16, world_size)
     with pytest.raises(ValueError, match="cuda_graphs"):
-        pick_cuda_graphs(cpu, "on", **plain)
+        pick_cuda_graphs(cpu, on, torch.bfloat16)
 
 
 def test_epochs_done_counts_what_was_trained(tmp_path):

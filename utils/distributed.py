@@ -46,7 +46,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from utils.config import TrainConfig, config_to_argv
-from utils.environment import pick_device
 from utils.errors import ConfigError, UserError
 
 # How long a process waits for the others at a collective before giving up. Generous, because at some of them
@@ -61,20 +60,6 @@ class TrainingFailed(UserError, RuntimeError):
 def launched() -> bool:
     """True in a process started by torchrun with more than one process (WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def process_device(device: torch.device) -> torch.device:
-    """The device this process drives: under torchrun, `cuda` means GPU number LOCAL_RANK."""
-    if not launched() or device.type != "cuda":
-        return device
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if device.index not in (None, local_rank):
-        raise ConfigError(f"config field 'device' is '{device}', but a distributed run drives one GPU per process "
-                         "(process k uses cuda:k): use device='auto' or 'cuda'")
-    if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"process {local_rank} has no GPU of its own: only {torch.cuda.device_count()} visible; "
-                         "start at most one process per GPU (torchrun --nproc_per_node)")
-    return torch.device("cuda", local_rank)
 
 
 def setup(device: torch.device) -> None:
@@ -192,13 +177,14 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
     subprocess with the config's fields as options. It runs in the current folder, so relative paths
     (`out`, `data_dir`) name the same run folder as `train(config)` would. Raises RuntimeError if it fails.
     """
-    device = pick_device(config.device)
-    check_sync_batchnorm(config.sync_batchnorm, device)
+    # the GPUs the processes would drive (utils.environment.pick_device, in each of them, checks the device itself)
+    gpus = torch.cuda.device_count() if config.device == "auto" or config.device.startswith("cuda") else 0
+    check_sync_batchnorm(config.sync_batchnorm, torch.device("cuda" if gpus else "cpu"))
     if nprocs is None:
-        if device.type != "cuda":
+        if not gpus:
             raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so there is "
                              "no GPU count to default to: pass nprocs=N to start N CPU processes")
-        nprocs = torch.cuda.device_count()
+        nprocs = gpus
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
                "-m", "utils.train", *config_to_argv(config)]
     # the children import this very `utils` package, whatever the notebook's working folder

@@ -1,20 +1,31 @@
-"""Where we run and how fast: device, mixed precision and memory layout, chosen per device.
+"""Where we run and how fast: `choose_device(config, measure)` decides, once per run, the device, mixed precision,
+memory layout and CUDA graphs, and returns them with the lines for the training log.
 
-The "auto" choices come from measurements (benchmarks/train_speed.py, results in the README):
+    >>> from utils.environment import choose_device
+    >>> choice = choose_device(config, partial(time_training_steps, config))   # utils.training's step timer
+    >>> print(choice.log)
+
+The "auto" choices come from measurements (benchmarks/train_speed.py; the figures are in benchmarks/results/ and
+the README's "Speed" section):
 
 - CUDA with bf16 (compute capability >= 8: A100, L4, H100): bf16 autocast + channels_last (measured on an H100).
 - CUDA without bf16 (T4, V100): fp16 autocast with a GradScaler + channels_last.
-- CPU: decided by a timed trial, because CPUs disagree. On an AVX2 CPU without bf16 instructions bf16 autocast
-  made a DCGAN step ~30x slower, and even on an Intel Xeon with AVX512-BF16 (no AMX) it was ~30% slower than fp32;
-  channels_last was faster on two AVX2 CPUs. So `cpu_trial` times a few real training steps of this config's
+- CPU: decided by a timed trial, because CPUs disagree: bf16 autocast was much slower than fp32 on an AVX2 CPU
+  without bf16 instructions and somewhat slower on an Intel Xeon with AVX512-BF16 but no AMX, and faster on one
+  with AMX; channels_last was faster on two AVX2 CPUs. So `cpu_trial` times real training steps of this config's
   networks in each candidate (fp32 with and without channels_last; bf16 too where the CPU has bf16 instructions),
-  taking turns, for a few seconds, once, keeps fp32 with channels_last unless another candidate is more than 10%
-  faster (short timings on a shared machine vary by about that much), and caches the result for this machine,
-  torch version, thread count and network size (see `trial_cache_file`).
+  taking turns, round after round, until each candidate's two fastest rounds agree (a round slowed by other work is
+  outvoted) or a few seconds have passed. It keeps fp32 with channels_last unless another candidate is more than
+  10% faster, and caches the answer with the load average it saw, per machine, torch version, thread count and
+  network size (`trial_cache_file`). When the second epoch's speed contradicts the trial by more than 25%, the trial
+  is measured again (`DeviceChoice.recheck_trial`); the running run keeps its precision and layout, also when it is
+  resumed later (`DeviceChoice.resumed`), so that it still ends with the weights of an uninterrupted run.
 - Apple MPS: fp32 (autocast on MPS is not faster for these small convolutions).
 
-    >>> from utils.environment import describe
-    >>> print(describe(pick_device("auto")))
+Environment variables:
+- ANIME_GAN_CACHE_DIR: where the trial's cache lives (default ~/.cache/anime-face-gan; the tests use a temporary one).
+- ANIME_GAN_AMP: "bf16", "off" (fp32) or, on CUDA, "fp16" replaces the "auto" choice of `amp` for every run
+  (a `config.amp` given explicitly still wins); e.g. to run the whole test suite in one precision. The log says so.
 """
 
 from __future__ import annotations
@@ -24,38 +35,65 @@ import json
 import os
 import platform
 import sys
-from dataclasses import dataclass
+import time
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Generator
 
 import torch
 
+from utils import distributed
 from utils.config import TrainConfig
 from utils.errors import ConfigError
 from utils.files import atomic_path
 
+AMP_VARIABLE = "ANIME_GAN_AMP"
 # What "auto" keeps on a CPU unless the trial finds another candidate faster by MARGIN: fp32 with channels_last was
-# the fastest on both AVX2 CPUs measured (65 vs 54 images/s; 44-52 vs 38 on the second, benchmarks/results/), and a
-# few seconds of timing on a shared machine vary by more than 10% from one try to the next.
+# the fastest on both AVX2 CPUs measured (benchmarks/results/train_speed-cpu-*.log), and a few seconds of timing on a
+# shared machine vary by nearly that much.
 CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
+TRIAL_BATCH = 32          # the batch size the trial times (at most the run's): utils.training.time_training_steps
+TRIAL_MIN_ROUNDS = 3      # every candidate is timed at least this often...
+TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at most this long after the first
+AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest rounds are within 5%
+RECHECK_GAP = 0.25        # an epoch this much faster or slower than the trial's figure has it measured again
+QUIETER = 1.0             # a new measurement replaces the cached one unless it saw a load this much higher
+
+# measure(candidates): a generator yielding, round after round, {candidate: images/s of one training step}
+Measure = Callable[[list[str]], Generator[dict[str, float], None, None]]
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The requested device, or the best available one for "auto" (cuda, then mps, then cpu)."""
+    """The device this process drives: the requested one, or the best available for "auto" (cuda, then mps, then
+    cpu). Under torchrun, "cuda" means this process's own GPU, number LOCAL_RANK."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            return _process_gpu(torch.device("cuda"))
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
-    if device.type == "cuda" and device.index is None:  # "cuda": this process's GPU (one per process under torchrun)
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config field 'device' is 'cuda' but no CUDA GPU is visible: use device='auto' or 'cpu' "
                          "(on Colab: Runtime > Change runtime type > GPU)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("config field 'device' is 'mps' but Apple MPS is not available: use device='auto' or 'cpu'")
-    return device
+    return _process_gpu(device) if device.type == "cuda" else device
+
+
+def _process_gpu(device: torch.device) -> torch.device:
+    """`device` ("cuda" or "cuda:N"), or under torchrun this process's GPU: one GPU per process, cuda:LOCAL_RANK."""
+    if not distributed.launched():
+        return device if device.index is not None else torch.device("cuda", 0)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if device.index not in (None, local_rank):
+        raise ConfigError(f"config field 'device' is '{device}', but a distributed run drives one GPU per process "
+                         "(process k uses cuda:k): use device='auto' or 'cuda'")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"process {local_rank} has no GPU of its own: only {torch.cuda.device_count()} visible; "
+                         "start at most one process per GPU (torchrun --nproc_per_node)")
+    return torch.device("cuda", local_rank)
 
 
 def cpu_has_bf16() -> bool:
@@ -67,23 +105,35 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_amp(device: torch.device, amp: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for `device` (None = full fp32). fp16 needs a GradScaler; bf16 does not."""
+def amp_setting(config: TrainConfig) -> tuple[str, str]:
+    """(the `amp` setting to use, where it comes from): `config.amp`, unless it is "auto" and ANIME_GAN_AMP is set."""
+    forced = os.environ.get(AMP_VARIABLE, "")
+    if config.amp != "auto" or forced in ("", "auto"):
+        return config.amp, "config field 'amp'"
+    if forced not in ("bf16", "fp16", "off"):
+        raise ConfigError(f"environment variable {AMP_VARIABLE} must be 'auto', 'bf16', 'fp16' or 'off'; got {forced!r}"
+                          f" (unset it to let each run choose)")
+    return forced, f"environment variable {AMP_VARIABLE}"
+
+
+def pick_amp(device: torch.device, amp: str = "auto", source: str = "config field 'amp'") -> torch.dtype | None:
+    """The autocast dtype for `device` (None = full fp32). fp16 needs a GradScaler; bf16 does not. A refused value
+    raises a ConfigError naming `source` (the config field, or the environment variable that set it)."""
     if amp == "off":
         return None
     if amp == "bf16":
         if device.type == "cpu" and not cpu_has_bf16():
-            raise ConfigError("config field 'amp' is 'bf16' but this CPU has no native bf16 (it would run ~30x slower): "
-                             "use amp='auto' or 'off'")
+            raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (it would run many times slower): "
+                              "use amp='auto' or 'off'")
         return torch.bfloat16
     if amp == "fp16":
         if device.type != "cuda":
-            raise ConfigError(f"config field 'amp' is 'fp16', which needs a CUDA GPU (device is {device}): use 'auto' or 'off'")
+            raise ConfigError(f"{source} is 'fp16', which needs a CUDA GPU (device is {device}): use 'auto' or 'off'")
         return torch.float16
     # auto
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return None  # the CPU's "auto" is decided by cpu_trial (choose_amp_and_layout); MPS: fp32
+    return None  # the CPU's "auto" is decided by cpu_trial (choose_device); MPS: fp32
 
 
 def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
@@ -97,99 +147,267 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
     return device.type in ("cuda", "cpu") and not compile
 
 
-def choose_amp_and_layout(device: torch.device, config: TrainConfig, measure=None) -> tuple[torch.dtype | None, bool, str]:
-    """(autocast dtype, channels_last, how they were chosen) for training `config` on `device`.
+def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch.dtype | None,
+                     world_size: int = 1) -> bool:
+    """Whether to replay each training step as one CUDA graph (utils.training.CUDAGraphStep), per `config.cuda_graphs`.
 
-    Settings given explicitly are taken as they are; "auto" on a CPU comes from `cpu_trial`, timed with
-    `measure` (utils.training.time_training_steps), elsewhere from the rules above. The third item is a line for
-    the log ("" when nothing was measured).
+    At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
+    at once. It needs one CUDA GPU and nothing in the step that needs the host or a generator the graph cannot
+    own: not DiffAugment or noisy labels (their random draws), torch.compile or several processes. fp16 can be
+    recorded (GradScaler hands the fused Adam its scale and inf check as device tensors, so nothing waits), but that
+    path has not run on a GPU yet (benchmarks/gpu_check.sh measures it): "on" records it, "auto" keeps fp16 steps
+    eager until then.
     """
-    if device.type != "cpu" or config.compile or "auto" not in (config.amp, config.channels_last):
-        return pick_amp(device, config.amp), pick_channels_last(device, config.channels_last, config.compile), ""
-    explicit = None if config.amp == "auto" else pick_amp(device, config.amp)  # a refused value fails before measuring
-    trial = cpu_trial(config, measure)
-    amp = trial.amp if config.amp == "auto" else explicit
-    channels_last = trial.channels_last if config.channels_last == "auto" else config.channels_last == "on"
-    return amp, channels_last, trial.summary
+    blockers = [reason for reason, present in [
+        ("DiffAugment", bool(config.diffaugment)), ("label_flip", config.label_flip > 0),
+        ("torch.compile", config.compile), ("several processes", world_size > 1)] if present]
+    if config.cuda_graphs == "on" and (device.type != "cuda" or blockers):
+        raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
+                          f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
+    unmeasured = amp_dtype == torch.float16
+    return device.type == "cuda" and not blockers and (
+        config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and not unmeasured))
 
 
-@dataclass
+# ------------------------------------------------------------------------------------------- the one decision
+
+@dataclass(frozen=True)
 class CPUTrial:
-    amp: torch.dtype | None
+    """What the CPU trial measured: the best images/s of each candidate ("fp32 NCHW", "bf16 channels_last", ...)."""
+    images_per_s: dict[str, float]
+    load: float | None = None       # the 1-minute load average when it ended (None where the OS has none)
+    rounds: int = 0
+    settled: bool = True            # every candidate's two fastest rounds agreed within AGREEMENT
+    cached: bool = False            # read from the cache rather than measured by this process
+    rechecked: bool = False         # measured again because an epoch's speed contradicted an earlier answer
+
+    def best(self, amp: str = "auto", channels_last: str = "auto") -> str:
+        """The candidate "auto" picks: CPU_DEFAULT unless another is more than MARGIN faster. A setting given
+        explicitly (`amp` "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
+        dtype = {"auto": None, "bf16": "bf16"}.get(amp, "fp32")
+        layout = {"auto": None, "on": "channels_last"}.get(channels_last, "NCHW")
+        pool = {name: speed for name, speed in self.images_per_s.items()
+                if name.split()[0] == (dtype or name.split()[0]) and name.split()[1] == (layout or name.split()[1])}
+        default_dtype, default_layout = CPU_DEFAULT.split()
+        default = f"{dtype or default_dtype} {layout or default_layout}"
+        fastest = max(pool, key=pool.get)
+        return fastest if default not in pool or pool[fastest] > MARGIN * pool[default] else default
+
+    def summary(self, chosen: str) -> str:
+        """One log line: how it was measured, what, and the candidate this run uses."""
+        how = (f"cached{', measured again after an epoch disagreed' if self.rechecked else ''}" if self.cached
+               else f"just measured, {self.rounds} rounds{'' if self.settled else ' (not settled)'}")
+        return (f"CPU trial ({how}{_load_text(self.load)}; images/s of training steps): "
+                f"{_speeds_text(self.images_per_s)} -> {chosen}")
+
+    def to_json(self) -> dict:
+        return {"images_per_s": self.images_per_s, "load": self.load, "rounds": self.rounds, "settled": self.settled,
+                "rechecked": self.rechecked}
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """What `choose_device` decided for a run, and `log`: the lines that say so at the top of its training log."""
+    device: torch.device
+    amp: torch.dtype | None         # the autocast dtype; None = fp32
     channels_last: bool
-    summary: str
-    images_per_s: float = 0.0   # the chosen candidate's figure
+    cuda_graphs: bool
+    compile: bool = False
+    amp_from: str = ""              # the environment variable that set `amp`; "" when the config did
+    trial: CPUTrial | None = None   # the CPU trial "auto" came from; None where nothing was measured
+    trial_pick: str = ""            # the trial's pick, where a resumed run keeps what its epochs trained with
+    measure: Measure | None = field(default=None, repr=False, compare=False)   # what timed it, for recheck_trial
+
+    @property
+    def candidate(self) -> str:
+        """This run's precision and layout as the trial names them ("bf16 channels_last", "fp32 NCHW", ...)."""
+        return _candidate(self.amp, self.channels_last)
+
+    @property
+    def log(self) -> str:
+        """The lines for the top of the training log: the device, what was chosen, what the CPU trial measured."""
+        precision = f"{self.amp or 'off (fp32)'}" + (f", from {self.amp_from}" if self.amp_from else "")
+        lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: "
+                 f"{'on' if self.channels_last else 'off'}, CUDA graphs: {'on' if self.cuda_graphs else 'off'}, "
+                 f"torch.compile: {'on' if self.compile else 'off'}"]
+        if self.trial is not None:
+            lines.append(self.trial.summary(self.trial_pick or self.candidate))
+        if self.trial_pick:
+            lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
+                         f"{self.trial_pick} for new runs)")
+        return "\n".join(lines)
+
+    def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
+        """This choice for continuing a run whose epochs trained as `trained_as` (its checkpoint's "precision", e.g.
+        "fp32 channels_last"): a CPU trial measured again since must not change a run between its starts, or a resumed
+        run would not end with the weights of an uninterrupted one. Settings given explicitly still apply."""
+        trial = self.trial
+        if trial is None or trained_as in (None, self.candidate) or trained_as not in trial.images_per_s:
+            return self
+        dtype, layout = trained_as.split()
+        amp = self.amp if amp_setting(config)[0] != "auto" else torch.bfloat16 if dtype == "bf16" else None
+        channels_last = self.channels_last if config.channels_last != "auto" else layout == "channels_last"
+        return replace(self, amp=amp, channels_last=channels_last, trial_pick=self.candidate)
+
+    def recheck_trial(self, config: TrainConfig, epoch: int, images_per_s: float) -> str:
+        """Measure the CPU trial again when an epoch's images/s contradict it by more than RECHECK_GAP; the line to
+        log ("" when they agree or nothing was measured). The new answer goes to the cache, for the next start: this
+        run keeps its precision and layout, because changing them mid-run would change its numbers.
+
+        A gap that measuring again cannot explain is explained instead: a trial this process has just measured, on a
+        machine no quieter now, or an answer already measured again once (a structural gap, e.g. the epochs' larger
+        batches, would otherwise cost a trial every start).
+        """
+        trial = self.trial
+        if trial is None or self.candidate not in trial.images_per_s or distributed.world_size() > 1:
+            return ""   # several processes share the CPU during the epochs: no figure of the trial compares
+        expected = trial.images_per_s[self.candidate]
+        gap = images_per_s / expected - 1
+        if abs(gap) <= RECHECK_GAP:
+            return ""
+        said = (f"note: epoch {epoch} trained at {images_per_s:,.0f} images/s, {abs(gap):.0%} "
+                f"{'above' if gap > 0 else 'below'} the CPU trial's {expected:,.0f} ({self.candidate}"
+                f"{_load_text(trial.load)})")
+        if trial.rechecked:
+            return f"{said}, already measured again once: {_gap_reasons(config, gap)}"
+        if not trial.cached and not _busier(trial.load, _load_average()):
+            return f"{said}, measured at the start of this run on a machine as busy: {_gap_reasons(config, gap)}"
+        fresh = replace(_measure_trial(self.measure), rechecked=True)
+        kept = replace(trial, rechecked=True) if _busier(fresh.load, trial.load) else fresh  # keep the quieter one
+        _save_trial(trial_cache_file(), _trial_key(config), kept)
+        next_start = kept.best(amp_setting(config)[0], config.channels_last)
+        verdict = ("new runs choose the same" if next_start == self.candidate else
+                   f"new runs will choose {next_start} (this run keeps {self.candidate}, also when resumed)")
+        keeping = "" if kept is fresh else "; kept the earlier answer, measured on a quieter machine"
+        return (f"{said}: measured it again ({fresh.rounds} rounds{_load_text(fresh.load)}): "
+                f"{_speeds_text(fresh.images_per_s)}{keeping}; {verdict}")
 
 
-TRIAL_BATCH = 32   # the batch size the trial times (at most the run's): utils.training.time_training_steps
+def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
+    """The device, precision, layout and CUDA-graph choice for training `config` in this process, decided once.
 
-
-def cpu_trial(config: TrainConfig, measure) -> CPUTrial:
-    """fp32 with channels_last, unless another of fp32 / bf16 (where the CPU has bf16 instructions) x NCHW /
-    channels_last is more than 10% faster for `config`'s networks.
-
-    `measure(candidates) -> {name: images/s}` times a few real training steps of each candidate ("fp32 NCHW",
-    "bf16 channels_last", ...). Measured once per machine, torch version, thread count and network size, and
-    cached (`trial_cache_file`): the next runs read the answer, so every process on a machine makes the same
-    choice (a resumed run trains exactly like an uninterrupted one).
+    Joins the process group of a torchrun run on the chosen device (utils.distributed.setup). On a CPU, "auto"
+    runs `cpu_trial` with `measure` (utils.training.time_training_steps): process 0 measures, the others then read
+    its cached answer, so every process makes the same choice. Settings given explicitly are taken as they are.
     """
-    cached = cached_trial(config)
-    if cached is not None:
-        return cached
+    device = pick_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True   # fixed shapes: cuDNN times its kernels once and keeps the fastest
+    distributed.setup(device)
+    amp, source = amp_setting(config)
+    amp_dtype = pick_amp(device, amp, source)   # a refused value fails here, before anything is measured
+    channels_last, trial = pick_channels_last(device, config.channels_last, config.compile), None
+    if device.type == "cpu" and not config.compile and "auto" in (amp, config.channels_last):
+        with distributed.main_first():
+            trial = cpu_trial(config, measure)
+        dtype, layout = trial.best(amp, config.channels_last).split()
+        amp_dtype, channels_last = (torch.bfloat16 if dtype == "bf16" else None), layout == "channels_last"
+    cuda_graphs = pick_cuda_graphs(device, config, amp_dtype, distributed.world_size())
+    return DeviceChoice(device, amp_dtype, channels_last, cuda_graphs, config.compile,
+                        "" if source.startswith("config") else AMP_VARIABLE, trial, measure=measure)
+
+
+def _candidate(amp: torch.dtype | None, channels_last: bool) -> str:
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
+    return f"{precision} {'channels_last' if channels_last else 'NCHW'}"
+
+
+# ------------------------------------------------------------------------------------------- the CPU trial
+
+def cpu_trial(config: TrainConfig, measure: Measure) -> CPUTrial:
+    """The speeds of fp32 / bf16 (where the CPU has bf16 instructions) x NCHW / channels_last for `config`'s
+    networks: read from the cache (`trial_cache_file`) when measured here before, else measured and cached, so
+    every process on a machine makes the same choice (a resumed run trains exactly like an uninterrupted one)."""
+    trial = cached_trial(config)
+    if trial is None:
+        trial = _measure_trial(measure)
+        _save_trial(trial_cache_file(), _trial_key(config), trial)
+    return trial
+
+
+def _measure_trial(measure: Measure) -> CPUTrial:
+    """Time the candidates with `measure`, which yields rounds: {candidate: images/s of one training step}.
+
+    The candidates take turns, so a burst of other work slows one round of each rather than every round of one;
+    each keeps its fastest round, and rounds continue past TRIAL_MIN_ROUNDS until every candidate's two fastest
+    agree within AGREEMENT, for at most TRIAL_SECONDS: rounds slowed by other work are outvoted, and an answer that
+    never settled says so.
+    """
     candidates = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
-    results = {name: round(value, 1) for name, value in measure(candidates).items()}
-    _save_trial(trial_cache_file(), _trial_key(config), results)
-    return _decide(results, cached=False)
+    speeds: dict[str, list[float]] = {name: [] for name in candidates}
+    rounds, settled, started = 0, False, None
+    with closing(measure(candidates)) as timings:   # closing: the timer restores the random state it forked
+        for timing in timings:
+            started = started or time.perf_counter()      # the clock starts after the first round (and its warm-up)
+            rounds += 1
+            for name in candidates:
+                speeds[name].append(timing[name])
+            settled = rounds >= TRIAL_MIN_ROUNDS and all(_agree(values) for values in speeds.values())
+            if settled or (rounds >= TRIAL_MIN_ROUNDS and time.perf_counter() - started > TRIAL_SECONDS):
+                break
+    return CPUTrial({name: round(max(values), 1) for name, values in speeds.items()}, _load_average(), rounds, settled)
+
+
+def _agree(values: list[float]) -> bool:
+    """True when the two fastest of `values` (images/s) are within AGREEMENT of each other."""
+    second, first = sorted(values)[-2:]
+    return first <= second * (1 + AGREEMENT)
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):   # Windows has none
+        return None
+
+
+def _busier(load: float | None, than: float | None) -> bool:
+    """True when a load average is more than QUIETER above another (False when either is unknown)."""
+    return load is not None and than is not None and load > than + QUIETER
+
+
+def _load_text(load: float | None) -> str:
+    return "" if load is None else f", load average {load:.1f}"
+
+
+def _speeds_text(images_per_s: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:,.0f}" for name, value in images_per_s.items())
 
 
 def cached_trial(config: TrainConfig) -> CPUTrial | None:
-    """The answer of an earlier trial for `config`'s networks on this machine, or None (nothing measured here)."""
+    """The answer of an earlier trial for `config`'s networks on this machine, or None (nothing measured here).
+
+    Entries of an older format (speeds without the load they were measured at) count as nothing measured.
+    """
     try:
-        results = json.loads(trial_cache_file().read_text()).get(_trial_key(config))
-    except (OSError, ValueError, AttributeError):
+        entry = json.loads(trial_cache_file().read_text()).get(_trial_key(config))
+        speeds = entry["images_per_s"]
+        return CPUTrial({str(name): float(value) for name, value in speeds.items()}, entry.get("load"),
+                        int(entry.get("rounds", 0)), bool(entry.get("settled", True)), cached=True,
+                        rechecked=bool(entry.get("rechecked", False)))
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
         return None
-    return _decide(results, cached=True) if results else None
 
 
-def _decide(results: dict[str, float], cached: bool) -> CPUTrial:
-    fastest = max(results, key=results.get)
-    best = fastest if results[fastest] > MARGIN * results[CPU_DEFAULT] else CPU_DEFAULT
-    dtype, layout = best.split()
-    measured = ", ".join(f"{name} {value:,.0f}" for name, value in results.items())
-    return CPUTrial(torch.bfloat16 if dtype == "bf16" else None, layout == "channels_last",
-                    f"CPU trial ({'cached' if cached else 'just measured'}; images/s of training steps): "
-                    f"{measured} -> {best}", results[best])
-
-
-def speed_gap_note(config: TrainConfig, epoch: int, epoch_images_per_s: float, tolerance: float = 0.25) -> str:
-    """Why an epoch's images/s and the CPU trial's figure differ by more than `tolerance` ("" when they agree).
+def _gap_reasons(config: TrainConfig, gap: float) -> str:
+    """Why an epoch's images/s and the trial's differ although both were measured here (`gap`: epoch / trial - 1).
 
     The trial times `TRIAL_BATCH` random images per step with nothing else running in the process; an epoch also
     shuffles, flips and scales its batches, reads the losses, draws the live plot and saves a grid and a checkpoint.
     Other work on the machine slows whichever of the two it overlaps, which the load average shows.
     """
-    trial = cached_trial(config)
-    if trial is None or not trial.images_per_s or abs(epoch_images_per_s / trial.images_per_s - 1) <= tolerance:
-        return ""
-    gap = epoch_images_per_s / trial.images_per_s - 1
-    if gap > 0:   # the epochs beat the trial: it was timed earlier, under other conditions, and its answer kept
-        return (f"note: epoch {epoch} trained at {epoch_images_per_s:,.0f} images/s, {gap:.0%} above the CPU trial's "
-                f"{trial.images_per_s:,.0f}, which was measured earlier and cached (perhaps while other work shared "
-                f"this CPU): delete {trial_cache_file()} to measure it again")
     reasons = []
-    cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-        if load > torch.get_num_threads() + 0.5:
-            reasons.append(f"other work shares this CPU (load average {load:.1f} on {cores} cores)")
-    except OSError:
-        pass
+    load = _load_average()
+    if load is not None and load > torch.get_num_threads() + 0.5:
+        reasons.append(f"other work shares this CPU (load average {load:.1f} on {os.cpu_count() or 1} cores)")
     batch = min(TRIAL_BATCH, config.batch_size)
     if batch != config.batch_size:
         reasons.append(f"the trial times batches of {batch}, the epochs batches of {config.batch_size}")
-    reasons.append("an epoch also shuffles and scales its batches, logs, draws the live plot and saves")
-    return (f"note: epoch {epoch} trained at {epoch_images_per_s:,.0f} images/s, {-gap:.0%} below the CPU trial's "
-            f"{trial.images_per_s:,.0f}: " + "; ".join(reasons))
+    if gap < 0:
+        reasons.append("an epoch also shuffles and scales its batches, logs, draws the live plot and saves")
+    reasons.append(f"delete {trial_cache_file()} to measure from scratch")
+    return "; ".join(reasons)
 
 
 def trial_cache_file() -> Path:
@@ -211,7 +429,7 @@ def _trial_key(config: TrainConfig) -> str:
             f"z{config.latent_dim} G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
 
-def _save_trial(cache: Path, key: str, results: dict) -> None:
+def _save_trial(cache: Path, key: str, trial: CPUTrial) -> None:
     try:
         known = json.loads(cache.read_text()) if cache.is_file() else {}
         known = known if isinstance(known, dict) else {}
@@ -219,33 +437,14 @@ def _save_trial(cache: Path, key: str, results: dict) -> None:
         known = {}
     try:
         with atomic_path(cache) as tmp:
-            tmp.write_text(json.dumps(known | {key: results}, indent=1) + "\n")
+            tmp.write_text(json.dumps(known | {key: trial.to_json()}, indent=1) + "\n")
     except OSError:  # a read-only home: the trial is simply repeated next time
         pass
 
 
-def pick_cuda_graphs(device: torch.device, setting: str, *, amp_dtype: torch.dtype | None, diffaugment: str,
-                     compile: bool, world_size: int, label_flip: float = 0.0) -> bool:
-    """Whether to replay each training step as one CUDA graph (utils.training.CUDAGraphStep).
+# ------------------------------------------------------------------------------------------- where we are
 
-    At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
-    at once. It needs one CUDA GPU and nothing in the step that needs the host or a generator the graph cannot
-    own: not DiffAugment or noisy labels (their random draws), torch.compile or several processes. fp16 can be
-    recorded (GradScaler hands the fused Adam its scale and inf check as device tensors, so nothing waits), but that
-    path has not run on a GPU yet (benchmarks/gpu_check.sh measures it): "on" records it, "auto" keeps fp16 steps
-    eager until then.
-    """
-    blockers = [reason for reason, present in [
-        ("DiffAugment", bool(diffaugment)), ("label_flip", label_flip > 0), ("torch.compile", compile),
-        ("several processes", world_size > 1)] if present]
-    if setting == "on" and (device.type != "cuda" or blockers):
-        raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
-                          f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
-    unmeasured = amp_dtype == torch.float16
-    return device.type == "cuda" and not blockers and (setting == "on" or (setting == "auto" and not unmeasured))
-
-
-def describe(device: torch.device) -> str:
+def describe_device(device: torch.device) -> str:
     """One line: torch version and the device, e.g. for the top of a training log."""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)

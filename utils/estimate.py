@@ -19,12 +19,13 @@ import json
 import statistics
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from utils.config import TrainConfig
-from utils.environment import choose_amp_and_layout
+from utils.environment import choose_device
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.models import Discriminator, Generator
 from utils.run import CONFIG, GENERATED, HISTORY, run_dir_of
@@ -77,7 +78,8 @@ def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0,
 
     It leaves the random state as it was, so timing before a run does not change what the run learns.
     """
-    amp, channels_last, _ = choose_amp_and_layout(device, config, lambda names: time_training_steps(config, names))
+    choice = choose_device(config, partial(time_training_steps, config))
+    amp, channels_last = choice.amp, choice.channels_last
     memory = torch.channels_last if channels_last else torch.preserve_format
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)

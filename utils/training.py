@@ -28,6 +28,7 @@ import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -40,7 +41,7 @@ from . import distributed
 from .augment import diff_augment
 from .config import TrainConfig
 from .data import load_dataset
-from .environment import TRIAL_BATCH, choose_amp_and_layout, describe, pick_cuda_graphs, pick_device, speed_gap_note
+from .environment import TRIAL_BATCH, DeviceChoice, choose_device
 from .errors import ConfigError, Interrupted, UserError
 from .metrics import fid_for_config, load_inception, sampling
 from .models import Discriminator, Generator, count_parameters
@@ -360,17 +361,17 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
                               f"{tuple(logits.shape)}; training needs one score per image: shape (2,) or (2, 1)")
 
 
-def time_training_steps(config: TrainConfig, candidates: list[str], batch: int = TRIAL_BATCH,
-                        rounds: int = 3) -> dict[str, float]:
-    """Images/s of the CPU training step of `config`'s built-in networks for each candidate ("fp32 NCHW",
-    "bf16 channels_last", ...): what `choose_amp_and_layout` decides "auto" with on a CPU.
+def time_training_steps(config: TrainConfig, candidates: list[str],
+                        batch: int = TRIAL_BATCH) -> Iterator[dict[str, float]]:
+    """Round after round, for as long as it is asked, the images/s of one CPU training step of `config`'s built-in
+    networks in each candidate ("fp32 NCHW", "bf16 channels_last", ...): what `utils.environment.cpu_trial` decides
+    "auto" with on a CPU, and when to stop.
 
-    The candidates take turns, round after round, and each keeps its fastest round: a burst of other work on the
-    machine slows one round of every candidate rather than all rounds of one. The training's random state is left
-    as it was.
+    Each candidate takes one warm-up step first. The training's random state is left as it was once the iterator is
+    closed (`contextlib.closing`) or exhausted.
     """
     batch = min(batch, config.batch_size)
-    steps, fastest = {}, dict.fromkeys(candidates, math.inf)
+    steps = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for name in candidates:
@@ -385,12 +386,13 @@ def time_training_steps(config: TrainConfig, candidates: list[str], batch: int =
             z = torch.randn(batch, config.latent_dim, 1, 1)
             step(real, z)  # the first step allocates and picks kernels
             steps[name] = (step, real, z)
-        for _ in range(rounds):
+        while True:
+            timing = {}
             for name, (step, real, z) in steps.items():
                 started = time.perf_counter()
                 step(real, z)
-                fastest[name] = min(fastest[name], time.perf_counter() - started)
-    return {name: batch / seconds for name, seconds in fastest.items()}
+                timing[name] = batch / (time.perf_counter() - started)
+            yield timing
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -405,11 +407,8 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     replace the built-in networks with your own (any modules with the same input and output shapes).
     """
     config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
-    device = distributed.process_device(pick_device(config.device))
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    distributed.setup(device)
+    choice = choose_device(config, partial(time_training_steps, config))  # device, precision, layout, CUDA graphs
+    device = choice.device
     is_main = distributed.is_main()
     log = print if is_main else (lambda *_: None)
     # a wrong or missing weights file, or a failed download, fails now: not after the first epoch, losing it
@@ -426,7 +425,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     with Run.open(config, networks, tag, main=is_main, log=log) as run:  # refuses what cannot continue, before the data
         distributed.barrier()
         try:
-            return _train(config, run, generator, discriminator, networks, device, progress and is_main, live_plot,
+            return _train(config, run, generator, discriminator, networks, choice, progress and is_main, live_plot,
                           images, inception, log)
         except KeyboardInterrupt as interrupt:
             if isinstance(interrupt, Interrupted):
@@ -436,17 +435,13 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
 
 
 def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: nn.Module, networks: dict,
-           device: torch.device, progress: bool, live_plot, images: torch.Tensor | None, inception: nn.Module | None,
+           choice: DeviceChoice, progress: bool, live_plot, images: torch.Tensor | None, inception: nn.Module | None,
            log: Callable[[str], None]) -> TrainResult:
     is_main, world = distributed.is_main(), distributed.world_size()
-    with distributed.main_first():  # process 0 runs the CPU trial; the others read its answer from the cache
-        amp_dtype, channels_last, measured = choose_amp_and_layout(
-            device, config, lambda candidates: time_training_steps(config, candidates))
-    cuda_graphs = pick_cuda_graphs(device, config.cuda_graphs, amp_dtype=amp_dtype, diffaugment=config.diffaugment,
-                                   compile=config.compile, world_size=world, label_flip=config.label_flip)
-    log(f"{describe(device)}\nrun folder: {run.dir}\nmixed precision: {amp_dtype or 'off (fp32)'}, channels_last: "
-        f"{'on' if channels_last else 'off'}, CUDA graphs: {'on' if cuda_graphs else 'off'}, "
-        f"torch.compile: {'on' if config.compile else 'off'}" + (f"\n{measured}" if measured else ""))
+    if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
+        choice = choice.resumed(config, run.state.get("precision"))
+    device, amp_dtype, channels_last, cuda_graphs = choice.device, choice.amp, choice.channels_last, choice.cuda_graphs
+    log(f"{choice.log}\nrun folder: {run.dir}")
     for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
         if not isinstance(model, builtin):
             log(f"{role}: yours, {networks[role]}")
@@ -530,7 +525,7 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
                 "fixed_noise": fixed_noise, "generator": generator.state_dict(),
                 "discriminator": discriminator.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "scaler": scaler.state_dict(),
-                "rng": {"cpu": torch.get_rng_state()}}
+                "rng": {"cpu": torch.get_rng_state()}, "precision": choice.candidate}
 
     if live_plot is not None and is_main and start_epoch <= config.epochs:
         live_plot.update(history, force=True)  # the picture first: each epoch's bar and line print under it
@@ -589,8 +584,8 @@ def _train(config: TrainConfig, run: Run, generator: nn.Module, discriminator: n
                 log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
                     f"loss_g {history['steps'][-1]['loss_g']:.3f}, {epoch_record['images_per_s']:,.0f} images/s "
                     f"-> {run.dir}/samples/epoch_{epoch:03d}.png")
-                if measured and epoch == start_epoch + min(1, config.epochs - start_epoch):  # past the warm-up epoch
-                    note = speed_gap_note(config, epoch, epoch_record["images_per_s"])
+                if epoch == start_epoch + min(1, config.epochs - start_epoch):  # past the warm-up epoch
+                    note = choice.recheck_trial(config, epoch, epoch_record["images_per_s"])
                     if note:
                         log(note)
                 if live_plot is not None:
