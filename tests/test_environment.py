@@ -8,7 +8,7 @@ import torch
 from utils import environment
 from utils.config import TrainConfig
 from utils.environment import choose_amp_and_layout, cpu_trial, trial_cache_file
-from utils.training import time_training_steps
+from utils.step import time_training_steps
 
 CPU = torch.device("cpu")
 

@@ -24,7 +24,8 @@ from utils.config import TrainConfig
 from utils.errors import ConfigError
 from utils.run import (CALL_FIELDS, CHECKPOINT, FIXED_FIELDS, TUNABLE_FIELDS, RunInUse, default_run_dir,
                        frame_path, list_frames, read_checkpoint)
-from utils.training import load_models, train
+from utils.run import load_models
+from utils.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
