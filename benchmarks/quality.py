@@ -31,7 +31,7 @@ from utils.config import TrainConfig  # noqa: E402
 from utils.data import load_dataset  # noqa: E402
 from utils.environment import describe_device, pick_device  # noqa: E402
 from utils.metrics import fid_for_config  # noqa: E402
-from utils.training import load_models  # noqa: E402
+from utils.run import load_models  # noqa: E402
 
 
 def train_command(options: list[str], args: argparse.Namespace, out: Path) -> list[str]:

@@ -18,7 +18,8 @@ from utils.environment import CPUTrial, _save_trial, _trial_key, choose_device, 
     trial_cache_file
 from utils.errors import ConfigError
 from utils.run import CHECKPOINT, read_checkpoint
-from utils.training import time_training_steps, train
+from utils.step import time_training_steps
+from utils.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=16, device="cpu")

@@ -14,7 +14,7 @@ from utils.config import TrainConfig
 from utils.generate import (FaceError, NotARun, face_latent, face_set_latents, frozen_statistics, generate,
                             grid_face_history,
                             load_faces, main, morph, morph_frames)
-from utils.metrics import sampling, to_uint8
+from utils.models import sampling, to_uint8
 from utils.run import CHECKPOINT, frame_path, read_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

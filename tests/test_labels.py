@@ -5,13 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import training
+from utils import step as training_step
 from utils.config import TrainConfig
 from utils.environment import pick_cuda_graphs
 from utils.errors import ConfigError
 from utils.models import Discriminator, Generator
 from utils.run import default_run_dir
-from utils.training import TrainingStep, discriminator_targets, train
+from utils.step import StepOptions, TrainingStep, discriminator_targets
+from utils.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -21,17 +22,17 @@ IMAGES = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8, generator=tor
 def targets_of_one_step(monkeypatch, **labels) -> list[torch.Tensor]:
     """The targets of every BCE the step computes (D's real, D's fake, G's), recorded from a real TrainingStep."""
     seen = []
-    bce = training.F.binary_cross_entropy_with_logits
+    bce = training_step.F.binary_cross_entropy_with_logits
 
     def recording(logits, targets, *args, **kwargs):
         seen.append(targets.detach().clone())
         return bce(logits, targets, *args, **kwargs)
 
-    monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits", recording)
+    monkeypatch.setattr(training_step.F, "binary_cross_entropy_with_logits", recording)
     torch.manual_seed(0)
     generator, discriminator = Generator(16, 16, 8), Discriminator(16, 8)
     step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
-                        torch.optim.Adam(discriminator.parameters()), **labels)
+                        torch.optim.Adam(discriminator.parameters()), StepOptions(**labels))
     step(torch.rand(256, 3, 16, 16) * 2 - 1, torch.randn(256, 16, 1, 1), torch.Generator().manual_seed(1))
     return seen
 

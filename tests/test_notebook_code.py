@@ -4,7 +4,7 @@ Notebook 02 writes the 64x64 generator and discriminator out as `nn.Sequential` 
 `networks`), and notebook 03 writes one training step out as a function (its cell tagged `training-step`). These
 tests execute those cells' source, as committed, with controlled inputs and compare the result with `utils`:
 02's networks must be `utils.models`' layer for layer, with the same weights from the same seed and the same output;
-03's step must be `utils.training.TrainingStep`'s computation: from the same weights, on the same real batches and
+03's step must be `utils.step.TrainingStep`'s computation: from the same weights, on the same real batches and
 noise, in fp32 on the CPU, both end with the same losses and the same weights, bit for bit. So a change to either
 side (a layer, an activation, the order of the updates, the loss) fails here.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from utils.models import Discriminator, Generator, count_parameters, layer_table
-from utils.training import TrainingStep
+from utils.step import StepOptions, TrainingStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -104,9 +104,9 @@ def test_notebook_03_training_step_is_the_package_training_step():
     hand_opt_g, hand_opt_d = adam(hand_g), adam(hand_d)
     hand = [step_function(hand_g, hand_d, hand_opt_g, hand_opt_d, real, z) for real, z in zip(reals, noise)]
 
-    # utils.training's step, with the optimiser options train() uses on a CPU (foreach Adam), fp32, no channels_last
+    # utils.step's step, with the optimiser options train() uses on a CPU (foreach Adam), fp32, no channels_last
     opt_g, opt_d = adam(generator, foreach=True), adam(discriminator, foreach=True)
-    step = TrainingStep(generator, discriminator, opt_g, opt_d, loss="bce")
+    step = TrainingStep(generator, discriminator, opt_g, opt_d, StepOptions(loss="bce"))
     package = []
     for real, z in zip(reals, noise):
         step(real, z)
@@ -154,7 +154,7 @@ def test_notebook_03_training_step_is_the_package_training_step_with_smoothed_an
     torch.manual_seed(8)  # the coin tosses of label_flip
     hand = [step_function(hand_g, hand_d, adam_g, adam_d, real, z, **labels)
             for adam_g, adam_d in [(adam(hand_g), adam(hand_d))] for real, z in batches]
-    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator), **labels)
+    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator), StepOptions(**labels))
     torch.manual_seed(8)
     package = []
     for real, z in batches:

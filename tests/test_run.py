@@ -21,8 +21,8 @@ from torch import nn
 
 from utils.config import TrainConfig
 from utils.errors import ConfigError
-from utils.run import CHECKPOINT, RunInUse, default_run_dir, frame_path, list_frames, read_checkpoint
-from utils.training import load_models, train
+from utils.run import CHECKPOINT, RunInUse, default_run_dir, frame_path, list_frames, load_models, read_checkpoint
+from utils.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

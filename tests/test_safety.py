@@ -29,7 +29,8 @@ from utils.errors import ConfigError, UserError
 from utils.metrics import FID, load_inception
 from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, RunInUse, _Lock, list_frames, read_checkpoint,
                        saved_config)
-from utils.training import epoch_generators, load_models, train
+from utils.run import load_models
+from utils.training import epoch_generators, train
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

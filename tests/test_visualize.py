@@ -196,7 +196,7 @@ def test_live_plot_shows_each_steps_own_values_from_its_first_step_and_the_logge
 
 def test_a_cpu_steps_live_point_is_that_steps_own_value_not_a_mean_that_restarts():
     """Means since the last logged step restart at each log_every: drawn step by step they jump there."""
-    from utils.training import TrainingStep
+    from utils.step import TrainingStep
 
     torch.manual_seed(0)
     generator, discriminator = Generator(16, 8, 8), Discriminator(16, 8)

@@ -2,7 +2,7 @@
 memory layout and CUDA graphs, and returns them with the lines for the training log.
 
     >>> from utils.environment import choose_device
-    >>> choice = choose_device(config, partial(time_training_steps, config))   # utils.training's step timer
+    >>> choice = choose_device(config, partial(time_training_steps, config))   # utils.step's step timer
     >>> print(choice.log)
 
 The "auto" choices come from measurements (benchmarks/train_speed.py; the figures are in benchmarks/results/ and
@@ -53,7 +53,7 @@ AMP_VARIABLE = "ANIME_GAN_AMP"
 # the fastest on both AVX2 CPUs measured (benchmarks/results/train_speed-cpu-*.log), and a few seconds of timing on a
 # shared machine vary by nearly that much.
 CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
-TRIAL_BATCH = 32          # the batch size the trial times (at most the run's): utils.training.time_training_steps
+TRIAL_BATCH = 32          # the batch size the trial times (at most the run's): utils.step.time_training_steps
 TRIAL_MIN_ROUNDS = 3      # every candidate is timed at least this often...
 TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at most this long after the first
 AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest rounds are within 5%
@@ -149,7 +149,7 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
 
 def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch.dtype | None,
                      world_size: int = 1) -> bool:
-    """Whether to replay each training step as one CUDA graph (utils.training.CUDAGraphStep), per `config.cuda_graphs`.
+    """Whether to replay each training step as one CUDA graph (utils.step.CUDAGraphStep), per `config.cuda_graphs`.
 
     At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
     at once. It needs one CUDA GPU and nothing in the step that needs the host or a generator the graph cannot
@@ -287,7 +287,7 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
     """The device, precision, layout and CUDA-graph choice for training `config` in this process, decided once.
 
     Joins the process group of a torchrun run on the chosen device (utils.distributed.setup). On a CPU, "auto"
-    runs `cpu_trial` with `measure` (utils.training.time_training_steps): process 0 measures, the others then read
+    runs `cpu_trial` with `measure` (utils.step.time_training_steps): process 0 measures, the others then read
     its cached answer, so every process makes the same choice. Settings given explicitly are taken as they are.
     """
     device = pick_device(config.device)

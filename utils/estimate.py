@@ -29,7 +29,7 @@ from utils.environment import choose_device
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.models import Discriminator, Generator
 from utils.run import CONFIG, GENERATED, HISTORY, run_dir_of
-from utils.training import TrainingStep, time_training_steps
+from utils.step import StepOptions, TrainingStep, time_training_steps
 
 # `make demo`'s settings (the Makefile's DEMO_* lines; tests/test_estimate.py keeps the two equal): what a CPU trains
 # in minutes, so it is what the warnings suggest.
@@ -88,7 +88,8 @@ def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0,
         autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
-                            torch.optim.Adam(discriminator.parameters()), config.loss, scaler=scaler, autocast=autocast)
+                            torch.optim.Adam(discriminator.parameters()),
+                            StepOptions(loss=config.loss, scaler=scaler, autocast=autocast))
         real = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device) * 2 - 1
         z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
         step(real, z)

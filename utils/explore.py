@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from utils.metrics import sampling, to_uint8
+from utils.models import sampling, to_uint8
 from utils.visualize import image_grid
 
 

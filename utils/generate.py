@@ -15,7 +15,7 @@ the first 64 faces of the run's own seed are its fixed noise: `seed42_0007.png` 
 is face 7 of its sample grids (`grid:7`).
 
 **A face looks the same alone, in a set of 1,000 or in a morph.** This project's generator samples with
-BatchNorm's batch statistics (see utils.metrics.sampling), so a face drawn in a batch depends on the other faces
+BatchNorm's batch statistics (see utils.models.sampling), so a face drawn in a batch depends on the other faces
 of that batch. Here the statistics are those of one reference batch, the run's fixed noise, taken once when the
 run is loaded (`frozen_statistics`): every face is then a function of its own latent only, the files do not depend
 on how many faces a batch holds (so batches are sized to the device's memory), and the fixed noise decodes to
@@ -41,8 +41,8 @@ from utils.environment import pick_device
 from utils.errors import UserError, run_cli
 from utils.explore import slerp
 from utils.files import atomic_path
-from utils.metrics import sampling, to_uint8
-from utils.run import CHECKPOINT, CONFIG, read_checkpoint
+from utils.models import sampling, to_uint8
+from utils.run import CHECKPOINT, CONFIG, models_from_checkpoint, read_checkpoint
 from utils.visualize import image_grid
 
 BLOCK = 64  # latents are drawn this many at a time: face i of a seed does not depend on how many are drawn
@@ -85,10 +85,8 @@ def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module |
     """Load a run folder's generator (its EMA weights when the run kept them) for decoding faces on `device`.
 
     Raises NotARun (one line) when `run_dir` is not a run folder or has not finished an epoch yet. A run trained
-    with your own generator needs a fresh instance of it passed in (see utils.training.load_models).
+    with your own generator needs a fresh instance of it passed in (see utils.run.load_models).
     """
-    from utils.training import models_from_checkpoint  # training imports a lot; generating needs it only here
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / CONFIG).is_file() or (run_dir / CHECKPOINT).is_file()):
         raise NotARun(f"{run_dir} is not a run folder (no {CONFIG} or {CHECKPOINT} in it): pass the folder training "

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import urllib.parse
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from unittest import mock
@@ -42,6 +41,7 @@ from utils.config import TrainConfig
 from utils.downloads import DownloadError, download_file
 from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, explain_write_error, load_data
+from utils.models import sampling, to_uint8
 
 # torch-fidelity downloads `weights-inception-2015-12-05-6726825d.pth`; by torch hub's convention the suffix
 # is the file's sha256 prefix, so a local copy of the official file shares the download's cache.
@@ -291,33 +291,3 @@ def _real_indices(count: int, num_real: int) -> Tensor:
         return torch.arange(count)
     subset = torch.randperm(count, generator=torch.Generator().manual_seed(_SUBSET_SEED))[:num_real]
     return subset.sort().values
-
-
-@contextmanager
-def sampling(*models: nn.Module) -> Iterator[None]:
-    """Run `models` as during training without changing them: train mode, no_grad, buffers restored on exit.
-
-    This project's DCGAN samples with BatchNorm's batch statistics, like its per-epoch grids and its FID.
-    In train mode a forward pass also updates BatchNorm's running statistics and spectral norm's
-    power-iteration vectors; restoring those buffers keeps looking from altering a model, and makes
-    repeated calls with the same inputs return the same outputs.
-    """
-    saved = [(model, model.training, {name: buffer.clone() for name, buffer in model.named_buffers()})
-             for model in models]
-    for model in models:
-        model.train()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        with torch.no_grad():
-            for model, was_training, buffers in saved:
-                model.train(was_training)
-                for name, buffer in model.named_buffers():
-                    buffer.copy_(buffers[name])
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """Generator output in [-1, 1] -> uint8 [0, 255], rounded like an image saved to disk."""
-    return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-

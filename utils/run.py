@@ -50,16 +50,20 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from utils.config import FIXED_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, load_data
+from utils.models import Discriminator, Generator, describe_network
+from utils.step import EMA
 from utils.urls import is_url, redact_url
 
 try:
@@ -71,8 +75,6 @@ GENERATED = Path("generated")
 CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
 
 _FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
-_CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
-                    "scaler", "rng")
 
 
 class RunInUse(UserError):
@@ -93,7 +95,7 @@ class RunMoved(UserError):
 def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
     """generated/<recipe>-<size>px[-field=value...]: the fields of NAMED_FIELDS that differ from the recipe's defaults.
 
-    `networks` is a tag for networks other than the built-in ones (see utils.training.network_tag). The same
+    `networks` is a tag for networks other than the built-in ones (see `network_tag`). The same
     settings always give the same folder, so re-running a notebook resumes its run; any other value of a field
     that changes what is learned gives a sibling folder, so a tweak never overwrites a run.
     """
@@ -147,6 +149,82 @@ def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
 _MOVE_AWAY = "Move it away to start a new run in its folder"
 
 
+# ------------------------------------------------------------------------------------------- the checkpoint
+
+# The keys `read_checkpoint` requires: all that `checkpoint_state` writes but "networks" and "ema", which are read
+# with defaults (older checkpoints lack them).
+_CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
+                    "scaler", "rng")
+
+
+@dataclass
+class TrainingState:
+    """What a run's checkpoint saves and `restore_checkpoint` puts back: the networks (plain, not as trained),
+    their optimisers, the AMP scaler, the EMA of G, the fixed noise of the grids, the history, and the descriptions
+    of the networks it was trained with (`network_descriptions`)."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: EMA | None
+    fixed_noise: torch.Tensor
+    history: dict
+    networks: dict[str, str]
+    precision: str = ""           # what the epochs trained with ("bf16 channels_last", ...): a resumed run keeps it
+
+
+def checkpoint_state(config: TrainConfig, epoch: int, state: TrainingState) -> dict:
+    """The checkpoint after `epoch`: everything needed to continue exactly (read back by `read_checkpoint` and
+    `restore_checkpoint`), with the random state of the CPU (each epoch's own generators start from (seed, epoch))."""
+    return {"epoch": epoch, "config": config.to_dict(stored=True), "networks": state.networks,
+            "history": state.history, "fixed_noise": state.fixed_noise, "generator": state.generator.state_dict(),
+            "discriminator": state.discriminator.state_dict(),
+            "ema": state.ema.state_dict() if state.ema is not None else None,
+            "opt_g": state.opt_g.state_dict(), "opt_d": state.opt_d.state_dict(), "scaler": state.scaler.state_dict(),
+            "rng": {"cpu": torch.get_rng_state()}, "precision": state.precision}
+
+
+def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_options: dict) -> int:
+    """Load the checkpoint `saved` (from `read_checkpoint(path)`) into `state`; return the epochs it holds.
+
+    Every tensor is checked first (`_check_resumable`): nothing is loaded from a checkpoint that does not fit.
+    The optimisers take this device's `adam_options` (fused, foreach, capturable), not the saved ones."""
+    _check_resumable(path, saved, state)
+    state.generator.load_state_dict(saved["generator"])
+    state.discriminator.load_state_dict(saved["discriminator"])
+    _load_optimizer(state.opt_g, saved["opt_g"], adam_options)
+    _load_optimizer(state.opt_d, saved["opt_d"], adam_options)
+    if state.scaler.is_enabled() and saved["scaler"]:
+        state.scaler.load_state_dict(saved["scaler"])
+    if state.ema is not None:
+        state.ema.load_state_dict(saved["ema"])
+    state.fixed_noise, state.history = saved["fixed_noise"], saved["history"]
+    torch.set_rng_state(saved["rng"]["cpu"])
+    return saved["epoch"]
+
+
+def _check_resumable(path: Path, saved: dict, state: TrainingState) -> None:
+    """Raise CheckpointError, naming the first tensor, unless every tensor of the checkpoint fits what it is loaded
+    into (a checkpoint with the right keys and other shapes or dtypes would fail in load_state_dict or later)."""
+    check_weights(path, "generator", saved["generator"], state.generator.state_dict())
+    check_weights(path, "discriminator", saved["discriminator"], state.discriminator.state_dict())
+    if state.ema is not None:
+        check_weights(path, "ema", saved.get("ema"), state.ema.state_dict())
+    check_optimizer_state(path, "opt_g", saved["opt_g"], state.opt_g)
+    check_optimizer_state(path, "opt_d", saved["opt_d"], state.opt_d)
+    check_weights(path, "", {"fixed_noise": saved["fixed_noise"]}, {"fixed_noise": state.fixed_noise})
+    check_weights(path, "rng", saved["rng"], {"cpu": torch.get_rng_state()})
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, adam_options: dict) -> None:
+    """Load the moments with this device's implementation flags (a run moved from a GPU to a CPU, or back):
+    load_state_dict would restore the saved ones, and places Adam's step counters by them."""
+    flags = {"fused": None, "foreach": None, "capturable": False, **adam_options}
+    optimizer.load_state_dict({**saved, "param_groups": [{**group, **flags} for group in saved["param_groups"]]})
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's contents, loaded as data only (nothing in the file can run code) and checked: every key,
     the plain parts' types, valid settings. Its tensors are checked against the networks by `check_weights`."""
@@ -158,7 +236,8 @@ def read_checkpoint(path: str | Path) -> dict:
     plain = {"epoch": isinstance(state["epoch"], int) and not isinstance(state["epoch"], bool) and state["epoch"] >= 0,
              "config": isinstance(state["config"], dict), "history": _is_history(state["history"]),
              "fixed_noise": isinstance(state["fixed_noise"], torch.Tensor),
-             "rng": isinstance(state["rng"], dict) and isinstance(state["rng"].get("cpu"), torch.Tensor)}
+             "rng": isinstance(state["rng"], dict) and isinstance(state["rng"].get("cpu"), torch.Tensor),
+             "precision": isinstance(state.get("precision", ""), str)}   # older checkpoints have none
     plain |= {key: isinstance(state[key], dict) for key in ("generator", "discriminator", "opt_g", "opt_d")}
     wrong = [key for key, ok in plain.items() if not ok]
     if wrong:
@@ -207,6 +286,56 @@ def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.o
                 found = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__)
                 raise CheckpointError(f"{path}: {role} {name} of parameter {index} is {found}, not float "
                                       f"{tuple(shape)}. {_MOVE_AWAY}")
+
+
+def network_descriptions(generator: nn.Module, discriminator: nn.Module) -> dict[str, str]:
+    """What a checkpoint records of its networks (`describe_network`): a run continues only with the same."""
+    return {"generator": describe_network(generator), "discriminator": describe_network(discriminator)}
+
+
+def network_tag(config: TrainConfig, generator: nn.Module | None, discriminator: nn.Module | None) -> str:
+    """The part of the run folder's name that tells networks other than the built-in ones apart ('' for those)."""
+    parts = []
+    for role, model, builtin in (("G", generator, lambda: Generator(config.image_size, config.latent_dim, config.g_width)),
+                                 ("D", discriminator, lambda: Discriminator(config.image_size, config.d_width,
+                                                                            config.spectral_norm))):
+        if model is not None and describe_network(model) != describe_network(builtin()):
+            parts.append(f"{role}={type(model).__name__}{describe_network(model).rsplit('#', 1)[1].rstrip(')')}")
+    return "-".join(parts)
+
+
+def load_models(run_dir: str | Path, generator: nn.Module | None = None,
+                discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """A run folder's generator (its EMA weights when the run kept them), discriminator and history, on the CPU.
+
+    A run trained with your own networks needs them passed in (fresh instances; their weights are loaded).
+    """
+    return models_from_checkpoint(read_checkpoint(Path(run_dir) / CHECKPOINT), run_dir, generator, discriminator)
+
+
+def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Module | None = None,
+                           discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """`load_models` from a checkpoint already read (`run_dir` only names it in errors)."""
+    config = TrainConfig.from_dict(state["config"])
+    if generator is None:
+        generator = Generator(config.image_size, config.latent_dim, config.g_width)
+    if discriminator is None:
+        discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
+    for role, model in (("generator", generator), ("discriminator", discriminator)):
+        trained = state.get("networks", {}).get(role, describe_network(model))
+        if trained != describe_network(model):
+            raise ConfigError(f"{run_dir} was trained with the {role} {trained}, not {describe_network(model)}: "
+                              f"pass that {role} to load_models")
+    path = Path(run_dir) / CHECKPOINT
+    if state.get("ema") is not None:
+        check_weights(path, "ema", state["ema"], EMA(generator, config.ema_decay).state_dict())
+        generator.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    else:
+        check_weights(path, "generator", state["generator"], generator.state_dict())
+        generator.load_state_dict(state["generator"])
+    check_weights(path, "discriminator", state["discriminator"], discriminator.state_dict())
+    discriminator.load_state_dict(state["discriminator"])
+    return generator, discriminator, state["history"]
 
 
 def _is_history(value: Any) -> bool:
@@ -436,7 +565,7 @@ class Run:
 
         run = Run.open(config, log=print)      # folder, lock, checks: before any data is decoded
         run.state                               # the checkpoint to continue from, or None for a new run
-        run.start(config, history)              # record and print the changes; write config.json
+        run.record_settings(config, history)    # record and print the changes; write config.json
         run.save_epoch(epoch, grid, history, state)   # in the background
         run.close()                             # everything written, lock released
     """
@@ -455,7 +584,7 @@ class Run:
              log: Callable[[str], None] = print) -> "Run":
         """Create or open the run folder of `config`, lock it (main process only) and check that it can continue.
 
-        `networks` describes the generator and discriminator (utils.training.describe_networks); a checkpoint
+        `networks` describes the generator and discriminator (`network_descriptions`); a checkpoint
         written with others is refused. Raises ConfigError before anything is written when the folder is not
         writable, holds a run that `config` cannot continue, or `resume` is False on a trained run.
         """
@@ -567,7 +696,7 @@ class Run:
 
     # --------------------------------------------------------------------------------------------- training
 
-    def start(self, config: TrainConfig, history: dict, epoch: int, step: int) -> None:
+    def record_settings(self, config: TrainConfig, history: dict, epoch: int, step: int) -> None:
         """Before the first epoch that trains: record and print what changed since the checkpoint; write config.json."""
         if self.saved is not None:
             for name, old, new in differences(self.saved, config, TUNABLE_FIELDS):

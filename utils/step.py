@@ -1,0 +1,273 @@
+"""One training step of the GAN: what notebook 03 teaches, written out there by hand and proven equal to this
+module by tests/test_notebook_code.py.
+
+    >>> from utils.step import StepOptions, TrainingStep
+    >>> step = TrainingStep(generator, discriminator, opt_g, opt_d, StepOptions(loss="bce"))
+    >>> step(real_images, z)          # D learns from a real and a fake batch, then G learns to fool D
+    >>> step.read(steps=1)            # {"loss_d": ..., "loss_g": ..., "d_real": ..., "d_fake": ...}
+
+Here: the losses (`discriminator_loss`, `discriminator_targets` for smoothed and noisy labels, `generator_loss`),
+`frozen` (D's weights during G's step), the step itself (`TrainingStep`, its options in `StepOptions`), the moving
+average of G's weights (`EMA`), the step recorded once as a CUDA graph (`CUDAGraphStep`), and the CPU trial's
+timing of this step (`time_training_steps`, called by utils/environment.py). The loop around it is
+utils/training.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils import distributed
+from utils.config import TrainConfig
+from utils.environment import TRIAL_BATCH
+from utils.models import Discriminator, Generator
+
+
+# --------------------------------------------------------------------------------------------- losses
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
+                       targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """D's loss; for BCE against `targets` (real, fake) when given (see `discriminator_targets`), else 1 and 0."""
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    real_targets, fake_targets = targets or (torch.ones_like(real_logits), torch.zeros_like(fake_logits))
+    return (F.binary_cross_entropy_with_logits(real_logits, real_targets)
+            + F.binary_cross_entropy_with_logits(fake_logits, fake_targets))
+
+
+def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0,
+                          fake_label: float = 0.0, label_flip: float = 0.0,
+                          gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's BCE targets (real, fake): `real_label` for each real image and `fake_label` for each fake (label
+    smoothing when they are not 1 and 0), each swapped for the other with probability `label_flip` (noisy labels).
+
+    A D trained on softer or occasionally wrong targets cannot become certain, so its gradients to G stay useful
+    for longer. The coin tosses come from `gen` (the epoch's device generator: a resumed run draws the same ones),
+    real images first; none are drawn when `label_flip` is 0.
+    """
+    # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984 (BCE runs in float32 anyway)
+    real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
+    fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
+    if label_flip > 0:
+        flip_real = torch.rand(real_logits.shape, generator=gen, device=real_logits.device) < label_flip
+        flip_fake = torch.rand(fake_logits.shape, generator=gen, device=fake_logits.device) < label_flip
+        real_targets = torch.where(flip_real, fake_label, real_targets)
+        fake_targets = torch.where(flip_fake, real_label, fake_targets)
+    return real_targets, fake_targets
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "hinge":
+        return -fake_logits.mean()
+    # the "non-saturating" loss of the DCGAN paper: maximise log D(G(z)) rather than minimise log(1 - D(G(z)))
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+# ------------------------------------------------------------------------------------------ the step
+
+@dataclass
+class StepOptions:
+    """How a `TrainingStep` plays the game, and what keeps it fast. The defaults are notebook 03's plain step.
+
+    `loss` and D's BCE targets (`real_label`, `fake_label`, `label_flip`: see `discriminator_targets`) are the
+    game. The rest is how it runs: mixed precision's `autocast` and `scaler`, an `ema` of G updated after each
+    step, DiffAugment's `augment`, and the networks as trained (`train_g`, `train_d`: a DDP wrapper, a compiled
+    module; `frozen_d`: D as called in G's step), which default to the plain networks.
+    """
+
+    loss: str = "bce"
+    real_label: float = 1.0
+    fake_label: float = 0.0
+    label_flip: float = 0.0
+    scaler: torch.amp.GradScaler | None = None
+    autocast: Callable = nullcontext
+    ema: EMA | None = None
+    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
+    train_g: nn.Module | None = None
+    train_d: nn.Module | None = None
+    frozen_d: nn.Module | None = None
+
+
+class TrainingStep:
+    """One round of the game: D learns from a real and a fake batch, then G learns to fool D.
+
+    Exactly the step of notebook 03, plus what keeps it fast: it never waits for the device (the losses and
+    D's average verdicts are summed into `totals` on the device, and `read` fetches them every few steps), so
+    on a GPU it can be replayed as a CUDA graph. `generator`/`discriminator` are the plain networks; `options`
+    (see `StepOptions`) sets the loss, D's targets, mixed precision, the EMA, DiffAugment and the networks as
+    trained.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer, options: StepOptions | None = None):
+        options = options or StepOptions()
+        self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
+        self.loss = options.loss
+        self.labels = (options.real_label, options.fake_label, options.label_flip)
+        self.scaler = options.scaler or torch.amp.GradScaler(enabled=False)
+        self.autocast, self.ema = options.autocast, options.ema
+        self.augment = options.augment or (lambda x, gen: x)
+        self.train_g = generator if options.train_g is None else options.train_g
+        self.train_d = discriminator if options.train_d is None else options.train_d
+        # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
+        self.frozen_d = distributed.unwrap(self.train_d) if options.frozen_d is None else options.frozen_d
+        self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
+        self._seen = torch.zeros_like(self.totals)  # the totals at the last `last_step()`
+
+    def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
+        # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
+        with self.autocast():
+            fake = self.train_g(z)
+            real_logits = self.train_d(self.augment(real, gen)).flatten()
+            fake_logits = self.train_d(self.augment(fake.detach(), gen)).flatten()
+            targets = discriminator_targets(real_logits, fake_logits, *self.labels, gen) \
+                if self.labels != (1.0, 0.0, 0.0) and self.loss == "bce" else None
+            loss_d = discriminator_loss(real_logits, fake_logits, self.loss, targets)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_d).backward()
+        self.scaler.step(self.opt_d)
+        # 2) G learns to fool D (D's weights frozen: only the gradient w.r.t. the fake images is needed)
+        with frozen(self.discriminator), self.autocast():
+            gen_logits = self.frozen_d(self.augment(fake, gen)).flatten()
+            loss_g = generator_loss(gen_logits, self.loss)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.generator)
+        self.totals.add_(torch.stack([loss_d.detach().float(), loss_g.detach().float(),
+                                      torch.sigmoid(real_logits.detach().float()).mean(),
+                                      torch.sigmoid(fake_logits.detach().float()).mean()]))
+
+    def read(self, steps: int) -> dict:
+        """The means over the last `steps` steps (one host sync; averaged over processes), then start again."""
+        loss_d, loss_g, d_real, d_fake = (distributed.average(self.totals) / steps).tolist()
+        self.totals.zero_()
+        self._seen.zero_()
+        return {"loss_d": round(loss_d, 5), "loss_g": round(loss_g, 5), "d_real": round(d_real, 5),
+                "d_fake": round(d_fake, 5)}
+
+    def last_step(self) -> dict:
+        """The values of the step just taken (what the totals grew by since the last call), for a point per step
+        in the live plot: free where reading the device costs nothing (the CPU)."""
+        loss_d, loss_g, d_real, d_fake = (self.totals - self._seen).tolist()
+        self._seen.copy_(self.totals)
+        return {"loss_d": loss_d, "loss_g": loss_g, "d_real": d_real, "d_fake": d_fake}
+
+
+@contextmanager
+def frozen(model: nn.Module):
+    """Skip the weight gradients of `model` (D during G's step: G only needs gradients w.r.t. D's input)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class EMA(nn.Module):
+    """An exponential moving average of a model's weights, which samples better than the raw weights.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the updates n, so early on the average follows
+    the model closely instead of dragging the random initial weights along for thousands of steps. Buffers
+    (BatchNorm statistics) are copied. Everything stays on the device: no host sync per step.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model).requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("updates", torch.zeros((), device=next(model.parameters()).device))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        weight = 1 - torch.clamp((1 + self.updates) / (10 + self.updates), max=self.decay)
+        # average += weight * (model - average). Not _foreach_lerp_: it takes the weight as a Python number,
+        # which would read `weight` back from the device every step (and cannot be recorded in a CUDA graph).
+        average = list(self.module.parameters())
+        step = torch._foreach_sub(list(model.parameters()), average)
+        torch._foreach_mul_(step, weight)
+        torch._foreach_add_(average, step)
+        torch._foreach_copy_(list(self.module.buffers()), list(model.buffers()))
+        self.updates += 1
+
+
+class CUDAGraphStep:
+    """Runs a training step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it.
+
+    At batch 128 the eager step is bound by launching some 300 small kernels from Python, one by one: a
+    replay launches them all at once. The step must never wait for the device (no .item(); with fp16 the fused
+    Adam takes GradScaler's scale and inf check as device tensors), and its inputs are copied into fixed
+    buffers, because a graph always reads the addresses it was recorded with.
+    """
+
+    def __init__(self, step: Callable[..., None], warmup: int = 3):
+        self.step, self.warmup, self.graph = step, warmup, None
+
+    def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> None:
+        if self.graph is None and self.warmup > 0:  # eager steps on a side stream: cuDNN autotuning, allocations
+            self.warmup -= 1
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self.step(real, z, gen)
+            torch.cuda.current_stream().wait_stream(stream)
+            return
+        if self.graph is None:  # recording runs nothing: the replay below trains on this batch
+            self.real, self.z, self.graph = real.clone(), z.clone(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.step(self.real, self.z, gen)
+        else:
+            self.real.copy_(real)
+            self.z.copy_(z)
+        self.graph.replay()
+
+
+# ------------------------------------------------------------------------------------------ the CPU trial
+
+def time_training_steps(config: TrainConfig, candidates: list[str],
+                        batch: int = TRIAL_BATCH) -> Iterator[dict[str, float]]:
+    """Round after round, for as long as it is asked, the images/s of one CPU training step of `config`'s built-in
+    networks in each candidate ("fp32 NCHW", "bf16 channels_last", ...): what `utils.environment.cpu_trial` decides
+    "auto" with on a CPU, and when to stop.
+
+    Each candidate takes one warm-up step first. The training's random state is left as it was once the iterator is
+    closed (`contextlib.closing`) or exhausted.
+    """
+    batch = min(batch, config.batch_size)
+    steps = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name in candidates:
+            dtype, layout = name.split()
+            memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            generator = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
+            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
+            autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
+            step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters(), foreach=True),
+                                torch.optim.Adam(discriminator.parameters(), foreach=True),
+                                StepOptions(loss=config.loss, autocast=autocast))
+            real = torch.rand(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
+            z = torch.randn(batch, config.latent_dim, 1, 1)
+            step(real, z)  # the first step allocates and picks kernels
+            steps[name] = (step, real, z)
+        while True:
+            timing = {}
+            for name, (step, real, z) in steps.items():
+                started = time.perf_counter()
+                step(real, z)
+                timing[name] = batch / (time.perf_counter() - started)
+            yield timing
+
