@@ -1,23 +1,31 @@
 """The code the notebooks teach is the code the package runs.
 
 Notebook 02 writes the 64x64 generator and discriminator out as `nn.Sequential` stacks (its cells tagged
-`networks`), and notebook 03 writes one training step out as a function (its cell tagged `training-step`). These
-tests execute those cells' source, as committed, with controlled inputs and compare the result with `utils`:
-02's networks must be `utils.models`' layer for layer, with the same weights from the same seed and the same output;
-03's step must be `utils.training.TrainingStep`'s computation: from the same weights, on the same real batches and
-noise, in fp32 on the CPU, both end with the same losses and the same weights, bit for bit. So a change to either
-side (a layer, an activation, the order of the updates, the loss) fails here.
+`networks`), notebook 03 writes one training step out as a function (its cell tagged `training-step`), notebook 04
+the making of a GIF from a run's grids (`gif`), and notebook 05 the Fréchet distance (`frechet`) and slerp
+(`slerp`). These tests execute those cells' source, as committed, with controlled inputs and compare the result
+with `utils`: 02's networks must be `utils.models`' layer for layer, with the same weights from the same seed and
+the same output; 03's step must be `utils.training.TrainingStep`'s computation: from the same weights, on the same
+real batches and noise, in fp32 on the CPU, both end with the same losses and the same weights, bit for bit; 04's
+GIF must have `make_gif`'s frames, pixel for pixel, its durations and its loop; 05's distance and slerp must give
+`utils.metrics.frechet_distance`'s and `utils.explore.slerp`'s results on the same inputs. So a change to either
+side (a layer, an activation, the order of the updates, the loss, a label, a duration, the formula) fails here.
 """
 
 import copy
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from utils.gif import make_gif
 from utils.models import Discriminator, Generator, count_parameters, layer_table
+from utils.run import frame_path
+from utils.visualize import save_grid
 from utils.training import TrainingStep
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -171,3 +179,33 @@ def test_notebook_03_training_step_is_the_package_training_step_with_smoothed_an
     for real, z in batches:
         plain(real, z)
     assert not states_equal(d2, plain_d)
+
+
+# ---------------------------------------------------------------------------------------------- notebook 04
+
+def read_gif(path: Path) -> tuple[list[np.ndarray], list[int], int]:
+    """(frames as RGB, per-frame durations in ms, loop count): what a GIF viewer plays."""
+    with Image.open(path) as gif:
+        frames, durations = [], []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            frames.append(np.asarray(gif.convert("RGB")))
+            durations.append(gif.info["duration"])
+        return frames, durations, gif.info["loop"]
+
+
+@pytest.mark.parametrize("image_size, faces, epochs", [(16, 64, [1, 2, 3, 998, 999, 1000]), (64, 8, [1, 2]), (16, 4, [7])],
+                         ids=["small-grids-past-epoch-999", "wide-grids", "one-epoch"])
+def test_notebook_04_gif_by_hand_is_make_gif(tmp_path, image_size, faces, epochs):
+    """On grids that must be enlarged (146 px: x4) and past epoch 999 (sorted by number, not name), on grids wide
+    enough as they are (530 px), and on a run of one epoch: the same frames, durations and loop as make_gif."""
+    random = torch.Generator().manual_seed(image_size + len(epochs))
+    for epoch in epochs:   # every epoch its own faces, so a frame out of order or missing shows
+        save_grid(torch.rand(faces, 3, image_size, image_size, generator=random) * 2 - 1, frame_path(tmp_path, epoch))
+    cells = run_cells("04_gif", "gif", run_dir=tmp_path, frame_ms=120, hold_last_ms=900)
+    hand = read_gif(cells["hand_gif"])
+    package = read_gif(make_gif(tmp_path, frame_ms=120, hold_last_ms=900))
+    assert len(hand[0]) == len(package[0]) == len(epochs)
+    assert all(np.array_equal(mine, theirs) for mine, theirs in zip(hand[0], package[0]))
+    assert hand[1:] == package[1:] == ([120] * (len(epochs) - 1) + [900], 0)
+    assert hand[0][0].shape[1] >= 512
