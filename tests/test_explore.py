@@ -70,9 +70,9 @@ def test_slerp_of_parallel_latents_is_finite():
 
 def test_interpolation_frames_count_shape_and_loop_closure():
     generator = tiny_generator()
-    frames = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3, min_width=0)
+    frames = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
     assert len(frames) == 3 * 4 + 1
-    grid = (2 * (16 + 2) + 2, 3 * (16 + 2) + 2, 3)  # 6 walks in 2 rows of 3, with 2-pixel gaps
+    grid = (10 * (2 * (16 + 2) + 2), 10 * (3 * (16 + 2) + 2), 3)  # 6 walks in 2 rows of 3, 2-pixel gaps, 56 px: x10
     assert all(frame.shape == grid and frame.dtype == np.uint8 for frame in frames)
     assert np.array_equal(frames[0], frames[-1])
     assert not np.array_equal(frames[0], frames[1])   # the walk moves
@@ -81,10 +81,10 @@ def test_interpolation_frames_count_shape_and_loop_closure():
 
 def test_interpolation_frames_are_enlarged_to_a_readable_width_with_sharp_pixels():
     generator = tiny_generator()
-    small = interpolation_frames(generator, num_keyframes=2, steps=2, num_paths=4, nrow=4, min_width=0)
     frames = interpolation_frames(generator, num_keyframes=2, steps=2, num_paths=4, nrow=4)  # 74 px wide: x7
     assert frames[0].shape == (20 * 7, 74 * 7, 3) and frames[0].shape[1] >= 512
-    assert all(np.array_equal(big[::7, ::7], little) for big, little in zip(frames, small))
+    # nearest neighbour: every pixel of the grid is a solid 7 x 7 block
+    assert all(np.array_equal(big, big[::7, ::7].repeat(7, axis=0).repeat(7, axis=1)) for big in frames)
 
 
 def test_interpolation_frames_are_reproducible_and_leave_the_generator_unchanged():

@@ -16,7 +16,7 @@ from utils.visualize import save_grid
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = 2 * (16 + 2) + 2  # four 16x16 images, two per row
-SCALE = 14  # the whole factor that makes a 38 px grid at least 512 px wide (MIN_WIDTH)
+SCALE = 14  # the whole factor that makes a 38 px grid at least 512 px wide (utils.visualize.MIN_WIDTH)
 WIDE = GRID * SCALE
 
 
@@ -83,25 +83,28 @@ def test_make_gif_writes_where_asked(tmp_path):
 
 
 def test_small_grids_are_enlarged_by_a_whole_factor_with_sharp_pixels(tmp_path):
-    save_grid(torch.rand(4, 3, 16, 16) * 2 - 1, frame_path(tmp_path, 1), nrow=2)
+    few_colours = torch.randint(0, 4, (4, 3, 16, 16)) / 3 * 2 - 1   # 64 colours: a GIF keeps each one exactly
+    save_grid(few_colours, frame_path(tmp_path, 1), nrow=2)
     grid = np.asarray(Image.open(frame_path(tmp_path, 1)).convert("RGB"))
 
     enlarged, _, _ = read_gif(make_gif(tmp_path, label=False))
     assert enlarged[0].shape == (WIDE, WIDE, 3) and WIDE >= 512 > WIDE - GRID
     block = enlarged[0][5 * SCALE:6 * SCALE, 5 * SCALE:6 * SCALE].reshape(-1, 3)
     assert (block == block[0]).all()   # nearest neighbour: one grid pixel is one solid SCALE x SCALE block
-    as_is, _, _ = read_gif(make_gif(tmp_path, out=tmp_path / "small.gif", label=False, min_width=0))
-    assert as_is[0].shape == grid.shape
-    assert np.array_equal(enlarged[0], as_is[0].repeat(SCALE, axis=0).repeat(SCALE, axis=1))
+    assert np.array_equal(enlarged[0], grid.repeat(SCALE, axis=0).repeat(SCALE, axis=1))   # the grid, pixel for pixel
+    save_grid(torch.rand(4, 3, 64, 64) * 2 - 1, frame_path(tmp_path / "wide", 1), nrow=8)   # 4 x 66 + 2 = 266 px: x2
+    assert read_gif(make_gif(tmp_path / "wide", label=False))[0][0].shape == (2 * 68, 2 * 266, 3)
+    save_grid(torch.rand(8, 3, 64, 64) * 2 - 1, frame_path(tmp_path / "wider", 1), nrow=8)  # 530 px: as it is
+    assert read_gif(make_gif(tmp_path / "wider", label=False))[0][0].shape == (68, 530, 3)
 
 
 def test_a_run_longer_than_max_frames_is_animated_with_evenly_spread_grids_and_says_so(tmp_path, capsys):
     write_run(tmp_path, epochs=12)
-    frames, durations, _ = read_gif(make_gif(tmp_path, label=False, min_width=0, max_frames=4, hold_last_ms=900))
+    frames, durations, _ = read_gif(make_gif(tmp_path, label=False, max_frames=4, hold_last_ms=900))
 
     assert len(frames) == 4 and durations == [200, 200, 200, 900]
     expected = [round(255 * epoch / 13) for epoch in (1, 5, 8, 12)]   # the first, the last and two between
-    assert np.allclose([frame[5, 5, 0] for frame in frames], expected, atol=2)
+    assert np.allclose([frame[5 * SCALE, 5 * SCALE, 0] for frame in frames], expected, atol=2)
     assert capsys.readouterr().out == ("gif: 12 grids, more than max_frames=4: animating 4 of them, evenly spread "
                                        "from epoch 1 to epoch 12 (a larger max_frames shows more, and needs more "
                                        "memory)\n")

@@ -68,13 +68,15 @@ def test_choose_run_takes_the_run_trained_last_says_what_differs_and_how_to_pick
     assert not any(line.startswith("note:") for line in lines)
 
 
-def test_choose_run_for_notebook_05_skips_other_recipes_and_your_own_networks(tmp_path):
+def test_choose_run_skips_your_own_networks_and_for_notebook_05_other_recipes(tmp_path):
+    """03 trains your own networks after its main run: 04 and 06 still take the main run, 05 the plain DCGAN."""
     dcgan = trained(tmp_path, TrainConfig(image_size=32), 1_000)
-    trained(tmp_path, TrainConfig(image_size=32, recipe="improved"), 2_000)
+    improved = trained(tmp_path, TrainConfig(image_size=32, recipe="improved"), 2_000)
     own = trained(tmp_path, TrainConfig(image_size=32), 3_000,
                   name=default_run_dir(TrainConfig(image_size=32), "G=LeakyGenerator3f2a1c").name)
-    assert choose_run("", TrainConfig(), root=tmp_path, log=lambda line: None) == own       # 04: any run
+    assert choose_run("", TrainConfig(), root=tmp_path, log=lambda line: None) == improved   # 04: any recipe
     assert choose_run("", TrainConfig(), recipe="dcgan", root=tmp_path, log=lambda line: None) == dcgan
+    assert choose_run(str(own), TrainConfig(), root=tmp_path, log=lambda line: None) == own   # named in `out`
 
 
 def test_choose_run_without_a_trained_run_returns_none_and_an_explicit_out_wins(tmp_path):

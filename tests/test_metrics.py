@@ -44,7 +44,7 @@ def with_noise(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def stand_in_fid(real: torch.Tensor, cache_file: Path | None = None, **kwargs) -> FID:
     kwargs.setdefault("feature_extractor", StandInFeatures())
-    return FID(real, cache_file, torch.device("cpu"), batch_size=50, progress=False, **kwargs)
+    return FID(real, cache_file, torch.device("cpu"), progress=False, **kwargs)
 
 
 class TinyGenerator(nn.Sequential):

@@ -1,24 +1,34 @@
 """The code the notebooks teach is the code the package runs.
 
 Notebook 02 writes the 64x64 generator and discriminator out as `nn.Sequential` stacks (its cells tagged
-`networks`), and notebook 03 writes one training step out as a function (its cell tagged `training-step`). These
-tests execute those cells' source, as committed, with controlled inputs and compare the result with `utils`:
-02's networks must be `utils.models`' layer for layer, with the same weights from the same seed and the same output;
-03's step must be `utils.step.TrainingStep`'s computation: from the same weights, on the same real batches and
-noise, in fp32 on the CPU, both end with the same losses and the same weights, bit for bit. So a change to either
-side (a layer, an activation, the order of the updates, the loss) fails here.
+`networks`), notebook 03 writes one training step out as a function (its cell tagged `training-step`), notebook 04
+the making of a GIF from a run's grids (`gif`), and notebook 05 the Fréchet distance (`frechet`) and slerp
+(`slerp`). These tests execute those cells' source, as committed, with controlled inputs and compare the result
+with `utils`: 02's networks must be `utils.models`' layer for layer, with the same weights from the same seed and
+the same output; 03's step must be `utils.step.TrainingStep`'s computation: from the same weights, on the same
+real batches and noise, in fp32 on the CPU, both end with the same losses and the same weights, bit for bit; 04's
+GIF must have `make_gif`'s frames, pixel for pixel, its durations and its loop; 05's distance and slerp must give
+`utils.metrics.frechet_distance`'s and `utils.explore.slerp`'s results on the same inputs. So a change to either
+side (a layer, an activation, the order of the updates, the loss, a label, a duration, the formula) fails here.
 """
 
 import copy
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from utils.explore import latents, slerp
+from utils.gif import make_gif
+from utils.metrics import frechet_distance
 from utils.models import Discriminator, Generator, count_parameters, layer_table
+from utils.run import frame_path
 from utils.step import StepOptions, TrainingStep
+from utils.visualize import save_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -171,3 +181,77 @@ def test_notebook_03_training_step_is_the_package_training_step_with_smoothed_an
     for real, z in batches:
         plain(real, z)
     assert not states_equal(d2, plain_d)
+
+
+# ---------------------------------------------------------------------------------------------- notebook 04
+
+def read_gif(path: Path) -> tuple[list[np.ndarray], list[int], int]:
+    """(frames as RGB, per-frame durations in ms, loop count): what a GIF viewer plays."""
+    with Image.open(path) as gif:
+        frames, durations = [], []
+        for index in range(gif.n_frames):
+            gif.seek(index)
+            frames.append(np.asarray(gif.convert("RGB")))
+            durations.append(gif.info["duration"])
+        return frames, durations, gif.info["loop"]
+
+
+@pytest.mark.parametrize("image_size, faces, epochs", [(16, 64, [1, 2, 3, 998, 999, 1000]), (64, 8, [1, 2]), (16, 4, [7])],
+                         ids=["small-grids-past-epoch-999", "wide-grids", "one-epoch"])
+def test_notebook_04_gif_by_hand_is_make_gif(tmp_path, image_size, faces, epochs):
+    """On grids that must be enlarged (146 px: x4) and past epoch 999 (sorted by number, not name), on grids wide
+    enough as they are (530 px), and on a run of one epoch: the same frames, durations and loop as make_gif."""
+    random = torch.Generator().manual_seed(image_size + len(epochs))
+    for epoch in epochs:   # every epoch its own faces, so a frame out of order or missing shows
+        save_grid(torch.rand(faces, 3, image_size, image_size, generator=random) * 2 - 1, frame_path(tmp_path, epoch))
+    cells = run_cells("04_gif", "gif", run_dir=tmp_path, frame_ms=120, hold_last_ms=900)
+    hand = read_gif(cells["hand_gif"])
+    package = read_gif(make_gif(tmp_path, frame_ms=120, hold_last_ms=900))
+    assert len(hand[0]) == len(package[0]) == len(epochs)
+    assert all(np.array_equal(mine, theirs) for mine, theirs in zip(hand[0], package[0]))
+    assert hand[1:] == package[1:] == ([120] * (len(epochs) - 1) + [900], 0)
+    assert hand[0][0].shape[1] >= 512
+
+
+# ---------------------------------------------------------------------------------------------- notebook 05
+
+def random_gaussian(dim: int, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A mean and a covariance of rank min(dim, rank): the statistics of `rank` samples' features."""
+    generator = torch.Generator().manual_seed(seed)
+    factor = torch.randn(dim, rank, generator=generator, dtype=torch.float64)
+    return torch.randn(dim, generator=generator, dtype=torch.float64), factor @ factor.T / rank
+
+
+@pytest.mark.parametrize("dim, rank", [(64, 80), (256, 1000), (64, 20), (256, 100)],
+                         ids=["full-rank", "full-rank-256", "singular", "singular-256"])
+def test_notebook_05_frechet_distance_is_the_package_frechet_distance(dim, rank):
+    """The notebook takes Tr((sigma1 sigma2)^(1/2)) from the eigenvalues of the product (np.linalg.eigvals), the
+    package from the symmetric S sigma2 S (torch.linalg.eigh): the same number up to rounding. Full-rank, both are
+    exact to ~1e-16 relative (1e-12 allowed). A singular covariance (fewer images than features) has dim - rank zero
+    eigenvalues, which each method returns as rounding noise of about eps x lambda_max; their square roots, up to
+    sqrt(eps x lambda_max) each, enter the distance twice: the two may differ by 2 (dim - rank) sqrt(eps x
+    lambda_max), and no more (measured: 4e-7 for 64 and 20, a twentieth of that bound; 1e-7 for 256 and 100)."""
+    frechet_by_hand = run_cells("05_evaluate", "frechet")["frechet_by_hand"]
+    (mu1, sigma1), (mu2, sigma2) = random_gaussian(dim, rank, seed=1), random_gaussian(dim, rank, seed=2)
+    mine, package = frechet_by_hand(mu1, sigma1, mu2, sigma2), frechet_distance(mu1, sigma1, mu2, sigma2)
+    largest = torch.linalg.matrix_norm(sigma1, 2) * torch.linalg.matrix_norm(sigma2, 2)   # >= lambda_max(sigma1 sigma2)
+    noise = 2 * max(0, dim - rank) * (torch.finfo(torch.float64).eps * largest).sqrt().item()
+    assert mine == pytest.approx(package, rel=1e-12, abs=noise)
+    assert mine > 0 and isinstance(mine, float)
+    # the numpy arrays of pytorch-fid's saved statistics go in as well, and 1-d Gaussians give the closed form
+    assert frechet_by_hand(mu1.numpy(), sigma1.numpy(), mu2.numpy(), sigma2.numpy()) == mine
+    one_d = [torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([3.0]), torch.tensor([[9.0]])]
+    assert frechet_by_hand(*one_d) == pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2, rel=1e-12)
+
+
+def test_notebook_05_slerp_is_the_package_slerp():
+    """On the same random latents, at every t, both give the same latents bit for bit: the same operations in the
+    same order (the package adds only the case of two latents in one direction, which random latents never are)."""
+    slerp_by_hand = run_cells("05_evaluate", "slerp")["slerp_by_hand"]
+    z0, z1 = latents(12, 128, seed=3).split(6)   # six walks at once, as interpolation_frames slerps them
+    for t in (0.0, 0.1, 0.25, 0.5, 0.9, 1.0):
+        mine, package = slerp_by_hand(z0, z1, t), slerp(z0, z1, t)
+        assert mine.shape == z0.shape and torch.equal(mine, package), t
+    assert not torch.equal(slerp_by_hand(z0, z1, 0.5), (z0 + z1) / 2)   # not a straight line
+    halfway = slerp_by_hand(z0, z1, 0.5).flatten(1).norm(dim=1)
+    assert torch.allclose(halfway, (z0.flatten(1).norm(dim=1) + z1.flatten(1).norm(dim=1)) / 2)

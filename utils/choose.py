@@ -44,9 +44,10 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
                log: Callable[[str], None] = print) -> Path | None:
     """The run folder to work on, saying which and why; None when there is none yet (train one, or run 03 first).
 
-    `out` given: that folder. Otherwise the run with sample grids trained last under `root` (of `recipe` and with
-    the built-in networks when `recipe` is given, as notebook 05 needs), and the others are listed with the line
-    that picks one.
+    `out` given: that folder. Otherwise the run with sample grids and the built-in networks trained last under
+    `root` (of `recipe` when it is given, as notebook 05 needs), and the others are listed with the line that picks
+    one. Runs of your own networks are passed over: notebook 03 trains them after its main run, which is the one
+    notebooks 04-06 continue with (name one in `out` to use it).
     """
     if out:
         log(f"working on {out} (the parameters' out)")
@@ -54,8 +55,8 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
     runs = []
     for run_dir in trained_runs(root):
         saved = saved_config(run_dir)
-        if saved is not None and list_frames(run_dir) and (
-                recipe is None or (saved.recipe == recipe and builtin_networks(run_dir, saved))):
+        if saved is not None and list_frames(run_dir) and builtin_networks(run_dir, saved) and (
+                recipe is None or saved.recipe == recipe):
             runs.append((run_dir, saved))
     if not runs:
         return None

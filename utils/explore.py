@@ -13,14 +13,12 @@ changes the models it is given (see `sampling`).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from utils.models import sampling, to_uint8
-from utils.visualize import image_grid
+from utils.visualize import enlarged, image_grid
 
 
 def latents(count: int, latent_dim: int, seed: int) -> Tensor:
@@ -59,11 +57,12 @@ def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
 
 
 def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: int = 16, num_paths: int = 8,
-                         nrow: int = 4, seed: int = 0, min_width: int = 512) -> list[np.ndarray]:
+                         nrow: int = 4, seed: int = 0) -> list[np.ndarray]:
     """Frames of `num_paths` latent walks side by side, as uint8 (H, W, 3) grids for `utils.gif.write_gif`.
 
-    The grid is enlarged by the smallest whole factor that makes it at least `min_width` pixels wide (nearest
-    neighbour: sharp pixels): four 64x64 faces side by side would be a 266-pixel strip, too small to watch.
+    The grid is enlarged by the smallest whole factor that makes it at least 512 pixels wide (nearest neighbour:
+    sharp pixels, `utils.visualize.enlarged`): four 64x64 faces side by side would be a 266-pixel strip, too small
+    to watch.
 
     Each walk visits `num_keyframes` random latents and slerps back to the first, `steps` frames per leg:
     num_keyframes * steps + 1 frames, the last one equal to the first, so the loop closes. Smooth change
@@ -82,9 +81,7 @@ def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: in
     with sampling(generator):
         images = generator(path.flatten(0, 1).to(device)).float().cpu()
     images = images.view(len(path), num_paths, *images.shape[1:])
-    grids = [image_grid(frame, nrow) for frame in images]
-    scale = max(1, math.ceil(min_width / grids[0].shape[2]))
-    frames = [grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy() for grid in grids]
+    frames = [enlarged(image_grid(frame, nrow).permute(1, 2, 0).numpy()) for frame in images]
     return frames + [frames[0].copy()]
 
 

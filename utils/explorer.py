@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import time
 
 import numpy as np
@@ -31,7 +30,7 @@ from torch import Tensor
 
 from utils.explore import slerp
 from utils.generate import Faces, face_latents, face_set_latents
-from utils.visualize import image_grid, in_notebook
+from utils.visualize import enlarged, image_grid, in_notebook
 
 
 def latent_directions(latent_dim: int, count: int, seed: int = 0) -> Tensor:
@@ -44,10 +43,10 @@ class FaceExplorer:
     """A grid of `count` faces (picked pair and their mix first, then the set of `seed`), moved along directions."""
 
     def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1"), count: int = 9,
-                 nrow: int = 3, directions: int = 3, direction_seed: int = 0, min_width: int = 512):
+                 nrow: int = 3, directions: int = 3, direction_seed: int = 0):
         if count < 4:
             raise ValueError(f"count must be at least 4 faces (the two picked, their mix, one more); got {count}")
-        self.faces, self.pair, self.count, self.nrow, self.min_width = faces, pair, count, nrow, min_width
+        self.faces, self.pair, self.count, self.nrow = faces, pair, count, nrow
         self.picked = face_latents(faces, list(pair))
         self.directions = latent_directions(faces.latent_dim, directions, direction_seed)
         self.seconds = 0.0  # how long the last render took
@@ -62,11 +61,10 @@ class FaceExplorer:
         return z
 
     def render(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] = ()) -> np.ndarray:
-        """The grid as a uint8 (H, W, 3) image, enlarged (nearest neighbour) to at least `min_width` pixels wide."""
+        """The grid as a uint8 (H, W, 3) image, enlarged (nearest neighbour) to at least 512 pixels wide."""
         started = time.perf_counter()
         grid = image_grid(self.faces.decode(self.latents(seed, position, strengths)), self.nrow)
-        scale = max(1, math.ceil(self.min_width / grid.shape[2]))
-        image = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
+        image = enlarged(grid.permute(1, 2, 0).numpy())
         self.seconds = time.perf_counter() - started
         return image
 

@@ -10,7 +10,7 @@ or from a shell:
 Every frame is the same fixed noise decoded by the generator after one more epoch, so
 the animation shows the same faces sharpening. Each frame gets an "epoch N" strip on top
 and the last frame is held longer, so the final result can be looked at before it loops.
-Small grids are enlarged with sharp pixels to at least MIN_WIDTH (512) pixels wide, and a run
+Small grids are enlarged with sharp pixels to at least 512 pixels wide (`utils.visualize.enlarged`), and a run
 of more than `max_frames` (100) epochs shows that many of its grids, evenly spread, so making
 the GIF of a 500-epoch run needs no more memory than that of a 100-epoch one.
 """
@@ -18,9 +18,6 @@ the GIF of a 500-epoch run needs no more memory than that of a 100-epoch one.
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,15 +26,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from utils.environment import in_colab, in_kaggle
 from utils.errors import UserError, run_cli
 from utils.files import atomic_path
 from utils.run import SAMPLES, list_frames
-from utils.visualize import in_notebook
+from utils.visualize import enlarged, in_notebook
 
 # GIF stores durations in 1/100 s, at most 65535 of them; browsers play anything under 20 ms as 100 ms
 MIN_FRAME_MS, MAX_FRAME_MS = 20, 655_350
 MAX_FRAMES = 100          # a longer run is animated with this many of its grids, evenly spread: memory stays bounded
-MIN_WIDTH = 512           # small grids are enlarged (whole factor, nearest neighbour) to at least this many pixels wide
 MAX_GRID_PIXELS = 8192**2  # far above any grid training writes; a PNG announcing more is refused before decoding
 
 
@@ -73,13 +70,13 @@ def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms
 
 
 def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000,
-             label: bool = True, max_frames: int = MAX_FRAMES, min_width: int = MIN_WIDTH) -> Path:
+             label: bool = True, max_frames: int = MAX_FRAMES) -> Path:
     """Animate RUN_DIR/samples/epoch_*.png (in epoch order) into RUN_DIR/training.gif or `out`.
 
     A run of more than `max_frames` epochs is animated with `max_frames` of its grids, evenly spread and always
     with the first and the last, and a line says so: memory grows with the frames of the GIF, never with the
-    epochs. Grids narrower than `min_width` pixels are enlarged by a whole factor with nearest-neighbour pixels,
-    so a 16 px run is not a thumbnail and stays sharp (0: keep the grids' size).
+    epochs. Grids narrower than 512 pixels are enlarged by a whole factor with nearest-neighbour pixels
+    (`utils.visualize.enlarged`), so a 16 px run is not a thumbnail and stays sharp.
 
     Raises NoSampleGrids (a FileNotFoundError) when the run has no grids yet, and GifError (a ValueError) before
     reading any grid when an option is out of range or `out` is a folder or inside the run's samples/; and, naming
@@ -90,10 +87,8 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
     run_dir = Path(run_dir)
     out = run_dir / "training.gif" if out is None else Path(out)
     _check_gif_options(out, frame_ms, hold_last_ms, run_dir)
-    if max_frames < 2 or min_width < 0:
-        name, value, rule = ("max_frames", max_frames, ">= 2 (the first and the last epoch)") if max_frames < 2 else \
-            ("min_width", min_width, ">= 0 (0 keeps the grids' size)")
-        raise GifError(f"{name} (--{name.replace('_', '-')}) must be {rule}; got {value}")
+    if max_frames < 2:
+        raise GifError(f"max_frames (--max-frames) must be >= 2 (the first and the last epoch); got {max_frames}")
     frames = list_frames(run_dir)
     if not frames:
         raise NoSampleGrids(f"no sample grids in {run_dir / SAMPLES}: train first "
@@ -113,13 +108,10 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
             raise GifError(f"{path} is {size[0]}x{size[1]} pixels but {sizes[0][1]} is {sizes[0][0][0]}x"
                            f"{sizes[0][0][1]}: a GIF needs one frame size; move the grids of the other run out of "
                            f"{path.parent}")
-    scale = max(1, math.ceil(min_width / sizes[0][0][0]))
 
     def images() -> Iterator[Image.Image]:
         for epoch, path in chosen:
-            image = _read_grid(path, epoch)
-            if scale > 1:
-                image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+            image = enlarged(_read_grid(path, epoch))
             yield Image.fromarray(add_label(image, f"epoch {epoch}") if label else image)
 
     return _write_frames(images(), len(chosen), out, frame_ms, hold_last_ms)
@@ -212,9 +204,9 @@ def show_gif(path: str | Path) -> None:
         from IPython.display import Image as NotebookImage, display
 
         display(NotebookImage(filename=str(path), embed=True))
-    if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if in_colab():
         print(f"Download: from google.colab import files; files.download('{path}')")
-    elif "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
+    elif in_kaggle():
         if path.is_relative_to("/kaggle/working"):
             print(f"Saved to {path}: download it from the notebook's Output tab (/kaggle/working).")
         else:
@@ -235,12 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-label", dest="label", action="store_false", help="do not draw 'epoch N' above each frame")
     parser.add_argument("--max-frames", type=int, default=MAX_FRAMES,
                         help=f"a longer run shows this many of its grids, evenly spread (default: {MAX_FRAMES})")
-    parser.add_argument("--min-width", type=int, default=MIN_WIDTH,
-                        help=f"enlarge smaller grids (nearest neighbour) to at least this width; 0: as they are "
-                             f"(default: {MIN_WIDTH})")
     args = parser.parse_args(argv)
     run_cli(lambda: print(make_gif(args.run_dir, args.out, args.frame_ms, args.hold_last_ms, args.label,
-                                   args.max_frames, args.min_width)))
+                                   args.max_frames)))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from utils.models import sampling, to_uint8
 # is the file's sha256 prefix, so a local copy of the official file shares the download's cache.
 DOWNLOADED_WEIGHTS_ID = "pt_inception-6726825d"
 _SUBSET_SEED = 0  # the `num_real` subset is the same in every run and every process
+FEATURE_BATCH = 200  # images per pass through the feature extractor: its memory stays bounded for any number of images
 
 
 class FID:
@@ -55,26 +56,27 @@ class FID:
     `num_real` 0 uses every real image, otherwise a fixed random subset of that many (all of
     them if there are fewer). `cache_file` stores the real mean and covariance (None = don't
     cache); its name must tell apart everything that changes them -- the images, `num_real`, the
-    extractor -- which `reference_cache_file` does. `feature_extractor` replaces the Inception
-    (tests use a small one): any module mapping uint8 images (N, 3, S, S) to features (N, d).
+    extractor -- which `reference_cache_file` does. `feature_extractor` is the network that describes
+    each image: None builds the published Inception (`load_inception("")`); pass `load_inception(weights)`
+    for a local weights file, or any module mapping uint8 images (N, 3, S, S) to features (N, d) (tests
+    use a small one).
     """
 
-    def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device, weights: str = "",
-                 num_real: int = 0, batch_size: int = 200, feature_extractor: nn.Module | None = None,
-                 progress: bool = True):
+    def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device,
+                 feature_extractor: nn.Module | None = None, num_real: int = 0, progress: bool = True):
         _check_images(real_images, "real_images")
-        self.device, self.batch_size, self.progress = torch.device(device), batch_size, progress
+        self.device, self.progress = torch.device(device), progress
         # float64 statistics and linear algebra; MPS has no float64, so they stay on the CPU there
         self.statistics_device = torch.device("cpu") if self.device.type == "mps" else self.device
-        extractor = feature_extractor if feature_extractor is not None else _InceptionPool3(weights)
+        extractor = feature_extractor if feature_extractor is not None else load_inception("")
         self.feature_extractor = extractor.eval().to(self.device)
         if cache_file is not None and Path(cache_file).is_file():
             self.real_mean, self.real_cov = _read_reference(Path(cache_file), self.statistics_device)
         else:
             indices = _real_indices(len(real_images), num_real)
-            starts = range(0, len(indices), batch_size)
+            starts = range(0, len(indices), FEATURE_BATCH)
             # indexing copies one batch at a time out of a memory-mapped set
-            batches = (real_images[indices[start:start + batch_size]] for start in starts)
+            batches = (real_images[indices[start:start + FEATURE_BATCH]] for start in starts)
             self.real_mean, self.real_cov = self._statistics(batches, len(starts), "FID: real images")
             if cache_file is not None:
                 with atomic_path(cache_file) as temporary:  # an interrupted run never leaves a truncated cache
@@ -84,8 +86,8 @@ class FID:
     def score_images(self, fake_images_uint8: Tensor) -> float:
         """FID of a set of uint8 images (N, 3, S, S) against the real statistics."""
         _check_images(fake_images_uint8, "fake_images_uint8")
-        starts = range(0, len(fake_images_uint8), self.batch_size)
-        return self._score((fake_images_uint8[start:start + self.batch_size] for start in starts), len(starts))
+        starts = range(0, len(fake_images_uint8), FEATURE_BATCH)
+        return self._score((fake_images_uint8[start:start + FEATURE_BATCH] for start in starts), len(starts))
 
     def score_generator(self, generator: nn.Module, latent_dim: int, num_samples: int, seed: int = 0,
                         batch_size: int = 200) -> float:
@@ -174,8 +176,8 @@ def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.devic
     `inception` is the network `load_inception(config.fid_weights)` returned, if it was built already."""
     cache_file = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
                                       weights_id(config.fid_weights))
-    return FID(real_images, cache_file, device, weights=config.fid_weights, num_real=config.fid_real,
-               feature_extractor=inception)
+    inception = inception if inception is not None else load_inception(config.fid_weights)
+    return FID(real_images, cache_file, device, inception, num_real=config.fid_real)
 
 
 def load_inception(weights: str) -> nn.Module:

@@ -54,6 +54,16 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     return Path(path)
 
 
+MIN_WIDTH = 512   # a grid animated or shown narrower than this is enlarged: a 16 px run is not a thumbnail
+
+
+def enlarged(image: np.ndarray) -> np.ndarray:
+    """`image` (H, W, 3) enlarged by the smallest whole factor that makes it at least MIN_WIDTH pixels wide, with
+    nearest-neighbour pixels (each one a sharp square, no blur); as it is when it is that wide already."""
+    scale = math.ceil(MIN_WIDTH / image.shape[1])
+    return image.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else image
+
+
 def show_images(images: torch.Tensor, title: str = "", nrow: int = 8, figsize=(8, 8)):
     """Draw `image_grid(images)` in a pyplot figure (for notebooks) and return the figure."""
     import matplotlib.pyplot as plt
