@@ -34,22 +34,22 @@ def png(path: Path) -> np.ndarray:
 
 
 def test_generate_writes_named_faces_and_the_same_files_on_a_second_call(run_dir, tmp_path):
-    first = generate(run_dir, 70, tmp_path / "a", grid=tmp_path / "grid.png", progress=False)
+    first = generate(run_dir, 70, tmp_path / "a", grid=tmp_path / "grid.png")
     assert [p.name for p in first[:2]] == ["seed42_0000.png", "seed42_0001.png"] and first[-1].name == "seed42_0069.png"
     assert png(first[0]).shape == (16, 16, 3)
     assert png(tmp_path / "grid.png").shape == (8 * 18 + 2, 8 * 18 + 2, 3)  # 8x8 faces of 16 px, 2 px gaps
-    again = generate(run_dir, 70, tmp_path / "a", progress=False)  # the same folder: its own faces are fine
-    other = generate(run_dir, 70, tmp_path / "b", progress=False)
+    again = generate(run_dir, 70, tmp_path / "a")  # the same folder: its own faces are fine
+    other = generate(run_dir, 70, tmp_path / "b")
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(first, other)) and again == first
     # another seed is another set
-    assert not np.array_equal(png(generate(run_dir, 1, tmp_path / "c", seed=7, progress=False)[0]), png(first[0]))
+    assert not np.array_equal(png(generate(run_dir, 1, tmp_path / "c", seed=7)[0]), png(first[0]))
 
 
 def test_a_face_does_not_depend_on_how_many_are_drawn_nor_on_the_batch(run_dir, tmp_path):
     faces = load_faces(run_dir, "cpu")
-    many = generate(faces, 100, tmp_path / "many", progress=False)
+    many = generate(faces, 100, tmp_path / "many")
     faces.batch_size = 7
-    few = generate(faces, 9, tmp_path / "few", progress=False)
+    few = generate(faces, 9, tmp_path / "few")
     assert [p.read_bytes() for p in few] == [p.read_bytes() for p in many[:9]]
     alone = faces.decode(face_latent(faces, "seed42_0080.png"))[0].permute(1, 2, 0).numpy()
     assert np.array_equal(alone, png(many[80]))
@@ -116,10 +116,10 @@ def test_morph_loops_through_the_faces_at_a_readable_size(run_dir, tmp_path):
 def test_refusals_in_the_function(run_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FaceError, match="holds other files \\(notes.txt\\)"):
-        generate(run_dir, 3, tmp_path, progress=False)
+        generate(run_dir, 3, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
     with pytest.raises(FaceError, match="at least 1 face; got 0"):
-        generate(run_dir, 0, tmp_path / "x", progress=False)
+        generate(run_dir, 0, tmp_path / "x")
     with pytest.raises(NotARun, match="is not a run folder"):
         load_faces(tmp_path)
     (tmp_path / "fresh").mkdir()
@@ -139,7 +139,7 @@ def test_cli_writes_faces_in_a_real_process(run_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "faces").iterdir()) == [f"seed3_000{i}.png" for i in range(5)]
     assert png(tmp_path / "faces" / "seed3_0004.png").shape == (32, 32, 3)
     assert np.array_equal(png(tmp_path / "faces" / "seed3_0004.png")[::2, ::2],
-                          png(generate(run_dir, 5, tmp_path / "here", seed=3, progress=False)[4]))
+                          png(generate(run_dir, 5, tmp_path / "here", seed=3)[4]))
 
 
 def test_cli_refuses_in_a_real_process_with_one_line_and_no_traceback(tmp_path):

@@ -9,7 +9,7 @@ CPU they warn when it is over half an hour, naming the values to lower:
 The images/s come, best first, from the epochs that an earlier run with the same networks, image size and batch
 size trained here (its history.json), else from a few training steps timed now on this device, at the run's batch
 size and with the precision training will use. The CPU trial's figure (utils/environment.py) is not used: it times
-batches of 32 on random images, and ran up to 5 times faster than the epochs on a busy 2-core CPU.
+batches of 32 on random images with nothing else in the process, which can be far from what an epoch does.
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
 # -------------------------------------------------------------------------------------------------- to files
 
 def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
-             grid: str | Path | None = None, size: int | None = None, progress: bool = True) -> list[Path]:
+             grid: str | Path | None = None, size: int | None = None) -> list[Path]:
     """Write faces 0..n-1 of the set of `seed` (default: the run's seed) as OUT/seedS_NNNN.png; return the paths.
 
     The same call writes the same files. `size` resizes each face to size x size pixels (nearest neighbour when
@@ -237,7 +237,7 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
         raise FaceError(f"seed (--seed) must be >= 0; got {seed}")
     latents = face_set_latents(seed, n, faces.latent_dim)
     paths = []
-    with tqdm(total=n, desc=f"faces -> {out}", unit="face", disable=not progress) as bar:
+    with tqdm(total=n, desc=f"faces -> {out}", unit="face") as bar:
         for start in range(0, n, faces.batch_size):
             images = faces.decode(latents[start:start + faces.batch_size])
             for offset, image in enumerate(images):

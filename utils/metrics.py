@@ -7,8 +7,8 @@ TensorFlow FID Inception (the one torchmetrics uses too, with the same weights a
 bilinear resize to 299x299 as the original code), so our numbers are comparable with papers that
 use these tools -- when they use as many images: FID is biased upwards for small sets, so
 compare only scores measured with the same `fid_samples`. The distance itself is computed here,
-in float64 with symmetric eigendecompositions (`frechet_distance`): stable, and much faster on a
-CPU than the general eigenvalue solver torchmetrics uses.
+in float64 with symmetric eigendecompositions (`frechet_distance`): stable for the singular
+covariances of small sets, where the general eigenvalue solver torchmetrics uses returns noise.
 
     >>> fid = fid_for_config(config, real_images, device)  # real statistics: computed once, cached on disk
     >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)  # a float; lower is better
@@ -136,8 +136,8 @@ def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor,
     d = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)). The last trace is
     the sum of square roots of the eigenvalues of S sigma2 S with S = sigma1^(1/2), which has
     the same eigenvalues as sigma1 sigma2 but is symmetric: two symmetric eigendecompositions
-    are stable even for the singular covariances of small sets, and several times faster than
-    the general `sqrtm` or `eigvals`. Pass `sigma1_sqrt` when S is already known. Accepts
+    are stable even for the singular covariances of small sets, where the general `sqrtm` or
+    `eigvals` return complex rounding noise. Pass `sigma1_sqrt` when S is already known. Accepts
     tensors or numpy arrays (pytorch-fid's saved statistics), all on one device.
     """
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(x, dtype=torch.float64) for x in (mu1, sigma1, mu2, sigma2))
