@@ -162,7 +162,8 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         try:
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
-            _log(f"{choice.log}\nrun folder: {run.dir}")
+            device_line, chosen = choice.log.split("\n", 1)
+            _log(f"{device_line}\nrun folder: {run.dir}\n{chosen}")
             parts = _build(config, run, (generator, discriminator), choice, images, inception, progress)
             return _train_epochs(config, run, parts, live_plot, progress)
         except KeyboardInterrupt as interrupt:
