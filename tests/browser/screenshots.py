@@ -14,7 +14,10 @@ browser and saves, under OUT_DIR (default generated/screenshots/):
     03-live-plot-mid-epoch.png   the training cell while epoch 1 trains
     03-compare-6-runs.png        "Compare your runs" with six runs
     03-troubleshooting.png       the first figures of the troubleshooting guide (cell attachments)
+    04-gif-by-hand.png           the GIF written out by hand: the cell and what it wrote
     04-gif.png                   the GIF and its download link
+    05-frechet.png               the Fréchet distance written out, beside the package's, on known answers
+    05-slerp.png                 slerp written out, beside the package's
     05-latent-walk.png           the walk through the latent space
     06-explorer.png              06's sliders and faces as they first show
     06-explorer-moved.png        the same after moving the seed and direction sliders (redrawn in place)
@@ -163,10 +166,13 @@ def main(out: Path) -> None:
                 print("saved", out / "03-troubleshooting.png", flush=True)
 
                 open_and_run_all(page, url, "04_gif")
+                shoot(wait_for_output(page, "by_hand.gif", "frames of"), out / "04-gif-by-hand.png")
                 shoot(wait_for_output(page, "make_gif(", "the same GIF from a shell"), out / "04-gif.png")
                 wait_until_idle(page)
 
                 open_and_run_all(page, url, "05_evaluate")
+                shoot(wait_for_output(page, "frechet_distance(*statistics)", "sampling moves"), out / "05-frechet.png")
+                shoot(wait_for_output(page, "slerp_by_hand(z0, z1, 0.3)", "bit for bit"), out / "05-slerp.png")
                 shoot(wait_for_output(page, "interpolation_frames(", "saved to"), out / "05-latent-walk.png")
                 wait_until_idle(page)
 
