@@ -19,7 +19,6 @@ import nbformat
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch import nn
 
 from utils.explore import latents, slerp
@@ -29,6 +28,8 @@ from utils.models import Discriminator, Generator, count_parameters, layer_table
 from utils.run import frame_path
 from utils.step import StepOptions, TrainingStep
 from utils.visualize import save_grid
+
+from test_gif import read_gif  # what a GIF viewer plays, read as the GIF tests read it
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -184,17 +185,6 @@ def test_notebook_03_training_step_is_the_package_training_step_with_smoothed_an
 
 
 # ---------------------------------------------------------------------------------------------- notebook 04
-
-def read_gif(path: Path) -> tuple[list[np.ndarray], list[int], int]:
-    """(frames as RGB, per-frame durations in ms, loop count): what a GIF viewer plays."""
-    with Image.open(path) as gif:
-        frames, durations = [], []
-        for index in range(gif.n_frames):
-            gif.seek(index)
-            frames.append(np.asarray(gif.convert("RGB")))
-            durations.append(gif.info["duration"])
-        return frames, durations, gif.info["loop"]
-
 
 @pytest.mark.parametrize("image_size, faces, epochs", [(16, 64, [1, 2, 3, 998, 999, 1000]), (64, 8, [1, 2]), (16, 4, [7])],
                          ids=["small-grids-past-epoch-999", "wide-grids", "one-epoch"])
