@@ -462,10 +462,12 @@ def tampered(state: dict, part: str) -> None:
         state["rng"]["cpu"] = torch.zeros(3)
     elif part == "epoch":
         state["epoch"] = "1"
+    elif part == "precision":
+        state["precision"] = ["bf16", "channels_last"]
 
 
 @pytest.mark.parametrize("part", ["generator shape", "discriminator dtype", "discriminator not a tensor",
-                                  "optimiser moment", "fixed noise", "rng", "epoch"])
+                                  "optimiser moment", "fixed noise", "rng", "epoch", "precision"])
 def test_a_checkpoint_with_the_right_keys_and_wrong_tensors_is_one_line(tmp_path, part):
     run(tiny(tmp_path))
     path = tmp_path / "run" / CHECKPOINT
@@ -476,6 +478,8 @@ def test_a_checkpoint_with_the_right_keys_and_wrong_tensors_is_one_line(tmp_path
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}.*Move it away to start a new run") as error:
         run(tiny(tmp_path, epochs=2))
     assert "\n" not in str(error.value)
+    if part == "precision":
+        assert "its precision is not what this code writes" in str(error.value)
     if part in ("generator shape", "discriminator dtype"):
         with pytest.raises(CheckpointError, match=re.escape(str(path))):
             load_models(tmp_path / "run")
