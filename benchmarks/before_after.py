@@ -23,6 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from utils.environment import cpu_has_bf16, describe_device  # noqa: E402
+
 # Run inside each checkout: prints {"steps": images/s, "end_to_end": images/s}.
 CHILD = """
 import json, statistics, sys, time, torch
@@ -60,10 +65,7 @@ def main() -> None:
     parser.add_argument("--amp", action="append", choices=["off", "bf16"],
                         help="time only this precision (repeatable; default: fp32, and bf16 where the CPU has it)")
     args = parser.parse_args()
-    import torch  # noqa: PLC0415 (the children import it themselves)
-
-    bf16 = "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    precisions = args.amp or ["off"] + (["bf16"] if bf16 else [])
+    precisions = args.amp or ["off"] + (["bf16"] if cpu_has_bf16() else [])
     results = {amp: {"before": [], "after": []} for amp in precisions}
     for round_ in range(1, args.rounds + 1):
         for amp in precisions:
@@ -78,14 +80,9 @@ def main() -> None:
         summary[amp] = {"before": round(before, 1), "after": round(after, 1), "ratio": round(after / before, 3)}
         print(f"amp={amp}: before {before:,.1f}, after {after:,.1f} images/s (median of {args.rounds} rounds): "
               f"x{after / before:.3f}")
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": _cpu(),
+    print(json.dumps({"device": describe_device(torch.device("cpu")),
                       "load_average": os.getloadavg()[0], "images": args.images, "epochs": args.epochs,
                       "results": summary, "before": str(args.before), "after": str(args.after)}))
-
-
-def _cpu() -> str:
-    lines = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-    return lines[0].split(":", 1)[1].strip() if lines else ""
 
 
 if __name__ == "__main__":
