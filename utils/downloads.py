@@ -130,9 +130,10 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
                     while chunk := response.read1(1 << 20):   # what arrived: the deadline is checked often
                         bar.update(file.write(chunk))
                         digest.update(chunk)
-                        if time.monotonic() > deadline or (size is None and file.tell() > MAX_UNSIZED_BYTES):
+                        endless = size is None and file.tell() > MAX_UNSIZED_BYTES
+                        if endless or time.monotonic() > deadline:
                             limit = (f"it went on past {MAX_UNSIZED_BYTES / 2**20:,.0f} MiB without a length"
-                                     if size is None else f"it did not finish within {DOWNLOAD_DEADLINE_S:,} s")
+                                     if endless else f"it did not finish within {DOWNLOAD_DEADLINE_S:,} s")
                             raise DownloadError(f"downloading {shown} stopped after {file.tell():,} bytes: {limit}; "
                                                 "the partial file was removed: check the URL, or download the file "
                                                 "yourself and give its path")
@@ -155,12 +156,12 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
 
 def _reason(error: Exception) -> str:
     """What went wrong, without the URL: http.client's messages can quote it raw (a token included)."""
-    if isinstance(error, TimeoutError) or isinstance(getattr(error, "reason", None), TimeoutError):
+    reason = getattr(error, "reason", error)   # urllib's URLError wraps the socket's error
+    if isinstance(reason, TimeoutError):
         return f"nothing arrived for {NETWORK_TIMEOUT_S} s"
-    if isinstance(error, ValueError):
+    if isinstance(reason, (ValueError, http.client.InvalidURL)):
         return "not a valid URL"
-    reason = getattr(error, "reason", error)
-    return str(reason) if isinstance(reason, OSError) else type(reason).__name__
+    return str(reason) if isinstance(reason, OSError) else type(error).__name__
 
 
 def _request(url: str) -> urllib.request.Request:
