@@ -5,14 +5,15 @@ Face Dataset from Kaggle. Imports nothing of training, so utils/metrics.py can u
     PosixPath('data/downloads/faces-1a2b3c4d.zip')
 
 What every download keeps:
-- it ends: a server silent for NETWORK_TIMEOUT_S fails (the socket's timeout), the whole download stops at
-  DOWNLOAD_DEADLINE_S, and a body without a Content-Length stops at MAX_UNSIZED_BYTES;
+- it ends: a server silent for NETWORK_TIMEOUT_S fails (the socket's timeout), a body still arriving after
+  DOWNLOAD_DEADLINE_S stops, and so does one without a Content-Length past MAX_UNSIZED_BYTES (headers sent a byte
+  at a time are bounded by the socket's timeout per byte only: http.client reads them);
 - it is written through `atomic_path`: the file takes its name only once complete and checked (a zip, a sha256
   prefix), and the partial file is removed on every exit, Ctrl-C and SIGTERM included;
 - a user:password@ or a token in a URL never appears in a message (`redact_url`); a Kaggle key is never shown,
   and nothing prompts.
-torch.hub.download_url_to_file does the same rename and hash check, but opens the URL without a timeout and reads
-a body without a length to the end, so it can hang or fill the disk: `download` is its loop with those limits.
+`download` is torch.hub.download_url_to_file's loop (a temporary file, a sha256 prefix, a rename) with those
+limits: torch hub's opens the URL without a timeout and reads a body without a length to its end.
 """
 
 from __future__ import annotations
