@@ -20,8 +20,8 @@ against the sha256 prefix in the published file's name); offline, point `fid_wei
 `pt_inception-2015-12-05-*.pth`. Either file is first loaded as data only (`load_data`,
 utils/files.py) and checked to hold tensors only, then handed to torch-fidelity by path
 (`feature_extractor_weights_path`): its own loader unpickles with `weights_only=False`, which would
-run whatever code a pickle holds. `load_inception` is called when
-training starts, so a wrong file fails before the first epoch, not after it.
+run whatever code a pickle holds. `load_inception` is called when training starts, so a wrong file
+fails before the first epoch, not after it.
 """
 
 from __future__ import annotations
