@@ -8,7 +8,8 @@ from torch import nn
 from utils import metrics
 from utils.config import TrainConfig
 from utils.errors import ConfigError
-from utils.metrics import FID, dataset_id, fid_for_config, frechet_distance, reference_cache_file, weights_id
+from utils.metrics import (FID, dataset_id, fid_for_config, frechet_distance, load_inception, reference_cache_file,
+                           weights_id)
 
 # The real Inception is slow on a CPU: only the test that needs it uses it, on a few tiny images.
 _SHARED_WEIGHTS = Path(__file__).parents[2] / "shared/fid/pt_inception-2015-12-05-fid-features-only.pth"
@@ -184,9 +185,15 @@ def test_missing_torch_fidelity_says_how_to_install(monkeypatch):
 @pytest.mark.skipif(not REAL_WEIGHTS or not Path(REAL_WEIGHTS).is_file(),
                     reason="set ANIME_GAN_FID_WEIGHTS to a pt_inception-2015-12-05-*.pth file to test it")
 def test_real_inception_offline_gives_a_finite_score(tmp_path):
+    """torch-fidelity's network, built from the local file it is given (no download), pool3 features only: the
+    shared file's classifier is NaN on purpose, and FID never reads it."""
+    inception = load_inception(REAL_WEIGHTS)
+    built, stored = inception.network.state_dict(), torch.load(REAL_WEIGHTS, weights_only=True)
+    assert built.keys() == stored.keys()
+    assert all(torch.equal(built[name], tensor) for name, tensor in stored.items() if not name.startswith("fc."))
     config = TrainConfig(data_dir=str(tmp_path), fid_weights=REAL_WEIGHTS)
     real = smooth_images(8, size=32)
-    fid = fid_for_config(config, real, torch.device("cpu"))
+    fid = fid_for_config(config, real, torch.device("cpu"), inception)
     (cache_file,) = (tmp_path / "cache").iterdir()
     assert weights_id(REAL_WEIGHTS) in cache_file.name
     assert fid.real_mean.shape == (2048,) and torch.isfinite(fid.real_cov).all()  # pool3 features, all finite

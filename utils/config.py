@@ -12,7 +12,7 @@ again, so a value assigned after construction (`config.lr_g = -1`) is checked to
 
 Everything about a field lives on its line, so a new setting is one line here (plus its check in `validate`):
 - **its default and type**, as in any dataclass;
-- **its help**: the comment after it is its `--help` text (`build_parser` reads it from this file's source);
+- **its help**: the text that `--help` shows (`build_parser`), given to the helper that declares it;
 - **what it is for a run**, in its dataclass metadata, given by the helper that declares it:
   `fixed` (it fixes the networks, the data or the game: a trained run refuses another value, and a value other
   than the default names the run folder), `tunable` (it can change between epochs of a run; `names_run=True`
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import re
@@ -64,25 +63,25 @@ IMPROVED_RECIPE = dict(
 T = TypeVar("T")
 
 
-def fixed(default: T) -> T:
+def fixed(default: T, help: str) -> T:
     """A field that fixes the networks, the data or the game: a trained run refuses another value; names the run."""
-    return field(default=default, metadata={"kind": "fixed", "names_run": True, "how": False})
+    return field(default=default, metadata={"kind": "fixed", "names_run": True, "how": False, "help": help})
 
 
-def tunable(default: T, *, names_run: bool = False) -> T:
+def tunable(default: T, help: str, *, names_run: bool = False) -> T:
     """A field that can change between epochs of a run (applied, printed, recorded in the history). `names_run`:
     it changes what is learned, so a value other than the default names the run folder (a tweak is a new run)."""
-    return field(default=default, metadata={"kind": "tunable", "names_run": names_run, "how": False})
+    return field(default=default, metadata={"kind": "tunable", "names_run": names_run, "how": False, "help": help})
 
 
-def how(default: T) -> T:
+def how(default: T, help: str) -> T:
     """A tunable field that only says how fast, where or how often a run trains, not what it learns."""
-    return field(default=default, metadata={"kind": "tunable", "names_run": False, "how": True})
+    return field(default=default, metadata={"kind": "tunable", "names_run": False, "how": True, "help": help})
 
 
-def call(default: T) -> T:
+def call(default: T, help: str) -> T:
     """A field about this call rather than the run (`recipe` is resolved into the fields it sets)."""
-    return field(default=default, metadata={"kind": "call", "names_run": False, "how": False})
+    return field(default=default, metadata={"kind": "call", "names_run": False, "how": False, "help": help})
 
 
 _KINDS = ("fixed", "tunable", "call")
@@ -91,52 +90,52 @@ _KINDS = ("fixed", "tunable", "call")
 @dataclass
 class TrainConfig:
     # data
-    data: str = fixed("synthetic")      # "synthetic" (drawn offline), "kaggle" (downloaded), a folder, a .zip or its URL
-    data_dir: str = how("data")         # downloads and decoded caches live here
-    image_size: int = fixed(64)         # images are square, a power of two >= 16
-    max_images: int = fixed(0)          # use at most this many images (0 = all; synthetic: 0 means 20,000)
+    data: str = fixed("synthetic", '"synthetic" (drawn offline), "kaggle" (downloaded), a folder, a .zip or its URL')
+    data_dir: str = how("data", "downloads and decoded caches live here")
+    image_size: int = fixed(64, "images are square, a power of two >= 16")
+    max_images: int = fixed(0, "use at most this many images (0 = all; synthetic: 0 means 20,000)")
     # model (DCGAN reference: latent 100-128, widths 64)
-    latent_dim: int = fixed(128)        # length of the noise vector z
-    g_width: int = fixed(64)            # channels of G's last hidden block (doubles towards the input)
-    d_width: int = fixed(64)            # channels of D's first block (doubles towards the output)
+    latent_dim: int = fixed(128, "length of the noise vector z")
+    g_width: int = fixed(64, "channels of G's last hidden block (doubles towards the input)")
+    d_width: int = fixed(64, "channels of D's first block (doubles towards the output)")
     # optimisation (DCGAN reference: Adam 2e-4, betas (0.5, 0.999), batch 128, 25 epochs)
-    epochs: int = tunable(25)           # train until this many epochs in all (a continued run trains the rest)
-    batch_size: int = tunable(128, names_run=True)  # images per step (per process when distributed)
-    lr_g: float = tunable(2e-4, names_run=True)     # G's learning rate (Adam)
-    lr_d: float = tunable(2e-4, names_run=True)     # D's learning rate (Adam)
-    beta1: float = tunable(0.5, names_run=True)     # Adam's first-moment decay (DCGAN: 0.5 instead of Adam's 0.9)
-    beta2: float = tunable(0.999, names_run=True)   # Adam's second-moment decay
-    scale_lr: bool = tunable(False, names_run=True)  # larger batches: both learning rates x sqrt(batch_size / 128)
+    epochs: int = tunable(25, "train until this many epochs in all (a continued run trains the rest)")
+    batch_size: int = tunable(128, "images per step (per process when distributed)", names_run=True)
+    lr_g: float = tunable(2e-4, "G's learning rate (Adam)", names_run=True)
+    lr_d: float = tunable(2e-4, "D's learning rate (Adam)", names_run=True)
+    beta1: float = tunable(0.5, "Adam's first-moment decay (DCGAN: 0.5 instead of Adam's 0.9)", names_run=True)
+    beta2: float = tunable(0.999, "Adam's second-moment decay", names_run=True)
+    scale_lr: bool = tunable(False, "larger batches: both learning rates x sqrt(batch_size / 128)", names_run=True)
     # recipe (notebook 05): "dcgan" keeps the fields below as given, "improved" applies IMPROVED_RECIPE
-    recipe: str = call("dcgan")         # "dcgan" or "improved" (sets those of IMPROVED_RECIPE left at their defaults)
-    spectral_norm: bool = fixed(False)  # spectral normalisation in D (replaces its BatchNorm)
-    loss: str = fixed("bce")            # "bce" (original DCGAN) or "hinge"
-    ema_decay: float = fixed(0.0)       # 0 = off; else the EMA decay of G's weights used for sampling
-    diffaugment: str = fixed("")        # comma-separated subset of "color,translation,cutout"; "" = off
+    recipe: str = call("dcgan", '"dcgan" or "improved" (sets those of IMPROVED_RECIPE left at their defaults)')
+    spectral_norm: bool = fixed(False, "spectral normalisation in D (replaces its BatchNorm)")
+    loss: str = fixed("bce", '"bce" (original DCGAN) or "hinge"')
+    ema_decay: float = fixed(0.0, "0 = off; else the EMA decay of G's weights used for sampling")
+    diffaugment: str = fixed("", 'comma-separated subset of "color,translation,cutout"; "" = off')
     # D's targets (loss="bce" only): label smoothing and noisy labels, tricks of popular anime-GAN projects
-    real_label: float = fixed(1.0)      # bce only: D's target for real images; below 1 is label smoothing (e.g. 0.9)
-    fake_label: float = fixed(0.0)      # bce only: D's target for fakes; above 0 smooths it (e.g. 0.1); below real_label
-    label_flip: float = fixed(0.0)      # bce only: chance that each of D's targets is swapped (noisy labels, e.g. 0.05)
+    real_label: float = fixed(1.0, "bce only: D's target for real images; below 1 is label smoothing (e.g. 0.9)")
+    fake_label: float = fixed(0.0, "bce only: D's target for fakes; above 0 smooths it (e.g. 0.1); below real_label")
+    label_flip: float = fixed(0.0, "bce only: chance that each of D's targets is swapped (noisy labels, e.g. 0.05)")
     # speed (chosen per device by measurement when "auto"; see utils/environment.py)
-    device: str = how("auto")           # "auto", "cuda", "cuda:1", "mps" or "cpu"
-    amp: str = how("auto")              # "auto", "bf16", "fp16" or "off"
-    channels_last: str = how("auto")    # "auto", "on" or "off"
-    compile: bool = how(False)          # torch.compile the models (slow first epoch, faster after)
-    cuda_graphs: str = how("auto")      # "auto", "on" or "off": replay each step as one CUDA graph (utils/environment.py)
-    data_on_device: str = how("auto")   # "auto" (if it fits), "on" or "off" (pinned host memory)
-    sync_batchnorm: bool = how(False)   # multi-GPU only: share BatchNorm statistics across GPUs
-    log_every: int = how(50)            # read losses back to the host every N steps (each read waits for the GPU)
+    device: str = how("auto", '"auto", "cuda", "cuda:1", "mps" or "cpu"')
+    amp: str = how("auto", '"auto", "bf16", "fp16" or "off"')
+    channels_last: str = how("auto", '"auto", "on" or "off"')
+    compile: bool = how(False, "torch.compile the models (slow first epoch, faster after)")
+    cuda_graphs: str = how("auto", '"auto", "on" or "off": replay each step as one CUDA graph (utils/environment.py)')
+    data_on_device: str = how("auto", '"auto" (if it fits), "on" or "off" (pinned host memory)')
+    sync_batchnorm: bool = how(False, "multi-GPU only: share BatchNorm statistics across GPUs")
+    log_every: int = how(50, "read losses back to the host every N steps (each read waits for the GPU)")
     # run
-    num_samples: int = fixed(64)        # fixed latents drawn after every epoch (an 8x8 grid)
-    seed: int = fixed(42)               # the first weights, the fixed latents and each epoch's randomness come from it
-    out: str = call("")                 # run folder; "" = generated/<recipe>-<size>px[-field=value...] from the settings
-    resume: bool = call(True)           # continue the run in its folder if it has a checkpoint (see utils/run.py)
-    max_minutes: float = how(0.0)       # stop (and save) once training has taken this many minutes in all; 0 = no limit
+    num_samples: int = fixed(64, "fixed latents drawn after every epoch (an 8x8 grid)")
+    seed: int = fixed(42, "the first weights, the fixed latents and each epoch's randomness come from it")
+    out: str = call("", 'run folder; "" = generated/<recipe>-<size>px[-field=value...] from the settings')
+    resume: bool = call(True, "continue the run in its folder if it has a checkpoint (see utils/run.py)")
+    max_minutes: float = how(0.0, "stop (and save) once training has taken this many minutes in all; 0 = no limit")
     # quality (notebook 05)
-    fid_every: int = how(0)             # compute FID every K epochs (0 = never)
-    fid_samples: int = how(10_000)      # generated images per FID evaluation
-    fid_real: int = how(0)              # real images for the reference statistics (0 = the whole set)
-    fid_weights: str = how("")          # path to pt_inception-2015-12-05 weights for offline use ("" = download)
+    fid_every: int = how(0, "compute FID every K epochs (0 = never)")
+    fid_samples: int = how(10_000, "generated images per FID evaluation")
+    fid_real: int = how(0, "real images for the reference statistics (0 = the whole set)")
+    fid_weights: str = how("", 'path to pt_inception-2015-12-05 weights for offline use ("" = download)')
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -251,7 +250,7 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 def field_kinds(config_class: type = TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each field's metadata (kind, names_run, how); a field declared without `fixed`, `tunable`, `how` or `call`
+    """Each field's metadata (kind, names_run, how, help); a field declared without `fixed`, `tunable`, `how` or `call`
     raises TypeError naming it: a continued run would otherwise silently ignore or take its value."""
     kinds = {}
     for f in fields(config_class):
@@ -286,29 +285,22 @@ def _is_power_of_two(n: int) -> bool:
 
 # ------------------------------------------------------------------------------------ the command line
 
-def field_help() -> dict[str, str]:
-    """The comment after each field in TrainConfig's source: one place documents both notebook and CLI."""
-    source = inspect.getsource(TrainConfig)
-    return {name: comment.strip() for name, comment in re.findall(r"^\s+(\w+): [^=\n]+=[^#\n]*#(.*)$", source, re.M)}
-
-
 def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """One option per TrainConfig field; `defaults=False` leaves out the options not given (to tell which were)."""
     parser = argparse.ArgumentParser(prog="python -m utils.train",
                                      description="Command line for the notebooks' training code: one option per "
                                                  "TrainConfig field.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    help_text = field_help()
     for f in fields(TrainConfig):
         option = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         shown = default if defaults else argparse.SUPPRESS
         if isinstance(default, bool):
             parser.add_argument(option, action=argparse.BooleanOptionalAction, default=shown,
-                                help=help_text.get(f.name, ""))
+                                help=f.metadata["help"])
         else:
             parser.add_argument(option, type=type(default), default=shown, metavar=f.name.upper(),
-                                help=help_text.get(f.name, ""))
+                                help=f.metadata["help"])
     return parser
 
 

@@ -17,11 +17,11 @@ Real images are uint8 (N, 3, S, S). Generated images (floats in [-1, 1]) are rou
 first, exactly like an image saved to disk, so both sides take the same path into the network.
 The weights (about 95 MB) download by themselves on first use (into torch hub's cache, checked
 against the sha256 prefix in the published file's name); offline, point `fid_weights` at a local
-`pt_inception-2015-12-05-*.pth`. Either file is loaded by this module as data only
-(`torch.load(weights_only=True)`, utils/files.py) and checked to be the Inception's weights before
-torch-fidelity builds its network from them: torch-fidelity's own loader unpickles with
-`weights_only=False`, which runs whatever code a pickle holds. `load_inception` is called when
-training starts, so a wrong file fails before the first epoch, not after it.
+`pt_inception-2015-12-05-*.pth`. Either file is first loaded as data only (`load_data`,
+utils/files.py) and checked to hold tensors only, then handed to torch-fidelity by path
+(`feature_extractor_weights_path`): its own loader unpickles with `weights_only=False`, which would
+run whatever code a pickle holds. `load_inception` is called when training starts, so a wrong file
+fails before the first epoch, not after it.
 """
 
 from __future__ import annotations
@@ -31,16 +31,15 @@ import urllib.parse
 from collections.abc import Iterable, Iterator
 from importlib.util import find_spec
 from pathlib import Path
-from unittest import mock
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from utils.config import TrainConfig
-from utils.downloads import DownloadError, download_file
+from utils.downloads import DownloadError, download
 from utils.errors import ConfigError, UserError
-from utils.files import atomic_path, explain_write_error, load_data
+from utils.files import atomic_path, load_data
 from utils.models import sampling, to_uint8
 
 # torch-fidelity downloads `weights-inception-2015-12-05-6726825d.pth`; by torch hub's convention the suffix
@@ -219,11 +218,10 @@ class _InceptionPool3(nn.Module):
         state = load_data(path, "weights file", error, remedy)
         if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
             raise error(f"{path} does not hold network weights (a dict of tensors). {remedy}")
-        # torch-fidelity's constructor loads its weights itself, unpickling a file with weights_only=False or
-        # downloading: handed the dict loaded above instead, it only builds the network and load_state_dict()s it.
+        # torch-fidelity loads the file again with weights_only=False: safe now that it proved to hold tensors only
         try:
-            with mock.patch.object(inception, "load_state_dict_from_url", lambda *args, **kwargs: state):
-                self.network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+            self.network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                                 feature_extractor_weights_path=str(path))
         except RuntimeError as failure:  # load_state_dict: missing, unexpected or differently shaped tensors
             detail = " ".join(str(failure).split("\n", 1)[-1].split())[:160]
             raise error(f"{path} is not the FID Inception's weights ({detail}). {remedy}") from None
@@ -239,29 +237,15 @@ _OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*
 
 
 def _download_weights(url: str) -> Path:
-    """The published weights in torch hub's cache, downloaded there first if needed (utils.downloads.download_file: it
-    cannot hang or fill the disk), its sha256 checked against the prefix in the file's name before it is kept;
-    the path is loaded as data only."""
+    """The published weights in torch hub's cache, downloaded there first (utils.downloads.download: bounded, and kept
+    only if its sha256 starts with the prefix in the file's name, torch hub's convention)."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
-    if target.is_file():
-        return target
-    prefix = torch.hub.HASH_REGEX.search(target.name)
-
-    def published(tmp: Path, _content_type: str) -> None:
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-        if prefix and not digest.startswith(prefix.group(1)):
-            raise DownloadError(f"{url} did not send the published FID Inception weights (invalid hash value: sha256 "
-                                f"{digest[:8]}..., expected {prefix.group(1)}...); nothing was kept. Try again later; "
-                                f"offline, {_OFFLINE}")
-
-    try:
-        download_file(url, target, check=published)
-    except DownloadError as error:
-        if "did not send the published" in str(error):
-            raise
-        raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
-    except OSError as error:
-        raise explain_write_error(error, target) from error
+    if not target.is_file():
+        prefix = torch.hub.HASH_REGEX.search(target.name)
+        try:
+            download(url, target, sha256_prefix=prefix.group(1) if prefix else "")
+        except DownloadError as error:
+            raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
     return target
 
 

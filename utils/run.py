@@ -8,10 +8,9 @@
         .lock                           held while a process trains here
 
 The rules, all of them here:
-- **One process per folder.** `Run.open` takes an advisory lock (`flock`) for as long as the run trains; a second
-  process fails at once, naming the first. The kernel drops the lock when its holder dies, so a killed run never
-  blocks its own resumption, and temporary files are only cleaned up under the lock. `.lock` is never deleted:
-  every process locks the same file, so two can never each hold a lock on a file of their own.
+- **One process per folder.** `Run.open` locks `.lock` (filelock) for as long as the run trains; a second process
+  fails at once. The lock dies with its holder, so a killed run never blocks its own resumption, and temporary
+  files are only cleaned up under the lock. The file stays empty: it names no process or command line.
 - **The folder stays where it is.** A run folder renamed or deleted while it trains stops the training at the next
   save, with one line saying where its epochs are; it is never recreated, empty, under its old name.
 - **A run folder is not the data.** `out` may not be the data folder, lie inside it or hold it (its grids would
@@ -44,9 +43,6 @@ import math
 import os
 import re
 import shutil
-import socket
-import sys
-import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from PIL import Image
 from torch import nn
 
@@ -65,11 +62,6 @@ from utils.files import atomic_path, load_data
 from utils.models import Discriminator, Generator, describe_network
 from utils.step import EMA
 from utils.urls import is_url, redact_url
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; runs still work, without the protection
-    fcntl = None
 
 GENERATED = Path("generated")
 CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
@@ -503,59 +495,35 @@ def _recipe_note(name: str, saved: TrainConfig, requested: TrainConfig) -> str:
 # ------------------------------------------------------------------------------------------------------ lock
 
 class _Lock:
-    """An advisory lock on RUN_DIR/.lock, held by this process until `release` (or its death)."""
+    """RUN_DIR/.lock (an empty file) locked by this process until `release` or its death (filelock: flock on Unix)."""
 
-    def __init__(self, run_dir: Path, log: Callable[[str], None]):
-        self.fd = None
-        if fcntl is None:
-            log(f"note: {run_dir} is not locked (no file locks on this system): train in it from one process at a time")
-            return
-        path = run_dir / LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    def __init__(self, run_dir: Path):
+        self._file = FileLock(run_dir / LOCK, thread_local=False)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = path.read_text().strip() or "another process"
-            os.close(fd)
-            raise RunInUse(f"{run_dir} is in use: {owner} is training in it. Wait for it to finish or stop it "
+            self._file.acquire(blocking=False)
+        except Timeout:
+            raise RunInUse(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
                            "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
-        except OSError as error:  # file systems without locks (some network and FUSE mounts)
-            os.close(fd)
-            log(f"note: {run_dir} cannot be locked ({error.strerror}): train in it from one process at a time")
-            return
-        self.path = path
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} ({_command()}, since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
-        self.fd = fd
+        try:  # the folder as opened, to tell where it is if it is renamed while training (`folder_now`)
+            self._folder = os.open(run_dir, os.O_RDONLY)
+        except OSError:  # Windows cannot open a folder
+            self._folder = None
 
     def release(self) -> None:
-        """Drop the lock by closing the file, which stays for the next process: all of them lock this one file.
-        (Deleting it first would let a process that had opened it lock the deleted file while a later one locks
-        a new file of the same name: two processes training in one folder.) Its text is cleared first."""
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-            except OSError:  # a file system that refuses it: the text only names the holder
-                pass
-            finally:
-                os.close(self.fd)
-                self.fd = None
+        """Unlock; the file stays, so every process locks the same one."""
+        if self._folder is not None:
+            os.close(self._folder)
+            self._folder = None
+        self._file.release()
 
     def folder_now(self) -> Path | None:
-        """Where the locked folder is now, renamed or not (Linux tells by the open file); None if it was deleted or
+        """Where the locked folder is now, renamed or not (Linux tells by the open folder); None if it was deleted or
         this system cannot tell."""
         try:
-            target = os.readlink(f"/proc/self/fd/{self.fd}")
+            target = os.readlink(f"/proc/self/fd/{self._folder}")
         except (OSError, TypeError):
             return None
-        return None if target.endswith(" (deleted)") else Path(target).parent
-
-
-def _command() -> str:
-    if "ipykernel" in sys.modules:
-        return "a Jupyter kernel"
-    return " ".join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))[:120] or "python"
+        return None if target.endswith(" (deleted)") else Path(target)
 
 
 # -------------------------------------------------------------------------------------------------- the run
@@ -602,7 +570,7 @@ class Run:
         except OSError as error:
             raise ConfigError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable "
                               "folder (on Kaggle, under /kaggle/working)") from None
-        lock = _Lock(run_dir, log)
+        lock = _Lock(run_dir)
         try:
             run = cls._check(run_dir, config, networks, lock, log)
         except BaseException:
