@@ -234,8 +234,8 @@ class DeviceChoice:
                  f"{'on' if self.channels_last else 'off'}, CUDA graphs: {'on' if self.cuda_graphs else 'off'}, "
                  f"torch.compile: {'on' if self.compile else 'off'}"]
         if self.device.type == "cpu" and self.amp == torch.float16:
-            lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; a CPU "
-                         "has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
+            lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
+                         "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
         if self.trial is not None:
             lines.append(self.trial.summary(self.trial_pick or self.candidate))
         if self.trial_pick:
