@@ -21,16 +21,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """One real trained run shared by the tests that only read it (generate, explorer, export): 16x16, 2 epochs of
-    128 random images, with an EMA generator, fp32 (exact numbers), the default 64 fixed latents."""
+def train_tiny(folder: Path, amp: str) -> Path:
+    """A real trained run: 16x16, 2 epochs of 128 random images, with an EMA generator, the default 64 fixed latents."""
     from utils.config import TrainConfig
     from utils.training import train
 
     images = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=2, device="cpu",
-                         amp="off", log_every=2, ema_decay=0.9, out=str(tmp_path_factory.mktemp("tiny") / "run"))
+                         amp=amp, log_every=2, ema_decay=0.9, out=str(folder / "run"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -38,3 +36,15 @@ def tiny_run(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return Path(config.out)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One run shared by the tests that only read it (generate, explorer, export): fp32, for exact numbers."""
+    return train_tiny(tmp_path_factory.mktemp("tiny"), amp="off")
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16_run(tmp_path_factory):
+    """The same run trained as on a T4 (fp16 autocast, GradScaler, fused Adam), here on the CPU."""
+    return train_tiny(tmp_path_factory.mktemp("tiny-fp16"), amp="fp16")

@@ -14,7 +14,7 @@ import torch
 
 from utils import environment
 from utils.config import TrainConfig
-from utils.environment import CPUTrial, _save_trial, _trial_key, choose_device, cpu_trial, pick_device, \
+from utils.environment import CPUTrial, _save_trial, _trial_key, choose_device, cpu_trial, pick_amp, pick_device, \
     trial_cache_file
 from utils.errors import ConfigError
 from utils.run import CHECKPOINT, read_checkpoint
@@ -310,9 +310,13 @@ def test_anime_gan_amp_replaces_auto_but_not_an_explicit_amp(empty_cache, monkey
     monkeypatch.setenv("ANIME_GAN_AMP", "bf16")
     explicit = choose_device(TrainConfig(**TINY, amp="off", channels_last="off"), never)
     assert explicit.amp is None and "ANIME_GAN_AMP" not in explicit.log
-    monkeypatch.setenv("ANIME_GAN_AMP", "fp16")
-    with pytest.raises(ConfigError, match=r"^environment variable ANIME_GAN_AMP is 'fp16', which needs a CUDA GPU"):
-        choose_device(TrainConfig(**TINY), never)
+    monkeypatch.setenv("ANIME_GAN_AMP", "fp16")   # a T4's path on the CPU: nothing timed, the T4's channels_last
+    t4_path = choose_device(TrainConfig(**TINY), never)
+    assert (t4_path.amp, t4_path.channels_last, t4_path.candidate) == (torch.float16, True, "fp16 channels_last")
+    assert "mixed precision: torch.float16, from ANIME_GAN_AMP" in t4_path.log and "T4's path" in t4_path.log
+    with pytest.raises(ConfigError, match=r"^environment variable ANIME_GAN_AMP is 'fp16', which runs on a CUDA GPU "
+                                          r"or a CPU, not on mps"):
+        pick_amp(torch.device("mps"), "fp16", "environment variable ANIME_GAN_AMP")
 
 
 def run_cli(tmp_path: Path, amp: str) -> subprocess.CompletedProcess:

@@ -36,10 +36,12 @@ print(json.dumps({"latent_dim": generator.latent_dim, "image_size": generator.im
 
 
 @pytest.fixture
-def run_dir(tiny_run) -> Path:
-    return tiny_run  # tests/conftest.py: 16x16, latent 16, 2 epochs
+def run_dir(request) -> Path:
+    """tests/conftest.py: 16x16, latent 16, 2 epochs; fp32 (tiny_run) unless a test asks for tiny_fp16_run."""
+    return request.getfixturevalue(getattr(request, "param", "tiny_run"))
 
 
+@pytest.mark.parametrize("run_dir", ["tiny_run", "tiny_fp16_run"], indirect=True)
 def test_the_export_samples_without_utils_and_gives_the_runs_images(run_dir, tmp_path):
     (written,) = export_generator(run_dir, tmp_path / "generator.pt", onnx=False)
     assert written == tmp_path / "generator.pt"

@@ -156,6 +156,28 @@ def test_sigkill_mid_epoch_and_mid_checkpoint_write_then_resume_ends_with_the_sa
     assert log.read_text().count("resuming") == 2
 
 
+@pytest.mark.parametrize("recipe", [dict(), dict(recipe="improved", ema_decay=0.9, diffaugment="color,translation,cutout")],
+                         ids=["dcgan", "improved"])
+def test_an_fp16_run_killed_mid_epoch_resumes_to_the_weights_and_scaler_of_an_uninterrupted_one(tmp_path, recipe):
+    """The T4's path (fp16 autocast, GradScaler, fused Adam), run on the CPU: the scaler's scale and its count of
+    steps since the last overflow survive the kill too, or the resumed run would scale its losses differently."""
+    config = tiny(tmp_path, "killed", epochs=8, amp="fp16", **recipe)
+    run_dir, log = Path(config.out), tmp_path / "train.log"
+    reference = train(dataclasses.replace(config, out=str(tmp_path / "uninterrupted")), progress=False)
+
+    process = start(config, log)
+    done = kill_mid_epoch(process, run_dir, log)
+    assert process.returncode == -signal.SIGKILL and 1 <= done < config.epochs
+    process = start(config, log)
+    assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+    final, expected = read_checkpoint(run_dir / CHECKPOINT), read_checkpoint(reference.run_dir / CHECKPOINT)
+    assert final["epoch"] == 8 and final["precision"] == "fp16 channels_last" and final["scaler"]
+    assert_same_training_state({k: v for k, v in final.items() if k != "config"},
+                               {k: v for k, v in expected.items() if k != "config"})
+    assert log.read_text().count("fp16 on a CPU runs a T4's path") == 2 and "resuming" in log.read_text()
+
+
 def test_leftovers_of_a_killed_epoch_are_cleared_on_resume(tmp_path):
     """A kill between an epoch's sample grid and its checkpoint leaves a grid (and temporaries) ahead of it."""
     config = tiny(tmp_path, epochs=1)

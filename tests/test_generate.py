@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def run_dir(tiny_run) -> Path:
-    """tests/conftest.py: 16x16, 2 epochs, an EMA generator, fp32, 64 fixed latents."""
-    return tiny_run
+def run_dir(request) -> Path:
+    """tests/conftest.py: 16x16, 2 epochs, an EMA generator, 64 fixed latents; fp32 (tiny_run) unless a test asks
+    for the run trained as on a T4 (tiny_fp16_run)."""
+    return request.getfixturevalue(getattr(request, "param", "tiny_run"))
 
 
 def png(path: Path) -> np.ndarray:
@@ -55,6 +56,7 @@ def test_a_face_does_not_depend_on_how_many_are_drawn_nor_on_the_batch(run_dir, 
     assert np.array_equal(alone, png(many[80]))
 
 
+@pytest.mark.parametrize("run_dir", ["tiny_run", "tiny_fp16_run"], indirect=True)
 def test_the_run_seeds_first_faces_are_the_sample_grid_of_the_ema_generator(run_dir, tmp_path):
     faces = load_faces(run_dir, "cpu")
     state = read_checkpoint(run_dir / CHECKPOINT)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from utils.gif import GifError, NoSampleGrids, main, make_gif, show_gif, write_gif
-from utils.run import frame_path
+from utils.run import frame_path, list_frames
 from utils.visualize import save_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -315,3 +315,15 @@ def test_cli_prints_each_refusal_in_one_line(tmp_path, args, message):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith(message.format(run=tmp_path))
+
+
+def test_the_gif_of_a_run_trained_in_fp16_shows_its_grids(tiny_fp16_run, tmp_path):
+    """The run trained as on a T4 (tests/conftest.py: fp16 autocast and GradScaler, on the CPU)."""
+    frames, durations, _ = read_gif(make_gif(tiny_fp16_run, out=tmp_path / "training.gif", label=False))
+    grids = [np.asarray(Image.open(path).convert("RGB")).astype(int) for _, path in list_frames(tiny_fp16_run)]
+    assert len(frames) == len(grids) == 2 and durations == [200, 2000]
+    scale = frames[0].shape[1] // grids[0].shape[1]
+    for index, frame in enumerate(frames):   # each frame is its epoch's grid, up to the GIF palette's rounding
+        assert frame.shape == (grids[0].shape[0] * scale, grids[0].shape[1] * scale, 3)
+        distances = [np.abs(frame[::scale, ::scale] - grid).mean() for grid in grids]
+        assert distances[index] < 4 and distances[index] == min(distances)

@@ -199,3 +199,22 @@ def test_real_inception_offline_gives_a_finite_score(tmp_path):
     assert fid.real_mean.shape == (2048,) and torch.isfinite(fid.real_cov).all()  # pool3 features, all finite
     score = fid.score_images(smooth_images(8, size=32, seed=3))
     assert torch.isfinite(torch.tensor(score)) and score > 0
+
+
+def test_an_fp16_run_logs_the_fid_of_the_generator_it_saves(tmp_path, monkeypatch, one_thread):
+    """A run trained as on a T4 (fp16 autocast, GradScaler), here on the CPU: FID is scored after each epoch, and
+    the last one is the score of the generator its checkpoint holds."""
+    from utils import training
+    from utils.run import load_models
+
+    monkeypatch.setattr(training, "load_inception", lambda weights: StandInFeatures())
+    real = smooth_images(128)
+    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=2, device="cpu",
+                         amp="fp16", ema_decay=0.9, fid_every=1, fid_samples=64, data_dir=str(tmp_path / "data"),
+                         out=str(tmp_path / "run"))
+    history = training.train(config, progress=False, images=real).history
+
+    generator, _, _ = load_models(config.out)
+    saved = stand_in_fid(real).score_generator(generator, config.latent_dim, config.fid_samples, seed=config.seed)
+    assert [round(epoch["fid"], 3) for epoch in history["epochs"]][-1] == round(saved, 3) > 0
+    assert history["epochs"][0]["fid"] != history["epochs"][1]["fid"]   # scored again after each epoch

@@ -25,7 +25,7 @@ from papermill.cli import _resolve_type as resolve_type
 from PIL import Image
 
 from utils.config import TrainConfig
-from utils.run import run_dir_of
+from utils.run import read_checkpoint, run_dir_of
 
 REPO = Path(__file__).resolve().parents[1]
 SERIES = ["01_dataset", "02_models", "03_training", "04_gif"]   # executed here, in this order
@@ -201,8 +201,12 @@ def smoke_env(monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's inline backend shows the figures
 
 
-def test_series_runs_in_order_in_the_repository_layout(tmp_path, smoke_env):
-    """01 -> 04 from notebooks/, as `make demo` and a clone opened in Jupyter run them."""
+@pytest.mark.parametrize("amp", [None, "fp16"], ids=["default", "fp16"])
+def test_series_runs_in_order_in_the_repository_layout(tmp_path, smoke_env, monkeypatch, amp):
+    """01 -> 04 from notebooks/, as `make demo` and a clone opened in Jupyter run them; and with amp="fp16" forced
+    (ANIME_GAN_AMP), the path a T4 takes under "auto", here on the CPU."""
+    if amp:
+        monkeypatch.setenv("ANIME_GAN_AMP", amp)
     shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
     (tmp_path / "utils").symlink_to(REPO / "utils", target_is_directory=True)
     notebooks, executed, run = tmp_path / "notebooks", tmp_path / "executed", tmp_path / smoke_run()
@@ -215,13 +219,15 @@ def test_series_runs_in_order_in_the_repository_layout(tmp_path, smoke_env):
     assert "D(x)" in text and "D(G(z))" in text
     assert image_outputs(executed, "02_models") >= 1    # the untrained generator's grid
 
-    execute("03_training", notebooks, executed)
+    text = execute("03_training", notebooks, executed)
+    assert amp != "fp16" or "fp16 on a CPU runs a T4's path" in text
     smoke = parameters("03_training", smoke=True)
     assert [p.name for p in sorted((run / "samples").glob("epoch_*.png"))] == \
            [f"epoch_{epoch:03d}.png" for epoch in range(1, smoke["epochs"] + 1)]
     for name in ("checkpoint.pt", "history.json", "config.json"):
         assert (run / name).is_file(), f"03 left no {name} in {run}"
     assert '"image_size": %d' % smoke["image_size"] in (run / "config.json").read_text()
+    assert amp != "fp16" or read_checkpoint(run / "checkpoint.pt")["precision"] == "fp16 channels_last"
 
     # 04 left at other settings than 03's (the learner forgot to retype them): it finds 03's run, says so, trains nothing
     text = execute("04_gif", notebooks, executed, parameters={"image_size": 64, "epochs": 25})

@@ -240,39 +240,42 @@ def test_cuda_graphs_train_each_recipe_like_the_eager_step(tmp_path, recipe, amp
         assert a["loss_g"] == pytest.approx(b["loss_g"], rel=0.05, abs=0.05)
 
 
-@cuda_only
-@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "CUDA graph"])
-def test_an_overflowing_fp16_step_is_skipped_and_halves_the_scale(graphed):
+@pytest.mark.parametrize("device,graphed", [("cpu", False), pytest.param("cuda", False, marks=cuda_only),
+                                            pytest.param("cuda", True, marks=cuda_only)],
+                         ids=["cpu eager", "cuda eager", "CUDA graph"])
+def test_an_overflowing_fp16_step_is_skipped_and_halves_the_scale(device, graphed):
+    """The T4's step (fp16 autocast, GradScaler, fused Adam), also on the CPU, where the same code runs."""
     from itertools import chain
 
     from utils.models import Discriminator, Generator
     from utils.step import CUDAGraphStep, StepOptions, TrainingStep
 
+    sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     torch.manual_seed(0)
-    generator, discriminator = Generator(16, 16, 8).cuda(), Discriminator(16, 8).cuda()
+    generator, discriminator = Generator(16, 16, 8).to(device), Discriminator(16, 8).to(device)
     options = dict(lr=2e-4, betas=(0.5, 0.999), fused=True, capturable=graphed)
     opt_g, opt_d = torch.optim.Adam(generator.parameters(), **options), torch.optim.Adam(discriminator.parameters(), **options)
-    scaler = torch.amp.GradScaler("cuda")
+    scaler = torch.amp.GradScaler(device)
     step = TrainingStep(generator, discriminator, opt_g, opt_d, StepOptions(
-        scaler=scaler, autocast=lambda: torch.autocast("cuda", dtype=torch.float16, cache_enabled=not graphed)))
+        scaler=scaler, autocast=lambda: torch.autocast(device, dtype=torch.float16, cache_enabled=not graphed)))
     run_step = CUDAGraphStep(step) if graphed else step
-    real, z = torch.rand(32, 3, 16, 16, device="cuda") * 2 - 1, torch.randn(32, 16, 1, 1, device="cuda")
+    real, z = torch.rand(32, 3, 16, 16, device=device) * 2 - 1, torch.randn(32, 16, 1, 1, device=device)
     for _ in range(6):  # ordinary steps; graphed: 3 eager warm-ups, then recorded and replayed
         run_step(real, z, None)
     assert not graphed or run_step.graph is not None
     params = list(chain(generator.parameters(), discriminator.parameters()))
-    torch.cuda.synchronize()
+    sync()
     scaler._scale.fill_(2.0 ** 60)  # the scale the next step multiplies its losses by: fp16 gradients overflow
     before = [p.detach().clone() for p in params]
 
     run_step(real, z, None)
-    torch.cuda.synchronize()
+    sync()
 
     assert scaler._scale.item() == 2.0 ** 59  # backed off by half
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, params))  # the step was skipped
     scaler._scale.fill_(1024.0)
     run_step(real, z, None)  # and training goes on
-    torch.cuda.synchronize()
+    sync()
     assert any(not torch.equal(a, p.detach()) for a, p in zip(before, params))
 
 

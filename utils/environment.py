@@ -21,10 +21,12 @@ the README's "Speed" section):
   is measured again (`DeviceChoice.recheck_trial`); the running run keeps its precision and layout, also when it is
   resumed later (`DeviceChoice.resumed`), so that it still ends with the weights of an uninterrupted run.
 - Apple MPS: fp32 (autocast on MPS is not faster for these small convolutions).
+- fp16 is never "auto" on a CPU, but `amp="fp16"` runs a T4's path there (fp16 autocast, GradScaler, fused Adam):
+  slow, but it lets every CPU train, resume and test the path of the GPU most learners get.
 
 Environment variables:
 - ANIME_GAN_CACHE_DIR: where the trial's cache lives (default ~/.cache/anime-face-gan; the tests use a temporary one).
-- ANIME_GAN_AMP: "bf16", "off" (fp32) or, on CUDA, "fp16" replaces the "auto" choice of `amp` for every run
+- ANIME_GAN_AMP: "bf16", "off" (fp32) or "fp16" replaces the "auto" choice of `amp` for every run
   (a `config.amp` given explicitly still wins); e.g. to run the whole test suite in one precision. The log says so.
 """
 
@@ -127,8 +129,9 @@ def pick_amp(device: torch.device, amp: str = "auto", source: str = "config fiel
                               "use amp='auto' or 'off'")
         return torch.bfloat16
     if amp == "fp16":
-        if device.type != "cuda":
-            raise ConfigError(f"{source} is 'fp16', which needs a CUDA GPU (device is {device}): use 'auto' or 'off'")
+        if device.type == "mps":
+            raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on {device}: use 'auto' or "
+                              "'off'")
         return torch.float16
     # auto
     if device.type == "cuda":
@@ -230,6 +233,9 @@ class DeviceChoice:
         lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: "
                  f"{'on' if self.channels_last else 'off'}, CUDA graphs: {'on' if self.cuda_graphs else 'off'}, "
                  f"torch.compile: {'on' if self.compile else 'off'}"]
+        if self.device.type == "cpu" and self.amp == torch.float16:
+            lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
+                         "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
         if self.trial is not None:
             lines.append(self.trial.summary(self.trial_pick or self.candidate))
         if self.trial_pick:
@@ -298,7 +304,8 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
     amp, source = amp_setting(config)
     amp_dtype = pick_amp(device, amp, source)   # a refused value fails here, before anything is measured
     channels_last, trial = pick_channels_last(device, config.channels_last, config.compile), None
-    if device.type == "cpu" and not config.compile and "auto" in (amp, config.channels_last):
+    # the trial times fp32 and bf16 only: fp16 on a CPU (the T4's path, checked here) keeps the T4's channels_last
+    if device.type == "cpu" and not config.compile and amp != "fp16" and "auto" in (amp, config.channels_last):
         with distributed.main_first():
             trial = cpu_trial(config, measure)
         dtype, layout = trial.best(amp, config.channels_last).split()

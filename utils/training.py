@@ -234,9 +234,11 @@ def _build(config: TrainConfig, run: Run, networks: tuple[nn.Module, nn.Module],
                          state.fixed_noise.to(choice.device), fid, choice, start_epoch, start_epoch - 1)
 
 
-def _adam_options(device: torch.device, cuda_graphs: bool) -> dict:
-    """Fused Adam on a GPU (capturable inside a CUDA graph), the multi-tensor one elsewhere."""
-    return {"fused": True, "capturable": cuda_graphs} if device.type == "cuda" else {"foreach": True}
+def _adam_options(choice: DeviceChoice) -> dict:
+    """Fused Adam on a GPU (capturable inside a CUDA graph) and in fp16 (a T4's path, also on a CPU: the GradScaler
+    hands it the scale and the inf check as tensors), the multi-tensor one elsewhere."""
+    fused = choice.device.type == "cuda" or choice.amp == torch.float16
+    return {"fused": True, "capturable": choice.cuda_graphs} if fused else {"foreach": True}
 
 
 def _training_state(config: TrainConfig, run: Run, networks: tuple[nn.Module, nn.Module], choice: DeviceChoice,
@@ -244,7 +246,7 @@ def _training_state(config: TrainConfig, run: Run, networks: tuple[nn.Module, nn
     """The networks' optimisers, AMP scaler, EMA and fixed noise, restored from the run's checkpoint when it
     continues, with this call's learning rates and betas; the settings recorded. Returns them and the first epoch."""
     generator, discriminator = networks
-    adam = _adam_options(choice.device, choice.cuda_graphs)
+    adam = _adam_options(choice)
     state = TrainingState(generator, discriminator, torch.optim.Adam(generator.parameters(), **adam),
                           torch.optim.Adam(discriminator.parameters(), **adam),
                           torch.amp.GradScaler(choice.device.type, enabled=choice.amp == torch.float16),
