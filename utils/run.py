@@ -798,8 +798,7 @@ def _to_cpu(value: Any) -> Any:
 def trained_runs(root: str | Path = GENERATED) -> list[Path]:
     """The run folders under `root` that hold a checkpoint, the one trained last first (by the checkpoint's time).
 
-    What notebooks 04 and 05 work on without any settings retyped: `trained_runs()[0]` is the run notebook 03 (or
-    `python -m utils.train`) trained last, and the others are the ones a learner may pick instead.
+    What utils/choose.py picks from for notebooks 04 to 06.
     """
     checkpoints = [path for path in Path(root).glob(f"*/{CHECKPOINT}") if path.is_file()]
     return [path.parent for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime_ns, reverse=True)]
