@@ -3,7 +3,7 @@
     generated/dcgan-64px/               named from the settings that differ from the defaults (or `out`)
         config.json                     the run's settings: written when it starts, updated when a change applies
         checkpoint.pt                   everything needed to continue exactly (weights, optimisers, noise, RNG, history)
-        history.json                    losses and scores every `log_every` steps, one record per epoch, the changes
+        history.json                    losses and scores every step (CPU) or `log_every` steps, each epoch, the changes
         samples/epoch_001.png, ...      the 8x8 grid of the fixed noise after every epoch
         .lock                           held while a process trains here
 
