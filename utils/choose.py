@@ -71,7 +71,8 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
         chosen, why = untweaked[0], f"no run of these settings yet ({main.name}); the newest untweaked run"
     else:
         chosen = None
-        log(f"no run of these settings yet ({main})")
+        if runs:   # else the notebook's own line says there is no run at all
+            log(f"no run of these settings yet ({main})")
     if chosen is not None:
         saved = saved_config(chosen) if (chosen / CHECKPOINT).is_file() else None
         done = len(list_frames(chosen))
