@@ -8,7 +8,6 @@ from PIL import Image
 
 from utils import visualize
 from utils.files import atomic_path
-from utils.models import Discriminator, Generator
 from utils.visualize import LivePlot, change_marks, image_grid, plot_history, save_grid, save_history_plot
 
 
