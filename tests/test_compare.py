@@ -8,8 +8,10 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from matplotlib.colors import to_rgb
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from torch import nn
 
@@ -126,10 +128,11 @@ def test_the_table_shows_one_epochs_column_and_only_the_fields_that_differ(runs)
     assert rows[2].startswith("| 3 | - | 2 | 64 | 0.0002 |")
     assert table.endswith(f"1. `{made[0]}`\n2. `{made[1]}`\n3. `{made[2]}`")
     assert run_labels(made) == ["common settings", "lr_g=0.001", "batch_size=64"]  # each label: its tweak
-    assert run_labels(made[1:]) == ["batch_size=32, lr_g=0.001", "batch_size=64, lr_g=0.0002"]  # no majority
+    assert run_labels(made[1:]) == ["batch_size=32, lr_g=0.001", "batch_size=64"]  # lr_g: the recipe's is the reference
+    assert run_labels(made[:1]) == ["common settings"]  # a run alone
     twin = made[0].with_name("a-twin")  # same settings, same networks: the folder names tell them apart
     shutil.copytree(made[0], twin)
-    assert run_labels([made[0], twin, made[1]]) == ["a", "a-twin", "lr_g=0.001"]  # batch_size is the same in these
+    assert run_labels([made[0], twin, made[1]]) == ["common settings", "common settings", "lr_g=0.001"]
     shutil.rmtree(twin)
 
     TrainConfig.from_dict(configs[0].to_dict() | {"epochs": 5}).save(made[2].parent / "a5.json")
@@ -142,7 +145,7 @@ def test_the_table_shows_one_epochs_column_and_only_the_fields_that_differ(runs)
 
 def test_your_own_networks_are_named_in_the_labels_and_the_table(runs):
     _, made, own = runs
-    assert run_labels([made[0], own]) == ["G=built-in", "G=LeakyGenerator"]
+    assert run_labels([made[0], own]) == ["common settings", "G=LeakyGenerator"]
     assert run_labels([*made, own]) == ["common settings", "lr_g=0.001", "batch_size=64", "G=LeakyGenerator"]
     header, _, builtin, leaky = comparison_table([made[0], own]).splitlines()[:4]
     assert "| G |" in header and "| built-in |" in builtin and "| LeakyGenerator |" in leaky
@@ -229,15 +232,39 @@ def test_a_diverged_run_does_not_flatten_the_others_and_is_said(many):
 def test_curves_line_up_by_epoch_whatever_the_batch_size(runs):
     _, made, _ = runs
     small, large = (json.loads((made[i] / "history.json").read_text()) for i in (0, 2))
-    assert epoch_positions(small) == [0.5, 1.0, 1.5, 2.0]   # 4 steps per epoch, read every 2
-    assert epoch_positions(large) == [1.0, 2.0]             # 2 steps per epoch
+    assert epoch_positions(small) == [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]   # 4 steps per epoch, each read
+    assert epoch_positions(large) == [0.5, 1.0, 1.5, 2.0]                         # 2 steps per epoch
 
     fig = plot_runs(made)
 
     d_loss = fig.axes[3]  # after the three grids
-    assert [list(line.get_xdata()) for line in d_loss.lines] == [[0.5, 1.0, 1.5, 2.0]] * 2 + [[1.0, 2.0]]
+    assert [list(line.get_xdata()) for line in d_loss.lines] == [epoch_positions(small)] * 2 + [epoch_positions(large)]
     assert [ax.get_title().replace("\n", " ") for ax in fig.axes[:3]] == [
         f"{n}: {label} epoch 2" for n, label in enumerate(run_labels(made), 1)]
+
+
+def test_runs_with_identical_curves_all_stay_visible(runs):
+    """The same settings in two folders train the same curves: each run keeps its own colour on screen (hollow
+    markers of its own shape, spread in turn along the line), and the legend says which runs they are."""
+    _, made, _ = runs
+    twin = made[0].with_name("a-twin")
+    shutil.copytree(made[0], twin)
+    try:
+        fig = plot_runs([made[0], twin, made[1]])
+        draw(fig)
+        pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+        box = fig.axes[3].get_window_extent()  # the D loss panel, after the three grids
+        panel = pixels[int(fig.bbox.height - box.y1):int(fig.bbox.height - box.y0), int(box.x0):int(box.x1)]
+        for number in range(3):
+            colour = np.array(to_rgb(fig.axes[3].lines[number].get_color())) * 255
+            assert (np.abs(panel - colour).max(axis=-1) < 20).sum() > 20, f"run {number + 1} is hidden"
+        lines = fig.axes[3].lines
+        assert lines[0].get_marker() != lines[1].get_marker() and lines[2].get_marker() in ("None", "o", "")
+        legend = [text.get_text() for text in fig.subfigs[2].legends[0].get_texts()]
+        assert legend[0].endswith("(same curves as 2)") and legend[1].endswith("(same curves as 1)")
+        assert "same curves" not in legend[2]
+    finally:
+        shutil.rmtree(twin)
 
 
 def test_compare_runs_needs_a_run():

@@ -208,7 +208,8 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     run_dir = Path(config.out)
     good = {name: (run_dir / name).read_bytes() for name in (CHECKPOINT, "history.json")}
 
-    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 2, step 6: loss_d=nan.*last good checkpoint"):
+    # the CPU reads every step: the first step of epoch 2 (step 5) is the one that diverged
+    with pytest.raises(TrainingDiverged, match=r"training diverged at epoch 2, step 5: loss_d=nan.*last good checkpoint"):
         train(tiny(tmp_path, epochs=3), progress=False, images=nan_images())
 
     assert {name: (run_dir / name).read_bytes() for name in good} == good  # untouched
@@ -227,7 +228,7 @@ def test_cli_reports_divergence_and_exits_1(tmp_path, monkeypatch, capsys):
         main(config_to_argv(config))
 
     assert exit_info.value.code == 1
-    assert last_line(capsys.readouterr().err).startswith("error: training diverged at epoch 1, step 2: loss_d=nan")
+    assert last_line(capsys.readouterr().err).startswith("error: training diverged at epoch 1, step 1: loss_d=nan")
     assert not (Path(config.out) / CHECKPOINT).exists() and list_frames(config.out) == []
 
 

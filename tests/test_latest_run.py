@@ -1,8 +1,9 @@
-"""trained_runs and choose_run: which run notebooks 04 and 05 work on by default (the one trained last), what they
-say about it, and which others they offer."""
+"""trained_runs and choose_run: which run notebooks 04 to 06 work on by default (the main run of their settings),
+what they say about it, and which others they offer."""
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 from utils.choose import choose_run
@@ -35,53 +36,71 @@ def test_no_runs_yet(tmp_path):
     assert trained_runs(tmp_path / "missing") == []
 
 
-# ------------------------------------------------------------------ choose_run: what notebooks 04 and 05 print and use
+# ------------------------------------------------------------------ choose_run: what notebooks 04 to 06 print and use
 
-def trained(root, config: TrainConfig, written_at: float, name: str = "") -> Path:
-    """A run folder as training leaves it (config.json, a grid, a checkpoint), its checkpoint written at `written_at`."""
+def trained(root, config: TrainConfig, written_at: float, name: str = "", epochs_done: int = 1) -> Path:
+    """A run folder as training leaves it (config.json, grids, a checkpoint), its checkpoint written at `written_at`."""
     folder = root / (name or default_run_dir(config).name)
     (folder / "samples").mkdir(parents=True)
     config.save(folder / CONFIG)
-    (folder / "samples" / "epoch_001.png").write_bytes(b"a grid")
+    for epoch in range(1, epochs_done + 1):
+        (folder / "samples" / f"epoch_{epoch:03d}.png").write_bytes(b"a grid")
     (folder / CHECKPOINT).write_bytes(b"not read")
     os.utime(folder / CHECKPOINT, (written_at, written_at))
     return folder
 
 
-def test_choose_run_takes_the_run_trained_last_says_what_differs_and_how_to_pick_another(tmp_path):
-    small = TrainConfig(image_size=32, g_width=32, d_width=32, epochs=3)
-    first = trained(tmp_path, dataclasses.replace(small, lr_g=1e-3), 1_000)
-    last = trained(tmp_path, small, 2_000)
+SMALL = TrainConfig(image_size=32, g_width=32, d_width=32, epochs=3)
+
+
+def test_the_main_run_of_the_settings_wins_over_tweaks_and_runs_trained_later(tmp_path):
+    """After 03's lr_g tweak and 05's improved run, 04 and 06 still take the run of the series' settings."""
+    main = trained(tmp_path, SMALL, 1_000, epochs_done=3)
+    tweak = trained(tmp_path, dataclasses.replace(SMALL, lr_g=1e-3), 2_000)
+    improved = trained(tmp_path, TrainConfig(image_size=32, g_width=32, d_width=32, recipe="improved"), 3_000)
     lines = []
-    chosen = choose_run("", TrainConfig(), root=tmp_path, log=lines.append)   # the notebook left at its defaults
-    assert chosen == last
-    assert lines[0] == f"working on {last}: the run trained last (32x32, 1 epoch)"
-    assert lines[1].startswith(f"note: this notebook's parameters differ from {last}'s settings (image_size 64 here, "
-                               "32 in the run; g_width 64 here, 32 in the run; d_width 64 here, 32 in the run; "
-                               "epochs 25 here, 3 in the run)")
-    assert lines[2] == (f"other runs, newest first: {first.name}. To use one, set out = \"{first}\" (for example) "
-                        "in the parameters cell and run again")
-    assert len(lines) == 3
-
-    lines.clear()   # the same settings: nothing to note
-    choose_run("", small, root=tmp_path, log=lines.append)
-    assert not any(line.startswith("note:") for line in lines)
+    assert choose_run("", SMALL, root=tmp_path, log=lines.append) == main
+    assert lines == [f"working on {main} (3 epochs): the main run of these settings (notebook 03's, not a tweak)",
+                     "other runs, newest first (set out to one in the parameters cell to use it): "
+                     f"{improved.name}, lr_g=0.001"]
+    lines.clear()   # each word of that list picks its run; so do the folder and its name
+    for word in ("lr_g=0.001", tweak.name, str(tweak)):
+        assert choose_run(word, SMALL, root=tmp_path, log=lines.append) == tweak
+    assert lines[0] == f"working on {tweak} (1 of 3 epochs): named by out; it differs from these settings in lr_g"
+    assert lines[1].endswith(f"{improved.name}, {main.name}")   # the chosen run is not among the others
 
 
-def test_choose_run_skips_your_own_networks_and_for_notebook_05_other_recipes(tmp_path):
-    """03 trains your own networks after its main run: 04 and 06 still take the main run, 05 the plain DCGAN."""
-    dcgan = trained(tmp_path, TrainConfig(image_size=32), 1_000)
-    improved = trained(tmp_path, TrainConfig(image_size=32, recipe="improved"), 2_000)
-    own = trained(tmp_path, TrainConfig(image_size=32), 3_000,
-                  name=default_run_dir(TrainConfig(image_size=32), "G=LeakyGenerator3f2a1c").name)
-    assert choose_run("", TrainConfig(), root=tmp_path, log=lambda line: None) == improved   # 04: any recipe
-    assert choose_run("", TrainConfig(), recipe="dcgan", root=tmp_path, log=lambda line: None) == dcgan
-    assert choose_run(str(own), TrainConfig(), root=tmp_path, log=lambda line: None) == own   # named in `out`
+def test_notebook_05s_dcgan_baseline_is_never_a_tweak_nor_the_improved_run(tmp_path):
+    """No main run at these settings: an untweaked DCGAN run of another size stands in, said in one line; a tweak
+    trained later does not, and with only tweaks there is no baseline (05 trains one or says how)."""
+    other_size = trained(tmp_path, TrainConfig(image_size=64), 1_000)
+    trained(tmp_path, dataclasses.replace(SMALL, lr_g=1e-3), 2_000)
+    trained(tmp_path, dataclasses.replace(SMALL, recipe="improved"), 3_000)
+    lines = []
+    assert choose_run("", SMALL, recipe="dcgan", root=tmp_path, log=lines.append) == other_size
+    assert lines[0] == (f"working on {other_size} (1 of 25 epochs): no run of these settings yet "
+                        f"({default_run_dir(SMALL).name}); the newest untweaked run; it differs from these settings "
+                        "in image_size, g_width, d_width")
+    assert lines[1].endswith(": lr_g=0.001")   # the improved run is not offered as the DCGAN baseline
+    shutil.rmtree(other_size)
+    lines.clear()
+    assert choose_run("", SMALL, recipe="dcgan", root=tmp_path, log=lines.append) is None
+    assert lines[0] == f"no run of these settings yet ({tmp_path / default_run_dir(SMALL).name})"
 
 
-def test_choose_run_without_a_trained_run_returns_none_and_an_explicit_out_wins(tmp_path):
+def test_your_own_networks_are_offered_but_never_taken_unless_named(tmp_path):
+    """03 trains your own networks after its main run: 04 and 06 still take the main run."""
+    main = trained(tmp_path, SMALL, 1_000)
+    own = trained(tmp_path, SMALL, 2_000, name=default_run_dir(SMALL, "G=LeakyGenerator3f2a1c").name)
+    lines = []
+    assert choose_run("", SMALL, root=tmp_path, log=lines.append) == main
+    assert lines[1].endswith(": G=LeakyGenerator3f2a1c")
+    assert choose_run("G=LeakyGenerator3f2a1c", SMALL, root=tmp_path, log=lines.append) == own
+
+
+def test_choose_run_without_a_trained_run_returns_none_and_an_explicit_out_is_used_as_given(tmp_path):
     (tmp_path / "dcgan-64px" / "samples").mkdir(parents=True)   # a first epoch never finished
     assert choose_run("", TrainConfig(), root=tmp_path, log=lambda line: None) is None
     lines = []
     assert choose_run("runs/mine", TrainConfig(), root=tmp_path, log=lines.append) == Path("runs/mine")
-    assert lines == ["working on runs/mine (the parameters' out)"]
+    assert lines == ["working on runs/mine: named by out"]

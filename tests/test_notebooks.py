@@ -229,12 +229,11 @@ def test_series_runs_in_order_in_the_repository_layout(tmp_path, smoke_env, monk
     assert '"image_size": %d' % smoke["image_size"] in (run / "config.json").read_text()
     assert amp != "fp16" or read_checkpoint(run / "checkpoint.pt")["precision"] == "fp16 channels_last"
 
-    # 04 left at other settings than 03's (the learner forgot to retype them): it finds 03's run, says so, trains nothing
+    # 04 left at another size than 03's: 03's run stands in, one line saying so and what differs; nothing trains
     text = execute("04_gif", notebooks, executed, parameters={"image_size": 64, "epochs": 25})
     assert TRAINS_FIRST not in text, "04 trained again although 03 had left the grids"
-    assert f"working on {smoke_run()}: the run trained last" in text
-    assert re.search(r"^note: this notebook's parameters differ from .*image_size 64 here, 16 in the run.*epochs 25 "
-                     r"here, 2 in the run", text, re.M), text
+    assert re.search(rf"^working on {re.escape(str(smoke_run()))} \(2 epochs\): no run of these settings yet .*; it "
+                     r"differs from these settings in image_size$", text, re.M), text
     assert gif_frames(run / "training.gif") == smoke["epochs"]
     assert not (REPO / "notebooks" / "data").exists() and not (REPO / "notebooks" / "generated").exists()
 
@@ -265,7 +264,7 @@ def test_04_alone_trains_nothing_unless_asked(tmp_path, smoke_env, monkeypatch):
     with pytest.raises(papermill.PapermillExecutionError) as failure:
         execute("04_gif", tmp_path, tmp_path / "executed", parameters={"train_if_missing": False})
     assert failure.value.ename == "UserError"
-    assert "no trained run under generated/ yet: run notebook 03 first" in failure.value.evalue
+    assert "no run of these settings under generated/ yet: run notebook 03 first" in failure.value.evalue
     assert not (tmp_path / "generated").exists() and not (tmp_path / "data").exists()
 
 
@@ -320,7 +319,7 @@ def test_notebook_06_runs_alone_and_its_explorer_falls_back_to_a_static_grid(tmp
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("ANIME_GAN_REPO", "file:///nonexistent/do-not-install")
     text = execute("06_use_your_gan", folder, tmp_path / "executed")
-    assert f"no trained run under generated/ yet: {TRAINS_FIRST}" in text
+    assert f"no run of these settings under generated/ yet: {TRAINS_FIRST}" in text
     run, smoke = folder / smoke_run(), parameters("06_use_your_gan", smoke=True)
     assert sorted(p.name for p in (run / "faces").iterdir()) == [f"seed42_{i:04d}.png" for i in range(smoke["n_faces"])]
     assert gif_frames(run / "morph.gif") == 2 * smoke["morph_steps"]

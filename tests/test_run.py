@@ -257,7 +257,7 @@ def test_the_lock_is_held_while_training_and_released_after(tmp_path):
     seen = []
 
     class Probe:  # a live plot that tries to open the same run from inside training
-        def update(self, history, grid=None, pending=None, title="", force=False):
+        def update(self, history, grid=None, title="", force=False):
             if not seen:
                 with pytest.raises(RunInUse, match="is in use: another process is training in it"):
                     train(config, progress=False, images=IMAGES)
@@ -311,12 +311,32 @@ def test_ctrl_c_ends_with_what_was_saved_and_how_to_resume(tmp_path):
 
     assert "Traceback" not in text
     # Ctrl-C lands in an epoch, or (on a fast CPU, often) between one epoch's save and the next one's first step
-    said = f": epochs 1-{saved} are saved in {out / CHECKPOINT}. Run the same again to resume from epoch {saved + 1}"
+    epochs = "epoch 1 is saved" if saved == 1 else f"epochs 1-{saved} are saved"
+    said = f": {epochs} in {out / CHECKPOINT}. Run the same again to resume from epoch {saved + 1}"
     assert (f"interrupted: training stopped during epoch {saved + 1}{said}" in text
             or f"interrupted: training stopped after epoch {saved}{said}" in text), text[-600:]
     assert released(out) and not list(out.glob(".*.tmp.*"))
     resumed = cli(*cli_args(tmp_path, out, "--epochs", str(saved + 1)))
     assert resumed.returncode == 0 and f"resuming {out} after epoch {saved}" in resumed.stdout
+
+
+def test_an_interrupt_in_a_notebook_says_what_is_saved_and_that_the_cells_below_did_not_run(tmp_path, monkeypatch):
+    """Kernel > Interrupt in epoch 2 (raised here where the live plot is drawn): one epoch saved, said so in words,
+    and that the interrupt also skipped the cells queued below (Jupyter stops the queue on it)."""
+    from utils import training
+    from utils.errors import Interrupted
+
+    class KernelInterrupt:   # the first step of epoch 2 is where the learner presses it
+        def update(self, history, grid=None, title="", force=False):
+            if history["steps"] and history["steps"][-1]["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "in_notebook", lambda: True)
+    with pytest.raises(Interrupted) as stopped:
+        run(tiny(tmp_path, epochs=3), live_plot=KernelInterrupt())
+    assert str(stopped.value) == (f"training stopped during epoch 2: epoch 1 is saved in {tmp_path / 'run' / CHECKPOINT}"
+                                  "; the cells below did not run: re-run this cell to resume from epoch 2")
+    assert run(tiny(tmp_path, epochs=2)).epochs_done == 2   # and it does
 
 
 def test_our_errors_in_a_notebook_show_one_line_and_stop_the_notebook(tmp_path):

@@ -85,7 +85,8 @@ def test_a_run_writes_frames_history_config_and_checkpoint(tmp_path):
     history = json.loads((run_dir / "history.json").read_text())
     assert history == result.history
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
-    assert [(s["epoch"], s["step"]) for s in history["steps"]] == [(e, s) for e in (1, 2, 3) for s in (4 * e - 2, 4 * e)]
+    # a record per step on the CPU, where reading the losses costs nothing (log_every spares a GPU the waits)
+    assert [(s["epoch"], s["step"]) for s in history["steps"]] == [(e, s) for e in (1, 2, 3) for s in range(4 * e - 3, 4 * e + 1)]
     assert all(math.isfinite(s["loss_d"]) and math.isfinite(s["loss_g"]) and 0 <= s["d_real"] <= 1 for s in history["steps"])
     assert TrainConfig.load(run_dir / "config.json") == config
     state = read_checkpoint(run_dir / CHECKPOINT)
@@ -117,7 +118,7 @@ def test_resume_continues_after_the_last_epoch_and_matches_an_uninterrupted_run(
     assert "resuming" in capsys.readouterr().out
     assert first_frame.stat().st_mtime_ns == written  # epoch 1 was not trained (nor drawn) again
     assert [e["epoch"] for e in resumed.history["epochs"]] == [1, 2, 3]
-    assert [s["step"] for s in resumed.history["steps"]] == [2, 4, 6, 8, 10, 12]
+    assert [s["step"] for s in resumed.history["steps"]] == list(range(1, 12 + 1))   # one a step on the CPU
     assert without_timings(resumed.history) == without_timings(straight.history)
     assert resumed.history["changes"] == [{"epoch": 2, "step": 4, "field": "epochs", "from": 1, "to": 3}]
     saved = [read_checkpoint(tmp_path / name / CHECKPOINT) for name in ("resumed", "straight")]

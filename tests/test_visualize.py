@@ -8,7 +8,6 @@ from PIL import Image
 
 from utils import visualize
 from utils.files import atomic_path
-from utils.models import Discriminator, Generator
 from utils.visualize import LivePlot, change_marks, image_grid, plot_history, save_grid, save_history_plot
 
 
@@ -181,39 +180,6 @@ def test_live_plot_keeps_the_last_grid_on_screen_between_epochs(monkeypatch, fak
     assert mid_epoch.shape == with_grid.shape
 
 
-def test_live_plot_shows_each_steps_own_values_from_its_first_step_and_the_logged_means_before_it():
-    live = LivePlot()
-    for step in (51, 52, 52, 53):  # a repeated step (no new training since) is kept once
-        live.update(history(num_steps=1), pending={"step": step, "loss_d": step / 10, "loss_g": 0.5, "d_real": 0.6,
-                                                   "d_fake": 0.4})
-    shown = live.curves(history(num_steps=2))  # step 100 is logged too: a window mean, not mixed in the per-step
-
-    assert [s["step"] for s in shown["steps"]] == [50, 51, 52, 53]
-    fig = plot_history(shown, Figure())
-    assert list(fig.axes[0].lines[0].get_ydata()) == [1.0, 5.1, 5.2, 5.3]
-    assert fig.axes[0].lines[0].get_marker() == "o"  # few points: each one drawn, even a single one
-
-
-def test_a_cpu_steps_live_point_is_that_steps_own_value_not_a_mean_that_restarts():
-    """Means since the last logged step restart at each log_every: drawn step by step they jump there."""
-    from utils.step import TrainingStep
-
-    torch.manual_seed(0)
-    generator, discriminator = Generator(16, 8, 8), Discriminator(16, 8)
-    step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
-                        torch.optim.Adam(discriminator.parameters()))
-    real = torch.rand(8, 3, 16, 16) * 2 - 1
-    seen = []
-    for number in range(1, 5):
-        before = step.totals.clone()
-        step(real, torch.randn(8, 8, 1, 1), None)
-        seen.append(step.last_step())
-        assert [round(v, 5) for v in seen[-1].values()] == [round(v, 5) for v in (step.totals - before).tolist()]
-        if number == 2:
-            step.read(2)  # a logged step in between: the next step's value is still its own
-    assert seen[2]["loss_d"] > 0 and all(0 < record["d_real"] < 1 for record in seen)
-
-
 def test_plot_history_marks_where_a_setting_changed():
     changed = history() | {"changes": [{"epoch": 2, "step": 100, "field": "lr_g", "from": 0.0002, "to": 0.001},
                                        {"epoch": 2, "step": 100, "field": "epochs", "from": 2, "to": 4}]}
@@ -250,30 +216,53 @@ def test_change_labels_sit_in_a_band_above_the_panel_crossing_no_curve_title_or_
     assert labels[0].y1 <= labels[1].y0  # one row per change
 
 
-def test_live_plot_shows_points_from_the_first_steps_of_a_real_cpu_run(tmp_path, monkeypatch, fake_display):
-    """An epoch shorter than log_every logs nothing until it ends: the live view must still grow step by step."""
+class Recording(LivePlot):
+    """A LivePlot that notes (epochs done, points on the D-loss curve) of every picture it draws."""
+
+    def __init__(self):
+        super().__init__(every_seconds=0, max_share=1.0)
+        self.seen = []
+
+    def figure(self, history):
+        fig = super().figure(history)
+        self.seen.append((len(history["epochs"]), len(fig.axes[0].lines[0].get_xdata())))
+        return fig
+
+
+def tiny_cpu_run(tmp_path, epochs: int, live_plot=None):
+    """6 steps of 16 images an epoch, fewer than log_every: on a GPU nothing would be logged until the epoch ends."""
     from utils.config import TrainConfig
     from utils.training import train
 
-    monkeypatch.setattr(visualize, "in_notebook", lambda: True)
-    seen = []  # (epochs done, points on the D-loss curve) of every picture drawn
-
-    class Recording(LivePlot):
-        def figure(self, history):
-            fig = super().figure(history)
-            seen.append((len(history["epochs"]), len(fig.axes[0].lines[0].get_xdata())))
-            return fig
-
-    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=16, epochs=2, log_every=100,
-                         device="cpu", amp="off", num_samples=16, out=str(tmp_path / "run"))
+    config = TrainConfig(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=16, epochs=epochs,
+                         log_every=100, device="cpu", amp="off", num_samples=16, out=str(tmp_path / "run"))
     images = torch.randint(0, 256, (96, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    train(config, progress=False, images=images, live_plot=Recording(every_seconds=0, max_share=1.0))
+    return train(config, progress=False, images=images, live_plot=live_plot)
 
-    during_epoch_1 = [points for epochs_done, points in seen if epochs_done == 0]
+
+def test_a_cpu_run_shows_a_point_per_step_live_and_in_the_whole_run_plot(tmp_path, monkeypatch, fake_display):
+    """The history itself has a point per step on the CPU, so the plot after training is the live one's."""
+    monkeypatch.setattr(visualize, "in_notebook", lambda: True)
+    live = Recording()
+    result = tiny_cpu_run(tmp_path, epochs=2, live_plot=live)
+
+    during_epoch_1 = [points for epochs_done, points in live.seen if epochs_done == 0]
     assert during_epoch_1[0] == 0  # the picture is drawn before the first step, above what the epochs print
-    assert during_epoch_1[1:] == list(range(1, 6 + 1))  # then a point per step: 6 steps of 16 images
-    assert seen[-1] == (2, 12)  # at the end every step of both epochs is on the curve
+    assert during_epoch_1[1:] == list(range(1, 6 + 1))  # then a point per step
+    assert live.seen[-1] == (2, 12)  # at the end every step of both epochs is on the curve
     assert len(fake_display.shown) == 1  # one output, redrawn in place
+    whole_run = plot_history(result.history, Figure())
+    assert list(whole_run.axes[0].lines[0].get_xdata()) == list(range(1, 12 + 1))
+
+
+def test_a_resumed_runs_live_plot_starts_from_its_saved_history(tmp_path, monkeypatch, fake_display):
+    tiny_cpu_run(tmp_path, epochs=1)
+    monkeypatch.setattr(visualize, "in_notebook", lambda: True)
+    live = Recording()
+    tiny_cpu_run(tmp_path, epochs=2, live_plot=live)
+
+    assert live.seen[0] == (1, 6)  # before its first step: epoch 1's six steps, from the checkpoint
+    assert [points for _, points in live.seen[1:7]] == list(range(7, 12 + 1)) and live.seen[-1] == (2, 12)
 
 
 def test_live_plot_redraws_rarer_when_a_redraw_is_slow(monkeypatch, fake_display):

@@ -8,7 +8,7 @@ One job per module:
     augment      DiffAugment, an option on top of the improved recipe
     training     the training step and loop; `python -m utils.train` is its CLI
     run          the run folder: its name, lock, checkpoints, history, and what may change when it continues
-    choose       which run notebooks 04-06 work on: the one trained last, unless the learner names another
+    choose       which run notebooks 04-06 work on: the main run of their settings, unless the learner names another
     estimate     how long training and FID take on this machine, measured here, before a long cell starts
     compare      several runs side by side: grids, curves, FID and the settings that differ
     distributed  several GPUs with torch.distributed

@@ -1,10 +1,13 @@
-"""Which run notebooks 04 and 05 work on: the one notebook 03 trained last, unless the learner names another.
+"""Which run notebooks 04 to 06 work on: the main run of their settings, unless the learner names another.
 
-    >>> run_dir = choose_run(out, config)      # prints which run, the others, and how to pick one
+    >>> run_dir = choose_run(out, config)      # prints which run and why, and the word that picks each other run
 
-No settings need retyping: the run folder is found, not rebuilt from the notebook's parameters, and where those
-parameters differ from the run's own settings (config.json) one line says so and the run is used as it was trained.
-A notebook trains only where no run exists and the learner asked for it (its `train_if_missing` parameter).
+The main run is the one notebook 03 trains with the same settings (`default_run_dir(config)`): never a tweak of
+it, nor whichever run trained last. `out` names another: a run folder, or the word that the list of the others
+prints (its folder name under generated/, less the main run's name: `lr_g=0.001` for
+generated/dcgan-32px-lr_g=0.001). Where the main run does not exist yet, the newest run of the same recipe and
+learning rates (of another size, say) stands in, and the same line names the settings in which it differs.
+A notebook trains only where there is no run to use and the learner asked for it (its `train_if_missing`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.config import NAMED_FIELDS, TrainConfig
-from utils.run import (CHECKPOINT, GENERATED, default_run_dir, differences, list_frames, read_checkpoint,
-                       saved_config, trained_runs)
+from utils.config import FIXED_FIELDS, NAMED_FIELDS, TrainConfig
+from utils.run import CHECKPOINT, GENERATED, default_run_dir, differences, list_frames, read_checkpoint, \
+    saved_config, trained_runs
 
 SHOWN_OTHERS = 6   # the other runs listed by name; the rest are counted
+# What a tweak in notebook 03 changes (learning rates, betas, batch size): the fields that name a run and can change
+TWEAK_FIELDS = tuple(name for name in NAMED_FIELDS if name not in FIXED_FIELDS)
 
 
 def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
@@ -31,44 +36,57 @@ def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
     return all(description.startswith(("Generator (", "Discriminator (")) for description in networks.values())
 
 
-def mismatch_line(run_dir: Path, saved: TrainConfig, requested: TrainConfig) -> str:
-    """One line naming the settings in which the notebook's parameters and the run differ ("" when none do)."""
-    differ = differences(saved, requested, NAMED_FIELDS + ("epochs",))
-    if not differ:
-        return ""
-    listed = "; ".join(f"{name} {new!r} here, {old!r} in the run" for name, old, new in differ)
-    return f"note: this notebook's parameters differ from {run_dir}'s settings ({listed}): the run is used as trained"
+def pick_word(run_dir: Path, main: Path) -> str:
+    """What to set `out` to for `run_dir`: its name less the main run's ("lr_g=0.001"), else its name."""
+    return run_dir.name.removeprefix(f"{main.name}-") if run_dir.name.startswith(f"{main.name}-") else run_dir.name
+
+
+def named_run(out: str, main: Path, root: Path) -> Path:
+    """The folder `out` names: a run folder, a folder name under `root`, or a `pick_word` of the main run's."""
+    for folder in (Path(out), root / out, root / f"{main.name}-{out}"):
+        if (folder / CHECKPOINT).is_file():
+            return folder
+    return Path(out)
 
 
 def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: str | Path = GENERATED,
                log: Callable[[str], None] = print) -> Path | None:
-    """The run folder to work on, saying which and why; None when there is none yet (train one, or run 03 first).
+    """The run folder to work on, saying in one line which and why; None when there is none (train one, or run 03).
 
-    `out` given: that folder. Otherwise the run with sample grids and the built-in networks trained last under
-    `root` (of `recipe` when it is given, as notebook 05 needs), and the others are listed with the line that picks
-    one. Runs of your own networks are passed over: notebook 03 trains them after its main run, which is the one
-    notebooks 04-06 continue with (name one in `out` to use it).
+    The main run of `config` unless `out` names another; without it, the newest untweaked run of `config`'s recipe
+    stands in. The other runs (of `recipe` when given, as notebook 05's DCGAN baseline needs) are listed newest
+    first, each with its word for `out`. Runs of your own networks are never taken unless named.
     """
+    root = Path(root)
+    main = root / default_run_dir(config).name
+    runs = [(run_dir, saved) for run_dir in trained_runs(root) for saved in [saved_config(run_dir)]
+            if saved is not None and list_frames(run_dir) and (recipe is None or saved.recipe == recipe)]
+    untweaked = [run_dir for run_dir, saved in runs if builtin_networks(run_dir, saved) and saved.recipe ==
+                 config.recipe and not differences(saved, config, TWEAK_FIELDS)]
     if out:
-        log(f"working on {out} (the parameters' out)")
-        return Path(out)
-    runs = []
-    for run_dir in trained_runs(root):
-        saved = saved_config(run_dir)
-        if saved is not None and list_frames(run_dir) and builtin_networks(run_dir, saved) and (
-                recipe is None or saved.recipe == recipe):
-            runs.append((run_dir, saved))
-    if not runs:
-        return None
-    (chosen, saved), others = runs[0], [run_dir for run_dir, _ in runs[1:]]
-    log(f"working on {chosen}: the run trained last ({saved.image_size}x{saved.image_size}, "
-        f"{len(list_frames(chosen))} epoch{'' if len(list_frames(chosen)) == 1 else 's'})")
-    mismatch = mismatch_line(chosen, saved, config)
-    if mismatch:
-        log(mismatch)
+        chosen, why = named_run(out, main, root), "named by out"
+    elif main in untweaked:
+        chosen, why = main, "the main run of these settings (notebook 03's, not a tweak)"
+    elif untweaked:
+        chosen, why = untweaked[0], f"no run of these settings yet ({main.name}); the newest untweaked run"
+    else:
+        chosen = None
+        if runs:   # else the notebook's own line says there is no run at all
+            log(f"no run of these settings yet ({main})")
+    if chosen is not None:
+        saved = saved_config(chosen) if (chosen / CHECKPOINT).is_file() else None
+        done = len(list_frames(chosen))
+        if saved is not None:
+            epochs = f"{done} of {saved.epochs} epochs" if done < saved.epochs else f"{done} epoch{'s' * (done != 1)}"
+            differ = [name for name, _, _ in differences(saved, config, NAMED_FIELDS)]
+            why += f"; it differs from these settings in {', '.join(differ)}" if differ else ""
+            log(f"working on {chosen} ({epochs}): {why}")
+        else:
+            log(f"working on {chosen}: {why}")
+    chosen_at = chosen.resolve() if chosen is not None else None
+    others = [run_dir for run_dir, _ in runs if run_dir.resolve() != chosen_at]
     if others:
-        named = ", ".join(run_dir.name for run_dir in others[:SHOWN_OTHERS])
+        words = ", ".join(pick_word(run_dir, main) for run_dir in others[:SHOWN_OTHERS])
         more = f" and {len(others) - SHOWN_OTHERS} more" if len(others) > SHOWN_OTHERS else ""
-        log(f"other runs, newest first: {named}{more}. To use one, set out = \"{others[0]}\" (for example) in the "
-            "parameters cell and run again")
+        log(f"other runs, newest first (set out to one in the parameters cell to use it): {words}{more}")
     return chosen

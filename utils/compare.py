@@ -7,9 +7,9 @@
 
 Re-running a notebook with one value changed trains a sibling run (utils/run.py), so the runs to compare are
 the folders under generated/. Each run gets a number and a colour, the same in its grid's title, its curves'
-legend and its table row, and a label made of only the values in which it differs from the others
-("lr_g=0.001", "G=LeakyGenerator" for your own networks), so a comparison reads as "what I changed, and what it
-did". The figure is 9 inches wide whatever the number of runs (up to 12: grids in one or two rows), so its text
+legend and its table row, and a label made of only what it changed ("lr_g=0.001", "G=LeakyGenerator" for your
+own networks, "recipe=improved"), or "common settings" for the run the others changed, so a comparison reads as
+"what I changed, and what it did"; runs whose curves are identical each keep markers of their own. The figure is 9 inches wide whatever the number of runs (up to 12: grids in one or two rows), so its text
 stays readable in a notebook; the curves are drawn against epochs (not steps), so runs with different batch
 sizes line up, and a run whose losses are far above the others' (a diverged run) is left off the scale, said in
 the panel's title and the legend, instead of flattening every other curve. The table fits a notebook's width:
@@ -36,7 +36,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from utils.config import FIXED_FIELDS, HOW_FIELDS, TUNABLE_FIELDS, TrainConfig
+from utils.config import FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, TUNABLE_FIELDS, TrainConfig
 from utils.errors import UserError
 from utils.files import load_data
 from utils.run import CHECKPOINT, CONFIG, HISTORY, list_frames, read_run
@@ -244,21 +244,39 @@ def _differences(runs: list[_Run]) -> list[tuple[str, list[str]]]:
 
 
 def run_labels(run_dirs: list[str | Path]) -> list[str]:
-    """A short label per run: the values in which it differs from most of the others ("lr_g=0.001",
-    "G=LeakyGenerator"), or "common settings" for the run that has all of those; else its folder name."""
+    """A short label per run: the values in which it differs from the reference run ("lr_g=0.001",
+    "G=LeakyGenerator", "recipe=improved"), or "common settings" for the reference run itself."""
     return _labels(read_runs(run_dirs))
 
 
 def _labels(runs: list[_Run]) -> list[str]:
-    """A value that more than half of the runs share is left out of the labels (the table shows it): with a
-    baseline and one tweak per run, each label is just its tweak. With two runs every differing value is shown."""
+    """Each differing value is compared with a reference: the recipe's default where a run has it (the main run
+    of notebook 03 before its tweaks), else the value most runs share; with neither, every run shows its own.
+    The values a run's recipe sets ("improved": its rates, loss, ...) are said by "recipe=improved" alone."""
     columns = _differences(runs)
-    common = {name: value for name, values in columns for value in set(values) if values.count(value) > len(runs) / 2}
-    labels = [", ".join(f"{name}={values[i]}" for name, values in columns if values[i] != common.get(name))
-              or "common settings" for i in range(len(runs))]
-    # runs that differ in nothing compare reads (an unreadable config, a copied folder): their folders tell them apart
-    return [run.dir.name if not columns or labels.count(label) > 1 or run.config is None else label
-            for run, label in zip(runs, labels)]
+    readable = [run.config for run in runs if run.config is not None]
+    recipes = [config.recipe for config in readable]
+    defaults = TrainConfig(recipe="dcgan" if "dcgan" in recipes else _most_shared(recipes) or "dcgan")
+    reference = {}
+    for name, values in columns:
+        default = "built-in" if name in ("G", "D") else _cell(getattr(defaults, name))
+        reference[name] = default if default in values else _most_shared(values)
+    labels = []
+    for i, run in enumerate(runs):
+        if run.config is None:
+            labels.append("settings unreadable")
+            continue
+        own_recipe = TrainConfig(recipe=run.config.recipe)   # what its recipe sets, when it is not the reference's
+        changed = [f"{name}={values[i]}" for name, values in columns if values[i] != reference[name] and not (
+            name in IMPROVED_RECIPE and run.config.recipe != defaults.recipe
+            and values[i] == _cell(getattr(own_recipe, name)))]
+        labels.append(", ".join(changed) or "common settings")
+    return labels
+
+
+def _most_shared(values: list[str]) -> str | None:
+    """The value more than half of `values` have, if any."""
+    return next((value for value in set(values) if values.count(value) > len(values) / 2), None)
 
 
 # --------------------------------------------------------------------------------------------- the table
@@ -347,7 +365,8 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
 
     curves = [_curves(run) for run in runs]
     outliers = {key: _outliers([c[key] for c in curves]) for key in ("loss_d", "loss_g")}
-    legend_labels = _legend_labels(labels, outliers)
+    twins = _twins(curves)
+    legend_labels = _legend_labels(labels, outliers, twins)
     legend_rows = sum(max(legend_labels[i].count("\n") + 1 for i in range(start, min(start + 3, len(runs))))
                       for start in range(0, len(runs), 3))
 
@@ -360,16 +379,22 @@ def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
         fig.get_layout_engine().set(h_pad=0.1, w_pad=0.08)
     top, middle, bottom = fig.subfigures(3, 1, height_ratios=[grids_height, 2.9, legend_height])
     _draw_grids(top.subplots(grid_rows, columns, squeeze=False).ravel(), runs, titles, grids)
-    _draw_curves(middle.subplots(1, 3), curves, outliers)
-    handles = [Line2D([], [], color=_COLOURS[number], linewidth=2) for number in range(len(runs))]
+    _draw_curves(middle.subplots(1, 3), curves, outliers, twins)
+    handles = [Line2D([], [], color=_COLOURS[number], linewidth=2, **_twin_markers(*twins[number]))
+               for number in range(len(runs))]
     bottom.legend(handles, legend_labels, loc="center", ncols=min(len(runs), 3), fontsize=8, frameon=False)
     return fig
 
 
-def _legend_labels(labels: list[str], outliers: dict[str, list[tuple[int, float]]]) -> list[str]:
-    """The runs' labels wrapped to a third of the figure's width, each saying which of its curves is off the scale."""
+def _legend_labels(labels: list[str], outliers: dict[str, list[tuple[int, float]]],
+                   twins: list[tuple[int, list[int]]]) -> list[str]:
+    """The runs' labels wrapped to a third of the figure's width, each saying which of its curves is off the scale
+    and which other runs' curves are the same as its own."""
     legend_chars = int(FIGURE_WIDTH * 72 / (8 * 0.6) / min(len(labels), 3)) - 6
     legend_labels = [_wrap(label, legend_chars) for label in labels]
+    for index, (_, group) in enumerate(twins):
+        if len(group) > 1:
+            legend_labels[index] += f"\n(same curves as {', '.join(str(i + 1) for i in group if i != index)})"
     for key, title in (("loss_d", "D loss"), ("loss_g", "G loss")):
         for index, peak in outliers[key]:
             legend_labels[index] += f"\n({title} up to {peak:,.0f}: off the scale)"
@@ -392,13 +417,20 @@ def _draw_grids(axes, runs: list[_Run], titles: list[str], grids: list[tuple[int
         ax.set_visible(False)
 
 
-def _draw_curves(panels, curves: list[dict[str, list[float]]], outliers: dict[str, list[tuple[int, float]]]) -> None:
+def _draw_curves(panels, curves: list[dict[str, list[float]]], outliers: dict[str, list[tuple[int, float]]],
+                 twins: list[tuple[int, list[int]]]) -> None:
     """D loss, G loss and D's verdicts against epochs, one colour per run; a run off the scale of a loss is left
-    out of that panel's scale and drawn as triangles on its top edge, the title saying which."""
+    out of that panel's scale and drawn as triangles on its top edge, the title saying which. Runs whose curves
+    are identical (the same settings in two folders) each get hollow markers of their own shape and size, on the
+    line's points in turn, so that the one drawn last does not hide the others."""
     for number, curve in enumerate(curves):
         x = curve["x"]
-        # a short run has one logged point per log_every steps: dots, so that a 1-epoch run's single point shows
-        style = dict(color=_COLOURS[number], linewidth=1, **(dict(marker="o", markersize=3) if len(x) < 20 else {}))
+        # a short run has few points: dots, so that a 1-epoch run's single point shows
+        dots = dict(marker="o", markersize=3) if len(x) < 20 else {}
+        place, group = twins[number]
+        every = max(1, len(x) // (10 * len(group)))  # about ten markers each, the twins' in turn
+        spread = dict(markevery=slice(place * every, None, len(group) * every)) if 1 < len(group) <= len(x) else {}
+        style = dict(color=_COLOURS[number], linewidth=1, **(_twin_markers(place, group) | spread or dots))
         panels[0].plot(x, curve["loss_d"], **style)
         panels[1].plot(x, curve["loss_g"], **style)
         panels[2].plot(x, curve["d_real"], **style)
@@ -423,6 +455,24 @@ def _draw_curves(panels, curves: list[dict[str, list[float]]], outliers: dict[st
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+
+
+def _twins(curves: list[dict[str, list[float]]]) -> list[tuple[int, list[int]]]:
+    """For each run: its place among the runs whose curves are exactly its own, and those runs (itself alone when
+    no other run's are)."""
+    keys = [tuple((name, tuple(values)) for name, values in sorted(curve.items())) for curve in curves]
+    groups = [[other for other, key in enumerate(keys) if key == keys[index]] for index in range(len(keys))]
+    return [(group.index(index), group) for index, group in enumerate(groups)]
+
+
+_TWIN_MARKERS = "osD^vP"
+
+
+def _twin_markers(place: int, group: list[int]) -> dict:
+    """Hollow markers of a shape of its own for a run whose curves have identical twins; none for a run alone."""
+    if len(group) < 2:
+        return {}
+    return dict(marker=_TWIN_MARKERS[place % len(_TWIN_MARKERS)], markersize=5 + 2 * place, fillstyle="none")
 
 
 def _curves(run: _Run) -> dict[str, list[float]]:

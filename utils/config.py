@@ -124,7 +124,7 @@ class TrainConfig:
     cuda_graphs: str = how("auto", '"auto", "on" or "off": replay each step as one CUDA graph (utils/environment.py)')
     data_on_device: str = how("auto", '"auto" (if it fits), "on" or "off" (pinned host memory)')
     sync_batchnorm: bool = how(False, "multi-GPU only: share BatchNorm statistics across GPUs")
-    log_every: int = how(50, "read losses back to the host every N steps (each read waits for the GPU)")
+    log_every: int = how(50, "a GPU's losses are read (a wait) every N steps; a CPU's every step")
     # run
     num_samples: int = fixed(64, "fixed latents drawn after every epoch (an 8x8 grid)")
     seed: int = fixed(42, "the first weights, the fixed latents and each epoch's randomness come from it")

@@ -3,7 +3,7 @@
     generated/dcgan-64px/               named from the settings that differ from the defaults (or `out`)
         config.json                     the run's settings: written when it starts, updated when a change applies
         checkpoint.pt                   everything needed to continue exactly (weights, optimisers, noise, RNG, history)
-        history.json                    losses and scores every `log_every` steps, one record per epoch, the changes
+        history.json                    losses and scores every step (CPU) or `log_every` steps, each epoch, the changes
         samples/epoch_001.png, ...      the 8x8 grid of the fixed noise after every epoch
         .lock                           held while a process trains here
 
@@ -766,8 +766,7 @@ def _to_cpu(value: Any) -> Any:
 def trained_runs(root: str | Path = GENERATED) -> list[Path]:
     """The run folders under `root` that hold a checkpoint, the one trained last first (by the checkpoint's time).
 
-    What notebooks 04 and 05 work on without any settings retyped: `trained_runs()[0]` is the run notebook 03 (or
-    `python -m utils.train`) trained last, and the others are the ones a learner may pick instead.
+    What utils/choose.py picks from for notebooks 04 to 06.
     """
     checkpoints = [path for path in Path(root).glob(f"*/{CHECKPOINT}") if path.is_file()]
     return [path.parent for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime_ns, reverse=True)]

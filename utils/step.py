@@ -120,7 +120,6 @@ class TrainingStep:
         # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
         self.frozen_d = distributed.unwrap(self.train_d) if options.frozen_d is None else options.frozen_d
         self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
-        self._seen = torch.zeros_like(self.totals)  # the totals at the last `last_step()`
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
         # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
@@ -152,16 +151,8 @@ class TrainingStep:
         """The means over the last `steps` steps (one host sync; averaged over processes), then start again."""
         loss_d, loss_g, d_real, d_fake = (distributed.average(self.totals) / steps).tolist()
         self.totals.zero_()
-        self._seen.zero_()
         return {"loss_d": round(loss_d, 5), "loss_g": round(loss_g, 5), "d_real": round(d_real, 5),
                 "d_fake": round(d_fake, 5)}
-
-    def last_step(self) -> dict:
-        """The values of the step just taken (what the totals grew by since the last call), for a point per step
-        in the live plot: free where reading the device costs nothing (the CPU)."""
-        loss_d, loss_g, d_real, d_fake = (self.totals - self._seen).tolist()
-        self._seen.copy_(self.totals)
-        return {"loss_d": loss_d, "loss_g": loss_g, "d_real": d_real, "d_fake": d_fake}
 
 
 @contextmanager

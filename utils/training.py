@@ -13,7 +13,8 @@ README):
 - the dataset is decoded once into a uint8 tensor (utils/data.py) and, when it fits, lives on the GPU; shuffling,
   flips and scaling to [-1, 1] happen there (`DeviceData`), so no DataLoader workers decode JPEGs each epoch;
 - no host syncs in a step: losses and D's scores are summed on the device and read every `log_every` steps, so
-  on one GPU the whole step is recorded once as a CUDA graph and replayed (utils.step.CUDAGraphStep);
+  on one GPU the whole step is recorded once as a CUDA graph and replayed (utils.step.CUDAGraphStep); a CPU,
+  where a read costs nothing, records every step, so the history has the live plot's points;
 - bf16 autocast on GPUs that have it, fp16 + GradScaler on those that don't, channels_last, fused Adam
   (utils/environment.py chooses, in `_choose_device`); D's weights are frozen during G's step, so their gradients
   are never computed;
@@ -48,7 +49,7 @@ from utils.models import Discriminator, Generator, available_ram, check_network_
 from utils.run import (CHECKPOINT, Run, TrainingState, checkpoint_state, network_descriptions, network_tag,
                        restore_checkpoint)
 from utils.step import EMA, CUDAGraphStep, StepOptions, TrainingStep, time_training_steps
-from utils.visualize import image_grid
+from utils.visualize import image_grid, in_notebook
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -137,7 +138,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     """Train (or continue) the run of `config` until `config.epochs` epochs are done; return the trained models.
 
     The run folder is `config.out`, or one named from the settings when that is "" (utils/run.py). `live_plot`
-    is anything with `update(history, grid=None, pending=None, force=False)` (utils.visualize.LivePlot in
+    is anything with `update(history, grid=None, title="", force=False)` (utils.visualize.LivePlot in
     notebook 03). `images` skips loading `config.data` (tests, benchmarks). `generator` and `discriminator`
     replace the built-in networks with your own (any modules with the same input and output shapes).
     """
@@ -297,9 +298,10 @@ def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoi
 
 def _train_epochs(config: TrainConfig, run: Run, parts: TrainingParts, live_plot, progress: bool) -> TrainResult:
     """The loop, as in notebook 03: each epoch, every batch through the step, its losses read every `log_every`
-    steps, then `_end_epoch`. `live_plot` is None except on the main process."""
+    steps (every step on the CPU), then `_end_epoch`. `live_plot` is None except on the main process."""
     history, device, batches = parts.state.history, parts.choice.device, parts.batches
     step = history["steps"][-1]["step"] if history["steps"] else 0
+    log_every = 1 if device.type == "cpu" else config.log_every  # reading costs nothing on the CPU: every step
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
     epoch = parts.start_epoch
     try:
@@ -319,17 +321,15 @@ def _train_epochs(config: TrainConfig, run: Run, parts: TrainingParts, live_plot
                 z = torch.randn(real.shape[0], config.latent_dim, 1, 1, device=device, generator=dev_gen)
                 parts.run_step(real, z, dev_gen)
                 step, since_read = step + 1, since_read + 1
-                if live_plot is not None and device.type == "cpu":  # reading is free on the CPU
-                    live_plot.update(history, pending={"step": step, **parts.training_step.last_step()})
-                if since_read == config.log_every or index == batches.steps_per_epoch:
+                if since_read == log_every or index == batches.steps_per_epoch:
                     record = {"epoch": epoch, "step": step, **parts.training_step.read(since_read),
                               "seconds": round(time.perf_counter() - started, 2)}
                     _check_finite(record)
                     history["steps"].append(record)
                     since_read = 0
                     bar.set_postfix(loss_d=f"{record['loss_d']:.3f}", loss_g=f"{record['loss_g']:.3f}",
-                                    d_x=f"{record['d_real']:.2f}", d_g_z=f"{record['d_fake']:.2f}")
-                    if live_plot is not None and device.type != "cpu":  # the CPU's came with its step
+                                    d_x=f"{record['d_real']:.2f}", d_g_z=f"{record['d_fake']:.2f}", refresh=False)
+                    if live_plot is not None:
                         live_plot.update(history)
                     if config.max_minutes and distributed.agree(time.perf_counter() - started > budget_s):
                         break  # out of time: this epoch ends early and is saved like any other
@@ -384,11 +384,13 @@ def _end_epoch(config: TrainConfig, run: Run, parts: TrainingParts, live_plot, r
 
 
 def _interrupted(run: Run, epoch: int, saved_epoch: int) -> Interrupted:
-    """What Ctrl-C during the loop says: where it landed, what is saved, how to resume."""
-    saved = f"epochs 1-{saved_epoch} are saved in {run.dir / CHECKPOINT}" if saved_epoch else "no epoch was saved"
+    """What Ctrl-C during the loop says: where it landed, what is saved, how to resume. In a notebook the
+    interrupt also stops the cells queued below, so the line says that too."""
+    saved = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved_epoch, f"epochs 1-{saved_epoch} are saved")
     when = f"after epoch {epoch}" if saved_epoch == epoch else f"during epoch {epoch}"  # between two epochs?
-    return Interrupted(f"training stopped {when}: {saved}. Run the same again to resume from epoch "
-                       f"{saved_epoch + 1}")
+    where = f" in {run.dir / CHECKPOINT}" if saved_epoch else ""
+    again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
+    return Interrupted(f"training stopped {when}: {saved}{where}{again} to resume from epoch {saved_epoch + 1}")
 
 
 def _check_finite(record: dict) -> None:

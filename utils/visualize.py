@@ -6,7 +6,6 @@
     >>> plot_history(json.load(open(run_dir / "history.json")));       # marks where a setting changed
     >>> live = LivePlot(every_seconds=5)                                 # notebook 03, during training
     >>> live.update(history, grid=image_grid(samples).permute(1, 2, 0).numpy(), title="epoch 3")
-    >>> live.update(history, pending={"step": 7, "loss_d": 1.2, "loss_g": 0.9, "d_real": 0.6, "d_fake": 0.4})
 
 `show_images` and `plot_history` draw with pyplot so a notebook shows them on their own
 (end the line with `;` to avoid a second copy from the cell's return value); everything
@@ -187,16 +186,14 @@ class LivePlot:
     """One notebook output, redrawn in place while training: the curves and the latest epoch's grid.
 
     What the learner sees, in order: train() draws the picture once before its first step (empty, labelled
-    axes, or the curves so far when a run resumes), so it sits above everything the epochs print; under it
-    come each epoch's progress bar (gone when the epoch ends) and its "epoch N/M: ..." line. The curves grow
-    from the first step: on the CPU train() passes a `pending` record at every step (that step's own values,
-    free to read there), which this keeps as a point of its own, so the curves get a point per step even when
-    an epoch is shorter than `log_every` (and no window means beside them, whose resets would show as jumps);
-    on a GPU they get a point per logged step. The
+    axes, or the saved history's curves when a run resumes), so it sits above everything the epochs print;
+    under it come each epoch's progress bar (gone when the epoch ends) and its "epoch N/M: ..." line. The
+    curves are the run's history, as `plot_history` draws it after training: a point per step on the CPU (where
+    reading the losses is free, train() records every step), a point per `log_every` steps on a GPU. The
     picture is redrawn at most every `every_seconds` (rarer where a redraw is slow, see `max_share`), and at
-    each epoch's end with its grid, which stays on screen until the next. Each redraw renders a fresh bare Figure to PNG and drops it, so hundreds of
-    updates leak no figures and never touch pyplot's GUI machinery. Outside Jupyter (CLI, tests) `update`
-    draws nothing; the CLI prints its progress instead.
+    each epoch's end with its grid, which stays on screen until the next. Each redraw renders a fresh bare
+    Figure to PNG and drops it, so hundreds of updates leak no figures and never touch pyplot's GUI machinery.
+    Outside Jupyter (CLI, tests) `update` draws nothing; the CLI prints its progress instead.
     """
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
@@ -210,19 +207,13 @@ class LivePlot:
         self._last_draw = -math.inf
         self._grid: np.ndarray | None = None
         self._title = ""
-        self._live_steps: list[dict] = []  # the pending records seen, one per step on the CPU
 
-    def update(self, history: dict, grid: np.ndarray | None = None, pending: dict | None = None, title: str = "",
-               force: bool = False) -> None:
-        """Keep `pending` as a point of the curves; redraw if `every_seconds` have passed since the last redraw
-        (or `force`).
+    def update(self, history: dict, grid: np.ndarray | None = None, title: str = "", force: bool = False) -> None:
+        """Redraw if `every_seconds` have passed since the last redraw (or `force`).
 
-        `pending` is the record of one step (step, loss_d, loss_g, d_real, d_fake).
         `grid` is the latest sample grid as uint8 (H, W, 3) (`image_grid(...).permute(1, 2, 0).numpy()`),
         shown under `title` until the next one.
         """
-        if pending is not None and (not self._live_steps or pending["step"] > self._live_steps[-1]["step"]):
-            self._live_steps.append(dict(pending))
         if grid is not None:
             self._grid, self._title = grid, title
         if not self._enabled:
@@ -247,23 +238,14 @@ class LivePlot:
         self._handle = None
         self._last_draw = -math.inf
         self._grid = None
-        self._live_steps = []
-
-    def curves(self, history: dict) -> dict:
-        """What the curves show now: each step's own values from the first step this process trained (the CPU),
-        the logged means (one per `log_every` steps) before it (a resumed run), or only those (a GPU)."""
-        first = self._live_steps[0]["step"] if self._live_steps else math.inf
-        steps = [record for record in history.get("steps", []) if record["step"] < first] + self._live_steps
-        return {**history, "steps": steps}
 
     def figure(self, history: dict) -> Figure:
         """The picture as it would be drawn now: the curves, and beside them the last grid once there is one."""
-        history = self.curves(history)
         width, height = _history_figsize(history)
         if self._grid is None:
             fig = Figure(figsize=(width, height), layout="constrained")
             plot_history(history, fig)
-            if not history["steps"]:
+            if not history.get("steps"):
                 fig.suptitle("training: the curves start with the first steps", fontsize=10, color="gray")
             return fig
         fig = Figure(figsize=(width + height + 1, height + 1), layout="constrained")
