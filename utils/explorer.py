@@ -31,22 +31,21 @@ def latent_directions(latent_dim: int, count: int, seed: int = 0) -> Tensor:
 
 
 class FaceExplorer:
-    """A grid of `count` faces (picked pair and their mix first, then the set of `seed`), moved along directions."""
+    """A 3x3 grid of faces (the picked pair and their mix first, then the faces of `seed`), moved along 3 directions."""
 
-    def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1"), count: int = 9,
-                 nrow: int = 3, directions: int = 3, direction_seed: int = 0):
-        if count < 4:
-            raise ValueError(f"count must be at least 4 faces (the two picked, their mix, one more); got {count}")
-        self.faces, self.pair, self.count, self.nrow = faces, pair, count, nrow
+    count, nrow = 9, 3
+
+    def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1")):
+        self.faces, self.pair = faces, pair
         self.picked = face_latents(faces, list(pair))
-        self.directions = latent_directions(faces.latent_dim, directions, direction_seed)
+        self.directions = latent_directions(faces.latent_dim, 3)
         self.seconds = 0.0  # how long the last render took
 
     def latents(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] = ()) -> Tensor:
         """The grid's latents: picked face, their slerp at `position`, other picked face, then the set of `seed`."""
         mix = slerp(self.picked[:1], self.picked[1:], position)
-        z = torch.cat([self.picked[:1], mix, self.picked[1:], face_set_latents(seed, self.count - 3,
-                                                                               self.faces.latent_dim)])
+        others = face_set_latents(seed, self.count - 3, self.faces.latent_dim)
+        z = torch.cat([self.picked[:1], mix, self.picked[1:], others])
         for strength, direction in zip(strengths, self.directions):
             z = z + strength * direction
         return z
