@@ -3,9 +3,9 @@
     torchrun --nproc_per_node 2 -m utils.train --data kaggle --out generated/ddp-run    # from a shell
     >>> launch(config)                       # from a notebook cell: one process per visible GPU
 
-Each process trains on its own shard of every epoch with `batch_size` images per step; gradients and logged losses
-are averaged over processes; only process 0 writes, and checkpoints hold the unwrapped models, so a run resumes
-on any number of processes. nccl on GPUs (cuda:LOCAL_RANK), gloo on CPUs.
+Each process trains on its own shard of every epoch, `batch_size` images per step (the effective batch is
+batch_size x processes); gradients and logged losses are averaged over processes; only process 0 writes, and
+checkpoints hold the unwrapped models, so a run resumes on any number of processes. nccl on GPUs, gloo on CPUs.
 """
 
 from __future__ import annotations
