@@ -414,7 +414,7 @@ def test_a_fifo_with_an_image_name_is_skipped_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "faces" / "blocked.jpg")   # opening it for reading would wait for a writer for ever
     result = subprocess.run([sys.executable, "-c", f"from utils.image_files import load_images; "
                              f"print(tuple(load_images({str(tmp_path / 'faces')!r}, 16, progress=False).shape))"],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(2, 3, 16, 16)"
     assert "skipped 1 of 3 files" in result.stderr and "blocked.jpg: not a regular file" in result.stderr
@@ -451,7 +451,7 @@ with warnings.catch_warnings(record=True) as caught:
     images = load_images({str(archive)!r}, 16, progress=False)
 print(len(images), peak() - before, caught[0].message)
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     count, growth_mib, message = result.stdout.split(" ", 2)
     assert count == "1"
@@ -511,7 +511,7 @@ def test_the_command_line_prints_a_missing_data_source_in_one_line(tmp_path):
     # fp32 NCHW named: no CPU trial to time first
     result = subprocess.run([sys.executable, "-m", "utils.train", "--data", str(tmp_path / "nowhere"), "--data-dir",
                              str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--device", "cpu", "--amp", "off",
-                             "--channels-last", "off"], cwd=REPO, capture_output=True, text=True, timeout=120)
+                             "--channels-last", "off"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
