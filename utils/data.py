@@ -82,7 +82,8 @@ def _cache_file(config: TrainConfig, source: Path | None) -> tuple[Path, range]:
     name, identity, counts = _source_identity(config, source)
     key = f"{_CACHE_FORMAT}|{identity}|{config.image_size}|{config.max_images}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return Path(config.data_dir) / "cache" / f"{safe_file_name(name, 'data')}-{config.image_size}px-{digest}.npy", counts
+    file_name = f"{safe_file_name(name, 'data')}-{config.image_size}px-{digest}.npy"
+    return Path(config.data_dir) / "cache" / file_name, counts
 
 
 def _source_identity(config: TrainConfig, source: Path | None) -> tuple[str, str, range]:

@@ -154,8 +154,8 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
     check_sync_batchnorm(config.sync_batchnorm, torch.device("cuda" if gpus else "cpu"))
     if nprocs is None:
         if not gpus:
-            raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so there is "
-                             "no GPU count to default to: pass nprocs=N to start N CPU processes")
+            raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so "
+                              "there is no GPU count to default to: pass nprocs=N to start N CPU processes")
         nprocs = gpus
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
                "-m", "utils.train", *config_to_argv(config)]

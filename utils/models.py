@@ -175,8 +175,9 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
             raise ConfigError(f"your generator fails on z of shape (2, {config.latent_dim}, 1, 1) (config field "
                               f"'latent_dim'): {type(error).__name__}: {error}") from None
         if tuple(images.shape) != (2, 3, size, size):
-            raise ConfigError(f"your generator turns z of shape (2, {config.latent_dim}, 1, 1) into {tuple(images.shape)}; "
-                              f"training needs (2, 3, {size}, {size}) (config field 'image_size' is {size})")
+            raise ConfigError(f"your generator turns z of shape (2, {config.latent_dim}, 1, 1) into "
+                              f"{tuple(images.shape)}; training needs (2, 3, {size}, {size}) (config field "
+                              f"'image_size' is {size})")
         try:
             logits = discriminator(images)
         except Exception as error:
