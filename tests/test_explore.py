@@ -38,14 +38,11 @@ def assert_unchanged(model: torch.nn.Module, before: dict, was_training: bool) -
 
 # ------------------------------------------------------------------------------------------------ slerp
 
-def test_slerp_starts_at_z0_and_ends_at_z1():
+def test_slerp_goes_from_z0_to_z1_moving_the_norm_linearly_and_the_angle_at_constant_speed():
     z0, z1 = gaussian(5, 128, 1, 1, seed=1), gaussian(5, 128, 1, 1, seed=2)
     torch.testing.assert_close(slerp(z0, z1, 0.0), z0)
     torch.testing.assert_close(slerp(z0, z1, 1.0), z1)
     assert slerp(z0, z1, 0.3).shape == z0.shape
-
-
-def test_slerp_moves_the_norm_linearly_and_the_angle_at_constant_speed():
     z0, z1 = gaussian(4, 64, seed=3), 2 * gaussian(4, 64, seed=4)  # different norms
     angle = torch.acos(torch.nn.functional.cosine_similarity(z0, z1))
     for t in (0.25, 0.5, 0.9):
@@ -68,23 +65,17 @@ def test_slerp_of_parallel_latents_is_finite():
 
 # ------------------------------------------------------------------------------------ interpolation_frames
 
-def test_interpolation_frames_count_shape_and_loop_closure():
+def test_interpolation_frames_count_shape_loop_closure_and_sharp_enlargement():
     generator = tiny_generator()
     frames = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
     assert len(frames) == 3 * 4 + 1
     grid = (10 * (2 * (16 + 2) + 2), 10 * (3 * (16 + 2) + 2), 3)  # 6 walks in 2 rows of 3, 2-pixel gaps, 56 px: x10
     assert all(frame.shape == grid and frame.dtype == np.uint8 for frame in frames)
+    # enlarged to at least 512 pixels wide by nearest neighbour: every pixel of the grid is a solid 10 x 10 block
+    assert all(np.array_equal(big, big[::10, ::10].repeat(10, axis=0).repeat(10, axis=1)) for big in frames)
     assert np.array_equal(frames[0], frames[-1])
     assert not np.array_equal(frames[0], frames[1])   # the walk moves
     assert not np.array_equal(frames[0], frames[4])   # and reaches another keyframe
-
-
-def test_interpolation_frames_are_enlarged_to_a_readable_width_with_sharp_pixels():
-    generator = tiny_generator()
-    frames = interpolation_frames(generator, num_keyframes=2, steps=2, num_paths=4, nrow=4)  # 74 px wide: x7
-    assert frames[0].shape == (20 * 7, 74 * 7, 3) and frames[0].shape[1] >= 512
-    # nearest neighbour: every pixel of the grid is a solid 7 x 7 block
-    assert all(np.array_equal(big, big[::7, ::7].repeat(7, axis=0).repeat(7, axis=1)) for big in frames)
 
 
 def test_interpolation_frames_are_reproducible_and_leave_the_generator_unchanged():

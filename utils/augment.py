@@ -1,12 +1,8 @@
-"""DiffAugment (Zhao et al., 2020): differentiable augmentations applied to everything D sees.
+"""DiffAugment (Zhao et al., 2020): differentiable augmentations of everything D sees.
 
-With little data, D memorises the real images and its feedback to G stops being useful. Augmenting
-real AND generated images the same way (and differentiably, so G's gradients flow through the
-augmentation) keeps D honest without teaching G to produce augmented-looking faces.
-
-    >>> x_aug = diff_augment(x, "color,translation,cutout", generator)
-
-Each policy draws its randomness from `generator`, so a seeded run is reproducible.
+With little data D memorises the real images. Augmenting real and generated images alike, differentiably so G's
+gradients flow through, keeps D honest without teaching G to draw augmented faces. Randomness comes from
+`generator`, so a seeded run is reproducible.
 """
 
 from __future__ import annotations

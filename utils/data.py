@@ -1,28 +1,9 @@
-"""The training images: `config.data` in, a uint8 tensor (N, 3, S, S) out, decoded once and cached on disk.
+"""The training images: `config.data` in, uint8 (N, 3, S, S) out, decoded once and cached in `data_dir/cache/`.
 
-    >>> from utils.config import TrainConfig
-    >>> from utils.data import load_dataset
-    >>> images = load_dataset(TrainConfig(data="synthetic", image_size=32))   # drawn here, nothing downloaded
-    >>> images.shape, images.dtype
-    (torch.Size([20000, 3, 32, 32]), torch.uint8)
-
-`config.data` is one of
-    "synthetic"          anime-style faces drawn procedurally by `synthetic_faces` (offline, a few seconds)
-    "kaggle"             the Anime Face Dataset (63,565 JPEGs): an attached Kaggle input, or a download (with
-                         opendatasets and your Kaggle credentials, or with kagglehub and no account)
-    a folder or a .zip   your own images (searched recursively; a zip is read in place, never extracted)
-    an http(s) URL       of a .zip of images, downloaded once into `config.data_dir`
-
-Downloads are `utils.downloads`'s job, listing and decoding image files `utils.image_files`'s; this module owns the
-cache:
-- decoding tens of thousands of JPEGs takes minutes, so the decoded pixels are written once to
-  `config.data_dir/cache/*.npy` and memory-mapped on every later run (well under a second);
-- the cache's name changes whenever what it holds would (the source's files, image_size, max_images, the seed,
-  `_CACHE_FORMAT`), and a cache file that does not hold what its name promises is rebuilt, never trained on;
-- it is built under data_dir's lock, and the partial files a killed process left there are removed first.
-
-Every failure a user can meet (a missing source, no readable images, the network, a full or read-only `data_dir`,
-malformed Kaggle credentials) is a `UserError` whose message says what happened and what to do.
+`config.data` is "synthetic" (faces drawn here, offline), "kaggle" (the Anime Face Dataset), a folder or .zip of
+images, or an http(s) URL of a .zip. Downloads are `utils.downloads`'s job, decoding `utils.image_files`'s; this
+module owns the cache: decoded once into a .npy whose name changes whenever its content would, memory-mapped on
+every later run, and rebuilt, never trained on, when the file does not hold what its name promises.
 """
 
 from __future__ import annotations
@@ -55,12 +36,8 @@ _CACHE_FORMAT = 3   # bump when decoding, the synthetic renderer or the cache ke
 def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
     """The images named by `config.data`, uint8 (N, 3, S, S) with S = config.image_size.
 
-    N is at most config.max_images (0 = all; for "synthetic" 0 means SYNTHETIC_DEFAULT_COUNT, drawn
-    with config.seed). The first call decodes and writes `cache_path(config)`; later calls
-    memory-map it, so they cost well under a second and share pages with other processes. The map
-    is copy-on-write: writing into the tensor never changes the file. A cache file that does not hold
-    what this config asks for (truncated, another size, dtype or count, not a .npy at all) is rebuilt,
-    with one line saying why: it is never trained on.
+    N is at most config.max_images (0 = all; for "synthetic" SYNTHETIC_DEFAULT_COUNT). Later calls memory-map the
+    cache copy-on-write: well under a second, and writing into the tensor never changes the file.
     """
     source = _local_source(config)
     path, counts = _cache_file(config, source)
@@ -85,13 +62,9 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
 
 
 def cache_path(config: TrainConfig) -> Path:
-    """Where `load_dataset` keeps the decoded images for this config.
-
-    The name hashes the identity of what is read (a folder's file names, sizes and modification times,
-    also for "kaggle", whose folder is found or downloaded first; a zip's size and time; the URL; the
-    synthetic seed and count) with image_size and max_images, so editing a folder, finishing a download
-    or changing either knob builds a new cache.
-    """
+    """Where `load_dataset` keeps the decoded images for this config: the name hashes what is read (a folder's
+    file names, sizes and times; a zip's size and time; the URL; the synthetic seed and count), image_size and
+    max_images."""
     return _cache_file(config, _local_source(config))[0]
 
 
@@ -109,7 +82,8 @@ def _cache_file(config: TrainConfig, source: Path | None) -> tuple[Path, range]:
     name, identity, counts = _source_identity(config, source)
     key = f"{_CACHE_FORMAT}|{identity}|{config.image_size}|{config.max_images}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    return Path(config.data_dir) / "cache" / f"{safe_file_name(name, 'data')}-{config.image_size}px-{digest}.npy", counts
+    file_name = f"{safe_file_name(name, 'data')}-{config.image_size}px-{digest}.npy"
+    return Path(config.data_dir) / "cache" / file_name, counts
 
 
 def _source_identity(config: TrainConfig, source: Path | None) -> tuple[str, str, range]:
@@ -139,11 +113,8 @@ def _source_identity(config: TrainConfig, source: Path | None) -> tuple[str, str
 
 
 def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
-    """Why the cache file `path` cannot be used for these images, or None if it can.
-
-    Reads the .npy header only (shape, dtype, layout) and compares the size it announces with the file's,
-    which catches a truncated file without reading the pixels: reusing a valid cache stays instant.
-    """
+    """Why the cache file `path` cannot be used for these images, or None if it can. Reads the .npy header only and
+    compares the size it announces with the file's, so a truncated file is caught without reading the pixels."""
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
@@ -184,14 +155,13 @@ def _build_cache(config: TrainConfig, source: Path | None, path: Path, progress:
 
 
 def _write_cache(path: Path, count: int, image_size: int, make: Callable[[], np.ndarray]) -> None:
-    """Write `make()` to `path` as .npy. The file is checked for room and opened before `make` runs, so a full,
-    read-only or unnameable data_dir fails at once, not after minutes of decoding."""
+    """Write `make()` to `path` as .npy, opening the file first so a full or read-only data_dir fails at once, not
+    after minutes of decoding."""
     with atomic_path(path, needs_bytes=count * 3 * image_size**2 + 128) as tmp, open(tmp, "wb") as file:
         np.save(file, make())
 
 
-# What is written under data_dir's lock (here and by utils.downloads), by the names `atomic_path` gives a file until it is complete (e.g.
-# downloads/.faces-1a2b3c4d.4242.tmp.zip); not the FID statistics in cache/, which are written without that lock.
+# the names `atomic_path` gives the files written under data_dir's lock until they are complete
 _TEMPORARIES = ("cache/.*.tmp.npy", "downloads/.*.tmp.zip")
 
 

@@ -1,28 +1,11 @@
-"""Several GPUs (or CPU processes) with PyTorch's own engine: torch.distributed + DistributedDataParallel.
+"""Several GPUs (or CPU processes) with torch.distributed and DistributedDataParallel (README: "Several GPUs").
 
-From a shell, the same training code runs under torchrun:
+    torchrun --nproc_per_node 2 -m utils.train --data kaggle --out generated/ddp-run    # from a shell
+    >>> launch(config)                       # from a notebook cell: one process per visible GPU
 
-    torchrun --nproc_per_node 2 -m utils.train --data kaggle --out generated/ddp-run
-
-From a notebook cell (Kaggle's 2 x T4), `launch` starts one process per visible GPU and streams their output:
-
-    >>> from utils.distributed import launch
-    >>> launch(config)                     # config: a TrainConfig; launch(config, nprocs=2) on CPUs
-
-Semantics:
-- each process trains on its own, distinct shard of every epoch's permutation, and draws its own noise and
-  augmentations; `batch_size` is per process, so the effective batch is batch_size x processes (printed at
-  the start, with the learning rates: see TrainConfig.scale_lr for the square-root rule);
-- gradients are averaged across processes, so the weights stay identical everywhere; the losses in the
-  history are averaged across processes too;
-- BatchNorm, by default: each process normalises with its own batch's statistics, exactly what one GPU does
-  with a batch of `batch_size`, and keeps its own running statistics (training and sampling use batch
-  statistics; the checkpoint holds process 0's). `sync_batchnorm=True` normalises with the statistics of the
-  whole effective batch (SyncBatchNorm, CUDA only) at the cost of a sync per BatchNorm layer;
-- only process 0 writes samples, checkpoints, history and GIFs, into the same files as a single-process run;
-  checkpoints hold the plain (unwrapped) models, so a run started on 2 GPUs resumes on 1 and the other way round.
-
-Backends: nccl on GPUs (one GPU per process: cuda:LOCAL_RANK), gloo on CPUs.
+Each process trains on its own shard of every epoch, `batch_size` images per step (the effective batch is
+batch_size x processes); gradients and logged losses are averaged over processes; only process 0 writes, and
+checkpoints hold the unwrapped models, so a run resumes on any number of processes. nccl on GPUs, gloo on CPUs.
 """
 
 from __future__ import annotations
@@ -48,8 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from utils.config import TrainConfig, config_to_argv
 from utils.errors import ConfigError, UserError
 
-# How long a process waits for the others at a collective before giving up. Generous, because at some of them
-# the others wait while process 0 works alone: the first download and decoding of the dataset, FID evaluations.
+# generous: at some collectives the others wait while process 0 alone downloads, decodes or measures FID
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
 
 
@@ -106,11 +88,7 @@ def main_first() -> Iterator[None]:
 
 
 def average(tensor: torch.Tensor) -> torch.Tensor:
-    """The mean of `tensor` over all processes (`tensor` itself when running alone).
-
-    Logged losses are averaged so the history describes the whole effective batch, and so that every
-    process sees the same numbers and stops together if they stop being finite.
-    """
+    """The mean of `tensor` over all processes: every process logs, and stops on, the same numbers."""
     if not dist.is_initialized():
         return tensor
     total = tensor.clone()
@@ -139,22 +117,20 @@ def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
                          f"{device.type}): set sync_batchnorm=False (--no-sync-batchnorm)")
 
 
-# No buffer broadcast at each forward: D runs twice (real, then fake) before one backward, and a broadcast at the
-# second forward would overwrite BatchNorm running statistics that cuDNN saved for that backward ("modified by an
-# inplace operation", seen on CUDA). Training normalises with batch statistics, so each process keeps its own
-# running ones. PyTorch 2.14 renamed the option (its new one still syncs the buffers once, at the start).
+# No buffer broadcast at each forward: D runs twice before one backward, and a broadcast at the second forward
+# would overwrite BatchNorm statistics that cuDNN saved for that backward ("modified by an inplace operation").
+# Training normalises with batch statistics, so each process keeps its own running ones. Newer PyTorch names the
+# option forward_sync_buffers.
 _NO_BUFFER_SYNC_IN_FORWARD = (
     {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
     else {"broadcast_buffers": False})
 
 
 def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Module:
-    """DistributedDataParallel around `model` when running distributed, else `model` itself.
+    """DistributedDataParallel around `model` (which broadcasts process 0's weights) when distributed, else `model`.
 
-    DDP broadcasts process 0's weights here, so every process starts from the same model. With
-    `sync_batchnorm`, DDP wraps a twin of `model` whose BatchNorm layers are SyncBatchNorm and which shares
-    `model`'s parameters and buffers: training updates `model`, and `model` itself keeps plain BatchNorm, so
-    process 0 alone can still sample from it (a SyncBatchNorm layer in train mode waits for all processes).
+    With `sync_batchnorm` DDP wraps a SyncBatchNorm twin sharing `model`'s parameters and buffers, so `model` keeps
+    plain BatchNorm and process 0 alone can still sample from it (SyncBatchNorm waits for all processes).
     """
     if not dist.is_initialized():
         return model
@@ -171,19 +147,15 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def launch(config: TrainConfig, nprocs: int | None = None) -> None:
-    """Run `python -m utils.train` on `nprocs` processes (default: one per visible GPU) and stream its output.
-
-    A notebook cannot host several processes of its own training loop, so this starts torchrun as a
-    subprocess with the config's fields as options. It runs in the current folder, so relative paths
-    (`out`, `data_dir`) name the same run folder as `train(config)` would. Raises RuntimeError if it fails.
-    """
+    """Run `python -m utils.train` under torchrun on `nprocs` processes (default: one per visible GPU), streaming
+    its output; in the current folder, so relative `out` and `data_dir` name what `train(config)` would."""
     # the GPUs the processes would drive (utils.environment.pick_device, in each of them, checks the device itself)
     gpus = torch.cuda.device_count() if config.device == "auto" or config.device.startswith("cuda") else 0
     check_sync_batchnorm(config.sync_batchnorm, torch.device("cuda" if gpus else "cpu"))
     if nprocs is None:
         if not gpus:
-            raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so there is "
-                             "no GPU count to default to: pass nprocs=N to start N CPU processes")
+            raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so "
+                              "there is no GPU count to default to: pass nprocs=N to start N CPU processes")
         nprocs = gpus
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
                "-m", "utils.train", *config_to_argv(config)]

@@ -1,14 +1,7 @@
 """Looking inside a trained generator: latent walks, nearest real neighbours, the discriminator's favourites.
 
-    >>> from utils.explore import interpolation_frames, nearest_neighbours, rank_by_discriminator, sample_images
-    >>> write_gif(interpolation_frames(generator, num_keyframes=5, steps=16), "walk.gif")  # utils.gif
-    >>> fakes = sample_images(generator, 8, seed=0)                # uint8 (8, 3, S, S)
-    >>> indices, distances = nearest_neighbours(fakes, real_images) # the closest training image of each fake
-    >>> images, scores = rank_by_discriminator(generator, discriminator, 512)  # D's favourite first
-
-Everything samples the way training does: BatchNorm in train mode (batch statistics), with latents
-drawn on the CPU from a seed, so the same call gives the same images on every device. No function
-changes the models it is given (see `sampling`).
+Everything samples as training does (BatchNorm's batch statistics, see `utils.models.sampling`) from latents drawn
+on the CPU from a seed, so the same call gives the same images on every device and leaves the models unchanged.
 """
 
 from __future__ import annotations
@@ -37,12 +30,9 @@ def sample_images(generator: nn.Module, num_samples: int, seed: int = 0, batch_s
 def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
     """Spherical interpolation between two batches of latents (N, ...): t=0 gives z0, t=1 gives z1.
 
-    A Gaussian latent in d dimensions almost always has a norm close to sqrt(d): the samples live near
-    a sphere, and that shell is all the generator saw during training. A straight line between two
-    latents cuts through the inside of the sphere (halfway between two orthogonal latents its norm is
-    only 71% of theirs), where the generator produces washed-out, atypical faces. Here the direction
-    moves along the great circle at constant angular speed and the norm moves linearly from |z0| to
-    |z1|, so every point of the path is a typical latent. Each of the N pairs is interpolated on its own.
+    Gaussian latents lie near a sphere of radius sqrt(d), the only shell the generator saw in training; a straight
+    line cuts inside it (to 71% of the norm between orthogonal latents), where faces wash out. Here the direction
+    moves along the great circle at constant speed and the norm linearly, so every point is a typical latent.
     """
     a, b = z0.flatten(1), z1.flatten(1)
     norm_a, norm_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
@@ -58,17 +48,12 @@ def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
 
 def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: int = 16, num_paths: int = 8,
                          nrow: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """Frames of `num_paths` latent walks side by side, as uint8 (H, W, 3) grids for `utils.gif.write_gif`.
+    """Frames of `num_paths` latent walks side by side, uint8 (H, W, 3) grids enlarged to at least 512 pixels wide.
 
-    The grid is enlarged by the smallest whole factor that makes it at least 512 pixels wide (nearest neighbour:
-    sharp pixels, `utils.visualize.enlarged`): four 64x64 faces side by side would be a 266-pixel strip, too small
-    to watch.
-
-    Each walk visits `num_keyframes` random latents and slerps back to the first, `steps` frames per leg:
-    num_keyframes * steps + 1 frames, the last one equal to the first, so the loop closes. Smooth change
-    from frame to frame means the generator has learned a continuous face space rather than a lookup
-    table of faces. All frames are generated in one batch (they share BatchNorm's batch statistics, so
-    nothing flickers): num_keyframes * steps * num_paths images at once.
+    Each walk visits `num_keyframes` random latents and slerps back to the first, `steps` frames per leg, so the
+    last of the num_keyframes * steps + 1 frames equals the first and the loop closes. Smooth change means the
+    generator learned a continuous face space, not a lookup table. All frames are one batch (they share BatchNorm's
+    batch statistics, so nothing flickers).
     """
     if num_keyframes < 2:
         raise ValueError(f"num_keyframes must be >= 2 (a walk needs two latents to move between); got {num_keyframes}")
@@ -89,12 +74,9 @@ def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
                        batch_size: int = 4096) -> tuple[Tensor, Tensor]:
     """The `k` real images closest to each fake in pixel space: (indices (M, k), distances (M, k)), closest first.
 
-    The memorisation check: a GAN that copies its training set would produce near-duplicates of real
-    faces; one that generalises produces faces whose nearest real image is clearly a different face.
-    Distances are root-mean-square pixel differences in 0..255 levels (the L2 distance / sqrt(pixels x 3)),
-    so they read the same at every image size. The reals are compared `batch_size` at a time, so a
-    memory-mapped set of tens of thousands of images never has to fit in memory as floats; they are
-    moved to the fakes' device one chunk at a time.
+    The memorisation check: a GAN that copies its training set makes near-duplicates of real faces. Distances are
+    root-mean-square differences in 0..255 levels, the same at every image size. The reals are compared
+    `batch_size` at a time, so a memory-mapped dataset never has to fit in memory as floats.
     """
     for images, name in ((fakes_uint8, "fakes_uint8"), (reals_uint8, "reals_uint8")):
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -130,12 +112,10 @@ def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
 
 def rank_by_discriminator(generator: nn.Module, discriminator: nn.Module, num_samples: int = 512, seed: int = 0,
                           batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """Generate `num_samples` images and sort them by D's score, most "real" first: (uint8 images, scores).
+    """Generate `num_samples` images and sort them by D's logit, most "real" first: (uint8 images, scores).
 
-    Scores are D's raw outputs (logits), higher meaning "more real"; D sees exactly the uint8 pixels
-    that are returned, scaled to [-1, 1] like the training images. D was trained to find G's
-    weaknesses, so its lowest-scored samples show what G still gets wrong, and its highest-scored
-    ones what it does best.
+    D scores exactly the returned pixels, scaled to [-1, 1] like the training images; its lowest-scored samples
+    show what G still gets wrong.
     """
     images = sample_images(generator, num_samples, seed, batch_size)
     device = next(discriminator.parameters()).device

@@ -1,20 +1,11 @@
 """Sliders over a trained generator: one grid of faces, redrawn in place as you move them.
 
-    >>> from utils.explorer import FaceExplorer
     >>> explorer = FaceExplorer(faces, pair=("grid:3", "seed42_0070.png"))   # faces: utils.generate.load_faces(...)
-    >>> explorer.show()                                   # the sliders (Jupyter, Colab, Kaggle), or a static grid
-    >>> grid = explorer.render(seed=3, position=0.5, strengths=(1.5, 0.0, -1.0))   # uint8 (H, W, 3)
+    >>> explorer.show()
 
-The grid's first row holds the two picked faces and, between them, their slerp at `position` (0 = the first, 1 = the
-second); the other cells are faces of the set of `seed` (seedS_0000.png, ...), 3x3 faces in all by default. Every
-face is moved by the same amounts along a few **random directions** of the latent space (orthonormal, fixed by
-`direction_seed`): a Gaussian latent's coordinate along a unit direction is itself N(0, 1), so strengths of -3 to 3
-span what the generator saw in training. Random directions rarely map to one clean attribute (hair colour, say); they show how
-smoothly the faces change, and together how much of a face a few numbers can move.
-
-Only ipywidgets' core widgets are used (sliders, an Image, a Label), so it works in JupyterLab, Colab and Kaggle.
-Where widgets cannot display (papermill, GitHub's notebook viewer, a terminal) the same output carries a static
-PNG of the grid at the starting settings, which those show instead.
+The first row holds the two picked faces and their slerp at `position`, the other cells the faces of `seed`. Every
+face moves by the same amounts along a few random orthonormal latent directions; a latent's coordinate along one is
+N(0, 1), so strengths of -3 to 3 span what the generator saw in training.
 """
 
 from __future__ import annotations
@@ -40,22 +31,21 @@ def latent_directions(latent_dim: int, count: int, seed: int = 0) -> Tensor:
 
 
 class FaceExplorer:
-    """A grid of `count` faces (picked pair and their mix first, then the set of `seed`), moved along directions."""
+    """A 3x3 grid of faces (the picked pair and their mix first, then the faces of `seed`), moved along 3 directions."""
 
-    def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1"), count: int = 9,
-                 nrow: int = 3, directions: int = 3, direction_seed: int = 0):
-        if count < 4:
-            raise ValueError(f"count must be at least 4 faces (the two picked, their mix, one more); got {count}")
-        self.faces, self.pair, self.count, self.nrow = faces, pair, count, nrow
+    count, nrow = 9, 3
+
+    def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1")):
+        self.faces, self.pair = faces, pair
         self.picked = face_latents(faces, list(pair))
-        self.directions = latent_directions(faces.latent_dim, directions, direction_seed)
+        self.directions = latent_directions(faces.latent_dim, 3)
         self.seconds = 0.0  # how long the last render took
 
     def latents(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] = ()) -> Tensor:
         """The grid's latents: picked face, their slerp at `position`, other picked face, then the set of `seed`."""
         mix = slerp(self.picked[:1], self.picked[1:], position)
-        z = torch.cat([self.picked[:1], mix, self.picked[1:], face_set_latents(seed, self.count - 3,
-                                                                               self.faces.latent_dim)])
+        others = face_set_latents(seed, self.count - 3, self.faces.latent_dim)
+        z = torch.cat([self.picked[:1], mix, self.picked[1:], others])
         for strength, direction in zip(strengths, self.directions):
             z = z + strength * direction
         return z
@@ -69,18 +59,16 @@ class FaceExplorer:
         return image
 
     def show(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] | None = None) -> None:
-        """Display the sliders with the grid, starting at these settings (see `output`); outside a notebook there is
-        nothing to display it in: use `render`."""
+        """Display the sliders with the grid (see `output`); outside a notebook use `render`."""
         if in_notebook():
             from IPython.display import display
 
             display(self.output(seed, position, strengths), raw=True)
 
     def output(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] | None = None) -> dict:
-        """What `show` displays, a mime bundle: the widgets (ipywidgets' view) where a frontend can draw them and,
-        in the same output, a PNG of the grid at these settings for those that cannot (papermill's saved notebook,
-        GitHub's viewer); the PNG alone when ipywidgets is not installed. The widgets are kept as `self.controls`
-        (the sliders by name) and `self.image`."""
+        """What `show` displays: ipywidgets' sliders (`self.controls`) and image (`self.image`) and, in the same
+        mime bundle, a PNG of the grid for viewers that cannot draw widgets (papermill, GitHub); the PNG alone
+        without ipywidgets."""
         strengths = tuple(strengths or (0.0,) * len(self.directions))
         static = {"image/png": base64.b64encode(_png(self.render(seed, position, strengths))).decode(),
                   "text/plain": f"faces of {self.faces.run_dir}: seed {seed}, {self.pair[0]} -> {self.pair[1]} at "

@@ -1,19 +1,9 @@
-"""Image files: the images of a folder or a .zip listed, read and decoded into uint8 (N, 3, S, S).
+"""Image files: the images of a folder (searched recursively) or a .zip (read in place, never extracted) listed, read
+and decoded into uint8 (N, 3, S, S), in sorted order.
 
-    >>> from utils.image_files import load_images
-    >>> images = load_images("my_faces/", image_size=64)   # or "my_faces.zip"
-
-The rules, for a folder and a zip alike:
-- a folder is searched recursively; a zip is read in place and never extracted, so a member named "../x.jpg" or
-  "/x.jpg" cannot write anywhere;
-- an image is a file ending in one of IMAGE_EXTENSIONS with no hidden part in its path (.ipynb_checkpoints/,
-  macOS "._x.jpg" and __MACOSX/ are skipped), and never a file inside a training run's folder (its grids are this
-  project's own samples);
-- files are taken in sorted order, so the first `max_images` are the same on every run;
-- a file is read only if it is a regular file of at most MAX_FILE_BYTES (a FIFO, socket or device with an image's
-  name is refused, never waited on);
-- a file that does not decode is skipped, and all of them are reported in one warning at the end: one bad file
-  should not stop a long run; no readable image at all is a `DataError`, a missing source a `DataNotFound`.
+An image is a file ending in one of IMAGE_EXTENSIONS, with no hidden part in its path and not inside a training
+run's folder (its grids are this project's own samples). Only regular files of at most MAX_FILE_BYTES are read (a
+FIFO is never waited on); files that do not decode are skipped and reported in one warning at the end.
 """
 
 from __future__ import annotations
@@ -72,15 +62,9 @@ class _Unreadable(Exception):
 
 
 def load_images(source: Path, image_size: int, max_images: int = 0, progress: bool = True) -> torch.Tensor:
-    """Decode the images in a folder (searched recursively) or a .zip (read in place) into uint8 (N, 3, S, S).
-
-    Files are taken in sorted order (the first `max_images` of them when that is > 0), converted
-    to RGB (transparency composited on white), centre-cropped to a square and resized with a
-    Lanczos filter. Files that do not decode (corrupt, truncated, empty, not an image, too large,
-    not a regular file) are skipped and reported in one warning at the end: one bad file should not
-    stop a long run. Images smaller than `image_size`, which upsampling cannot sharpen, are counted in
-    another warning.
-    """
+    """The images of a folder or a .zip (the first `max_images` when > 0) as uint8 (N, 3, S, S): converted to RGB
+    (transparency on white), centre-cropped and resized with Lanczos. Images smaller than `image_size`, which
+    upsampling cannot sharpen, are counted in a warning."""
     source = existing_source(Path(source))
     with open_source(source, max_images) as listing:
         return torch.from_numpy(decode_all(source, listing, image_size, progress))
@@ -164,9 +148,8 @@ def _check_listing(listing: Listing, source: Path, max_images: int) -> Listing:
 
 
 def _read_regular_file(name: str) -> bytes:
-    """The bytes of a regular file. A FIFO, socket or device with an image's name is refused, never waited on:
-    O_NONBLOCK opens a FIFO at once instead of blocking until something writes to it. So is a broken or looping
-    symbolic link."""
+    """The bytes of a regular file; a FIFO, socket, device or broken link is refused (O_NONBLOCK: a FIFO is never
+    waited on)."""
     try:
         fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
@@ -194,12 +177,7 @@ def _read_limited(file: io.BufferedIOBase, declared_size: int) -> bytes:
 
 def list_image_files(folder: Path) -> list[str]:
     """The paths of the image files under `folder`, recursively, sorted; never those of a training run inside it.
-
-    os.walk on plain strings, kept as strings: listing 30,000 files this way takes a fraction of what
-    Path.rglob + relative_to took, and half of what making a Path of each took, so reusing a
-    cache stays fast. A run folder's grids, history.png and GIF are this project's output: reading
-    them as training data would train on its own samples.
-    """
+    Plain strings from os.walk: listing is part of every cache check, and Path objects made it several times slower."""
     found = []
     for root, dirs, names in os.walk(folder):
         if _is_run_folder(root, dirs):

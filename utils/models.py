@@ -1,21 +1,10 @@
-"""The DCGAN generator and discriminator (Radford et al., 2015), for any power-of-two image size.
-
-At 64x64 with the default widths they are exactly the reference networks:
+"""The DCGAN generator and discriminator (Radford et al., 2015) for any power-of-two image size, and the helpers
+that look at networks, built-in or your own. At 64x64 with the default widths they are the reference networks:
 
     G: z (N, 128, 1, 1) -> 512x4x4 -> 256x8x8 -> 128x16x16 -> 64x32x32 -> 3x64x64 (Tanh)
     D: image (N, 3, 64, 64) -> 64x32x32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 1 logit
 
-    >>> from utils.models import Generator, Discriminator
-    >>> generator, discriminator = Generator(image_size=64), Discriminator(image_size=64)
-    >>> print_layer_table(generator, torch.randn(1, 128, 1, 1))
-    >>> with sampling(generator):                     # as during training, leaving the network unchanged
-    ...     faces = to_uint8(generator(torch.randn(16, 128, 1, 1)))
-
-Also here, the helpers that look at networks, built-in or your own: `describe_network` (the name a run records),
-`check_networks` (your networks take and give what training passes) and `check_network_size` (they fit in memory).
-
-D returns a raw score (a logit), not a probability: the loss applies the sigmoid itself
-(`binary_cross_entropy_with_logits`), which is numerically stable and safe under mixed precision.
+D returns a logit, not a probability: the loss applies the sigmoid itself, which is stable under mixed precision.
 """
 
 from __future__ import annotations
@@ -34,8 +23,7 @@ from utils.errors import ConfigError
 
 
 def _num_doublings(image_size: int) -> int:
-    """How many stride-2 layers turn 4x4 into image_size x image_size: 4 for 64 (4 -> 8 -> 16 -> 32 -> 64), 2 for 16.
-    Also how many widths each network has (64px: G 512, 256, 128, 64; D 64, 128, 256, 512)."""
+    """How many stride-2 layers turn 4x4 into image_size x image_size (4 for 64), and how many widths a network has."""
     return int(math.log2(image_size)) - 2
 
 
@@ -145,10 +133,9 @@ def print_layer_table(model: nn.Sequential, example_input: torch.Tensor) -> None
 def sampling(*models: nn.Module) -> Iterator[None]:
     """Run `models` as during training without changing them: train mode, no_grad, buffers restored on exit.
 
-    This project's DCGAN samples with BatchNorm's batch statistics, like its per-epoch grids and its FID.
-    In train mode a forward pass also updates BatchNorm's running statistics and spectral norm's
-    power-iteration vectors; restoring those buffers keeps looking from altering a model, and makes
-    repeated calls with the same inputs return the same outputs.
+    This project samples with BatchNorm's batch statistics, like its per-epoch grids and its FID. Restoring the
+    buffers that a train-mode forward updates (running statistics, spectral norm's vectors) keeps looking from
+    altering a model and makes repeated calls return the same outputs.
     """
     saved = [(model, model.training, {name: buffer.clone() for name, buffer in model.named_buffers()})
              for model in models]
@@ -170,13 +157,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-# ------------------------------------------------------------------- your own networks, and memory
-
 def describe_network(model: nn.Module) -> str:
     """`ClassName (N parameters, #hash)`: the hash covers the layers and every weight's shape, not the values."""
     layout = repr(model) + "".join(f"{name}{tuple(t.shape)}" for name, t in model.state_dict().items())
-    return f"{type(model).__name__} ({count_parameters(model):,} parameters, #{hashlib.sha1(layout.encode()).hexdigest()[:6]})"
-
+    digest = hashlib.sha1(layout.encode()).hexdigest()[:6]
+    return f"{type(model).__name__} ({count_parameters(model):,} parameters, #{digest})"
 
 
 def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device) -> None:
@@ -190,8 +175,9 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
             raise ConfigError(f"your generator fails on z of shape (2, {config.latent_dim}, 1, 1) (config field "
                               f"'latent_dim'): {type(error).__name__}: {error}") from None
         if tuple(images.shape) != (2, 3, size, size):
-            raise ConfigError(f"your generator turns z of shape (2, {config.latent_dim}, 1, 1) into {tuple(images.shape)}; "
-                              f"training needs (2, 3, {size}, {size}) (config field 'image_size' is {size})")
+            raise ConfigError(f"your generator turns z of shape (2, {config.latent_dim}, 1, 1) into "
+                              f"{tuple(images.shape)}; training needs (2, 3, {size}, {size}) (config field "
+                              f"'image_size' is {size})")
         try:
             logits = discriminator(images)
         except Exception as error:
@@ -202,21 +188,18 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
                               f"{tuple(logits.shape)}; training needs one score per image: shape (2,) or (2, 1)")
 
 
-
 def check_network_size(config: TrainConfig, device: torch.device) -> None:
-    """Raise ConfigError if the built-in networks of `config` cannot fit in the device's free memory.
-
-    They are built on the "meta" device, which allocates nothing, to count their parameters: a latent_dim or width
-    a thousand times too large would otherwise fail in the allocator with a page of C++ text, or make the system
-    swap. Training needs 16 bytes per parameter at least: the weights, their gradients and Adam's two moments.
-    """
+    """Raise ConfigError if the built-in networks of `config` cannot fit in the device's free memory, before a
+    width a thousand times too large fails in the allocator or swaps. The networks are counted on the "meta"
+    device, which allocates nothing; training needs 16 bytes per parameter: weights, gradients, Adam's moments."""
     try:  # D without spectral norm: as many parameters within a bias, and its power iterations crawl on "meta"
         with torch.device("meta"):
             parameters = (count_parameters(Generator(config.image_size, config.latent_dim, config.g_width))
                           + count_parameters(Discriminator(config.image_size, config.d_width)))
     except (RuntimeError, TypeError, OverflowError):  # sizes beyond 64 bits
         parameters = math.inf
-    needs, free = 16 * parameters, free_memory(device)
+    needs = 16 * parameters
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
     if needs > free:
         raise ConfigError(
             f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and 'd_width' "
@@ -225,22 +208,15 @@ def check_network_size(config: TrainConfig, device: torch.device) -> None:
             "reference: latent_dim 100-128, widths 64)")
 
 
-def free_memory(device: torch.device) -> float:
-    """Bytes free for new tensors on `device`: the GPU's free memory, else the RAM available (or free) now."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+def available_ram() -> int:
+    """Bytes of RAM free for new allocations: Linux's MemAvailable (which counts the page cache the kernel would give
+    back), else the free pages (macOS), else plenty."""
     try:
-        with open("/proc/meminfo") as meminfo:  # MemAvailable counts the page cache the kernel would give back
+        with open("/proc/meminfo") as meminfo:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
-        return available_ram()
-
-
-
-def available_ram() -> int:
-    """Bytes of RAM free for new allocations (Linux and macOS; elsewhere assume plenty)."""
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 1 << 62
-

@@ -1,11 +1,8 @@
-"""Synthetic anime-style faces, drawn procedurally for a whole batch at once: the offline default data.
+"""Anime-style faces drawn procedurally, a whole batch at once: the offline default data.
 
-    >>> from utils.synthetic import synthetic_faces
     >>> faces = synthetic_faces(64, image_size=64, seed=0)    # uint8 (64, 3, 64, 64)
 
-Written by this project, nothing downloaded: varied hair colours and styles (bangs, bobs, long hair, twin
-tails, side locks, ahoge), big eyes with iris shading, pupils and highlights, skin tones, mouths, blush and
-backgrounds. Image i depends only on (seed, i), and the same face is drawn at every resolution.
+Image i depends only on (seed, i), and the same face is drawn at every resolution.
 """
 
 from __future__ import annotations
@@ -27,18 +24,13 @@ _NUM_DRAWS = 96   # uniform numbers per image; the renderer takes them in order
 
 
 def synthetic_faces(count: int, image_size: int, seed: int = 0) -> torch.Tensor:
-    """`count` procedurally drawn anime-style faces, uint8 (count, 3, image_size, image_size).
-
-    Image i depends only on (seed, i): its parameters come from row i of one seeded stream of
-    uniform numbers, so `synthetic_faces(10, s)[:5]` equals `synthetic_faces(5, s)`, and the same
-    face is drawn at every resolution.
-    """
+    """`count` faces, uint8 (count, 3, image_size, image_size); face i is drawn from row i of one seeded stream of
+    uniform numbers, so `synthetic_faces(10, s)[:5]` equals `synthetic_faces(5, s)`."""
     uniforms = torch.from_numpy(np.random.default_rng(seed).random((count, _NUM_DRAWS), dtype=np.float32))
     faces = _face_parameters(uniforms)
     chunk = max(1, 2 ** 17 // image_size ** 2)   # 512 KB per (chunk, S, S) float plane: stays in cache
     images = torch.empty(count, 3, image_size, image_size, dtype=torch.uint8)
-    # Rendering is a long series of small tensor ops: one thread does it in ~5 s for 20,000 faces at
-    # 64px, while the per-op hand-offs between OpenMP threads made it 10-40x slower on a busy 2-core machine.
+    # one thread: rendering is many small ops, and OpenMP's hand-offs between threads slow those down 10-40x
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -133,10 +125,8 @@ def _ellipse(x: torch.Tensor, y: torch.Tensor, cx, cy, rx, ry) -> torch.Tensor:
 class _Painter:
     """Canvases (n, 3, H, W) and the face coordinates of their pixels: x (n, 1, W), y (n, H, 1).
 
-    A shape is a signed distance d (negative inside). It covers a pixel by clamp(0.5 - d / pixel): a
-    one-pixel ramp that anti-aliases every edge at any resolution. `window` returns a painter on the
-    pixels that can hold a small feature (an eye, the mouth) in any image of the batch, sharing the
-    canvas, so small features cost a fraction of a full-image pass.
+    A shape is a signed distance d (negative inside) covering a pixel by clamp(0.5 - d / pixel): a one-pixel ramp
+    that anti-aliases every edge at any resolution. `window` paints small features on a crop of the same canvas.
     """
 
     def __init__(self, canvas: torch.Tensor, x: torch.Tensor, y: torch.Tensor, pixel: torch.Tensor):
@@ -175,11 +165,9 @@ def _span(coords: torch.Tensor, low, high) -> slice:
 
 
 def _draw_faces(f: SimpleNamespace, size: int) -> torch.Tensor:
-    """Render a batch of faces described by `_face_parameters`, float (n, 3, size, size) in [0, 1].
+    """Render a batch of faces described by `_face_parameters`, float (n, 3, size, size) in [0, 1], back to front.
 
-    Image coordinates run from -1 to 1. Shapes are placed in face coordinates, the image grid
-    zoomed in by ~1.4 and shifted a little, so that the face fills the frame like the crops of the
-    Anime Face Dataset. Layers are painted back to front.
+    The image (-1 to 1) is zoomed in ~1.4x on the face, so the face fills the frame like the Anime Face Dataset's.
     """
     grid = (torch.arange(size, dtype=torch.float32) + 0.5) * (2 / size) - 1
     x, y = (grid.view(1, 1, size) - f.shift_x) / f.zoom, (grid.view(1, size, 1) - f.shift_y) / f.zoom
