@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.config import NAMED_FIELDS, TrainConfig
+from utils.urls import redact
 from utils.run import (CHECKPOINT, GENERATED, default_run_dir, differences, list_frames, read_checkpoint,
                        saved_config, trained_runs)
 
@@ -37,7 +38,8 @@ def mismatch_line(run_dir: Path, saved: TrainConfig, requested: TrainConfig) -> 
     if not differ:
         return ""
     listed = "; ".join(f"{name} {new!r} here, {old!r} in the run" for name, old, new in differ)
-    return f"note: this notebook's parameters differ from {run_dir}'s settings ({listed}): the run is used as trained"
+    return redact(f"note: this notebook's parameters differ from {run_dir}'s settings ({listed}): the run is used as "
+                  "trained")
 
 
 def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: str | Path = GENERATED,
