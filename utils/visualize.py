@@ -47,8 +47,7 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    """Save `image_grid(images)` as a PNG where `output_file` allows (utils/files.py), creating parent folders."""
-    output_file(path, "path")
+    """Save `image_grid(images)` as a PNG (atomically, creating parent folders)."""
     return write_png(image_grid(images, nrow).permute(1, 2, 0).numpy(), path)
 
 
