@@ -293,21 +293,17 @@ def made_here(path: Path, window: int = 1 << 20) -> bool:
 
 # ------------------------------------------------------------------------------------------- reading back
 
-class BadFile(ValueError):
-    """A file read back is not what this project writes: its message says why, in a few words."""
-
-
 def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
-    """The JSON in `path`: BadFile when it is not a regular file (never waits on a FIFO), is larger than
-    `max_bytes`, or is not valid JSON; OSError when it cannot be read."""
+    """The JSON in `path`; a ValueError saying why ("is not a regular file", never waiting on a FIFO; too large;
+    "is not valid JSON (...)"), or an OSError when it cannot be read."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd, "rb") as file:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise BadFile("is not a regular file")
+            raise ValueError("is not a regular file")
         if info.st_size > max_bytes:
-            raise BadFile(f"has {info.st_size:,} bytes, more than this project writes")
+            raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
         try:
             return json.loads(file.read())
         except ValueError as error:   # JSONDecodeError and UnicodeDecodeError
-            raise BadFile(f"is not valid JSON ({error})") from None
+            raise ValueError(f"is not valid JSON ({error})") from None

@@ -60,7 +60,7 @@ class NotARun(UserError, FileNotFoundError):
 
 
 class FaceError(UserError, ValueError):
-    """A face, a number of faces, a size or an output that cannot be used."""
+    """A face, a number of faces, a size, a seed or a number of steps that cannot be used."""
 
 
 @dataclass
@@ -171,13 +171,6 @@ def _latent_blocks(seed: int, latent_dim: int) -> Iterator[Tensor]:
         yield torch.randn(BLOCK, latent_dim, 1, 1, generator=random)
 
 
-def check_range(name: str, value: int, low: int, high: int, unit: str) -> int:
-    """`value`, or a FaceError saying the range of the argument `name` (--name on the command line)."""
-    if not low <= value <= high:
-        raise FaceError(f"{name} (--{name}) must be {low:,} to {high:,} {unit}; got {value:,}")
-    return value
-
-
 def face_name(seed: int, index: int, count: int = 0) -> str:
     """seed42_0007.png: the file name that makes face `index` of the set of `seed` again (4 digits, more if needed)."""
     return f"seed{seed}_{index:0{max(4, len(str(count - 1)))}d}.png"
@@ -265,16 +258,13 @@ def check_inputs(n: int | None = None, size: int | None = None, seed: int | None
                  steps: int | None = None, faces: int = 2) -> None:
     """Refuse a number of faces, a size, a seed or a morph's steps out of range (FaceError, one line each); a
     morph's `size` is the side of its frames."""
-    if n is not None:
-        check_range("n", n, 1, MAX_FACES, "faces")
-    if size is not None:
-        check_range("size", size, 1, MAX_SIZE, "pixels")
-    if seed is not None:
-        check_range("seed", seed, 0, MAX_SEED, "")
-    if steps is not None:
-        most = max(1, MAX_MORPH_PIXELS // (faces * size**2))
-        check_range("steps", steps, 1, most, f"frames per face for {faces} faces of {size} px (a GIF holds at most "
-                                             f"{MAX_MORPH_PIXELS:,} pixels in all)")
+    most_steps = max(1, MAX_MORPH_PIXELS // (faces * (size or 1) ** 2))
+    for name, value, low, high, unit in (
+            ("n", n, 1, MAX_FACES, " faces"), ("size", size, 1, MAX_SIZE, " pixels"), ("seed", seed, 0, MAX_SEED, ""),
+            ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
+                                            f"{MAX_MORPH_PIXELS:,} pixels in all)")):
+        if value is not None and not low <= value <= high:
+            raise FaceError(f"{name} (--{name}) must be {low:,} to {high:,}{unit}; got {value:,}")
 
 
 def resized(image: Tensor, size: int | None) -> np.ndarray:

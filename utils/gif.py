@@ -38,7 +38,7 @@ MAX_GRID_PIXELS = 8192**2  # far above any grid training writes; a PNG announcin
 
 
 class GifError(UserError, ValueError):
-    """A GIF cannot be made as asked: a duration out of range, an unreadable or mismatched grid, a folder as `out`."""
+    """A GIF cannot be made as asked: a duration out of range, an unreadable or mismatched grid."""
 
 
 class NoSampleGrids(UserError, FileNotFoundError):

@@ -61,8 +61,8 @@ from torch import nn
 
 from utils.config import FIXED_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import ConfigError, UserError
-from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES, BadFile, atomic_path, frame_path, list_frames,
-                         load_data, read_json, run_part)
+from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES, atomic_path, frame_path, list_frames, load_data,
+                         read_json, run_part)
 from utils.models import Discriminator, Generator, describe_network
 from utils.step import EMA
 from utils.urls import is_url, redact_url
@@ -336,8 +336,10 @@ def read_history_file(run_dir: Path) -> tuple[dict | None, str]:
         return None, ""
     try:
         history = read_json(path)
-    except (ValueError, OSError) as error:  # BadFile is a ValueError
-        return None, f"{path} {error}" if isinstance(error, BadFile) else f"{path} cannot be read ({error})"
+    except ValueError as error:
+        return None, f"{path} {error}"
+    except OSError as error:
+        return None, f"{path} cannot be read ({error.strerror})"
     if not _is_history(history):
         return None, f"{path} does not hold a history (a 'steps' and an 'epochs' list of records)"
     return history, ""
