@@ -20,7 +20,7 @@ from utils.estimate import epochs_done, measured_speed
 from utils.files import CHECKPOINT, CONFIG, HISTORY, OutputRefused, list_frames, made_here, read_json
 from utils.generate import generate, load_faces, morph
 from utils.gif import make_gif
-from utils.run import Run, read_history_file
+from utils.run import Run, read_checkpoint, read_history_file
 from utils.urls import redact
 from utils.visualize import save_grid
 
@@ -218,9 +218,12 @@ def test_another_runs_damaged_history_is_passed_over(history, tmp_path):
     assert (read_history_file(run_dir)[0] is not None) == readable and epochs_done(run_dir) == int(readable)
 
 
-def test_a_config_or_json_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
-    os.mkfifo(tmp_path / CONFIG)
+def test_a_file_read_back_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    for name in (CONFIG, CHECKPOINT):
+        os.mkfifo(tmp_path / name)   # read, it would wait for a writer for ever
     with pytest.raises(UserError, match="is not a regular file"):
         TrainConfig.load(tmp_path / CONFIG)
     with pytest.raises(ValueError, match="is not a regular file"):
         read_json(tmp_path / CONFIG)
+    with pytest.raises(UserError, match="is not a regular file, so not a readable checkpoint"):
+        read_checkpoint(tmp_path / CHECKPOINT)

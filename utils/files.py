@@ -131,6 +131,8 @@ def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, 
     import torch  # here, not at the top: utils.config writes through this module, and `--help` must stay fast
 
     path = Path(path)
+    if path.exists() and not path.is_file():   # a FIFO or a device: torch.load would wait on it for ever
+        raise error(f"{path} is not a regular file, so not a readable {what}. {remedy}")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the line below
             warnings.simplefilter("ignore")
