@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from utils.export import META, ExportError, export_generator, main
+from utils.files import OutputRefused
 from utils.generate import load_faces
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -72,7 +73,7 @@ def test_main_writes_the_file_and_refuses_what_is_not_a_run(run_dir, tmp_path, c
         main([str(tmp_path), "--out", str(tmp_path / "h.pt")])
     error = capsys.readouterr().err
     assert exit.value.code == 1 and error.startswith("error: ") and "is not a run folder" in error
-    with pytest.raises(ExportError, match="is a folder"):
+    with pytest.raises(OutputRefused, match="is a folder"):
         export_generator(run_dir, tmp_path)
 
 

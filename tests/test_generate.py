@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from utils.config import TrainConfig
+from utils.files import OutputRefused
 from utils.generate import (FaceError, NotARun, face_latent, face_set_latents, frozen_statistics, generate,
                             grid_face_history,
                             load_faces, main, morph, morph_frames)
@@ -107,7 +108,7 @@ def test_morph_loops_through_the_faces_at_a_readable_size(run_dir, tmp_path):
     frames = iio.imread(out, index=None)
     assert frames.shape[0] == 12 and frames.shape[1] >= 256 and frames.shape[2] >= 256
     first = faces.decode(face_latent(faces, "seed42_0070.png"))[0].permute(1, 2, 0).numpy()
-    direct = morph_frames(faces, ["seed42_0070.png", "grid:12", 3], steps=4)
+    direct = list(morph_frames(faces, ["seed42_0070.png", "grid:12", 3], steps=4))
     assert np.array_equal(direct[0][::16, ::16], first)  # the loop starts at the first face, each pixel 16x16
     assert np.array_equal(direct[4][::16, ::16], faces.decode(face_latent(faces, 12))[0].permute(1, 2, 0).numpy())
     assert not np.array_equal(direct[1], direct[0])
@@ -117,10 +118,10 @@ def test_morph_loops_through_the_faces_at_a_readable_size(run_dir, tmp_path):
 
 def test_refusals_in_the_function(run_dir, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FaceError, match="holds other files \\(notes.txt\\)"):
+    with pytest.raises(OutputRefused, match="holds other files \\(notes.txt\\)"):
         generate(run_dir, 3, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
-    with pytest.raises(FaceError, match="at least 1 face; got 0"):
+    with pytest.raises(FaceError, match="must be 1 to 100,000 faces; got 0"):
         generate(run_dir, 0, tmp_path / "x")
     with pytest.raises(NotARun, match="is not a run folder"):
         load_faces(tmp_path)
@@ -167,7 +168,7 @@ def test_main_refuses_with_one_line(run_dir, tmp_path, case, capsys):
     args, words = {"not a run": ([str(tmp_path), "--out", str(tmp_path / "o")], "is not a run folder"),
                    "no epoch": ([str(tmp_path / "fresh"), "--out", str(tmp_path / "o")], "no finished epoch"),
                    "other files": ([str(run_dir), "--out", str(tmp_path / "busy")], "holds other files"),
-                   "n 0": ([str(run_dir), "--n", "0", "--out", str(tmp_path / "o")], "at least 1 face")}[case]
+                   "n 0": ([str(run_dir), "--n", "0", "--out", str(tmp_path / "o")], "must be 1 to 100,000 faces")}[case]
     with pytest.raises(SystemExit) as exit:
         main(args)
     error = capsys.readouterr().err

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from utils.files import OutputRefused
 from utils.gif import GifError, NoSampleGrids, main, make_gif, show_gif, write_gif
 from utils.run import frame_path, list_frames
 from utils.visualize import save_grid
@@ -165,11 +166,10 @@ def test_a_grid_announcing_a_huge_size_is_refused_in_one_line_naming_it(tmp_path
 def test_out_inside_the_runs_samples_is_refused_and_no_grid_is_touched(tmp_path, name):
     write_run(tmp_path, epochs=2)
     before = {path: path.read_bytes() for path in (tmp_path / "samples").iterdir()}
-    with pytest.raises(GifError, match=rf"out \(--out\) .*samples/{name} is in {tmp_path}/samples, where training "
-                                       rf"keeps the run's per-epoch grids: write the GIF elsewhere, e.g. "
-                                       rf"{tmp_path}/training.gif"):
+    with pytest.raises(OutputRefused, match=rf"out \(--out\) .*samples/{name} is in {tmp_path}/samples, where the "
+                                            "run keeps its grid of each epoch"):
         make_gif(tmp_path, out=tmp_path / "samples" / name)
-    with pytest.raises(GifError, match=r"is in .*/samples, where training keeps"):   # any run's samples/, by any path
+    with pytest.raises(OutputRefused, match=r"is in .*/samples, where the run keeps"):   # any run's samples/, by any path
         write_gif([np.zeros((4, 4, 3), np.uint8)], tmp_path / "samples" / ".." / "samples" / name)
     assert {path: path.read_bytes() for path in (tmp_path / "samples").iterdir()} == before
 
@@ -295,8 +295,7 @@ def test_an_unreadable_grid_is_named(tmp_path, content):
 
 def test_out_pointing_at_a_folder_is_refused(tmp_path):
     write_run(tmp_path, epochs=2)
-    with pytest.raises(GifError, match=rf"out \(--out\) {tmp_path} is a folder: pass the GIF's file name, e.g. "
-                                       rf"{tmp_path}/training.gif"):
+    with pytest.raises(OutputRefused, match=rf"out \(--out\) {tmp_path} is a folder: pass the name of the file"):
         make_gif(tmp_path, out=tmp_path)
 
 

@@ -11,7 +11,7 @@ from utils.environment import pick_cuda_graphs
 from utils.errors import ConfigError
 from utils.models import Discriminator, Generator
 from utils.run import default_run_dir
-from utils.step import StepOptions, TrainingStep, discriminator_targets
+from utils.step import TrainingStep, discriminator_targets
 from utils.training import train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -32,7 +32,7 @@ def targets_of_one_step(monkeypatch, **labels) -> list[torch.Tensor]:
     torch.manual_seed(0)
     generator, discriminator = Generator(16, 16, 8), Discriminator(16, 8)
     step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
-                        torch.optim.Adam(discriminator.parameters()), StepOptions(**labels))
+                        torch.optim.Adam(discriminator.parameters()), **labels)
     step(torch.rand(256, 3, 16, 16) * 2 - 1, torch.randn(256, 16, 1, 1), torch.Generator().manual_seed(1))
     return seen
 

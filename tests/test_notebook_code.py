@@ -26,7 +26,7 @@ from utils.gif import make_gif
 from utils.metrics import frechet_distance
 from utils.models import Discriminator, Generator, count_parameters, layer_table
 from utils.run import frame_path
-from utils.step import StepOptions, TrainingStep
+from utils.step import TrainingStep
 from utils.visualize import save_grid
 
 from test_gif import read_gif  # what a GIF viewer plays, read as the GIF tests read it
@@ -117,7 +117,7 @@ def test_notebook_03_training_step_is_the_package_training_step():
 
     # utils.step's step, with the optimiser options train() uses on a CPU (foreach Adam), fp32, no channels_last
     opt_g, opt_d = adam(generator, foreach=True), adam(discriminator, foreach=True)
-    step = TrainingStep(generator, discriminator, opt_g, opt_d, StepOptions(loss="bce"))
+    step = TrainingStep(generator, discriminator, opt_g, opt_d, loss="bce")
     package = []
     for real, z in zip(reals, noise):
         step(real, z)
@@ -165,7 +165,7 @@ def test_notebook_03_training_step_is_the_package_training_step_with_smoothed_an
     torch.manual_seed(8)  # the coin tosses of label_flip
     hand = [step_function(hand_g, hand_d, adam_g, adam_d, real, z, **labels)
             for adam_g, adam_d in [(adam(hand_g), adam(hand_d))] for real, z in batches]
-    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator), StepOptions(**labels))
+    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator), **labels)
     torch.manual_seed(8)
     package = []
     for real, z in batches:

@@ -249,7 +249,7 @@ def test_an_overflowing_fp16_step_is_skipped_and_halves_the_scale(device, graphe
     from itertools import chain
 
     from utils.models import Discriminator, Generator
-    from utils.step import CUDAGraphStep, StepOptions, TrainingStep
+    from utils.step import CUDAGraphStep, TrainingStep
 
     sync = torch.cuda.synchronize if device == "cuda" else lambda: None
     torch.manual_seed(0)
@@ -257,8 +257,8 @@ def test_an_overflowing_fp16_step_is_skipped_and_halves_the_scale(device, graphe
     options = dict(lr=2e-4, betas=(0.5, 0.999), fused=True, capturable=graphed)
     opt_g, opt_d = torch.optim.Adam(generator.parameters(), **options), torch.optim.Adam(discriminator.parameters(), **options)
     scaler = torch.amp.GradScaler(device)
-    step = TrainingStep(generator, discriminator, opt_g, opt_d, StepOptions(
-        scaler=scaler, autocast=lambda: torch.autocast(device, dtype=torch.float16, cache_enabled=not graphed)))
+    step = TrainingStep(generator, discriminator, opt_g, opt_d, scaler=scaler,
+                        autocast=lambda: torch.autocast(device, dtype=torch.float16, cache_enabled=not graphed))
     run_step = CUDAGraphStep(step) if graphed else step
     real, z = torch.rand(32, 3, 16, 16, device=device) * 2 - 1, torch.randn(32, 16, 1, 1, device=device)
     for _ in range(6):  # ordinary steps; graphed: 3 eager warm-ups, then recorded and replayed

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from utils.errors import ConfigError
-from utils.files import atomic_path
+from utils.files import atomic_path, read_json
 from utils.urls import redact_url
 
 # The largest seed: every epoch's random generators are seeded from (seed, epoch) (utils/training.py), within 64 bits.
@@ -235,9 +235,9 @@ class TrainConfig:
         """Read a config.json; one that is not JSON of valid settings raises ConfigError naming the file."""
         path = Path(path)
         try:
-            values = json.loads(path.read_text())
-        except ValueError as error:  # JSONDecodeError (empty, truncated, edited) and UnicodeDecodeError
-            raise ConfigError(f"{path} is not valid JSON ({error})") from None
+            values = read_json(path)
+        except ValueError as error:  # not a regular file, too large, not JSON (empty, truncated, edited)
+            raise ConfigError(f"{path} {error}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path} does not hold settings (a JSON object of config fields)")
         try:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -48,14 +49,14 @@ import torch
 from utils import distributed
 from utils.config import TrainConfig
 from utils.errors import ConfigError
-from utils.files import atomic_path
+from utils.files import atomic_path, read_json
+from utils.step import TRIAL_BATCH
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
 # What "auto" keeps on a CPU unless the trial finds another candidate faster by MARGIN: fp32 with channels_last was
 # the fastest on both AVX2 CPUs measured (benchmarks/results/train_speed-cpu-*.log), and a few seconds of timing on a
 # shared machine vary by nearly that much.
 CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
-TRIAL_BATCH = 32          # the batch size the trial times (at most the run's): utils.step.time_training_steps
 TRIAL_MIN_ROUNDS = 3      # every candidate is timed at least this often...
 TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at most this long after the first
 AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest rounds are within 5%
@@ -341,7 +342,7 @@ def _measure_trial(measure: Measure) -> CPUTrial:
     agree within AGREEMENT, for at most TRIAL_SECONDS: rounds slowed by other work are outvoted, and an answer that
     never settled says so.
     """
-    candidates = ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
+    candidates = _candidates()
     speeds: dict[str, list[float]] = {name: [] for name in candidates}
     rounds, settled, started = 0, False, None
     with closing(measure(candidates)) as timings:   # closing: the timer restores the random state it forked
@@ -354,6 +355,10 @@ def _measure_trial(measure: Measure) -> CPUTrial:
             if settled or (rounds >= TRIAL_MIN_ROUNDS and time.perf_counter() - started > TRIAL_SECONDS):
                 break
     return CPUTrial({name: round(max(values), 1) for name, values in speeds.items()}, _load_average(), rounds, settled)
+
+
+def _candidates() -> list[str]:
+    return ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
 
 
 def _agree(values: list[float]) -> bool:
@@ -385,15 +390,25 @@ def _speeds_text(images_per_s: dict[str, float]) -> str:
 def cached_trial(config: TrainConfig) -> CPUTrial | None:
     """The answer of an earlier trial for `config`'s networks on this machine, or None (nothing measured here).
 
-    Entries of an older format (speeds without the load they were measured at) count as nothing measured.
+    An entry that is not what `_save_trial` writes (other candidates, a speed that is not a positive number, an
+    unreadable file) counts as nothing measured, and one line says so.
     """
+    path = trial_cache_file()
     try:
-        entry = json.loads(trial_cache_file().read_text()).get(_trial_key(config))
+        known = read_json(path) if path.exists() else {}
+        entry = known.get(_trial_key(config)) if isinstance(known, dict) else "not a JSON object"
+        if entry is None:
+            return None
         speeds = entry["images_per_s"]
-        return CPUTrial({str(name): float(value) for name, value in speeds.items()}, entry.get("load"),
-                        int(entry.get("rounds", 0)), bool(entry.get("settled", True)), cached=True,
-                        rechecked=bool(entry.get("rechecked", False)))
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        trial = CPUTrial({name: float(value) for name, value in speeds.items()}, entry.get("load"),
+                         int(entry.get("rounds", 0)), bool(entry.get("settled", True)), cached=True,
+                         rechecked=bool(entry.get("rechecked", False)))
+        if sorted(trial.images_per_s) != sorted(_candidates()) or not all(
+                math.isfinite(value) and value > 0 for value in trial.images_per_s.values()):
+            raise ValueError(f"its speeds {speeds} are not images/s of {', '.join(_candidates())}")
+        return trial
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as error:
+        print(f"note: {path} does not hold a CPU trial this project wrote ({str(error)[:120]}): measuring again")
         return None
 
 
@@ -438,7 +453,7 @@ def _trial_key(config: TrainConfig) -> str:
 
 def _save_trial(cache: Path, key: str, trial: CPUTrial) -> None:
     try:
-        known = json.loads(cache.read_text()) if cache.is_file() else {}
+        known = read_json(cache) if cache.exists() else {}
         known = known if isinstance(known, dict) else {}
     except (OSError, ValueError):
         known = {}

@@ -2,7 +2,7 @@
 
 Every error a user can cause or meet (a bad config value, a missing file, the network, a full disk, a run
 folder used by another process) is raised as a `UserError`. Its message names the field or file, says what
-happened and what to do. Where it surfaces:
+happened and what to do, with any password or token hidden (utils.urls.redact). Where it surfaces:
 
 - on the command line (`python -m utils.train`, `python -m utils.gif`), `run_cli` prints `error: <message>`
   and exits with status 1; an interrupted run prints what was saved and exits with 130;
@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from utils.urls import redact
+
 
 class _ShortTraceback:
     """Mixin: IPython renders the exception as `Name: message`, without the frames of this package."""
@@ -28,7 +30,10 @@ class _ShortTraceback:
 
 
 class UserError(_ShortTraceback, Exception):
-    """A failure the user can fix; the message says what happened and what to do."""
+    """A failure the user can fix; the message says what happened and what to do, without a credential (`redact`)."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(redact(str(message)))
 
 
 class ConfigError(UserError, ValueError):

@@ -15,7 +15,7 @@ batches of 32 on random images with nothing else in the process, which can be fa
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import statistics
 import time
 from contextlib import nullcontext
@@ -28,8 +28,8 @@ from utils.config import TrainConfig
 from utils.environment import choose_device
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.models import Discriminator, Generator
-from utils.run import CONFIG, GENERATED, HISTORY, run_dir_of
-from utils.step import StepOptions, TrainingStep, time_training_steps
+from utils.run import CONFIG, GENERATED, HISTORY, read_history_file, run_dir_of
+from utils.step import TrainingStep, time_training_steps
 
 # `make demo`'s settings (the Makefile's DEMO_* lines; tests/test_estimate.py keeps the two equal): what a CPU trains
 # in minutes, so it is what the warnings suggest.
@@ -55,17 +55,15 @@ def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[f
     """
     candidates = []
     for config_file in Path(root).glob(f"*/{CONFIG}"):
-        history_file = config_file.parent / HISTORY
-        if not history_file.is_file():
-            continue
+        history, _ = read_history_file(config_file.parent)   # another run's damaged history is passed over
         try:
             saved = TrainConfig.load(config_file)
-            epochs = json.loads(history_file.read_text()).get("epochs", [])
         except (OSError, ValueError):
             continue
-        speeds = [epoch["images_per_s"] for epoch in epochs if "images_per_s" in epoch and "steps" not in epoch]
+        speeds = [speed for epoch in (history or {}).get("epochs", []) if "steps" not in epoch
+                  for speed in [epoch.get("images_per_s")] if _is_speed(speed)]
         if speeds and all(getattr(saved, name) == getattr(config, name) for name in SPEED_FIELDS):
-            candidates.append((history_file.stat().st_mtime, speeds, config_file.parent))
+            candidates.append(((config_file.parent / HISTORY).stat().st_mtime, speeds, config_file.parent))
     if not candidates:
         return None
     _, speeds, run_dir = max(candidates, key=lambda candidate: candidate[0])
@@ -89,7 +87,7 @@ def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0,
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
                             torch.optim.Adam(discriminator.parameters()),
-                            StepOptions(loss=config.loss, scaler=scaler, autocast=autocast))
+                            config.loss, scaler=scaler, autocast=autocast)
         real = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device) * 2 - 1
         z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
         step(real, z)
@@ -110,12 +108,14 @@ def training_speed(config: TrainConfig, device: torch.device, root: str | Path =
     return timed_speed(config, device), f"{config.batch_size}-image training steps timed now on {device}"
 
 
+def _is_speed(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def epochs_done(run_dir: Path) -> int:
-    """How many epochs a run folder already holds (0 for a new run)."""
-    try:
-        return len(json.loads((run_dir / HISTORY).read_text()).get("epochs", [])) if (run_dir / HISTORY).is_file() else 0
-    except (OSError, ValueError):
-        return 0
+    """How many epochs a run folder already holds (0 for a new run, or one whose history.json is damaged)."""
+    history, _ = read_history_file(run_dir)
+    return len(history["epochs"]) if history else 0
 
 
 def plural(count: int, noun: str) -> str:

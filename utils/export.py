@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from utils.errors import UserError, run_cli
-from utils.files import atomic_path
+from utils.files import MAKER_BYTES, atomic_path, output_file
 from utils.generate import Faces, load_faces
 
 META = "meta.json"
@@ -53,14 +53,17 @@ class TravellingGenerator(nn.Module):
 def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", onnx: bool | None = None) -> list[Path]:
     """Write the run's generator as TorchScript to `out`, and as ONNX beside it (`out` with .onnx) when `onnx` is
     True, or None and the `onnx` package is importable; returns the files written."""
-    out = Path(out)
-    if out.is_dir():
-        raise ExportError(f"out (--out) {out} is a folder: pass the file to write, e.g. {out / 'generator.pt'}")
+    out = output_file(out, "out (--out)")
+    if out.suffix == ".onnx":
+        raise ExportError(f"out (--out) {out} is the TorchScript file, and the ONNX file goes beside it with .onnx: "
+                          f"name it {out.with_suffix('.pt')}")
     has_onnx = importlib.util.find_spec("onnx") is not None
     if onnx and not has_onnx:
         raise ExportError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
                           "TorchScript alone")
     onnx = has_onnx if onnx is None else onnx
+    if onnx:
+        output_file(out.with_suffix(".onnx"), "out (--out) with .onnx")
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
     module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
@@ -76,7 +79,7 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", 
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(module)
         with atomic_path(out) as tmp:
-            torch.jit.save(scripted, str(tmp), _extra_files={META: json.dumps(meta, indent=1)})
+            torch.jit.save(scripted, str(tmp), _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
         if onnx:
             written.append(_export_onnx(module, meta, out.with_suffix(".onnx")))
     return written
@@ -91,7 +94,7 @@ def _export_onnx(module: nn.Module, meta: dict, out: Path) -> Path:
         torch.onnx.export(module, (example,), str(tmp), input_names=["z"], output_names=["images"],
                           dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}}, dynamo=False)
         model = onnx.load(str(tmp))
-        for key, value in meta.items():
+        for key, value in {**meta, "software": MAKER_BYTES.decode()}.items():
             model.metadata_props.add(key=key, value=str(value))
         onnx.save(model, str(tmp))
     return out

@@ -16,14 +16,22 @@ the old file or the new one, never an empty one.
 Every PyTorch file this project reads (checkpoints, the FID Inception weights, the cached FID statistics) goes
 through `load_data`: `torch.load(weights_only=True)`, which builds tensors and plain containers only. A pickle
 can hold any call (`os.system(...)`), and the plain loader would run it just by loading the file.
+
+Every file a command writes where the user says (a grid, faces, a GIF, an exported generator) is first passed by
+`output_file` or `output_folder`: never a run's own file or its samples/, never over a file this project did not
+make (each such file carries `MAKER`). Every JSON file read back (histories, the CPU trial's cache) goes through
+`read_json`, which never waits on a FIFO nor reads a huge file.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
+import re
 import shutil
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from utils.errors import UserError
+
+# A run folder's layout (utils/run.py writes it; nothing else may write these)
+CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
+RUN_FILES = (CHECKPOINT, CONFIG, HISTORY, LOCK)
+REMADE = ("training.gif", "history.png")   # a run's pictures that `make_gif` and `python -m utils.train` write again
+MAKER = "anime-face-gan"   # in every picture and generator file this project writes (a PNG's Software, ...)
+MAKER_BYTES = b"Software\x00" + MAKER.encode()   # how a PNG stores it; the other writers store the same bytes
+TEMPORARY = re.compile(r"\..*\.\d+\.tmp(\.\w+)?")   # the name `atomic_path` writes under until the file is complete
+_FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
@@ -114,6 +131,8 @@ def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, 
     import torch  # here, not at the top: utils.config writes through this module, and `--help` must stay fast
 
     path = Path(path)
+    if path.exists() and not path.is_file():   # a FIFO or a device: torch.load would wait on it for ever
+        raise error(f"{path} is not a regular file, so not a readable {what}. {remedy}")
     try:
         with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the line below
             warnings.simplefilter("ignore")
@@ -186,3 +205,107 @@ def _free_bytes(folder: Path) -> int | None:
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
+
+
+# ------------------------------------------------------------------------------------------- where to write
+
+class OutputRefused(UserError, ValueError):
+    """A command was asked to write where it must not: a run's own file, its samples/, or someone else's file."""
+
+
+def frame_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where the sample grid of `epoch` (1-based) lives: RUN_DIR/samples/epoch_001.png."""
+    return Path(run_dir) / SAMPLES / f"epoch_{epoch:03d}.png"
+
+
+def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, path) of every sample grid in RUN_DIR/samples, by the number in the name (epoch_1000 after _999)."""
+    samples = Path(run_dir) / SAMPLES
+    if not samples.is_dir():
+        return []
+    found = ((_FRAME_NAME.fullmatch(path.name), path) for path in samples.iterdir())
+    return sorted((int(match.group(1)), path) for match, path in found if match and path.is_file())
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / CHECKPOINT).is_file() or (folder / CONFIG).is_file() or bool(list_frames(folder))
+
+
+def run_part(path: Path) -> str:
+    """What `path` is of a run folder ("" for nothing): one of its own files, or in its samples/."""
+    path = path.expanduser().resolve()
+    if path.name in RUN_FILES and is_run_folder(path.parent):
+        return f"the own {path.name} of the run {path.parent}"
+    for folder in (path, *path.parents):
+        if folder.name == SAMPLES and is_run_folder(folder.parent):
+            return f"in {folder}, where the run keeps its grid of each epoch"
+    return ""
+
+
+def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
+    """`folder` if a command may write its files there: not a file, not a run folder or its samples/, and holding
+    nothing but files named like `keep` (and temporary files of an interrupted write); else OutputRefused."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputRefused(f"{what} {folder} is a file: pass a folder (it is created if missing)")
+    part = run_part(folder) or ("a run folder" if folder.is_dir() and is_run_folder(folder) else "")
+    if part:
+        raise OutputRefused(f"{what} {folder} is {part}: choose a folder of its own")
+    others = sorted(path.name for path in folder.iterdir()
+                    if not keep.fullmatch(path.name) and not TEMPORARY.fullmatch(path.name)) if folder.is_dir() else []
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise OutputRefused(f"{what} {folder} holds other files ({listed}): choose a new or empty folder")
+    return folder
+
+
+def output_file(path: str | Path, what: str) -> Path:
+    """`path` if a command may write it: not a folder, not a run's own file nor in its samples/, and either new, a
+    picture a run remakes (training.gif, history.png) or a file this project made (it holds MAKER); else
+    OutputRefused (`what`: the argument, "out (--out)"), before any work."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputRefused(f"{what} {path} is a folder: pass the name of the file to write")
+    part = run_part(path)
+    if part:
+        raise OutputRefused(f"{what} {path} is {part}: writing it would replace what training wrote; "
+                            "choose a file outside the run's own files and samples/")
+    remade = path.name in REMADE and is_run_folder(path.parent)
+    if (path.exists() or path.is_symlink()) and not remade and not made_here(path):
+        raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another "
+                            "name, or move that file away yourself")
+    return path
+
+
+def made_here(path: Path, window: int = 1 << 20) -> bool:
+    """Whether the regular file `path` carries MAKER_BYTES in its first or last `window` bytes (where the PNG, GIF,
+    TorchScript and ONNX writers put it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # a FIFO: never wait for a writer
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as file:
+        size = os.fstat(fd).st_size
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = file.read(window)
+        file.seek(max(0, size - window))
+        return MAKER_BYTES in head or MAKER_BYTES in file.read(window)
+
+
+# ------------------------------------------------------------------------------------------- reading back
+
+def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
+    """The JSON in `path`; a ValueError saying why ("is not a regular file", never waiting on a FIFO; too large;
+    "is not valid JSON (...)"), or an OSError when it cannot be read."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("is not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
+        try:
+            return json.loads(file.read())
+        except ValueError as error:   # JSONDecodeError and UnicodeDecodeError
+            raise ValueError(f"is not valid JSON ({error})") from None

@@ -28,6 +28,7 @@ import argparse
 import copy
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +38,19 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from utils.config import MAX_SEED
 from utils.environment import pick_device
 from utils.errors import UserError, run_cli
 from utils.explore import slerp
-from utils.files import atomic_path
+from utils.files import CHECKPOINT, CONFIG, list_frames, output_file, output_folder
 from utils.models import sampling, to_uint8
-from utils.run import CHECKPOINT, CONFIG, models_from_checkpoint, read_checkpoint
-from utils.visualize import image_grid
+from utils.run import models_from_checkpoint, read_checkpoint
+from utils.visualize import image_grid, write_png
 
 BLOCK = 64  # latents are drawn this many at a time: face i of a seed does not depend on how many are drawn
+MAX_FACES = 100_000        # faces of one set (--n, the NNNN of a face name): far past what FID needs
+MAX_SIZE = 2048            # pixels per face (--size)
+MAX_MORPH_PIXELS = 2**28   # frames x pixels of a morph: what the GIF encoder holds (1 byte a pixel) stays bounded
 FACE_NAME = re.compile(r"seed(\d+)_(\d+)\.png")
 GRID_NAME = re.compile(r"grid:(\d+)")
 
@@ -55,7 +60,7 @@ class NotARun(UserError, FileNotFoundError):
 
 
 class FaceError(UserError, ValueError):
-    """A face, a number of faces, a size or an output that cannot be used."""
+    """A face, a number of faces, a size, a seed or a number of steps that cannot be used."""
 
 
 @dataclass
@@ -155,9 +160,15 @@ def _batch_size(decoder: nn.Module, latent_dim: int, device: torch.device) -> in
 def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
     """The first `count` latents of the set of `seed`, (count, latent_dim, 1, 1): drawn BLOCK at a time from one
     generator, so a face's latent does not depend on `count`; the first block is the fixed noise of a run of `seed`."""
+    blocks = _latent_blocks(seed, latent_dim)
+    return torch.cat([next(blocks) for _ in range(math.ceil(count / BLOCK))])[:count]
+
+
+def _latent_blocks(seed: int, latent_dim: int) -> Iterator[Tensor]:
+    """The set of `seed`, BLOCK latents at a time, for as long as it is asked."""
     random = torch.Generator().manual_seed(seed)
-    blocks = [torch.randn(BLOCK, latent_dim, 1, 1, generator=random) for _ in range(math.ceil(count / BLOCK))]
-    return torch.cat(blocks)[:count]
+    while True:
+        yield torch.randn(BLOCK, latent_dim, 1, 1, generator=random)
 
 
 def face_name(seed: int, index: int, count: int = 0) -> str:
@@ -180,6 +191,9 @@ def face_latent(faces: Faces, face: str | int) -> Tensor:
         raise FaceError(f"face {face!r} is neither a generated face's file name (like seed42_0007.png) nor a face of "
                         f"the run's grid (like grid:12, 0 to {len(faces.fixed_noise) - 1})")
     seed, index = int(match.group(1)), int(match.group(2))
+    if seed > MAX_SEED or index >= MAX_FACES:
+        raise FaceError(f"face {face!r} is not one this project writes: seeds are 0 to {MAX_SEED:,} and faces 0 to "
+                        f"{MAX_FACES - 1:,} (seed42_0007.png)")
     return face_set_latents(seed, index + 1, faces.latent_dim)[index]
 
 
@@ -195,8 +209,6 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
     noise into samples/epoch_NNN.png, so face 12 of each grid is that face as training went on. (A latent you
     saved is decoded by `faces.decode` with the generator of the epoch you load: keep it, train further, load again.)
     """
-    from utils.run import list_frames
-
     index = face if isinstance(face, int) else int(str(face).removeprefix("grid:"))
     face_latent(faces, index)  # refuses an index outside the grid
     size, row, col = faces.image_size, *divmod(index, 8)  # the grids are 8 faces wide with 2-pixel gaps
@@ -217,38 +229,42 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
 
     The same call writes the same files. `size` resizes each face to size x size pixels (nearest neighbour when
     enlarging, so the pixels stay sharp). `grid` also writes the first 64 faces as one 8x8 PNG. Refuses, with one
-    line and before writing anything: n < 1, a size < 1, and an `out` folder that holds files other than faces.
+    line and before writing anything: n, size or seed out of range, and an `out` or `grid` that `output_folder` and
+    `output_file` (utils/files.py) refuse.
     """
-    if n < 1:
-        raise FaceError(f"n (--n) must be at least 1 face; got {n}")
-    if size is not None and size < 1:
-        raise FaceError(f"size (--size) must be at least 1 pixel; got {size}")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise FaceError(f"out (--out) {out} is a file: pass a folder for the faces (it is created if missing)")
-    others = sorted(p.name for p in out.iterdir() if not FACE_NAME.fullmatch(p.name)) if out.is_dir() else []
-    if others:
-        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise FaceError(f"out (--out) {out} holds other files ({listed}): "
-                        "choose a new or empty folder, or one holding only generated faces (seedS_NNNN.png)")
+    check_inputs(n=n, size=size, seed=seed)
+    out = output_folder(out, "out (--out)", FACE_NAME)
+    grid = output_file(grid, "grid (--grid)") if grid is not None else None
     faces = faces if isinstance(faces, Faces) else load_faces(faces)
     seed = faces.seed if seed is None else seed
-    if seed < 0:
-        raise FaceError(f"seed (--seed) must be >= 0; got {seed}")
-    latents = face_set_latents(seed, n, faces.latent_dim)
+    blocks, per_batch = _latent_blocks(seed, faces.latent_dim), max(1, faces.batch_size // BLOCK)
     paths = []
     with tqdm(total=n, desc=f"faces -> {out}", unit="face") as bar:
-        for start in range(0, n, faces.batch_size):
-            images = faces.decode(latents[start:start + faces.batch_size])
+        for start in range(0, n, per_batch * BLOCK):   # latents drawn as they are decoded: memory stays bounded
+            count = min(per_batch * BLOCK, n - start)
+            images = faces.decode(torch.cat([next(blocks) for _ in range(math.ceil(count / BLOCK))])[:count])
             for offset, image in enumerate(images):
                 path = out / face_name(seed, start + offset, n)
-                with atomic_path(path) as tmp:
-                    Image.fromarray(resized(image, size)).save(tmp, format="PNG")
+                write_png(resized(image, size), path)
                 paths.append(path)
             bar.update(len(images))
     if grid is not None:
-        write_png(image_grid(faces.decode(latents[:BLOCK])).permute(1, 2, 0).numpy(), grid)
+        write_png(image_grid(faces.decode(face_set_latents(seed, min(n, BLOCK), faces.latent_dim)))
+                  .permute(1, 2, 0).numpy(), grid)
     return paths
+
+
+def check_inputs(n: int | None = None, size: int | None = None, seed: int | None = None,
+                 steps: int | None = None, faces: int = 2) -> None:
+    """Refuse a number of faces, a size, a seed or a morph's steps out of range (FaceError, one line each); a
+    morph's `size` is the side of its frames."""
+    most_steps = max(1, MAX_MORPH_PIXELS // (faces * (size or 1) ** 2))
+    for name, value, low, high, unit in (
+            ("n", n, 1, MAX_FACES, " faces"), ("size", size, 1, MAX_SIZE, " pixels"), ("seed", seed, 0, MAX_SEED, ""),
+            ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
+                                            f"{MAX_MORPH_PIXELS:,} pixels in all)")):
+        if value is not None and not low <= value <= high:
+            raise FaceError(f"{name} (--{name}) must be {low:,} to {high:,}{unit}; got {value:,}")
 
 
 def resized(image: Tensor, size: int | None) -> np.ndarray:
@@ -261,31 +277,27 @@ def resized(image: Tensor, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(array).resize((size, size), method))
 
 
-def write_png(image: np.ndarray, path: str | Path) -> Path:
-    """Save a uint8 (H, W, 3) image as a PNG, atomically."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
-    return Path(path)
-
-
 # ------------------------------------------------------------------------------------------------------ morph
 
-def morph_frames(faces: Faces, chosen: list[str | int] | Tensor, steps: int = 24, size: int = 256) -> list[np.ndarray]:
+def morph_frames(faces: Faces, chosen: list[str | int] | Tensor, steps: int = 24, size: int = 256) -> Iterator[np.ndarray]:
     """Frames of a loop through the chosen faces and back to the first: uint8 (H, W, 3), slerp between each face and
-    the next, `steps` frames per leg (len(chosen) * steps frames). Each face is enlarged by the smallest whole factor
-    that makes it at least `size` pixels wide (nearest neighbour: sharp pixels, no blur)."""
+    the next, `steps` frames per leg (len(chosen) * steps frames), decoded as they are asked for. Each face is
+    enlarged by the smallest whole factor that makes it at least `size` pixels wide (nearest neighbour: sharp)."""
     latents = chosen if isinstance(chosen, Tensor) else face_latents(faces, chosen)
     if len(latents) < 2:
         raise FaceError(f"a morph needs at least two faces to move between; got {len(latents)}")
-    if steps < 1:
-        raise FaceError(f"steps (--steps) must be at least 1 frame per face; got {steps}")
-    if size < 1:
-        raise FaceError(f"size (--size) must be at least 1 pixel; got {size}")
-    path = torch.cat([slerp(latents[k:k + 1], latents[(k + 1) % len(latents)][None], step / steps)
-                      for k in range(len(latents)) for step in range(steps)])
+    check_inputs(size=size)
     scale = math.ceil(size / faces.image_size)
-    return [image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
-            for image in faces.decode(path)]
+    check_inputs(size=scale * faces.image_size, steps=steps, faces=len(latents))
+    return _morph_frames(faces, latents, steps, scale)
+
+
+def _morph_frames(faces: Faces, latents: Tensor, steps: int, scale: int) -> Iterator[np.ndarray]:
+    for k in range(len(latents)):
+        leg = torch.cat([slerp(latents[k:k + 1], latents[(k + 1) % len(latents)][None], step / steps)
+                         for step in range(steps)])
+        for image in faces.decode(leg):
+            yield image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
 
 
 def morph(faces: Faces | str | Path, chosen: list[str | int] | Tensor, out: str | Path, steps: int = 24,
@@ -293,8 +305,10 @@ def morph(faces: Faces | str | Path, chosen: list[str | int] | Tensor, out: str 
     """Write a looping GIF that morphs through the chosen faces (names, grid indices or latents); returns `out`."""
     from utils.gif import write_gif
 
+    output_file(out, "out (--out)")
+    check_inputs(size=size, steps=steps, faces=len(chosen))
     faces = faces if isinstance(faces, Faces) else load_faces(faces)
-    return write_gif(morph_frames(faces, chosen, steps, size), out, frame_ms)
+    return write_gif(morph_frames(faces, chosen, steps, size), out, frame_ms, count=len(chosen) * steps)
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -318,8 +332,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     def command() -> None:
-        if args.morph is None and args.n < 1:  # before loading anything: a typo costs nothing
-            raise FaceError(f"n (--n) must be at least 1 face; got {args.n}")
+        # before loading anything: a typo costs nothing
+        if args.morph is None:
+            check_inputs(n=args.n, size=args.size, seed=args.seed)
+            output_folder(args.out, "out (--out)", FACE_NAME)
+            output_file(args.grid, "grid (--grid)") if args.grid else None
+        else:
+            check_inputs(size=args.size or 256, steps=args.steps, faces=len(args.morph))
+            output_file(args.out, "out (--out)")
         faces = load_faces(args.run_dir, args.device)
         if args.morph is not None:
             path = morph(faces, args.morph, args.out, args.steps, args.size or 256)

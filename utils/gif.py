@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,8 +28,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from utils.environment import in_colab, in_kaggle
 from utils.errors import UserError, run_cli
-from utils.files import atomic_path
-from utils.run import SAMPLES, list_frames
+from utils.files import MAKER_BYTES, SAMPLES, atomic_path, list_frames, output_file
 from utils.visualize import enlarged, in_notebook
 
 # GIF stores durations in 1/100 s, at most 65535 of them; browsers play anything under 20 ms as 100 ms
@@ -39,23 +38,26 @@ MAX_GRID_PIXELS = 8192**2  # far above any grid training writes; a PNG announcin
 
 
 class GifError(UserError, ValueError):
-    """A GIF cannot be made as asked: a duration out of range, an unreadable or mismatched grid, a folder as `out`."""
+    """A GIF cannot be made as asked: a duration out of range, an unreadable or mismatched grid."""
 
 
 class NoSampleGrids(UserError, FileNotFoundError):
     """The run folder has no sample grids yet."""
 
 
-def write_gif(frames: list[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None) -> Path:
-    """Write uint8 (H, W, 3) frames as a GIF that loops forever (atomically); returns `out`.
+def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None,
+              count: int | None = None) -> Path:
+    """Write uint8 (H, W, 3) frames (a list, or an iterator of `count` of them) as a GIF that loops forever
+    (atomically); returns `out`.
 
     `frame_ms` is each frame's duration in milliseconds, `hold_last_ms` the last frame's
     (default: the same). GIF stores durations in 1/100 s, so they round to 10 ms.
     """
-    if not frames:
-        raise GifError("write_gif needs at least one frame; got an empty list")
+    count = len(frames) if count is None else count
+    if count < 1:
+        raise GifError("write_gif needs at least one frame; got none")
     _check_gif_options(out, frame_ms, hold_last_ms)
-    return _write_frames(map(Image.fromarray, frames), len(frames), Path(out), frame_ms, hold_last_ms)
+    return _write_frames(map(Image.fromarray, frames), count, Path(out), frame_ms, hold_last_ms)
 
 
 def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms: int, hold_last_ms: int | None) -> Path:
@@ -64,7 +66,7 @@ def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms
     durations = [frame_ms] * (count - 1) + [frame_ms if hold_last_ms is None else hold_last_ms]
     first = next(frames)
     with atomic_path(out) as tmp:
-        first.save(tmp, format="GIF", save_all=True, append_images=frames, loop=0,
+        first.save(tmp, format="GIF", save_all=True, append_images=frames, loop=0, comment=MAKER_BYTES,
                    duration=durations if count > 1 else durations[0])  # a list only for animations
     return out
 
@@ -78,15 +80,15 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
     epochs. Grids narrower than 512 pixels are enlarged by a whole factor with nearest-neighbour pixels
     (`utils.visualize.enlarged`), so a 16 px run is not a thumbnail and stays sharp.
 
-    Raises NoSampleGrids (a FileNotFoundError) when the run has no grids yet, and GifError (a ValueError) before
-    reading any grid when an option is out of range or `out` is a folder or inside the run's samples/; and, naming
+    Raises NoSampleGrids (a FileNotFoundError) when the run has no grids yet, GifError (a ValueError) before
+    reading any grid when an option is out of range, OutputRefused where `out` may not be written; and, naming
     the file, when a grid does not decode or announces a size no grid has (e.g. a decompression bomb), when two
     grids are of one epoch (epoch_001.png and epoch_0001.png), or when a grid's size differs from the first one's
     (e.g. a run resumed at another image size or sample count): a GIF has one frame size.
     """
     run_dir = Path(run_dir)
     out = run_dir / "training.gif" if out is None else Path(out)
-    _check_gif_options(out, frame_ms, hold_last_ms, run_dir)
+    _check_gif_options(out, frame_ms, hold_last_ms)
     if max_frames < 2:
         raise GifError(f"max_frames (--max-frames) must be >= 2 (the first and the last epoch); got {max_frames}")
     frames = list_frames(run_dir)
@@ -159,20 +161,14 @@ def _read_grid(path: Path, epoch: int) -> np.ndarray:
                            f"epoch {epoch}") from None
 
 
-def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None, run_dir: Path | None = None) -> None:
-    """Refuse what a GIF cannot hold, before any work: durations out of range, a folder as the output file, a file
-    in a run's samples/ (it would replace a grid there, or be taken for one)."""
+def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None) -> None:
+    """Refuse, before any work, durations a GIF cannot hold and an `out` that `output_file` refuses."""
     for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
         if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
             raise GifError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
                            f"milliseconds; got {value} (GIF stores 1/100 s, and browsers play frames shorter than "
                            f"{MIN_FRAME_MS} ms for 100 ms)")
-    if Path(out).is_dir():
-        raise GifError(f"out (--out) {out} is a folder: pass the GIF's file name, e.g. {Path(out) / 'training.gif'}")
-    folder = Path(out).resolve().parent
-    if folder.name == SAMPLES and (list_frames(folder.parent) or (run_dir and folder == (run_dir / SAMPLES).resolve())):
-        raise GifError(f"out (--out) {out} is in {folder}, where training keeps the run's per-epoch grids: write the "
-                       f"GIF elsewhere, e.g. {folder.parent / 'training.gif'}")
+    output_file(out, "out (--out)")
 
 
 def add_label(image: np.ndarray, text: str) -> np.ndarray:

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from utils.errors import UserError
-from utils.run import list_frames
+from utils.files import list_frames
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif")
 MAX_FILE_BYTES = 64 * 2**20   # a face is tens of KB; a larger "image" is skipped unread instead of filling memory

@@ -58,15 +58,13 @@ from torch import nn
 
 from utils.config import FIXED_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import ConfigError, UserError
-from utils.files import atomic_path, load_data
+from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES, atomic_path, frame_path, list_frames, load_data,
+                         read_json, run_part)
 from utils.models import Discriminator, Generator, describe_network
 from utils.step import EMA
 from utils.urls import is_url, redact_url
 
 GENERATED = Path("generated")
-CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
-
-_FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
 
 
 class RunInUse(UserError):
@@ -114,28 +112,6 @@ def _short(name: str, value: Any) -> str:
     elif isinstance(value, float):
         value = f"{value:g}"
     return re.sub(r"[^\w.+=-]", "+", str(value))[:40]
-
-
-def frame_path(run_dir: str | Path, epoch: int) -> Path:
-    """Where the sample grid of `epoch` (1-based) lives: RUN_DIR/samples/epoch_001.png."""
-    return Path(run_dir) / SAMPLES / f"epoch_{epoch:03d}.png"
-
-
-def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """(epoch, path) of every sample grid in RUN_DIR/samples, in epoch order.
-
-    Sorted by the number in the name, not the name itself, so epoch_1000.png comes after epoch_999.png. Other
-    files (temporary files of a write in progress, notes) are ignored.
-    """
-    samples = Path(run_dir) / SAMPLES
-    if not samples.is_dir():
-        return []
-    frames = []
-    for path in samples.iterdir():
-        match = _FRAME_NAME.fullmatch(path.name)
-        if match and path.is_file():
-            frames.append((int(match.group(1)), path))
-    return sorted(frames)
 
 
 _MOVE_AWAY = "Move it away to start a new run in its folder"
@@ -345,15 +321,17 @@ def _read_config_file(run_dir: Path) -> tuple[TrainConfig | None, str]:
         return None, str(error)
 
 
-def _read_history_file(run_dir: Path) -> tuple[dict | None, str]:
+def read_history_file(run_dir: Path) -> tuple[dict | None, str]:
     """(history.json's records, "") / (None, "") when it is missing / (None, what is wrong with it)."""
     path = run_dir / HISTORY
-    if not path.is_file():
+    if not path.exists():
         return None, ""
     try:
-        history = json.loads(path.read_text())
-    except (ValueError, OSError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        return None, f"{path} is not valid JSON ({error})"
+        history = read_json(path)
+    except ValueError as error:
+        return None, f"{path} {error}"
+    except OSError as error:
+        return None, f"{path} cannot be read ({error.strerror})"
     if not _is_history(history):
         return None, f"{path} does not hold a history (a 'steps' and an 'epochs' list of records)"
     return history, ""
@@ -377,7 +355,7 @@ def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
     without a checkpoint, a UserError says which file to fix. Reads only: the folder may be training.
     """
     run_dir = Path(run_dir)
-    (config, config_problem), (history, history_problem) = _read_config_file(run_dir), _read_history_file(run_dir)
+    (config, config_problem), (history, history_problem) = _read_config_file(run_dir), read_history_file(run_dir)
     if config_problem or history_problem:
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"{config_problem or history_problem}, and {run_dir} has no {CHECKPOINT} to recover it "
@@ -394,9 +372,17 @@ def _write_json(path: Path, value: dict, make_folder: bool = True) -> None:
 
 
 def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
-    """Move `paths` (inside run_dir) into a new run_dir/earlier-N/, keeping their relative paths; return that folder."""
-    number = 1 + sum(1 for _ in run_dir.glob("earlier-*"))
-    aside = run_dir / f"earlier-{number}"
+    """Move `paths` (inside run_dir) into a new run_dir/earlier-N/, keeping their relative paths; return that folder.
+    N is one past the highest taken, and the folder is created new: nothing is ever moved onto an earlier one."""
+    taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdigit()]
+    number = max(taken, default=0) + 1
+    while True:
+        aside = run_dir / f"earlier-{number}"
+        try:
+            aside.mkdir()
+            break
+        except FileExistsError:
+            number += 1
     for path in paths:
         target = aside / path.relative_to(run_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -557,6 +543,8 @@ class Run:
         writable, holds a run that `config` cannot continue, or `resume` is False on a trained run.
         """
         run_dir = run_dir_of(config, tag)
+        if run_part(run_dir):
+            raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
         _refuse_data_folders(run_dir, config)
         if not main:  # other processes of a distributed run only read; process 0 owns the folder
             path = run_dir / CHECKPOINT
@@ -614,7 +602,7 @@ class Run:
         """
         epoch = state["epoch"]
         later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
-        history, history_problem = _read_history_file(run_dir)
+        history, history_problem = read_history_file(run_dir)
         history_ahead = history is not None and len(history["epochs"]) > len(state["history"]["epochs"])
         if history_ahead or [e for e, _ in later] not in ([], [epoch + 1]):
             aside = _move_aside(run_dir, [frame for _, frame in later] + [run_dir / name for name in (

@@ -1,13 +1,13 @@
 """One training step of the GAN: what notebook 03 teaches, written out there by hand and proven equal to this
 module by tests/test_notebook_code.py.
 
-    >>> from utils.step import StepOptions, TrainingStep
-    >>> step = TrainingStep(generator, discriminator, opt_g, opt_d, StepOptions(loss="bce"))
+    >>> from utils.step import TrainingStep
+    >>> step = TrainingStep(generator, discriminator, opt_g, opt_d, loss="bce")
     >>> step(real_images, z)          # D learns from a real and a fake batch, then G learns to fool D
     >>> step.read(steps=1)            # {"loss_d": ..., "loss_g": ..., "d_real": ..., "d_fake": ...}
 
 Here: the losses (`discriminator_loss`, `discriminator_targets` for smoothed and noisy labels, `generator_loss`),
-`frozen` (D's weights during G's step), the step itself (`TrainingStep`, its options in `StepOptions`), the moving
+`frozen` (D's weights during G's step), the step itself (`TrainingStep`), the moving
 average of G's weights (`EMA`), the step recorded once as a CUDA graph (`CUDAGraphStep`), and the CPU trial's
 timing of this step (`time_training_steps`, called by utils/environment.py). The loop around it is
 utils/training.py.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -27,8 +26,9 @@ from torch import nn
 
 from utils import distributed
 from utils.config import TrainConfig
-from utils.environment import TRIAL_BATCH
 from utils.models import Discriminator, Generator
+
+TRIAL_BATCH = 32   # the batch the CPU trial times (at most the run's): small, so the trial takes seconds
 
 
 # --------------------------------------------------------------------------------------------- losses
@@ -73,52 +73,33 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ the step
 
-@dataclass
-class StepOptions:
-    """How a `TrainingStep` plays the game, and what keeps it fast. The defaults are notebook 03's plain step.
-
-    `loss` and D's BCE targets (`real_label`, `fake_label`, `label_flip`: see `discriminator_targets`) are the
-    game. The rest is how it runs: mixed precision's `autocast` and `scaler`, an `ema` of G updated after each
-    step, DiffAugment's `augment`, and the networks as trained (`train_g`, `train_d`: a DDP wrapper, a compiled
-    module; `frozen_d`: D as called in G's step), which default to the plain networks.
-    """
-
-    loss: str = "bce"
-    real_label: float = 1.0
-    fake_label: float = 0.0
-    label_flip: float = 0.0
-    scaler: torch.amp.GradScaler | None = None
-    autocast: Callable = nullcontext
-    ema: EMA | None = None
-    augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None
-    train_g: nn.Module | None = None
-    train_d: nn.Module | None = None
-    frozen_d: nn.Module | None = None
-
-
 class TrainingStep:
     """One round of the game: D learns from a real and a fake batch, then G learns to fool D.
 
     Exactly the step of notebook 03, plus what keeps it fast: it never waits for the device (the losses and
     D's average verdicts are summed into `totals` on the device, and `read` fetches them every few steps), so
-    on a GPU it can be replayed as a CUDA graph. `generator`/`discriminator` are the plain networks; `options`
-    (see `StepOptions`) sets the loss, D's targets, mixed precision, the EMA, DiffAugment and the networks as
-    trained.
+    on a GPU it can be replayed as a CUDA graph. `generator`/`discriminator` are the plain networks. The game:
+    `loss` and D's BCE targets (`real_label`, `fake_label`, `label_flip`: see `discriminator_targets`). How it
+    runs: mixed precision's `autocast` and `scaler`, an `ema` of G updated after each step, DiffAugment's
+    `augment`, and the networks as trained (`train_g`, `train_d`: a DDP wrapper, a compiled module; `frozen_d`: D
+    as called in G's step), which default to the plain networks.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
-                 opt_d: torch.optim.Optimizer, options: StepOptions | None = None):
-        options = options or StepOptions()
+                 opt_d: torch.optim.Optimizer, loss: str = "bce", real_label: float = 1.0, fake_label: float = 0.0,
+                 label_flip: float = 0.0, *, scaler: torch.amp.GradScaler | None = None,
+                 autocast: Callable = nullcontext, ema: EMA | None = None,
+                 augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+                 train_g: nn.Module | None = None, train_d: nn.Module | None = None, frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
-        self.loss = options.loss
-        self.labels = (options.real_label, options.fake_label, options.label_flip)
-        self.scaler = options.scaler or torch.amp.GradScaler(enabled=False)
-        self.autocast, self.ema = options.autocast, options.ema
-        self.augment = options.augment or (lambda x, gen: x)
-        self.train_g = generator if options.train_g is None else options.train_g
-        self.train_d = discriminator if options.train_d is None else options.train_d
+        self.loss, self.labels = loss, (real_label, fake_label, label_flip)
+        self.scaler = scaler or torch.amp.GradScaler(enabled=False)
+        self.autocast, self.ema = autocast, ema
+        self.augment = augment or (lambda x, gen: x)
+        self.train_g = generator if train_g is None else train_g
+        self.train_d = discriminator if train_d is None else train_d
         # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
-        self.frozen_d = distributed.unwrap(self.train_d) if options.frozen_d is None else options.frozen_d
+        self.frozen_d = distributed.unwrap(self.train_d) if frozen_d is None else frozen_d
         self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
@@ -249,7 +230,7 @@ def time_training_steps(config: TrainConfig, candidates: list[str],
             autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
             step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters(), foreach=True),
                                 torch.optim.Adam(discriminator.parameters(), foreach=True),
-                                StepOptions(loss=config.loss, autocast=autocast))
+                                config.loss, autocast=autocast)
             real = torch.rand(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
             z = torch.randn(batch, config.latent_dim, 1, 1)
             step(real, z)  # the first step allocates and picks kernels

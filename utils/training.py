@@ -48,7 +48,8 @@ from utils.metrics import FID, fid_for_config, load_inception
 from utils.models import Discriminator, Generator, available_ram, check_network_size, check_networks
 from utils.run import (CHECKPOINT, Run, TrainingState, checkpoint_state, network_descriptions, network_tag,
                        restore_checkpoint)
-from utils.step import EMA, CUDAGraphStep, StepOptions, TrainingStep, time_training_steps
+from utils.step import EMA, CUDAGraphStep, TrainingStep, time_training_steps
+from utils.urls import redact
 from utils.visualize import image_grid, in_notebook
 
 
@@ -175,9 +176,9 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
 
 
 def _log(message: str) -> None:
-    """Print on the main process only: the others of a distributed run train silently."""
+    """Print on the main process only (the others of a distributed run train silently), credentials hidden."""
     if distributed.is_main():
-        print(message)
+        print(redact(message))
 
 
 @dataclass
@@ -290,10 +291,10 @@ def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoi
     autocast = (lambda: torch.autocast(device.type, dtype=choice.amp, cache_enabled=not choice.cuda_graphs)) \
         if choice.amp else nullcontext
     augment = (lambda x, gen: diff_augment(x, config.diffaugment, gen)) if config.diffaugment else None
-    options = StepOptions(loss=config.loss, real_label=config.real_label, fake_label=config.fake_label,
-                          label_flip=config.label_flip, scaler=state.scaler, autocast=autocast, ema=state.ema,
-                          augment=augment, train_g=train_g, train_d=train_d, frozen_d=frozen_d)
-    return TrainingStep(state.generator, state.discriminator, state.opt_g, state.opt_d, options)
+    return TrainingStep(state.generator, state.discriminator, state.opt_g, state.opt_d, config.loss,
+                        config.real_label, config.fake_label, config.label_flip, scaler=state.scaler,
+                        autocast=autocast, ema=state.ema, augment=augment, train_g=train_g, train_d=train_d,
+                        frozen_d=frozen_d)
 
 
 def _train_epochs(config: TrainConfig, run: Run, parts: TrainingParts, live_plot, progress: bool) -> TrainResult:

@@ -1,8 +1,8 @@
-"""URLs given as `data`: which strings are URLs, and the same URL with its credentials hidden.
+"""URLs given as `data`: which strings are URLs, and any text with the credentials it holds hidden.
 
-A private link can carry a password (`https://user:pass@host/faces.zip`) or a token (`?token=...`). Every message
-that names `config.data`, and every file that stores it (config.json, the checkpoint), goes through `redact_url`,
-so a secret never ends up in a log or in a run folder shared with others.
+A private link can carry a password (`https://user:pass@host/faces.zip`) or a token (`?token=...`, `#key=...`).
+Every error (utils/errors.py), every log line of training and every file that stores `config.data` (config.json,
+the checkpoint) goes through `redact`, so a secret never ends up on a screen, in a log or in a shared run folder.
 """
 
 from __future__ import annotations
@@ -15,24 +15,19 @@ def is_url(data: str) -> bool:
     return data.startswith(("http://", "https://"))
 
 
-_SECRET_NAME = re.compile(r"token|key|sig|secret|pass|pwd|auth|cred|session", re.IGNORECASE)
+_SECRET_NAME = r"[\w.%-]*(?:token|key|sig|secret|pass|pwd|auth|cred|session)[\w.%-]*"
+_SECRET_PAIR = re.compile(rf"({_SECRET_NAME}=)[^&#\s'\"]+", re.IGNORECASE)      # token=abc, X-Amz-Credential=...
+_USER_INFO = re.compile(r"(https?://)[^/?#\s'\"]*@", re.IGNORECASE)                  # https://user:pass@
+
+
+def redact(text: str) -> str:
+    """`text` with every URL's user:password@ and the value of every name=value whose name says it is secret
+    (token, key, signature, X-Amz-Credential, ...) replaced by ***, wherever they stand: in a URL, in a URL cut
+    at a space by another library's message, in a query or a fragment. Anything else is left as it is."""
+    return _SECRET_PAIR.sub(r"\1***", _USER_INFO.sub(r"\1***@", text))
 
 
 def redact_url(data: str) -> str:
-    """`data` with a URL's credentials replaced by ***: its user:password@ and the values of query parameters
-    whose names say they are secret (token, key, signature, X-Amz-Credential, ...); anything else as it is.
-
-    For every message that names config.data and every file that stores it (config.json, the checkpoint):
-    a private link's token must not end up in a log, or in a run folder shared with others.
-    """
-    if not is_url(data):
-        return data
-    try:
-        parts = urllib.parse.urlsplit(data)
-    except ValueError:   # e.g. an unclosed [ in the host: show the scheme only
-        return f"{data.split(':', 1)[0]}://***"
-    netloc = parts.netloc if "@" not in parts.netloc else "***@" + parts.netloc.rpartition("@")[2]
-    pairs = [pair.partition("=") for pair in parts.query.split("&")] if parts.query else []
-    query = "&".join(name + equals + ("***" if equals and _SECRET_NAME.search(urllib.parse.unquote(name)) else value)
-                     for name, equals, value in pairs)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
+    """`redact` for `config.data` when it is a URL (a folder's name is kept as it is): what every message naming it
+    and every file storing it holds."""
+    return redact(data) if is_url(data) else data

@@ -26,9 +26,9 @@ import torch
 import torchvision
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from utils.files import atomic_path
+from utils.files import MAKER, atomic_path, output_file
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
@@ -47,9 +47,15 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Save `image_grid(images)` as a PNG (atomically, creating parent folders)."""
-    grid = image_grid(images, nrow)
+    return write_png(image_grid(images, nrow).permute(1, 2, 0).numpy(), path)
+
+
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    """Save a uint8 (H, W, 3) image as a PNG, atomically, marked as this project's (`MAKER`, as its Software)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", MAKER)
     with atomic_path(path) as tmp:
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
     return Path(path)
 
 
@@ -166,9 +172,10 @@ def change_marks(history: dict) -> list[tuple[int, str]]:
 
 def save_history_plot(history: dict, path: str | Path) -> Path:
     """Save `plot_history(history)` as a PNG (atomically), e.g. RUN_DIR/history.png."""
+    output_file(path, "path")
     fig = plot_history(history, Figure(figsize=_history_figsize(history), layout="constrained"))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": MAKER})
     return Path(path)
 
 

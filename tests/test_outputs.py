@@ -1,0 +1,229 @@
+"""The guarantees every command shares, each failure caused for real: where a command may write (utils/files.py
+`output_file`, `output_folder`), credentials hidden in every text that leaves (utils/urls.py `redact`), inputs
+bounded where they enter (utils/generate.py), and files read back checked before use (`read_json`)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from utils.config import TrainConfig
+from utils.choose import choose_run
+from utils.environment import cached_trial, trial_cache_file, _trial_key
+from utils.errors import UserError
+from utils.estimate import epochs_done, measured_speed
+from utils.files import CHECKPOINT, CONFIG, HISTORY, OutputRefused, list_frames, made_here, read_json
+from utils.generate import generate, load_faces, morph
+from utils.gif import make_gif
+from utils.run import Run, read_checkpoint, read_history_file
+from utils.urls import redact
+from utils.visualize import save_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_dir(tiny_run, tmp_path) -> Path:
+    """A copy of tests/conftest.py's trained run: a test that overwrote it would spoil no other."""
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def command(module: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def refused_in_one_line(result: subprocess.CompletedProcess, words: str) -> None:
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and words in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------- where to write
+
+@pytest.mark.parametrize("case", ["grid over checkpoint", "morph over checkpoint", "export over checkpoint",
+                                  "grid over a grid", "grid over config", "morph into samples", "faces into the run",
+                                  "faces into samples", "export over history", "grid through a link"])
+def test_no_command_writes_over_a_runs_own_files_or_into_samples(run_dir, tmp_path, case):
+    (tmp_path / "link.png").symlink_to(run_dir / CHECKPOINT)
+    args = {"grid over checkpoint": ("utils.generate", run_dir, "--n", 2, "--out", tmp_path / "f",
+                                     "--grid", run_dir / CHECKPOINT),
+            "morph over checkpoint": ("utils.generate", run_dir, "--morph", "grid:0", "grid:1",
+                                      "--out", run_dir / CHECKPOINT),
+            "export over checkpoint": ("utils.export", run_dir, "--out", run_dir / CHECKPOINT),
+            "grid over a grid": ("utils.generate", run_dir, "--n", 2, "--out", tmp_path / "f",
+                                 "--grid", run_dir / "samples" / "epoch_001.png"),
+            "grid over config": ("utils.generate", run_dir, "--out", tmp_path / "f", "--grid", run_dir / CONFIG),
+            "morph into samples": ("utils.generate", run_dir, "--morph", "grid:0", "grid:1",
+                                   "--out", run_dir / "samples" / "m.gif"),
+            "faces into the run": ("utils.generate", run_dir, "--out", run_dir),
+            "faces into samples": ("utils.generate", run_dir, "--out", run_dir / "samples"),
+            "export over history": ("utils.export", run_dir, "--out", run_dir / "samples" / ".." / HISTORY),
+            "grid through a link": ("utils.generate", run_dir, "--out", tmp_path / "f", "--grid", tmp_path / "link.png"),
+            }[case]
+    before = files_of(run_dir)
+    result = command(*args)
+    refused_in_one_line(result, "is ")
+    assert "run" in result.stderr and files_of(run_dir) == before and not (tmp_path / "f").exists()
+
+
+def test_a_file_the_project_did_not_make_is_never_replaced_and_its_own_are(run_dir, tmp_path):
+    mine = tmp_path / "holiday.png"
+    mine.write_bytes(b"not a grid")
+    refused_in_one_line(command("utils.generate", run_dir, "--n", 1, "--out", tmp_path / "f", "--grid", mine),
+                        "already exists and was not written by this project")
+    refused_in_one_line(command("utils.export", run_dir, "--out", mine), "already exists")
+    assert mine.read_bytes() == b"not a grid" and not (tmp_path / "f").exists()
+    faces = load_faces(run_dir, "cpu")
+    for _ in range(2):   # a second call writes over what the first wrote: grid, faces, GIFs
+        generate(faces, 2, tmp_path / "faces", grid=tmp_path / "grid.png")
+        morph(faces, ["grid:0", "grid:1"], tmp_path / "m.gif", steps=2, size=16)
+        make_gif(run_dir)
+        make_gif(run_dir, out=tmp_path / "t.gif")
+    assert all(made_here(path) for path in (tmp_path / "grid.png", tmp_path / "m.gif", tmp_path / "t.gif",
+                                            tmp_path / "faces" / "seed42_0001.png"))
+    with pytest.raises(OutputRefused, match="already exists"):
+        make_gif(run_dir, out=mine)
+
+
+def test_export_writes_over_its_own_file_and_never_puts_onnx_over_torchscript(run_dir, tmp_path):
+    assert command("utils.export", run_dir, "--out", tmp_path / "g.pt", "--no-onnx").returncode == 0
+    assert made_here(tmp_path / "g.pt")
+    assert command("utils.export", run_dir, "--out", tmp_path / "g.pt", "--no-onnx").returncode == 0
+    refused_in_one_line(command("utils.export", run_dir, "--out", tmp_path / "model.onnx"),
+                        "is the TorchScript file")
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_face_folder_left_by_a_killed_generate_is_written_again(run_dir, tmp_path):
+    out = tmp_path / "faces"
+    out.mkdir()
+    (out / ".seed42_0001.4242.tmp.png").write_bytes(b"half a face")   # what a kill mid-write leaves
+    assert [p.name for p in generate(run_dir, 2, out)] == ["seed42_0000.png", "seed42_0001.png"]
+
+
+def test_train_refuses_a_run_folder_inside_another_runs_samples_or_files(run_dir):
+    for out in (run_dir / "samples", run_dir / "samples" / "x", run_dir / CHECKPOINT):
+        with pytest.raises(UserError, match="choose a folder of its own"):
+            Run.open(TrainConfig(out=str(out)), {})
+    assert not (run_dir / "samples" / "x").exists()
+
+
+def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp_path):
+    run_dir = tmp_path / "run"
+    save_grid(torch.zeros(1, 3, 4, 4), run_dir / "samples" / "epoch_001.png")   # a run without its checkpoint
+    (run_dir / HISTORY).write_text('{"steps": [], "epochs": []}')
+    for number in (1, 3):
+        (run_dir / f"earlier-{number}").mkdir()
+        (run_dir / f"earlier-{number}" / HISTORY).write_text(f"kept {number}")
+    said = []
+    Run.open(TrainConfig(out=str(run_dir), seed=7), {}, log=said.append).close()
+    assert f"moved them to {run_dir / 'earlier-4'}/ (nothing deleted)" in said[0]
+    assert [(run_dir / f"earlier-{n}" / HISTORY).read_text() for n in (1, 3)] == ["kept 1", "kept 3"]
+    assert [e for e, _ in list_frames(run_dir / "earlier-4")] == [1] and (run_dir / "earlier-4" / HISTORY).exists()
+
+
+# ------------------------------------------------------------------------------------------- credentials
+
+SECRET_URLS = ["https://ann:pw-SECRET@host/faces.zip", "https://host/faces.zip?token=SECRET&dl=1",
+               "https://host/faces.zip#access_token=SECRET", "https://host/a b.zip?X-Amz-Signature=SECRET",
+               "https://host/faces.zip?api_key=SECRET#sig=SECRET"]
+
+
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_no_credential_is_stored_in_the_run_or_shown_in_an_error(url, tmp_path):
+    config = TrainConfig(data=url)
+    config.save(tmp_path / CONFIG)
+    assert "SECRET" not in (tmp_path / CONFIG).read_text() and "SECRET" not in json.dumps(config.to_dict(stored=True))
+    # http.client quotes the URL's path from the first space on, without the scheme the URL pattern looks for
+    quoted = f"URL can't contain control characters. {url.split('host', 1)[1]!r} (found at least ' ')"
+    assert "SECRET" not in str(UserError(f"downloading {url} failed ({quoted})"))
+    assert "SECRET" not in redact(quoted) and redact("lr_g=0.0002, data=faces/") == "lr_g=0.0002, data=faces/"
+
+
+def test_a_url_with_a_space_fails_in_one_line_without_the_token(tmp_path):
+    result = command("utils.train", "--data", "https://ann:pw-SECRET@127.0.0.1:9/my faces.zip?token=SECRET",
+                     "--data-dir", tmp_path / "data", "--out", tmp_path / "run", "--image-size", 16, "--epochs", 1,
+                     "--device", "cpu", "--amp", "off", "--channels-last", "off")
+    assert result.returncode == 1 and "SECRET" not in result.stdout + result.stderr, result.stderr
+
+
+def test_choose_runs_note_shows_no_token(tiny_run, tmp_path):
+    root = tmp_path / "generated"
+    shutil.copytree(tiny_run, root / "run")
+    said = []
+    choose_run("", TrainConfig(data="https://host/f.zip#key=SECRET"), root=root, log=said.append)
+    assert any("note:" in line for line in said) and not any("SECRET" in line for line in said)
+
+
+# ------------------------------------------------------------------------------------------- bounded inputs
+
+@pytest.mark.parametrize("args,words", [
+    (("--size", 1_000_000), "size (--size) must be 1 to 2,048 pixels"),
+    (("--n", 100_000_000_000), "n (--n) must be 1 to 100,000 faces"),
+    (("--seed", 2**40), "seed (--seed) must be 0 to"),
+    (("--morph", "seed42_999999999999.png", "grid:0"), "not one this project writes"),
+    (("--morph", "grid:0", "grid:1", "--steps", 100_000_000), "steps (--steps) must be 1 to 2,048 frames"),
+    (("--morph", "grid:0", "grid:1", "--size", 10**6), "size (--size) must be 1 to 2,048 pixels"),
+])
+def test_generate_refuses_sizes_counts_and_names_past_their_range_in_one_line(run_dir, tmp_path, args, words):
+    out = tmp_path / ("m.gif" if "--morph" in args else "faces")
+    refused_in_one_line(command("utils.generate", run_dir, "--out", out, *args), words)
+    assert not out.exists()
+
+
+def test_a_number_that_is_not_an_integer_is_refused_by_the_parser(run_dir, tmp_path):
+    result = command("utils.generate", run_dir, "--n", "1e11", "--out", tmp_path / "faces")
+    assert result.returncode == 2 and "invalid int value: '1e11'" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- files read back
+
+@pytest.mark.parametrize("entry", [{"images_per_s": {"fp64 NCHW": 9.0}}, {"images_per_s": {}}, {},
+                                   {"images_per_s": {"fp32 NCHW": 0, "fp32 channels_last": 100}}, "fifo", "[]"])
+def test_a_poisoned_cpu_trial_cache_is_measured_again_with_one_line(entry, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path))
+    config = TrainConfig(image_size=16)
+    if entry == "fifo":
+        os.mkfifo(trial_cache_file())   # opened without O_NONBLOCK, reading it would wait for ever
+    else:
+        trial_cache_file().write_text(entry if isinstance(entry, str) else json.dumps({_trial_key(config): entry}))
+    assert cached_trial(config) is None
+    said = capsys.readouterr().out
+    assert said.count("\n") == 1 and "measuring again" in said
+
+
+@pytest.mark.parametrize("history", ['{"epochs": [1, 2]}', "[]", '{"steps": [], "epochs": [{"images_per_s": "x"}]}',
+                                     "\xff", "fifo", '{"steps": [], "epochs": [{"images_per_s": 0}]}'])
+def test_another_runs_damaged_history_is_passed_over(history, tmp_path):
+    run_dir = tmp_path / "other"
+    run_dir.mkdir()
+    TrainConfig().save(run_dir / CONFIG)
+    if history == "fifo":
+        os.mkfifo(run_dir / HISTORY)
+    else:
+        (run_dir / HISTORY).write_text(history, encoding="latin-1")
+    assert measured_speed(TrainConfig(), tmp_path) is None   # and no traceback, no wait
+    readable = history.startswith('{"steps"')
+    assert (read_history_file(run_dir)[0] is not None) == readable and epochs_done(run_dir) == int(readable)
+
+
+def test_a_file_read_back_that_is_not_a_regular_file_is_refused_at_once(tmp_path):
+    for name in (CONFIG, CHECKPOINT):
+        os.mkfifo(tmp_path / name)   # read, it would wait for a writer for ever
+    with pytest.raises(UserError, match="is not a regular file"):
+        TrainConfig.load(tmp_path / CONFIG)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        read_json(tmp_path / CONFIG)
+    with pytest.raises(UserError, match="is not a regular file, so not a readable checkpoint"):
+        read_checkpoint(tmp_path / CHECKPOINT)
