@@ -26,6 +26,8 @@ Environment variables:
 - ANIME_GAN_CACHE_DIR: where the trial's cache lives (default ~/.cache/anime-face-gan; the tests use a temporary one).
 - ANIME_GAN_AMP: "bf16", "off" (fp32) or, on CUDA, "fp16" replaces the "auto" choice of `amp` for every run
   (a `config.amp` given explicitly still wins); e.g. to run the whole test suite in one precision. The log says so.
+- ANIME_GAN_VERBOSE=1: training also prints the CPU trial's figures and its re-measurements (`DeviceChoice.log`,
+  `recheck_trial`); without it a learner sees the device and what was chosen (`DeviceChoice.brief`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from utils.errors import ConfigError
 from utils.files import atomic_path
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
+VERBOSE_VARIABLE = "ANIME_GAN_VERBOSE"
 # What "auto" keeps on a CPU unless the trial finds another candidate faster by MARGIN: fp32 with channels_last was
 # the fastest on both AVX2 CPUs measured (benchmarks/results/train_speed-cpu-*.log), and a few seconds of timing on a
 # shared machine vary by nearly that much.
@@ -227,11 +230,19 @@ class DeviceChoice:
     @property
     def log(self) -> str:
         """The lines for the top of the training log: the device, what was chosen, what the CPU trial measured."""
+        return self._lines(trial=True)
+
+    @property
+    def brief(self) -> str:
+        """`log` without the CPU trial's figures: what a learner is shown unless ANIME_GAN_VERBOSE is set."""
+        return self._lines(trial=False)
+
+    def _lines(self, trial: bool) -> str:
         precision = f"{self.amp or 'off (fp32)'}" + (f", from {self.amp_from}" if self.amp_from else "")
         lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: "
                  f"{'on' if self.channels_last else 'off'}, CUDA graphs: {'on' if self.cuda_graphs else 'off'}, "
                  f"torch.compile: {'on' if self.compile else 'off'}"]
-        if self.trial is not None:
+        if self.trial is not None and trial:
             lines.append(self.trial.summary(self.trial_pick or self.candidate))
         if self.trial_pick:
             lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
@@ -525,6 +536,11 @@ def describe_device(device: torch.device) -> str:
     else:
         what = device.type
     return f"torch {torch.__version__} on {device} ({what})"
+
+
+def verbose() -> bool:
+    """Whether ANIME_GAN_VERBOSE asks training for the engine's detail (the CPU trial's figures, re-measurements)."""
+    return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
 
 
 def in_colab() -> bool:
