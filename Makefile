@@ -17,7 +17,7 @@ DEMO_LOG := $(DEMO_OUT)/papermill.log
 # The notebooks run with their defaults: `size = "auto"` sizes the run to this machine (on a CPU: minutes of training
 # at the speed measured here); only the run folder is given, so that 04 animates the run 03 trained.
 DEMO_RUN := -p out $(DEMO_OUT)
-PAPERMILL := $(BIN)/papermill --cwd notebooks --no-progress-bar --stdout-file /dev/stdout
+PAPERMILL := $(BIN)/papermill --cwd notebooks --no-progress-bar --stdout-file -
 
 # Runs notebook $(1) with papermill's arguments $(2). What it prints (the size, the estimate, a line per epoch) shows as
 # it comes; papermill's own messages go to $(DEMO_LOG), whose end is shown if the notebook fails. Ctrl-C prints one
