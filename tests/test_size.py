@@ -80,3 +80,11 @@ def test_the_cpu_preset_is_sized_once_per_machine(measured):
     trial_cache_file().unlink()   # deleted: measured again (here: the cached figure), within CPU_IMAGES
     _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(faster, 0.5, 3, True))
     assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
+
+
+def test_a_cpu_too_slow_for_the_fewest_images_trains_fewer_epochs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
+    slow = {"fp32 NCHW": 10.0, "fp32 channels_last": 20.0}   # 2.5 min: 3,000 images in all
+    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(slow, 0.5, 3, True))
+    assert size_preset("cpu", CPU) == {**SIZES["cpu"], "max_images": 1_000, "epochs": 5}   # CPU_MIN_EPOCHS
+    assert size_preset("cpu", CPU, epochs=20)["epochs"] == 20                             # yours still wins

@@ -470,6 +470,7 @@ SIZES = {
 }
 CPU_MINUTES = 2.5                 # the "cpu" preset's training time on the machine that sized it
 CPU_IMAGES = (1_000, 20_000)      # ... within these bounds, in steps of 1,000 (20,000: all the synthetic faces)
+CPU_MIN_EPOCHS = 5                # where even CPU_IMAGES[0] take longer, fewer epochs: at least this many GIF frames
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
@@ -490,7 +491,8 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
     values = {**SIZES[chosen], **{name: value for name, value in given.items() if value is not None}}
     how = ""
     if values["max_images"] is None:
-        values["max_images"], how = _cpu_images(TrainConfig(**{**values, "max_images": 0}))
+        values["max_images"], epochs, how = _cpu_images(TrainConfig(**{**values, "max_images": 0}))
+        values["epochs"] = values["epochs"] if given.get("epochs") is not None else epochs
     why = f'size "{size}"' + (f" -> {chosen} ({'a CUDA GPU' if gpu else 'no CUDA GPU'})" if size == "auto" else "")
     yours = [name for name, value in given.items() if value is not None]
     print(f"{why}: {_describe(values)}{how}{'; yours: ' + ', '.join(yours) if yours else ''}. "
@@ -499,20 +501,22 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
     return values
 
 
-def _cpu_images(config: TrainConfig) -> tuple[int, str]:
-    """(max_images, why): as many images as `config.epochs` epochs train in CPU_MINUTES here, measured once."""
+def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
+    """(max_images, epochs, why): as many images as `config.epochs` epochs train in CPU_MINUTES here, measured once;
+    on a CPU too slow for CPU_IMAGES[0] of them, fewer epochs (at least CPU_MIN_EPOCHS)."""
     key = f"size preset {CPU_MINUTES} min|{_trial_key(config)} batch {config.batch_size} x {config.epochs} epochs"
     try:
         entry = json.loads(trial_cache_file().read_text())[key]
-        images, speed = int(entry["max_images"]), float(entry["images_per_s"])
+        images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
     except (OSError, ValueError, KeyError, TypeError):
         from utils.step import time_training_steps   # utils.step builds on this module
         trial = cpu_trial(config, partial(time_training_steps, config))
         speed = trial.images_per_s[trial.best(amp_setting(config)[0], config.channels_last)]
-        fits = CPU_MINUTES * 60 * speed / config.epochs
-        images = int(min(max(fits // 1000 * 1000, CPU_IMAGES[0]), CPU_IMAGES[1]))
-        _save_trial(trial_cache_file(), key, {"max_images": images, "images_per_s": speed})
-    return images, f" (as many as train in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s measured here)"
+        budget = CPU_MINUTES * 60 * speed   # images trained in CPU_MINUTES
+        images = int(min(max(budget / config.epochs // 1000 * 1000, CPU_IMAGES[0]), CPU_IMAGES[1]))
+        epochs = max(min(config.epochs, int(budget // images)), CPU_MIN_EPOCHS)
+        _save_trial(trial_cache_file(), key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
+    return images, epochs, f" (as many as train in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s measured here)"
 
 
 def _describe(values: dict) -> str:
