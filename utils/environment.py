@@ -495,7 +495,7 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
         values["epochs"] = values["epochs"] if given.get("epochs") is not None else epochs
     why = f'size "{size}"' + (f" -> {chosen} ({'a CUDA GPU' if gpu else 'no CUDA GPU'})" if size == "auto" else "")
     yours = [name for name, value in given.items() if value is not None]
-    print(f"{why}: {_describe(values)}{how}{'; yours: ' + ', '.join(yours) if yours else ''}. "
+    print(f"{why}: {_describe(values, how)}{'; yours: ' + ', '.join(yours) if yours else ''}. "
           + ('size = "cpu" trains a small run in minutes' if chosen == "gpu" else
              'size = "gpu" is the 64x64 recipe (hours on a CPU)'))
     return values
@@ -516,11 +516,11 @@ def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
         images = int(min(max(budget / config.epochs // 1000 * 1000, CPU_IMAGES[0]), CPU_IMAGES[1]))
         epochs = max(min(config.epochs, int(budget // images)), CPU_MIN_EPOCHS)
         _save_trial(trial_cache_file(), key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
-    return images, epochs, f" (as many as train in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s measured here)"
+    return images, epochs, f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s measured here)"
 
 
-def _describe(values: dict) -> str:
-    count = f"{values['max_images']:,} images" if values["max_images"] else "all images"
+def _describe(values: dict, how: str) -> str:
+    count = (f"{values['max_images']:,} images" if values["max_images"] else "all images") + how
     real = f"{values['fid_real']:,}" if values["fid_real"] else "all"
     return (f"{values['image_size']}x{values['image_size']}, widths {values['g_width']}/{values['d_width']}, "
             f"{count}, {values['epochs']} epochs of batch {values['batch_size']}, "
