@@ -274,7 +274,8 @@ def test_a_real_epoch_contradicting_a_cached_trial_has_it_measured_again_during_
 
 
 def test_a_resumed_run_keeps_the_precision_its_epochs_trained_with_when_the_trial_changed(empty_cache, no_bf16,
-                                                                                          tmp_path, capsys):
+                                                                                          tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")   # the trial's pick is printed on request
     config = TrainConfig(**TINY, epochs=1, log_every=2, out=str(tmp_path / "run"))
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
     cache_trial(config, {"fp32 NCHW": 100.0, "fp32 channels_last": 50.0}, load=None, rechecked=True)
