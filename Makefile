@@ -5,7 +5,7 @@
 #   make test   run the test suite
 #
 # Both first create .venv and install the project into it (once, and again whenever pyproject.toml changes).
-# Re-running `make demo` resumes the demo run; after changing the DEMO_* settings below, delete generated/demo first.
+# Re-running `make demo` resumes the demo run (delete generated/demo to start again).
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,21 +13,28 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 DEMO_OUT := generated/demo
-# Each notebook gets the knobs of its own `parameters` cell (tests/test_notebooks.py checks that they exist there).
-DEMO_DATA := -p image_size 32 -p max_images 8000
-DEMO_MODEL := $(DEMO_DATA) -p g_width 32 -p d_width 32
-DEMO_TRAIN := $(DEMO_MODEL) -p epochs 35 -p batch_size 128 -p out $(DEMO_OUT)
-DEMO_03 := $(DEMO_TRAIN) -p manual_steps 100
-PAPERMILL := $(BIN)/papermill --cwd notebooks
+DEMO_LOG := $(DEMO_OUT)/papermill.log
+# The notebooks run with their defaults: `size = "auto"` sizes the run to this machine (on a CPU: minutes of training
+# at the speed measured here); only the run folder is given, so that 04 animates the run 03 trained.
+DEMO_RUN := -p out $(DEMO_OUT)
+PAPERMILL := $(BIN)/papermill --cwd notebooks --no-progress-bar --stdout-file -
+
+# Runs notebook $(1) with papermill's arguments $(2). What it prints (the size, the estimate, a line per epoch) shows as
+# it comes; papermill's own messages go to $(DEMO_LOG), whose end is shown if the notebook fails. Ctrl-C prints one
+# line: the trap's (make, interrupted too, then stops without a message of its own since this shell exits with 0).
+notebook = @trap 'echo; echo "make demo: stopped in notebooks/$(1).ipynb; make demo again continues the run"; exit 0' INT; \
+	echo "== notebooks/$(1).ipynb"; \
+	$(PAPERMILL) notebooks/$(1).ipynb $(DEMO_OUT)/notebooks/$(1).ipynb $(2) 2>>$(DEMO_LOG) \
+	|| { tail -n 15 $(DEMO_LOG); echo "make demo: notebooks/$(1).ipynb failed (papermill's log: $(DEMO_LOG))"; exit 1; }
 
 .PHONY: demo test screenshots
 
 demo: $(INSTALLED)
-	mkdir -p $(DEMO_OUT)/notebooks
-	$(PAPERMILL) notebooks/01_dataset.ipynb $(DEMO_OUT)/notebooks/01_dataset.ipynb $(DEMO_DATA)
-	$(PAPERMILL) notebooks/02_models.ipynb $(DEMO_OUT)/notebooks/02_models.ipynb $(DEMO_MODEL)
-	$(PAPERMILL) notebooks/03_training.ipynb $(DEMO_OUT)/notebooks/03_training.ipynb $(DEMO_03)
-	$(PAPERMILL) notebooks/04_gif.ipynb $(DEMO_OUT)/notebooks/04_gif.ipynb $(DEMO_TRAIN)
+	@mkdir -p $(DEMO_OUT)/notebooks
+	$(call notebook,01_dataset)
+	$(call notebook,02_models)
+	$(call notebook,03_training,$(DEMO_RUN))
+	$(call notebook,04_gif,$(DEMO_RUN))
 	@echo
 	@echo "The faces taking shape, epoch by epoch: $(DEMO_OUT)/training.gif"
 	@echo "The executed notebooks (outputs included): $(DEMO_OUT)/notebooks/"

@@ -249,8 +249,11 @@ def test_a_trial_just_measured_on_a_machine_as_busy_is_not_measured_again_at_onc
                     f"epochs batches of 128; delete {trial_cache_file()} to measure from scratch")
 
 
+@pytest.mark.parametrize("verbose", [True, False], ids=["verbose", "quiet"])
 def test_a_real_epoch_contradicting_a_cached_trial_has_it_measured_again_during_training(empty_cache, tmp_path,
-                                                                                        capsys):
+                                                                                        capsys, monkeypatch, verbose):
+    """Measured again either way; the trial's figures and the note are printed with ANIME_GAN_VERBOSE=1 only."""
+    monkeypatch.setenv("ANIME_GAN_VERBOSE", "1" if verbose else "")
     config = TrainConfig(**TINY, epochs=2, amp="off", log_every=2, out=str(tmp_path / "run"))
     impossible = {"fp32 NCHW": 1e6, "fp32 channels_last": 1e6}
     cache_trial(config, impossible, load=None)
@@ -259,6 +262,10 @@ def test_a_real_epoch_contradicting_a_cached_trial_has_it_measured_again_during_
     train(config, progress=False, images=images)
 
     log = capsys.readouterr().out
+    if not verbose:
+        assert "CPU trial" not in log and "note:" not in log and "mixed precision: off (fp32)" in log
+        assert cpu_trial(config, never).rechecked
+        return
     assert "CPU trial (cached; images/s of training steps): fp32 NCHW 1,000,000" in log
     assert "note: epoch 2 trained at " in log and "below the CPU trial's 1,000,000 (fp32 channels_last): measured " \
                                                   "it again (" in log
@@ -267,7 +274,8 @@ def test_a_real_epoch_contradicting_a_cached_trial_has_it_measured_again_during_
 
 
 def test_a_resumed_run_keeps_the_precision_its_epochs_trained_with_when_the_trial_changed(empty_cache, no_bf16,
-                                                                                          tmp_path, capsys):
+                                                                                          tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")   # the trial's pick is printed on request
     config = TrainConfig(**TINY, epochs=1, log_every=2, out=str(tmp_path / "run"))
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
     cache_trial(config, {"fp32 NCHW": 100.0, "fp32 channels_last": 50.0}, load=None, rechecked=True)
@@ -286,7 +294,8 @@ def test_a_resumed_run_keeps_the_precision_its_epochs_trained_with_when_the_tria
     assert new_run.candidate == "fp32 channels_last"
 
 
-def test_the_training_log_says_what_the_trial_measured_and_chose(empty_cache, tmp_path, capsys):
+def test_the_training_log_says_what_the_trial_measured_and_chose(empty_cache, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")   # the trial's figures: engine detail, printed on request
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
     config = TrainConfig(**TINY, epochs=1, out=str(tmp_path / "run"))
     train(config, progress=False, images=images)

@@ -1,18 +1,18 @@
 """utils.estimate: the time a long cell announces comes from this machine's measurements, and says what to lower."""
 
+import dataclasses
 import json
-import re
 from pathlib import Path
 
 import torch
 
 from utils.config import TrainConfig
-from utils.estimate import (DEMO_SETTINGS, fid_estimate, fid_images_to_score, format_duration, measured_speed,
-                            timed_speed, training_estimate)
+from utils.environment import CPUTrial, _save_trial, _trial_key, trial_cache_file
+from utils.estimate import (cpu_speed, fid_estimate, fid_images_to_score, format_duration, measured_speed, timed_speed,
+                            training_estimate)
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.run import CONFIG, HISTORY, default_run_dir
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
@@ -33,33 +33,38 @@ def test_durations_read_as_estimates():
            ["about 1 s", "about 40 s", "about 89 s", "about 6 min", "about 1 h 00 min", "about 3 h 05 min"]
 
 
-def test_demo_settings_are_the_makefiles():
-    makefile = (REPO / "Makefile").read_text()
-    passed = dict(re.findall(r"-p (\w+) (\d+)", " ".join(line for line in makefile.splitlines()
-                                                       if line.startswith(("DEMO_DATA", "DEMO_MODEL", "DEMO_TRAIN")))))
-    assert {name: int(value) for name, value in passed.items()} == DEMO_SETTINGS
-
-
 def test_the_estimate_uses_the_epochs_measured_here_and_warns_on_a_cpu_with_what_to_lower(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "generated"
     past_run(root, TrainConfig(lr_g=1e-3), [20.0, 44.0, 45.0, 46.0], cut_short=5.0)   # same networks: counts
     past_run(root, TrainConfig(g_width=32), [500.0])                                  # other widths: does not
-    past_run(root, TrainConfig(**DEMO_SETTINGS), [200.0, 200.0])                      # what the warning cites
     assert measured_speed(TrainConfig(), root) == (45.0, f"the epochs of {root / 'dcgan-64px-lr_g=0.001'} on this machine")
 
     text = training_estimate(TrainConfig(), CPU, 20_000, root=root)
-    first, warning = text.splitlines()
+    first, warning = text.splitlines()   # one duration, and what to lower
     assert first == (f"25 epochs x 20,000 images at about 45 images/s (the epochs of {root / 'dcgan-64px-lr_g=0.001'} "
                      "on this machine): about 3 h 05 min here")
-    assert warning.startswith("warning: over 30 minutes on a CPU. Lower image_size (32), g_width and d_width (32), "
-                              "max_images (8000) or epochs, or use a GPU")
-    assert warning.endswith("take about 23 min here")   # 35 epochs x 8,000 images at 200 images/s
+    assert warning == ('warning: over 30 minutes on a CPU: size = "cpu" picks values that train in minutes here (or '
+                       'lower epochs, max_images, image_size, g_width and d_width), or use a GPU')
 
     short = training_estimate(TrainConfig(epochs=1, max_images=2000), CPU, 2_000, root=root)
     assert short == (f"1 epoch x 2,000 images at about 45 images/s (the epochs of {root / 'dcgan-64px-lr_g=0.001'} "
                      "on this machine): about 44 s here")                                         # no warning
     assert "warning" not in training_estimate(TrainConfig(), torch.device("meta"), 20_000, root=root)  # not a CPU
+
+
+def test_with_no_epochs_measured_a_cpu_estimate_is_the_cpu_trials_figure(tmp_path, monkeypatch):
+    """The figure that train() itself reads to choose the precision: one measurement, no second timing."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
+    config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=32, epochs=2)
+    _save_trial(trial_cache_file(), _trial_key(config), CPUTrial({"fp32 NCHW": 300.0, "fp32 channels_last": 400.0}))
+    assert training_estimate(config, CPU, 12_000) == \
+           "2 epochs x 12,000 images at about 400 images/s (the CPU trial's training steps): about 60 s here"
+    assert training_estimate(dataclasses.replace(config, channels_last="off"), CPU, 12_000).endswith("about 80 s here")
+    larger = dataclasses.replace(config, batch_size=64, amp="off", channels_last="off")   # timed at its own batch
+    assert cpu_speed(larger) != 300.0 and cpu_speed(larger) > 0
 
 
 def test_a_resumed_run_counts_only_the_epochs_left(tmp_path, monkeypatch):
@@ -81,9 +86,12 @@ def test_timed_speed_times_real_steps_and_leaves_the_random_state_alone():
     assert torch.equal(torch.get_rng_state(), before)
 
 
-def test_fid_estimate_warns_on_a_cpu_past_half_an_hour():
+def test_fid_estimate_says_what_fewer_samples_cost_and_warns_on_a_cpu_past_half_an_hour():
     assert fid_estimate(1_000, 10.0, CPU, "fid_samples") == \
            "FID: 1,000 images through Inception at about 10.0 images/s (timed now on cpu): about 2 min here"
+    assert fid_estimate(3_000, 10.0, CPU, "fid_samples", samples=1_000).splitlines()[1] == \
+           ("1,000 samples per score: FID reads higher than with the usual 10,000 (its bias falls as 1 / samples), so "
+            "compare only scores of equal settings")
     slow = fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real")
     assert slow.endswith("warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
 

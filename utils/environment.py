@@ -28,6 +28,8 @@ Environment variables:
 - ANIME_GAN_CACHE_DIR: where the trial's cache lives (default ~/.cache/anime-face-gan; the tests use a temporary one).
 - ANIME_GAN_AMP: "bf16", "off" (fp32) or "fp16" replaces the "auto" choice of `amp` for every run
   (a `config.amp` given explicitly still wins); e.g. to run the whole test suite in one precision. The log says so.
+- ANIME_GAN_VERBOSE=1: training also prints the CPU trial's figures and its re-measurements (`DeviceChoice.log`,
+  `recheck_trial`); without it a learner sees the device and what was chosen (`DeviceChoice.brief`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import sys
 import time
 from contextlib import closing
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable, Generator
 
@@ -53,6 +56,7 @@ from utils.files import atomic_path, read_json
 from utils.step import TRIAL_BATCH
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
+VERBOSE_VARIABLE = "ANIME_GAN_VERBOSE"
 # What "auto" keeps on a CPU unless the trial finds another candidate faster by MARGIN: fp32 with channels_last was
 # the fastest on both AVX2 CPUs measured (benchmarks/results/train_speed-cpu-*.log), and a few seconds of timing on a
 # shared machine vary by nearly that much.
@@ -230,6 +234,14 @@ class DeviceChoice:
     @property
     def log(self) -> str:
         """The lines for the top of the training log: the device, what was chosen, what the CPU trial measured."""
+        return self._lines(trial=True)
+
+    @property
+    def brief(self) -> str:
+        """`log` without the CPU trial's figures: what a learner is shown unless ANIME_GAN_VERBOSE is set."""
+        return self._lines(trial=False)
+
+    def _lines(self, trial: bool) -> str:
         precision = f"{self.amp or 'off (fp32)'}" + (f", from {self.amp_from}" if self.amp_from else "")
         lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: "
                  f"{'on' if self.channels_last else 'off'}, CUDA graphs: {'on' if self.cuda_graphs else 'off'}, "
@@ -237,7 +249,7 @@ class DeviceChoice:
         if self.device.type == "cpu" and self.amp == torch.float16:
             lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
                          "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
-        if self.trial is not None:
+        if self.trial is not None and trial:
             lines.append(self.trial.summary(self.trial_pick or self.candidate))
         if self.trial_pick:
             lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
@@ -451,7 +463,8 @@ def _trial_key(config: TrainConfig) -> str:
             f"z{config.latent_dim} G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
 
-def _save_trial(cache: Path, key: str, trial: CPUTrial) -> None:
+def _save_trial(cache: Path, key: str, trial: CPUTrial | dict) -> None:
+    """Add `trial` (or the size preset's values, `size_preset`) to the cache under `key`."""
     try:
         known = read_json(cache) if cache.exists() else {}
         known = known if isinstance(known, dict) else {}
@@ -459,9 +472,81 @@ def _save_trial(cache: Path, key: str, trial: CPUTrial) -> None:
         known = {}
     try:
         with atomic_path(cache) as tmp:
-            tmp.write_text(json.dumps(known | {key: trial.to_json()}, indent=1) + "\n")
+            entry = trial.to_json() if isinstance(trial, CPUTrial) else trial
+            tmp.write_text(json.dumps(known | {key: entry}, indent=1) + "\n")
     except OSError:  # a read-only home: the trial is simply repeated next time
         pass
+
+
+# ------------------------------------------------------------------------------------------- the size preset
+
+# What `size` sets in every notebook's parameters cell (the values the learner leaves at None). "gpu" is the DCGAN
+# recipe at 64x64 (TrainConfig's defaults); "cpu" trains 32x32 faces with narrower networks in small batches (more
+# steps per image: faces appear sooner), on as many images as CPU_MINUTES of training at this CPU's measured speed
+# allow, so that `make demo` ends in minutes on a fast CPU and on a four times slower one alike.
+SIZES = {
+    "gpu": dict(image_size=64, max_images=0, g_width=64, d_width=64, epochs=25, batch_size=128,
+                fid_samples=10_000, fid_real=0),
+    "cpu": dict(image_size=32, max_images=None, g_width=32, d_width=32, epochs=20, batch_size=TRIAL_BATCH,
+                fid_samples=1_000, fid_real=1_000),
+}
+CPU_MINUTES = 2.5                 # the "cpu" preset's training time on the machine that sized it
+CPU_IMAGES = (1_000, 20_000)      # ... within these bounds, in steps of 1,000 (20,000: all the synthetic faces)
+CPU_MIN_EPOCHS = 5                # where even CPU_IMAGES[0] take longer, fewer epochs: at least this many GIF frames
+
+
+def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
+    """The sized settings (SIZES' fields) for `size`: "auto" (the "gpu" preset on a CUDA GPU, else "cpu"), "cpu" or
+    "gpu"; a value in `given` other than None is the learner's and wins. Prints one line: what it chose and why.
+    `device`: the notebook's `device` parameter, or the torch.device itself.
+
+    The "cpu" preset's image count comes from the CPU trial of its networks (measured once, a few seconds) and is
+    kept in the trial's cache, so that notebooks 01 to 06 resolve to the same values on this machine.
+    """
+    if size not in ("auto", "cpu", "gpu"):
+        raise ConfigError(f"parameter 'size' must be 'auto', 'cpu' or 'gpu'; got {size!r}")
+    unknown = set(given) - set(SIZES["gpu"])
+    if unknown:
+        raise TypeError(f"size_preset() got unknown settings {sorted(unknown)}")
+    gpu = (device if isinstance(device, torch.device) else pick_device(device)).type == "cuda"
+    chosen = size if size != "auto" else "gpu" if gpu else "cpu"
+    values = {**SIZES[chosen], **{name: value for name, value in given.items() if value is not None}}
+    how = ""
+    if values["max_images"] is None:
+        values["max_images"], epochs, how = _cpu_images(TrainConfig(**{**values, "max_images": 0}))
+        values["epochs"] = values["epochs"] if given.get("epochs") is not None else epochs
+    why = f'size "{size}"' + (f" -> {chosen} ({'a CUDA GPU' if gpu else 'no CUDA GPU'})" if size == "auto" else "")
+    yours = [name for name, value in given.items() if value is not None]
+    print(f"{why}: {_describe(values, how)}{'; yours: ' + ', '.join(yours) if yours else ''}. "
+          + ('size = "cpu" trains a small run in minutes' if chosen == "gpu" else
+             'size = "gpu" is the 64x64 recipe (hours on a CPU)'))
+    return values
+
+
+def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
+    """(max_images, epochs, why): as many images as `config.epochs` epochs train in CPU_MINUTES here, measured once;
+    on a CPU too slow for CPU_IMAGES[0] of them, fewer epochs (at least CPU_MIN_EPOCHS)."""
+    key = f"size preset {CPU_MINUTES} min|{_trial_key(config)} batch {config.batch_size} x {config.epochs} epochs"
+    try:
+        entry = json.loads(trial_cache_file().read_text())[key]
+        images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        from utils.step import time_training_steps   # utils.step builds on this module
+        trial = cpu_trial(config, partial(time_training_steps, config))
+        speed = trial.images_per_s[trial.best(amp_setting(config)[0], config.channels_last)]
+        budget = CPU_MINUTES * 60 * speed   # images trained in CPU_MINUTES
+        images = int(min(max(budget / config.epochs // 1000 * 1000, CPU_IMAGES[0]), CPU_IMAGES[1]))
+        epochs = max(min(config.epochs, int(budget // images)), CPU_MIN_EPOCHS)
+        _save_trial(trial_cache_file(), key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
+    return images, epochs, f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s measured here)"
+
+
+def _describe(values: dict, how: str) -> str:
+    count = (f"{values['max_images']:,} images" if values["max_images"] else "all images") + how
+    real = f"{values['fid_real']:,}" if values["fid_real"] else "all"
+    return (f"{values['image_size']}x{values['image_size']}, widths {values['g_width']}/{values['d_width']}, "
+            f"{count}, {values['epochs']} epochs of batch {values['batch_size']}, "
+            f"FID {values['fid_samples']:,} samples vs {real} real")
 
 
 # ------------------------------------------------------------------------------------------- where we are
@@ -477,6 +562,11 @@ def describe_device(device: torch.device) -> str:
     else:
         what = device.type
     return f"torch {torch.__version__} on {device} ({what})"
+
+
+def verbose() -> bool:
+    """Whether ANIME_GAN_VERBOSE asks training for the engine's detail (the CPU trial's figures, re-measurements)."""
+    return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
 
 
 def in_colab() -> bool:

@@ -1,42 +1,40 @@
 """How long the long cells take on the machine in front of you, from what was measured on it.
 
-Notebook 03's training cell and notebook 05's training and FID cells print an estimate before they start, and on a
-CPU they warn when it is over half an hour, naming the values to lower:
+Notebook 03's training cell and notebook 05's training and FID cells print one estimate before they start (on a CPU,
+a warning follows past half an hour, naming the values to lower):
 
     >>> print(training_estimate(config, pick_device("auto"), len(images)))
-    25 epochs x 20,000 images at about 45 images/s (the epochs of generated/dcgan-64px here): about 3 h 05 min here
+    20 epochs x 7,000 images at about 480 images/s (the CPU trial's training steps): about 5 min here
 
 The images/s come, best first, from the epochs that an earlier run with the same networks, image size and batch
-size trained here (its history.json), else from a few training steps timed now on this device, at the run's batch
-size and with the precision training will use. The CPU trial's figure (utils/environment.py) is not used: it times
-batches of 32 on random images with nothing else in the process, which can be far from what an epoch does.
+size trained here (its history.json); else, on a CPU, from the CPU trial that `train()` itself runs to choose the
+precision and layout (utils/environment.py, cached: no second measurement), timed at the run's batch size when it is
+larger than the trial's; else from a few training steps timed now on the device.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from utils.config import TrainConfig
-from utils.environment import choose_device
+from utils.environment import TRIAL_BATCH, amp_setting, cpu_trial, pick_amp, pick_channels_last
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.models import Discriminator, Generator
 from utils.run import CONFIG, GENERATED, HISTORY, read_history_file, run_dir_of
 from utils.step import TrainingStep, time_training_steps
 
-# `make demo`'s settings (the Makefile's DEMO_* lines; tests/test_estimate.py keeps the two equal): what a CPU trains
-# in minutes, so it is what the warnings suggest.
-DEMO_SETTINGS = {"image_size": 32, "max_images": 8000, "g_width": 32, "d_width": 32, "epochs": 35, "batch_size": 128}
-LONG_ON_CPU_S = 30 * 60   # past this a CPU run is worth shrinking: the warning names the values to lower
+LONG_ON_CPU_S = 30 * 60   # past this a CPU run is worth shrinking: a warning names the values to lower
 # The fields that decide how fast a training step is: a run with the same ones measured the speed of this one.
 SPEED_FIELDS = ("image_size", "latent_dim", "g_width", "d_width", "spectral_norm", "batch_size", "diffaugment", "loss")
+# FID's reference sample size: fewer generated images bias the score upward (the bias falls as 1 / samples)
+FID_REFERENCE_SAMPLES = 10_000
 
 
 def format_duration(seconds: float) -> str:
@@ -70,14 +68,26 @@ def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[f
     return statistics.median(speeds[-3:]), f"the epochs of {run_dir} on this machine"
 
 
+def cpu_speed(config: TrainConfig) -> float:
+    """Images/s of a training step of `config` on this CPU, in the precision and layout training picks: the CPU
+    trial's figure (measured once and cached, utils/environment.py), or at a batch larger than the trial's, a few
+    rounds of the trial's timer at `config.batch_size`."""
+    trial = cpu_trial(config, partial(time_training_steps, config))
+    candidate = trial.best(amp_setting(config)[0], config.channels_last)
+    if config.batch_size <= TRIAL_BATCH:
+        return trial.images_per_s[candidate]
+    with closing(time_training_steps(config, [candidate], batch=config.batch_size)) as rounds:
+        return max(next(rounds)[candidate] for _ in range(3))
+
+
 def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, max_steps: int = 10) -> float:
-    """Images/s of the built-in networks' training step, timed now on `device`: at `config.batch_size`, with the
-    precision and layout training picks, one step to warm up, then as many as fit in `seconds` (at least one).
+    """Images/s of the built-in networks' training step, timed now on a GPU `device`: at `config.batch_size`, with
+    the precision and layout training picks, one step to warm up, then as many as fit in `seconds` (at least one).
 
     It leaves the random state as it was, so timing before a run does not change what the run learns.
     """
-    choice = choose_device(config, partial(time_training_steps, config))
-    amp, channels_last = choice.amp, choice.channels_last
+    amp = pick_amp(device, *amp_setting(config))
+    channels_last = pick_channels_last(device, config.channels_last, config.compile)
     memory = torch.channels_last if channels_last else torch.preserve_format
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
@@ -105,6 +115,8 @@ def training_speed(config: TrainConfig, device: torch.device, root: str | Path =
     measured = measured_speed(config, root)
     if measured is not None:
         return measured
+    if device.type == "cpu":
+        return cpu_speed(config), "the CPU trial's training steps"
     return timed_speed(config, device), f"{config.batch_size}-image training steps timed now on {device}"
 
 
@@ -124,11 +136,11 @@ def plural(count: int, noun: str) -> str:
 
 def training_estimate(config: TrainConfig, device: torch.device, num_images: int, root: str | Path = GENERATED,
                       run_dir: Path | None = None) -> str:
-    """What training `config` on `num_images` images will take here, in a line (two with a CPU warning).
+    """What training `config` on `num_images` images will take here, in one line (and a warning past LONG_ON_CPU_S
+    on a CPU, naming what to lower).
 
     Counts only the epochs still to train in `run_dir` (default: the run folder of `config`), so a resumed or
-    finished run says so; on a CPU over LONG_ON_CPU_S it adds the values to lower and what `make demo`'s settings
-    take here.
+    finished run says so.
     """
     run_dir = run_dir_of(config) if run_dir is None else run_dir
     done = epochs_done(run_dir)
@@ -140,23 +152,23 @@ def training_estimate(config: TrainConfig, device: torch.device, num_images: int
     resumed = f" (epochs {done + 1}-{config.epochs}; {done} done)" if done else ""
     line = (f"{plural(remaining, 'epoch')}{resumed} x {num_images:,} images at about {speed:,.0f} images/s ({source}): "
             f"{format_duration(seconds)} here")
-    if device.type != "cpu" or seconds <= LONG_ON_CPU_S:
-        return line
-    demo = dataclasses.replace(config, **DEMO_SETTINGS, out="")
-    demo_speed, _ = training_speed(demo, device, root)
-    demo_seconds = DEMO_SETTINGS["epochs"] * DEMO_SETTINGS["max_images"] / demo_speed
-    return (line + f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU. Lower image_size (32), g_width and d_width "
-            f"(32), max_images (8000) or epochs, or use a GPU: the make demo settings ("
-            + ", ".join(f"{name} {value}" for name, value in DEMO_SETTINGS.items())
-            + f") take {format_duration(demo_seconds)} here")
+    if device.type == "cpu" and seconds > LONG_ON_CPU_S:
+        line += (f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: size = \"cpu\" picks values that train in "
+                 "minutes here (or lower epochs, max_images, image_size, g_width and d_width), or use a GPU")
+    return line
 
 
-def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device, lower: str) -> str:
-    """What scoring `images_to_score` images through Inception takes at `images_per_s`; on a CPU over LONG_ON_CPU_S
-    a warning naming `lower` (the parameters that set the count)."""
+def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device, lower: str,
+                 samples: int = FID_REFERENCE_SAMPLES) -> str:
+    """What scoring `images_to_score` images through Inception takes at `images_per_s`, and what `samples`
+    generated images per score cost in precision; on a CPU over LONG_ON_CPU_S a warning naming `lower` (the
+    parameters that set the count)."""
     seconds = images_to_score / images_per_s
     line = (f"FID: {images_to_score:,} images through Inception at about {images_per_s:,.1f} images/s (timed now on "
             f"{device}): {format_duration(seconds)} here")
+    if samples < FID_REFERENCE_SAMPLES:
+        line += (f"\n{samples:,} samples per score: FID reads higher than with the usual {FID_REFERENCE_SAMPLES:,} (its "
+                 "bias falls as 1 / samples), so compare only scores of equal settings")
     if device.type == "cpu" and seconds > LONG_ON_CPU_S:
         line += f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: lower {lower} (1,000 to 2,000), or use a GPU"
     return line

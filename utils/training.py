@@ -42,7 +42,7 @@ from utils import distributed
 from utils.augment import diff_augment
 from utils.config import TrainConfig
 from utils.data import load_dataset
-from utils.environment import DeviceChoice, choose_device
+from utils.environment import DeviceChoice, choose_device, verbose
 from utils.errors import ConfigError, Interrupted, UserError
 from utils.metrics import FID, fid_for_config, load_inception
 from utils.models import Discriminator, Generator, available_ram, check_network_size, check_networks
@@ -164,7 +164,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         try:
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
-            device_line, chosen = choice.log.split("\n", 1)
+            device_line, chosen = (choice.log if verbose() else choice.brief).split("\n", 1)
             _log(f"{device_line}\nrun folder: {run.dir}\n{chosen}")
             parts = _build(config, run, (generator, discriminator), choice, images, inception, progress)
             return _train_epochs(config, run, parts, live_plot, progress)
@@ -378,7 +378,7 @@ def _end_epoch(config: TrainConfig, run: Run, parts: TrainingParts, live_plot, r
          f"-> {run.dir}/samples/epoch_{epoch:03d}.png")
     if epoch == parts.start_epoch + min(1, config.epochs - parts.start_epoch):  # past the warm-up epoch
         note = parts.choice.recheck_trial(config, epoch, record["images_per_s"])
-        if note:
+        if note and verbose():   # engine detail: the new answer is cached for the next start either way
             _log(note)
     if live_plot is not None:
         live_plot.update(history, grid=grid, title=f"epoch {epoch}", force=True)

@@ -1,0 +1,90 @@
+"""The `size` parameter of every notebook: one function (utils.environment.size_preset) resolves it to the same
+values in notebooks 01 to 06 on one machine, a value the learner types wins, and a CPU's preset is sized from its
+CPU trial, once."""
+
+import ast
+
+import pytest
+import torch
+
+from test_notebooks import NOTEBOOKS, code_cells, load, parameters, parameters_cells
+from utils.config import TrainConfig
+from utils.environment import CPU_IMAGES, SIZES, CPUTrial, _save_trial, _trial_key, size_preset, trial_cache_file
+
+GPU, CPU = torch.device("cuda"), torch.device("cpu")
+CPU_NETWORKS = TrainConfig(**{**SIZES["cpu"], "max_images": 0})
+
+
+@pytest.fixture
+def measured(tmp_path, monkeypatch):
+    """A CPU trial of the "cpu" preset's networks cached at 500 images/s (fp32 channels_last): nothing is timed."""
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
+    speeds = {"fp32 NCHW": 400.0, "fp32 channels_last": 500.0}
+    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(speeds, 0.5, 3, True))
+    return speeds
+
+
+def notebook_resolution(name: str, device: torch.device, smoke: bool = False) -> dict:
+    """What notebook `name`'s own size_preset(...) call returns with its parameters' defaults, on `device`."""
+    namespace = parameters(name, smoke)
+    (call,) = [node for cell in code_cells(load(name)) for node in ast.walk(ast.parse(cell.source))
+               if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "size_preset"]
+    args = [eval(compile(ast.Expression(arg), name, "eval"), {}, namespace) for arg in call.args]
+    given = {k.arg: eval(compile(ast.Expression(k.value), name, "eval"), {}, namespace) for k in call.keywords}
+    sized = [key for key in namespace if key in SIZES["gpu"]]
+    assert sorted(given) == sorted(sized) and all(given[key] is namespace[key] for key in sized), \
+        f"{name} passes size_preset {sorted(given)}, its parameters cell has {sorted(sized)}"
+    return size_preset(args[0], device, **given)
+
+
+@pytest.mark.parametrize("device", [GPU, CPU], ids=["gpu", "cpu"])
+def test_every_notebook_resolves_size_to_the_same_values(device, measured, capsys):
+    resolved = {name: notebook_resolution(name, device) for name in NOTEBOOKS}
+    assert all(values == resolved[NOTEBOOKS[0]] for values in resolved.values()), resolved
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(NOTEBOOKS) and len(set(lines)) == 1   # one line per notebook, the same one
+    values = resolved[NOTEBOOKS[0]]
+    if device == GPU:
+        assert values == SIZES["gpu"] and lines[0].startswith('size "auto" -> gpu (a CUDA GPU): 64x64')
+        assert {name: getattr(TrainConfig(), name) for name in values} == values   # the recipe: TrainConfig's defaults
+    else:   # 2.5 minutes of 20 epochs at 500 images/s: 3,750 images, in steps of 1,000
+        assert values == {**SIZES["cpu"], "max_images": 3_000}
+        assert lines[0].startswith('size "auto" -> cpu (no CUDA GPU): 32x32') and "500 images/s measured here" in lines[0]
+    TrainConfig(**values)   # valid settings
+
+
+def test_the_smoke_configuration_resolves_without_measuring(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
+    for name in NOTEBOOKS:
+        assert notebook_resolution(name, CPU, smoke=True)["image_size"] == 16
+    assert not trial_cache_file().exists()   # max_images given: no trial, nothing cached
+
+
+def test_a_value_the_learner_types_wins_and_the_rest_follow_the_size(measured, capsys):
+    values = size_preset("auto", CPU, image_size=16, max_images=500, epochs=None)
+    assert values == {**SIZES["cpu"], "image_size": 16, "max_images": 500}
+    assert capsys.readouterr().out.rstrip().endswith('; yours: image_size, max_images. size = "gpu" is the 64x64 recipe '
+                                                     '(hours on a CPU)')
+    assert size_preset("gpu", CPU) == SIZES["gpu"]          # asked for: the 64x64 recipe, even on a CPU
+    assert size_preset("cpu", GPU)["image_size"] == 32      # and the small run on a GPU
+    with pytest.raises(ValueError, match="parameter 'size' must be 'auto', 'cpu' or 'gpu'; got 'large'"):
+        size_preset("large", CPU)
+
+
+def test_the_cpu_preset_is_sized_once_per_machine(measured):
+    assert size_preset("cpu", CPU)["max_images"] == 3_000
+    faster = {"fp32 NCHW": 4000.0, "fp32 channels_last": 5000.0}   # a trial measured again later (recheck_trial)
+    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(faster, 0.5, 3, True))
+    assert size_preset("cpu", CPU)["max_images"] == 3_000   # the series keeps the size it started with
+    trial_cache_file().unlink()   # deleted: measured again (here: the cached figure), within CPU_IMAGES
+    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(faster, 0.5, 3, True))
+    assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
+
+
+def test_a_cpu_too_slow_for_the_fewest_images_trains_fewer_epochs(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
+    slow = {"fp32 NCHW": 10.0, "fp32 channels_last": 20.0}   # 2.5 min: 3,000 images in all
+    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(slow, 0.5, 3, True))
+    assert size_preset("cpu", CPU) == {**SIZES["cpu"], "max_images": 1_000, "epochs": 5}   # CPU_MIN_EPOCHS
+    assert size_preset("cpu", CPU, epochs=20)["epochs"] == 20                             # yours still wins
