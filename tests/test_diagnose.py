@@ -1,0 +1,154 @@
+"""The diagnosis after each epoch (utils/diagnose.py): each detector on signals built to show its problem, and
+real small runs: a failing one is named, a healthy one says nothing."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils.compare import comparison_table
+from utils.config import TrainConfig
+from utils.diagnose import Diagnosis, findings, knob, since, stride_peak, untile, variety
+from utils.visualize import diagnosis_marks, image_grid, plot_history
+
+torch.set_grad_enabled(True)
+GEN = torch.Generator().manual_seed(0)
+
+
+def smooth_images(n=64, size=16) -> torch.Tensor:
+    """Varied images with a smooth spectrum, as real photos have: random colours blurred by upsampling."""
+    coarse = torch.rand(n, 3, 4, 4, generator=GEN) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+
+
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def grid_of(images: torch.Tensor) -> np.ndarray:
+    return image_grid(images).permute(1, 2, 0).numpy()
+
+
+def steps_of(epoch: int, d_real: float, d_fake: float, loss_d: float = 1.0, loss_g: float = 1.0, n: int = 5):
+    return [{"epoch": epoch, "step": (epoch - 1) * n + i, "loss_d": loss_d, "loss_g": loss_g, "d_real": d_real,
+             "d_fake": d_fake} for i in range(1, n + 1)]
+
+
+def epoch(number: int, **signals) -> dict:
+    return {"epoch": number, "signals": {"variety": 0.9, "checker": 1.0, "loss_d": 1.0, "loss_g": 1.0} | signals}
+
+
+HEALTHY_STEPS = steps_of(2, 0.7, 0.3)
+
+
+# ----------------------------------------------------------------------------------------------- signals
+
+def test_untile_gives_back_the_images_of_a_grid():
+    images = smooth_images(16)
+    back = untile(grid_of(images), 16, 16)
+    assert back.shape == images.shape
+    assert (back - as_uint8(images).float().div(127.5).sub(1)).abs().max() < 1e-6
+
+
+def test_identical_images_have_no_variety_and_varied_ones_do():
+    image = smooth_images(1)
+    assert variety(image.expand(64, -1, -1, -1)) == 0
+    assert variety(smooth_images()) > 0.3
+
+
+def test_a_checkerboard_stands_out_of_the_spectrum_and_smooth_images_do_not():
+    images = smooth_images()
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checkerboard = ((yy + xx) % 2 * 2 - 1).float() * 0.2
+    assert stride_peak(images) < 3
+    assert stride_peak(images + checkerboard) > 30 * stride_peak(images)
+
+
+# --------------------------------------------------------------------------------------------- detectors
+
+def test_a_healthy_epoch_says_nothing():
+    assert findings([epoch(1), epoch(2, change=0.4)], HEALTHY_STEPS) == {}
+
+
+def test_samples_that_stay_alike_are_a_mode_collapse():
+    alike = [epoch(1, variety=0.1), epoch(2, variety=0.1)]
+    assert "the grid's samples are 10% as varied" in findings(alike, HEALTHY_STEPS)["mode collapse"]
+    assert findings(alike[:1], steps_of(1, 0.7, 0.3)) == {}  # a young G draws alike blobs: not yet
+    fooled = findings(alike[:1], steps_of(1, 0.4, 0.9))  # ...unless D takes them for real: G has found one image
+    assert list(fooled) == ["mode collapse"] and "D(G(z)) = 0.90 is above D(x) = 0.40" in fooled["mode collapse"]
+
+
+def test_samples_that_lose_their_variety_are_a_mode_collapse():
+    seen = findings([epoch(1, variety=0.8), epoch(2, variety=0.35)], HEALTHY_STEPS)
+    assert seen["mode collapse"].startswith("the grid's samples are 35% as varied as the real images (they were 80%)")
+
+
+def test_a_certain_d_has_won_and_g_fooling_d_is_said():
+    assert "D wins" in findings([epoch(1)], steps_of(1, 0.99, 0.01, loss_d=0.01, loss_g=9))
+    assert list(findings([epoch(1)], steps_of(1, 0.4, 0.7))) == ["G fools D"]
+    assert findings([epoch(1)], steps_of(1, 0.5, 0.52)) == {}  # a draw is not G fooling D
+
+
+def test_a_pattern_on_varied_samples_is_a_checkerboard():
+    assert "checkerboard" in findings([epoch(1, checker=20.0)], steps_of(1, 0.7, 0.3))
+    assert findings([epoch(1, checker=20.0, variety=0.2)], steps_of(1, 0.7, 0.3)) == {}  # a young G's blobs
+
+
+def test_exploding_or_non_finite_losses_are_a_divergence():
+    assert "divergence" in findings([epoch(1), epoch(2)], steps_of(2, 0.7, 0.3, loss_g=500))
+    assert "divergence" in findings([epoch(1, finite=False)], steps_of(1, 0.7, 0.3))
+
+
+def test_still_samples_and_flat_losses_are_no_progress_unless_d_has_won():
+    assert "no progress" in findings([epoch(1), epoch(2, change=0.01)], HEALTHY_STEPS)
+    assert "no progress" not in findings([epoch(1), epoch(2, change=0.01)], steps_of(2, 0.7, 0.3, loss_g=2))
+    d_won = findings([epoch(1), epoch(2, change=0.01)], steps_of(2, 1.0, 0.0, loss_g=9))
+    assert list(d_won) == ["D wins"]
+
+
+def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_epoch():
+    assert knob("mode collapse", TrainConfig(lr_g=1e-3)) == \
+        "lower lr_g (now 0.001) to at most lr_d (now 0.0002), or try recipe='improved'"
+    assert knob("mode collapse", TrainConfig(lr_g=1e-3, lr_d=1e-3)) == "lower lr_g (now 0.001), or try recipe='improved'"
+    assert "recipe" not in knob("mode collapse", TrainConfig(recipe="improved"))
+    epochs = [{"epoch": 1}, {"epoch": 2, "diagnosis": {"D wins": "..."}}, {"epoch": 3, "diagnosis": {"D wins": "..."}},
+              {"epoch": 4}]
+    assert since(epochs[:3] + [{"epoch": 4}], "D wins") == 2
+    assert since(epochs, "mode collapse") == 4
+
+
+# ----------------------------------------------------------------------------------- a run's diagnosis
+
+def collapsed_history(tmp_path) -> tuple[dict, Diagnosis]:
+    """Three epochs of a G that draws one image for every z while D takes it for real."""
+    config = TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4, out=str(tmp_path))
+    diagnose = Diagnosis(config, as_uint8(smooth_images(256)))
+    history = {"steps": [], "epochs": []}
+    one = smooth_images(1)
+    for number in (1, 2, 3):
+        history["steps"] += steps_of(number, 0.4, 0.9)
+        history["epochs"].append({"epoch": number})
+        lines = diagnose(history, grid_of(one.expand(64, -1, -1, -1) + 0.01 * number))
+    return history, diagnose, lines
+
+
+def test_a_run_records_and_says_what_it_sees_since_when_with_the_knob(tmp_path):
+    history, _, lines = collapsed_history(tmp_path)
+    assert lines == [history["epochs"][-1]["diagnosis"]["mode collapse"]]
+    assert lines[0].startswith("mode collapse since epoch 1: the grid's samples are 0% as varied as the real images, "
+                               "and D(G(z)) = 0.90 is above D(x) = 0.40: lower lr_g (now 0.005) to at most lr_d "
+                               "(now 0.0001), or try recipe='improved' (see notebook 03's Troubleshooting: Mode "
+                               "collapse)")
+    assert history["epochs"][-1]["signals"]["change"] == pytest.approx(0.01 / variety(smooth_images(64)), rel=0.5)
+
+
+def test_the_diagnosis_is_marked_on_the_curves_and_listed_by_compare(tmp_path):
+    history, _, _ = collapsed_history(tmp_path)
+    assert diagnosis_marks(history) == [(1, 15, "mode collapse")]
+    texts = [t.get_text() for ax in plot_history(history).axes for t in ax.texts]
+    assert "mode collapse" in texts
+    TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4).save(tmp_path / "config.json")
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    table = comparison_table([tmp_path])
+    assert "| seen |" in table and "| mode collapse from 1 |" in table
