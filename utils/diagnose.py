@@ -32,13 +32,13 @@ import torch
 from PIL import Image
 
 # Thresholds, measured on the runs of docs/troubleshooting/README.md and on healthy runs (the table is there).
-COLLAPSE_VARIETY = 0.25      # samples' mean pairwise distance below this share of the real images': collapsed...
-COLLAPSE_DROP = 0.5          # ...or below this share of its own best so far, and under DROP_VARIETY of the real's
+FORMED = 0.4                 # samples this varied (of the real images' variety) are past a young G's blobs
+COLLAPSE_VARIETY = 0.25      # samples' mean pairwise distance below this share of the real images' while D is fooled
+COLLAPSE_DROP = 0.5          # ...or, once formed, below this share of its own best so far and under DROP_VARIETY
 DROP_VARIETY = 0.5
 D_CERTAIN = 0.95             # D(x) above this and D(G(z)) below 1 - this: D is certain
 FOOLED_BY = 0.1             # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
 MOST = 0.8                   # "most of the epoch": this share of its logged steps
-CHECKER_VARIETY = 0.4       # judged once the samples are this varied (a young G's blobs carry it too)
 CHECKER_RATIO = 4.0          # the stride-2 peak of the spectrum this many times the real images'
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
 MIN_SAMPLES = 8              # fewer fixed-noise samples than this say too little about variety
@@ -136,15 +136,15 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
             and _mean(steps, "d_fake") > _mean(steps, "d_real") + FOOLED_BY:
         seen["G fools D"] = (f"D(G(z)) = {_mean(steps, 'd_fake'):.2f} is above D(x) = {_mean(steps, 'd_real'):.2f}: "
                              "G outruns D")
-    # a young G draws near-identical blobs too: low variety is a collapse once it lasts, or with D fooled by it
+    # a young G draws near-identical blobs too, but D rejects them: low variety is a collapse when D takes the
+    # samples for real, or when the samples had become varied and lost it
     best = max([e.get("variety", 0) for e in earlier] + [now.get("variety", 0)])
-    low = now.get("variety", 1) < COLLAPSE_VARIETY and (
-        "G fools D" in seen or (earlier and earlier[-1].get("variety", 1) < COLLAPSE_VARIETY))
-    if low or now.get("variety", 1) < min(COLLAPSE_DROP * best, DROP_VARIETY):
+    low = now.get("variety", 1) < COLLAPSE_VARIETY and "G fools D" in seen
+    if low or (best >= FORMED and now.get("variety", 1) < min(COLLAPSE_DROP * best, DROP_VARIETY)):
         seen["mode collapse"] = f"the grid's samples are {now['variety']:.0%} as varied as the real images" + (
             f" (they were {best:.0%})" if best > 2 * now["variety"] else "")
     # the blobs of a young G carry the pattern too: it is a problem on samples that have become varied
-    if now["checker"] > CHECKER_RATIO and now.get("variety", 1) >= CHECKER_VARIETY:
+    if now["checker"] > CHECKER_RATIO and now.get("variety", 1) >= FORMED:
         seen["checkerboard"] = (f"the samples carry a 2-pixel pattern {now['checker']:.0f} times stronger than the "
                                 "real images'")
     previous = earlier[-1] if earlier else None

@@ -322,7 +322,8 @@ def _train_epochs(config: TrainConfig, run: Run, parts: TrainingParts, live_plot
                 parts.run_step(real, z, dev_gen)
                 step, since_read = step + 1, since_read + 1
                 if live_plot is not None and device.type == "cpu":  # reading is free on the CPU
-                    live_plot.update(history, pending={"step": step, **parts.training_step.last_step()})
+                    live_plot.update(history, pending={"epoch": epoch, "step": step,
+                                                       **parts.training_step.last_step()})
                 if since_read == config.log_every or index == batches.steps_per_epoch:
                     record = {"epoch": epoch, "step": step, **parts.training_step.read(since_read),
                               "seconds": round(time.perf_counter() - started, 2)}

@@ -163,6 +163,8 @@ def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
     """(first step, last step, "mode collapse") of each unbroken stretch of epochs in which the diagnosis saw it."""
     ends = {}  # epoch -> (its first step, its last step)
     for record in history.get("steps", []):
+        if "epoch" not in record:  # a live point given without its epoch: the others place the epochs
+            continue
         first = ends.get(record["epoch"], (None,))[0]
         ends[record["epoch"]] = (record["step"] if first is None else first, record["step"])
     stretches: dict[str, list[int]] = {}
@@ -247,7 +249,7 @@ class LivePlot:
         """Keep `pending` as a point of the curves; redraw if `every_seconds` have passed since the last redraw
         (or `force`).
 
-        `pending` is the record of one step (step, loss_d, loss_g, d_real, d_fake).
+        `pending` is the record of one step (epoch, step, loss_d, loss_g, d_real, d_fake).
         `grid` is the latest sample grid as uint8 (H, W, 3) (`image_grid(...).permute(1, 2, 0).numpy()`),
         shown under `title` until the next one.
         """
