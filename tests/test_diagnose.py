@@ -87,7 +87,8 @@ def test_samples_that_lose_their_variety_are_a_mode_collapse():
 
 
 def test_a_certain_d_has_won_and_g_fooling_d_is_said():
-    assert "D wins" in findings([epoch(1)], steps_of(1, 0.99, 0.01, loss_d=0.01, loss_g=9))
+    assert "D wins" in findings([epoch(1)], steps_of(1, 0.999, 0.001, loss_d=0.002, loss_g=7))
+    assert findings([epoch(1)], steps_of(1, 0.97, 0.04)) == {}  # a strong D, as in a healthy DCGAN run
     assert list(findings([epoch(1)], steps_of(1, 0.4, 0.7))) == ["G fools D"]
     assert findings([epoch(1)], steps_of(1, 0.5, 0.52)) == {}  # a draw is not G fooling D
 
@@ -154,3 +155,45 @@ def test_the_diagnosis_is_marked_on_the_curves_and_listed_by_compare(tmp_path):
     (tmp_path / "history.json").write_text(json.dumps(history))
     table = comparison_table([tmp_path])
     assert "| seen |" in table and "| mode collapse from 1 |" in table
+
+
+# ---------------------------------------------------------------------------------------- real small runs
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """1,024 synthetic faces of 16x16: 32 steps an epoch at batch 32."""
+    from utils.data import load_dataset
+
+    return load_dataset(TrainConfig(data="synthetic", data_dir=str(tmp_path_factory.mktemp("data")), image_size=16,
+                                    max_images=1024), progress=False)
+
+
+def train_small(faces, tmp_path, **settings) -> list[dict]:
+    from utils.training import train
+
+    config = TrainConfig(image_size=16, latent_dim=32, g_width=16, d_width=16, batch_size=32, epochs=3, device="cpu",
+                         amp="off", log_every=4, out=str(tmp_path / "run"), **settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(config, progress=False, images=faces).history["epochs"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("settings", [{}, {"recipe": "improved"}], ids=["dcgan", "improved"])
+def test_a_healthy_small_run_says_nothing(faces, tmp_path, capsys, settings):
+    epochs = train_small(faces, tmp_path, **settings)
+    assert [e.get("diagnosis") for e in epochs] == [None] * 3
+    assert all("signals" in e for e in epochs)
+    assert "since epoch" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("settings, problem", [({"lr_g": 5e-3, "lr_d": 1e-4}, "G fools D"),
+                                               ({"lr_g": 1.0, "lr_d": 1.0}, "D wins")],
+                         ids=["g-outruns-d", "d-wins"])
+def test_a_failing_small_run_is_named(faces, tmp_path, capsys, settings, problem):
+    epochs = train_small(faces, tmp_path, **settings)
+    assert list(epochs[-1]["diagnosis"]) == [problem]
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert said[-1] == "  " + epochs[-1]["diagnosis"][problem] and said[-1].startswith(f"  {problem} since epoch ")

@@ -36,10 +36,11 @@ FORMED = 0.4                 # samples this varied (of the real images' variety)
 COLLAPSE_VARIETY = 0.25      # samples' mean pairwise distance below this share of the real images' while D is fooled
 COLLAPSE_DROP = 0.5          # ...or, once formed, below this share of its own best so far and under DROP_VARIETY
 DROP_VARIETY = 0.5
-D_CERTAIN = 0.95             # D(x) above this and D(G(z)) below 1 - this: D is certain
+D_CERTAIN = 0.99             # D(x) above this and D(G(z)) below 1 - this: D is certain...
+D_WON = 0.5                  # ...in this share of the epoch's logged steps: D has won
 FOOLED_BY = 0.1             # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
 MOST = 0.8                   # "most of the epoch": this share of its logged steps
-CHECKER_RATIO = 4.0          # the stride-2 peak of the spectrum this many times the real images'
+CHECKER_RATIO = 15.0         # the stride-2 peak of the spectrum this many times the real images'
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
 MIN_SAMPLES = 8              # fewer fixed-noise samples than this say too little about variety
 STILL = 0.05                 # samples changed less than this share of the real images' variety since the last epoch
@@ -129,7 +130,7 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
             max(abs(e.get("loss_d", 0)), abs(e.get("loss_g", 0))) for e in earlier)):
         seen["divergence"] = (f"the losses jumped to {loss_d:.3g} (D) and {loss_g:.3g} (G), ten times any earlier "
                               "epoch's")
-    if steps and _share(steps, lambda s: s["d_real"] > D_CERTAIN and s["d_fake"] < 1 - D_CERTAIN) >= MOST:
+    if steps and _share(steps, lambda s: s["d_real"] > D_CERTAIN and s["d_fake"] < 1 - D_CERTAIN) >= D_WON:
         seen["D wins"] = (f"D(x) = {steps[-1]['d_real']:.2f} and D(G(z)) = {steps[-1]['d_fake']:.2f}: D is certain, "
                           "so G gets almost no gradient")
     if steps and _share(steps, lambda s: s["d_fake"] > s["d_real"]) >= MOST \
@@ -157,8 +158,8 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
 
 def first_to_fix(seen: dict[str, str]) -> dict[str, str]:
     """The problems to name, with one change to try first: those another one explains are left out or folded in
-    (a collapsed G fools D, may carry a pattern and changes little; a D that has won stops progress and inflates
-    G's loss)."""
+    (a collapsed G fools D, may carry a pattern and changes little; a G that gets no gradient from a D that has won
+    stops changing or falls onto one pattern, and its loss soars)."""
     seen = dict(seen)
     if "mode collapse" in seen:
         fooled = seen.pop("G fools D", "")
@@ -167,8 +168,8 @@ def first_to_fix(seen: dict[str, str]) -> dict[str, str]:
         if fooled:
             seen["mode collapse"] += ", and " + fooled.split(": G outruns D")[0]
     if "D wins" in seen:
-        seen.pop("no progress", None)
-        seen.pop("divergence", None)
+        for explained in ("no progress", "divergence", "checkerboard", "mode collapse"):
+            seen.pop(explained, None)
     return seen
 
 
