@@ -115,6 +115,13 @@ def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_e
         "lower lr_g (now 0.001) to at most lr_d (now 0.0002), or try recipe='improved'"
     assert knob("mode collapse", TrainConfig(lr_g=1e-3, lr_d=1e-3)) == "lower lr_g (now 0.001), or try recipe='improved'"
     assert "recipe" not in knob("mode collapse", TrainConfig(recipe="improved"))
+    assert knob("D wins", TrainConfig(lr_g=1, lr_d=1)) == \
+        "lower lr_g (now 1) and lr_d (now 1) to the DCGAN recipe's 0.0002, or try recipe='improved'"
+    assert knob("D wins", TrainConfig()) == "slow D down: lower lr_d (now 0.0002) to 0.0001, or try recipe='improved'"
+    assert knob("D wins", TrainConfig(recipe="improved")) == "slow D down: lower lr_d (now 0.001) to 0.0005"
+    assert knob("checkerboard", TrainConfig(lr_g=2e-3, lr_d=2e-3)) == \
+        "lower lr_g (now 0.002) and lr_d (now 0.002) to the DCGAN recipe's 0.0002 and train longer: the pattern " \
+        "fades as G learns"
     epochs = [{"epoch": 1}, {"epoch": 2, "diagnosis": {"D wins": "..."}}, {"epoch": 3, "diagnosis": {"D wins": "..."}},
               {"epoch": 4}]
     assert since(epochs[:3] + [{"epoch": 4}], "D wins") == 2

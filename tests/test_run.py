@@ -353,7 +353,7 @@ def test_a_run_whose_d_has_won_says_so_under_the_epoch_and_at_the_end(tmp_path):
     lines = done.stdout.splitlines()
     said = lines[lines.index(next(line for line in lines if line.startswith("epoch 3/3:"))) + 1]
     assert said.startswith("  D wins since epoch ") and "D(x) = 1.00 and D(G(z)) = 0.00" in said
-    assert "lower lr_d (now 1), or both learning rates, or try recipe='improved'" in said
+    assert "lower lr_g (now 1) and lr_d (now 1) to the DCGAN recipe's 0.0002, or try recipe='improved'" in said
     assert said.endswith("(see notebook 03's Troubleshooting: D wins)")
     assert lines[-1] == "still seen in the last epoch: " + said.strip()
     history = json.loads((tmp_path / "run" / "history.json").read_text())

@@ -3,23 +3,25 @@ which epoch, and the one knob to turn first.
 
     >>> diagnose = Diagnosis(config, real_images)           # utils/training.py, once per run
     >>> diagnose(history, grid)                              # after each epoch: the lines to print, if any
-    ['mode collapse since epoch 3: the 64 samples are 12% as varied as the real images: lower lr_g (now 0.005) ...']
+    ["mode collapse since epoch 1: the grid's samples are 12% as varied as the real images, and D(G(z)) = 0.98 ..."]
 
-It measures only what each epoch produces anyway, on the CPU, once per epoch (a few milliseconds at 32x32): the
-grid of the 64 fixed-noise samples (the uint8 grid saved in samples/, so a resumed run measures exactly what an
-uninterrupted one did), the history's logged losses and D's verdicts, and 64 of the real images. Each epoch's
-`signals` and `diagnosis` ({problem: line}) go into its record of the history: saved, resumed, drawn by
-utils/visualize.py and listed by utils/compare.py. A healthy run says nothing.
+It measures only what each epoch produces anyway, on the CPU, once per epoch (14 ms at 32x32, 90 ms at 64x64 on a
+busy 2-core CPU): the grid of the fixed-noise samples (the uint8 grid saved in samples/, so a resumed run measures
+exactly what an uninterrupted one did), the history's logged losses and D's verdicts, and 64 of the real images.
+Each epoch's `signals` and `diagnosis` ({problem: line}) go into its record of the history: saved, resumed, shaded
+by utils/visualize.py and listed by utils/compare.py. A healthy run says nothing.
 
 The problems, each with the part of notebook 03's Troubleshooting that explains it:
-- mode collapse: the samples' mean pairwise distance, against the real images' and against its own best so far;
-- D wins: D(x) near 1 and D(G(z)) near 0 for most of the epoch (G then gets almost no gradient);
+- mode collapse: the samples' variety (their root mean square pairwise distance, against the real images') low while
+  D takes them for real, or fallen to half of its own best once the samples had formed;
+- D wins: D(x) above 0.99 and D(G(z)) below 0.01 for half the epoch or more (G then gets almost no gradient);
 - G fools D: D(G(z)) above D(x) for most of the epoch, a sign of G outrunning D (usually before a collapse);
 - checkerboard artefacts: the samples' power at the stride-2 frequencies of the transposed convolutions (every
   other pixel), against the neighbouring frequencies, compared with the same ratio for the real images;
-- divergence: losses far above any earlier epoch's, or non-finite samples;
+- divergence: losses ten times above any earlier epoch's, or non-finite samples;
 - no progress: samples that stopped changing between epochs while the losses stay flat.
-The thresholds are set on real runs: docs/troubleshooting/README.md, "What train() says".
+Where one problem explains another, only the first to fix is said (`first_to_fix`). The thresholds below were set on
+real runs: docs/troubleshooting/README.md, "What train() says about these runs".
 """
 
 from __future__ import annotations
@@ -33,18 +35,20 @@ from PIL import Image
 
 # Thresholds, measured on the runs of docs/troubleshooting/README.md and on healthy runs (the table is there).
 FORMED = 0.4                 # samples this varied (of the real images' variety) are past a young G's blobs
-COLLAPSE_VARIETY = 0.25      # samples' mean pairwise distance below this share of the real images' while D is fooled
+COLLAPSE_VARIETY = 0.25      # variety below this share of the real images' while D takes the samples for real...
 COLLAPSE_DROP = 0.5          # ...or, once formed, below this share of its own best so far and under DROP_VARIETY
 DROP_VARIETY = 0.5
 D_CERTAIN = 0.99             # D(x) above this and D(G(z)) below 1 - this: D is certain...
 D_WON = 0.5                  # ...in this share of the epoch's logged steps: D has won
-FOOLED_BY = 0.1             # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
+FOOLED_BY = 0.1              # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
 MOST = 0.8                   # "most of the epoch": this share of its logged steps
-CHECKER_RATIO = 15.0         # the stride-2 peak of the spectrum this many times the real images'
+CHECKER_RATIO = 12.0         # the stride-2 peak of the spectrum this many times the real images'
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
 MIN_SAMPLES = 8              # fewer fixed-noise samples than this say too little about variety
 STILL = 0.05                 # samples changed less than this share of the real images' variety since the last epoch
 FLAT = 0.05                  # and the epoch's mean losses moved by less than this share
+
+DCGAN_LR = 2e-4              # both learning rates of the DCGAN recipe (TrainConfig's defaults)
 
 TROUBLESHOOTING = {  # the sections of notebook 03's Troubleshooting, by problem
     "mode collapse": "Mode collapse", "D wins": "D wins", "G fools D": "Mode collapse",
@@ -190,19 +194,25 @@ def _moved(previous: dict, loss_d: float, loss_g: float) -> float:
 # ---------------------------------------------------------------------------------------- what to change
 
 def knob(problem: str, config) -> str:
-    """The first change to try for `problem`, with the current values."""
+    """The first change to try for `problem`, with the current values (as notebook 03's Troubleshooting advises)."""
     improved = "" if config.loss == "hinge" else ", or try recipe='improved'"
+    # the DCGAN rates are the reference of a plain run; the improved recipe has faster ones of its own
+    high = [name for name in ("lr_g", "lr_d") if getattr(config, name) > DCGAN_LR and config.loss != "hinge"]
+    to_dcgan = " and ".join(f"{name} (now {getattr(config, name):g})" for name in high) + \
+        f" to the DCGAN recipe's {DCGAN_LR:g}"
     if problem in ("mode collapse", "G fools D"):
         if config.lr_g > config.lr_d:
             return f"lower lr_g (now {config.lr_g:g}) to at most lr_d (now {config.lr_d:g}){improved}"
         return f"lower lr_g (now {config.lr_g:g}){improved}"
     if problem in ("D wins", "no progress"):
-        return f"lower lr_d (now {config.lr_d:g}), or both learning rates{improved}"
+        if high:
+            return f"lower {to_dcgan}{improved}"
+        return f"slow D down: lower lr_d (now {config.lr_d:g}) to {config.lr_d / 2:g}{improved}"
     if problem == "checkerboard":
-        return (f"lower the learning rates (now lr_g {config.lr_g:g}, lr_d {config.lr_d:g}) and train longer; it "
-                "fades as G learns")
+        return (f"lower {to_dcgan} and train longer: the pattern fades as G learns" if high else
+                f"train longer (epochs, now {config.epochs}): the pattern fades as G learns")
     amp = "" if config.amp == "off" else ", or amp='off'"
-    return f"lower lr_g and lr_d (now {config.lr_g:g} and {config.lr_d:g}){amp}{improved}"
+    return f"lower lr_g and lr_d (now {config.lr_g:g} and {config.lr_d:g}) to half{amp}{improved}"
 
 
 def since(epochs: list[dict], problem: str) -> int:
