@@ -2,6 +2,7 @@
 real small runs: a failing one is named, a healthy one says nothing."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from utils.compare import comparison_table
 from utils.config import TrainConfig
-from utils.diagnose import Diagnosis, findings, knob, since, stride_peak, untile, variety
+from utils.diagnose import TROUBLESHOOTING, Diagnosis, findings, knob, since, stride_peak, untile, variety
 from utils.visualize import diagnosis_marks, image_grid, plot_history
 
 torch.set_grad_enabled(True)
@@ -96,6 +97,7 @@ def test_a_certain_d_has_won_and_g_fooling_d_is_said():
 def test_a_pattern_on_varied_samples_is_a_checkerboard():
     assert "checkerboard" in findings([epoch(1, checker=20.0)], steps_of(1, 0.7, 0.3))
     assert findings([epoch(1, checker=20.0, variety=0.2)], steps_of(1, 0.7, 0.3)) == {}  # a young G's blobs
+    assert findings([epoch(1, checker=2.0), epoch(2, checker=20.0)], HEALTHY_STEPS) == {}  # one epoch's flicker
 
 
 def test_exploding_or_non_finite_losses_are_a_divergence():
@@ -113,7 +115,8 @@ def test_still_samples_and_flat_losses_are_no_progress_unless_d_has_won():
 def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_epoch():
     assert knob("mode collapse", TrainConfig(lr_g=1e-3)) == \
         "lower lr_g (now 0.001) to at most lr_d (now 0.0002), or try recipe='improved'"
-    assert knob("mode collapse", TrainConfig(lr_g=1e-3, lr_d=1e-3)) == "lower lr_g (now 0.001), or try recipe='improved'"
+    assert knob("mode collapse", TrainConfig(lr_g=1e-3, lr_d=1e-3)) == \
+        "lower lr_g (now 0.001), or try recipe='improved'"
     assert "recipe" not in knob("mode collapse", TrainConfig(recipe="improved"))
     assert knob("D wins", TrainConfig(lr_g=1, lr_d=1)) == \
         "lower lr_g (now 1) and lr_d (now 1) to the DCGAN recipe's 0.0002, or try recipe='improved'"
@@ -204,3 +207,12 @@ def test_a_failing_small_run_is_named(faces, tmp_path, capsys, settings, problem
     assert list(epochs[-1]["diagnosis"]) == [problem]
     said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert said[-1] == "  " + epochs[-1]["diagnosis"][problem] and said[-1].startswith(f"  {problem} since epoch ")
+
+
+def test_each_line_points_to_a_section_of_notebook_03s_troubleshooting():
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "03_training.ipynb").read_text())
+    text = "\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "markdown")
+    troubleshooting = text[text.index("## Troubleshooting"):]
+    headings = [line[4:] for line in troubleshooting.splitlines() if line.startswith("### ")]
+    for problem, section in TROUBLESHOOTING.items():
+        assert any(heading.startswith(section) for heading in headings), (problem, section, headings)

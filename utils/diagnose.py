@@ -42,7 +42,7 @@ D_CERTAIN = 0.99             # D(x) above this and D(G(z)) below 1 - this: D is 
 D_WON = 0.5                  # ...in this share of the epoch's logged steps: D has won
 FOOLED_BY = 0.1              # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
 MOST = 0.8                   # "most of the epoch": this share of its logged steps
-CHECKER_RATIO = 12.0         # the stride-2 peak of the spectrum this many times the real images'
+CHECKER_RATIO = 12.0         # the stride-2 peak of the spectrum this many times the real images' (2 epochs' mean)
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
 MIN_SAMPLES = 8              # fewer fixed-noise samples than this say too little about variety
 STILL = 0.05                 # samples changed less than this share of the real images' variety since the last epoch
@@ -148,10 +148,12 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
     if low or (best >= FORMED and now.get("variety", 1) < min(COLLAPSE_DROP * best, DROP_VARIETY)):
         seen["mode collapse"] = f"the grid's samples are {now['variety']:.0%} as varied as the real images" + (
             f" (they were {best:.0%})" if best > 2 * now["variety"] else "")
-    # the blobs of a young G carry the pattern too: it is a problem on samples that have become varied
-    if now["checker"] > CHECKER_RATIO and now.get("variety", 1) >= FORMED:
-        seen["checkerboard"] = (f"the samples carry a 2-pixel pattern {now['checker']:.0f} times stronger than the "
-                                "real images'")
+    # the blobs of a young G carry the pattern too: it is a problem on samples that have become varied; averaged
+    # with the previous epoch's, as it flickers from one epoch to the next
+    pattern = (now["checker"] + earlier[-1]["checker"]) / 2 if earlier and "checker" in earlier[-1] else now["checker"]
+    if pattern > CHECKER_RATIO and now.get("variety", 1) >= FORMED:
+        seen["checkerboard"] = (f"the samples carry a 2-pixel pattern {pattern:.0f} times stronger than the real "
+                                "images'")
     previous = earlier[-1] if earlier else None
     if (now.get("change") is not None and now["change"] < STILL and previous is not None
             and "loss_d" in previous and _moved(previous, loss_d, loss_g) < FLAT and "D wins" not in seen):
