@@ -35,14 +35,14 @@ from PIL import Image
 
 # Thresholds, measured on the runs of docs/troubleshooting/README.md and on healthy runs (the table is there).
 FORMED = 0.4                 # samples this varied (of the real images' variety) are past a young G's blobs
-COLLAPSE_VARIETY = 0.25      # variety below this share of the real images' while D takes the samples for real...
+COLLAPSE_VARIETY = 0.35      # variety below this share of the real images' while D takes the samples for real...
 COLLAPSE_DROP = 0.5          # ...or, once formed, below this share of its own best so far and under DROP_VARIETY
 DROP_VARIETY = 0.5
 D_CERTAIN = 0.99             # D(x) above this and D(G(z)) below 1 - this: D is certain...
 D_WON = 0.5                  # ...in this share of the epoch's logged steps: D has won
-FOOLED_BY = 0.1              # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
+FOOLED_BY = 0.05             # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
 MOST = 0.8                   # "most of the epoch": this share of its logged steps
-CHECKER_RATIO = 12.0         # the stride-2 peak of the spectrum this many times the real images' (2 epochs' mean)
+CHECKER_RATIO = 15.0         # the stride-2 peak of the spectrum this many times the real images' (2 epochs' mean)
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
 MIN_SAMPLES = 8              # fewer fixed-noise samples than this say too little about variety
 STILL = 0.05                 # samples changed less than this share of the real images' variety since the last epoch
