@@ -79,6 +79,8 @@ def test_alike_samples_that_d_takes_for_real_are_a_mode_collapse():
     assert list(fooled) == ["mode collapse"]
     assert fooled["mode collapse"] == "the grid's samples are 10% as varied as the real images, and D(G(z)) = 0.90 " \
         "is above D(x) = 0.40"
+    still = [epoch(1, variety=0.1) | {"diagnosis": {"mode collapse": "..."}}, epoch(2, variety=0.3)]
+    assert list(findings(still, HEALTHY_STEPS)) == ["mode collapse"]  # said for as long as the variety stays low
 
 
 def test_samples_that_lose_their_variety_are_a_mode_collapse():

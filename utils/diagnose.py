@@ -142,9 +142,10 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
         seen["G fools D"] = (f"D(G(z)) = {_mean(steps, 'd_fake'):.2f} is above D(x) = {_mean(steps, 'd_real'):.2f}: "
                              "G outruns D")
     # a young G draws near-identical blobs too, but D rejects them: low variety is a collapse when D takes the
-    # samples for real, or when the samples had become varied and lost it
+    # samples for real (and for as long as the variety stays low), or when the samples had become varied and lost it
     best = max([e.get("variety", 0) for e in earlier] + [now.get("variety", 0)])
-    low = now.get("variety", 1) < COLLAPSE_VARIETY and "G fools D" in seen
+    collapsed = len(epochs) > 1 and "mode collapse" in epochs[-2].get("diagnosis", {})
+    low = now.get("variety", 1) < COLLAPSE_VARIETY and ("G fools D" in seen or collapsed)
     if low or (best >= FORMED and now.get("variety", 1) < min(COLLAPSE_DROP * best, DROP_VARIETY)):
         seen["mode collapse"] = f"the grid's samples are {now['variety']:.0%} as varied as the real images" + (
             f" (they were {best:.0%})" if best > 2 * now["variety"] else "")
