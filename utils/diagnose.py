@@ -98,7 +98,7 @@ def stride_peak(images: torch.Tensor) -> float:
 def signals(samples: torch.Tensor, previous: torch.Tensor | None, real: dict) -> dict:
     """The epoch's measurements, relative to the real images' (`real_reference`): "variety" (1: as varied as the
     real images), "checker" (1: as little stride-2 pattern as they have), "change" since the previous epoch's
-    samples (in units of the real images' variety; None without them), and "finite"."""
+    samples (in units of the real images' variety; absent without them), and "finite" (only when False)."""
     finite = bool(torch.isfinite(samples).all())
     samples = torch.nan_to_num(samples)
     out = {"checker": round(stride_peak(samples) / real["checker"], 3)}
@@ -251,14 +251,10 @@ class Diagnosis:
         record["signals"] = {**signals(samples, self.previous, self.real),
                              "loss_d": round(_mean(steps, "loss_d"), 4), "loss_g": round(_mean(steps, "loss_g"), 4)}
         self.previous = samples
-        seen = findings(history["epochs"], steps)
-        record.pop("diagnosis", None)
-        lines = {}
-        for problem, evidence in seen.items():
-            record["diagnosis"] = lines  # `since` reads the earlier epochs' only
-            lines[problem] = (f"{problem} since epoch {since(history['epochs'], problem)}: {evidence}: "
-                              f"{knob(problem, self.config)} (see notebook 03's Troubleshooting: "
-                              f"{TROUBLESHOOTING[problem]})")
+        lines = {problem: f"{problem} since epoch {since(history['epochs'], problem)}: {evidence}: "
+                          f"{knob(problem, self.config)} (see notebook 03's Troubleshooting: "
+                          f"{TROUBLESHOOTING[problem]})"
+                 for problem, evidence in findings(history["epochs"], steps).items()}
         if lines:
             record["diagnosis"] = lines
         return list(lines.values())
