@@ -160,7 +160,7 @@ def test_a_run_records_and_says_what_it_sees_since_when_with_the_knob(tmp_path):
 
 def test_the_diagnosis_is_marked_on_the_curves_and_listed_by_compare(tmp_path):
     history, _, _ = collapsed_history(tmp_path)
-    assert diagnosis_marks(history) == [(1, 15, "mode collapse")]
+    assert diagnosis_marks(history) == [(0, 15, "mode collapse")]  # from the start of epoch 1 to the end of 3
     texts = [t.get_text() for ax in plot_history(history).axes for t in ax.texts]
     assert "mode collapse" in texts
     TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4).save(tmp_path / "config.json")
@@ -219,3 +219,10 @@ def test_each_line_points_to_a_section_of_notebook_03s_troubleshooting():
     headings = [line[4:] for line in troubleshooting.splitlines() if line.startswith("### ")]
     for problem, section in TROUBLESHOOTING.items():
         assert any(heading.startswith(section) for heading in headings), (problem, section, headings)
+
+
+def test_each_stretch_of_a_problem_is_shaded_from_the_end_of_the_epoch_before():
+    steps = [{"epoch": e, "step": s} for e, s in [(1, 5), (1, 10), (2, 15), (2, 20), (3, 25), (3, 30), (4, 35)]]
+    epochs = [{"epoch": 1}, {"epoch": 2, "diagnosis": {"D wins": ""}},
+              {"epoch": 3, "diagnosis": {"D wins": "", "checkerboard": ""}}, {"epoch": 4}]
+    assert diagnosis_marks({"steps": steps, "epochs": epochs}) == [(10, 30, "D wins"), (20, 30, "checkerboard")]

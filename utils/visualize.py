@@ -161,12 +161,12 @@ def _plot_fid(ax, history: dict, pad: float) -> None:
 
 def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
     """(first step, last step, "mode collapse") of each unbroken stretch of epochs in which the diagnosis saw it."""
-    ends = {}  # epoch -> (its first step, its last step)
+    ends, last = {}, 0  # epoch -> (the step it started after, its last step)
     for record in history.get("steps", []):
         if "epoch" not in record:  # a live point given without its epoch: the others place the epochs
             continue
-        first = ends.get(record["epoch"], (None,))[0]
-        ends[record["epoch"]] = (record["step"] if first is None else first, record["step"])
+        ends[record["epoch"]] = (ends.get(record["epoch"], (last,))[0], record["step"])
+        last = record["step"]
     stretches: dict[str, list[int]] = {}
     marks = []
     for record in history.get("epochs", []):
