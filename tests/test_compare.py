@@ -122,7 +122,7 @@ def test_the_table_shows_one_epochs_column_and_only_the_fields_that_differ(runs)
     table = comparison_table(made, fid={made[1]: 123.456})
 
     header, rule, *rows = table.splitlines()
-    assert header == "| # | FID | epochs | batch | lr_g | D / G loss | D(x) / D(G(z)) |"
+    assert header == "| # | FID | epochs | batch | lr_g | D / G loss | D(x) / D(G(z)) | seen |"
     assert rows[0].startswith("| 1 | - | 2 | 32 | 0.0002 |")
     assert rows[1].startswith("| 2 | 123.5 | 2 | 32 | 0.001 |")
     assert rows[2].startswith("| 3 | - | 2 | 64 | 0.0002 |")

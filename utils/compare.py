@@ -37,6 +37,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from utils.config import FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, TUNABLE_FIELDS, TrainConfig
+from utils.diagnose import since
 from utils.errors import UserError
 from utils.files import load_data
 from utils.run import CHECKPOINT, CONFIG, HISTORY, list_frames, read_run
@@ -282,7 +283,8 @@ def _most_shared(values: list[str]) -> str | None:
 # --------------------------------------------------------------------------------------------- the table
 
 def comparison_table(run_dirs: list[str | Path], fid: dict | None = None) -> str:
-    """A Markdown table: one row per run (#, FID, epochs, the differing values, last losses), then the folders."""
+    """A Markdown table: one row per run (#, FID, epochs, the differing values, last losses, what the diagnosis saw
+    in the last epoch), then the folders."""
     return _table(read_runs(run_dirs), fid)
 
 
@@ -290,12 +292,12 @@ def _table(runs: list[_Run], fid: dict | None) -> str:
     differing = [(_HEADERS.get(name, name), values) for name, values in _differences(runs)]
     fixed = ["#", "FID", "epochs"]
     rows = [[str(number), _fid_cell(run, fid), _epochs_cell(run)] for number, run in enumerate(runs, 1)]
-    losses = [[_pair(run, "loss_d", "loss_g"), _pair(run, "d_real", "d_fake")] for run in runs]
-    header = fixed + [name for name, _ in differing] + ["D / G loss", "D(x) / D(G(z))"]
+    losses = [[_pair(run, "loss_d", "loss_g"), _pair(run, "d_real", "d_fake"), _seen_cell(run)] for run in runs]
+    header = fixed + [name for name, _ in differing] + ["D / G loss", "D(x) / D(G(z))", "seen"]
     body = [row + [values[i] for _, values in differing] + loss for i, (row, loss) in enumerate(zip(rows, losses))]
     if table_width_px([header, *body]) > TABLE_WIDTH_PX:  # too many differences for a column each: one column
         labels = _labels(runs)
-        header = fixed + ["what differs"] + header[-2:]
+        header = fixed + ["what differs"] + header[-3:]
         body = [row + [labels[i]] + loss for i, (row, loss) in enumerate(zip(rows, losses))]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -331,6 +333,13 @@ def _pair(run: _Run, first: str, second: str) -> str:
     """The last logged values of two curves, "0.69 / 2.10": one column for D's and G's loss, one for D's verdicts."""
     last = run.steps[-1] if run.steps else {}
     return f"{last[first]:.2f} / {last[second]:.2f}" if last else "-"
+
+
+def _seen_cell(run: _Run) -> str:
+    """What the diagnosis saw in the run's last epoch, "mode collapse from 3" (utils/diagnose.py); "-" for none."""
+    epochs = run.history.get("epochs", [])
+    seen = epochs[-1].get("diagnosis", {}) if epochs else {}
+    return ", ".join(f"{problem} from {since(epochs, problem)}" for problem in seen) or "-"
 
 
 def _last_fid(history: dict) -> float | None:

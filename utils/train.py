@@ -58,10 +58,8 @@ def _train_from_command_line(argv: list[str] | None) -> None:
         plot = save_history_plot(result.history, result.run_dir / "history.png")
         print(f"done: {result.epochs_done} epochs in {result.run_dir} (samples/, checkpoint.pt, history.json, {plot.name}); "
               f"make the GIF with: python -m utils.gif {result.run_dir}")
-        won = [e["epoch"] for e in result.history["epochs"] if e.get("warning") == "D has won"]
-        if won:
-            print(f"warning: D won outright in epoch(s) {', '.join(map(str, won))}: the faces stopped improving there "
-                  "(see the warning above for what to change)")
+        for line in (result.history["epochs"][-1].get("diagnosis", {}) if result.history["epochs"] else {}).values():
+            print(f"still seen in the last epoch: {line}")
 
 
 if __name__ == "__main__":

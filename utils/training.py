@@ -7,9 +7,9 @@
 
 Read it beside notebook 03's hand-written loop: `train` opens the run folder, `_build` makes the parts (the batches,
 the networks and their optimisers, the step, the generator to sample from, the fixed noise), `_train_epochs` is the
-loop and `_end_epoch` what follows each epoch (grid, FID, the D-won check, save, log, live plot). The step itself,
-what notebook 03 writes out by hand, is utils/step.py. What `train()` adds around it, and where (numbers in the
-README):
+loop and `_end_epoch` what follows each epoch (grid, FID, the diagnosis of utils/diagnose.py, save, log, live plot).
+The step itself, what notebook 03 writes out by hand, is utils/step.py. What `train()` adds around it, and where
+(numbers in the README):
 - the dataset is decoded once into a uint8 tensor (utils/data.py) and, when it fits, lives on the GPU; shuffling,
   flips and scaling to [-1, 1] happen there (`DeviceData`), so no DataLoader workers decode JPEGs each epoch;
 - no host syncs in a step: losses and D's scores are summed on the device and read every `log_every` steps, so
@@ -42,12 +42,13 @@ from utils import distributed
 from utils.augment import diff_augment
 from utils.config import TrainConfig
 from utils.data import load_dataset
+from utils.diagnose import Diagnosis
 from utils.environment import DeviceChoice, choose_device, verbose
 from utils.errors import ConfigError, Interrupted, UserError
 from utils.metrics import FID, fid_for_config, load_inception
 from utils.models import Discriminator, Generator, available_ram, check_network_size, check_networks
-from utils.run import (CHECKPOINT, Run, TrainingState, checkpoint_state, network_descriptions, network_tag,
-                       restore_checkpoint)
+from utils.run import (CHECKPOINT, Run, TrainingState, checkpoint_state, frame_path, network_descriptions,
+                       network_tag, restore_checkpoint)
 from utils.step import EMA, CUDAGraphStep, TrainingStep, time_training_steps
 from utils.urls import redact
 from utils.visualize import image_grid, in_notebook
@@ -195,6 +196,7 @@ class TrainingParts:
     choice: DeviceChoice           # the device, mixed precision, memory layout, CUDA graphs
     start_epoch: int               # the first epoch to train
     saved_epoch: int               # the last epoch handed to the run folder to save
+    diagnosis: Diagnosis           # what each epoch's signals show (utils/diagnose.py)
 
 
 def _choose_device(config: TrainConfig) -> DeviceChoice:
@@ -230,10 +232,12 @@ def _build(config: TrainConfig, run: Run, networks: tuple[nn.Module, nn.Module],
     # cache fails now, not after an epoch
     fid = fid_for_config(config, images, choice.device, inception) \
         if inception is not None and start_epoch <= config.epochs else None
+    # a resumed run compares its next grid with the last one saved, as an uninterrupted run would
+    diagnosis = Diagnosis(config, images, frame_path(run.dir, start_epoch - 1) if start_epoch > 1 else None)
     return TrainingParts(state, batches, training_step,
                          CUDAGraphStep(training_step) if choice.cuda_graphs else training_step,
                          state.ema.module if state.ema is not None else generator,
-                         state.fixed_noise.to(choice.device), fid, choice, start_epoch, start_epoch - 1)
+                         state.fixed_noise.to(choice.device), fid, choice, start_epoch, start_epoch - 1, diagnosis)
 
 
 def _adam_options(choice: DeviceChoice) -> dict:
@@ -356,7 +360,8 @@ def _epoch_record(config: TrainConfig, epoch: int, steps: int, seconds: float, b
 
 def _end_epoch(config: TrainConfig, run: Run, parts: TrainingParts, live_plot, record: dict) -> None:
     """After each epoch: its record in the history; on the main process the grid of the fixed noise, the FID every
-    `fid_every` epochs, the D-won check, the save (in the background), the epoch's line and the live plot."""
+    `fid_every` epochs, the diagnosis, the save (in the background), the epoch's line, what the diagnosis saw under
+    it, and the live plot."""
     history, epoch = parts.state.history, record["epoch"]
     history["epochs"].append(record)
     if not distributed.is_main():
@@ -367,21 +372,21 @@ def _end_epoch(config: TrainConfig, run: Run, parts: TrainingParts, live_plot, r
         record["fid"] = round(parts.fid.score_generator(parts.sample_from, config.latent_dim, config.fid_samples,
                                                         seed=config.seed), 3)
         _log(f"epoch {epoch}: FID {record['fid']:.2f} ({config.fid_samples:,} samples)")
-    warning = _d_has_won(history, epoch)
-    if warning:
-        record["warning"] = "D has won"
-        _log(warning)
+    seen = parts.diagnosis(history, grid)
     run.save_epoch(epoch, grid, history, checkpoint_state(config, epoch, parts.state))
     parts.saved_epoch = epoch
     _log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
          f"loss_g {history['steps'][-1]['loss_g']:.3f}, {record['images_per_s']:,.0f} images/s "
          f"-> {run.dir}/samples/epoch_{epoch:03d}.png")
+    for line in seen:
+        _log(f"  {line}")
     if epoch == parts.start_epoch + min(1, config.epochs - parts.start_epoch):  # past the warm-up epoch
         note = parts.choice.recheck_trial(config, epoch, record["images_per_s"])
         if note and verbose():   # engine detail: the new answer is cached for the next start either way
             _log(note)
     if live_plot is not None:
-        live_plot.update(history, grid=grid, title=f"epoch {epoch}", force=True)
+        live_plot.update(history, grid=grid, title=", ".join([f"epoch {epoch}", *record.get("diagnosis", {})]),
+                         force=True)
 
 
 def _interrupted(run: Run, epoch: int, saved_epoch: int) -> Interrupted:
@@ -401,16 +406,3 @@ def _check_finite(record: dict) -> None:
             f"training diverged at epoch {record['epoch']}, step {record['step']}: loss_d={record['loss_d']}, "
             f"loss_g={record['loss_g']}. The last good checkpoint (end of the previous epoch) is kept; lower lr_g/lr_d, "
             "try amp='off', or loss='hinge' with spectral_norm=True")
-
-
-def _d_has_won(history: dict, epoch: int) -> str:
-    """A warning when D told real from fake with certainty all epoch long: G then gets almost no gradient."""
-    records = [s for s in history["steps"] if s["epoch"] == epoch]
-    if not records or not all(s["d_real"] > 0.99 and s["d_fake"] < 0.01 for s in records):
-        return ""
-    loss_g = sum(s["loss_g"] for s in records) / len(records)
-    return (f"warning: D has won outright in epoch {epoch}: D(x) = {records[-1]['d_real']:.2f} on real faces and D(G(z)) = "
-            f"{records[-1]['d_fake']:.2f} on fakes all epoch long, G's loss {loss_g:.1f}. G gets almost no useful "
-            "gradient, so its faces stop improving. Lower the learning rates (lr_d, lr_g; the DCGAN recipe uses 2e-4), "
-            "or try recipe='improved' (spectral norm and the hinge loss keep D in check)")
-

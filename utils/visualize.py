@@ -97,7 +97,8 @@ def plot_history(history: dict, fig=None):
     (3) FID, only when some epoch has one. A dotted vertical line marks each step where a
     setting changed as the run continued (history["changes"], e.g. a new lr_g), labelled
     with the change in a band above the panel, one row per change, so no label crosses a
-    curve or another label. Curves of few points get dots, so even one step shows. An empty
+    curve or another label. The epochs in which the run's diagnosis (utils/diagnose.py) saw a problem are shaded
+    red, named at the foot of D's verdict. Curves of few points get dots, so even one step shows. An empty
     history gives empty, labelled panels. Draws into `fig` (a Figure or SubFigure) when
     given, else a new pyplot figure.
     """
@@ -131,6 +132,7 @@ def plot_history(history: dict, fig=None):
         losses.set_yticks([])
 
     band = _mark_changes(axes[:2], change_marks(history))
+    _mark_diagnoses(axes[:2], diagnosis_marks(history))
     losses.set_title("Losses", pad=6 + band)
     scores.set_title("Discriminator's verdict", pad=6 + band)
     if len(axes) == 3:
@@ -160,6 +162,36 @@ def _plot_fid(ax, history: dict, pad: float) -> None:
     ax.set_title("FID (lower is better)", pad=pad)
     ax.set(xlabel="epoch", ylabel="FID")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
+    """(first step, last step, "mode collapse") of each unbroken stretch of epochs in which the diagnosis saw it."""
+    ends, last = {}, 0  # epoch -> (the step it started after, its last step)
+    for record in history.get("steps", []):
+        if "epoch" not in record:  # a live point given without its epoch: the others place the epochs
+            continue
+        ends[record["epoch"]] = (ends.get(record["epoch"], (last,))[0], record["step"])
+        last = record["step"]
+    stretches: dict[str, list[int]] = {}
+    marks = []
+    for record in history.get("epochs", []):
+        epoch, seen = record["epoch"], record.get("diagnosis", {})
+        for problem in list(stretches):
+            if problem not in seen:
+                marks.append((*stretches.pop(problem), problem))
+        for problem in seen:
+            if epoch in ends:
+                stretches.setdefault(problem, [ends[epoch][0], ends[epoch][1]])[1] = ends[epoch][1]
+    return sorted(marks + [(first, last, problem) for problem, (first, last) in stretches.items()])
+
+
+def _mark_diagnoses(axes, marks: list[tuple[int, int, str]]) -> None:
+    """Shade each stretch in every panel, its problem written at the foot of the second panel (a row each)."""
+    for row, (first, last, problem) in enumerate(marks):
+        for ax in axes:
+            ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
+        axes[1].annotate(problem, (first, 0), xycoords=("data", "axes fraction"), xytext=(2, 3 + 11 * row),
+                         textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
 
 
 def change_marks(history: dict) -> list[tuple[int, str]]:

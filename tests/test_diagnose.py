@@ -1,0 +1,228 @@
+"""The diagnosis after each epoch (utils/diagnose.py): each detector on signals built to show its problem, and
+real small runs: a failing one is named, a healthy one says nothing."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from utils.compare import comparison_table
+from utils.config import TrainConfig
+from utils.diagnose import TROUBLESHOOTING, Diagnosis, findings, knob, since, stride_peak, untile, variety
+from utils.visualize import diagnosis_marks, image_grid, plot_history
+
+torch.set_grad_enabled(True)
+GEN = torch.Generator().manual_seed(0)
+
+
+def smooth_images(n=64, size=16) -> torch.Tensor:
+    """Varied images with a smooth spectrum, as real photos have: random colours blurred by upsampling."""
+    coarse = torch.rand(n, 3, 4, 4, generator=GEN) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+
+
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def grid_of(images: torch.Tensor) -> np.ndarray:
+    return image_grid(images).permute(1, 2, 0).numpy()
+
+
+def steps_of(epoch: int, d_real: float, d_fake: float, loss_d: float = 1.0, loss_g: float = 1.0, n: int = 5):
+    return [{"epoch": epoch, "step": (epoch - 1) * n + i, "loss_d": loss_d, "loss_g": loss_g, "d_real": d_real,
+             "d_fake": d_fake} for i in range(1, n + 1)]
+
+
+def epoch(number: int, **signals) -> dict:
+    return {"epoch": number, "signals": {"variety": 0.9, "checker": 1.0, "loss_d": 1.0, "loss_g": 1.0} | signals}
+
+
+HEALTHY_STEPS = steps_of(2, 0.7, 0.3)
+
+
+# ----------------------------------------------------------------------------------------------- signals
+
+def test_untile_gives_back_the_images_of_a_grid():
+    images = smooth_images(16)
+    back = untile(grid_of(images), 16, 16)
+    assert back.shape == images.shape
+    assert (back - as_uint8(images).float().div(127.5).sub(1)).abs().max() < 1e-6
+
+
+def test_identical_images_have_no_variety_and_varied_ones_do():
+    image = smooth_images(1)
+    assert variety(image.expand(64, -1, -1, -1)) == 0
+    assert variety(smooth_images()) > 0.3
+
+
+def test_a_checkerboard_stands_out_of_the_spectrum_and_smooth_images_do_not():
+    images = smooth_images()
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checkerboard = ((yy + xx) % 2 * 2 - 1).float() * 0.2
+    assert stride_peak(images) < 3
+    assert stride_peak(images + checkerboard) > 30 * stride_peak(images)
+
+
+# --------------------------------------------------------------------------------------------- detectors
+
+def test_a_healthy_epoch_says_nothing():
+    assert findings([epoch(1), epoch(2, change=0.4)], HEALTHY_STEPS) == {}
+
+
+def test_alike_samples_that_d_takes_for_real_are_a_mode_collapse():
+    alike = [epoch(1, variety=0.1), epoch(2, variety=0.1)]
+    assert findings(alike, HEALTHY_STEPS) == {}  # a young G draws alike blobs, and D rejects them
+    fooled = findings(alike, steps_of(2, 0.4, 0.9))  # D takes them for real: G has found one image that fools it
+    assert list(fooled) == ["mode collapse"]
+    assert fooled["mode collapse"] == "the grid's samples are 10% as varied as the real images, and D(G(z)) = 0.90 " \
+        "is above D(x) = 0.40"
+    still = [epoch(1, variety=0.1) | {"diagnosis": {"mode collapse": "..."}}, epoch(2, variety=0.3)]
+    assert list(findings(still, HEALTHY_STEPS)) == ["mode collapse"]  # said for as long as the variety stays low
+
+
+def test_samples_that_lose_their_variety_are_a_mode_collapse():
+    seen = findings([epoch(1, variety=0.8), epoch(2, variety=0.35)], HEALTHY_STEPS)
+    assert seen["mode collapse"] == "the grid's samples are 35% as varied as the real images (they were 80%)"
+    assert findings([epoch(1, variety=0.3), epoch(2, variety=0.1)], HEALTHY_STEPS) == {}  # blobs that never formed
+
+
+def test_a_certain_d_has_won_and_g_fooling_d_is_said():
+    assert "D wins" in findings([epoch(1)], steps_of(1, 0.999, 0.001, loss_d=0.002, loss_g=7))
+    assert findings([epoch(1)], steps_of(1, 0.97, 0.04)) == {}  # a strong D, as in a healthy DCGAN run
+    assert list(findings([epoch(1)], steps_of(1, 0.4, 0.7))) == ["G fools D"]
+    assert findings([epoch(1)], steps_of(1, 0.5, 0.52)) == {}  # a draw is not G fooling D
+
+
+def test_a_pattern_on_varied_samples_is_a_checkerboard():
+    assert "checkerboard" in findings([epoch(1, checker=20.0)], steps_of(1, 0.7, 0.3))
+    assert findings([epoch(1, checker=20.0, variety=0.2)], steps_of(1, 0.7, 0.3)) == {}  # a young G's blobs
+    assert findings([epoch(1, checker=2.0), epoch(2, checker=20.0)], HEALTHY_STEPS) == {}  # one epoch's flicker
+
+
+def test_exploding_or_non_finite_losses_are_a_divergence():
+    assert "divergence" in findings([epoch(1), epoch(2)], steps_of(2, 0.7, 0.3, loss_g=500))
+    assert "divergence" in findings([epoch(1, finite=False)], steps_of(1, 0.7, 0.3))
+
+
+def test_still_samples_and_flat_losses_are_no_progress_unless_d_has_won():
+    assert "no progress" in findings([epoch(1), epoch(2, change=0.01)], HEALTHY_STEPS)
+    assert "no progress" not in findings([epoch(1), epoch(2, change=0.01)], steps_of(2, 0.7, 0.3, loss_g=2))
+    d_won = findings([epoch(1), epoch(2, change=0.01)], steps_of(2, 1.0, 0.0, loss_g=9))
+    assert list(d_won) == ["D wins"]
+
+
+def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_epoch():
+    assert knob("mode collapse", TrainConfig(lr_g=1e-3)) == \
+        "lower lr_g (now 0.001) to at most lr_d (now 0.0002), or try recipe='improved'"
+    assert knob("mode collapse", TrainConfig(lr_g=1e-3, lr_d=1e-3)) == \
+        "lower lr_g (now 0.001), or try recipe='improved'"
+    assert "recipe" not in knob("mode collapse", TrainConfig(recipe="improved"))
+    assert knob("D wins", TrainConfig(lr_g=1, lr_d=1)) == \
+        "lower lr_g (now 1) and lr_d (now 1) to the DCGAN recipe's 0.0002, or try recipe='improved'"
+    assert knob("D wins", TrainConfig()) == "slow D down: lower lr_d (now 0.0002) to 0.0001, or try recipe='improved'"
+    assert knob("D wins", TrainConfig(recipe="improved")) == "slow D down: lower lr_d (now 0.001) to 0.0005"
+    assert knob("checkerboard", TrainConfig(lr_g=2e-3, lr_d=2e-3)) == \
+        "lower lr_g (now 0.002) and lr_d (now 0.002) to the DCGAN recipe's 0.0002 and train longer: the pattern " \
+        "fades as G learns"
+    epochs = [{"epoch": 1}, {"epoch": 2, "diagnosis": {"D wins": "..."}}, {"epoch": 3, "diagnosis": {"D wins": "..."}},
+              {"epoch": 4}]
+    assert since(epochs[:3] + [{"epoch": 4}], "D wins") == 2
+    assert since(epochs, "mode collapse") == 4
+
+
+# ----------------------------------------------------------------------------------- a run's diagnosis
+
+def collapsed_history(tmp_path) -> tuple[dict, Diagnosis]:
+    """Three epochs of a G that draws one image for every z while D takes it for real."""
+    config = TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4, out=str(tmp_path))
+    diagnose = Diagnosis(config, as_uint8(smooth_images(256)))
+    history = {"steps": [], "epochs": []}
+    one = smooth_images(1)
+    for number in (1, 2, 3):
+        history["steps"] += steps_of(number, 0.4, 0.9)
+        history["epochs"].append({"epoch": number})
+        lines = diagnose(history, grid_of(one.expand(64, -1, -1, -1) + 0.01 * number))
+    return history, diagnose, lines
+
+
+def test_a_run_records_and_says_what_it_sees_since_when_with_the_knob(tmp_path):
+    history, _, lines = collapsed_history(tmp_path)
+    assert lines == [history["epochs"][-1]["diagnosis"]["mode collapse"]]
+    assert lines[0].startswith("mode collapse since epoch 1: the grid's samples are 0% as varied as the real images, "
+                               "and D(G(z)) = 0.90 is above D(x) = 0.40: lower lr_g (now 0.005) to at most lr_d "
+                               "(now 0.0001), or try recipe='improved' (see notebook 03's Troubleshooting: Mode "
+                               "collapse)")
+    assert history["epochs"][-1]["signals"]["change"] == pytest.approx(0.01 / variety(smooth_images(64)), rel=0.5)
+
+
+def test_the_diagnosis_is_marked_on_the_curves_and_listed_by_compare(tmp_path):
+    history, _, _ = collapsed_history(tmp_path)
+    assert diagnosis_marks(history) == [(0, 15, "mode collapse")]  # from the start of epoch 1 to the end of 3
+    texts = [t.get_text() for ax in plot_history(history).axes for t in ax.texts]
+    assert "mode collapse" in texts
+    TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4).save(tmp_path / "config.json")
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    table = comparison_table([tmp_path])
+    assert "| seen |" in table and "| mode collapse from 1 |" in table
+
+
+# ---------------------------------------------------------------------------------------- real small runs
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """1,024 synthetic faces of 16x16: 32 steps an epoch at batch 32."""
+    from utils.data import load_dataset
+
+    return load_dataset(TrainConfig(data="synthetic", data_dir=str(tmp_path_factory.mktemp("data")), image_size=16,
+                                    max_images=1024), progress=False)
+
+
+def train_small(faces, tmp_path, **settings) -> list[dict]:
+    from utils.training import train
+
+    config = TrainConfig(image_size=16, latent_dim=32, g_width=16, d_width=16, batch_size=32, epochs=3, device="cpu",
+                         amp="off", log_every=4, out=str(tmp_path / "run"), **settings)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(config, progress=False, images=faces).history["epochs"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("settings", [{}, {"recipe": "improved"}], ids=["dcgan", "improved"])
+def test_a_healthy_small_run_says_nothing(faces, tmp_path, capsys, settings):
+    epochs = train_small(faces, tmp_path, **settings)
+    assert [e.get("diagnosis") for e in epochs] == [None] * 3
+    assert all("signals" in e for e in epochs)
+    assert "since epoch" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("settings, named, evidence", [
+    ({"lr_g": 5e-3, "lr_d": 1e-4}, ("G fools D", "mode collapse"), "is above D(x)"),  # G 50 times faster than D
+    ({"lr_g": 1.0, "lr_d": 1.0}, ("D wins",), "D is certain")], ids=["g-outruns-d", "d-wins"])
+def test_a_failing_small_run_is_named(faces, tmp_path, capsys, settings, named, evidence):
+    epochs = train_small(faces, tmp_path, **settings)
+    (problem, line), = epochs[-1]["diagnosis"].items()
+    assert problem in named and evidence in line
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert said[-1] == "  " + line and said[-1].startswith(f"  {problem} since epoch ")
+
+
+def test_each_line_points_to_a_section_of_notebook_03s_troubleshooting():
+    notebook = json.loads((Path(__file__).parents[1] / "notebooks" / "03_training.ipynb").read_text())
+    text = "\n".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "markdown")
+    troubleshooting = text[text.index("## Troubleshooting"):]
+    headings = [line[4:] for line in troubleshooting.splitlines() if line.startswith("### ")]
+    for problem, section in TROUBLESHOOTING.items():
+        assert any(heading.startswith(section) for heading in headings), (problem, section, headings)
+
+
+def test_each_stretch_of_a_problem_is_shaded_from_the_end_of_the_epoch_before():
+    steps = [{"epoch": e, "step": s} for e, s in [(1, 5), (1, 10), (2, 15), (2, 20), (3, 25), (3, 30), (4, 35)]]
+    epochs = [{"epoch": 1}, {"epoch": 2, "diagnosis": {"D wins": ""}},
+              {"epoch": 3, "diagnosis": {"D wins": "", "checkerboard": ""}}, {"epoch": 4}]
+    assert diagnosis_marks({"steps": steps, "epochs": epochs}) == [(10, 30, "D wins"), (20, 30, "checkerboard")]
