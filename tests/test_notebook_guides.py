@@ -207,3 +207,15 @@ def test_the_image_check_rejects_what_would_not_display():
                    '<img src="../docs/a.png">', "![x](attachment:b.png)"):
         assert len(undisplayable(cell(source, attachments=attached))) >= 1, source
     assert undisplayable(cell("no picture", attachments=attached)) == ["attachment 'a.png' is shown nowhere in its cell"]
+
+
+# this project's own machines and dates belong in the README and docs/, dated, never in what a learner reads
+LAB_FACTS = re.compile(r"\b(\d{4}-\d{2}-\d{2}|H100|H200|A100|Xeon|EPYC|AMX|AVX\w*)\b|benchmarks/", re.I)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_prose_names_no_date_machine_or_benchmark_of_this_project(name):
+    """Figures a learner needs come from their own machine (the code prints them) or from a cited source."""
+    found = [(index, match.group(0)) for index, cell in enumerate(load(name).cells) if cell.cell_type == "markdown"
+             for match in LAB_FACTS.finditer(cell.source)]
+    assert not found, f"{name}: lab-notebook facts in its prose (cell, text): {found}"
