@@ -210,7 +210,8 @@ def test_the_image_check_rejects_what_would_not_display():
 
 
 # this project's own machines and dates belong in the README and docs/, dated, never in what a learner reads
-LAB_FACTS = re.compile(r"\b(\d{4}-\d{2}-\d{2}|H100|H200|A100|Xeon|EPYC|AMX|AVX\w*)\b|benchmarks/", re.I)
+LAB_FACTS = re.compile(r"(?<![\w-])\d{4}-\d{2}-\d{2}(?![\w-])|\b(H100|H200|A100|Xeon|EPYC|AMX|AVX\w*)\b|benchmarks/",
+                       re.I)   # a date alone, not inside a file name such as pt_inception-2015-12-05-6726825d.pth
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -219,3 +220,10 @@ def test_notebook_prose_names_no_date_machine_or_benchmark_of_this_project(name)
     found = [(index, match.group(0)) for index, cell in enumerate(load(name).cells) if cell.cell_type == "markdown"
              for match in LAB_FACTS.finditer(cell.source)]
     assert not found, f"{name}: lab-notebook facts in its prose (cell, text): {found}"
+
+
+def test_the_lab_facts_check_finds_dates_machines_and_benchmarks_but_not_file_names():
+    for text in ("(2026-12-01, busy)", "on an H100", "2-core Intel Xeon with AMX", "AMD EPYC", "`benchmarks/quality.py`"):
+        assert LAB_FACTS.search(text), text
+    for text in ("`pt_inception-2015-12-05-6726825d.pth`", "a T4 or a CPU", "the H-bridge"):
+        assert not LAB_FACTS.search(text), text
