@@ -227,3 +227,30 @@ def test_the_lab_facts_check_finds_dates_machines_and_benchmarks_but_not_file_na
         assert LAB_FACTS.search(text), text
     for text in ("`pt_inception-2015-12-05-6726825d.pth`", "a T4 or a CPU", "the H-bridge"):
         assert not LAB_FACTS.search(text), text
+
+
+def prose_words(name: str, before: str | None = None) -> int:
+    """Words of a notebook's markdown (whitespace-split), all of it or up to the first code cell containing `before`."""
+    words = 0
+    for cell in load(name).cells:
+        if before and cell.cell_type == "code" and before in cell.source:
+            return words
+        words += len(cell.source.split()) if cell.cell_type == "markdown" else 0
+    assert before is None, f"{name} has no code cell with {before!r}"
+    return words
+
+
+def test_the_series_reads_in_under_an_hour_and_03_trains_early():
+    """Issue 27's budget: at most 8,000 words of prose in all (40 minutes at 200 words a minute), 2,000 in notebook
+    03, and 03's hand-written loop running within 600 words of its top: the engineering lives in docs/."""
+    assert sum(prose_words(name) for name in NOTEBOOKS) <= 8000, {name: prose_words(name) for name in NOTEBOOKS}
+    assert prose_words("03_training") <= 2000
+    assert prose_words("03_training", before="for step in bar") <= 600
+
+
+def test_the_notebooks_readme_lists_every_notebook():
+    listed = (REPO / "notebooks" / "README.md").read_text()
+    front = (REPO / "README.md").read_text()
+    for name in NOTEBOOKS:
+        assert f"]({name}.ipynb)" in listed, f"notebooks/README.md does not list {name}"
+        assert f"](notebooks/{name}.ipynb)" in front, f"README.md does not list {name}"
