@@ -15,7 +15,7 @@
 #   bash benchmarks/gpu_check.sh
 #
 # papermill and ipykernel are not on every GPU image: where they are missing, the wheels in .whl/ (made with
-# `pip download` for the machine's Python, see README "Speed") are installed into /tmp/site first.
+# `pip download` for the machine's Python, see docs/speed-and-quality.md) are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}

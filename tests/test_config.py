@@ -214,10 +214,10 @@ def test_cli_subprocess_prints_the_field_and_exits_before_training(tmp_path):
     assert not out.exists()
 
 
-def test_the_readme_shows_a_field_as_utils_config_declares_it():
-    """The README's "Adding a setting" diff is real: its new line is a line of TrainConfig today."""
-    readme = (REPO / "README.md").read_text()
-    diff = re.search(r"\*\*Adding a setting\*\*.*?```diff\n(.*?)```", readme, re.S)
-    assert diff, "README.md has no 'Adding a setting' paragraph with a diff"
+def test_the_engineering_guide_shows_a_field_as_utils_config_declares_it():
+    """docs/engineering.md's "Adding a setting" diff is real: its new line is a line of TrainConfig today."""
+    guide = (REPO / "docs" / "engineering.md").read_text()
+    diff = re.search(r"\*\*Adding a setting\*\*.*?```diff\n(.*?)```", guide, re.S)
+    assert diff, "docs/engineering.md has no 'Adding a setting' paragraph with a diff"
     added = [line[1:] for line in diff.group(1).splitlines() if line.startswith("+")]
     assert added and set(added) <= set((REPO / "utils" / "config.py").read_text().splitlines()), added

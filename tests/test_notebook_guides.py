@@ -207,3 +207,50 @@ def test_the_image_check_rejects_what_would_not_display():
                    '<img src="../docs/a.png">', "![x](attachment:b.png)"):
         assert len(undisplayable(cell(source, attachments=attached))) >= 1, source
     assert undisplayable(cell("no picture", attachments=attached)) == ["attachment 'a.png' is shown nowhere in its cell"]
+
+
+# this project's own machines and dates belong in the README and docs/, dated, never in what a learner reads
+LAB_FACTS = re.compile(r"(?<![\w-])\d{4}-\d{2}-\d{2}(?![\w-])|\b(H100|H200|A100|Xeon|EPYC|AMX|AVX\w*)\b|benchmarks/",
+                       re.I)   # a date alone, not inside a file name such as pt_inception-2015-12-05-6726825d.pth
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_prose_names_no_date_machine_or_benchmark_of_this_project(name):
+    """Figures a learner needs come from their own machine (the code prints them) or from a cited source."""
+    found = [(index, match.group(0)) for index, cell in enumerate(load(name).cells) if cell.cell_type == "markdown"
+             for match in LAB_FACTS.finditer(cell.source)]
+    assert not found, f"{name}: lab-notebook facts in its prose (cell, text): {found}"
+
+
+def test_the_lab_facts_check_finds_dates_machines_and_benchmarks_but_not_file_names():
+    for text in ("(2026-12-01, busy)", "on an H100", "2-core Intel Xeon with AMX", "AMD EPYC", "`benchmarks/quality.py`"):
+        assert LAB_FACTS.search(text), text
+    for text in ("`pt_inception-2015-12-05-6726825d.pth`", "a T4 or a CPU", "the H-bridge"):
+        assert not LAB_FACTS.search(text), text
+
+
+def prose_words(name: str, before: str | None = None) -> int:
+    """Words of a notebook's markdown (whitespace-split), all of it or up to the first code cell containing `before`."""
+    words = 0
+    for cell in load(name).cells:
+        if before and cell.cell_type == "code" and before in cell.source:
+            return words
+        words += len(cell.source.split()) if cell.cell_type == "markdown" else 0
+    assert before is None, f"{name} has no code cell with {before!r}"
+    return words
+
+
+def test_the_series_reads_in_under_an_hour_and_03_trains_early():
+    """Issue 27's budget: at most 8,000 words of prose in all (40 minutes at 200 words a minute), 2,000 in notebook
+    03, and 03's hand-written loop running within 600 words of its top: the engineering lives in docs/."""
+    assert sum(prose_words(name) for name in NOTEBOOKS) <= 8000, {name: prose_words(name) for name in NOTEBOOKS}
+    assert prose_words("03_training") <= 2000
+    assert prose_words("03_training", before="for step in bar") <= 600
+
+
+def test_the_notebooks_readme_lists_every_notebook():
+    listed = (REPO / "notebooks" / "README.md").read_text()
+    front = (REPO / "README.md").read_text()
+    for name in NOTEBOOKS:
+        assert f"]({name}.ipynb)" in listed, f"notebooks/README.md does not list {name}"
+        assert f"](notebooks/{name}.ipynb)" in front, f"README.md does not list {name}"

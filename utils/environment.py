@@ -6,7 +6,7 @@ memory layout and CUDA graphs, and returns them with the lines for the training 
     >>> print(choice.log)
 
 The "auto" choices come from measurements (benchmarks/train_speed.py; the figures are in benchmarks/results/ and
-the README's "Speed" section):
+docs/speed-and-quality.md):
 
 - CUDA with bf16 (compute capability >= 8: A100, L4, H100): bf16 autocast + channels_last (measured on an H100).
 - CUDA without bf16 (T4, V100): fp16 autocast with a GradScaler + channels_last.

@@ -9,7 +9,7 @@ Read it beside notebook 03's hand-written loop: `train` opens the run folder, `_
 the networks and their optimisers, the step, the generator to sample from, the fixed noise), `_train_epochs` is the
 loop and `_end_epoch` what follows each epoch (grid, FID, the diagnosis of utils/diagnose.py, save, log, live plot).
 The step itself, what notebook 03 writes out by hand, is utils/step.py. What `train()` adds around it, and where
-(numbers in the README):
+(numbers in docs/speed-and-quality.md):
 - the dataset is decoded once into a uint8 tensor (utils/data.py) and, when it fits, lives on the GPU; shuffling,
   flips and scaling to [-1, 1] happen there (`DeviceData`), so no DataLoader workers decode JPEGs each epoch;
 - no host syncs in a step: losses and D's scores are summed on the device and read every `log_every` steps, so
