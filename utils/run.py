@@ -33,8 +33,8 @@ from torch import nn
 
 from utils.config import FIXED_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import ConfigError, UserError
-from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES, atomic_path, frame_path, list_frames, load_data,
-                         read_json, run_part)
+from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, REMADE, SAMPLES, atomic_path, frame_path, list_frames,
+                         load_data, read_json, run_part)
 from utils.models import Discriminator, Generator, describe_network
 from utils.step import EMA
 from utils.urls import is_url, redact_url
@@ -324,6 +324,11 @@ def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
     return config, history if history is not None else {}
 
 
+def _history_files(run_dir: Path) -> list[Path]:
+    """history.json and the pictures remade from it (REMADE), where they exist."""
+    return [run_dir / name for name in (HISTORY, *REMADE) if (run_dir / name).exists()]
+
+
 def _write_json(path: Path, value: dict, make_folder: bool = True) -> None:
     with atomic_path(path, make_folder=make_folder) as tmp:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
@@ -466,7 +471,7 @@ class _Lock:
 class Run:
     """The run folder of one `train()` call: open it, read what it holds, save each epoch, close it.
 
-        run = Run.open(config, log=print)      # folder, lock, checks: before any data is decoded
+        run = Run.open(config, networks)        # folder, lock, checks: before any data is decoded
         run.state                               # the checkpoint to continue from, or None for a new run
         run.record_settings(config, history)    # record and print the changes; write config.json
         run.save_epoch(epoch, grid, history, state)   # in the background
@@ -547,8 +552,7 @@ class Run:
         history, history_problem = read_history_file(run_dir)
         history_ahead = history is not None and len(history["epochs"]) > len(state["history"]["epochs"])
         if history_ahead or [e for e, _ in later] not in ([], [epoch + 1]):
-            aside = _move_aside(run_dir, [frame for _, frame in later] + [run_dir / name for name in (
-                HISTORY, "history.png", "training.gif") if (run_dir / name).exists()])
+            aside = _move_aside(run_dir, [frame for _, frame in later] + _history_files(run_dir))
             log(f"{run_dir}: {CHECKPOINT} holds epochs 1-{epoch}, but the folder had grids or history of later epochs "
                 f"(an older checkpoint copied in?): moved those to {aside}/ (nothing deleted); continuing after epoch "
                 f"{epoch}")
@@ -583,8 +587,7 @@ class Run:
             for _, frame in frames:
                 frame.unlink()
             return
-        leftovers = [path for _, path in frames] + [run_dir / name for name in (HISTORY, "history.png", "training.gif")
-                                                    if (run_dir / name).exists()]
+        leftovers = [path for _, path in frames] + _history_files(run_dir)
         if not leftovers and not damaged:
             return
         aside = _move_aside(run_dir, leftovers + ([run_dir / CONFIG] if (run_dir / CONFIG).exists() else []))
