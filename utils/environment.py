@@ -465,7 +465,7 @@ def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
     on a CPU too slow for CPU_IMAGES[0] of them, fewer epochs (at least CPU_MIN_EPOCHS)."""
     key = f"size preset {CPU_MINUTES} min|{_trial_key(config)} batch {config.batch_size} x {config.epochs} epochs"
     try:
-        entry = json.loads(trial_cache_file().read_text())[key]
+        entry = read_json(trial_cache_file())[key]
         images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
     except (OSError, ValueError, KeyError, TypeError):
         from utils.step import time_training_steps   # utils.step builds on this module
