@@ -7,7 +7,6 @@ or a token (`?token=...`, `#key=...`) never reaches a screen, a log or a shared 
 from __future__ import annotations
 
 import re
-import urllib.parse
 
 
 def is_url(data: str) -> bool:
