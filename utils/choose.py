@@ -2,12 +2,8 @@
 
     >>> run_dir = choose_run(out, config)      # prints which run and why, and the word that picks each other run
 
-The main run is the one notebook 03 trains with the same settings (`default_run_dir(config)`): never a tweak of
-it, nor whichever run trained last. `out` names another: a run folder, or the word that the list of the others
-prints (its folder name under generated/, less the main run's name: `lr_g=0.001` for
-generated/dcgan-32px-lr_g=0.001). Where the main run does not exist yet, the newest run of the same recipe and
-learning rates (of another size, say) stands in, and the same line names the settings in which it differs.
-A notebook trains only where there is no run to use and the learner asked for it (its `train_if_missing`).
+The main run is the one notebook 03 trains with the same settings, never a tweak of it nor whichever trained last.
+`out` names another: a folder, or the word the list of the others prints (`lr_g=0.001`).
 """
 
 from __future__ import annotations
@@ -25,11 +21,8 @@ TWEAK_FIELDS = tuple(name for name in NAMED_FIELDS if name not in FIXED_FIELDS)
 
 
 def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
-    """Whether the run trained the built-in Generator and Discriminator (not your own networks of notebook 03).
-
-    A run named from its settings says it in its name (your networks add a tag); a run with an explicit `out`
-    says it in its checkpoint.
-    """
+    """Whether the run trained the built-in networks: its name says so (your networks add a tag), or with an
+    explicit `out` its checkpoint."""
     if not saved.out:
         return run_dir.name == default_run_dir(saved).name
     networks = read_checkpoint(run_dir / CHECKPOINT).get("networks", {})
@@ -51,12 +44,8 @@ def named_run(out: str, main: Path, root: Path) -> Path:
 
 def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: str | Path = GENERATED,
                log: Callable[[str], None] = print) -> Path | None:
-    """The run folder to work on, saying in one line which and why; None when there is none (train one, or run 03).
-
-    The main run of `config` unless `out` names another; without it, the newest untweaked run of `config`'s recipe
-    stands in. The other runs (of `recipe` when given, as notebook 05's DCGAN baseline needs) are listed newest
-    first, each with its word for `out`. Runs of your own networks are never taken unless named.
-    """
+    """The run folder to work on, saying in one line which and why, or None. Without the main run, the newest
+    untweaked run of `config`'s recipe stands in. The other runs (of `recipe` when given) are listed by their word."""
     root = Path(root)
     main = root / default_run_dir(config).name
     runs = [(run_dir, saved) for run_dir in trained_runs(root) for saved in [saved_config(run_dir)]

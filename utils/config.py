@@ -1,30 +1,12 @@
-"""Every knob of a training run, in one dataclass with defaults and validation.
+"""Every knob of a training run, in one dataclass with defaults and validation, and its command line.
 
-The notebooks build a `TrainConfig` from their `parameters` cell; `python -m utils.train`
-builds the same object from its command line (one option per field, see `--help`).
-A bad value raises a ValueError that names the field and the allowed range, so the
-notebook and the CLI fail the same way, before any work starts. `train()` validates its config
-again, so a value assigned after construction (`config.lr_g = -1`) is checked too.
+The notebooks build a `TrainConfig` from their parameters cell, `python -m utils.train` from one option per field
+(`build_parser`); a bad value raises a one-line ConfigError naming the field, before any work starts. Each field is
+one line: its default, its `--help` text and what it is for a run, declared by `fixed` (a trained run refuses
+another value), `tunable` (may change between epochs), `how` (tunable; only how fast or where) or `call`.
 
-    >>> config = TrainConfig(image_size=32, epochs=5)
-    >>> config.batch_size
+    >>> TrainConfig(image_size=32, epochs=5).batch_size
     128
-
-Everything about a field lives on its line, so a new setting is one line here (plus its check in `validate`):
-- **its default and type**, as in any dataclass;
-- **its help**: the text that `--help` shows (`build_parser`), given to the helper that declares it;
-- **what it is for a run**, in its dataclass metadata, given by the helper that declares it:
-  `fixed` (it fixes the networks, the data or the game: a trained run refuses another value, and a value other
-  than the default names the run folder), `tunable` (it can change between epochs of a run; `names_run=True`
-  when it changes what is learned, so that it names the run folder too), `how` (tunable, and it only says how
-  fast, where or how often: never in a folder's name nor in compare's table) or `call` (about this call, not
-  the run). utils/run.py and utils/compare.py read the tuples derived from them below (`FIXED_FIELDS`, ...).
-  Helpers rather than `field(metadata={...})` keep the class one short line per field, readable top to
-  bottom; a field declared without one fails at import, naming it (`field_kinds`). The parts of a run
-  folder's name follow the class's order, fixed fields first: moving a field that names runs renames them.
-
-The command line lives here too (`build_parser`, `config_to_argv`): one option per field, named from it, so
-`python -m utils.train` (utils/train.py) and `utils.distributed.launch` need nothing of their own per setting.
 """
 
 from __future__ import annotations
@@ -34,7 +16,7 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -159,8 +141,8 @@ class TrainConfig:
         self._check_types()
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
         self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
-        self._check(self.image_size >= 16 and _is_power_of_two(self.image_size), "image_size",
-               "a power of two >= 16 (16, 32, 64, 128, ...)")
+        power_of_two = self.image_size & (self.image_size - 1) == 0
+        self._check(self.image_size >= 16 and power_of_two, "image_size", "a power of two >= 16 (16, 32, 64, 128, ...)")
         self._check(self.max_images >= 0, "max_images", ">= 0 (0 = all images)")
         self._check(self.latent_dim >= 1, "latent_dim", ">= 1")
         self._check(self.g_width >= 1, "g_width", ">= 1")
@@ -185,7 +167,7 @@ class TrainConfig:
         unknown = set(filter(None, self.diffaugment.split(","))) - {"color", "translation", "cutout"}
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
         self._check(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device) is not None, "device",
-               "'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
+                    "'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
         self._check(self.amp in ("auto", "bf16", "fp16", "off"), "amp", "'auto', 'bf16', 'fp16' or 'off'")
         self._check(self.channels_last in ("auto", "on", "off"), "channels_last", "'auto', 'on' or 'off'")
         self._check(self.cuda_graphs in ("auto", "on", "off"), "cuda_graphs", "'auto', 'on' or 'off'")
@@ -203,11 +185,8 @@ class TrainConfig:
             raise ConfigError(f"config field '{field}' must be {allowed}; got {getattr(self, field)!r}")
 
     def scaled_lrs(self, world_size: int = 1) -> tuple[float, float]:
-        """(lr_g, lr_d) after the large-batch rule: x sqrt(effective batch / 128) when `scale_lr`.
-
-        The effective batch is batch_size x the number of processes. Adam's updates barely grow with the batch,
-        so the square-root rule (not the linear rule of SGD) keeps a larger batch close to the reference recipe.
-        """
+        """(lr_g, lr_d), with `scale_lr` x sqrt(batch_size x processes / 128): Adam's square-root rule, not SGD's
+        linear one, keeps a larger batch close to the reference recipe."""
         factor = math.sqrt(self.batch_size * world_size / 128) if self.scale_lr else 1.0
         return self.lr_g * factor, self.lr_d * factor
 
@@ -266,21 +245,12 @@ def _names(**wanted: Any) -> tuple[str, ...]:
     return tuple(name for name, kind in field_kinds().items() if all(kind[k] == v for k, v in wanted.items()))
 
 
-# Fields that fix the networks, the data or the game: a run trained with one value cannot continue with another.
 FIXED_FIELDS = _names(kind="fixed")
-# Fields that can change between epochs of a run: applied from the next epoch on, printed, recorded.
 TUNABLE_FIELDS = _names(kind="tunable")
-# Fields about this call rather than the run: `recipe` is resolved into the fields it sets.
 CALL_FIELDS = _names(kind="call")
-# What names a run folder (when it differs from the recipe's default): everything that changes what is learned,
-# the fixed fields first, then the tunable ones (the order of the parts of a folder's name).
+# What names a run folder, in the order of its name's parts: everything that changes what is learned
 NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)
-# Fields that only say how fast, where or how often a run trains: not in compare's table of differences.
-HOW_FIELDS = _names(how=True)
-
-
-def _is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
+HOW_FIELDS = _names(how=True)     # not in compare's table of differences
 
 
 # ------------------------------------------------------------------------------------ the command line
@@ -293,13 +263,12 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in fields(TrainConfig):
         option = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
-        shown = default if defaults else argparse.SUPPRESS
-        if isinstance(default, bool):
+        shown = f.default if defaults else argparse.SUPPRESS
+        if isinstance(f.default, bool):
             parser.add_argument(option, action=argparse.BooleanOptionalAction, default=shown,
                                 help=f.metadata["help"])
         else:
-            parser.add_argument(option, type=type(default), default=shown, metavar=f.name.upper(),
+            parser.add_argument(option, type=type(f.default), default=shown, metavar=f.name.upper(),
                                 help=f.metadata["help"])
     return parser
 

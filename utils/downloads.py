@@ -1,19 +1,9 @@
 """Downloads: one function for a file at a URL (a .zip of images given as `data`, the FID weights), and the Anime
 Face Dataset from Kaggle. Imports nothing of training, so utils/metrics.py can use it too.
 
-    >>> download_url("https://example.com/faces.zip", Path("data"))   # once; later calls reuse the file
-    PosixPath('data/downloads/faces-1a2b3c4d.zip')
-
-What every download keeps:
-- it ends: a server silent for NETWORK_TIMEOUT_S fails (the socket's timeout), a body still arriving after
-  DOWNLOAD_DEADLINE_S stops, and so does one without a Content-Length past MAX_UNSIZED_BYTES (headers sent a byte
-  at a time are bounded by the socket's timeout per byte only: http.client reads them);
-- it is written through `atomic_path`: the file takes its name only once complete and checked (a zip, a sha256
-  prefix), and the partial file is removed on every exit, Ctrl-C and SIGTERM included;
-- a user:password@ or a token in a URL never appears in a message (`redact_url`); a Kaggle key is never shown,
-  and nothing prompts.
-`download` is torch.hub.download_url_to_file's loop (a temporary file, a sha256 prefix, a rename) with those
-limits: torch hub's opens the URL without a timeout and reads a body without a length to its end.
+`download` is torch.hub.download_url_to_file's loop (a temporary file, a sha256 prefix, a rename) with the limits
+torch hub lacks: it ends (a silent server, a total deadline, a size cap without a Content-Length), leaves no partial
+file (Ctrl-C and SIGTERM included) and never shows a credential (`redact_url`); nothing prompts.
 """
 
 from __future__ import annotations
@@ -57,9 +47,8 @@ class DownloadError(UserError, RuntimeError):
 
 @contextlib.contextmanager
 def data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
-    """Hold data_dir/.lock (an empty file) while the block runs, yielding True: one process at a time downloads or
-    builds a cache there, so the temporary files found under the lock are stale. Held by another process: waits
-    (`wait`) or yields False at once. Where nothing can be locked (a read-only data_dir) yields False."""
+    """Hold data_dir/.lock while the block runs, yielding True: one process at a time downloads or builds a cache
+    there. Held by another: waits (`wait`) or yields False at once; nothing lockable (read-only): yields False."""
     lock = FileLock(data_dir / ".lock", thread_local=False)   # creates data_dir too
     try:
         lock.acquire(blocking=False)
@@ -193,14 +182,9 @@ def find_kaggle_input() -> Path | None:
 
 
 def download_kaggle(data_dir: Path) -> Path:
-    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now.
-
-    With Kaggle credentials through `opendatasets`, as the series always did; without any, or where opendatasets
-    cannot be imported (Python 3.13 removed the `cgi` module it imports), through `kagglehub`, which downloads
-    public datasets without an account. It lands in data_dir/.kaggle-download/ and takes its name only once
-    complete. opendatasets reads credentials only from ./kaggle.json and otherwise prompts (a notebook would hang),
-    so we find them ourselves and hand them over in a private ./kaggle.json that is deleted afterwards.
-    """
+    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now, with
+    credentials through `opendatasets` (handed a private kaggle.json, so it never prompts), else `kagglehub`
+    (public, no account needed). It takes its name only once complete."""
     attached = find_kaggle_input()
     if attached is not None:
         print(f"kaggle: using the attached dataset in {attached}")
@@ -260,9 +244,10 @@ def _download_kaggle(data_dir: Path, target: Path, credentials: tuple[str, str, 
 
 def _kaggle_failure(error: Exception, tool: str, target: Path, signed_in: bool) -> UserError:
     """A download client's exception as one line: a full disk, an HTTP status, the network, a missing kagglehub."""
-    if isinstance(error, OSError) and isinstance(explained := explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES),
-                                                 CannotWrite):
-        return explained
+    if isinstance(error, OSError):
+        explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES)
+        if isinstance(explained, CannotWrite):
+            return explained
     hint = ("check the network and your Kaggle credentials" if signed_in else "check the network") + \
         ", or attach the dataset (on Kaggle) or use data='synthetic'"
     if isinstance(error, ImportError):
@@ -305,7 +290,8 @@ def _read_credentials(file: Path) -> tuple[str, str, str]:
     shown = str(file) if file.is_absolute() else f"./{file}"
     try:
         values = json.loads(file.read_text())
-        valid = isinstance(values, dict) and all(isinstance(values.get(k), str) and values[k] for k in ("username", "key"))
+        valid = isinstance(values, dict) and all(isinstance(values.get(key), str) and values[key]
+                                                 for key in ("username", "key"))
         problem = "" if valid else 'it is not a JSON object with a "username" and a "key"'
     except (OSError, ValueError) as error:   # JSON's message gives the position only, never the content
         problem = f"it cannot be read as JSON ({getattr(error, 'strerror', None) or error})"

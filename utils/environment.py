@@ -1,35 +1,12 @@
-"""Where we run and how fast: `choose_device(config, measure)` decides, once per run, the device, mixed precision,
-memory layout and CUDA graphs, and returns them with the lines for the training log.
+"""Where we run and how fast: `choose_device(config, measure)` decides once per run the device, mixed precision,
+memory layout and CUDA graphs, with the lines for the training log; `size_preset` sizes the notebooks' runs.
 
-    >>> from utils.environment import choose_device
-    >>> choice = choose_device(config, partial(time_training_steps, config))   # utils.step's step timer
-    >>> print(choice.log)
-
-The "auto" choices come from measurements (benchmarks/train_speed.py; the figures are in benchmarks/results/ and
-docs/speed-and-quality.md):
-
-- CUDA with bf16 (compute capability >= 8: A100, L4, H100): bf16 autocast + channels_last (measured on an H100).
-- CUDA without bf16 (T4, V100): fp16 autocast with a GradScaler + channels_last.
-- CPU: decided by a timed trial, because CPUs disagree: bf16 autocast was much slower than fp32 on an AVX2 CPU
-  without bf16 instructions and somewhat slower on an Intel Xeon with AVX512-BF16 but no AMX, and faster on one
-  with AMX; channels_last was faster on two AVX2 CPUs. So `cpu_trial` times real training steps of this config's
-  networks in each candidate (fp32 with and without channels_last; bf16 too where the CPU has bf16 instructions),
-  taking turns, round after round, until each candidate's two fastest rounds agree (a round slowed by other work is
-  outvoted) or a few seconds have passed. It keeps fp32 with channels_last unless another candidate is more than
-  10% faster, and caches the answer with the load average it saw, per machine, torch version, thread count and
-  network size (`trial_cache_file`). When the second epoch's speed contradicts the trial by more than 25%, the trial
-  is measured again (`DeviceChoice.recheck_trial`); the running run keeps its precision and layout, also when it is
-  resumed later (`DeviceChoice.resumed`), so that it still ends with the weights of an uninterrupted run.
-- Apple MPS: fp32 (autocast on MPS is not faster for these small convolutions).
-- fp16 is never "auto" on a CPU, but `amp="fp16"` runs a T4's path there (fp16 autocast, GradScaler, fused Adam):
-  slow, but it lets every CPU train, resume and test the path of the GPU most learners get.
-
-Environment variables:
-- ANIME_GAN_CACHE_DIR: where the trial's cache lives (default ~/.cache/anime-face-gan; the tests use a temporary one).
-- ANIME_GAN_AMP: "bf16", "off" (fp32) or "fp16" replaces the "auto" choice of `amp` for every run
-  (a `config.amp` given explicitly still wins); e.g. to run the whole test suite in one precision. The log says so.
-- ANIME_GAN_VERBOSE=1: training also prints the CPU trial's figures and its re-measurements (`DeviceChoice.log`,
-  `recheck_trial`); without it a learner sees the device and what was chosen (`DeviceChoice.brief`).
+"auto" is measured (benchmarks/results/, docs/speed-and-quality.md): bf16 + channels_last on CUDA with compute capability >= 8,
+fp16 with a GradScaler on a T4 or V100, fp32 on MPS. `amp="fp16"`
+on a CPU runs a T4's path (slowly) to check it; "auto" never picks it there. CPUs disagree, so `cpu_trial` times real training steps of the
+config's networks in each candidate and caches the answer per machine (`trial_cache_file`); a resumed run keeps what
+its epochs trained with. ANIME_GAN_AMP forces `amp` for every "auto" run; ANIME_GAN_VERBOSE=1 prints the trial's
+figures; ANIME_GAN_CACHE_DIR moves the cache.
 """
 
 from __future__ import annotations
@@ -57,9 +34,8 @@ from utils.step import TRIAL_BATCH
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
 VERBOSE_VARIABLE = "ANIME_GAN_VERBOSE"
-# What "auto" keeps on a CPU unless the trial finds another candidate faster by MARGIN: fp32 with channels_last was
-# the fastest on both AVX2 CPUs measured (benchmarks/results/train_speed-cpu-*.log), and a few seconds of timing on a
-# shared machine vary by nearly that much.
+# What "auto" keeps on a CPU unless another candidate is MARGIN faster (fastest on both AVX2 CPUs measured; a few
+# seconds of timing on a shared machine vary by nearly that much)
 CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
 TRIAL_MIN_ROUNDS = 3      # every candidate is timed at least this often...
 TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at most this long after the first
@@ -145,11 +121,8 @@ def pick_amp(device: torch.device, amp: str = "auto", source: str = "config fiel
 
 
 def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
-    """channels_last (NHWC) lets cuDNN use tensor-core kernels without layout transposes; oneDNN on the CPU likes it too.
-
-    Under torch.compile "auto" leaves the layout to the compiler: with channels_last, inductor's convolution
-    backward at D's 4x4 layer failed a stride assertion on torch 2.11 (measured on an H100).
-    """
+    """channels_last (NHWC) lets cuDNN and oneDNN skip layout transposes. Under torch.compile "auto" leaves the
+    layout to the compiler (inductor failed a stride assertion with it)."""
     if setting != "auto":
         return setting == "on"
     return device.type in ("cuda", "cpu") and not compile
@@ -157,15 +130,9 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
 
 def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch.dtype | None,
                      world_size: int = 1) -> bool:
-    """Whether to replay each training step as one CUDA graph (utils.step.CUDAGraphStep), per `config.cuda_graphs`.
-
-    At batch 128 the eager step is bound by launching ~300 small kernels from Python; a graph launches them
-    at once. It needs one CUDA GPU and nothing in the step that needs the host or a generator the graph cannot
-    own: not DiffAugment or noisy labels (their random draws), torch.compile or several processes. fp16 can be
-    recorded (GradScaler hands the fused Adam its scale and inf check as device tensors, so nothing waits), but that
-    path has not run on a GPU yet (benchmarks/gpu_check.sh measures it): "on" records it, "auto" keeps fp16 steps
-    eager until then.
-    """
+    """Whether to replay each training step as one CUDA graph (utils.step.CUDAGraphStep): at batch 128 the eager
+    step is bound by launching ~300 small kernels. It needs one CUDA GPU and no random draws outside the graph
+    (DiffAugment, label_flip), torch.compile or several processes. "auto" keeps fp16 eager (not yet measured)."""
     blockers = [reason for reason, present in [
         ("DiffAugment", bool(config.diffaugment)), ("label_flip", config.label_flip > 0),
         ("torch.compile", config.compile), ("several processes", world_size > 1)] if present]
@@ -257,9 +224,8 @@ class DeviceChoice:
         return "\n".join(lines)
 
     def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
-        """This choice for continuing a run whose epochs trained as `trained_as` (its checkpoint's "precision", e.g.
-        "fp32 channels_last"): a CPU trial measured again since must not change a run between its starts, or a resumed
-        run would not end with the weights of an uninterrupted one. Settings given explicitly still apply."""
+        """This choice for continuing a run whose epochs trained as `trained_as` ("fp32 channels_last", ...): a trial
+        measured again since must not change it, or it would not end like an uninterrupted run."""
         trial = self.trial
         if trial is None or trained_as in (None, self.candidate) or trained_as not in trial.images_per_s:
             return self
@@ -269,14 +235,9 @@ class DeviceChoice:
         return replace(self, amp=amp, channels_last=channels_last, trial_pick=self.candidate)
 
     def recheck_trial(self, config: TrainConfig, epoch: int, images_per_s: float) -> str:
-        """Measure the CPU trial again when an epoch's images/s contradict it by more than RECHECK_GAP; the line to
-        log ("" when they agree or nothing was measured). The new answer goes to the cache, for the next start: this
-        run keeps its precision and layout, because changing them mid-run would change its numbers.
-
-        A gap that measuring again cannot explain is explained instead: a trial this process has just measured, on a
-        machine no quieter now, or an answer already measured again once (a structural gap, e.g. the epochs' larger
-        batches, would otherwise cost a trial every start).
-        """
+        """Measure the CPU trial again, for the next start, when an epoch's images/s contradict it by more than
+        RECHECK_GAP; return the line to log ("" if they agree). This run keeps its precision and layout. A gap that
+        measuring again cannot explain (just measured on a machine as busy, or measured again once) is explained."""
         trial = self.trial
         if trial is None or self.candidate not in trial.images_per_s or distributed.world_size() > 1:
             return ""   # several processes share the CPU during the epochs: no figure of the trial compares
@@ -303,12 +264,9 @@ class DeviceChoice:
 
 
 def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
-    """The device, precision, layout and CUDA-graph choice for training `config` in this process, decided once.
-
-    Joins the process group of a torchrun run on the chosen device (utils.distributed.setup). On a CPU, "auto"
-    runs `cpu_trial` with `measure` (utils.step.time_training_steps): process 0 measures, the others then read
-    its cached answer, so every process makes the same choice. Settings given explicitly are taken as they are.
-    """
+    """The device, precision, layout and CUDA-graph choice for training `config` in this process, decided once
+    (joining a torchrun run's process group). On a CPU, process 0 runs `cpu_trial` with `measure`
+    (utils.step.time_training_steps) and the others read its cached answer."""
     device = pick_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -336,9 +294,8 @@ def _candidate(amp: torch.dtype | None, channels_last: bool) -> str:
 # ------------------------------------------------------------------------------------------- the CPU trial
 
 def cpu_trial(config: TrainConfig, measure: Measure) -> CPUTrial:
-    """The speeds of fp32 / bf16 (where the CPU has bf16 instructions) x NCHW / channels_last for `config`'s
-    networks: read from the cache (`trial_cache_file`) when measured here before, else measured and cached, so
-    every process on a machine makes the same choice (a resumed run trains exactly like an uninterrupted one)."""
+    """The speeds of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks: cached
+    per machine, so every process and every start makes the same choice."""
     trial = cached_trial(config)
     if trial is None:
         trial = _measure_trial(measure)
@@ -347,13 +304,8 @@ def cpu_trial(config: TrainConfig, measure: Measure) -> CPUTrial:
 
 
 def _measure_trial(measure: Measure) -> CPUTrial:
-    """Time the candidates with `measure`, which yields rounds: {candidate: images/s of one training step}.
-
-    The candidates take turns, so a burst of other work slows one round of each rather than every round of one;
-    each keeps its fastest round, and rounds continue past TRIAL_MIN_ROUNDS until every candidate's two fastest
-    agree within AGREEMENT, for at most TRIAL_SECONDS: rounds slowed by other work are outvoted, and an answer that
-    never settled says so.
-    """
+    """Time the candidates in turns (a burst of other work slows one round of each), each keeping its fastest,
+    until every candidate's two fastest rounds agree within AGREEMENT or TRIAL_SECONDS have passed."""
     candidates = _candidates()
     speeds: dict[str, list[float]] = {name: [] for name in candidates}
     rounds, settled, started = 0, False, None
@@ -400,11 +352,7 @@ def _speeds_text(images_per_s: dict[str, float]) -> str:
 
 
 def cached_trial(config: TrainConfig) -> CPUTrial | None:
-    """The answer of an earlier trial for `config`'s networks on this machine, or None (nothing measured here).
-
-    An entry that is not what `_save_trial` writes (other candidates, a speed that is not a positive number, an
-    unreadable file) counts as nothing measured, and one line says so.
-    """
+    """An earlier trial's answer for `config`'s networks here, or None; a damaged entry counts as none, saying so."""
     path = trial_cache_file()
     try:
         known = read_json(path) if path.exists() else {}
@@ -425,12 +373,7 @@ def cached_trial(config: TrainConfig) -> CPUTrial | None:
 
 
 def _gap_reasons(config: TrainConfig, gap: float) -> str:
-    """Why an epoch's images/s and the trial's differ although both were measured here (`gap`: epoch / trial - 1).
-
-    The trial times `TRIAL_BATCH` random images per step with nothing else running in the process; an epoch also
-    shuffles, flips and scales its batches, reads the losses, draws the live plot and saves a grid and a checkpoint.
-    Other work on the machine slows whichever of the two it overlaps, which the load average shows.
-    """
+    """Why an epoch's images/s and the trial's differ although both were measured here (`gap`: epoch / trial - 1)."""
     reasons = []
     load = _load_average()
     if load is not None and load > torch.get_num_threads() + 0.5:
@@ -458,7 +401,8 @@ def _trial_key(config: TrainConfig) -> str:
         cpu = models[0].split(":", 1)[1].strip() if models else cpu
     except OSError:
         pass
-    flags = hashlib.sha1(str(torch.backends.cpu.get_cpu_capability()).encode() + str(cpu_has_bf16()).encode()).hexdigest()[:6]
+    capability = f"{torch.backends.cpu.get_cpu_capability()}{cpu_has_bf16()}"
+    flags = hashlib.sha1(capability.encode()).hexdigest()[:6]
     return (f"{cpu}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px "
             f"z{config.latent_dim} G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
@@ -480,10 +424,8 @@ def _save_trial(cache: Path, key: str, trial: CPUTrial | dict) -> None:
 
 # ------------------------------------------------------------------------------------------- the size preset
 
-# What `size` sets in every notebook's parameters cell (the values the learner leaves at None). "gpu" is the DCGAN
-# recipe at 64x64 (TrainConfig's defaults); "cpu" trains 32x32 faces with narrower networks in small batches (more
-# steps per image: faces appear sooner), on as many images as CPU_MINUTES of training at this CPU's measured speed
-# allow, so that `make demo` ends in minutes on a fast CPU and on a four times slower one alike.
+# What `size` sets in the notebooks (the values the learner leaves at None): "gpu" is the 64x64 DCGAN recipe; "cpu"
+# trains 32x32 faces with narrower networks on as many images as CPU_MINUTES allow at this CPU's measured speed.
 SIZES = {
     "gpu": dict(image_size=64, max_images=0, g_width=64, d_width=64, epochs=25, batch_size=128,
                 fid_samples=10_000, fid_real=0),
@@ -496,13 +438,9 @@ CPU_MIN_EPOCHS = 5                # where even CPU_IMAGES[0] take longer, fewer 
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
-    """The sized settings (SIZES' fields) for `size`: "auto" (the "gpu" preset on a CUDA GPU, else "cpu"), "cpu" or
-    "gpu"; a value in `given` other than None is the learner's and wins. Prints one line: what it chose and why.
-    `device`: the notebook's `device` parameter, or the torch.device itself.
-
-    The "cpu" preset's image count comes from the CPU trial of its networks (measured once, a few seconds) and is
-    kept in the trial's cache, so that notebooks 01 to 06 resolve to the same values on this machine.
-    """
+    """The sized settings (SIZES' fields) for `size` "auto" ("gpu" on a CUDA GPU, else "cpu"), "cpu" or "gpu"; a
+    value in `given` other than None wins. Prints one line saying why. The "cpu" image count is measured once and
+    cached, so notebooks 01 to 06 resolve to the same values."""
     if size not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"parameter 'size' must be 'auto', 'cpu' or 'gpu'; got {size!r}")
     unknown = set(given) - set(SIZES["gpu"])
@@ -528,7 +466,7 @@ def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
     on a CPU too slow for CPU_IMAGES[0] of them, fewer epochs (at least CPU_MIN_EPOCHS)."""
     key = f"size preset {CPU_MINUTES} min|{_trial_key(config)} batch {config.batch_size} x {config.epochs} epochs"
     try:
-        entry = json.loads(trial_cache_file().read_text())[key]
+        entry = read_json(trial_cache_file())[key]
         images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
     except (OSError, ValueError, KeyError, TypeError):
         from utils.step import time_training_steps   # utils.step builds on this module
@@ -565,13 +503,6 @@ def describe_device(device: torch.device) -> str:
 
 
 def verbose() -> bool:
-    """Whether ANIME_GAN_VERBOSE asks training for the engine's detail (the CPU trial's figures, re-measurements)."""
+    """Whether ANIME_GAN_VERBOSE asks for the CPU trial's figures and re-measurements."""
     return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
 
-
-def in_colab() -> bool:
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
-
-
-def in_kaggle() -> bool:
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ

@@ -1,15 +1,8 @@
 """What a failure the user can fix looks like: one message saying what happened and what to do, no traceback.
 
-Every error a user can cause or meet (a bad config value, a missing file, the network, a full disk, a run
-folder used by another process) is raised as a `UserError`. Its message names the field or file, says what
-happened and what to do, with any password or token hidden (utils.urls.redact). Where it surfaces:
-
-- on the command line (`python -m utils.train`, `python -m utils.gif`), `run_cli` prints `error: <message>`
-  and exits with status 1; an interrupted run prints what was saved and exits with 130;
-- in a notebook, IPython shows the exception as its message alone (`_render_traceback_`, IPython's hook for
-  exceptions that render themselves), and the cell still fails, so "Run all" and papermill stop there.
-
-Anything else is a bug in this project and keeps its full traceback.
+A `UserError` names the field or file, what happened and what to do, with credentials hidden. A command line
+(`run_cli`) prints `error: <message>` and exits 1; a notebook shows the message alone and the cell still fails.
+Anything else is a bug and keeps its full traceback.
 
     >>> raise ConfigError("config field 'epochs' must be >= 1; got 0")
 """
@@ -41,11 +34,7 @@ class ConfigError(UserError, ValueError):
 
 
 class Interrupted(_ShortTraceback, KeyboardInterrupt):
-    """Ctrl-C or Kernel > Interrupt, with a message saying what was kept and how to continue.
-
-    A KeyboardInterrupt still, so code that catches those (and Jupyter's "stop running the queued cells")
-    behaves as for any interrupt.
-    """
+    """Ctrl-C or Kernel > Interrupt, saying what was kept and how to continue; still a KeyboardInterrupt."""
 
 
 def run_cli(main: Callable[[], object]) -> None:

@@ -1,15 +1,8 @@
-"""How long the long cells take on the machine in front of you, from what was measured on it.
-
-Notebook 03's training cell and notebook 05's training and FID cells print one estimate before they start (on a CPU,
-a warning follows past half an hour, naming the values to lower):
+"""How long the long cells (training, FID) take on the machine in front of you, from what was measured on it: an
+earlier run's epochs with the same step cost, else the CPU trial (cached), else a few steps timed now on the GPU.
 
     >>> print(training_estimate(config, pick_device("auto"), len(images)))
     20 epochs x 7,000 images at about 480 images/s (the CPU trial's training steps): about 5 min here
-
-The images/s come, best first, from the epochs that an earlier run with the same networks, image size and batch
-size trained here (its history.json); else, on a CPU, from the CPU trial that `train()` itself runs to choose the
-precision and layout (utils/environment.py, cached: no second measurement), timed at the run's batch size when it is
-larger than the trial's; else from a few training steps timed now on the device.
 """
 
 from __future__ import annotations
@@ -32,7 +25,8 @@ from utils.step import TrainingStep, time_training_steps
 
 LONG_ON_CPU_S = 30 * 60   # past this a CPU run is worth shrinking: a warning names the values to lower
 # The fields that decide how fast a training step is: a run with the same ones measured the speed of this one.
-SPEED_FIELDS = ("image_size", "latent_dim", "g_width", "d_width", "spectral_norm", "batch_size", "diffaugment", "loss")
+SPEED_FIELDS = ("image_size", "latent_dim", "g_width", "d_width", "spectral_norm", "batch_size", "diffaugment",
+                "loss")
 # FID's reference sample size: fewer generated images bias the score upward (the bias falls as 1 / samples)
 FID_REFERENCE_SAMPLES = 10_000
 
@@ -46,11 +40,8 @@ def format_duration(seconds: float) -> str:
 
 
 def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[float, str] | None:
-    """(images/s, where it was measured) from the epochs of the latest run under `root` whose step costs the same.
-
-    The median of that run's last three epochs: the first epoch also pays for warming up, and one epoch during other
-    work on the machine should not decide the estimate.
-    """
+    """(images/s, where) from the latest run under `root` whose step costs the same: the median of its last three
+    epochs (the first pays for warming up; one slowed by other work should not decide)."""
     candidates = []
     for config_file in Path(root).glob(f"*/{CONFIG}"):
         history, _ = read_history_file(config_file.parent)   # another run's damaged history is passed over
@@ -69,9 +60,8 @@ def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[f
 
 
 def cpu_speed(config: TrainConfig) -> float:
-    """Images/s of a training step of `config` on this CPU, in the precision and layout training picks: the CPU
-    trial's figure (measured once and cached, utils/environment.py), or at a batch larger than the trial's, a few
-    rounds of the trial's timer at `config.batch_size`."""
+    """Images/s of a training step of `config` on this CPU as training runs it: the CPU trial's figure, or for a
+    batch larger than the trial's, a few rounds of its timer at `config.batch_size`."""
     trial = cpu_trial(config, partial(time_training_steps, config))
     candidate = trial.best(amp_setting(config)[0], config.channels_last)
     if config.batch_size <= TRIAL_BATCH:
@@ -81,18 +71,15 @@ def cpu_speed(config: TrainConfig) -> float:
 
 
 def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, max_steps: int = 10) -> float:
-    """Images/s of the built-in networks' training step, timed now on a GPU `device`: at `config.batch_size`, with
-    the precision and layout training picks, one step to warm up, then as many as fit in `seconds` (at least one).
-
-    It leaves the random state as it was, so timing before a run does not change what the run learns.
-    """
+    """Images/s of the built-in networks' training step timed now on a GPU `device` as training runs it, after a
+    warm-up step, for up to `seconds`. The random state is left as it was: the run learns the same."""
     amp = pick_amp(device, *amp_setting(config))
     channels_last = pick_channels_last(device, config.channels_last, config.compile)
     memory = torch.channels_last if channels_last else torch.preserve_format
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
-        discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(device,
-                                                                                                 memory_format=memory)
+        discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
+        discriminator = discriminator.to(device, memory_format=memory)
         autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
@@ -136,12 +123,8 @@ def plural(count: int, noun: str) -> str:
 
 def training_estimate(config: TrainConfig, device: torch.device, num_images: int, root: str | Path = GENERATED,
                       run_dir: Path | None = None) -> str:
-    """What training `config` on `num_images` images will take here, in one line (and a warning past LONG_ON_CPU_S
-    on a CPU, naming what to lower).
-
-    Counts only the epochs still to train in `run_dir` (default: the run folder of `config`), so a resumed or
-    finished run says so.
-    """
+    """What training the epochs still to train in `run_dir` (default: `config`'s) on `num_images` images takes
+    here, in one line; on a CPU past LONG_ON_CPU_S a warning naming what to lower."""
     run_dir = run_dir_of(config) if run_dir is None else run_dir
     done = epochs_done(run_dir)
     remaining = config.epochs - done
@@ -150,8 +133,8 @@ def training_estimate(config: TrainConfig, device: torch.device, num_images: int
     speed, source = training_speed(config, device, root)
     seconds = remaining * num_images / speed
     resumed = f" (epochs {done + 1}-{config.epochs}; {done} done)" if done else ""
-    line = (f"{plural(remaining, 'epoch')}{resumed} x {num_images:,} images at about {speed:,.0f} images/s ({source}): "
-            f"{format_duration(seconds)} here")
+    line = (f"{plural(remaining, 'epoch')}{resumed} x {num_images:,} images at about {speed:,.0f} images/s "
+            f"({source}): {format_duration(seconds)} here")
     if device.type == "cpu" and seconds > LONG_ON_CPU_S:
         line += (f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: size = \"cpu\" picks values that train in "
                  "minutes here (or lower epochs, max_images, image_size, g_width and d_width), or use a GPU")
@@ -160,15 +143,14 @@ def training_estimate(config: TrainConfig, device: torch.device, num_images: int
 
 def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device, lower: str,
                  samples: int = FID_REFERENCE_SAMPLES) -> str:
-    """What scoring `images_to_score` images through Inception takes at `images_per_s`, and what `samples`
-    generated images per score cost in precision; on a CPU over LONG_ON_CPU_S a warning naming `lower` (the
-    parameters that set the count)."""
+    """What scoring `images_to_score` images through Inception takes, what `samples` per score cost in precision;
+    on a CPU over LONG_ON_CPU_S a warning naming `lower` (the parameters that set the count)."""
     seconds = images_to_score / images_per_s
     line = (f"FID: {images_to_score:,} images through Inception at about {images_per_s:,.1f} images/s (timed now on "
             f"{device}): {format_duration(seconds)} here")
     if samples < FID_REFERENCE_SAMPLES:
-        line += (f"\n{samples:,} samples per score: FID reads higher than with the usual {FID_REFERENCE_SAMPLES:,} (its "
-                 "bias falls as 1 / samples), so compare only scores of equal settings")
+        line += (f"\n{samples:,} samples per score: FID reads higher than with the usual {FID_REFERENCE_SAMPLES:,} "
+                 "(its bias falls as 1 / samples), so compare only scores of equal settings")
     if device.type == "cpu" and seconds > LONG_ON_CPU_S:
         line += f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: lower {lower} (1,000 to 2,000), or use a GPU"
     return line

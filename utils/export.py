@@ -10,10 +10,8 @@ and then, anywhere with PyTorch (the README has the same three lines):
     >>> z = torch.randn(16, generator.latent_dim, 1, 1)
     >>> images = generator(z)              # (16, 3, S, S) in [-1, 1], S = generator.image_size
 
-The file is TorchScript: the network's code and weights, with its latent size and image size as attributes and, as
-an extra file `meta.json`, those and where it came from (run folder, epoch, seed). It is the generator of
-utils.generate (the EMA weights when the run kept them, BatchNorm frozen to the fixed noise's statistics), so each
-face depends on its own latent only and the fixed noise decodes to the run's latest sample grid.
+The file is TorchScript (code and weights; `meta.json` inside says where it came from), holding utils.generate's
+generator: each face depends on its own latent only, and the fixed noise decodes to the run's latest grid.
 """
 
 from __future__ import annotations
@@ -50,7 +48,8 @@ class TravellingGenerator(nn.Module):
         return self.generator(z.reshape(-1, self.latent_dim, 1, 1))
 
 
-def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", onnx: bool | None = None) -> list[Path]:
+def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt",
+                     onnx: bool | None = None) -> list[Path]:
     """Write the run's generator as TorchScript to `out`, and as ONNX beside it (`out` with .onnx) when `onnx` is
     True, or None and the `onnx` package is importable; returns the files written."""
     out = output_file(out, "out (--out)")
@@ -67,19 +66,18 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", 
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
     module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
-    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "output": "images in [-1, 1], (N, 3, S, S)",
-            "input": "z ~ N(0, I), (N, latent_dim, 1, 1)", "run": str(faces.run_dir), "epoch": faces.epoch,
-            "seed": faces.seed}
+    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size,
+            "output": "images in [-1, 1], (N, 3, S, S)", "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
+            "run": str(faces.run_dir), "epoch": faces.epoch, "seed": faces.seed}
     written = [out]
-    # Recent PyTorch deprecates TorchScript (and the ONNX exporter built on it) for torch.export, whose files load only
-    # in as recent a PyTorch, and whose ONNX exporter needs the onnxscript package: TorchScript loads in any PyTorch
-    # since 1.x, which is what a file that travels needs.
+    # TorchScript, though deprecated for torch.export, loads in any PyTorch since 1.x: what a travelling file needs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(module)
         with atomic_path(out) as tmp:
-            torch.jit.save(scripted, str(tmp), _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
+            extra_files = {META: json.dumps(meta, indent=1), "software": MAKER_BYTES}
+            torch.jit.save(scripted, str(tmp), _extra_files=extra_files)
         if onnx:
             written.append(_export_onnx(module, meta, out.with_suffix(".onnx")))
     return written

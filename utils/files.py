@@ -1,26 +1,9 @@
-"""Writing files so that a reader (or a resumed run) never sees a half-written one, and a failed write says why;
-reading PyTorch files so that nothing in them can run code.
+"""Every file this project writes or reads back goes through here.
 
-    >>> from utils.files import atomic_path, load_data
-    >>> with atomic_path("generated/run/history.json") as tmp:
-    ...     tmp.write_text("{}")
-    >>> state = load_data("generated/run/checkpoint.pt", "checkpoint", UserError, "Move it away to start a new run")
-
-Used for sample grids, GIFs, history, config.json, checkpoints, FID statistics and the decoded dataset cache:
-every file this project writes goes through here, so a full disk, a read-only folder or a name too long for the
-file system fails the same way everywhere, with a `CannotWrite` naming the file (see utils/errors.py). A write
-is durable once `atomic_path` returns: the file's data is on the disk (fsync) before its new name, and the name
-is on the disk (fsync of the folder) before the writer goes on, so a power cut or a crash of the machine leaves
-the old file or the new one, never an empty one.
-
-Every PyTorch file this project reads (checkpoints, the FID Inception weights, the cached FID statistics) goes
-through `load_data`: `torch.load(weights_only=True)`, which builds tensors and plain containers only. A pickle
-can hold any call (`os.system(...)`), and the plain loader would run it just by loading the file.
-
-Every file a command writes where the user says (a grid, faces, a GIF, an exported generator) is first passed by
-`output_file` or `output_folder`: never a run's own file or its samples/, never over a file this project did not
-make (each such file carries `MAKER`). Every JSON file read back (histories, the CPU trial's cache) goes through
-`read_json`, which never waits on a FIFO nor reads a huge file.
+`atomic_path`: a reader never sees a half-written file, a crash leaves the old file or the new one (fsync), and a
+full disk, a read-only folder or a long name fails with one `CannotWrite` line. `load_data`: torch.load with
+weights_only, so nothing in a checkpoint can run code. `output_file` / `output_folder`: the guard every command
+passes before writing where the user says. `read_json`: never waits on a FIFO nor reads a huge file.
 """
 
 from __future__ import annotations
@@ -63,15 +46,9 @@ class CannotWrite(UserError, OSError):
 
 @contextmanager
 def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success sync it to the disk and move it onto `path` in one step.
-
-    A reader (the GIF maker, a notebook refreshing the latest grid) then never sees a half-written file, even
-    if training is interrupted mid-write, and a crash of the machine never leaves an empty one. The temporary
-    name starts with a dot and keeps the suffix, so writers that go by extension still work and `list_frames`
-    does not pick it up. `needs_bytes` (an estimate of the file's size) checks the free space first, so a large
-    write fails at once instead of after minutes of work. `make_folder=False` never creates the folder: a run
-    folder renamed while it trains must not come back empty under its old name (utils/run.py).
-    """
+    """Yield a temporary path next to `path` (a dot name with its suffix); on success sync it to the disk and move
+    it onto `path` in one step. `needs_bytes` checks the free space first; `make_folder=False` never creates the
+    folder (a run folder renamed while it trains must not come back empty under its old name)."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem[:64]}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -80,9 +57,9 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
         if needs_bytes:
             check_free_space(path, needs_bytes)
         yield tmp
-        _sync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-        _sync_folder(path.parent)
+        _fsync(path.parent)
     except OSError as error:
         explained = _explain(error, path, tmp, needs_bytes)
         if explained is error:
@@ -96,38 +73,24 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
         tmp.unlink(missing_ok=True)
 
 
-def _sync_file(path: Path) -> None:
-    """Wait until the file's data is on the disk: renamed before that, a crash could leave it empty."""
+def _fsync(path: Path) -> None:
+    """Wait until a file's data, or a folder's entries (a new name), are on the disk."""
+    folder = path.is_dir()
+    if folder and os.name == "nt":   # Windows cannot open a folder; its file systems journal renames
+        return
     fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows commits only writable handles
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Wait until the folder's entries (the new name) are on the disk. Not possible on Windows, where a rename is
-    journaled by the file system itself, nor on some network file systems, which answer EINVAL."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as error:
-        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+    except OSError as error:   # some network file systems cannot sync a folder
+        if not folder or error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
     finally:
         os.close(fd)
 
 
 def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
-    """The tensors and plain data (dicts, lists, numbers, strings) in the PyTorch file `path`, on the CPU.
-
-    Never runs code from the file: a pickle holding anything else is refused. Every way the file can be unusable
-    (code in it, another format, truncated, unreadable) raises `error` (a UserError) with one line that names the
-    file (`what` it should be: "checkpoint"), says what is wrong and ends with `remedy` (what to do). `mmap`
-    maps the tensors instead of reading them, for a caller that reads one small entry of a large file.
-    """
+    """The tensors and plain data in the PyTorch file `path`, on the CPU, never running code from it. An unusable
+    file raises `error` with one line naming it (`what` it should be), what is wrong and the `remedy`."""
     import torch  # here, not at the top: utils.config writes through this module, and `--help` must stay fast
 
     path = Path(path)
@@ -154,12 +117,8 @@ def check_free_space(path: str | Path, needs_bytes: int) -> None:
 
 
 def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) -> OSError:
-    """`error`, raised while another library wrote `path` (a file or a folder), as the CannotWrite atomic_path would
-    raise (full disk, read-only folder, name too long), or `error` itself.
-
-    For writes this module cannot wrap (a dataset downloaded and extracted by a download client). Only an error that
-    carries an errno is explained: one without (a network error of the same client) is not about writing.
-    """
+    """`error`, raised while another library wrote `path`, as the CannotWrite atomic_path would raise, or itself
+    (one without an errno, such as a network error, is not about writing)."""
     if error.errno is None:
         return error
     return _explain(error, Path(path), Path(path), needs_bytes)
@@ -182,7 +141,8 @@ def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError
         return CannotWrite(error.errno, f"cannot write {path} ({error.strerror}): make the folder writable or "
                                         "choose another one (on Kaggle, under /kaggle/working)")
     if error.errno in (None, errno.EIO):
-        return CannotWrite(errno.EIO, f"writing {path} failed ({error.strerror or error}): check the disk, then try again")
+        return CannotWrite(errno.EIO, f"writing {path} failed ({error.strerror or error}): check the disk, "
+                                      "then try again")
     return error
 
 
@@ -285,11 +245,11 @@ def made_here(path: Path, window: int = 1 << 20) -> bool:
     except OSError:
         return False
     with os.fdopen(fd, "rb") as file:
-        size = os.fstat(fd).st_size
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             return False
         head = file.read(window)
-        file.seek(max(0, size - window))
+        file.seek(max(0, info.st_size - window))
         return MAKER_BYTES in head or MAKER_BYTES in file.read(window)
 
 

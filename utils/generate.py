@@ -9,17 +9,9 @@
     >>> torch.save(z, "my_face.pt"); faces.decode(torch.load("my_face.pt"))   # the same face, any time later
     >>> morph(faces, ["seed42_0007.png", "grid:12"], "morph.gif")              # a looping slerp between them
 
-**A face is its name.** `seedS_NNNN.png` is face NNNN of the set drawn from seed S: latents drawn 64 at a time
-from one random generator seeded S, so face 7 is the same latent whether 8 or 10,000 faces are generated, and
-the first 64 faces of the run's own seed are its fixed noise: `seed42_0007.png` of a run trained with seed 42
-is face 7 of its sample grids (`grid:7`).
-
-**A face looks the same alone, in a set of 1,000 or in a morph.** This project's generator samples with
-BatchNorm's batch statistics (see utils.models.sampling), so a face drawn in a batch depends on the other faces
-of that batch. Here the statistics are those of one reference batch, the run's fixed noise, taken once when the
-run is loaded (`frozen_statistics`): every face is then a function of its own latent only, the files do not depend
-on how many faces a batch holds (so batches are sized to the device's memory), and the fixed noise decodes to
-exactly the faces of the run's latest sample grid.
+A face is its name: `seedS_NNNN.png` is face NNNN of the latents drawn 64 at a time from seed S, the same however
+many are drawn; the first 64 of the run's seed are its fixed noise (`grid:7` = seed42_0007.png). A face looks the
+same alone or in a batch: BatchNorm uses the fixed noise's statistics, frozen once (`frozen_statistics`).
 """
 
 from __future__ import annotations
@@ -78,8 +70,7 @@ class Faces:
     batch_size: int             # faces per forward pass, sized to the device's memory
 
     def decode(self, z: Tensor) -> Tensor:
-        """Latents (N, latent_dim, 1, 1) (or (latent_dim, 1, 1) for one face) -> uint8 images (N, 3, S, S) on the CPU,
-        `batch_size` at a time."""
+        """Latents (N, latent_dim, 1, 1) or one (latent_dim, 1, 1) -> uint8 images (N, 3, S, S) on the CPU."""
         z = z.reshape(-1, self.latent_dim, 1, 1).float()
         with torch.no_grad():
             return torch.cat([to_uint8(self.generator(chunk.to(self.device))).cpu()
@@ -87,11 +78,8 @@ class Faces:
 
 
 def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module | None = None) -> Faces:
-    """Load a run folder's generator (its EMA weights when the run kept them) for decoding faces on `device`.
-
-    Raises NotARun (one line) when `run_dir` is not a run folder or has not finished an epoch yet. A run trained
-    with your own generator needs a fresh instance of it passed in (see utils.run.load_models).
-    """
+    """Load a run's generator (its EMA weights if kept) for decoding faces on `device`; NotARun (one line) if
+    `run_dir` is not a run folder or has no finished epoch. Your own generator class: pass a fresh instance."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or not ((run_dir / CONFIG).is_file() or (run_dir / CHECKPOINT).is_file()):
         raise NotARun(f"{run_dir} is not a run folder (no {CONFIG} or {CHECKPOINT} in it): pass the folder training "
@@ -110,13 +98,8 @@ def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module |
 
 
 def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
-    """A copy of `generator` in eval mode whose BatchNorm layers normalise with the statistics of `reference_z`.
-
-    One forward pass of the reference batch in train mode (as the sample grids are drawn) records each BatchNorm
-    layer's batch mean and variance, which become the copy's running statistics. The copy then decodes the
-    reference batch to the same images as that train-mode pass, and any other latent as if it had been part of
-    it: each face depends on its own latent only. `generator` is left unchanged.
-    """
+    """A copy of `generator` in eval mode whose BatchNorm layers normalise with the batch statistics of one
+    train-mode pass of `reference_z`: it decodes that batch as the sample grids do, and any latent as if part of it."""
     decoder = copy.deepcopy(generator).float().cpu()
     layers = [m for m in decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     statistics: dict[nn.Module, tuple[Tensor, Tensor]] = {}
@@ -203,12 +186,8 @@ def face_latents(faces: Faces, chosen: list[str | int]) -> Tensor:
 
 
 def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarray]]:
-    """(epoch, uint8 (S, S, 3) image) of one face of the fixed grid ("grid:12" or 12) in every epoch's saved grid.
-
-    The run keeps only its latest checkpoint, so earlier generators are gone; but every epoch decoded the same fixed
-    noise into samples/epoch_NNN.png, so face 12 of each grid is that face as training went on. (A latent you
-    saved is decoded by `faces.decode` with the generator of the epoch you load: keep it, train further, load again.)
-    """
+    """(epoch, uint8 (S, S, 3) image) of one face of the fixed grid ("grid:12" or 12) cut from every epoch's saved
+    grid: earlier generators are gone, but their grids show that face as training went on."""
     index = face if isinstance(face, int) else int(str(face).removeprefix("grid:"))
     face_latent(faces, index)  # refuses an index outside the grid
     size, row, col = faces.image_size, *divmod(index, 8)  # the grids are 8 faces wide with 2-pixel gaps
@@ -225,13 +204,8 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
 
 def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
              grid: str | Path | None = None, size: int | None = None) -> list[Path]:
-    """Write faces 0..n-1 of the set of `seed` (default: the run's seed) as OUT/seedS_NNNN.png; return the paths.
-
-    The same call writes the same files. `size` resizes each face to size x size pixels (nearest neighbour when
-    enlarging, so the pixels stay sharp). `grid` also writes the first 64 faces as one 8x8 PNG. Refuses, with one
-    line and before writing anything: n, size or seed out of range, and an `out` or `grid` that `output_folder` and
-    `output_file` (utils/files.py) refuse.
-    """
+    """Write faces 0..n-1 of the set of `seed` (default: the run's) as OUT/seedS_NNNN.png, `size` px each; return
+    the paths. `grid` also writes the first 64 as one 8x8 PNG. Bad inputs are refused before anything is written."""
     check_inputs(n=n, size=size, seed=seed)
     out = output_folder(out, "out (--out)", FACE_NAME)
     grid = output_file(grid, "grid (--grid)") if grid is not None else None
@@ -279,10 +253,10 @@ def resized(image: Tensor, size: int | None) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------ morph
 
-def morph_frames(faces: Faces, chosen: list[str | int] | Tensor, steps: int = 24, size: int = 256) -> Iterator[np.ndarray]:
-    """Frames of a loop through the chosen faces and back to the first: uint8 (H, W, 3), slerp between each face and
-    the next, `steps` frames per leg (len(chosen) * steps frames), decoded as they are asked for. Each face is
-    enlarged by the smallest whole factor that makes it at least `size` pixels wide (nearest neighbour: sharp)."""
+def morph_frames(faces: Faces, chosen: list[str | int] | Tensor, steps: int = 24,
+                 size: int = 256) -> Iterator[np.ndarray]:
+    """uint8 (H, W, 3) frames of a loop through the chosen faces, slerping `steps` frames from each to the next,
+    decoded as asked for, enlarged (sharp) by the smallest whole factor that reaches `size` pixels."""
     latents = chosen if isinstance(chosen, Tensor) else face_latents(faces, chosen)
     if len(latents) < 2:
         raise FaceError(f"a morph needs at least two faces to move between; got {len(latents)}")

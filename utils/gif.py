@@ -3,21 +3,16 @@
     >>> from utils.gif import make_gif, show_gif
     >>> show_gif(make_gif("generated/dcgan-64px"))    # -> generated/dcgan-64px/training.gif
 
-or from a shell:
+    python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--max-frames 100]
 
-    python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--hold-last-ms 2000] [--max-frames 100]
-
-Every frame is the same fixed noise decoded by the generator after one more epoch, so
-the animation shows the same faces sharpening. Each frame gets an "epoch N" strip on top
-and the last frame is held longer, so the final result can be looked at before it loops.
-Small grids are enlarged with sharp pixels to at least 512 pixels wide (`utils.visualize.enlarged`), and a run
-of more than `max_frames` (100) epochs shows that many of its grids, evenly spread, so making
-the GIF of a 500-epoch run needs no more memory than that of a 100-epoch one.
+Every frame is the same fixed noise after one more epoch, labelled "epoch N", the last held longer.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,14 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from utils.environment import in_colab, in_kaggle
 from utils.errors import UserError, run_cli
 from utils.files import MAKER_BYTES, SAMPLES, atomic_path, list_frames, output_file
 from utils.visualize import enlarged, in_notebook
 
 # GIF stores durations in 1/100 s, at most 65535 of them; browsers play anything under 20 ms as 100 ms
 MIN_FRAME_MS, MAX_FRAME_MS = 20, 655_350
-MAX_FRAMES = 100          # a longer run is animated with this many of its grids, evenly spread: memory stays bounded
+MAX_FRAMES = 100          # a longer run shows this many of its grids, evenly spread: memory stays bounded
 MAX_GRID_PIXELS = 8192**2  # far above any grid training writes; a PNG announcing more is refused before decoding
 
 
@@ -47,12 +41,8 @@ class NoSampleGrids(UserError, FileNotFoundError):
 
 def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None,
               count: int | None = None) -> Path:
-    """Write uint8 (H, W, 3) frames (a list, or an iterator of `count` of them) as a GIF that loops forever
-    (atomically); returns `out`.
-
-    `frame_ms` is each frame's duration in milliseconds, `hold_last_ms` the last frame's
-    (default: the same). GIF stores durations in 1/100 s, so they round to 10 ms.
-    """
+    """Write uint8 (H, W, 3) frames (a list, or an iterator of `count`) as a looping GIF; returns `out`.
+    `hold_last_ms` is the last frame's duration (default: `frame_ms`); GIF rounds durations to 10 ms."""
     count = len(frames) if count is None else count
     if count < 1:
         raise GifError("write_gif needs at least one frame; got none")
@@ -60,9 +50,9 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     return _write_frames(map(Image.fromarray, frames), count, Path(out), frame_ms, hold_last_ms)
 
 
-def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms: int, hold_last_ms: int | None) -> Path:
-    """Encode `count` frames from an iterator: Pillow converts each to the GIF's palette as it arrives, so what it
-    holds until the file is written is one byte a pixel per frame, never the RGB frames themselves."""
+def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms: int,
+                  hold_last_ms: int | None) -> Path:
+    """Encode `count` frames as they arrive: Pillow holds one palette byte a pixel per frame, never RGB frames."""
     durations = [frame_ms] * (count - 1) + [frame_ms if hold_last_ms is None else hold_last_ms]
     first = next(frames)
     with atomic_path(out) as tmp:
@@ -73,19 +63,9 @@ def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms
 
 def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000,
              label: bool = True, max_frames: int = MAX_FRAMES) -> Path:
-    """Animate RUN_DIR/samples/epoch_*.png (in epoch order) into RUN_DIR/training.gif or `out`.
-
-    A run of more than `max_frames` epochs is animated with `max_frames` of its grids, evenly spread and always
-    with the first and the last, and a line says so: memory grows with the frames of the GIF, never with the
-    epochs. Grids narrower than 512 pixels are enlarged by a whole factor with nearest-neighbour pixels
-    (`utils.visualize.enlarged`), so a 16 px run is not a thumbnail and stays sharp.
-
-    Raises NoSampleGrids (a FileNotFoundError) when the run has no grids yet, GifError (a ValueError) before
-    reading any grid when an option is out of range, OutputRefused where `out` may not be written; and, naming
-    the file, when a grid does not decode or announces a size no grid has (e.g. a decompression bomb), when two
-    grids are of one epoch (epoch_001.png and epoch_0001.png), or when a grid's size differs from the first one's
-    (e.g. a run resumed at another image size or sample count): a GIF has one frame size.
-    """
+    """Animate RUN_DIR/samples/epoch_*.png into RUN_DIR/training.gif or `out`, small grids enlarged with sharp
+    pixels. A run of more than `max_frames` epochs shows that many grids, evenly spread, saying so. Every refusal
+    (no grids, an option out of range, an unreadable, duplicated or differently sized grid) comes before writing."""
     run_dir = Path(run_dir)
     out = run_dir / "training.gif" if out is None else Path(out)
     _check_gif_options(out, frame_ms, hold_last_ms)
@@ -172,10 +152,7 @@ def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None)
 
 
 def add_label(image: np.ndarray, text: str) -> np.ndarray:
-    """Return `image` (H, W, 3) with a dark strip on top carrying `text`, so no face is covered.
-
-    The font scales with the width so the label stays readable on large grids.
-    """
+    """`image` (H, W, 3) with a dark strip on top carrying `text` (covering no face), its font scaled to the width."""
     height, width, _ = image.shape
     font_size = max(10, width // 24)
     strip = round(font_size * 1.6)
@@ -200,9 +177,9 @@ def show_gif(path: str | Path) -> None:
         from IPython.display import Image as NotebookImage, display
 
         display(NotebookImage(filename=str(path), embed=True))
-    if in_colab():
+    if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
         print(f"Download: from google.colab import files; files.download('{path}')")
-    elif in_kaggle():
+    elif "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
         if path.is_relative_to("/kaggle/working"):
             print(f"Saved to {path}: download it from the notebook's Output tab (/kaggle/working).")
         else:
@@ -213,14 +190,15 @@ def show_gif(path: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The command line: a UserError (no grids, a bad duration, an unreadable grid) prints `error: ...`, exits 1."""
-    parser = argparse.ArgumentParser(prog="python -m utils.gif",
-                                     description="Animate a run's per-epoch sample grids (RUN_DIR/samples) into a GIF.")
+    parser = argparse.ArgumentParser(prog="python -m utils.gif", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds samples/epoch_001.png, ...)")
     parser.add_argument("--out", default=None, help="GIF to write (default: RUN_DIR/training.gif)")
-    parser.add_argument("--frame-ms", type=int, default=200, help="milliseconds per epoch, 20 to 655350 (default: 200)")
+    parser.add_argument("--frame-ms", type=int, default=200,
+                        help="milliseconds per epoch, 20 to 655350 (default: 200)")
     parser.add_argument("--hold-last-ms", type=int, default=2000,
                         help="milliseconds the last epoch stays before looping, 20 to 655350 (default: 2000)")
-    parser.add_argument("--no-label", dest="label", action="store_false", help="do not draw 'epoch N' above each frame")
+    parser.add_argument("--no-label", dest="label", action="store_false",
+                        help="do not draw 'epoch N' above each frame")
     parser.add_argument("--max-frames", type=int, default=MAX_FRAMES,
                         help=f"a longer run shows this many of its grids, evenly spread (default: {MAX_FRAMES})")
     args = parser.parse_args(argv)

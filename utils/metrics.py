@@ -1,27 +1,13 @@
-"""Fréchet Inception Distance (FID): how far generated images are from the real ones.
+"""Fréchet Inception Distance (FID): how far generated images are from the real ones; lower is better.
 
-FID (Heusel et al., 2017) fits a Gaussian to the 2048-d pool features of Inception-v3 for the
-real images and another for the generated ones, and measures the Fréchet distance between the
-two. Lower is better; 0 means the same statistics. The network is torch-fidelity's port of the
-TensorFlow FID Inception (the one torchmetrics uses too, with the same weights and the same
-bilinear resize to 299x299 as the original code), so our numbers are comparable with papers that
-use these tools -- when they use as many images: FID is biased upwards for small sets, so
-compare only scores measured with the same `fid_samples`. The distance itself is computed here,
-in float64 with symmetric eigendecompositions (`frechet_distance`): stable for the singular
-covariances of small sets, where the general eigenvalue solver torchmetrics uses returns noise.
+The network is torch-fidelity's port of the TensorFlow FID Inception (as torchmetrics uses, with the original
+bilinear resize), so scores compare with papers' when measured with as many images (`fid_samples`): FID is biased
+upwards for small sets. The distance is computed here in float64 with symmetric eigendecompositions, stable for the
+singular covariances of small sets. The weights download once (sha256-checked) or come from `fid_weights`; either
+file is first loaded as data only, since torch-fidelity's own loader would run a pickle's code.
 
     >>> fid = fid_for_config(config, real_images, device)  # real statistics: computed once, cached on disk
-    >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)  # a float; lower is better
-
-Real images are uint8 (N, 3, S, S). Generated images (floats in [-1, 1]) are rounded to uint8
-first, exactly like an image saved to disk, so both sides take the same path into the network.
-The weights (about 95 MB) download by themselves on first use (into torch hub's cache, checked
-against the sha256 prefix in the published file's name); offline, point `fid_weights` at a local
-`pt_inception-2015-12-05-*.pth`. Either file is first loaded as data only (`load_data`,
-utils/files.py) and checked to hold tensors only, then handed to torch-fidelity by path
-(`feature_extractor_weights_path`): its own loader unpickles with `weights_only=False`, which would
-run whatever code a pickle holds. `load_inception` is called when training starts, so a wrong file
-fails before the first epoch, not after it.
+    >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)
 """
 
 from __future__ import annotations
@@ -42,23 +28,17 @@ from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, load_data
 from utils.models import sampling, to_uint8
 
-# torch-fidelity downloads `weights-inception-2015-12-05-6726825d.pth`; by torch hub's convention the suffix
-# is the file's sha256 prefix, so a local copy of the official file shares the download's cache.
+# The published file's sha256 prefix (torch hub's convention), so a local copy of it shares the download's cache
 DOWNLOADED_WEIGHTS_ID = "pt_inception-6726825d"
 _SUBSET_SEED = 0  # the `num_real` subset is the same in every run and every process
-FEATURE_BATCH = 200  # images per pass through the feature extractor: its memory stays bounded for any number of images
+FEATURE_BATCH = 200  # images per pass through the feature extractor: memory stays bounded for any number
 
 
 class FID:
-    """Reusable scorer: reference stats loaded/computed once, then score(generator) many times.
+    """Reusable scorer: the real statistics computed (or read from `cache_file`) once, then many scores.
 
-    `num_real` 0 uses every real image, otherwise a fixed random subset of that many (all of
-    them if there are fewer). `cache_file` stores the real mean and covariance (None = don't
-    cache); its name must tell apart everything that changes them -- the images, `num_real`, the
-    extractor -- which `reference_cache_file` does. `feature_extractor` is the network that describes
-    each image: None builds the published Inception (`load_inception("")`); pass `load_inception(weights)`
-    for a local weights file, or any module mapping uint8 images (N, 3, S, S) to features (N, d) (tests
-    use a small one).
+    `num_real` 0 uses every real image, else a fixed random subset. `feature_extractor` maps uint8 images
+    (N, 3, S, S) to features (N, d); None builds the published Inception.
     """
 
     def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device,
@@ -90,14 +70,8 @@ class FID:
 
     def score_generator(self, generator: nn.Module, latent_dim: int, num_samples: int, seed: int = 0,
                         batch_size: int = 200) -> float:
-        """FID of `num_samples` images drawn from `generator`, without changing it.
-
-        The latents z ~ N(0, I) of shape (n, latent_dim, 1, 1) come from a generator seeded with
-        `seed`, so every call scores the same latents and successive scores differ only because
-        the network did. Sampling runs in train mode (this project's DCGAN samples with batch
-        statistics) in batches of `batch_size`; the mode and BatchNorm running statistics are
-        put back afterwards, so scoring never alters training.
-        """
+        """FID of `num_samples` images drawn from `generator` with latents seeded by `seed` (every call scores the
+        same latents), sampled as the grids are; the generator's mode and BatchNorm statistics are put back."""
         latent_generator = torch.Generator().manual_seed(seed)
         generator_device = next(generator.parameters()).device
 
@@ -130,14 +104,10 @@ class FID:
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor,
                      sigma1_sqrt: Tensor | None = None) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 (tensors or numpy arrays).
 
-    d = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)). The last trace is
-    the sum of square roots of the eigenvalues of S sigma2 S with S = sigma1^(1/2), which has
-    the same eigenvalues as sigma1 sigma2 but is symmetric: two symmetric eigendecompositions
-    are stable even for the singular covariances of small sets, where the general `sqrtm` or
-    `eigvals` return complex rounding noise. Pass `sigma1_sqrt` when S is already known. Accepts
-    tensors or numpy arrays (pytorch-fid's saved statistics), all on one device.
+    d = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)), the last trace from the eigenvalues
+    of the symmetric S sigma2 S with S = sigma1^(1/2) (`sigma1_sqrt` if known): stable where `sqrtm` returns noise.
     """
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(x, dtype=torch.float64) for x in (mu1, sigma1, mu2, sigma2))
     sqrt1 = _sqrtm_psd(sigma1) if sigma1_sqrt is None else sigma1_sqrt
@@ -170,9 +140,8 @@ def dataset_id(real_images: Tensor) -> str:
 
 def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.device,
                    inception: nn.Module | None = None) -> FID:
-    """The 2048-d Inception FID of a TrainConfig: `fid_weights`, `fid_real`, cached under `data_dir`/cache.
-
-    `inception` is the network `load_inception(config.fid_weights)` returned, if it was built already."""
+    """The Inception FID of a TrainConfig (`fid_weights`, `fid_real`), cached under `data_dir`/cache; `inception`:
+    the network `load_inception(config.fid_weights)` returned, if built already."""
     cache_file = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
                                       weights_id(config.fid_weights))
     inception = inception if inception is not None else load_inception(config.fid_weights)
@@ -197,12 +166,8 @@ def _read_reference(path: Path, device: torch.device) -> tuple[Tensor, Tensor]:
 
 
 class _InceptionPool3(nn.Module):
-    """torch-fidelity's FID Inception: uint8 images (N, 3, H, W) -> 2048-d pool3 features (N, 2048).
-
-    It resizes to 299x299 itself, with the TensorFlow-1-compatible bilinear resize of the
-    reference FID code (torchmetrics >= 1.8 wraps the same network but resizes with antialiasing
-    by default, which shifts scores), and its logits are never computed.
-    """
+    """torch-fidelity's FID Inception: uint8 images (N, 3, H, W) -> 2048-d pool3 features, resized to 299x299 as
+    the reference FID code does (torchmetrics >= 1.8 antialiases by default, which shifts scores)."""
 
     def __init__(self, weights: str):
         super().__init__()
@@ -232,20 +197,21 @@ class _InceptionPool3(nn.Module):
 
 
 _OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
-_OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's weights), "
-                  "or to '' to download them")
+_OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's "
+                  "weights), or to '' to download them")
 
 
 def _download_weights(url: str) -> Path:
-    """The published weights in torch hub's cache, downloaded there first (utils.downloads.download: bounded, and kept
-    only if its sha256 starts with the prefix in the file's name, torch hub's convention)."""
+    """The published weights in torch hub's cache, downloaded there first (kept only if its sha256 starts with the
+    prefix in the file's name)."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
     if not target.is_file():
         prefix = torch.hub.HASH_REGEX.search(target.name)
         try:
             download(url, target, sha256_prefix=prefix.group(1) if prefix else "")
         except DownloadError as error:
-            raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
+            raise DownloadError(f"could not download the FID Inception weights: {error}; offline, "
+                                f"{_OFFLINE}") from None
     return target
 
 

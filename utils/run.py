@@ -1,38 +1,13 @@
-"""A run folder: one training run's files, who may write them, and what may change when the run continues.
+"""A run folder: one training run's files, who may write them, and what may change when it continues.
 
-    generated/dcgan-64px/               named from the settings that differ from the defaults (or `out`)
-        config.json                     the run's settings: written when it starts, updated when a change applies
-        checkpoint.pt                   everything needed to continue exactly (weights, optimisers, noise, RNG, history)
-        history.json                    losses and scores every step (CPU) or `log_every` steps, each epoch, the changes
-        samples/epoch_001.png, ...      the 8x8 grid of the fixed noise after every epoch
-        .lock                           held while a process trains here
+    generated/dcgan-64px/     named from the settings that differ from the defaults (or `out`)
+        config.json           the settings; checkpoint.pt: everything needed to continue exactly
+        history.json          losses and scores; samples/epoch_001.png, ...: the fixed noise's grid per epoch
+        .lock                 held (filelock) while a process trains here; it names no process or command line
 
-The rules, all of them here:
-- **One process per folder.** `Run.open` locks `.lock` (filelock) for as long as the run trains; a second process
-  fails at once. The lock dies with its holder, so a killed run never blocks its own resumption, and temporary
-  files are only cleaned up under the lock. The file stays empty: it names no process or command line.
-- **The folder stays where it is.** A run folder renamed or deleted while it trains stops the training at the next
-  save, with one line saying where its epochs are; it is never recreated, empty, under its old name.
-- **A run folder is not the data.** `out` may not be the data folder, lie inside it or hold it (its grids would
-  become training images), nor be `data_dir`.
-- **Continuing a run.** The fields declared `fixed` in TrainConfig (utils/config.py: `FIXED_FIELDS`) fix the
-  networks, the data or the game: a trained run refuses other values before any data is decoded, listing every
-  difference. The fields declared `tunable` or `how` (`TUNABLE_FIELDS`) can change between epochs: `train()`
-  applies them after loading the optimisers, prints one line per change and records it in the history, where
-  `plot_history` marks it.
-- **A tweak makes a new run by default.** With `out=""` the folder is named from the fields that change what is
-  learned (`NAMED_FIELDS`: the fixed ones and those declared `tunable(..., names_run=True)`) and differ from the
-  defaults (`default_run_dir`): changing a learning rate in a notebook starts a
-  sibling run and leaves the old one intact, and re-running unchanged cells resumes.
-- **Nothing a run made is deleted**, except what the checkpoint makes obsolete: the grid of an epoch a kill cut
-  short. Files of an earlier run without its checkpoint are moved aside into `earlier-N/`, saying so; so are the
-  grids and history of epochs after the checkpoint's (an older checkpoint copied in).
-- **The checkpoint is the truth.** It holds the settings and the history too: a config.json or history.json that
-  is empty, truncated or edited by hand is rewritten from it, saying so; its tensors must fit the networks.
-- **Saving never stalls training.** `save_epoch` copies the state to the CPU and a background thread writes the
-  grid, then the checkpoint, then history.json, each atomically and durably (utils/files.py); `close` waits for
-  them, so every file is complete when `train()` returns, and a kill at any moment leaves the last complete
-  checkpoint.
+A continued run refuses other values of the `fixed` fields and applies the `tunable` ones, saying so. The checkpoint
+is the truth: a damaged config.json or history.json is rewritten from it, and nothing a run made is deleted (earlier
+files are moved aside into earlier-N/). Epochs are saved in the background, atomically, into the folder as opened.
 """
 
 from __future__ import annotations
@@ -58,8 +33,8 @@ from torch import nn
 
 from utils.config import FIXED_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FIELDS, TrainConfig
 from utils.errors import ConfigError, UserError
-from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES, atomic_path, frame_path, list_frames, load_data,
-                         read_json, run_part)
+from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, REMADE, SAMPLES, atomic_path, frame_path, list_frames,
+                         load_data, read_json, run_part)
 from utils.models import Discriminator, Generator, describe_network
 from utils.step import EMA
 from utils.urls import is_url, redact_url
@@ -83,12 +58,8 @@ class RunMoved(UserError):
 # ------------------------------------------------------------------------------------------- names and files
 
 def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
-    """generated/<recipe>-<size>px[-field=value...]: the fields of NAMED_FIELDS that differ from the recipe's defaults.
-
-    `networks` is a tag for networks other than the built-in ones (see `network_tag`). The same
-    settings always give the same folder, so re-running a notebook resumes its run; any other value of a field
-    that changes what is learned gives a sibling folder, so a tweak never overwrites a run.
-    """
+    """generated/<recipe>-<size>px[-field=value...] from the NAMED_FIELDS that differ from the recipe's defaults:
+    re-running a notebook resumes its run, a tweak starts a sibling. `networks`: see `network_tag`."""
     defaults = TrainConfig(recipe=config.recipe)
     parts = [f"{config.recipe}-{config.image_size}px"]
     for name in NAMED_FIELDS:
@@ -119,17 +90,14 @@ _MOVE_AWAY = "Move it away to start a new run in its folder"
 
 # ------------------------------------------------------------------------------------------- the checkpoint
 
-# The keys `read_checkpoint` requires: all that `checkpoint_state` writes but "networks" and "ema", which are read
-# with defaults (older checkpoints lack them).
+# What `read_checkpoint` requires: all that `checkpoint_state` writes but "networks", "ema" and "precision".
 _CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
                     "scaler", "rng")
 
 
 @dataclass
 class TrainingState:
-    """What a run's checkpoint saves and `restore_checkpoint` puts back: the networks (plain, not as trained),
-    their optimisers, the AMP scaler, the EMA of G, the fixed noise of the grids, the history, and the descriptions
-    of the networks it was trained with (`network_descriptions`)."""
+    """What a run's checkpoint saves and `restore_checkpoint` puts back (the networks plain, not as trained)."""
 
     generator: nn.Module
     discriminator: nn.Module
@@ -144,8 +112,7 @@ class TrainingState:
 
 
 def checkpoint_state(config: TrainConfig, epoch: int, state: TrainingState) -> dict:
-    """The checkpoint after `epoch`: everything needed to continue exactly (read back by `read_checkpoint` and
-    `restore_checkpoint`), with the random state of the CPU (each epoch's own generators start from (seed, epoch))."""
+    """The checkpoint after `epoch`: everything needed to continue exactly, the CPU's random state included."""
     return {"epoch": epoch, "config": config.to_dict(stored=True), "networks": state.networks,
             "history": state.history, "fixed_noise": state.fixed_noise, "generator": state.generator.state_dict(),
             "discriminator": state.discriminator.state_dict(),
@@ -155,9 +122,7 @@ def checkpoint_state(config: TrainConfig, epoch: int, state: TrainingState) -> d
 
 
 def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_options: dict) -> int:
-    """Load the checkpoint `saved` (from `read_checkpoint(path)`) into `state`; return the epochs it holds.
-
-    Every tensor is checked first (`_check_resumable`): nothing is loaded from a checkpoint that does not fit.
+    """Load `saved` (from `read_checkpoint(path)`) into `state`, every tensor checked first; return its epochs.
     The optimisers take this device's `adam_options` (fused, foreach, capturable), not the saved ones."""
     _check_resumable(path, saved, state)
     state.generator.load_state_dict(saved["generator"])
@@ -174,8 +139,7 @@ def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_optio
 
 
 def _check_resumable(path: Path, saved: dict, state: TrainingState) -> None:
-    """Raise CheckpointError, naming the first tensor, unless every tensor of the checkpoint fits what it is loaded
-    into (a checkpoint with the right keys and other shapes or dtypes would fail in load_state_dict or later)."""
+    """Raise CheckpointError, naming the first tensor, unless every tensor fits what it is loaded into."""
     check_weights(path, "generator", saved["generator"], state.generator.state_dict())
     check_weights(path, "discriminator", saved["discriminator"], state.discriminator.state_dict())
     if state.ema is not None:
@@ -187,20 +151,19 @@ def _check_resumable(path: Path, saved: dict, state: TrainingState) -> None:
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, adam_options: dict) -> None:
-    """Load the moments with this device's implementation flags (a run moved from a GPU to a CPU, or back):
-    load_state_dict would restore the saved ones, and places Adam's step counters by them."""
+    """Load the moments with this device's flags (a run moved between a GPU and a CPU), not the saved ones."""
     flags = {"fused": None, "foreach": None, "capturable": False, **adam_options}
     optimizer.load_state_dict({**saved, "param_groups": [{**group, **flags} for group in saved["param_groups"]]})
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint's contents, loaded as data only (nothing in the file can run code) and checked: every key,
-    the plain parts' types, valid settings. Its tensors are checked against the networks by `check_weights`."""
+    """The checkpoint, loaded as data only (nothing in it can run code), with every key, type and setting checked."""
     path = Path(path)
     state = load_data(path, "checkpoint", CheckpointError, "Use checkpoints written by this code only. " + _MOVE_AWAY)
     missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
     if missing:
-        raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)}. {_MOVE_AWAY}")
+        raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)}. "
+                              + _MOVE_AWAY)
     plain = {"epoch": isinstance(state["epoch"], int) and not isinstance(state["epoch"], bool) and state["epoch"] >= 0,
              "config": isinstance(state["config"], dict), "history": _is_history(state["history"]),
              "fixed_noise": isinstance(state["fixed_noise"], torch.Tensor),
@@ -219,9 +182,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.Tensor]) -> None:
-    """Raise CheckpointError unless `saved` (the checkpoint's `role` state dict) has exactly the names, shapes and
-    dtypes of `expected` (the network's own state_dict()): load_state_dict would fail with a page of text, or
-    convert a dtype without a word."""
+    """Raise CheckpointError unless `saved` has exactly the names, shapes and dtypes of `expected` (load_state_dict
+    would fail with a page of text, or convert a dtype silently)."""
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: its {role or 'state'} is not a dict of tensors. {_MOVE_AWAY}")
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
@@ -231,14 +193,13 @@ def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.T
     for name, tensor in expected.items():
         value = saved[name]
         if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
-            found = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__)
-            raise CheckpointError(f"{path}: {f'{role}.{name}' if role else name} is {found}; the run's settings "
+            where = f"{role}.{name}" if role else name
+            raise CheckpointError(f"{path}: {where} is {_found(value)}; the run's settings "
                                   f"need {tensor.dtype} {tuple(tensor.shape)}. {_MOVE_AWAY}")
 
 
 def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.optim.Optimizer) -> None:
-    """Raise CheckpointError unless `saved` (an optimiser's state_dict from the checkpoint) fits `optimizer`: the same
-    parameter groups, and moments of each parameter's shape and dtype (Adam would fail at its first step)."""
+    """Raise CheckpointError unless `saved` has `optimizer`'s parameter groups and moments of each parameter's shape."""
     groups = saved.get("param_groups")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(group["params"]) for group in optimizer.param_groups]
@@ -251,9 +212,12 @@ def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.o
         for name, value in moments.items():
             shape = () if name == "step" else params[index].shape
             if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point():
-                found = (f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__)
-                raise CheckpointError(f"{path}: {role} {name} of parameter {index} is {found}, not float "
+                raise CheckpointError(f"{path}: {role} {name} of parameter {index} is {_found(value)}, not float "
                                       f"{tuple(shape)}. {_MOVE_AWAY}")
+
+
+def _found(value: Any) -> str:
+    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def network_descriptions(generator: nn.Module, discriminator: nn.Module) -> dict[str, str]:
@@ -264,9 +228,9 @@ def network_descriptions(generator: nn.Module, discriminator: nn.Module) -> dict
 def network_tag(config: TrainConfig, generator: nn.Module | None, discriminator: nn.Module | None) -> str:
     """The part of the run folder's name that tells networks other than the built-in ones apart ('' for those)."""
     parts = []
-    for role, model, builtin in (("G", generator, lambda: Generator(config.image_size, config.latent_dim, config.g_width)),
-                                 ("D", discriminator, lambda: Discriminator(config.image_size, config.d_width,
-                                                                            config.spectral_norm))):
+    for role, model, builtin in (
+            ("G", generator, lambda: Generator(config.image_size, config.latent_dim, config.g_width)),
+            ("D", discriminator, lambda: Discriminator(config.image_size, config.d_width, config.spectral_norm))):
         if model is not None and describe_network(model) != describe_network(builtin()):
             parts.append(f"{role}={type(model).__name__}{describe_network(model).rsplit('#', 1)[1].rstrip(')')}")
     return "-".join(parts)
@@ -274,10 +238,8 @@ def network_tag(config: TrainConfig, generator: nn.Module | None, discriminator:
 
 def load_models(run_dir: str | Path, generator: nn.Module | None = None,
                 discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """A run folder's generator (its EMA weights when the run kept them), discriminator and history, on the CPU.
-
-    A run trained with your own networks needs them passed in (fresh instances; their weights are loaded).
-    """
+    """A run's generator (its EMA weights if kept), discriminator and history, on the CPU. A run trained with your
+    own networks needs fresh instances of them passed in."""
     return models_from_checkpoint(read_checkpoint(Path(run_dir) / CHECKPOINT), run_dir, generator, discriminator)
 
 
@@ -297,7 +259,8 @@ def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Modul
     path = Path(run_dir) / CHECKPOINT
     if state.get("ema") is not None:
         check_weights(path, "ema", state["ema"], EMA(generator, config.ema_decay).state_dict())
-        generator.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+        ema = state["ema"]
+        generator.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
     else:
         check_weights(path, "generator", state["generator"], generator.state_dict())
         generator.load_state_dict(state["generator"])
@@ -338,9 +301,7 @@ def read_history_file(run_dir: Path) -> tuple[dict | None, str]:
 
 
 def saved_config(run_dir: str | Path) -> TrainConfig | None:
-    """The run's settings: config.json (written when it starts and whenever a change applies), else the
-    checkpoint's (a folder whose config.json was lost or damaged), else None (nothing trained to continue; opening
-    the run moves a damaged config.json aside, saying so). The checkpoint is loaded only then."""
+    """The run's settings: config.json, else the checkpoint's (config.json lost or damaged), else None."""
     run_dir = Path(run_dir)
     config, _ = _read_config_file(run_dir)
     if config is None and (run_dir / CHECKPOINT).is_file():
@@ -349,11 +310,8 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
 
 
 def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
-    """(config, history) of a run folder from its config.json and history.json; (None, {}) where they are missing.
-
-    One that is damaged (empty, truncated, edited into invalid JSON) is taken from the checkpoint, which holds both;
-    without a checkpoint, a UserError says which file to fix. Reads only: the folder may be training.
-    """
+    """(config, history) from config.json and history.json, (None, {}) where missing; a damaged one is taken from
+    the checkpoint (without one, a UserError names the file). Reads only: the folder may be training."""
     run_dir = Path(run_dir)
     (config, config_problem), (history, history_problem) = _read_config_file(run_dir), read_history_file(run_dir)
     if config_problem or history_problem:
@@ -366,14 +324,18 @@ def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
     return config, history if history is not None else {}
 
 
+def _history_files(run_dir: Path) -> list[Path]:
+    """history.json and the pictures remade from it (REMADE), where they exist."""
+    return [run_dir / name for name in (HISTORY, *REMADE) if (run_dir / name).exists()]
+
+
 def _write_json(path: Path, value: dict, make_folder: bool = True) -> None:
     with atomic_path(path, make_folder=make_folder) as tmp:
         tmp.write_text(json.dumps(value, indent=1) + "\n")
 
 
 def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
-    """Move `paths` (inside run_dir) into a new run_dir/earlier-N/, keeping their relative paths; return that folder.
-    N is one past the highest taken, and the folder is created new: nothing is ever moved onto an earlier one."""
+    """Move `paths` into a newly created run_dir/earlier-N/ (N past the highest taken), keeping relative paths."""
     taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdigit()]
     number = max(taken, default=0) + 1
     while True:
@@ -400,37 +362,29 @@ def _identity(folder: Path) -> tuple[int, int] | None:
 
 
 def _refuse_data_folders(run_dir: Path, config: TrainConfig) -> None:
-    """Raise ConfigError if the run folder is, lies in or holds the data folder, or is data_dir.
-
-    The data folder's images are found recursively, and a run folder inside it is skipped (its grids are this
-    project's output): training there would find no images next time, or train on its own samples. data_dir holds
-    downloads and caches whose temporary files other processes clean up, as a run cleans up its own.
-    """
-    run = _resolved(run_dir)
+    """Raise ConfigError if the run folder is, lies in or holds the data folder (it would train on its own grids),
+    or is data_dir (whose temporary files other processes clean up)."""
+    run = run_dir.expanduser().resolve()
     data = Path(config.data).expanduser()
     if config.data not in ("synthetic", "kaggle") and not config.data.startswith(("http://", "https://")) \
             and data.is_dir():
-        data = _resolved(data)
+        data = data.resolve()
         relation = ("is" if run == data else "lies inside" if data in run.parents else
                     "holds" if run in data.parents else "")
         if relation:
             raise ConfigError(f"config field 'out' ({run_dir}) {relation} the data folder {config.data} (config field "
                               "'data'): the run's grids would mix with the images it trains on. Choose another out, "
                               "or leave out='' (a folder under generated/)")
-    data_dir = _resolved(Path(config.data_dir))
+    data_dir = Path(config.data_dir).expanduser().resolve()
     if run == data_dir:
         raise ConfigError(f"config field 'out' ({run_dir}) is data_dir (downloads and caches): choose another out, "
                           "or leave out='' (a folder under generated/)")
 
 
-def _resolved(path: Path) -> Path:
-    return path.expanduser().resolve()
-
-
 # -------------------------------------------------------------------------------------------- what may change
 
 def _same_value(name: str, a: Any, b: Any) -> bool:
-    """Equal as settings: floats within rounding, data folders however they are spelled (faces, ./faces/, /abs/faces)."""
+    """Equal as settings: floats within rounding, data folders however spelled (faces, ./faces/, /abs/faces)."""
     if name == "data" and isinstance(a, str) and isinstance(b, str):
         return _data_identity(a) == _data_identity(b)
     if isinstance(a, float) and isinstance(b, float):
@@ -517,7 +471,7 @@ class _Lock:
 class Run:
     """The run folder of one `train()` call: open it, read what it holds, save each epoch, close it.
 
-        run = Run.open(config, log=print)      # folder, lock, checks: before any data is decoded
+        run = Run.open(config, networks)        # folder, lock, checks: before any data is decoded
         run.state                               # the checkpoint to continue from, or None for a new run
         run.record_settings(config, history)    # record and print the changes; write config.json
         run.save_epoch(epoch, grid, history, state)   # in the background
@@ -536,12 +490,8 @@ class Run:
     @classmethod
     def open(cls, config: TrainConfig, networks: dict[str, str], tag: str = "", main: bool = True,
              log: Callable[[str], None] = print) -> "Run":
-        """Create or open the run folder of `config`, lock it (main process only) and check that it can continue.
-
-        `networks` describes the generator and discriminator (`network_descriptions`); a checkpoint
-        written with others is refused. Raises ConfigError before anything is written when the folder is not
-        writable, holds a run that `config` cannot continue, or `resume` is False on a trained run.
-        """
+        """Create or open `config`'s run folder, lock it (main process only) and check that it can continue: a
+        ConfigError before anything is written if it is not writable or holds a run `config` cannot continue."""
         run_dir = run_dir_of(config, tag)
         if run_part(run_dir):
             raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
@@ -585,7 +535,8 @@ class Run:
         trained_with = state.get("networks", {})
         for role, description in networks.items():
             if trained_with.get(role, description) != description:
-                raise ConfigError(f"{run_dir} was trained with another {role}: {trained_with[role]}, not {description}. "
+                raise ConfigError(f"{run_dir} was trained with another {role}: {trained_with[role]}, "
+                                  f"not {description}. "
                                   f"Pass the same {role} to continue it, or leave out='' (or set another out) to "
                                   "train yours in a folder of its own")
         cls._match_checkpoint(run_dir, state, log)
@@ -593,20 +544,15 @@ class Run:
 
     @staticmethod
     def _match_checkpoint(run_dir: Path, state: dict, log: Callable[[str], None]) -> None:
-        """Make the folder hold what the checkpoint holds, losing nothing, saying what was not routine.
-
-        Routine (silent): the grid of the epoch a kill cut short (written before its checkpoint) is deleted, and a
-        history.json one epoch behind (written after it) is rewritten. Epochs after the checkpoint's (an older
-        checkpoint copied in) are moved aside into earlier-N/. A config.json or history.json that is damaged or
-        edited is rewritten from the checkpoint, which holds both.
-        """
+        """Make the folder hold what the checkpoint holds, losing nothing. Silently: the grid of an epoch a kill cut
+        short is deleted, a history.json one epoch behind rewritten. Saying so: later epochs (an older checkpoint
+        copied in) are moved aside, a damaged or edited config.json or history.json is rewritten."""
         epoch = state["epoch"]
         later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
         history, history_problem = read_history_file(run_dir)
         history_ahead = history is not None and len(history["epochs"]) > len(state["history"]["epochs"])
         if history_ahead or [e for e, _ in later] not in ([], [epoch + 1]):
-            aside = _move_aside(run_dir, [frame for _, frame in later] + [run_dir / name for name in (
-                HISTORY, "history.png", "training.gif") if (run_dir / name).exists()])
+            aside = _move_aside(run_dir, [frame for _, frame in later] + _history_files(run_dir))
             log(f"{run_dir}: {CHECKPOINT} holds epochs 1-{epoch}, but the folder had grids or history of later epochs "
                 f"(an older checkpoint copied in?): moved those to {aside}/ (nothing deleted); continuing after epoch "
                 f"{epoch}")
@@ -641,12 +587,12 @@ class Run:
             for _, frame in frames:
                 frame.unlink()
             return
-        leftovers = [path for _, path in frames] + [run_dir / name for name in (HISTORY, "history.png", "training.gif")
-                                                    if (run_dir / name).exists()]
+        leftovers = [path for _, path in frames] + _history_files(run_dir)
         if not leftovers and not damaged:
             return
         aside = _move_aside(run_dir, leftovers + ([run_dir / CONFIG] if (run_dir / CONFIG).exists() else []))
-        held = f"{len(frames)} sample grid(s) and the history of an earlier run" if leftovers else "a damaged config.json"
+        held = (f"{len(frames)} sample grid(s) and the history of an earlier run" if leftovers
+                else "a damaged config.json")
         log(f"{run_dir} held {held}, but no {CHECKPOINT}: moved them to {aside}/ (nothing deleted); starting a new run "
             "here")
 
@@ -664,18 +610,13 @@ class Run:
 
     def save_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
         """Write the epoch's grid, checkpoint and history.json in the background, in that order, each atomically.
-
-        The state is copied to the CPU first (training goes on changing the tensors); at most one epoch is
-        pending, so a slow disk slows training rather than piling up copies. A write that failed raises here or
-        in `close`.
-        """
+        At most one epoch is pending (a slow disk slows training); a failed write raises here or in `close`."""
         self._wait()
         state, history = _to_cpu(state), copy.deepcopy(history)
         self._pending = self._writer.submit(self._write_epoch, epoch, grid, history, state)
 
     def _write_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
-        """Into the folder as opened only: if it was renamed or deleted meanwhile, nothing is written (and no folder
-        is created under its old name), and the error says where the saved epochs are."""
+        """Into the folder as opened only: one renamed or deleted meanwhile gets nothing, and RunMoved says where."""
         self._check_in_place(epoch)
         try:
             with atomic_path(frame_path(self.dir, epoch), make_folder=False) as tmp:
@@ -701,8 +642,8 @@ class Run:
                            f"{stopped}; {saved + ' went with it' if self._saved_epoch else saved}. Run the same again "
                            "to start a new run there")
         where = f"{saved} are in {now}" if self._saved_epoch else saved
-        raise RunMoved(f"{self.dir} was moved to {now} while training: {stopped}; {where}. Move it back and run the same "
-                       f"again to continue, or continue it where it is with out={str(now)!r}")
+        raise RunMoved(f"{self.dir} was moved to {now} while training: {stopped}; {where}. Move it back and run the "
+                       f"same again to continue, or continue it where it is with out={str(now)!r}")
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -752,9 +693,6 @@ def _to_cpu(value: Any) -> Any:
 
 
 def trained_runs(root: str | Path = GENERATED) -> list[Path]:
-    """The run folders under `root` that hold a checkpoint, the one trained last first (by the checkpoint's time).
-
-    What utils/choose.py picks from for notebooks 04 to 06.
-    """
+    """The run folders under `root` that hold a checkpoint, the one trained last first."""
     checkpoints = [path for path in Path(root).glob(f"*/{CHECKPOINT}") if path.is_file()]
     return [path.parent for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime_ns, reverse=True)]

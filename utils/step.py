@@ -6,11 +6,8 @@ module by tests/test_notebook_code.py.
     >>> step(real_images, z)          # D learns from a real and a fake batch, then G learns to fool D
     >>> step.read(steps=1)            # {"loss_d": ..., "loss_g": ..., "d_real": ..., "d_fake": ...}
 
-Here: the losses (`discriminator_loss`, `discriminator_targets` for smoothed and noisy labels, `generator_loss`),
-`frozen` (D's weights during G's step), the step itself (`TrainingStep`), the moving
-average of G's weights (`EMA`), the step recorded once as a CUDA graph (`CUDAGraphStep`), and the CPU trial's
-timing of this step (`time_training_steps`, called by utils/environment.py). The loop around it is
-utils/training.py.
+Also here: the EMA of G's weights, the step recorded once as a CUDA graph, and the CPU trial's timing of the step
+(`time_training_steps`). The loop around it is utils/training.py.
 """
 
 from __future__ import annotations
@@ -46,13 +43,9 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kin
 def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0,
                           fake_label: float = 0.0, label_flip: float = 0.0,
                           gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's BCE targets (real, fake): `real_label` for each real image and `fake_label` for each fake (label
-    smoothing when they are not 1 and 0), each swapped for the other with probability `label_flip` (noisy labels).
-
-    A D trained on softer or occasionally wrong targets cannot become certain, so its gradients to G stay useful
-    for longer. The coin tosses come from `gen` (the epoch's device generator: a resumed run draws the same ones),
-    real images first; none are drawn when `label_flip` is 0.
-    """
+    """D's BCE targets (real, fake): `real_label` and `fake_label` (label smoothing when not 1 and 0), each swapped
+    with probability `label_flip` (noisy labels), tossed with `gen`. A D that cannot become certain keeps giving G
+    useful gradients for longer."""
     # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984 (BCE runs in float32 anyway)
     real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
     fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
@@ -76,13 +69,9 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 class TrainingStep:
     """One round of the game: D learns from a real and a fake batch, then G learns to fool D.
 
-    Exactly the step of notebook 03, plus what keeps it fast: it never waits for the device (the losses and
-    D's average verdicts are summed into `totals` on the device, and `read` fetches them every few steps), so
-    on a GPU it can be replayed as a CUDA graph. `generator`/`discriminator` are the plain networks. The game:
-    `loss` and D's BCE targets (`real_label`, `fake_label`, `label_flip`: see `discriminator_targets`). How it
-    runs: mixed precision's `autocast` and `scaler`, an `ema` of G updated after each step, DiffAugment's
-    `augment`, and the networks as trained (`train_g`, `train_d`: a DDP wrapper, a compiled module; `frozen_d`: D
-    as called in G's step), which default to the plain networks.
+    Notebook 03's step, plus what keeps it fast: it never waits for the device (the losses are summed into
+    `totals` there and `read` every few steps), so it can be replayed as a CUDA graph. `train_g`, `train_d` and
+    `frozen_d` are the networks as trained (DDP, compiled), by default the plain `generator` and `discriminator`.
     """
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
@@ -90,7 +79,8 @@ class TrainingStep:
                  label_flip: float = 0.0, *, scaler: torch.amp.GradScaler | None = None,
                  autocast: Callable = nullcontext, ema: EMA | None = None,
                  augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
-                 train_g: nn.Module | None = None, train_d: nn.Module | None = None, frozen_d: nn.Module | None = None):
+                 train_g: nn.Module | None = None, train_d: nn.Module | None = None,
+                 frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         self.loss, self.labels = loss, (real_label, fake_label, label_flip)
         self.scaler = scaler or torch.amp.GradScaler(enabled=False)
@@ -150,12 +140,9 @@ def frozen(model: nn.Module):
 
 
 class EMA(nn.Module):
-    """An exponential moving average of a model's weights, which samples better than the raw weights.
-
-    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the updates n, so early on the average follows
-    the model closely instead of dragging the random initial weights along for thousands of steps. Buffers
-    (BatchNorm statistics) are copied. Everything stays on the device: no host sync per step.
-    """
+    """An exponential moving average of a model's weights, which samples better than the raw weights. The decay
+    ramps up as min(decay, (1 + n) / (10 + n)), so it does not drag the random initial weights along; buffers are
+    copied; nothing waits for the device."""
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
@@ -177,13 +164,9 @@ class EMA(nn.Module):
 
 
 class CUDAGraphStep:
-    """Runs a training step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it.
-
-    At batch 128 the eager step is bound by launching some 300 small kernels from Python, one by one: a
-    replay launches them all at once. The step must never wait for the device (no .item(); with fp16 the fused
-    Adam takes GradScaler's scale and inf check as device tensors), and its inputs are copied into fixed
-    buffers, because a graph always reads the addresses it was recorded with.
-    """
+    """Runs a training step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it
+    (one launch instead of ~300 small kernels). Inputs are copied into fixed buffers: a graph reads the addresses
+    it was recorded with."""
 
     def __init__(self, step: Callable[..., None], warmup: int = 3):
         self.step, self.warmup, self.graph = step, warmup, None
@@ -211,13 +194,9 @@ class CUDAGraphStep:
 
 def time_training_steps(config: TrainConfig, candidates: list[str],
                         batch: int = TRIAL_BATCH) -> Iterator[dict[str, float]]:
-    """Round after round, for as long as it is asked, the images/s of one CPU training step of `config`'s built-in
-    networks in each candidate ("fp32 NCHW", "bf16 channels_last", ...): what `utils.environment.cpu_trial` decides
-    "auto" with on a CPU, and when to stop.
-
-    Each candidate takes one warm-up step first. The training's random state is left as it was once the iterator is
-    closed (`contextlib.closing`) or exhausted.
-    """
+    """Round after round, the images/s of one CPU training step of `config`'s built-in networks in each candidate
+    ("fp32 NCHW", "bf16 channels_last", ...), after a warm-up step each. Closing the iterator restores the random
+    state."""
     batch = min(batch, config.batch_size)
     steps = {}
     with torch.random.fork_rng(devices=[]):
@@ -226,7 +205,8 @@ def time_training_steps(config: TrainConfig, candidates: list[str],
             dtype, layout = name.split()
             memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             generator = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
-            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
+            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
+            discriminator = discriminator.to(memory_format=memory)
             autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
             step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters(), foreach=True),
                                 torch.optim.Adam(discriminator.parameters(), foreach=True),
