@@ -1,11 +1,11 @@
 """Where we run and how fast: `choose_device(config, measure)` decides once per run the device, mixed precision,
 memory layout and CUDA graphs, with the lines for the training log; `size_preset` sizes the notebooks' runs.
 
-"auto" is measured (benchmarks/results/, docs/speed-and-quality.md): bf16 + channels_last on CUDA with compute capability >= 8,
-fp16 with a GradScaler on a T4 or V100, fp32 on MPS. `amp="fp16"`
-on a CPU runs a T4's path (slowly) to check it; "auto" never picks it there. CPUs disagree, so `cpu_trial` times real training steps of the
-config's networks in each candidate and caches the answer per machine (`trial_cache_file`); a resumed run keeps what
-its epochs trained with. ANIME_GAN_AMP forces `amp` for every "auto" run; ANIME_GAN_VERBOSE=1 prints the trial's
+"auto" is measured (benchmarks/results/, docs/speed-and-quality.md): bf16 + channels_last on CUDA with compute
+capability >= 8, fp16 with a GradScaler on a T4 or V100, fp32 on MPS. CPUs disagree, so `cpu_trial` times real
+training steps of the config's networks in each candidate and caches the answer per machine (`trial_cache_file`); a
+resumed run keeps what its epochs trained with. `amp="fp16"` on a CPU runs a T4's path, slowly, to check it; "auto"
+never picks it there. ANIME_GAN_AMP forces `amp` for every "auto" run; ANIME_GAN_VERBOSE=1 prints the trial's
 figures; ANIME_GAN_CACHE_DIR moves the cache.
 """
 
