@@ -163,10 +163,9 @@ def test_a_trial_whose_rounds_never_agree_stops_at_its_time_cap_and_says_so(empt
             time.sleep(0.01)
             yield dict.fromkeys(candidates, 50.0 * 1.1 ** index)   # every round 10% faster than the last
 
-    started = time.perf_counter()
     trial = choose_device(TrainConfig(**TINY), unsteady).trial
 
-    assert time.perf_counter() - started < 5 and not trial.settled and 3 <= trial.rounds < 100
+    assert not trial.settled and 3 <= trial.rounds < 100   # a round takes >= 10 ms: stopped by 0.2 s, not 10,000
     assert "(not settled)" in trial.summary("fp32 NCHW")
     assert next(iter(json.loads(empty_cache.read_text()).values()))["settled"] is False
 
@@ -294,8 +293,9 @@ def test_a_resumed_run_keeps_the_precision_its_epochs_trained_with_when_the_tria
     assert new_run.candidate == "fp32 channels_last"
 
 
-def test_the_training_log_says_what_the_trial_measured_and_chose(empty_cache, tmp_path, capsys, monkeypatch):
+def test_the_training_log_says_what_the_trial_measured_and_chose(empty_cache, tmp_path, capsys, monkeypatch, load):
     monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")   # the trial's figures: engine detail, printed on request
+    load(1.0)   # a machine getting quieter would have the first run measure again, and perhaps choose otherwise
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
     config = TrainConfig(**TINY, epochs=1, out=str(tmp_path / "run"))
     train(config, progress=False, images=images)

@@ -63,11 +63,11 @@ def start_cli(*args, log: Path) -> subprocess.Popen:
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def wait_for(condition, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+def wait_for(condition, process: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert process.poll() is None, f"exited early ({process.returncode}):\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]   # a hang guard only
         time.sleep(0.02)
 
 
@@ -365,10 +365,10 @@ def test_our_errors_in_a_notebook_show_one_line_and_stop_the_notebook(tmp_path):
 # ----------------------------------------------------------------------------------------- warnings
 
 def test_a_run_whose_d_has_won_says_so_under_the_epoch_and_at_the_end(tmp_path):
-    # fp32 pinned: the D(x) = 1.00 / D(G(z)) = 0.00 of epochs 2 and 3 holds in fp32, but the bf16 that the CPU trial
-    # picks on an AMX Xeon rounds the game differently (this test failed there with amp="auto")
+    # fp32 channels_last pinned, not the CPU trial's choice: lr 1 amplifies every rounding, and the exact D(x) = 1.00
+    # / D(G(z)) = 0.00 failed in the bf16 the trial picks on an AMX Xeon (the layout it picks varies too)
     done = cli(*cli_args(tmp_path, tmp_path / "run", "--epochs", "3", "--max-images", "256", "--lr-g", "1",
-                         "--lr-d", "1", "--amp", "off"))
+                         "--lr-d", "1", "--amp", "off", "--channels-last", "on"))
 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()

@@ -19,9 +19,10 @@ IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=to
 
 
 def tiny(tmp_path, name="run", **overrides) -> TrainConfig:
-    """128 images of 16x16, batch 32: 4 steps per epoch, losses read every 2 steps."""
+    """128 images of 16x16, batch 32: 4 steps per epoch, losses read every 2 steps; fp32 channels_last, not the CPU
+    trial's choice, which a busy machine can change between two runs compared here (utils/environment.py)."""
     values = dict(image_size=16, latent_dim=16, g_width=8, d_width=8, batch_size=32, epochs=2, device="cpu",
-                  log_every=2, num_samples=16, out=str(tmp_path / name))
+                  amp="off", channels_last="on", log_every=2, num_samples=16, out=str(tmp_path / name))
     return TrainConfig(**values | overrides)
 
 
