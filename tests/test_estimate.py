@@ -54,17 +54,18 @@ def test_the_estimate_uses_the_epochs_measured_here_and_warns_on_a_cpu_with_what
 
 
 def test_with_no_epochs_measured_a_cpu_estimate_is_the_cpu_trials_figure(tmp_path, monkeypatch):
-    """The figure that train() itself reads to choose the precision: one measurement, no second timing."""
+    """The figure that train() itself reads to choose the precision, less the loop's share: one measurement."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
     config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=32, epochs=2)
     _save_trial(trial_cache_file(), _trial_key(config), CPUTrial({"fp32 NCHW": 300.0, "fp32 channels_last": 400.0}))
     assert training_estimate(config, CPU, 12_000) == \
-           "2 epochs x 12,000 images at about 400 images/s (the CPU trial's training steps): about 60 s here"
-    assert training_estimate(dataclasses.replace(config, channels_last="off"), CPU, 12_000).endswith("about 80 s here")
+           "2 epochs x 12,000 images at about 300 images/s (from the CPU trial): about 80 s here"   # 0.75 x 400
+    assert training_estimate(dataclasses.replace(config, channels_last="off"), CPU, 12_000).endswith(
+        "about 2 min here")   # 0.75 x 300
     larger = dataclasses.replace(config, batch_size=64, amp="off", channels_last="off")   # timed at its own batch
-    assert cpu_speed(larger) != 300.0 and cpu_speed(larger) > 0
+    assert cpu_speed(larger) != 0.75 * 300.0 and cpu_speed(larger) > 0
 
 
 def test_a_resumed_run_counts_only_the_epochs_left(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 earlier run's epochs with the same step cost, else the CPU trial (cached), else a few steps timed now on the GPU.
 
     >>> print(training_estimate(config, pick_device("auto"), len(images)))
-    20 epochs x 7,000 images at about 480 images/s (the CPU trial's training steps): about 5 min here
+    20 epochs x 7,000 images at about 480 images/s (from the CPU trial): about 5 min here
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from utils.config import TrainConfig
-from utils.environment import TRIAL_BATCH, amp_setting, cpu_trial, pick_amp, pick_channels_last
+from utils.environment import EPOCH_SHARE, TRIAL_BATCH, amp_setting, cpu_trial, pick_amp, pick_channels_last
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.models import Discriminator, Generator
 from utils.run import CONFIG, GENERATED, HISTORY, read_history_file, run_dir_of
@@ -60,14 +60,14 @@ def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[f
 
 
 def cpu_speed(config: TrainConfig) -> float:
-    """Images/s of a training step of `config` on this CPU as training runs it: the CPU trial's figure, or for a
-    batch larger than the trial's, a few rounds of its timer at `config.batch_size`."""
+    """Images/s of `config`'s epochs on this CPU: the CPU trial's figure for a step (or, for a batch larger than the
+    trial's, a few rounds of its timer at `config.batch_size`), times the share of it whole epochs reach."""
     trial = cpu_trial(config, partial(time_training_steps, config))
     candidate = trial.best(amp_setting(config)[0], config.channels_last)
     if config.batch_size <= TRIAL_BATCH:
-        return trial.images_per_s[candidate]
+        return EPOCH_SHARE * trial.images_per_s[candidate]
     with closing(time_training_steps(config, [candidate], batch=config.batch_size)) as rounds:
-        return max(next(rounds)[candidate] for _ in range(3))
+        return EPOCH_SHARE * max(next(rounds)[candidate] for _ in range(3))
 
 
 def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, max_steps: int = 10) -> float:
@@ -103,7 +103,7 @@ def training_speed(config: TrainConfig, device: torch.device, root: str | Path =
     if measured is not None:
         return measured
     if device.type == "cpu":
-        return cpu_speed(config), "the CPU trial's training steps"
+        return cpu_speed(config), "from the CPU trial"
     return timed_speed(config, device), f"{config.batch_size}-image training steps timed now on {device}"
 
 
