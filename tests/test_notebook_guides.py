@@ -117,8 +117,9 @@ def check_changes(name: str, text: str) -> int:
     for key, value in assignments:
         assert key in known, f"{name}: `{key} = {value}` names no parameter of its parameters cell"
         parsed = ast.literal_eval(value)
-        assert type(parsed) is type(known[key]) or (type(known[key]) is float and type(parsed) is int), \
-            f"{name}: `{key} = {value}` has another type than the parameter's default {known[key]!r}"
+        assert type(parsed) is type(known[key]) or (type(known[key]) is float and type(parsed) is int) \
+            or (known[key] is None and type(parsed) is int), \
+            f"{name}: `{key} = {value}` has another type than the parameter's default {known[key]!r}"   # None: sized
         if key in TrainConfig.__dataclass_fields__:
             TrainConfig(**{key: parsed})   # a valid value for the field it sets (raises a ConfigError otherwise)
     for expression in configs:
