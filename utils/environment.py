@@ -30,7 +30,7 @@ from utils import distributed
 from utils.config import TrainConfig
 from utils.errors import ConfigError
 from utils.files import atomic_path, read_json
-from utils.step import TRIAL_BATCH
+from utils.step import TRIAL_BATCH, time_training_steps
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
 VERBOSE_VARIABLE = "ANIME_GAN_VERBOSE"
@@ -472,7 +472,6 @@ def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
         entry = read_json(trial_cache_file())[key]
         images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
     except (OSError, ValueError, KeyError, TypeError):
-        from utils.step import time_training_steps   # utils.step builds on this module
         trial = cpu_trial(config, partial(time_training_steps, config))
         speed = EPOCH_SHARE * trial.images_per_s[trial.best(amp_setting(config)[0], config.channels_last)]
         budget = CPU_MINUTES * 60 * speed   # images trained in CPU_MINUTES
