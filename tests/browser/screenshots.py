@@ -145,8 +145,9 @@ def main(out: Path) -> None:
                 wait_until_idle(page)
 
                 open_and_run_all(page, url, "03_training")
-                shoot(wait_for_output(page, "hand_history).suptitle", "samples of the hand-trained G"),
-                      out / "03-hand-loop.png")
+                hand = code_cell(page, "hand_history).suptitle")
+                hand.locator(".jp-OutputArea img").nth(1).wait_for(timeout=CELL_TIMEOUT_MS)   # the curves, the samples
+                shoot(hand, out / "03-hand-loop.png")
                 live = code_cell(page, "LivePlot(every_seconds")
                 live.locator(".jp-OutputArea img").first.wait_for(timeout=CELL_TIMEOUT_MS)   # drawn before step 1
                 time.sleep(12)   # a few redraws into epoch 1
