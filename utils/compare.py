@@ -6,7 +6,7 @@
 
 Each run has a number, a colour and a label of what it changed ("lr_g=0.001", "G=LeakyGenerator",
 "recipe=improved") or "common settings". Curves are drawn against epochs, so batch sizes line up; a diverged run is
-left off the scale, saying so; a file that cannot be read is one line naming it.
+left off the scale, saying so; identical curves stay visible; a file that cannot be read is one line naming it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
@@ -232,70 +231,52 @@ def _pair(run: _Run, first: str, second: str) -> str:
     return f"{run.steps[-1][first]:.2f} / {run.steps[-1][second]:.2f}" if run.steps else "-"
 
 
-def _plot(runs: list[_Run], fig: Figure | None = None) -> Figure:
-    labels = [f"{number}: {label}" for number, label in enumerate(_labels(runs), 1)]
+def _plot(runs: list[_Run]) -> Figure:
+    """The last grid of each run under its number and label, in the colour of its curves below: D's and G's loss and
+    D's verdicts against epochs."""
     curves = [{"x": epoch_positions(run.history), **{key: [s[key] for s in run.steps] for key in _STEP_KEYS[2:]}}
               for run in runs]
-    outliers = {key: _outliers([curve[key] for curve in curves]) for key in ("loss_d", "loss_g")}
     twins = [[other for other, curve in enumerate(curves) if curve == curves[number]] for number in range(len(runs))]
-    legend = _legend(labels, outliers, twins)
-    grids = [_last_grid(run) for run in runs]
-
     columns = len(runs) if len(runs) <= 6 else math.ceil(len(runs) / 2)
     rows = math.ceil(len(runs) / columns)
     tile = min(2.2, (FIGURE_WIDTH - 0.3) / columns)  # inches per grid
-    titles = [_wrap(label, max(12, int(tile * 14.5))) for label in labels]  # 8 pt characters that fit a tile
+    grids, titles = [_last_grid(run) for run in runs], []
+    for number, (label, group, (epoch, _)) in enumerate(zip(_labels(runs), twins, grids)):
+        same = ", ".join(str(i + 1) for i in group if i != number)
+        title = f"{number + 1}: {label}" + (f" (same curves as {same})" if same else "")
+        titles.append(textwrap.fill(title, max(12, int(tile * 14.5))) + (f"\nepoch {epoch}" if epoch else ""))  # 8 pt
     aspect = max([pixels.shape[0] / pixels.shape[1] for _, pixels in grids if pixels is not None] or [1.0])
-    grids_height = rows * (tile * aspect + 0.17 * max(title.count("\n") + 2 for title in titles) + 0.1)
-    legend_rows = sum(max(text.count("\n") + 1 for text in legend[start:start + 3]) for start in range(0, len(runs), 3))
-    heights = [grids_height, 2.9, 0.25 + 0.17 * legend_rows]
-    fig = fig or Figure(figsize=(FIGURE_WIDTH, sum(heights)), layout="constrained")
-    if fig.get_layout_engine() is not None:  # room at the edges, so that no title touches them
-        fig.get_layout_engine().set(h_pad=0.1, w_pad=0.08)
-    top, middle, bottom = fig.subfigures(3, 1, height_ratios=heights)
-
+    grids_height = rows * (tile * aspect + 0.17 * max(title.count("\n") + 1 for title in titles) + 0.1)
+    fig = Figure(figsize=(FIGURE_WIDTH, grids_height + 2.9), layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.1, w_pad=0.08)  # room at the edges, so that no title touches them
+    top, bottom = fig.subfigures(2, 1, height_ratios=[grids_height, 2.9])
     axes = top.subplots(rows, columns, squeeze=False).ravel()
-    for number, (ax, run, title, (epoch, pixels)) in enumerate(zip(axes, runs, titles, grids)):
+    for number, (ax, run, title, (_, pixels)) in enumerate(zip(axes, runs, titles, grids)):
         if pixels is not None:
             ax.imshow(pixels)
         else:
             ax.text(0.5, 0.5, "unreadable" if run.problems else "no grid yet", ha="center", va="center", fontsize=8,
                     color="gray", transform=ax.transAxes)
-        ax.set_title(title + (f"\nepoch {epoch}" if epoch else ""), fontsize=8, color=_COLOURS[number])
+        ax.set_title(title, fontsize=8, color=_COLOURS[number])
         ax.set_axis_off()
     for ax in axes[len(runs):]:
         ax.set_visible(False)
-    _draw_curves(middle.subplots(1, 3), curves, outliers, twins)
-    handles = [Line2D([], [], color=_COLOURS[number], linewidth=2, **_twin_markers(number, twins[number]))
-               for number in range(len(runs))]
-    bottom.legend(handles, legend, loc="center", ncols=min(len(runs), 3), fontsize=8, frameon=False)
+    _draw_curves(bottom.subplots(1, 3), curves, twins)
     return fig
 
 
-def _legend(labels: list[str], outliers: dict[str, dict[int, float]], twins: list[list[int]]) -> list[str]:
-    """The labels wrapped to a third of the figure, each saying which of its curves is off the scale and which runs
-    have the same curves."""
-    legend = [_wrap(label, int(FIGURE_WIDTH * 15 / min(len(labels), 3)) - 6) for label in labels]
-    for number, group in enumerate(twins):
-        if len(group) > 1:
-            legend[number] += f"\n(same curves as {', '.join(str(i + 1) for i in group if i != number)})"
-    for key, title in (("loss_d", "D loss"), ("loss_g", "G loss")):
-        for number, peak in outliers[key].items():
-            legend[number] += f"\n({title} up to {peak:,.0f}: off the scale)"
-    return legend
-
-
-def _draw_curves(panels, curves: list[dict], outliers: dict[str, dict[int, float]], twins: list[list[int]]) -> None:
-    """D loss, G loss and D's verdicts against epochs, one colour per run. A run far above the others is left out of
-    that panel's scale, its title saying which. Runs with identical curves each get hollow markers of their own
-    shape and size, on the line's points in turn, so that the one drawn last does not hide the others."""
+def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
+    """One colour per run. Runs with identical curves each get hollow markers of their own shape and size, on the
+    line's points in turn, so that the one drawn last does not hide the others. A run far above the others (a
+    diverged one) is left off a loss panel's scale, its title saying which."""
     for number, curve in enumerate(curves):
         x, group = curve["x"], twins[number]
         style = dict(color=_COLOURS[number], linewidth=1)
         if len(group) > 1:
-            every = max(1, len(x) // (10 * len(group)))  # about ten markers each
-            spread = slice(group.index(number) * every, None, len(group) * every) if len(group) <= len(x) else None
-            style |= _twin_markers(number, group) | dict(markevery=spread)
+            place, every = group.index(number), max(1, len(x) // (10 * len(group)))  # about ten markers each
+            style |= dict(marker=_TWIN_MARKERS[place % len(_TWIN_MARKERS)], markersize=5 + 2 * place,
+                          fillstyle="none", markevery=slice(place * every, None, len(group) * every)
+                          if len(group) <= len(x) else None)
         elif len(x) < 20:  # dots, so that a run of a single point shows
             style |= dict(marker="o", markersize=3)
         panels[0].plot(x, curve["loss_d"], **style)
@@ -303,12 +284,13 @@ def _draw_curves(panels, curves: list[dict], outliers: dict[str, dict[int, float
         panels[2].plot(x, curve["d_real"], **style)
         panels[2].plot(x, curve["d_fake"], **style | dict(linestyle="--", linewidth=0.8))
     for ax, key, title in ((panels[0], "loss_d", "D loss"), (panels[1], "loss_g", "G loss")):
-        if outliers[key]:
-            kept = [value for i, curve in enumerate(curves) if i not in outliers[key] for value in curve[key]]
+        outliers = _outliers([curve[key] for curve in curves])
+        if outliers:
+            kept = [value for i, curve in enumerate(curves) if i not in outliers for value in curve[key]]
             pad = 0.05 * (max(kept) - min(kept) or 1.0)
             ax.set_ylim(min(kept) - pad, max(kept) + pad)
-            numbers = ", ".join(str(i + 1) for i in outliers[key])
-            title += f"\n({'runs' if len(outliers[key]) > 1 else 'run'} {numbers} off the scale)"
+            numbers = ", ".join(str(i + 1) for i in outliers)
+            title += f"\n({'runs' if len(outliers) > 1 else 'run'} {numbers} off the scale)"
         ax.set_title(title, fontsize=9)
     panels[2].set_title("D(x) solid, D(G(z)) dashed", fontsize=9)
     panels[2].set_ylim(0, 1)
@@ -320,27 +302,12 @@ def _draw_curves(panels, curves: list[dict], outliers: dict[str, dict[int, float
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
 
 
-def _twin_markers(number: int, group: list[int]) -> dict:
-    """Hollow markers of a shape and size of its own for a run whose curves have identical twins; none alone."""
-    if len(group) < 2:
-        return {}
-    place = group.index(number)
-    return dict(marker=_TWIN_MARKERS[place % len(_TWIN_MARKERS)], markersize=5 + 2 * place, fillstyle="none")
-
-
-def _outliers(series: list[list[float]]) -> dict[int, float]:
-    """{run: peak} of the runs far above the others (diverged): a 95th percentile over 5 times (plus 1) the lower
-    median of all runs' 95th percentiles. G loss 2,000 beside runs at 1-5 is; a run at 8 beside runs at 2 is not."""
+def _outliers(series: list[list[float]]) -> list[int]:
+    """The runs far above the others: a 95th percentile over 5 times (plus 1) the lower median of all runs' 95th
+    percentiles. G loss 2,000 beside runs at 1-5 is; a run at 8 beside runs at 2 is not."""
     highs = {i: float(np.percentile(values, 95)) for i, values in enumerate(series) if values}
-    if len(highs) < 2:
-        return {}
-    reference = sorted(highs.values())[(len(highs) - 1) // 2]
-    return {i: max(series[i]) for i, high in highs.items() if high > 5 * reference + 1}
-
-
-def _wrap(text: str, width: int) -> str:
-    """Wrapped at ", " and "-" where possible, and inside a long word (a folder name) where not."""
-    return "\n".join(textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=True)) or text
+    reference = sorted(highs.values())[(len(highs) - 1) // 2] if len(highs) > 1 else math.inf
+    return [i for i, high in highs.items() if high > 5 * reference + 1]
 
 
 def epoch_positions(history: dict) -> list[float]:

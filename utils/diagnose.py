@@ -69,28 +69,6 @@ def stride_peak(images: torch.Tensor) -> float:
     return peak / max(neighbours, 1e-12)
 
 
-def signals(samples: torch.Tensor, previous: torch.Tensor | None, real: dict) -> dict:
-    """The epoch's measurements against the real images' (`real_reference`): "variety" and "checker" (1: as the
-    real images), "change" since the previous epoch's samples (in the real images' variety), "finite" when False."""
-    finite = bool(torch.isfinite(samples).all())
-    samples = torch.nan_to_num(samples)
-    out = {"checker": round(stride_peak(samples) / real["checker"], 3)}
-    if len(samples) >= MIN_SAMPLES:
-        out["variety"] = round(variety(samples) / real["variety"], 4)
-    if previous is not None:
-        out["change"] = round((samples - previous).pow(2).mean().sqrt().item() / real["variety"], 4)
-    if not finite:
-        out["finite"] = False
-    return out
-
-
-def real_reference(images: torch.Tensor, count: int = 64) -> dict:
-    """The variety and stride-2 peak of `count` real images (uint8) spread evenly over the data set."""
-    index = torch.linspace(0, len(images) - 1, min(count, len(images))).long()
-    real = images[index].cpu().float().div(127.5).sub(1)
-    return {"variety": max(variety(real), 1e-6), "checker": max(stride_peak(real), 1e-6)}
-
-
 def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
     """{problem: what is seen} in the last of `epochs` (records with "signals"), from its signals, the earlier
     epochs' and `steps`, that epoch's logged steps; only the first to fix where one problem explains others. Empty
@@ -102,8 +80,8 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
                           "so G gets almost no gradient"}
     loss_d, loss_g = _mean(steps, "loss_d"), _mean(steps, "loss_g")
     seen = {}
-    if not now.get("finite", True) or not (math.isfinite(loss_d) and math.isfinite(loss_g)):
-        seen["divergence"] = "the samples or losses are no longer finite numbers"
+    if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
+        seen["divergence"] = "the losses are no longer finite numbers"
     elif earlier and max(abs(loss_d), abs(loss_g)) > max(10.0, DIVERGED * max(
             max(abs(e.get("loss_d", 0)), abs(e.get("loss_g", 0))) for e in earlier)):
         seen["divergence"] = (f"the losses jumped to {loss_d:.3g} (D) and {loss_g:.3g} (G), ten times any earlier "
@@ -128,7 +106,9 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
     if pattern > CHECKER_RATIO and variety_now >= FORMED:
         seen["checkerboard"] = f"the samples carry a 2-pixel pattern {pattern:.0f} times stronger than the real images'"
     previous = earlier[-1] if earlier else {}
-    if now.get("change", 1) < STILL and "loss_d" in previous and _moved(previous, loss_d, loss_g) < FLAT:
+    moved = [abs(mean - previous[key]) / max(abs(previous[key]), 1e-3)  # relative to the losses' size
+             for key, mean in (("loss_d", loss_d), ("loss_g", loss_g)) if key in previous]
+    if now.get("change", 1) < STILL and moved and max(moved) < FLAT:
         seen["no progress"] = (f"the samples changed by {now['change']:.0%} of the real images' variety since the last "
                                "epoch, and the losses stay flat")
     return seen
@@ -140,12 +120,6 @@ def _mean(steps: list[dict], key: str) -> float:
 
 def _share(steps: list[dict], test) -> float:
     return sum(1 for s in steps if test(s)) / len(steps)
-
-
-def _moved(previous: dict, loss_d: float, loss_g: float) -> float:
-    """How much the epoch's mean losses moved since the previous epoch's, relative to their size."""
-    return max(abs(loss_d - previous["loss_d"]) / max(abs(previous["loss_d"]), 1e-3),
-               abs(loss_g - previous["loss_g"]) / max(abs(previous["loss_g"]), 1e-3))
 
 
 def knob(problem: str, config) -> str:
@@ -181,14 +155,16 @@ def since(epochs: list[dict], problem: str) -> int:
 
 
 class Diagnosis:
-    """`diagnosis(history, grid)` after each epoch: measures the epoch's signals, records them and what they show in
-    its record (history["epochs"][-1]), and returns the lines to print, one per problem seen."""
+    """`diagnosis(history, grid)` after each epoch: measures the epoch's signals against 64 real images, records
+    them and what they show in its record (history["epochs"][-1]), and returns the lines to print."""
 
     def __init__(self, config, real_images: torch.Tensor, previous_grid: Path | None = None):
         """`real_images`: the data set (uint8); `previous_grid`: the last epoch's grid PNG when the run resumes,
         so that a resumed run measures exactly what an uninterrupted one did."""
         self.config = config
-        self.real = real_reference(real_images)
+        index = torch.linspace(0, len(real_images) - 1, min(64, len(real_images))).long()  # spread over the set
+        real = real_images[index].cpu().float().div(127.5).sub(1)
+        self.real_variety, self.real_checker = max(variety(real), 1e-6), max(stride_peak(real), 1e-6)
         self.previous = None
         if previous_grid is not None and previous_grid.is_file():
             with Image.open(previous_grid) as grid:
@@ -197,12 +173,22 @@ class Diagnosis:
     def _samples(self, grid: np.ndarray) -> torch.Tensor:
         return untile(grid, self.config.num_samples, self.config.image_size)
 
+    def signals(self, samples: torch.Tensor) -> dict:
+        """"variety" and "checker" (1: as the real images), "change" since the previous epoch's samples (in the real
+        images' variety)."""
+        out = {"checker": round(stride_peak(samples) / self.real_checker, 3)}
+        if len(samples) >= MIN_SAMPLES:
+            out["variety"] = round(variety(samples) / self.real_variety, 4)
+        if self.previous is not None:
+            out["change"] = round((samples - self.previous).pow(2).mean().sqrt().item() / self.real_variety, 4)
+        return out
+
     def __call__(self, history: dict, grid: np.ndarray) -> list[str]:
         record = history["epochs"][-1]
         steps = [s for s in history["steps"] if s["epoch"] == record["epoch"]]
         samples = self._samples(grid)
-        record["signals"] = {**signals(samples, self.previous, self.real),
-                             "loss_d": round(_mean(steps, "loss_d"), 4), "loss_g": round(_mean(steps, "loss_g"), 4)}
+        record["signals"] = self.signals(samples) | {"loss_d": round(_mean(steps, "loss_d"), 4),
+                                                     "loss_g": round(_mean(steps, "loss_g"), 4)}
         self.previous = samples
         lines = {problem: f"{problem} since epoch {since(history['epochs'], problem)}: {evidence}: "
                           f"{knob(problem, self.config)} (see notebook 03's Troubleshooting: "

@@ -111,7 +111,7 @@ def plot_history(history: dict, fig=None):
     losses.legend()
     verdicts.legend()
 
-    pad = 6 + _mark_changes(axes[:2], change_marks(history))
+    pad = 6 + _mark_changes(axes[:2], history)
     _mark_diagnoses(axes[:2], diagnosis_marks(history))
     losses.set_title("Losses", pad=pad)
     verdicts.set_title("Discriminator's verdict", pad=pad)
@@ -123,25 +123,20 @@ def plot_history(history: dict, fig=None):
     return fig
 
 
-def change_marks(history: dict) -> list[tuple[int, str]]:
-    """(step, "lr_g 0.0002 -> 0.001") for every group of changes applied as a run continued, in order."""
-    marks: dict[int, list[str]] = {}
+def _mark_changes(axes, history: dict) -> float:
+    """A dotted line in every panel at each step where settings changed as the run continued, labelled in a band
+    above the first panel (a row per step, so that no label crosses a curve or another); returns its height."""
+    changes: dict[int, list[str]] = {}
     for change in history.get("changes", []):
-        marks.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
-    return [(step, ", ".join(labels)) for step, labels in sorted(marks.items())]
-
-
-def _mark_changes(axes, marks: list[tuple[int, str]]) -> float:
-    """A dotted line at each change in every panel, its label in a band above the first (a row each, so that no
-    label crosses a curve or another); returns the band's height in points."""
-    for row, (at, label) in enumerate(marks):
+        changes.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
+    for row, (at, labels) in enumerate(sorted(changes.items())):
         for ax in axes:
             ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
         right_half = at > sum(axes[0].get_xlim()) / 2
-        axes[0].annotate(label, (at, 1), xycoords=("data", "axes fraction"), xytext=(-2 if right_half else 2,
-                         3 + 12 * row), textcoords="offset points", ha="right" if right_half else "left",
+        axes[0].annotate(", ".join(labels), (at, 1), xycoords=("data", "axes fraction"), textcoords="offset points",
+                         xytext=(-2 if right_half else 2, 3 + 12 * row), ha="right" if right_half else "left",
                          va="bottom", fontsize=9, color="tab:red", annotation_clip=False)
-    return 12 * len(marks) + (4 if marks else 0)
+    return 12 * len(changes) + (4 if changes else 0)
 
 
 def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
@@ -234,17 +229,14 @@ class LivePlot:
     def figure(self, history: dict) -> Figure:
         """The picture as it would be drawn now."""
         width, height = _figsize(history)
-        if self._grid is None:
-            fig = Figure(figsize=(width, height), layout="constrained")
-            plot_history(history, fig)
-            if not history.get("steps"):
-                fig.suptitle("training: the curves start with the first steps", fontsize=10, color="gray")
-            return fig
         fig = Figure(figsize=(width + height + 1, height + 1), layout="constrained")
         curves, samples = fig.subfigures(1, 2, width_ratios=[width, height + 1])
         plot_history(history, curves)
         ax = samples.subplots()
-        ax.imshow(self._grid)
+        if self._grid is None:
+            ax.text(0.5, 0.5, "each epoch's samples\nwill be shown here", ha="center", va="center", color="gray")
+        else:
+            ax.imshow(self._grid)
         ax.set_title(self._title)
         ax.set_axis_off()
         return fig
