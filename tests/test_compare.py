@@ -125,13 +125,8 @@ def test_each_run_is_labelled_by_what_it_changed_in_the_table(runs):
     longer = sibling(made[0], "a5", epochs=5)
     assert labels([made[0], twin, made[1]]) == ["common settings", "common settings", "lr_g=0.001"]
     assert table_rows([made[0], longer])[3][2] == "2 of 5"  # 2 done of the 5 it is set to
-    shutil.rmtree(twin)
-    shutil.rmtree(longer)
-
-
-def draw(fig):
-    FigureCanvasAgg(fig).draw()
-    return fig.canvas.get_renderer()
+    for copy in (twin, longer):
+        shutil.rmtree(copy)
 
 
 def text_boxes(fig, renderer):
@@ -155,7 +150,8 @@ def overlapping(a, b, tolerance=0.5) -> bool:
 @pytest.mark.parametrize("count", [1, 6, 12])
 def test_no_text_overlaps_another_or_an_axes_for_1_to_12_runs_with_long_names(many, count):
     fig = compare_runs(many[-count:])
-    renderer = draw(fig)
+    FigureCanvasAgg(fig).draw()
+    renderer = fig.canvas.get_renderer()
     texts = text_boxes(fig, renderer)
     axes = [(f"axes {i}", ax.get_window_extent(renderer)) for i, ax in enumerate(fig.axes) if ax.get_visible()]
 
@@ -203,7 +199,7 @@ def test_runs_with_identical_curves_all_stay_visible(runs):
     _, made, _ = runs
     twin = sibling(made[0], "a-twin")
     fig = compare_runs([made[0], twin, made[1]])
-    draw(fig)
+    FigureCanvasAgg(fig).draw()
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
     box = fig.axes[3].get_window_extent()  # the D loss panel, after the three grids
     panel = pixels[int(fig.bbox.height - box.y1):int(fig.bbox.height - box.y0), int(box.x0):int(box.x1)]
@@ -222,10 +218,8 @@ def test_folders_that_are_not_runs_are_refused_naming_them(runs):
     misspelt, foreign = made[1].with_name("bb"), root / "generated" / "photos"
     foreign.mkdir(exist_ok=True)
     (foreign / "cat.jpg").write_bytes(b"jpeg")
-
     with pytest.raises(UserError) as refused:
         compare_runs([made[0], misspelt, foreign])
-
     message = str(refused.value)
     assert "\n" not in message and str(made[0]) not in message
     assert f"{misspelt} does not exist (did you mean {made[1]}?)" in message

@@ -274,9 +274,9 @@ def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
         style = dict(color=_COLOURS[number], linewidth=1)
         if len(group) > 1:
             place, every = group.index(number), max(1, len(x) // (10 * len(group)))  # about ten markers each
-            style |= dict(marker=_TWIN_MARKERS[place % len(_TWIN_MARKERS)], markersize=5 + 2 * place,
-                          fillstyle="none", markevery=slice(place * every, None, len(group) * every)
-                          if len(group) <= len(x) else None)
+            style |= dict(marker=_TWIN_MARKERS[place % len(_TWIN_MARKERS)], markersize=5 + 2 * place, fillstyle="none")
+            if len(group) <= len(x):  # the twins' markers in turn along the line
+                style["markevery"] = slice(place * every, None, len(group) * every)
         elif len(x) < 20:  # dots, so that a run of a single point shows
             style |= dict(marker="o", markersize=3)
         panels[0].plot(x, curve["loss_d"], **style)
@@ -312,11 +312,13 @@ def _outliers(series: list[list[float]]) -> list[int]:
 
 def epoch_positions(history: dict) -> list[float]:
     """Each logged step's position in epochs (2.5: half way through epoch 3), whatever the batch size."""
-    ends: dict[int, int] = {}
-    for record in history.get("steps", []):
-        ends[record["epoch"]] = record["step"]
-    return [record["epoch"] - 1 + (record["step"] - ends.get(record["epoch"] - 1, 0))
-            / max(ends[record["epoch"]] - ends.get(record["epoch"] - 1, 0), 1) for record in history.get("steps", [])]
+    steps = history.get("steps", [])
+    ends = {record["epoch"]: record["step"] for record in steps}  # each epoch's last logged step
+    positions = []
+    for record in steps:
+        start = ends.get(record["epoch"] - 1, 0)
+        positions.append(record["epoch"] - 1 + (record["step"] - start) / max(ends[record["epoch"]] - start, 1))
+    return positions
 
 
 def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = None, *, root: str | Path = "generated",
