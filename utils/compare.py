@@ -207,12 +207,12 @@ def comparison_table(run_dirs: list[str | Path], fid: dict | None = None) -> str
 
 
 def _table(runs: list[_Run], fid: dict | None) -> str:
-    given = {str(run_dir): score for run_dir, score in (fid or {}).items()}
+    given = {Path(run_dir): score for run_dir, score in (fid or {}).items()}
     lines = ["| # | FID | epochs | what differs | D / G loss | D(x) / D(G(z)) | seen |", "|---" * 7 + "|"]
     for number, (run, label) in enumerate(zip(runs, _labels(runs)), 1):
         epochs = run.history.get("epochs", [])
         scored = [epoch["fid"] for epoch in epochs if epoch.get("fid") is not None]
-        score = given.get(str(run.dir), scored[-1] if scored else None)
+        score = given.get(run.dir, scored[-1] if scored else None)
         target = run.config.epochs if run.config else len(epochs)
         done = "unreadable" if run.problems and not run.history else \
             str(len(epochs)) + (f" of {target}" if target != len(epochs) else "")
