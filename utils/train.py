@@ -1,12 +1,7 @@
-"""`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field.
+"""`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field (README).
 
-    python -m utils.train --data synthetic --image-size 32 --epochs 5     # -> generated/dcgan-32px
-    python -m utils.train --data synthetic --image-size 32 --epochs 10    # the same run, 5 more epochs
-    python -m utils.train --image-size 32 --lr-g 1e-3                     # a sibling run: generated/dcgan-32px-lr_g=0.001
-    python -m utils.train --out generated/mine --epochs 30 --lr-d 1e-4    # continue it: only these two change
-    torchrun --nproc_per_node 2 -m utils.train --data kaggle              # several GPUs
-
-Continuing a run, the options not given keep the run's own values, not the defaults (utils/run.py).
+Without --out the run folder is named from the settings that differ from the defaults, so a tweak trains a sibling
+run and the same command again continues its run. Continuing, the options not given keep the run's own values.
 """
 
 from __future__ import annotations
