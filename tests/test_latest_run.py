@@ -10,33 +10,8 @@ from utils.choose import choose_run
 from utils.config import TrainConfig
 from utils.run import CHECKPOINT, CONFIG, default_run_dir, trained_runs
 
+SMALL = TrainConfig(image_size=32, g_width=32, d_width=32, epochs=3)
 
-def make_run(root, name, written_at):
-    folder = root / name
-    (folder / "samples").mkdir(parents=True)
-    (folder / CHECKPOINT).write_bytes(b"not read")
-    os.utime(folder / CHECKPOINT, (written_at, written_at))
-    return folder
-
-
-def test_the_run_trained_last_comes_first_and_folders_without_a_checkpoint_are_left_out(tmp_path):
-    old = make_run(tmp_path, "dcgan-64px", 1_000)
-    new = make_run(tmp_path, "dcgan-32px-lr_g=0.001", 3_000)
-    middle = make_run(tmp_path, "improved-32px", 2_000)
-    (tmp_path / "dcgan-16px" / "samples").mkdir(parents=True)   # an epoch never finished: no checkpoint yet
-    (tmp_path / "README.md").write_text("not a run")
-    assert trained_runs(tmp_path) == [new, middle, old]
-
-    os.utime(old / CHECKPOINT, (4_000, 4_000))   # continued later: its checkpoint is rewritten after every epoch
-    assert trained_runs(tmp_path)[0] == old
-
-
-def test_no_runs_yet(tmp_path):
-    assert trained_runs(tmp_path) == []
-    assert trained_runs(tmp_path / "missing") == []
-
-
-# ------------------------------------------------------------------ choose_run: what notebooks 04 to 06 print and use
 
 def trained(root, config: TrainConfig, written_at: float, name: str = "", epochs_done: int = 1) -> Path:
     """A run folder as training leaves it (config.json, grids, a checkpoint), its checkpoint written at `written_at`."""
@@ -50,7 +25,15 @@ def trained(root, config: TrainConfig, written_at: float, name: str = "", epochs
     return folder
 
 
-SMALL = TrainConfig(image_size=32, g_width=32, d_width=32, epochs=3)
+def test_the_run_trained_last_comes_first_and_folders_without_a_checkpoint_are_left_out(tmp_path):
+    assert trained_runs(tmp_path) == [] and trained_runs(tmp_path / "missing") == []
+    old, new, middle = (trained(tmp_path, SMALL, at, name) for name, at in (("a", 1_000), ("b", 3_000), ("c", 2_000)))
+    (tmp_path / "dcgan-16px" / "samples").mkdir(parents=True)   # an epoch never finished: no checkpoint yet
+    (tmp_path / "README.md").write_text("not a run")
+    assert trained_runs(tmp_path) == [new, middle, old]
+
+    os.utime(old / CHECKPOINT, (4_000, 4_000))   # continued later: its checkpoint is rewritten after every epoch
+    assert trained_runs(tmp_path)[0] == old
 
 
 def test_the_main_run_of_the_settings_wins_over_tweaks_and_runs_trained_later(tmp_path):
@@ -88,19 +71,16 @@ def test_notebook_05s_dcgan_baseline_is_never_a_tweak_nor_the_improved_run(tmp_p
     assert lines[0] == f"no run of these settings yet ({tmp_path / default_run_dir(SMALL).name})"
 
 
-def test_your_own_networks_are_offered_but_never_taken_unless_named(tmp_path):
+def test_your_own_networks_are_offered_but_never_taken_unless_named_and_out_is_used_as_given(tmp_path):
     """03 trains your own networks after its main run: 04 and 06 still take the main run."""
+    (tmp_path / "dcgan-16px" / "samples").mkdir(parents=True)   # a first epoch never finished: no run yet
+    lines = []
+    assert choose_run("", SMALL, root=tmp_path, log=lines.append) is None and lines == []
     main = trained(tmp_path, SMALL, 1_000)
     own = trained(tmp_path, SMALL, 2_000, name=default_run_dir(SMALL, "G=LeakyGenerator3f2a1c").name)
-    lines = []
     assert choose_run("", SMALL, root=tmp_path, log=lines.append) == main
     assert lines[1].endswith(": G=LeakyGenerator3f2a1c")
     assert choose_run("G=LeakyGenerator3f2a1c", SMALL, root=tmp_path, log=lines.append) == own
-
-
-def test_choose_run_without_a_trained_run_returns_none_and_an_explicit_out_is_used_as_given(tmp_path):
-    (tmp_path / "dcgan-64px" / "samples").mkdir(parents=True)   # a first epoch never finished
-    assert choose_run("", TrainConfig(), root=tmp_path, log=lambda line: None) is None
-    lines = []
-    assert choose_run("runs/mine", TrainConfig(), root=tmp_path, log=lines.append) == Path("runs/mine")
-    assert lines == ["working on runs/mine: named by out"]
+    lines.clear()
+    assert choose_run("runs/mine", SMALL, root=tmp_path, log=lines.append) == Path("runs/mine")
+    assert lines[0] == "working on runs/mine: named by out"

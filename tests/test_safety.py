@@ -1,70 +1,44 @@
-"""Issue 21, caused for real: no file the package reads can run code, every write is atomic and durable, a run folder
-survives what a careless hand does to it (damaged JSON, an older checkpoint copied in, a rename while training), and
-every bad input is one line. Each test plants the real broken file, runs the real subprocess or makes the real race.
+"""Caused for real: no file the package reads can run code, every write is atomic and durable, a run folder survives
+what a careless hand does to it (damaged JSON or checkpoint, an older checkpoint copied in, a rename while training),
+and every bad input is one line. Each test plants the real broken file, runs the real subprocess or makes the race.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import functools
 import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from utils import files, training
-from utils.compare import comparison_table, list_runs, read_runs
 from utils.config import MAX_SEED, TrainConfig, config_to_argv
 from utils.downloads import DownloadError
 from utils.errors import ConfigError, UserError
-from utils.metrics import FID, load_inception
-from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, list_frames, read_checkpoint,
-                       saved_config)
-from utils.run import load_models
+from utils.metrics import load_inception
+from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, list_frames, load_models, read_checkpoint,
+                       read_run, saved_config)
 from utils.training import epoch_generators, train
 
 from between_saves import frozen_between_saves
+from test_run import IMAGES, REPO, cli, one_line_error, run, start, tiny
 
-REPO = Path(__file__).resolve().parents[1]
-IMAGES = torch.randint(0, 256, (128, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 HUB_NAME = "weights-inception-2015-12-05-6726825d.pth"   # where torch hub keeps the downloaded FID weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def tiny(tmp_path, name="run", **overrides) -> TrainConfig:
-    """128 images of 16x16, batch 32: 4 steps per epoch."""
-    values = dict(data="synthetic", data_dir=str(tmp_path / "data"), max_images=128, image_size=16, latent_dim=16,
-                  g_width=8, d_width=8, batch_size=32, epochs=1, device="cpu", log_every=2, num_samples=16,
-                  amp="off", channels_last="off", out=str(tmp_path / name))
-    return TrainConfig(**values | overrides)
-
-
-def run(config: TrainConfig, **kwargs):
-    return train(config, progress=False, images=IMAGES, **kwargs)
-
-
-def cli(config: TrainConfig, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "utils.train", *config_to_argv(config), *extra], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:
-    """The CLI failed with `code` and said why in one `error:` line, without a traceback; returns that line."""
-    assert result.returncode == code, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, result.stderr[-3000:]
-    return errors[0]
+def cli_of(config: TrainConfig, *extra: str) -> subprocess.CompletedProcess:
+    return cli(*config_to_argv(config), *extra)
 
 
 def no_training(monkeypatch):
@@ -72,11 +46,11 @@ def no_training(monkeypatch):
     monkeypatch.setattr(training, "load_dataset", lambda *a, **k: pytest.fail("training started"))
 
 
+@dataclasses.dataclass
 class Payload:
     """Unpickling this calls open(marker, 'w'): code that runs just by loading the file."""
 
-    def __init__(self, marker: Path):
-        self.marker = marker
+    marker: Path
 
     def __reduce__(self):
         return open, (str(self.marker), "w")
@@ -99,103 +73,54 @@ def test_the_planted_payload_really_runs_code_when_loaded_unsafely(tmp_path, leg
 
 # --------------------------------------------------------------------------- 1. no file this project reads runs code
 
-@pytest.mark.parametrize("legacy", [False, True])  # the official weights use torch's old (non-zip) format
-def test_fid_weights_holding_a_payload_are_refused_before_training_without_running_it(tmp_path, monkeypatch, legacy):
-    weights = plant_payload(tmp_path / "pt_inception-2015-12-05-evil.pth", tmp_path / "pwned", legacy)
-    no_training(monkeypatch)
-
-    with pytest.raises(ConfigError, match=rf"refused to load {re.escape(str(weights))}: it holds Python objects other "
-                                          r"than tensors .*Set config field 'fid_weights'") as error:
-        train(tiny(tmp_path, fid_every=1, fid_weights=str(weights)), progress=False)
-
-    assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists()
-    assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("content", ["text", "empty", "other tensors", "a checkpoint"])
-def test_a_file_that_is_not_the_inception_weights_is_refused_before_training(tmp_path, monkeypatch, content):
-    weights = tmp_path / "weights.pth"
-    if content == "text":
-        weights.write_text("<html>404 Not Found</html>")
-    elif content == "empty":
-        weights.write_bytes(b"")
+@pytest.mark.parametrize("content", ["payload", "legacy payload", "text", "empty", "other tensors", "a checkpoint",
+                                     "missing"])
+def test_fid_weights_that_are_not_the_inception_weights_are_refused_before_training(tmp_path, monkeypatch, content):
+    """A payload (in the zip or the old non-zip format the official weights use) is refused without running it."""
+    weights = tmp_path / "pt_inception-2015-12-05-evil.pth"
+    if content.endswith("payload"):
+        plant_payload(weights, tmp_path / "pwned", legacy=content == "legacy payload")
+    elif content in ("text", "empty"):
+        weights.write_text("<html>404 Not Found</html>" if content == "text" else "")
     elif content == "other tensors":
         torch.save({"fc.weight": torch.zeros(3, 3)}, weights)
-    else:
+    elif content == "a checkpoint":
         run(tiny(tmp_path, "donor"))
         shutil.copy(tmp_path / "donor" / CHECKPOINT, weights)
     no_training(monkeypatch)
 
-    with pytest.raises(ConfigError, match=rf"{re.escape(str(weights))}\W.*Set config field 'fid_weights' to a "
-                                          r"pt_inception-2015-12-05-\*\.pth file") as error:
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(weights))}\W.*a pt_inception-2015-12-05-\*\.pth "
+                                          "file") as error:
         train(tiny(tmp_path, fid_every=1, fid_weights=str(weights)), progress=False)
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists() and not (tmp_path / "run").exists()
+    if content.endswith("payload"):
+        assert f"refused to load {weights}: it holds Python objects other than tensors" in str(error.value)
 
 
-def test_the_cli_refuses_payload_weights_in_one_line(tmp_path):
-    weights = plant_payload(tmp_path / "evil.pth", tmp_path / "pwned")
-
-    line = one_line_error(cli(tiny(tmp_path, fid_every=1, fid_weights=str(weights))))
-
-    assert line.startswith(f"error: refused to load {weights}: it holds Python objects other than tensors")
-    assert not (tmp_path / "pwned").exists() and list_frames(tmp_path / "run") == []
-
-
-def test_downloaded_weights_replaced_by_a_payload_are_refused_without_running_it(tmp_path, monkeypatch):
-    """The download path: torch hub's cached copy is read as data only too."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    cached = plant_payload(tmp_path / "torch" / "hub" / "checkpoints" / HUB_NAME, tmp_path / "pwned", legacy=True)
-
-    with pytest.raises(DownloadError, match=rf"refused to load {re.escape(str(cached))}.*Delete it to download it "
-                                            "again") as error:
-        load_inception("")
-    assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists()
-
-
-class _Serve(http.server.BaseHTTPRequestHandler):
-    body = b""
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_a_download_of_other_bytes_than_the_published_weights_is_refused_and_not_kept(tmp_path, monkeypatch):
+def test_fid_weights_downloaded_or_cached_as_other_bytes_are_refused_without_running_them(tmp_path, monkeypatch):
+    """A download that is not the published file is not kept; torch hub's cached copy is read as data only too."""
     inception = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
-    payload = plant_payload(tmp_path / "evil.pth", tmp_path / "pwned")
-    handler = type("Handler", (_Serve,), {"body": payload.read_bytes()})
+    plant_payload(tmp_path / "site" / HUB_NAME, tmp_path / "pwned")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "site"))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/{HUB_NAME}"
         monkeypatch.setattr(inception, "URL_INCEPTION_V3", url)
-        monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         with pytest.raises(DownloadError, match=rf"could not download the FID Inception weights: {re.escape(url)} did "
                                                 r"not send the expected file \(invalid hash value.*nothing was kept"):
             load_inception("")
     finally:
         server.shutdown()
-    assert not (tmp_path / "pwned").exists()
     assert list((tmp_path / "torch" / "hub" / "checkpoints").iterdir()) == []
 
-
-def test_a_cached_fid_statistics_file_holding_a_payload_is_refused_without_running_it(tmp_path):
-    cache = plant_payload(tmp_path / "fid-ref.pt", tmp_path / "pwned")
-    extractor = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(4))
-
-    with pytest.raises(UserError, match=rf"refused to load {re.escape(str(cache))}.*Delete it: the statistics are "
-                                        "computed again"):
-        FID(IMAGES.clone(), cache, torch.device("cpu"), feature_extractor=extractor, progress=False)
-    torch.save({"mean": torch.zeros(3)}, cache)  # readable, but not statistics
-    with pytest.raises(UserError, match="does not hold FID statistics"):
-        FID(IMAGES.clone(), cache, torch.device("cpu"), feature_extractor=extractor, progress=False)
-    assert not (tmp_path / "pwned").exists()
+    cached = plant_payload(tmp_path / "torch" / "hub" / "checkpoints" / HUB_NAME, tmp_path / "pwned", legacy=True)
+    with pytest.raises(DownloadError, match=rf"refused to load {re.escape(str(cached))}.*Delete it to download it "
+                                            "again") as error:
+        load_inception("")
+    assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists()
 
 
 def test_only_utils_files_calls_torch_load_and_nothing_unpickles_otherwise():
@@ -243,63 +168,35 @@ def test_a_full_disk_while_rewriting_config_json_keeps_the_old_file(tmp_path):
         assert (disk / CONFIG).read_bytes() == before and not list(disk.glob(".config.*"))
 
 
-def trained(tmp_path, epochs=1, **overrides) -> Path:
-    """A run of `epochs` epochs by the CLI; its folder."""
-    result = cli(tiny(tmp_path, epochs=epochs, **overrides))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp_path / "run"
-
-
-def test_the_cli_resumes_a_run_whose_config_json_is_empty_from_its_checkpoint(tmp_path):
-    """What a kill or a full disk during the old in-place rewrite left; the CLI reads config.json first."""
-    run_dir = trained(tmp_path)
-    (run_dir / CONFIG).write_text("")
-
-    result = cli(tiny(tmp_path, epochs=2))
-
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if "rewritten from" in line]
-    assert len(lines) == 1 and f"{run_dir / CONFIG} is not valid JSON" in lines[0]
-    assert "continuing after epoch 1" in lines[0]
-    assert TrainConfig.load(run_dir / CONFIG).epochs == 2 and read_checkpoint(run_dir / CHECKPOINT)["epoch"] == 2
-
-
-@pytest.mark.parametrize("damage", ["truncated", "invalid value", "not settings"])
-def test_a_run_whose_config_json_is_damaged_resumes_from_its_checkpoint_and_says_so(tmp_path, capsys, damage):
+@pytest.mark.parametrize("name,damage", [(CONFIG, "empty"), (CONFIG, "truncated"), (CONFIG, "invalid value"),
+                                         (CONFIG, "not settings"), (HISTORY, "empty"), (HISTORY, "truncated"),
+                                         (HISTORY, "not a history"), (HISTORY, "edited")])
+def test_a_run_whose_config_or_history_json_is_damaged_resumes_from_its_checkpoint_and_says_so(tmp_path, capsys,
+                                                                                                 name, damage):
     run(tiny(tmp_path))
     run_dir = tmp_path / "run"
-    text = (run_dir / CONFIG).read_text()
-    (run_dir / CONFIG).write_text({"truncated": text[:len(text) // 2], "not settings": "[]",
-                                   "invalid value": text.replace('"lr_g": 0.0002', '"lr_g": -1')}[damage])
-    assert saved_config(run_dir).lr_g == 2e-4          # what the CLI continues with: the checkpoint's settings
-    assert list_runs(tmp_path, image_size=16) == [run_dir]
-    assert "unreadable" not in comparison_table([run_dir])  # compare, too, reads the settings from the checkpoint
-    capsys.readouterr()
-
-    result = run(tiny(tmp_path, epochs=2))
-
-    lines = [line for line in capsys.readouterr().out.splitlines() if "rewritten from" in line]
-    assert len(lines) == 1 and str(run_dir / CONFIG) in lines[0] and result.epochs_done == 2
-    assert TrainConfig.load(run_dir / CONFIG).lr_g == 2e-4
-
-
-@pytest.mark.parametrize("damage", ["empty", "truncated", "not a history", "edited"])
-def test_a_run_whose_history_json_is_damaged_resumes_from_its_checkpoint_and_says_so(tmp_path, capsys, damage):
-    run(tiny(tmp_path))
-    path = tmp_path / "run" / HISTORY
-    text = path.read_text()
+    text = (run_dir / name).read_text()
     edited = json.loads(text)
-    edited["epochs"][0]["seconds"] = 0.5
-    path.write_text({"empty": "", "truncated": text[:100], "not a history": "[1, 2]",
-                     "edited": json.dumps(edited)}[damage])
+    if damage == "edited":
+        edited["epochs"][0]["seconds"] = 0.5
+    (run_dir / name).write_text({"empty": "", "truncated": text[:len(text) // 2], "not settings": "[]",
+                                 "not a history": "[1, 2]", "edited": json.dumps(edited),
+                                 "invalid value": text.replace('"lr_g": 0.0002', '"lr_g": -1')}[damage])
+    assert saved_config(run_dir).lr_g == 2e-4          # what the CLI continues with: the checkpoint's settings
     capsys.readouterr()
 
-    result = run(tiny(tmp_path, epochs=2))
+    if (name, damage) == (CONFIG, "empty"):   # through the command line, which reads config.json first
+        result = cli_of(tiny(tmp_path, epochs=2))
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        out = result.stdout
+    else:
+        run(tiny(tmp_path, epochs=2))
+        out = capsys.readouterr().out
 
-    lines = [line for line in capsys.readouterr().out.splitlines() if "rewritten from" in line]
-    assert len(lines) == 1 and str(path) in lines[0]
-    assert result.epochs_done == 2 and json.loads(path.read_text()) == read_checkpoint(tmp_path / "run" / CHECKPOINT)[
-        "history"]
+    lines = [line for line in out.splitlines() if "rewritten from" in line]
+    assert len(lines) == 1 and str(run_dir / name) in lines[0] and "continuing after epoch 1" in lines[0]
+    assert read_checkpoint(run_dir / CHECKPOINT)["epoch"] == 2 and TrainConfig.load(run_dir / CONFIG).lr_g == 2e-4
+    assert json.loads((run_dir / HISTORY).read_text()) == read_checkpoint(run_dir / CHECKPOINT)["history"]
 
 
 def test_a_damaged_config_json_without_a_checkpoint_is_one_line_and_a_new_run_moves_it_aside(tmp_path):
@@ -307,17 +204,16 @@ def test_a_damaged_config_json_without_a_checkpoint_is_one_line_and_a_new_run_mo
     run_dir.mkdir()
     (run_dir / CONFIG).write_text("{")
     (run_dir / HISTORY).write_text("{}")
-    assert list_runs(tmp_path) == [run_dir]
-    [problem] = read_runs([run_dir])[0].problems
-    assert re.match(rf"{re.escape(str(run_dir / CONFIG))} is not valid JSON .*no {CHECKPOINT}", problem)
-    assert "(unreadable: see above)" in comparison_table([run_dir])
+    with pytest.raises(UserError, match=rf"{re.escape(str(run_dir / CONFIG))} is not valid JSON .*no {CHECKPOINT} to "
+                                        "recover it from"):
+        read_run(run_dir)   # what compare says of it
     (run_dir / HISTORY).unlink()
 
-    result = cli(tiny(tmp_path))  # nothing trained to continue: a new run, the damaged file kept aside
+    result = cli_of(tiny(tmp_path))  # nothing trained to continue: a new run, the damaged file kept aside
 
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"{run_dir} held a damaged config.json, but no {CHECKPOINT}: moved them to {run_dir / 'earlier-1'}/" \
-        in result.stdout
+    assert (f"{run_dir}: the folder held files of an earlier run but no {CHECKPOINT}: moved them to "
+            f"{run_dir / 'earlier-1'}/ (nothing deleted); starting a new run here") in result.stdout
     assert (run_dir / "earlier-1" / CONFIG).read_text() == "{" and TrainConfig.load(run_dir / CONFIG).epochs == 1
 
 
@@ -334,7 +230,7 @@ def test_an_older_checkpoint_copied_in_moves_the_later_epochs_aside_and_says_so(
     result = run(tiny(tmp_path, epochs=1))  # opens the run: nothing to train
 
     out = capsys.readouterr().out
-    assert f"moved those to {run_dir / 'earlier-1'}/ (nothing deleted)" in out and "holds epochs 1-1" in out
+    assert f"moved them to {run_dir / 'earlier-1'}/ (nothing deleted)" in out and "holds epochs 1-1" in out
     aside = run_dir / "earlier-1"
     assert {epoch: frame.read_bytes() for epoch, frame in list_frames(aside)} == later
     assert (aside / HISTORY).read_text() == history
@@ -342,53 +238,32 @@ def test_an_older_checkpoint_copied_in_moves_the_later_epochs_aside_and_says_so(
     assert json.loads((run_dir / HISTORY).read_text()) == read_checkpoint(run_dir / CHECKPOINT)["history"]
 
 
-def start_training(config: TrainConfig, log: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with open(log, "ab") as output:
-        return subprocess.Popen([sys.executable, "-m", "utils.train", *config_to_argv(config)], cwd=REPO, env=env,
-                                stdout=output, stderr=subprocess.STDOUT)
-
-
-def after_first_epoch(process: subprocess.Popen, run_dir: Path, log: Path) -> None:
-    deadline = time.monotonic() + 300
-    while not (run_dir / HISTORY).exists():  # written last: epoch 1 is saved
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]   # a hang guard
-        time.sleep(0.02)
-
-
-def test_a_run_folder_renamed_while_training_ends_it_with_one_line_saying_where_its_epochs_are(tmp_path):
+@pytest.mark.parametrize("fate", ["renamed", "deleted"])
+def test_a_run_folder_renamed_or_deleted_while_training_ends_it_with_one_line_saying_where_its_epochs_are(tmp_path,
+                                                                                                         fate):
     config, log = tiny(tmp_path, epochs=1000), tmp_path / "train.log"
     run_dir, moved = tmp_path / "run", tmp_path / "renamed"
-    process = start_training(config, log)
-    # renamed between two saves (renamed after an epoch's grid and before its checkpoint, the grid would be one
-    # ahead, as after a kill there: a resume clears it, test_faults.py)
+    process = start(config_to_argv(config), log)
+    # between two saves: renamed after an epoch's grid and before its checkpoint, the grid would be one ahead, as
+    # after a kill there (a resume clears it, test_faults.py)
     with frozen_between_saves(process, run_dir, log) as saved:
-        run_dir.rename(moved)
+        if fate == "renamed":
+            run_dir.rename(moved)
+        else:
+            shutil.rmtree(run_dir)
 
     assert process.wait(timeout=300) == 1
     text = log.read_text()
-    assert "Traceback" not in text
     line = text.strip().splitlines()[-1]
+    assert "Traceback" not in text and not run_dir.exists()  # never recreated under its old name
+    if fate == "deleted":
+        assert line.startswith(f"error: {run_dir} was deleted (or moved where this process cannot see it) while "
+                               "training")
+        return
     assert read_checkpoint(moved / CHECKPOINT)["epoch"] == saved
     assert line.startswith(f"error: {run_dir} was moved to {moved} while training: training stopped at epoch")
-    assert f"epochs 1-{saved} are in {moved}" in line
-    assert not run_dir.exists()  # never recreated under its old name
+    assert f"({saved} epoch(s) saved in the folder). Move it back" in line
     assert [e for e, _ in list_frames(moved)] == list(range(1, saved + 1))
-
-
-def test_a_run_folder_deleted_while_training_ends_it_with_one_line(tmp_path):
-    config, log = tiny(tmp_path, epochs=1000), tmp_path / "train.log"
-    run_dir = tmp_path / "run"
-    process = start_training(config, log)
-    after_first_epoch(process, run_dir, log)
-
-    while run_dir.exists():
-        shutil.rmtree(run_dir, ignore_errors=True)  # the writer may be adding a file meanwhile
-
-    assert process.wait(timeout=300) == 1
-    line = log.read_text().strip().splitlines()[-1]
-    assert line.startswith(f"error: {run_dir} was deleted (or moved where this process cannot see it) while training")
-    assert "Traceback" not in log.read_text() and not run_dir.exists()
 
 
 # ------------------------------------------------------------------------------------------ 3. one line per bad input
@@ -409,9 +284,8 @@ def test_train_validates_fields_assigned_after_the_config_was_built(tmp_path, mo
 def test_a_huge_seed_is_one_line_and_the_largest_allowed_one_trains(tmp_path):
     with pytest.raises(ConfigError, match=rf"config field 'seed' must be in \[0, {MAX_SEED}\]; got 100000000000000"):
         TrainConfig(seed=10**14)
-    result = cli(tiny(tmp_path), "--seed", str(10**14))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"error: config field 'seed' must be in [0, {MAX_SEED}]" in result.stderr
+    line = one_line_error(cli_of(tiny(tmp_path), "--seed", str(10**14)), code=2)
+    assert f"error: config field 'seed' must be in [0, {MAX_SEED}]" in line
     epoch_generators(MAX_SEED, 10**6, torch.device("cpu"), rank=7)  # the largest seed's generators exist
     assert run(tiny(tmp_path, seed=MAX_SEED)).epochs_done == 1
 
@@ -425,47 +299,46 @@ def test_networks_that_cannot_be_allocated_are_refused_before_any_allocation(tmp
                                               r"them needs at least .* GiB and cpu has .* GiB free") as error:
             train(tiny(tmp_path, **{field: value}), progress=False)
         assert "\n" not in str(error.value)
-
-
-def test_the_cli_refuses_a_width_that_cannot_be_allocated_in_one_line(tmp_path):
-    line = one_line_error(cli(tiny(tmp_path, g_width=10**6)))
+    line = one_line_error(cli_of(tiny(tmp_path, g_width=10**6)))
     assert line.startswith("error: config fields 'latent_dim' (16), 'g_width' (1000000)")
 
 
-def tampered(state: dict, part: str) -> None:
-    """Right keys, wrong tensors: what a hand-made or foreign-but-similar checkpoint holds."""
-    if part == "generator shape":
-        name = next(iter(state["generator"]))
-        state["generator"][name] = torch.zeros(2, 2)
-    elif part == "discriminator dtype":
-        name = next(iter(state["discriminator"]))
-        state["discriminator"][name] = state["discriminator"][name].double()
-    elif part == "discriminator not a tensor":
-        state["discriminator"][next(iter(state["discriminator"]))] = [1.0, 2.0]
-    elif part == "optimiser moment":
-        state["opt_g"]["state"][0]["exp_avg"] = torch.zeros(3)
-    elif part == "fixed noise":
-        state["fixed_noise"] = torch.zeros(4, 16, 1, 1)
-    elif part == "rng":
-        state["rng"]["cpu"] = torch.zeros(3)
-    elif part == "epoch":
-        state["epoch"] = "1"
-    elif part == "precision":
-        state["precision"] = ["bf16", "channels_last"]
+def first(tensors: dict) -> str:
+    return next(iter(tensors))
 
 
-@pytest.mark.parametrize("part", ["generator shape", "discriminator dtype", "discriminator not a tensor",
-                                  "optimiser moment", "fixed noise", "rng", "epoch", "precision"])
-def test_a_checkpoint_with_the_right_keys_and_wrong_tensors_is_one_line(tmp_path, part):
+TAMPERED = {   # right keys, wrong values: what a hand-made or foreign-but-similar checkpoint holds
+    "generator shape": lambda state: state["generator"].update({first(state["generator"]): torch.zeros(2, 2)}),
+    "discriminator dtype": lambda state: state["discriminator"].update(
+        {name: tensor.double() for name, tensor in state["discriminator"].items()}),
+    "discriminator not a tensor": lambda state: state["discriminator"].update({first(state["discriminator"]): [1.0]}),
+    "optimiser moment": lambda state: state["opt_g"]["state"][0].update(exp_avg=torch.zeros(3)),
+    "fixed noise": lambda state: state.update(fixed_noise=torch.zeros(4, 16, 1, 1)),
+    "rng": lambda state: state["rng"].update(cpu=torch.zeros(3)),
+    "epoch": lambda state: state.update(epoch="1"),
+    "precision": lambda state: state.update(precision=["bf16", "channels_last"]),
+}
+
+
+@pytest.mark.parametrize("part", [*TAMPERED, "truncated", "payload"])
+def test_a_damaged_or_malicious_checkpoint_is_refused_in_one_line(tmp_path, part):
     run(tiny(tmp_path))
     path = tmp_path / "run" / CHECKPOINT
-    state = torch.load(path, weights_only=True)
-    tampered(state, part)
-    torch.save(state, path)
+    if part == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif part == "payload":   # refused without running it, by the command line too
+        plant_payload(path, tmp_path / "pwned")
+        assert one_line_error(cli_of(tiny(tmp_path, epochs=2))).startswith(f"error: refused to load {path}: it holds "
+                                                                          "Python objects other than tensors")
+    else:
+        state = torch.load(path, weights_only=True)
+        TAMPERED[part](state)
+        torch.save(state, path)
 
     with pytest.raises(CheckpointError, match=rf"{re.escape(str(path))}.*Move it away to start a new run") as error:
         run(tiny(tmp_path, epochs=2))
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists()
+    assert [e for e, _ in list_frames(tmp_path / "run")] == [1]
     if part == "precision":
         assert "its precision is not what this code writes" in str(error.value)
     if part in ("generator shape", "discriminator dtype"):
@@ -473,20 +346,23 @@ def test_a_checkpoint_with_the_right_keys_and_wrong_tensors_is_one_line(tmp_path
             load_models(tmp_path / "run")
 
 
-@pytest.mark.parametrize("where", ["is", "inside", "holds", "data_dir"])
-def test_out_may_not_be_inside_or_hold_the_data_folder(tmp_path, monkeypatch, where):
-    faces = tmp_path / "faces"
+@pytest.mark.parametrize("where", ["is", "inside", "holds", "data_dir", "under a file"])
+def test_out_may_not_be_the_data_folder_in_it_or_around_it_nor_unwritable(tmp_path, monkeypatch, where):
+    faces, blocker = tmp_path / "faces", tmp_path / "file.txt"
     faces.mkdir()
-    out = {"is": faces, "inside": faces / "run", "holds": tmp_path, "data_dir": tmp_path / "data"}[where]
+    blocker.write_text("a file, not a folder")
+    out = {"is": faces, "inside": faces / "run", "holds": tmp_path, "data_dir": tmp_path / "data",
+           "under a file": blocker / "run"}[where]
     no_training(monkeypatch)
     config = tiny(tmp_path, data=str(faces), out=str(out))
 
-    with pytest.raises(ConfigError, match=r"config field 'out' .*(the data folder|is data_dir)") as error:
+    with pytest.raises(ConfigError, match=r"config field 'out'.*(the data folder|is data_dir|cannot write to .*"
+                                          "choose a writable folder)") as error:
         train(config, progress=False)
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and blocker.read_text() == "a file, not a folder"
     assert not (faces / "samples").exists() and not (faces / "run").exists() and not (tmp_path / "samples").exists()
-    if where == "is":
-        assert one_line_error(cli(config)).startswith(f"error: config field 'out' ({faces}) is the data folder")
+    if where in ("is", "under a file"):
+        assert one_line_error(cli_of(config)).startswith("error: config field 'out'")
 
 
 class StandInInception(torch.nn.Module):
@@ -513,9 +389,13 @@ def test_a_damaged_fid_statistics_cache_fails_before_the_first_epoch_and_a_good_
         def update(self, history, **kwargs):
             steps.append(history["steps"][-1:])
 
-    with pytest.raises(UserError, match=rf"refused to load {re.escape(str(cache))}") as error:
+    with pytest.raises(UserError, match=rf"refused to load {re.escape(str(cache))}.*Delete it: the statistics are "
+                                        "computed again") as error:
         run(config, live_plot=Probe())
     assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists()
+    torch.save({"mean": torch.zeros(3)}, cache)  # readable, but not statistics
+    with pytest.raises(UserError, match="does not hold FID statistics"):
+        run(config, live_plot=Probe())
     assert steps == [] and not (tmp_path / "run" / CHECKPOINT).exists()  # refused before the first step
 
     cache.unlink()

@@ -1,9 +1,6 @@
-"""Which run notebooks 04 to 06 work on: the main run of their settings, unless the learner names another.
-
-    >>> run_dir = choose_run(out, config)      # prints which run and why, and the word that picks each other run
-
-The main run is the one notebook 03 trains with the same settings, never a tweak of it nor whichever trained last.
-`out` names another: a folder, or the word the list of the others prints (`lr_g=0.001`).
+"""Which run notebooks 04 to 06 work on: `choose_run(out, config)` prints which and why, and the word (`out`) that
+picks each other run. By default the main run of their settings, the one notebook 03 trains: never a tweak of it
+nor whichever trained last.
 """
 
 from __future__ import annotations
@@ -29,53 +26,40 @@ def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
     return all(description.startswith(("Generator (", "Discriminator (")) for description in networks.values())
 
 
-def pick_word(run_dir: Path, main: Path) -> str:
-    """What to set `out` to for `run_dir`: its name less the main run's ("lr_g=0.001"), else its name."""
-    return run_dir.name.removeprefix(f"{main.name}-") if run_dir.name.startswith(f"{main.name}-") else run_dir.name
-
-
-def named_run(out: str, main: Path, root: Path) -> Path:
-    """The folder `out` names: a run folder, a folder name under `root`, or a `pick_word` of the main run's."""
-    for folder in (Path(out), root / out, root / f"{main.name}-{out}"):
-        if (folder / CHECKPOINT).is_file():
-            return folder
-    return Path(out)
-
-
 def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: str | Path = GENERATED,
                log: Callable[[str], None] = print) -> Path | None:
-    """The run folder to work on, saying in one line which and why, or None. Without the main run, the newest
-    untweaked run of `config`'s recipe stands in. The other runs (of `recipe` when given) are listed by their word."""
+    """The run folder to work on, saying in one line which and why, or None. `out` names a run folder, a folder
+    name under `root` or the word printed for it (the name less the main run's: "lr_g=0.001"). Without the main
+    run, the newest untweaked run of `config`'s recipe stands in. The other runs (of `recipe` when given) are listed."""
     root = Path(root)
     main = root / default_run_dir(config).name
     runs = [(run_dir, saved) for run_dir in trained_runs(root) for saved in [saved_config(run_dir)]
             if saved is not None and list_frames(run_dir) and (recipe is None or saved.recipe == recipe)]
     untweaked = [run_dir for run_dir, saved in runs if builtin_networks(run_dir, saved) and saved.recipe ==
                  config.recipe and not differences(saved, config, TWEAK_FIELDS)]
+    chosen = None
     if out:
-        chosen, why = named_run(out, main, root), "named by out"
+        named = (folder for folder in (Path(out), root / out, root / f"{main.name}-{out}")
+                 if (folder / CHECKPOINT).is_file())
+        chosen, why = next(named, Path(out)), "named by out"
     elif main in untweaked:
         chosen, why = main, "the main run of these settings (notebook 03's, not a tweak)"
     elif untweaked:
         chosen, why = untweaked[0], f"no run of these settings yet ({main.name}); the newest untweaked run"
-    else:
-        chosen = None
-        if runs:   # else the notebook's own line says there is no run at all
-            log(f"no run of these settings yet ({main})")
-    if chosen is not None:
-        saved = saved_config(chosen) if (chosen / CHECKPOINT).is_file() else None
+    elif runs:   # else the notebook's own line says there is no run at all
+        log(f"no run of these settings yet ({main})")
+    saved = saved_config(chosen) if chosen is not None and (chosen / CHECKPOINT).is_file() else None
+    if saved is not None:
         done = len(list_frames(chosen))
-        if saved is not None:
-            epochs = f"{done} of {saved.epochs} epochs" if done < saved.epochs else f"{done} epoch{'s' * (done != 1)}"
-            differ = [name for name, _, _ in differences(saved, config, NAMED_FIELDS)]
-            why += f"; it differs from these settings in {', '.join(differ)}" if differ else ""
-            log(f"working on {chosen} ({epochs}): {why}")
-        else:
-            log(f"working on {chosen}: {why}")
-    chosen_at = chosen.resolve() if chosen is not None else None
-    others = [run_dir for run_dir, _ in runs if run_dir.resolve() != chosen_at]
+        epochs = f"{done} of {saved.epochs} epochs" if done < saved.epochs else f"{done} epoch{'s' * (done != 1)}"
+        differ = [name for name, _, _ in differences(saved, config, NAMED_FIELDS)]
+        why += f"; it differs from these settings in {', '.join(differ)}" if differ else ""
+        log(f"working on {chosen} ({epochs}): {why}")
+    elif chosen is not None:
+        log(f"working on {chosen}: {why}")
+    others = [run_dir for run_dir, _ in runs if chosen is None or run_dir.resolve() != chosen.resolve()]
     if others:
-        words = ", ".join(pick_word(run_dir, main) for run_dir in others[:SHOWN_OTHERS])
+        words = ", ".join(run_dir.name.removeprefix(f"{main.name}-") for run_dir in others[:SHOWN_OTHERS])
         more = f" and {len(others) - SHOWN_OTHERS} more" if len(others) > SHOWN_OTHERS else ""
         log(f"other runs, newest first (set out to one in the parameters cell to use it): {words}{more}")
     return chosen

@@ -1,18 +1,14 @@
 """A run folder: one training run's files, who may write them, and what may change when it continues.
 
-    generated/dcgan-64px/     named from the settings that differ from the defaults (or `out`)
-        config.json           the settings; checkpoint.pt: everything needed to continue exactly
-        history.json          losses and scores; samples/epoch_001.png, ...: the fixed noise's grid per epoch
-        .lock                 held (filelock) while a process trains here; it names no process or command line
-
-A continued run refuses other values of the `fixed` fields and applies the `tunable` ones, saying so. The checkpoint
-is the truth: a damaged config.json or history.json is rewritten from it, and nothing a run made is deleted (earlier
-files are moved aside into earlier-N/). Epochs are saved in the background, atomically, into the folder as opened.
+generated/dcgan-64px/ (named from the settings that differ from the defaults, or `out`) holds config.json,
+checkpoint.pt (everything needed to continue exactly), history.json, samples/epoch_NNN.png and .lock (held while a
+process trains; it names no process). The checkpoint is the truth: a damaged config.json or history.json is rewritten
+from it, and nothing a run made is deleted (earlier files are moved aside into earlier-N/).
 """
 
 from __future__ import annotations
 
-import copy
+import io
 import json
 import math
 import os
@@ -40,6 +36,10 @@ from utils.step import EMA
 from utils.urls import is_url, redact_url
 
 GENERATED = Path("generated")
+_MOVE_AWAY = "Move it away to start a new run in its folder"
+# What `read_checkpoint` requires: all that `checkpoint_state` writes but "networks", "ema" and "precision".
+_CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
+                    "scaler", "rng")
 
 
 class RunInUse(UserError):
@@ -47,15 +47,14 @@ class RunInUse(UserError):
 
 
 class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be used: unreadable, incomplete, holding more than plain data, or tensors that do
-    not fit the networks."""
+    """A checkpoint that cannot be used: unreadable, incomplete, or tensors that do not fit the networks."""
 
 
 class RunMoved(UserError):
     """The run folder was renamed or deleted while a process trained in it."""
 
 
-# ------------------------------------------------------------------------------------------- names and files
+# ------------------------------------------------------------------------------------- names and settings
 
 def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
     """generated/<recipe>-<size>px[-field=value...] from the NAMED_FIELDS that differ from the recipe's defaults:
@@ -66,9 +65,7 @@ def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
         value = getattr(config, name)
         if name != "image_size" and not _same_value(name, value, getattr(defaults, name)):
             parts.append(f"{name}={_short(name, value)}")
-    if networks:
-        parts.append(networks)
-    return GENERATED / "-".join(parts)
+    return GENERATED / "-".join(parts + ([networks] if networks else []))
 
 
 def run_dir_of(config: TrainConfig, networks: str = "") -> Path:
@@ -85,15 +82,49 @@ def _short(name: str, value: Any) -> str:
     return re.sub(r"[^\w.+=-]", "+", str(value))[:40]
 
 
-_MOVE_AWAY = "Move it away to start a new run in its folder"
+def _same_value(name: str, a: Any, b: Any) -> bool:
+    """Equal as settings: floats within rounding, data however spelled (see `_data_identity`)."""
+    if name == "data" and isinstance(a, str) and isinstance(b, str):
+        return _data_identity(a) == _data_identity(b)
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def _data_identity(data: str) -> str:
+    """A folder resolved (faces, ./faces/, /abs/faces are one), a URL without its credentials (as a run stores it)."""
+    if is_url(data):
+        return redact_url(data)
+    return data if data in ("synthetic", "kaggle") else str(Path(data).expanduser().resolve())
+
+
+def differences(saved: TrainConfig, requested: TrainConfig, names: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, requested value) for each of `names` whose value differs."""
+    return [(name, getattr(saved, name), getattr(requested, name)) for name in names
+            if not _same_value(name, getattr(saved, name), getattr(requested, name))]
+
+
+def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConfig, epochs_done: int) -> None:
+    """Raise ConfigError listing every fixed field whose value differs from the trained run's, with what to do."""
+    fixed = differences(saved, requested, FIXED_FIELDS)
+    if not fixed:
+        return
+    lines = []
+    for name, old, new in fixed:
+        shown = [redact_url(value) if name == "data" else value for value in (old, new)]
+        by_recipe = name in IMPROVED_RECIPE and saved.recipe != requested.recipe
+        note = f" (set by recipe: {saved.recipe!r} -> {requested.recipe!r})" if by_recipe else ""
+        lines.append(f"  {name}: {shown[0]!r} -> {shown[1]!r}{note}")
+    keep = (f"recipe={saved.recipe!r}" if saved.recipe != requested.recipe else
+            ", ".join(f"{name}={old!r}" for name, old, _ in fixed))
+    raise ConfigError(
+        f"{run_dir} holds a run trained for {epochs_done} epoch(s) with other values of fields that fix the networks, "
+        f"the data or the game (saved -> requested):\n" + "\n".join(lines) + "\n"
+        f"To continue that run, set {keep} (all its settings are in {run_dir / CONFIG}). To start a new run with "
+        f"your values, leave out='' (the new run gets a folder named from its settings) or choose another out.")
 
 
 # ------------------------------------------------------------------------------------------- the checkpoint
-
-# What `read_checkpoint` requires: all that `checkpoint_state` writes but "networks", "ema" and "precision".
-_CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
-                    "scaler", "rng")
-
 
 @dataclass
 class TrainingState:
@@ -124,11 +155,18 @@ def checkpoint_state(config: TrainConfig, epoch: int, state: TrainingState) -> d
 def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_options: dict) -> int:
     """Load `saved` (from `read_checkpoint(path)`) into `state`, every tensor checked first; return its epochs.
     The optimisers take this device's `adam_options` (fused, foreach, capturable), not the saved ones."""
-    _check_resumable(path, saved, state)
+    for role in ("generator", "discriminator", "ema"):
+        if getattr(state, role) is not None:
+            check_weights(path, role, saved.get(role), getattr(state, role).state_dict())
+    check_optimizer_state(path, "opt_g", saved["opt_g"], state.opt_g)
+    check_optimizer_state(path, "opt_d", saved["opt_d"], state.opt_d)
+    check_weights(path, "", {"fixed_noise": saved["fixed_noise"]}, {"fixed_noise": state.fixed_noise})
+    check_weights(path, "rng", saved["rng"], {"cpu": torch.get_rng_state()})
     state.generator.load_state_dict(saved["generator"])
     state.discriminator.load_state_dict(saved["discriminator"])
-    _load_optimizer(state.opt_g, saved["opt_g"], adam_options)
-    _load_optimizer(state.opt_d, saved["opt_d"], adam_options)
+    flags = {"fused": None, "foreach": None, "capturable": False, **adam_options}
+    for optimizer, moments in ((state.opt_g, saved["opt_g"]), (state.opt_d, saved["opt_d"])):
+        optimizer.load_state_dict({**moments, "param_groups": [group | flags for group in moments["param_groups"]]})
     if state.scaler.is_enabled() and saved["scaler"]:
         state.scaler.load_state_dict(saved["scaler"])
     if state.ema is not None:
@@ -136,24 +174,6 @@ def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_optio
     state.fixed_noise, state.history = saved["fixed_noise"], saved["history"]
     torch.set_rng_state(saved["rng"]["cpu"])
     return saved["epoch"]
-
-
-def _check_resumable(path: Path, saved: dict, state: TrainingState) -> None:
-    """Raise CheckpointError, naming the first tensor, unless every tensor fits what it is loaded into."""
-    check_weights(path, "generator", saved["generator"], state.generator.state_dict())
-    check_weights(path, "discriminator", saved["discriminator"], state.discriminator.state_dict())
-    if state.ema is not None:
-        check_weights(path, "ema", saved.get("ema"), state.ema.state_dict())
-    check_optimizer_state(path, "opt_g", saved["opt_g"], state.opt_g)
-    check_optimizer_state(path, "opt_d", saved["opt_d"], state.opt_d)
-    check_weights(path, "", {"fixed_noise": saved["fixed_noise"]}, {"fixed_noise": state.fixed_noise})
-    check_weights(path, "rng", saved["rng"], {"cpu": torch.get_rng_state()})
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, saved: dict, adam_options: dict) -> None:
-    """Load the moments with this device's flags (a run moved between a GPU and a CPU), not the saved ones."""
-    flags = {"fused": None, "foreach": None, "capturable": False, **adam_options}
-    optimizer.load_state_dict({**saved, "param_groups": [{**group, **flags} for group in saved["param_groups"]]})
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -164,7 +184,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)}. "
                               + _MOVE_AWAY)
-    plain = {"epoch": isinstance(state["epoch"], int) and not isinstance(state["epoch"], bool) and state["epoch"] >= 0,
+    epoch = state["epoch"]
+    plain = {"epoch": isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0,
              "config": isinstance(state["config"], dict), "history": _is_history(state["history"]),
              "fixed_noise": isinstance(state["fixed_noise"], torch.Tensor),
              "rng": isinstance(state["rng"], dict) and isinstance(state["rng"].get("cpu"), torch.Tensor),
@@ -184,32 +205,32 @@ def read_checkpoint(path: str | Path) -> dict:
 def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.Tensor]) -> None:
     """Raise CheckpointError unless `saved` has exactly the names, shapes and dtypes of `expected` (load_state_dict
     would fail with a page of text, or convert a dtype silently)."""
+    what = role or "state"
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: its {role or 'state'} is not a dict of tensors. {_MOVE_AWAY}")
+        raise CheckpointError(f"{path}: its {what} is not a dict of tensors. {_MOVE_AWAY}")
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
     if missing or unexpected:
         names = ", ".join([f"no {name}" for name in missing[:3]] + [f"an unknown {name}" for name in unexpected[:3]])
-        raise CheckpointError(f"{path}: its {role or 'state'} does not fit the run's settings ({names}). {_MOVE_AWAY}")
+        raise CheckpointError(f"{path}: its {what} does not fit the run's settings ({names}). {_MOVE_AWAY}")
     for name, tensor in expected.items():
         value = saved[name]
         if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
-            where = f"{role}.{name}" if role else name
-            raise CheckpointError(f"{path}: {where} is {_found(value)}; the run's settings "
-                                  f"need {tensor.dtype} {tuple(tensor.shape)}. {_MOVE_AWAY}")
+            raise CheckpointError(f"{path}: {f'{role}.{name}' if role else name} is {_found(value)}; the run's "
+                                  f"settings need {tensor.dtype} {tuple(tensor.shape)}. {_MOVE_AWAY}")
 
 
 def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.optim.Optimizer) -> None:
     """Raise CheckpointError unless `saved` has `optimizer`'s parameter groups and moments of each parameter's shape."""
-    groups = saved.get("param_groups")
+    groups, moments = saved.get("param_groups"), saved.get("state")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(group["params"]) for group in optimizer.param_groups]
-    if (not isinstance(groups, list) or not isinstance(saved.get("state"), dict)
+    if (not isinstance(groups, list) or not isinstance(moments, dict)
             or [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != sizes):
         raise CheckpointError(f"{path}: its {role} does not fit the optimiser of its networks. {_MOVE_AWAY}")
-    for index, moments in saved["state"].items():
-        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(moments, dict):
+    for index, values in moments.items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(values, dict):
             raise CheckpointError(f"{path}: its {role} holds moments of no parameter ({index!r}). {_MOVE_AWAY}")
-        for name, value in moments.items():
+        for name, value in values.items():
             shape = () if name == "step" else params[index].shape
             if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point():
                 raise CheckpointError(f"{path}: {role} {name} of parameter {index} is {_found(value)}, not float "
@@ -218,6 +239,11 @@ def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.o
 
 def _found(value: Any) -> str:
     return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _is_history(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("steps"), list) and isinstance(value.get("epochs"), list)
+            and all(isinstance(record, dict) for record in value["steps"] + value["epochs"]))
 
 
 def network_descriptions(generator: nn.Module, discriminator: nn.Module) -> dict[str, str]:
@@ -236,6 +262,14 @@ def network_tag(config: TrainConfig, generator: nn.Module | None, discriminator:
     return "-".join(parts)
 
 
+def _refuse_other_networks(run_dir: str | Path, state: dict, networks: dict[str, str], how: str) -> None:
+    for role, description in networks.items():
+        trained = state.get("networks", {}).get(role, description)
+        if trained != description:
+            raise ConfigError(f"{run_dir} was trained with another {role}: {trained}, not {description}. Pass that "
+                              f"{role} {how}")
+
+
 def load_models(run_dir: str | Path, generator: nn.Module | None = None,
                 discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
     """A run's generator (its EMA weights if kept), discriminator and history, on the CPU. A run trained with your
@@ -251,27 +285,18 @@ def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Modul
         generator = Generator(config.image_size, config.latent_dim, config.g_width)
     if discriminator is None:
         discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
-    for role, model in (("generator", generator), ("discriminator", discriminator)):
-        trained = state.get("networks", {}).get(role, describe_network(model))
-        if trained != describe_network(model):
-            raise ConfigError(f"{run_dir} was trained with the {role} {trained}, not {describe_network(model)}: "
-                              f"pass that {role} to load_models")
+    _refuse_other_networks(run_dir, state, network_descriptions(generator, discriminator), "to load_models")
     path = Path(run_dir) / CHECKPOINT
-    if state.get("ema") is not None:
+    if state.get("ema") is not None:  # sample from the averaged weights, as training showed them
         check_weights(path, "ema", state["ema"], EMA(generator, config.ema_decay).state_dict())
-        ema = state["ema"]
-        generator.load_state_dict({k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")})
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     else:
         check_weights(path, "generator", state["generator"], generator.state_dict())
-        generator.load_state_dict(state["generator"])
+        weights = state["generator"]
+    generator.load_state_dict(weights)
     check_weights(path, "discriminator", state["discriminator"], discriminator.state_dict())
     discriminator.load_state_dict(state["discriminator"])
     return generator, discriminator, state["history"]
-
-
-def _is_history(value: Any) -> bool:
-    return (isinstance(value, dict) and isinstance(value.get("steps"), list) and isinstance(value.get("epochs"), list)
-            and all(isinstance(record, dict) for record in value["steps"] + value["epochs"]))
 
 
 def _read_config_file(run_dir: Path) -> tuple[TrainConfig | None, str]:
@@ -324,27 +349,110 @@ def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
     return config, history if history is not None else {}
 
 
+def trained_runs(root: str | Path = GENERATED) -> list[Path]:
+    """The run folders under `root` that hold a checkpoint, the one trained last first."""
+    checkpoints = [path for path in Path(root).glob(f"*/{CHECKPOINT}") if path.is_file()]
+    return [path.parent for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime_ns, reverse=True)]
+
+
+# ------------------------------------------------------------------------------------ opening a run folder
+
+def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
+    """Raise ConfigError if the folder is part of another run, is, lies in or holds the data folder (it would train
+    on its own grids), is data_dir (whose temporary files other processes clean up), or cannot be written (a probe
+    file: root ignores permission bits)."""
+    if run_part(run_dir):
+        raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
+    run, data = run_dir.expanduser().resolve(), Path(config.data).expanduser().resolve()
+    if config.data not in ("synthetic", "kaggle") and not is_url(config.data) and data.is_dir() and (
+            run == data or data in run.parents or run in data.parents):
+        raise ConfigError(f"config field 'out' ({run_dir}) is, lies in or holds the data folder {config.data} (config "
+                          "field 'data'): the run's grids would mix with the images it trains on. Choose another out, "
+                          "or leave out='' (a folder under generated/)")
+    if run == Path(config.data_dir).expanduser().resolve():
+        raise ConfigError(f"config field 'out' ({run_dir}) is data_dir (downloads and caches): choose another out, "
+                          "or leave out='' (a folder under generated/)")
+    try:
+        (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
+        probe = run_dir / SAMPLES / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable "
+                          "folder (on Kaggle, under /kaggle/working)") from None
+
+
+def _checkpoint_to_continue(run_dir: Path, config: TrainConfig, networks: dict[str, str],
+                            log: Callable[[str], None]) -> dict | None:
+    """The checkpoint `config` continues (None for a new run), the folder made to match it; ConfigError if it
+    cannot continue it."""
+    # temporary files of writes that a kill interrupted (see atomic_path): never complete, never needed
+    for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
+        stale.unlink()
+    state = None
+    if (run_dir / CHECKPOINT).exists():
+        if not config.resume:
+            raise ConfigError(f"config field 'resume' is False but {run_dir} already holds a run: pass resume=True "
+                              "(--resume) to continue it, or choose another 'out' folder")
+        state = read_checkpoint(run_dir / CHECKPOINT)
+        refuse_fixed_changes(run_dir, TrainConfig.from_dict(state["config"]), config, state["epoch"])
+        _refuse_other_networks(run_dir, state, networks, "to continue it, or leave out='' (or set another out) to "
+                                                         "train yours in a folder of its own")
+    _match_checkpoint(run_dir, config, state, log)
+    return state
+
+
+def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, log: Callable[[str], None]) -> None:
+    """Make the folder hold what the checkpoint holds (`state`; None: no run yet), deleting nothing a run made: the
+    grid of an epoch a kill cut short is deleted (it trains again); grids or history the checkpoint does not hold
+    (an earlier run, an older checkpoint copied in) are moved aside, and a damaged or edited config.json or
+    history.json is rewritten from the checkpoint, each said in one line."""
+    epoch = state["epoch"] if state else 0
+    later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
+    history, history_problem = read_history_file(run_dir)
+    saved, config_problem = _read_config_file(run_dir)
+    if state is None:  # cut short before its first checkpoint: this run's settings, no history yet
+        cut_short = saved is not None and not differences(saved, config, FIXED_FIELDS) and not _history_files(run_dir)
+    else:
+        cut_short = history is None or len(history["epochs"]) <= len(state["history"]["epochs"])
+    if cut_short and [e for e, _ in later] in ([], [epoch + 1]):
+        for _, frame in later:
+            frame.unlink()
+    elif later or _history_files(run_dir) or config_problem:
+        own = [run_dir / CONFIG] if state is None and (run_dir / CONFIG).exists() else []
+        aside = _move_aside(run_dir, [frame for _, frame in later] + _history_files(run_dir) + own)
+        held = (f"{CHECKPOINT} holds epochs 1-{epoch}, but the folder had grids or history of later epochs (an older "
+                f"checkpoint copied in?)" if state else f"the folder held files of an earlier run but no {CHECKPOINT}")
+        then = f"continuing after epoch {epoch}" if state else "starting a new run here"
+        log(f"{run_dir}: {held}: moved them to {aside}/ (nothing deleted); {then}")
+        history = None
+    if state is None:
+        return
+    repaired = [config_problem] if config_problem else []
+    if saved is None:
+        TrainConfig.from_dict(state["config"]).save(run_dir / CONFIG)
+    if history != state["history"]:
+        behind = history is not None and all(history[key] == state["history"][key][:len(history[key])]
+                                             for key in ("steps", "epochs"))
+        if history is not None and not behind:
+            history_problem = f"{run_dir / HISTORY} does not match {CHECKPOINT} (edited by hand?)"
+        _write_json(run_dir / HISTORY, state["history"])
+        repaired += [history_problem] if history_problem else []
+    if repaired:
+        log(f"{'; '.join(repaired)}: rewritten from {run_dir / CHECKPOINT}, which holds the run's settings and "
+            f"history; continuing after epoch {epoch}")
+
+
 def _history_files(run_dir: Path) -> list[Path]:
     """history.json and the pictures remade from it (REMADE), where they exist."""
     return [run_dir / name for name in (HISTORY, *REMADE) if (run_dir / name).exists()]
 
 
-def _write_json(path: Path, value: dict, make_folder: bool = True) -> None:
-    with atomic_path(path, make_folder=make_folder) as tmp:
-        tmp.write_text(json.dumps(value, indent=1) + "\n")
-
-
 def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
-    """Move `paths` into a newly created run_dir/earlier-N/ (N past the highest taken), keeping relative paths."""
+    """Move `paths` into a new run_dir/earlier-N/ (N past the highest there), keeping their relative paths."""
     taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdigit()]
-    number = max(taken, default=0) + 1
-    while True:
-        aside = run_dir / f"earlier-{number}"
-        try:
-            aside.mkdir()
-            break
-        except FileExistsError:
-            number += 1
+    aside = run_dir / f"earlier-{max(taken, default=0) + 1}"
+    aside.mkdir()   # never into a folder already there: the lock keeps others out meanwhile
     for path in paths:
         target = aside / path.relative_to(run_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -352,118 +460,9 @@ def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
     return aside
 
 
-def _identity(folder: Path) -> tuple[int, int] | None:
-    """(device, inode) of a folder: changes when it is renamed away or deleted, even if another takes its name."""
-    try:
-        stat = os.stat(folder)
-    except OSError:
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def _refuse_data_folders(run_dir: Path, config: TrainConfig) -> None:
-    """Raise ConfigError if the run folder is, lies in or holds the data folder (it would train on its own grids),
-    or is data_dir (whose temporary files other processes clean up)."""
-    run = run_dir.expanduser().resolve()
-    data = Path(config.data).expanduser()
-    if config.data not in ("synthetic", "kaggle") and not config.data.startswith(("http://", "https://")) \
-            and data.is_dir():
-        data = data.resolve()
-        relation = ("is" if run == data else "lies inside" if data in run.parents else
-                    "holds" if run in data.parents else "")
-        if relation:
-            raise ConfigError(f"config field 'out' ({run_dir}) {relation} the data folder {config.data} (config field "
-                              "'data'): the run's grids would mix with the images it trains on. Choose another out, "
-                              "or leave out='' (a folder under generated/)")
-    data_dir = Path(config.data_dir).expanduser().resolve()
-    if run == data_dir:
-        raise ConfigError(f"config field 'out' ({run_dir}) is data_dir (downloads and caches): choose another out, "
-                          "or leave out='' (a folder under generated/)")
-
-
-# -------------------------------------------------------------------------------------------- what may change
-
-def _same_value(name: str, a: Any, b: Any) -> bool:
-    """Equal as settings: floats within rounding, data folders however spelled (faces, ./faces/, /abs/faces)."""
-    if name == "data" and isinstance(a, str) and isinstance(b, str):
-        return _data_identity(a) == _data_identity(b)
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
-    return a == b
-
-
-def _shown(name: str, value: Any) -> Any:
-    return redact_url(value) if name == "data" and isinstance(value, str) else value
-
-
-def _data_identity(data: str) -> str:
-    if data in ("synthetic", "kaggle"):
-        return data
-    if is_url(data):  # the run stored it without its credentials: the same URL is the same data
-        return redact_url(data)
-    return str(Path(data).expanduser().resolve())
-
-
-def differences(saved: TrainConfig, requested: TrainConfig, names: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
-    """(field, saved value, requested value) for each of `names` whose value differs."""
-    return [(name, getattr(saved, name), getattr(requested, name)) for name in names
-            if not _same_value(name, getattr(saved, name), getattr(requested, name))]
-
-
-def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConfig, epochs_done: int) -> None:
-    """Raise ConfigError listing every fixed field whose value differs from the trained run's, with what to do."""
-    fixed = differences(saved, requested, FIXED_FIELDS)
-    if not fixed:
-        return
-    lines = [f"  {name}: {_shown(name, old)!r} -> {_shown(name, new)!r}{_recipe_note(name, saved, requested)}"
-             for name, old, new in fixed]
-    keep = (f"recipe={saved.recipe!r}" if saved.recipe != requested.recipe else
-            ", ".join(f"{name}={old!r}" for name, old, _ in fixed))
-    raise ConfigError(
-        f"{run_dir} holds a run trained for {epochs_done} epoch(s) with other values of fields that fix the networks, "
-        f"the data or the game (saved -> requested):\n" + "\n".join(lines) + "\n"
-        f"To continue that run, set {keep} (all its settings are in {run_dir / CONFIG}). To start a new run with "
-        f"your values, leave out='' (the new run gets a folder named from its settings) or choose another out.")
-
-
-def _recipe_note(name: str, saved: TrainConfig, requested: TrainConfig) -> str:
-    if name in IMPROVED_RECIPE and saved.recipe != requested.recipe:
-        return f" (set by recipe: {saved.recipe!r} -> {requested.recipe!r})"
-    return ""
-
-
-# ------------------------------------------------------------------------------------------------------ lock
-
-class _Lock:
-    """RUN_DIR/.lock (an empty file) locked by this process until `release` or its death (filelock: flock on Unix)."""
-
-    def __init__(self, run_dir: Path):
-        self._file = FileLock(run_dir / LOCK, thread_local=False)
-        try:
-            self._file.acquire(blocking=False)
-        except Timeout:
-            raise RunInUse(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
-                           "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
-        try:  # the folder as opened, to tell where it is if it is renamed while training (`folder_now`)
-            self._folder = os.open(run_dir, os.O_RDONLY)
-        except OSError:  # Windows cannot open a folder
-            self._folder = None
-
-    def release(self) -> None:
-        """Unlock; the file stays, so every process locks the same one."""
-        if self._folder is not None:
-            os.close(self._folder)
-            self._folder = None
-        self._file.release()
-
-    def folder_now(self) -> Path | None:
-        """Where the locked folder is now, renamed or not (Linux tells by the open folder); None if it was deleted or
-        this system cannot tell."""
-        try:
-            target = os.readlink(f"/proc/self/fd/{self._folder}")
-        except (OSError, TypeError):
-            return None
-        return None if target.endswith(" (deleted)") else Path(target)
+def _write_json(path: Path, value: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=1) + "\n")
 
 
 # -------------------------------------------------------------------------------------------------- the run
@@ -471,21 +470,21 @@ class _Lock:
 class Run:
     """The run folder of one `train()` call: open it, read what it holds, save each epoch, close it.
 
-        run = Run.open(config, networks)        # folder, lock, checks: before any data is decoded
-        run.state                               # the checkpoint to continue from, or None for a new run
-        run.record_settings(config, history)    # record and print the changes; write config.json
-        run.save_epoch(epoch, grid, history, state)   # in the background
-        run.close()                             # everything written, lock released
+        with Run.open(config, networks) as run:     # folder, lock, checks: before any data is decoded
+            run.state                                # the checkpoint to continue from, or None for a new run
+            run.record_settings(config, history, epoch, step)   # print and record the changes; write config.json
+            run.save_epoch(epoch, grid, history, state)         # in the background
     """
 
-    def __init__(self, run_dir: Path, state: dict | None, saved: TrainConfig | None, lock: _Lock | None,
-                 log: Callable[[str], None]):
-        self.dir, self.state, self.saved, self.log = run_dir, state, saved, log
-        self._lock = lock
+    def __init__(self, run_dir: Path, state: dict | None, log: Callable[[str], None], lock: FileLock | None = None):
+        self.dir, self.state, self.log, self._lock = run_dir, state, log, lock
+        self.saved = TrainConfig.from_dict(state["config"]) if state else None
+        self._saved_epoch = state["epoch"] if state else 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-writer") if lock else None
         self._pending: Future | None = None
-        self._identity = _identity(run_dir) if lock else None  # the folder as opened: a rename or a new one differs
-        self._saved_epoch = state["epoch"] if state else 0
+        # the folder as opened: a rename or a new folder of the same name differs, and the open one tells where it went
+        self._opened = os.stat(run_dir) if lock else None
+        self._folder = os.open(run_dir, os.O_RDONLY) if lock and os.name != "nt" else None  # Windows cannot
 
     @classmethod
     def open(cls, config: TrainConfig, networks: dict[str, str], tag: str = "", main: bool = True,
@@ -493,157 +492,73 @@ class Run:
         """Create or open `config`'s run folder, lock it (main process only) and check that it can continue: a
         ConfigError before anything is written if it is not writable or holds a run `config` cannot continue."""
         run_dir = run_dir_of(config, tag)
-        if run_part(run_dir):
-            raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
-        _refuse_data_folders(run_dir, config)
-        if not main:  # other processes of a distributed run only read; process 0 owns the folder
+        if not main:  # other processes of a distributed run only read; process 0 owns and checks the folder
             path = run_dir / CHECKPOINT
-            state = read_checkpoint(path) if config.resume and path.exists() else None
-            return cls(run_dir, state, TrainConfig.from_dict(state["config"]) if state else None, None, log)
-        try:  # prove the folder is writable before any work: a probe file, as root ignores permission bits
-            (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
-            probe = run_dir / SAMPLES / f".write-test-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as error:
-            raise ConfigError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable "
-                              "folder (on Kaggle, under /kaggle/working)") from None
-        lock = _Lock(run_dir)
+            return cls(run_dir, read_checkpoint(path) if config.resume and path.exists() else None, log)
+        _refuse_unusable_folder(run_dir, config)
+        lock = FileLock(run_dir / LOCK, thread_local=False)   # flock on Unix: released when this process dies
         try:
-            run = cls._check(run_dir, config, networks, lock, log)
+            lock.acquire(blocking=False)
+        except Timeout:
+            raise RunInUse(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
+                           "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
+        try:
+            return cls(run_dir, _checkpoint_to_continue(run_dir, config, networks, log), log, lock)
         except BaseException:
             lock.release()
             raise
-        return run
-
-    @classmethod
-    def _check(cls, run_dir: Path, config: TrainConfig, networks: dict[str, str], lock: _Lock,
-               log: Callable[[str], None]) -> "Run":
-        # temporary files of writes that a kill interrupted (see atomic_path): never complete, never needed
-        for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
-            stale.unlink()
-        path = run_dir / CHECKPOINT
-        if not path.exists():
-            cls._set_aside_earlier_run(run_dir, config, log)
-            return cls(run_dir, None, None, lock, log)
-        if not config.resume:
-            raise ConfigError(f"config field 'resume' is False but {run_dir} already holds a run: pass resume=True "
-                              "(--resume) to continue it, or choose another 'out' folder")
-        state = read_checkpoint(path)
-        saved = TrainConfig.from_dict(state["config"])
-        refuse_fixed_changes(run_dir, saved, config, state["epoch"])
-        trained_with = state.get("networks", {})
-        for role, description in networks.items():
-            if trained_with.get(role, description) != description:
-                raise ConfigError(f"{run_dir} was trained with another {role}: {trained_with[role]}, "
-                                  f"not {description}. "
-                                  f"Pass the same {role} to continue it, or leave out='' (or set another out) to "
-                                  "train yours in a folder of its own")
-        cls._match_checkpoint(run_dir, state, log)
-        return cls(run_dir, state, saved, lock, log)
-
-    @staticmethod
-    def _match_checkpoint(run_dir: Path, state: dict, log: Callable[[str], None]) -> None:
-        """Make the folder hold what the checkpoint holds, losing nothing. Silently: the grid of an epoch a kill cut
-        short is deleted, a history.json one epoch behind rewritten. Saying so: later epochs (an older checkpoint
-        copied in) are moved aside, a damaged or edited config.json or history.json is rewritten."""
-        epoch = state["epoch"]
-        later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
-        history, history_problem = read_history_file(run_dir)
-        history_ahead = history is not None and len(history["epochs"]) > len(state["history"]["epochs"])
-        if history_ahead or [e for e, _ in later] not in ([], [epoch + 1]):
-            aside = _move_aside(run_dir, [frame for _, frame in later] + _history_files(run_dir))
-            log(f"{run_dir}: {CHECKPOINT} holds epochs 1-{epoch}, but the folder had grids or history of later epochs "
-                f"(an older checkpoint copied in?): moved those to {aside}/ (nothing deleted); continuing after epoch "
-                f"{epoch}")
-            history = None
-        else:
-            for _, frame in later:  # the grid of the epoch a kill cut short: that epoch is trained again
-                frame.unlink()
-        repaired = []
-        config, config_problem = _read_config_file(run_dir)
-        if config is None:
-            TrainConfig.from_dict(state["config"]).save(run_dir / CONFIG)
-            repaired += [config_problem] if config_problem else []
-        if history != state["history"]:
-            behind = history is not None and all(history[key] == state["history"][key][:len(history[key])]
-                                                 for key in ("steps", "epochs"))
-            if history is not None and not behind:
-                history_problem = f"{run_dir / HISTORY} does not match {CHECKPOINT} (edited by hand?)"
-            _write_json(run_dir / HISTORY, state["history"])
-            repaired += [history_problem] if history_problem else []
-        if repaired:
-            log(f"{'; '.join(repaired)}: rewritten from {run_dir / CHECKPOINT}, which holds the run's settings and "
-                f"history; continuing after epoch {epoch}")
-
-    @staticmethod
-    def _set_aside_earlier_run(run_dir: Path, config: TrainConfig, log: Callable[[str], None]) -> None:
-        """A folder with grids or history but no checkpoint: a first epoch cut short, or someone else's run."""
-        frames = list_frames(run_dir)
-        saved, damaged = _read_config_file(run_dir)
-        own_first_epoch = (saved is not None and not differences(saved, config, FIXED_FIELDS)
-                           and not (run_dir / HISTORY).exists() and [e for e, _ in frames] in ([], [1]))
-        if own_first_epoch:  # this run, killed before its first checkpoint: its grid is obsolete
-            for _, frame in frames:
-                frame.unlink()
-            return
-        leftovers = [path for _, path in frames] + _history_files(run_dir)
-        if not leftovers and not damaged:
-            return
-        aside = _move_aside(run_dir, leftovers + ([run_dir / CONFIG] if (run_dir / CONFIG).exists() else []))
-        held = (f"{len(frames)} sample grid(s) and the history of an earlier run" if leftovers
-                else "a damaged config.json")
-        log(f"{run_dir} held {held}, but no {CHECKPOINT}: moved them to {aside}/ (nothing deleted); starting a new run "
-            "here")
-
-    # --------------------------------------------------------------------------------------------- training
 
     def record_settings(self, config: TrainConfig, history: dict, epoch: int, step: int) -> None:
         """Before the first epoch that trains: record and print what changed since the checkpoint; write config.json."""
-        if self.saved is not None:
-            for name, old, new in differences(self.saved, config, TUNABLE_FIELDS):
-                self.log(f"{name}: {old!r} -> {new!r} from epoch {epoch}")
-                history.setdefault("changes", []).append({"epoch": epoch, "step": step, "field": name,
-                                                          "from": old, "to": new})
-        if self.saved is None or differences(self.saved, config, TUNABLE_FIELDS):
+        changes = differences(self.saved, config, TUNABLE_FIELDS) if self.saved is not None else []
+        for name, old, new in changes:
+            self.log(f"{name}: {old!r} -> {new!r} from epoch {epoch}")
+            history.setdefault("changes", []).append({"epoch": epoch, "step": step, "field": name, "from": old,
+                                                      "to": new})
+        if self.saved is None or changes:
             config.save(self.dir / CONFIG)
 
     def save_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
         """Write the epoch's grid, checkpoint and history.json in the background, in that order, each atomically.
         At most one epoch is pending (a slow disk slows training); a failed write raises here or in `close`."""
         self._wait()
-        state, history = _to_cpu(state), copy.deepcopy(history)
-        self._pending = self._writer.submit(self._write_epoch, epoch, grid, history, state)
+        checkpoint = io.BytesIO()
+        torch.save(state, checkpoint)   # now: the tensors keep training
+        self._pending = self._writer.submit(self._write_epoch, epoch, grid, json.dumps(history, indent=1),
+                                            checkpoint.getbuffer())
 
-    def _write_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
+    def _write_epoch(self, epoch: int, grid: np.ndarray, history: str, checkpoint: memoryview) -> None:
         """Into the folder as opened only: one renamed or deleted meanwhile gets nothing, and RunMoved says where."""
         self._check_in_place(epoch)
         try:
             with atomic_path(frame_path(self.dir, epoch), make_folder=False) as tmp:
                 Image.fromarray(grid).save(tmp, format="PNG")
-            needs = sum(t.numel() * t.element_size() for t in _tensors(state))
-            with atomic_path(self.dir / CHECKPOINT, needs_bytes=needs, make_folder=False) as tmp:
-                torch.save(state, tmp)
+            with atomic_path(self.dir / CHECKPOINT, needs_bytes=len(checkpoint), make_folder=False) as tmp:
+                tmp.write_bytes(checkpoint)
             self._saved_epoch = epoch
-            _write_json(self.dir / HISTORY, history, make_folder=False)
+            with atomic_path(self.dir / HISTORY, make_folder=False) as tmp:
+                tmp.write_text(history + "\n")
         except OSError:
             self._check_in_place(epoch)
             raise
 
     def _check_in_place(self, epoch: int) -> None:
         """Raise RunMoved if the folder is no longer where it was opened (renamed, deleted, or replaced by another)."""
-        if self._identity is None or _identity(self.dir) == self._identity:
-            return
-        stopped = f"training stopped at epoch {epoch}" + (", before saving it" if epoch > self._saved_epoch else "")
-        saved = f"epochs 1-{self._saved_epoch}" if self._saved_epoch else "no epoch had been saved"
-        now = self._lock.folder_now() if self._lock is not None else None
-        if now is None:
+        try:
+            if self._opened is None or os.path.samestat(os.stat(self.dir), self._opened):
+                return
+        except OSError:
+            pass
+        try:  # Linux tells where the open folder is now
+            now = os.readlink(f"/proc/self/fd/{self._folder}")
+        except (OSError, TypeError):
+            now = " (deleted)"
+        stopped = f"training stopped at epoch {epoch} ({self._saved_epoch} epoch(s) saved in the folder)"
+        if now.endswith(" (deleted)"):
             raise RunMoved(f"{self.dir} was deleted (or moved where this process cannot see it) while training: "
-                           f"{stopped}; {saved + ' went with it' if self._saved_epoch else saved}. Run the same again "
-                           "to start a new run there")
-        where = f"{saved} are in {now}" if self._saved_epoch else saved
-        raise RunMoved(f"{self.dir} was moved to {now} while training: {stopped}; {where}. Move it back and run the "
-                       f"same again to continue, or continue it where it is with out={str(now)!r}")
+                           f"{stopped}. Run the same again to start a new run there")
+        raise RunMoved(f"{self.dir} was moved to {now} while training: {stopped}. Move it back and run the same again "
+                       f"to continue, or continue it where it is with out={now!r}")
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -657,42 +572,20 @@ class Run:
         finally:
             if self._writer is not None:
                 self._writer.shutdown()
+            if self._folder is not None:
+                os.close(self._folder)
+                self._folder = None
             if self._lock is not None:
-                self._lock.release()
+                self._lock.release()   # the file stays, so every process locks the same one
 
     def __enter__(self) -> "Run":
         return self
 
     def __exit__(self, error_type, *_) -> None:
         """Close; after a run that ended well, check that its folder is still where the caller will look for it."""
-        self.close()
-        if error_type is None:
-            self._check_in_place(self._saved_epoch)
-
-
-def _tensors(value: Any):
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from _tensors(item)
-
-
-def _to_cpu(value: Any) -> Any:
-    """A copy of `value` with every tensor copied to the CPU (the originals keep training)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: _to_cpu(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(item) for item in value)
-    return copy.deepcopy(value)
-
-
-def trained_runs(root: str | Path = GENERATED) -> list[Path]:
-    """The run folders under `root` that hold a checkpoint, the one trained last first."""
-    checkpoints = [path for path in Path(root).glob(f"*/{CHECKPOINT}") if path.is_file()]
-    return [path.parent for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime_ns, reverse=True)]
+        try:
+            if error_type is None:
+                self._wait()
+                self._check_in_place(self._saved_epoch)
+        finally:
+            self.close()
