@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES, BATCH = 256, 16
 TINY = dict(data="synthetic", max_images=IMAGES, image_size=16, g_width=8, d_width=8, batch_size=BATCH, epochs=2,
             device="cpu", amp="off", num_samples=16, log_every=4)
+WORKER_IMAGES = torch.randint(0, 256, (IMAGES, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
@@ -38,19 +39,14 @@ def read_history(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "history.json").read_text())
 
 
-# ----------------------------------------------------------------------------------- whole runs
-
 def test_two_processes_train_one_run_with_identical_weights_that_resumes_in_one_process(tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-               str(tmp_path)]   # `_worker` below, in each process
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+                           str(tmp_path)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=300)   # `_worker` below, in each process
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-
-    assert output.count("effective batch 32;") == 1   # printed by process 0 only, with the learning rates
-    assert output.count("learning rates G 2.00e-04, D 2.00e-04") == 1
-    assert output.count("epoch 1/2: loss_d") == 1 and output.count("epoch 2/2: loss_d") == 1
+    for line in ("effective batch 32;", "learning rates G 2.00e-04, D 2.00e-04", "epoch 1/2: loss_d", "epoch 2/2: loss_d"):
+        assert output.count(line) == 1, output   # printed by process 0 only
     run_dir = tmp_path / "run"
     assert frame_epochs(run_dir) == [1, 2]          # one frame per epoch, not one per process
     # each process trains on its half of the epoch: 256 / (2 x 16) = 8 steps per epoch, not 16
@@ -64,11 +60,10 @@ def test_two_processes_train_one_run_with_identical_weights_that_resumes_in_one_
     assert all(torch.equal(a, b) for a, b in zip(rank0["parameters"], rank1["parameters"]))
     # ... although each trained on its own batches: D's BatchNorm running statistics (each process keeps its own) differ
     assert any(not torch.equal(a, b) for a, b in zip(rank0["d_batchnorm_stats"], rank1["d_batchnorm_stats"]))
-    assert rank0["average_of_ranks"] == rank1["average_of_ranks"] == 0.5
-    assert rank0["agree_rank1_only"] is rank1["agree_rank1_only"] is True
-    assert rank0["agree_nobody"] is rank1["agree_nobody"] is False
+    collectives = [(rank["average_of_ranks"], rank["agree_rank1_only"], rank["agree_nobody"]) for rank in (rank0, rank1)]
+    assert collectives == [(0.5, True, False)] * 2
 
-    result = train(TrainConfig(**{**TINY, "out": str(run_dir), "epochs": 3}), progress=False, images=worker_images())
+    result = train(TrainConfig(**{**TINY, "out": str(run_dir), "epochs": 3}), progress=False, images=WORKER_IMAGES)
 
     assert result.epochs_done == 3 and frame_epochs(run_dir) == [1, 2, 3]   # one process takes over
     history = read_history(run_dir)
@@ -76,7 +71,12 @@ def test_two_processes_train_one_run_with_identical_weights_that_resumes_in_one_
     assert history["steps"][-1]["step"] == 16 + IMAGES // BATCH  # alone, a process sees the whole epoch
 
 
-def test_launch_resumes_a_one_process_run_on_two_processes(tmp_path, capsys):
+def test_launch_refuses_what_cannot_start_resumes_a_one_process_run_and_says_when_training_failed(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="config field 'sync_batchnorm' needs CUDA GPUs"):
+        launch(tiny_config(tmp_path, sync_batchnorm=True), nprocs=2)
+    with pytest.raises(ConfigError, match="pass nprocs=N"):
+        launch(tiny_config(tmp_path))
+    assert not (tmp_path / "run").exists()   # refused before any process started
     train(tiny_config(tmp_path, epochs=1), progress=False)
     capsys.readouterr()
 
@@ -89,36 +89,9 @@ def test_launch_resumes_a_one_process_run_on_two_processes(tmp_path, capsys):
     history = read_history(tmp_path / "run")
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert history["steps"][-1]["step"] == IMAGES // BATCH + IMAGES // (2 * BATCH)
-
-
-def test_launch_refuses_what_cannot_start_and_says_when_training_failed(tmp_path, capsys):
-    with pytest.raises(ConfigError, match="config field 'sync_batchnorm' needs CUDA GPUs"):
-        launch(tiny_config(tmp_path, sync_batchnorm=True), nprocs=2)
-    with pytest.raises(ConfigError, match="pass nprocs=N"):
-        launch(tiny_config(tmp_path))
-    assert not (tmp_path / "run").exists()   # refused before any process started
-
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / CHECKPOINT).write_bytes(b"an earlier run")
     with pytest.raises(UserError, match="torchrun exited with code 1; the first error is in the output above"):
         launch(tiny_config(tmp_path, resume=False), nprocs=2)
     assert "already holds a run" in capsys.readouterr().out  # the cause, from process 0, is shown
-
-
-# ----------------------------------------------------------------------------------- sharding and randomness
-
-def served(images: torch.Tensor, rank: int, world: int, order: torch.Tensor, flips: torch.Tensor,
-           monkeypatch) -> list[tuple[int, bool]]:
-    """(image index, flipped) of every image process `rank` of `world` trains on in the epoch (order, flips)."""
-    monkeypatch.setattr(distributed, "rank", lambda: rank)
-    monkeypatch.setattr(distributed, "world_size", lambda: world)
-    data = DeviceData(images, torch.device("cpu"), TrainConfig(batch_size=8, image_size=16), channels_last=False,
-                      log=lambda *_: None)
-    seen = []
-    for batch in data.epoch(order, flips):
-        pixels = ((batch + 1) * 127.5).round().long()
-        seen += zip(pixels[:, 0, 0, 0].tolist(), (pixels[:, 1, 0, 0] == 255).tolist())
-    return seen
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -131,8 +104,14 @@ def test_processes_get_distinct_shards_that_cover_the_epoch(world, monkeypatch):
     order = torch.randperm(count, generator=torch.Generator().manual_seed(1))
     flips = torch.rand(count, generator=torch.Generator().manual_seed(2)) < 0.5
     position = {int(index): p for p, index in enumerate(order)}
-
-    shards = [served(images, rank, world, order, flips, monkeypatch) for rank in range(world)]
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    shards = []   # (image index, flipped) of every image each process trains on
+    for rank in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        data = DeviceData(images, torch.device("cpu"), TrainConfig(batch_size=batch, image_size=16),
+                          channels_last=False, log=lambda *_: None)
+        pixels = torch.cat([((served + 1) * 127.5).round().long() for served in data.epoch(order, flips)])
+        shards.append(list(zip(pixels[:, 0, 0, 0].tolist(), (pixels[:, 1, 0, 0] == 255).tolist())))
 
     assert len({len(shard) for shard in shards}) == 1             # same number of steps everywhere
     everything = [index for shard in shards for index, _ in shard]
@@ -145,25 +124,17 @@ def test_processes_get_distinct_shards_that_cover_the_epoch(world, monkeypatch):
 
 
 def test_each_process_draws_its_own_noise_from_the_same_permutation():
-    cpu0, dev0 = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=0)
-    cpu1, dev1 = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=1)
+    (cpu0, dev0), (cpu1, dev1) = (epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=r) for r in (0, 1))
     _, dev_alone = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"))
-
     assert torch.equal(torch.randperm(100, generator=cpu0), torch.randperm(100, generator=cpu1))
     noise0, noise1 = torch.randn(8, generator=dev0), torch.randn(8, generator=dev1)
     assert not torch.allclose(noise0, noise1)
     assert torch.equal(noise0, torch.randn(8, generator=dev_alone))  # process 0 draws what a single process does
 
 
-# ----------------------------------------------------------------------------------- worker
-
-def worker_images() -> torch.Tensor:
-    return torch.randint(0, 256, (IMAGES, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-
-
 def _worker(out: Path) -> None:
     """One process of the two-process test: train, then save what the test compares."""
-    result = train(TrainConfig(**{**TINY, "out": str(out / "run")}), progress=False, images=worker_images())
+    result = train(TrainConfig(**{**TINY, "out": str(out / "run")}), progress=False, images=WORKER_IMAGES)
     rank = distributed.rank()
     torch.save({
         "parameters": [p.detach() for p in chain(result.generator.parameters(), result.discriminator.parameters())],

@@ -78,7 +78,7 @@ def test_with_no_epochs_measured_the_speed_is_timed_by_the_cpu_trial_or_on_the_d
     assert torch.equal(torch.get_rng_state(), before)   # the run learns the same
 
 
-def test_fid_estimate_says_what_fewer_samples_cost_and_warns_on_a_cpu_past_half_an_hour():
+def test_fid_estimate_counts_the_real_images_until_cached_says_what_fewer_samples_cost_and_warns_on_a_cpu(tmp_path):
     assert fid_estimate(1_000, 10.0, CPU, "fid_samples") == \
            "FID: 1,000 images through Inception at about 10.0 images/s (timed now on cpu): about 2 min here"
     assert fid_estimate(3_000, 10.0, CPU, "fid_samples", samples=1_000).splitlines()[1] == \
@@ -86,9 +86,6 @@ def test_fid_estimate_says_what_fewer_samples_cost_and_warns_on_a_cpu_past_half_
             "compare only scores of equal settings")
     assert fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real").endswith(
         "warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
-
-
-def test_fid_counts_the_real_images_only_until_their_statistics_are_cached(tmp_path):
     images = torch.zeros(300, 3, 16, 16, dtype=torch.uint8)
     config = TrainConfig(data_dir=str(tmp_path), fid_samples=1000, fid_real=200)
     assert fid_images_to_score(config, images, generators=2) == 200 + 2 * 1000
