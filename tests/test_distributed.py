@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES, BATCH = 256, 16
 TINY = dict(data="synthetic", max_images=IMAGES, image_size=16, g_width=8, d_width=8, batch_size=BATCH, epochs=2,
             device="cpu", amp="off", num_samples=16, log_every=4)
-WORKER_IMAGES = torch.randint(0, 256, (IMAGES, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+WORKER_IMAGES = torch.randint(0, 256, (IMAGES, 3, 16, 16), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
@@ -40,13 +41,13 @@ def read_history(run_dir: str | Path) -> dict:
 
 
 def test_two_processes_train_one_run_with_identical_weights_that_resumes_in_one_process(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
-                           str(tmp_path)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=300)   # `_worker` below, in each process
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
+    done = subprocess.run([*command, str(tmp_path)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)   # `_worker` below, in each process
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    for line in ("effective batch 32;", "learning rates G 2.00e-04, D 2.00e-04", "epoch 1/2: loss_d", "epoch 2/2: loss_d"):
-        assert output.count(line) == 1, output   # printed by process 0 only
+    printed_once = ["effective batch 32;", "learning rates G 2.00e-04, D 2.00e-04", "epoch 1/2: loss_d", "epoch 2/2:"]
+    assert all(output.count(line) == 1 for line in printed_once), output   # by process 0 only
     run_dir = tmp_path / "run"
     assert frame_epochs(run_dir) == [1, 2]          # one frame per epoch, not one per process
     # each process trains on its half of the epoch: 256 / (2 x 16) = 8 steps per epoch, not 16
@@ -60,7 +61,7 @@ def test_two_processes_train_one_run_with_identical_weights_that_resumes_in_one_
     assert all(torch.equal(a, b) for a, b in zip(rank0["parameters"], rank1["parameters"]))
     # ... although each trained on its own batches: D's BatchNorm running statistics (each process keeps its own) differ
     assert any(not torch.equal(a, b) for a, b in zip(rank0["d_batchnorm_stats"], rank1["d_batchnorm_stats"]))
-    collectives = [(rank["average_of_ranks"], rank["agree_rank1_only"], rank["agree_nobody"]) for rank in (rank0, rank1)]
+    collectives = [(r["average_of_ranks"], r["agree_rank1_only"], r["agree_nobody"]) for r in (rank0, rank1)]
     assert collectives == [(0.5, True, False)] * 2
 
     result = train(TrainConfig(**{**TINY, "out": str(run_dir), "epochs": 3}), progress=False, images=WORKER_IMAGES)
@@ -124,8 +125,8 @@ def test_processes_get_distinct_shards_that_cover_the_epoch(world, monkeypatch):
 
 
 def test_each_process_draws_its_own_noise_from_the_same_permutation():
-    (cpu0, dev0), (cpu1, dev1) = (epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=r) for r in (0, 1))
-    _, dev_alone = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"))
+    (cpu0, dev0), (cpu1, dev1) = (epoch_generators(42, 3, torch.device("cpu"), rank=rank) for rank in (0, 1))
+    _, dev_alone = epoch_generators(42, 3, torch.device("cpu"))
     assert torch.equal(torch.randperm(100, generator=cpu0), torch.randperm(100, generator=cpu1))
     noise0, noise1 = torch.randn(8, generator=dev0), torch.randn(8, generator=dev1)
     assert not torch.allclose(noise0, noise1)

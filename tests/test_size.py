@@ -1,6 +1,5 @@
-"""The `size` parameter of every notebook: one function (utils.environment.size_preset) resolves it to the same
-values in notebooks 01 to 06 on one machine, a value the learner types wins, and a CPU's preset is sized from its
-CPU trial, once."""
+"""The `size` parameter of every notebook: size_preset resolves it to the same values in notebooks 01 to 06 on one
+machine, a value the learner types wins, and a CPU's preset is sized from its CPU trial, once."""
 
 import ast
 

@@ -39,7 +39,7 @@ TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at 
 AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest rounds are within 5%
 RECHECK_GAP = 0.25        # an epoch this much faster or slower than a cached trial's figure has it measured again
 
-# measure(candidates): round after round, {candidate: images/s of one training step} (utils.step.time_training_steps)
+# measure(candidates) yields, round after round, {candidate: images/s of a training step}: time_training_steps
 Measure = Callable[[list[str]], Iterator[dict[str, float]]]
 
 
@@ -102,7 +102,8 @@ def pick_amp(device: torch.device, amp: str = "auto", source: str = "config fiel
         raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (it would run many times slower): "
                           "use amp='auto' or 'off'")
     if amp == "fp16" and device.type == "mps":
-        raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on {device}: use 'auto' or 'off'")
+        raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on {device}: use 'auto' or "
+                          "'off'")
     if amp == "auto" and device.type == "cuda":   # a CPU's "auto" is the CPU trial's (choose_device); MPS: fp32
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -118,9 +119,8 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
 
 def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch.dtype | None,
                      world_size: int = 1) -> bool:
-    """Whether to replay each step as one CUDA graph (utils.step.CUDAGraphStep): at batch 128 the eager step is bound
-    by launching ~300 small kernels. It needs one CUDA GPU and no random draws outside the graph. "auto" keeps fp16
-    eager (not yet measured)."""
+    """Whether to replay each step as one CUDA graph (utils.step.CUDAGraphStep: one launch for ~300 small kernels),
+    on one CUDA GPU without random draws outside the graph; "auto" keeps fp16 eager (not yet measured)."""
     blockers = [reason for reason, present in [
         ("DiffAugment", bool(config.diffaugment)), ("label_flip", config.label_flip > 0),
         ("torch.compile", config.compile), ("several processes", world_size > 1)] if present]
@@ -234,9 +234,8 @@ class DeviceChoice:
 
 
 def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
-    """The device, precision, layout and CUDA-graph choice for training `config` in this process, decided once
-    (joining a torchrun run's process group). On a CPU, process 0 runs the CPU trial with `measure`; the others
-    then read its cached answer."""
+    """The device, precision, layout and CUDA graphs for training `config` in this process, decided once (joining a
+    torchrun run's process group). On a CPU process 0 times the trial with `measure`, the others read its answer."""
     device = pick_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -363,9 +362,8 @@ EPOCH_SHARE = 0.75
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
-    """The sized settings (SIZES' fields) for `size` "auto" ("gpu" on a CUDA GPU, else "cpu"), "cpu" or "gpu"; a
-    value in `given` other than None wins. Prints one line saying why. The "cpu" image count is measured once and
-    cached, so notebooks 01 to 06 resolve to the same values."""
+    """SIZES' fields for `size` "auto" ("gpu" on a CUDA GPU, else "cpu"), "cpu" or "gpu", a value in `given` other
+    than None winning; printed in one line. The "cpu" image count is measured once, so 01 to 06 agree."""
     if size not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"parameter 'size' must be 'auto', 'cpu' or 'gpu'; got {size!r}")
     unknown = set(given) - set(SIZES["gpu"])
@@ -399,7 +397,8 @@ def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
         images = int(min(max(budget / config.epochs // 1000 * 1000, CPU_IMAGES[0]), CPU_IMAGES[1]))
         epochs = max(min(config.epochs, int(budget // images)), CPU_MIN_EPOCHS)
         _save_trial(key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
-    return images, epochs, f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch runs at here)"
+    return images, epochs, (f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch runs "
+                            "at here)")
 
 
 def _describe(values: dict, how: str) -> str:

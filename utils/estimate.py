@@ -92,15 +92,16 @@ def _gpu_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, 
     """Images/s of the built-in networks' step on `device` as training runs it, after a warm-up step, waiting for
     the device (utils.step.time_training_steps times CPU steps only). The random state is left as it was."""
     amp = pick_amp(device, *amp_setting(config))
-    memory = torch.channels_last if pick_channels_last(device, config.channels_last, config.compile) \
-        else torch.preserve_format
+    channels_last = pick_channels_last(device, config.channels_last, config.compile)
+    memory = torch.channels_last if channels_last else torch.preserve_format
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
         discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
-        step = TrainingStep(generator, discriminator.to(device, memory_format=memory),
-                            torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters()),
-                            config.loss, scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
-                            autocast=(lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext)
+        discriminator = discriminator.to(device, memory_format=memory)
+        autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
+        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
+        step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
+                            torch.optim.Adam(discriminator.parameters()), config.loss, scaler=scaler, autocast=autocast)
         real = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device) * 2 - 1
         z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
         step(real, z)
