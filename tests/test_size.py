@@ -2,6 +2,7 @@
 machine, a value the learner types wins, and a CPU's preset is sized from its CPU trial, once."""
 
 import ast
+import json
 
 import pytest
 import torch
@@ -80,6 +81,9 @@ def test_the_cpu_preset_is_sized_once_per_machine_from_its_trial(trial):
     assert size_preset("cpu", CPU)["max_images"] == 2_000   # the series keeps the size it started with
     trial_cache_file().unlink()   # deleted: measured again (here: the cached figure), within CPU_IMAGES
     trial(4000.0, 5000.0)
+    assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
+    cache = json.loads(trial_cache_file().read_text())   # a damaged preset entry is sized again, not used
+    trial_cache_file().write_text(json.dumps({key: {**entry, "max_images": 10**12} for key, entry in cache.items()}))
     assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
     trial_cache_file().unlink()   # a CPU too slow for the fewest images: 2.5 min at 0.75 x 20 images/s is 2,250
     trial(10.0, 20.0)

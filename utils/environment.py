@@ -390,6 +390,9 @@ def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
     try:
         entry = read_json(trial_cache_file())[key]
         images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
+        if not (CPU_IMAGES[0] <= images <= CPU_IMAGES[1] and 0 < epochs <= max(config.epochs, CPU_MIN_EPOCHS)
+                and 0 < speed < math.inf):
+            raise ValueError("not what _cpu_images writes")   # a damaged entry: sized again
     except (OSError, ValueError, KeyError, TypeError):
         trial = cpu_trial(config, partial(time_training_steps, config))
         speed = EPOCH_SHARE * trial.images_per_s[trial.best(amp_setting(config)[0], config.channels_last)]
