@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from utils.compare import comparison_table
 from utils.config import TrainConfig
 from utils.diagnose import TROUBLESHOOTING, Diagnosis, findings, knob, since, stride_peak, untile, variety
 from utils.visualize import diagnosis_marks, image_grid, plot_history
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 torch.set_grad_enabled(True)
 GEN = torch.Generator().manual_seed(0)
 
@@ -36,82 +38,55 @@ def steps_of(epoch: int, d_real: float, d_fake: float, loss_d: float = 1.0, loss
              "d_fake": d_fake} for i in range(1, n + 1)]
 
 
-def epoch(number: int, **signals) -> dict:
-    return {"epoch": number, "signals": {"variety": 0.9, "checker": 1.0, "loss_d": 1.0, "loss_g": 1.0} | signals}
+def epoch(number: int, collapsed: bool = False, **signals) -> dict:
+    record = {"epoch": number, "signals": {"variety": 0.9, "checker": 1.0, "loss_d": 1.0, "loss_g": 1.0} | signals}
+    return record | ({"diagnosis": {"mode collapse": "..."}} if collapsed else {})
 
 
-HEALTHY_STEPS = steps_of(2, 0.7, 0.3)
-
-
-# ----------------------------------------------------------------------------------------------- signals
-
-def test_untile_gives_back_the_images_of_a_grid():
+def test_untile_gives_back_the_images_of_a_grid_and_variety_and_a_checkerboard_are_measured():
     images = smooth_images(16)
     back = untile(grid_of(images), 16, 16)
     assert back.shape == images.shape
     assert (back - as_uint8(images).float().div(127.5).sub(1)).abs().max() < 1e-6
-
-
-def test_identical_images_have_no_variety_and_varied_ones_do():
-    image = smooth_images(1)
-    assert variety(image.expand(64, -1, -1, -1)) == 0
-    assert variety(smooth_images()) > 0.3
-
-
-def test_a_checkerboard_stands_out_of_the_spectrum_and_smooth_images_do_not():
-    images = smooth_images()
+    assert variety(images[:1].expand(64, -1, -1, -1)) == 0 and variety(smooth_images()) > 0.3
     yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
     checkerboard = ((yy + xx) % 2 * 2 - 1).float() * 0.2
-    assert stride_peak(images) < 3
-    assert stride_peak(images + checkerboard) > 30 * stride_peak(images)
+    assert stride_peak(images) < 3 and stride_peak(images + checkerboard) > 30 * stride_peak(images)
 
 
-# --------------------------------------------------------------------------------------------- detectors
-
-def test_a_healthy_epoch_says_nothing():
-    assert findings([epoch(1), epoch(2, change=0.4)], HEALTHY_STEPS) == {}
+H = steps_of(2, 0.7, 0.3)  # a healthy epoch's steps
+STILL = [epoch(1), epoch(2, change=0.01)]
 
 
-def test_alike_samples_that_d_takes_for_real_are_a_mode_collapse():
-    alike = [epoch(1, variety=0.1), epoch(2, variety=0.1)]
-    assert findings(alike, HEALTHY_STEPS) == {}  # a young G draws alike blobs, and D rejects them
-    fooled = findings(alike, steps_of(2, 0.4, 0.9))  # D takes them for real: G has found one image that fools it
-    assert list(fooled) == ["mode collapse"]
-    assert fooled["mode collapse"] == "the grid's samples are 10% as varied as the real images, and D(G(z)) = 0.90 " \
-        "is above D(x) = 0.40"
-    still = [epoch(1, variety=0.1) | {"diagnosis": {"mode collapse": "..."}}, epoch(2, variety=0.3)]
-    assert list(findings(still, HEALTHY_STEPS)) == ["mode collapse"]  # said for as long as the variety stays low
+@pytest.mark.parametrize("epochs, steps, seen", [
+    ([epoch(1), epoch(2, change=0.4)], H, []),
+    ([epoch(1, variety=0.1), epoch(2, variety=0.1)], H, []),  # a young G's alike blobs, and D rejects them
+    ([epoch(1, variety=0.1), epoch(2, variety=0.1)], steps_of(2, 0.4, 0.9), ["mode collapse"]),  # D takes them
+    ([epoch(1, variety=0.1, collapsed=True), epoch(2, variety=0.3)], H, ["mode collapse"]),  # as long as it stays low
+    ([epoch(1, variety=0.8), epoch(2, variety=0.35)], H, ["mode collapse"]),  # varied samples that lost it
+    ([epoch(1, variety=0.3), epoch(2, variety=0.1)], H, []),  # blobs that never formed
+    ([epoch(1)], steps_of(1, 0.999, 0.001, loss_d=0.002, loss_g=7), ["D wins"]),
+    ([epoch(1)], steps_of(1, 0.97, 0.04), []),  # a strong D, as in a healthy DCGAN run
+    ([epoch(1)], steps_of(1, 0.4, 0.7), ["G fools D"]),
+    ([epoch(1)], steps_of(1, 0.5, 0.52), []),  # a draw is not G fooling D
+    ([epoch(1, checker=20.0)], H, ["checkerboard"]),
+    ([epoch(1, checker=20.0, variety=0.2)], H, []),  # a young G's blobs
+    ([epoch(1, checker=2.0), epoch(2, checker=20.0)], H, []),  # one epoch's flicker
+    ([epoch(1), epoch(2)], steps_of(2, 0.7, 0.3, loss_g=500), ["divergence"]),
+    ([epoch(1)], steps_of(1, 0.7, 0.3, loss_g=float("nan")), ["divergence"]),
+    (STILL, H, ["no progress"]),
+    (STILL, steps_of(2, 0.7, 0.3, loss_g=2), []),  # the losses moved
+    (STILL, steps_of(2, 1.0, 0.0, loss_g=9), ["D wins"]),  # what explains it is said alone
+])
+def test_each_problem_is_seen_in_its_signals_and_a_healthy_epoch_says_nothing(epochs, steps, seen):
+    assert list(findings(epochs, steps)) == seen
 
 
-def test_samples_that_lose_their_variety_are_a_mode_collapse():
-    seen = findings([epoch(1, variety=0.8), epoch(2, variety=0.35)], HEALTHY_STEPS)
-    assert seen["mode collapse"] == "the grid's samples are 35% as varied as the real images (they were 80%)"
-    assert findings([epoch(1, variety=0.3), epoch(2, variety=0.1)], HEALTHY_STEPS) == {}  # blobs that never formed
-
-
-def test_a_certain_d_has_won_and_g_fooling_d_is_said():
-    assert "D wins" in findings([epoch(1)], steps_of(1, 0.999, 0.001, loss_d=0.002, loss_g=7))
-    assert findings([epoch(1)], steps_of(1, 0.97, 0.04)) == {}  # a strong D, as in a healthy DCGAN run
-    assert list(findings([epoch(1)], steps_of(1, 0.4, 0.7))) == ["G fools D"]
-    assert findings([epoch(1)], steps_of(1, 0.5, 0.52)) == {}  # a draw is not G fooling D
-
-
-def test_a_pattern_on_varied_samples_is_a_checkerboard():
-    assert "checkerboard" in findings([epoch(1, checker=20.0)], steps_of(1, 0.7, 0.3))
-    assert findings([epoch(1, checker=20.0, variety=0.2)], steps_of(1, 0.7, 0.3)) == {}  # a young G's blobs
-    assert findings([epoch(1, checker=2.0), epoch(2, checker=20.0)], HEALTHY_STEPS) == {}  # one epoch's flicker
-
-
-def test_exploding_or_non_finite_losses_are_a_divergence():
-    assert "divergence" in findings([epoch(1), epoch(2)], steps_of(2, 0.7, 0.3, loss_g=500))
-    assert "divergence" in findings([epoch(1, finite=False)], steps_of(1, 0.7, 0.3))
-
-
-def test_still_samples_and_flat_losses_are_no_progress_unless_d_has_won():
-    assert "no progress" in findings([epoch(1), epoch(2, change=0.01)], HEALTHY_STEPS)
-    assert "no progress" not in findings([epoch(1), epoch(2, change=0.01)], steps_of(2, 0.7, 0.3, loss_g=2))
-    d_won = findings([epoch(1), epoch(2, change=0.01)], steps_of(2, 1.0, 0.0, loss_g=9))
-    assert list(d_won) == ["D wins"]
+def test_a_collapse_says_how_varied_the_samples_are_and_were():
+    assert findings([epoch(1, variety=0.1), epoch(2, variety=0.1)], steps_of(2, 0.4, 0.9)) == {"mode collapse": (
+        "the grid's samples are 10% as varied as the real images, and D(G(z)) = 0.90 is above D(x) = 0.40")}
+    assert findings([epoch(1, variety=0.8), epoch(2, variety=0.35)], H) == {
+        "mode collapse": "the grid's samples are 35% as varied as the real images (they were 80%)"}
 
 
 def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_epoch():
@@ -133,40 +108,26 @@ def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_e
     assert since(epochs, "mode collapse") == 4
 
 
-# ----------------------------------------------------------------------------------- a run's diagnosis
-
-def collapsed_history(tmp_path) -> tuple[dict, Diagnosis]:
+def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it_in_compare(tmp_path):
     """Three epochs of a G that draws one image for every z while D takes it for real."""
-    config = TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4, out=str(tmp_path))
+    config = TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4)
     diagnose = Diagnosis(config, as_uint8(smooth_images(256)))
-    history = {"steps": [], "epochs": []}
-    one = smooth_images(1)
+    history, one = {"steps": [], "epochs": []}, smooth_images(1).expand(64, -1, -1, -1)
     for number in (1, 2, 3):
         history["steps"] += steps_of(number, 0.4, 0.9)
         history["epochs"].append({"epoch": number})
-        lines = diagnose(history, grid_of(one.expand(64, -1, -1, -1) + 0.01 * number))
-    return history, diagnose, lines
+        lines = diagnose(history, grid_of(one + 0.01 * number))
 
-
-def test_a_run_records_and_says_what_it_sees_since_when_with_the_knob(tmp_path):
-    history, _, lines = collapsed_history(tmp_path)
     assert lines == [history["epochs"][-1]["diagnosis"]["mode collapse"]]
-    assert lines[0].startswith("mode collapse since epoch 1: the grid's samples are 0% as varied as the real images, "
-                               "and D(G(z)) = 0.90 is above D(x) = 0.40: lower lr_g (now 0.005) to at most lr_d "
-                               "(now 0.0001), or try recipe='improved' (see notebook 03's Troubleshooting: Mode "
-                               "collapse)")
+    assert lines[0] == ("mode collapse since epoch 1: the grid's samples are 0% as varied as the real images, and "
+                        "D(G(z)) = 0.90 is above D(x) = 0.40: lower lr_g (now 0.005) to at most lr_d (now 0.0001), "
+                        "or try recipe='improved' (see notebook 03's Troubleshooting: Mode collapse)")
     assert history["epochs"][-1]["signals"]["change"] == pytest.approx(0.01 / variety(smooth_images(64)), rel=0.5)
-
-
-def test_the_diagnosis_is_marked_on_the_curves_and_listed_by_compare(tmp_path):
-    history, _, _ = collapsed_history(tmp_path)
     assert diagnosis_marks(history) == [(0, 15, "mode collapse")]  # from the start of epoch 1 to the end of 3
-    texts = [t.get_text() for ax in plot_history(history).axes for t in ax.texts]
-    assert "mode collapse" in texts
-    TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4).save(tmp_path / "config.json")
+    assert "mode collapse" in [t.get_text() for ax in plot_history(history, Figure()).axes for t in ax.texts]
+    config.save(tmp_path / "config.json")
     (tmp_path / "history.json").write_text(json.dumps(history))
-    table = comparison_table([tmp_path])
-    assert "| seen |" in table and "| mode collapse from 1 |" in table
+    assert "| mode collapse from 1 |" in comparison_table([tmp_path])
 
 
 # ---------------------------------------------------------------------------------------- real small runs
@@ -185,30 +146,24 @@ def train_small(faces, tmp_path, **settings) -> list[dict]:
 
     config = TrainConfig(image_size=16, latent_dim=32, g_width=16, d_width=16, batch_size=32, epochs=3, device="cpu",
                          amp="off", log_every=4, out=str(tmp_path / "run"), **settings)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(config, progress=False, images=faces).history["epochs"]
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.mark.parametrize("settings", [{}, {"recipe": "improved"}], ids=["dcgan", "improved"])
-def test_a_healthy_small_run_says_nothing(faces, tmp_path, capsys, settings):
-    epochs = train_small(faces, tmp_path, **settings)
-    assert [e.get("diagnosis") for e in epochs] == [None] * 3
-    assert all("signals" in e for e in epochs)
-    assert "since epoch" not in capsys.readouterr().out
+    return train(config, progress=False, images=faces).history["epochs"]
 
 
 @pytest.mark.parametrize("settings, named, evidence", [
+    ({}, (), ""), ({"recipe": "improved"}, (), ""),  # healthy: nothing said
     ({"lr_g": 5e-3, "lr_d": 1e-4}, ("G fools D", "mode collapse"), "is above D(x)"),  # G 50 times faster than D
-    ({"lr_g": 1.0, "lr_d": 1.0}, ("D wins",), "D is certain")], ids=["g-outruns-d", "d-wins"])
-def test_a_failing_small_run_is_named(faces, tmp_path, capsys, settings, named, evidence):
+    ({"lr_g": 1.0, "lr_d": 1.0}, ("D wins",), "D is certain")], ids=["dcgan", "improved", "g-outruns-d", "d-wins"])
+def test_a_small_run_names_what_goes_wrong_and_a_healthy_one_says_nothing(faces, tmp_path, capsys, settings, named,
+                                                                          evidence):
     epochs = train_small(faces, tmp_path, **settings)
+    assert all("signals" in e for e in epochs)
+    out = capsys.readouterr().out
+    if not named:
+        assert [e.get("diagnosis") for e in epochs] == [None] * 3 and "since epoch" not in out
+        return
+    said = [line for line in out.splitlines() if line.startswith("  ")]
     (problem, line), = epochs[-1]["diagnosis"].items()
     assert problem in named and evidence in line
-    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     assert said[-1] == "  " + line and said[-1].startswith(f"  {problem} since epoch ")
 
 

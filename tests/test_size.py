@@ -10,7 +10,8 @@ import torch
 from test_notebooks import NOTEBOOKS, code_cells, load, parameters, parameters_cells
 from utils import environment
 from utils.config import TrainConfig
-from utils.environment import CPU_IMAGES, SIZES, CPUTrial, _save_trial, _trial_key, size_preset, trial_cache_file
+from utils.environment import CPU_IMAGES, CPU_MIN_STEPS, SIZES, CPUTrial, _save_trial, _trial_key, size_preset, \
+    trial_cache_file
 
 GPU, CPU = torch.device("cuda"), torch.device("cpu")
 CPU_NETWORKS = TrainConfig(**{**SIZES["cpu"], "max_images": 0})
@@ -50,8 +51,8 @@ def test_every_notebook_resolves_size_to_the_same_values(device, trial, capsys):
     if device == GPU:
         assert values == SIZES["gpu"] and lines[0].startswith('size "auto" -> gpu (a CUDA GPU): 64x64')
         assert {name: getattr(TrainConfig(), name) for name in values} == values   # the recipe: TrainConfig's defaults
-    else:   # 2.5 minutes of 20 epochs at 500 x EPOCH_SHARE = 375 images/s: 2,812 images, in steps of 1,000
-        assert values == {**SIZES["cpu"], "max_images": 2_000}
+    else:   # 2.5 minutes at 500 x EPOCH_SHARE = 375 images/s: 56,250 images, 2,812 an epoch, up to 3,000
+        assert values == {**SIZES["cpu"], "max_images": 3_000, "epochs": 19}
         assert lines[0].startswith('size "auto" -> cpu (no CUDA GPU): 32x32') and "375 images/s an epoch" in lines[0]
     TrainConfig(**values)   # valid settings
 
@@ -74,18 +75,22 @@ def test_a_value_the_learner_types_wins_and_the_rest_follow_the_size(trial, caps
         size_preset("large", CPU)
 
 
-def test_the_cpu_preset_is_sized_once_per_machine_from_its_trial(trial):
+def test_the_cpu_preset_is_sized_once_per_machine_from_its_trial(trial, capsys):
     trial(400.0, 500.0)
-    assert size_preset("cpu", CPU)["max_images"] == 2_000
+    assert size_preset("cpu", CPU)["max_images"] == 3_000
     trial(4000.0, 5000.0)   # a trial measured again later (recheck_trial)
-    assert size_preset("cpu", CPU)["max_images"] == 2_000   # the series keeps the size it started with
+    assert size_preset("cpu", CPU)["max_images"] == 3_000   # the series keeps the size it started with
     trial_cache_file().unlink()   # deleted: measured again (here: the cached figure), within CPU_IMAGES
     trial(4000.0, 5000.0)
     assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
     cache = json.loads(trial_cache_file().read_text())   # a damaged preset entry is sized again, not used
     trial_cache_file().write_text(json.dumps({key: {**entry, "max_images": 10**12} for key, entry in cache.items()}))
     assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
-    trial_cache_file().unlink()   # a CPU too slow for the fewest images: 2.5 min at 0.75 x 20 images/s is 2,250
+    trial_cache_file().unlink()   # a slow CPU: 2.5 min at 0.75 x 20 images/s are 2,250 images, 70 steps
     trial(10.0, 20.0)
-    assert size_preset("cpu", CPU) == {**SIZES["cpu"], "max_images": 1_000, "epochs": 5}   # CPU_MIN_EPOCHS
+    capsys.readouterr()
+    values = size_preset("cpu", CPU)
+    assert values == {**SIZES["cpu"], "max_images": 2_000, "epochs": 16}   # 32,000 images: CPU_MIN_STEPS of batch 32
+    assert values["max_images"] * values["epochs"] // values["batch_size"] == CPU_MIN_STEPS
+    assert "this CPU is slow or busy: 15 images/s an epoch; about 36 min for the 1,000 steps" in capsys.readouterr().out
     assert size_preset("cpu", CPU, epochs=20)["epochs"] == 20                             # yours still wins

@@ -1,27 +1,8 @@
-"""What a GAN practitioner looking over the learner's shoulder would say after each epoch: what is going wrong, since
-which epoch, and the one knob to turn first.
-
-    >>> diagnose = Diagnosis(config, real_images)           # utils/training.py, once per run
-    >>> diagnose(history, grid)                              # after each epoch: the lines to print, if any
-    ["mode collapse since epoch 1: the grid's samples are 12% as varied as the real images, and D(G(z)) = 0.98 ..."]
-
-It measures only what each epoch produces anyway, on the CPU, once per epoch (14 ms at 32x32, 90 ms at 64x64 on a
-busy 2-core CPU): the grid of the fixed-noise samples (the uint8 grid saved in samples/, so a resumed run measures
-exactly what an uninterrupted one did), the history's logged losses and D's verdicts, and 64 of the real images.
-Each epoch's `signals` and `diagnosis` ({problem: line}) go into its record of the history: saved, resumed, shaded
-by utils/visualize.py and listed by utils/compare.py. A healthy run says nothing.
-
-The problems, each with the part of notebook 03's Troubleshooting that explains it:
-- mode collapse: the samples' variety (their root mean square pairwise distance, against the real images') low while
-  D takes them for real, or fallen to half of its own best once the samples had formed;
-- D wins: D(x) above 0.99 and D(G(z)) below 0.01 for half the epoch or more (G then gets almost no gradient);
-- G fools D: D(G(z)) above D(x) for most of the epoch, a sign of G outrunning D (usually before a collapse);
-- checkerboard artefacts: the samples' power at the stride-2 frequencies of the transposed convolutions (every
-  other pixel), against the neighbouring frequencies, compared with the same ratio for the real images;
-- divergence: losses ten times above any earlier epoch's, or non-finite samples;
-- no progress: samples that stopped changing between epochs while the losses stay flat.
-Where one problem explains another, only the first to fix is said (`first_to_fix`). The thresholds below were set on
-real runs: docs/troubleshooting/README.md, "What train() says about these runs".
+"""After each epoch, what a GAN practitioner looking over the learner's shoulder would say: the problem seen, since
+which epoch, and the one knob to turn first (mode collapse, D wins, G fools D, checkerboard, divergence, no
+progress). It measures only what the epoch produced anyway: the grid of the fixed-noise samples, the logged losses
+and D's verdicts, against 64 of the real images. The signals and what they show go into the epoch's record of the
+history. Thresholds and the runs they were measured on: docs/troubleshooting/README.md.
 """
 
 from __future__ import annotations
@@ -33,21 +14,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Thresholds, measured on the runs of docs/troubleshooting/README.md and on healthy runs (the table is there).
-FORMED = 0.4                 # samples this varied (of the real images' variety) are past a young G's blobs
-COLLAPSE_VARIETY = 0.35      # variety below this share of the real images' while D takes the samples for real...
-COLLAPSE_DROP = 0.5          # ...or, once formed, below this share of its own best so far and under DROP_VARIETY
+FORMED = 0.4                 # samples this varied (a share of the real images' variety) are past a young G's blobs
+COLLAPSE_VARIETY = 0.35      # variety below this while D takes the samples for real is a collapse...
+COLLAPSE_DROP = 0.5          # ...and so, once formed, is falling below this share of its best and below DROP_VARIETY
 DROP_VARIETY = 0.5
 D_CERTAIN = 0.99             # D(x) above this and D(G(z)) below 1 - this: D is certain...
 D_WON = 0.5                  # ...in this share of the epoch's logged steps: D has won
-FOOLED_BY = 0.05             # D(G(z)) above D(x) by this much on average over the epoch (0.5 and 0.5 is a draw)
+FOOLED_BY = 0.05             # D(G(z)) above D(x) by this much on the epoch's mean (0.5 and 0.5 is a draw)
 MOST = 0.8                   # "most of the epoch": this share of its logged steps
 CHECKER_RATIO = 15.0         # the stride-2 peak of the spectrum this many times the real images' (2 epochs' mean)
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
-MIN_SAMPLES = 8              # fewer fixed-noise samples than this say too little about variety
+MIN_SAMPLES = 8              # fewer fixed-noise samples say too little about variety
 STILL = 0.05                 # samples changed less than this share of the real images' variety since the last epoch
-FLAT = 0.05                  # and the epoch's mean losses moved by less than this share
-
+FLAT = 0.05                  # while the epoch's mean losses moved by less than this share
 DCGAN_LR = 2e-4              # both learning rates of the DCGAN recipe (TrainConfig's defaults)
 
 TROUBLESHOOTING = {  # the sections of notebook 03's Troubleshooting, by problem
@@ -56,11 +35,8 @@ TROUBLESHOOTING = {  # the sections of notebook 03's Troubleshooting, by problem
 }
 
 
-# ------------------------------------------------------------------------------------------------ signals
-
 def untile(grid: np.ndarray, count: int, size: int, nrow: int = 8, padding: int = 2) -> torch.Tensor:
-    """The `count` images of `size` px of a grid made by utils.visualize.image_grid ((H, W, 3) uint8), as floats
-    (N, 3, size, size) in [-1, 1]."""
+    """The `count` images of a grid made by utils.visualize.image_grid ((H, W, 3) uint8) as floats in [-1, 1]."""
     pixels = torch.from_numpy(np.array(grid)).permute(2, 0, 1).float().div(127.5).sub(1)
     step = size + padding
     return torch.stack([pixels[:, padding + (i // nrow) * step:][:, :size, padding + (i % nrow) * step:][:, :, :size]
@@ -79,12 +55,10 @@ def variety(images: torch.Tensor) -> float:
 
 
 def stride_peak(images: torch.Tensor) -> float:
-    """How far the power at the stride-2 frequencies (period 2 pixels down, across, diagonally) stands above that of
-    their neighbouring frequencies, averaged over the images: about 1 for a smooth spectrum (real faces, noise),
-    far above 1 for a checkerboard."""
+    """The power at the stride-2 frequencies (period 2 pixels down, across, diagonally) over that of their
+    neighbouring frequencies: about 1 for a smooth spectrum (real faces, noise), far above for a checkerboard."""
     x = images.double()
-    x = x - x.mean(dim=(2, 3), keepdim=True)
-    power = torch.fft.fft2(x).abs().pow(2).mean(dim=(0, 1))  # (H, W)
+    power = torch.fft.fft2(x - x.mean(dim=(2, 3), keepdim=True)).abs().pow(2).mean(dim=(0, 1))  # (H, W)
     h, w = power.shape
     peak = neighbours = 0.0
     for fy, fx in ((h // 2, 0), (0, w // 2), (h // 2, w // 2)):
@@ -95,88 +69,48 @@ def stride_peak(images: torch.Tensor) -> float:
     return peak / max(neighbours, 1e-12)
 
 
-def signals(samples: torch.Tensor, previous: torch.Tensor | None, real: dict) -> dict:
-    """The epoch's measurements, relative to the real images' (`real_reference`): "variety" (1: as varied as the
-    real images), "checker" (1: as little stride-2 pattern as they have), "change" since the previous epoch's
-    samples (in units of the real images' variety; absent without them), and "finite" (only when False)."""
-    finite = bool(torch.isfinite(samples).all())
-    samples = torch.nan_to_num(samples)
-    out = {"checker": round(stride_peak(samples) / real["checker"], 3)}
-    if len(samples) >= MIN_SAMPLES:
-        out["variety"] = round(variety(samples) / real["variety"], 4)
-    if previous is not None:
-        change = (samples - previous).pow(2).mean().sqrt().item()
-        out["change"] = round(change / real["variety"], 4)
-    if not finite:
-        out["finite"] = False
-    return out
-
-
-def real_reference(images: torch.Tensor, count: int = 64) -> dict:
-    """The real images' variety and stride-2 peak, from `count` of them spread evenly over the data set (uint8)."""
-    index = torch.linspace(0, len(images) - 1, min(count, len(images))).long()
-    real = images[index].cpu().float().div(127.5).sub(1)
-    return {"variety": max(variety(real), 1e-6), "checker": max(stride_peak(real), 1e-6)}
-
-
-# ----------------------------------------------------------------------------------------------- detectors
-
 def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
-    """{problem: what is seen} for the last of `epochs` (records with "signals"), from its signals, those of the
-    earlier epochs and `steps`, the history's step records of that epoch. Empty for a healthy epoch."""
+    """{problem: what is seen} in the last of `epochs` (records with "signals"), from its signals, the earlier
+    epochs' and `steps`, that epoch's logged steps; only the first to fix where one problem explains others. Empty
+    for a healthy epoch."""
     now, earlier = epochs[-1]["signals"], [e["signals"] for e in epochs[:-1] if "signals" in e]
+    if steps and _share(steps, lambda s: s["d_real"] > D_CERTAIN and s["d_fake"] < 1 - D_CERTAIN) >= D_WON:
+        # G gets no gradient: its samples stop changing or fall onto one pattern, and its loss soars
+        return {"D wins": f"D(x) = {steps[-1]['d_real']:.2f} and D(G(z)) = {steps[-1]['d_fake']:.2f}: D is certain, "
+                          "so G gets almost no gradient"}
+    loss_d, loss_g = _mean(steps, "loss_d"), _mean(steps, "loss_g")
     seen = {}
-    loss_d = _mean(steps, "loss_d")
-    loss_g = _mean(steps, "loss_g")
-    if not now.get("finite", True) or not (math.isfinite(loss_d) and math.isfinite(loss_g)):
-        seen["divergence"] = "the samples or losses are no longer finite numbers"
+    if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
+        seen["divergence"] = "the losses are no longer finite numbers"
     elif earlier and max(abs(loss_d), abs(loss_g)) > max(10.0, DIVERGED * max(
             max(abs(e.get("loss_d", 0)), abs(e.get("loss_g", 0))) for e in earlier)):
         seen["divergence"] = (f"the losses jumped to {loss_d:.3g} (D) and {loss_g:.3g} (G), ten times any earlier "
                               "epoch's")
-    if steps and _share(steps, lambda s: s["d_real"] > D_CERTAIN and s["d_fake"] < 1 - D_CERTAIN) >= D_WON:
-        seen["D wins"] = (f"D(x) = {steps[-1]['d_real']:.2f} and D(G(z)) = {steps[-1]['d_fake']:.2f}: D is certain, "
-                          "so G gets almost no gradient")
-    if steps and _share(steps, lambda s: s["d_fake"] > s["d_real"]) >= MOST \
-            and _mean(steps, "d_fake") > _mean(steps, "d_real") + FOOLED_BY:
-        seen["G fools D"] = (f"D(G(z)) = {_mean(steps, 'd_fake'):.2f} is above D(x) = {_mean(steps, 'd_real'):.2f}: "
-                             "G outruns D")
-    # a young G draws near-identical blobs too, but D rejects them: low variety is a collapse when D takes the
-    # samples for real (and for as long as the variety stays low), or when the samples had become varied and lost it
+    d_real, d_fake = _mean(steps, "d_real"), _mean(steps, "d_fake")
+    fooled = bool(steps) and _share(steps, lambda s: s["d_fake"] > s["d_real"]) >= MOST and d_fake > d_real + FOOLED_BY
+    # a young G's blobs are alike too, but D rejects them: low variety is a collapse while D takes the samples for
+    # real (and as long as it stays low), or when samples that had become varied lose it
+    variety_now = now.get("variety", 1)
     best = max([e.get("variety", 0) for e in earlier] + [now.get("variety", 0)])
     collapsed = len(epochs) > 1 and "mode collapse" in epochs[-2].get("diagnosis", {})
-    low = now.get("variety", 1) < COLLAPSE_VARIETY and ("G fools D" in seen or collapsed)
-    if low or (best >= FORMED and now.get("variety", 1) < min(COLLAPSE_DROP * best, DROP_VARIETY)):
-        seen["mode collapse"] = f"the grid's samples are {now['variety']:.0%} as varied as the real images" + (
-            f" (they were {best:.0%})" if best > 2 * now["variety"] else "")
-    # the blobs of a young G carry the pattern too: it is a problem on samples that have become varied; averaged
-    # with the previous epoch's, as it flickers from one epoch to the next
+    if (variety_now < COLLAPSE_VARIETY and (fooled or collapsed)) or \
+            (best >= FORMED and variety_now < min(COLLAPSE_DROP * best, DROP_VARIETY)):
+        # a collapsed G fools D, may carry a pattern and changes little: the collapse is the one to fix
+        return seen | {"mode collapse": f"the grid's samples are {variety_now:.0%} as varied as the real images"
+                       + (f" (they were {best:.0%})" if best > 2 * variety_now else "")
+                       + (f", and D(G(z)) = {d_fake:.2f} is above D(x) = {d_real:.2f}" if fooled else "")}
+    if fooled:
+        seen["G fools D"] = f"D(G(z)) = {d_fake:.2f} is above D(x) = {d_real:.2f}: G outruns D"
+    # a young G's blobs carry the pattern too; averaged over two epochs, as it flickers from one to the next
     pattern = (now["checker"] + earlier[-1]["checker"]) / 2 if earlier and "checker" in earlier[-1] else now["checker"]
-    if pattern > CHECKER_RATIO and now.get("variety", 1) >= FORMED:
-        seen["checkerboard"] = (f"the samples carry a 2-pixel pattern {pattern:.0f} times stronger than the real "
-                                "images'")
-    previous = earlier[-1] if earlier else None
-    if (now.get("change") is not None and now["change"] < STILL and previous is not None
-            and "loss_d" in previous and _moved(previous, loss_d, loss_g) < FLAT and "D wins" not in seen):
+    if pattern > CHECKER_RATIO and variety_now >= FORMED:
+        seen["checkerboard"] = f"the samples carry a 2-pixel pattern {pattern:.0f} times stronger than the real images'"
+    previous = earlier[-1] if earlier else {}
+    moved = [abs(mean - previous[key]) / max(abs(previous[key]), 1e-3)  # relative to the losses' size
+             for key, mean in (("loss_d", loss_d), ("loss_g", loss_g)) if key in previous]
+    if now.get("change", 1) < STILL and moved and max(moved) < FLAT:
         seen["no progress"] = (f"the samples changed by {now['change']:.0%} of the real images' variety since the last "
                                "epoch, and the losses stay flat")
-    return first_to_fix(seen)
-
-
-def first_to_fix(seen: dict[str, str]) -> dict[str, str]:
-    """The problems to name, with one change to try first: those another one explains are left out or folded in
-    (a collapsed G fools D, may carry a pattern and changes little; a G that gets no gradient from a D that has won
-    stops changing or falls onto one pattern, and its loss soars)."""
-    seen = dict(seen)
-    if "mode collapse" in seen:
-        fooled = seen.pop("G fools D", "")
-        seen.pop("checkerboard", None)
-        seen.pop("no progress", None)
-        if fooled:
-            seen["mode collapse"] += ", and " + fooled.split(": G outruns D")[0]
-    if "D wins" in seen:
-        for explained in ("no progress", "divergence", "checkerboard", "mode collapse"):
-            seen.pop(explained, None)
     return seen
 
 
@@ -187,14 +121,6 @@ def _mean(steps: list[dict], key: str) -> float:
 def _share(steps: list[dict], test) -> float:
     return sum(1 for s in steps if test(s)) / len(steps)
 
-
-def _moved(previous: dict, loss_d: float, loss_g: float) -> float:
-    """How much the epoch's mean losses moved since the previous epoch's, relative to their size."""
-    return max(abs(loss_d - previous["loss_d"]) / max(abs(previous["loss_d"]), 1e-3),
-               abs(loss_g - previous["loss_g"]) / max(abs(previous["loss_g"]), 1e-3))
-
-
-# ---------------------------------------------------------------------------------------- what to change
 
 def knob(problem: str, config) -> str:
     """The first change to try for `problem`, with the current values (as notebook 03's Troubleshooting advises)."""
@@ -229,13 +155,16 @@ def since(epochs: list[dict], problem: str) -> int:
 
 
 class Diagnosis:
-    """After each epoch, `diagnosis(history, grid)` measures the epoch's signals, records them and what they show
-    in the epoch's record (history["epochs"][-1]), and returns the lines to print: one per problem seen."""
+    """`diagnosis(history, grid)` after each epoch: measures the epoch's signals against 64 real images, records
+    them and what they show in its record (history["epochs"][-1]), and returns the lines to print."""
 
     def __init__(self, config, real_images: torch.Tensor, previous_grid: Path | None = None):
-        """`real_images`: the data set (uint8); `previous_grid`: the last epoch's grid PNG when the run resumes."""
+        """`real_images`: the data set (uint8); `previous_grid`: the last epoch's grid PNG when the run resumes,
+        so that a resumed run measures exactly what an uninterrupted one did."""
         self.config = config
-        self.real = real_reference(real_images)
+        index = torch.linspace(0, len(real_images) - 1, min(64, len(real_images))).long()  # spread over the set
+        real = real_images[index].cpu().float().div(127.5).sub(1)
+        self.real_variety, self.real_checker = max(variety(real), 1e-6), max(stride_peak(real), 1e-6)
         self.previous = None
         if previous_grid is not None and previous_grid.is_file():
             with Image.open(previous_grid) as grid:
@@ -244,12 +173,22 @@ class Diagnosis:
     def _samples(self, grid: np.ndarray) -> torch.Tensor:
         return untile(grid, self.config.num_samples, self.config.image_size)
 
+    def signals(self, samples: torch.Tensor) -> dict:
+        """"variety" and "checker" (1: as the real images), "change" since the previous epoch's samples (in the real
+        images' variety)."""
+        out = {"checker": round(stride_peak(samples) / self.real_checker, 3)}
+        if len(samples) >= MIN_SAMPLES:
+            out["variety"] = round(variety(samples) / self.real_variety, 4)
+        if self.previous is not None:
+            out["change"] = round((samples - self.previous).pow(2).mean().sqrt().item() / self.real_variety, 4)
+        return out
+
     def __call__(self, history: dict, grid: np.ndarray) -> list[str]:
         record = history["epochs"][-1]
         steps = [s for s in history["steps"] if s["epoch"] == record["epoch"]]
         samples = self._samples(grid)
-        record["signals"] = {**signals(samples, self.previous, self.real),
-                             "loss_d": round(_mean(steps, "loss_d"), 4), "loss_g": round(_mean(steps, "loss_g"), 4)}
+        record["signals"] = self.signals(samples) | {"loss_d": round(_mean(steps, "loss_d"), 4),
+                                                     "loss_g": round(_mean(steps, "loss_g"), 4)}
         self.previous = samples
         lines = {problem: f"{problem} since epoch {since(history['epochs'], problem)}: {evidence}: "
                           f"{knob(problem, self.config)} (see notebook 03's Troubleshooting: "

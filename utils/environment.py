@@ -355,9 +355,11 @@ SIZES = {
 }
 CPU_MINUTES = 2.5                 # the "cpu" preset's training time on the machine that sized it
 CPU_IMAGES = (1_000, 20_000)      # ... within these bounds, in steps of 1,000 (20,000: all the synthetic faces)
-CPU_MIN_EPOCHS = 5                # where even CPU_IMAGES[0] take longer, fewer epochs: at least this many GIF frames
-# Whole epochs (batches, logging, grids, saves, the live plot) ran at 74% of the trial's bare steps in `make demo`
-# (640 vs 869 images/s, 2-core AMD EPYC, 2026-12-06): estimates use this share
+# ... but never fewer steps than form faces: 32x32 synthetic faces, widths 32, batch 32 showed blobs after 375 steps,
+# faces with hair after 750 and clear ones after 1,125 (2026-12-07, 2-core AMD EPYC): a slow or busy CPU trains longer
+CPU_MIN_STEPS = 1_000
+# The CPU trial times bare steps at their fastest; whole epochs (batches, logging, grids, saves, the live plot) ran
+# at 74% of its figure in `make demo` (640 vs 869 images/s, 2-core AMD EPYC, 2026-12-06): estimates use this share
 EPOCH_SHARE = 0.75
 
 
@@ -385,23 +387,28 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
 
 def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
     """(max_images, epochs, why): as many images as `config.epochs` epochs train in CPU_MINUTES here, measured once;
-    on a CPU too slow for CPU_IMAGES[0] of them, fewer epochs (at least CPU_MIN_EPOCHS)."""
-    key = f"size preset {CPU_MINUTES} min|{_trial_key(config)} batch {config.batch_size} x {config.epochs} epochs"
+    on a CPU too slow for CPU_MIN_STEPS in that time, those steps and the time they take."""
+    key = f"size preset {CPU_MINUTES} min, {CPU_MIN_STEPS} steps|{_trial_key(config)} batch {config.batch_size} " \
+          f"x {config.epochs} epochs"
     try:
         entry = read_json(trial_cache_file())[key]
         images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
-        if not (CPU_IMAGES[0] <= images <= CPU_IMAGES[1] and 0 < epochs <= max(config.epochs, CPU_MIN_EPOCHS)
+        if not (CPU_IMAGES[0] <= images <= CPU_IMAGES[1] and 0 < epochs <= config.epochs
                 and 0 < speed < math.inf):
             raise ValueError("not what _cpu_images writes")   # a damaged entry: sized again
     except (OSError, ValueError, KeyError, TypeError):
         trial = cpu_trial(config, partial(time_training_steps, config))
         speed = EPOCH_SHARE * trial.images_per_s[trial.best(amp_setting(config)[0], config.channels_last)]
-        budget = CPU_MINUTES * 60 * speed   # images trained in CPU_MINUTES
-        images = int(min(max(budget / config.epochs // 1000 * 1000, CPU_IMAGES[0]), CPU_IMAGES[1]))
-        epochs = max(min(config.epochs, int(budget // images)), CPU_MIN_EPOCHS)
+        budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * config.batch_size)   # images to train
+        images = min(max(math.ceil(budget / config.epochs / 1000) * 1000, CPU_IMAGES[0]), CPU_IMAGES[1])
+        epochs = min(config.epochs, math.ceil(budget / images))
         _save_trial(key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
-    return images, epochs, (f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch runs "
-                            "at here)")
+    if CPU_MINUTES * 60 * speed >= CPU_MIN_STEPS * config.batch_size:
+        return images, epochs, f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch " \
+                               "runs at here)"
+    minutes = images * epochs / speed / 60
+    return images, epochs, f" (this CPU is slow or busy: {speed:,.0f} images/s an epoch; about {minutes:.0f} min " \
+                           f"for the {CPU_MIN_STEPS:,} steps that faces need)"
 
 
 def _describe(values: dict, how: str) -> str:

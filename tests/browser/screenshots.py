@@ -4,23 +4,28 @@
 
 Needs Debian's `chromium` (`apt-get install chromium`) and the `playwright` Python package
 (`.venv/bin/pip install playwright`; its own browser download, `playwright install`, is not used). Not part of
-`make test`: it trains on the CPU for several minutes.
+`make test`: it trains on the CPU, for minutes at the defaults.
 
-In a temporary copy of the repository layout (the checkout's data/ and generated/ stay untouched) it trains five
-small one-epoch sibling runs with the CLI, then opens notebooks 03, 04 and 05 in JupyterLab with CPU settings written into
-their parameters (papermill's injected-parameters cell, as `make demo` does), runs all their cells from the
-browser and saves, under OUT_DIR (default generated/screenshots/):
+In a temporary copy of the repository layout (the checkout's data/ and generated/ stay untouched) it runs notebooks 01
+to 06 with their defaults, as a learner who opens them and picks Run > Run All Cells, with notebook 03 run a second
+time with the tweak it invites (lr_g = 1e-3) before 04; it saves, under OUT_DIR (default generated/screenshots/):
 
-    03-live-plot-mid-epoch.png   the training cell while epoch 1 trains
-    03-compare-6-runs.png        "Compare your runs" with six runs
-    03-troubleshooting.png       the first figures of the troubleshooting guide (cell attachments)
-    04-gif-by-hand.png           the GIF written out by hand: the cell and what it wrote
-    04-gif.png                   the GIF and its download link
-    05-frechet.png               the Fréchet distance written out, beside the package's, on known answers
-    05-slerp.png                 slerp written out, beside the package's
-    05-latent-walk.png           the walk through the latent space
-    06-explorer.png              06's sliders and faces as they first show
-    06-explorer-moved.png        the same after moving the seed and direction sliders (redrawn in place)
+    01-size.png                   what `size = "auto"` chose on this machine, and why
+    03-hand-loop.png              the hand-written loop's samples after its time cap
+    03-start-of-training.png      the training cell while epoch 1 trains: the settings, the estimate, the live plot
+    03-end-of-training.png        the same cell when training ended
+    03-compare.png                "Compare your runs"
+    03-troubleshooting.png        the first figures of the troubleshooting guide (cell attachments)
+    03-tweak-lr_g.png             the training cell of the tweak (lr_g = 1e-3): what its diagnoses say
+    03-tweak-compare.png          the comparison with the tweak beside the main run
+    04-choice-of-run.png          which run 04 animates, and why
+    04-gif.png                    the GIF and its download link
+    05-training.png               the improved recipe trained beside the DCGAN run
+    05-fid.png                    the FID estimate and scores
+    05-comparison.png             the two recipes compared
+    05-latent-walk.png            the walk through the latent space
+    06-explorer.png               06's sliders and faces as they first show
+    06-explorer-moved.png         the same after moving the seed and direction sliders (redrawn in place)
 """
 
 from __future__ import annotations
@@ -42,18 +47,9 @@ from papermill.parameterize import parameterize_notebook
 from playwright.sync_api import Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
-# CPU settings: 32x32, widths 32, the 20,000 synthetic faces (an epoch long enough on a fast CPU for the live plot
-# to be caught mid-epoch), 3 epochs; 03 also trains your own networks, so that the comparison has such a run
-CPU_SETTINGS = {"image_size": 32, "g_width": 32, "d_width": 32}
-TRAIN = {**CPU_SETTINGS, "epochs": 3, "batch_size": 64}
-PARAMETERS = {
-    "03_training": {**TRAIN, "manual_steps": 100, "manual_seconds": 20, "train_own_networks": True},
-    "04_gif": {},
-    "05_evaluate": {**TRAIN, "compute_fid": False},
-    "06_use_your_gan": {"n_faces": 16},
-}
-SIBLINGS = ["--lr-g 1e-3", "--lr-d 4e-4", "--beta1 0.9", "--batch-size 32", "--lr-g 5e-3 --lr-d 1e-4"]
-CELL_TIMEOUT_MS = 20 * 60 * 1000
+NOTEBOOKS = ["01_dataset", "02_models", "03_training", "04_gif", "05_evaluate", "06_use_your_gan"]
+TWEAK = {"lr_g": 1e-3}   # the tweak notebook 03 invites, run as a second copy of 03 (03_training-tweak.ipynb)
+CELL_TIMEOUT_MS = 60 * 60 * 1000   # a busy 2-core CPU trains the defaults for many minutes
 
 
 def free_port() -> int:
@@ -63,13 +59,14 @@ def free_port() -> int:
 
 
 def prepare(work: Path) -> None:
-    """The repository layout with the notebooks' CPU parameters injected, and five sibling runs already trained."""
+    """The repository layout with the notebooks as committed, and 03 once more with TWEAK injected (as papermill
+    injects parameters)."""
     (work / "notebooks").mkdir(parents=True)
     (work / "utils").symlink_to(REPO / "utils", target_is_directory=True)
-    for name, parameters in PARAMETERS.items():
-        notebook = load_notebook_node(str(REPO / "notebooks" / f"{name}.ipynb"))   # as papermill reads it
-        nbformat.write(parameterize_notebook(notebook, parameters) if parameters else notebook,
-                       work / "notebooks" / f"{name}.ipynb")
+    for name in NOTEBOOKS:
+        shutil.copy(REPO / "notebooks" / f"{name}.ipynb", work / "notebooks")
+    notebook = load_notebook_node(str(REPO / "notebooks" / "03_training.ipynb"))   # as papermill reads it
+    nbformat.write(parameterize_notebook(notebook, TWEAK), work / "notebooks" / "03_training-tweak.ipynb")
     settings = work / "lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     # every cell rendered (not only those in view), so that cells far down can be found and scrolled to
@@ -78,14 +75,6 @@ def prepare(work: Path) -> None:
     news.mkdir(parents=True)
     (news / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
                                                                        "checkForUpdates": False}))
-    python = sys.executable
-    for options in SIBLINGS:
-        command = [python, "-m", "utils.train", "--data", "synthetic", "--device", "cpu",
-                   *[f"--{key.replace('_', '-')}={value}" for key, value in CPU_SETTINGS.items()],
-                   "--epochs=1",   # short: they are only there to be compared
-                   *(options.split() if "--batch-size" in options else ["--batch-size", "64", *options.split()])]
-        print("training a sibling run:", " ".join(command[2:]), flush=True)
-        subprocess.run(command, cwd=work, check=True, stdout=subprocess.DEVNULL)
 
 
 def open_and_run_all(page: Page, url: str, name: str) -> None:
@@ -149,32 +138,45 @@ def main(out: Path) -> None:
                     except Exception:
                         time.sleep(1)
 
+                open_and_run_all(page, url, "01_dataset")
+                wait_until_idle(page)
+                shoot(code_cell(page, "size_preset(size"), out / "01-size.png")
+                open_and_run_all(page, url, "02_models")
+                wait_until_idle(page)
+
                 open_and_run_all(page, url, "03_training")
+                hand = code_cell(page, "hand_history).suptitle")
+                hand.locator(".jp-OutputArea img").nth(1).wait_for(timeout=CELL_TIMEOUT_MS)   # the curves, the samples
+                shoot(hand, out / "03-hand-loop.png")
                 live = code_cell(page, "LivePlot(every_seconds")
                 live.locator(".jp-OutputArea img").first.wait_for(timeout=CELL_TIMEOUT_MS)   # drawn before step 1
-                time.sleep(12)   # a few redraws into epoch 1, which takes longer than this at these settings
-                if live.locator(".jp-OutputArea", has_text="epoch 1/3: loss_d").count():
-                    print("warning: epoch 1 ended before the mid-epoch screenshot", flush=True)
-                shoot(live, out / "03-live-plot-mid-epoch.png")
-                compare = wait_for_output(page, "compare_runs(", "run(s) of")
+                time.sleep(12)   # a few redraws into epoch 1
+                shoot(live, out / "03-start-of-training.png")
                 wait_until_idle(page)
-                shoot(compare, out / "03-compare-6-runs.png")
+                shoot(live, out / "03-end-of-training.png")
+                shoot(code_cell(page, "compare_runs("), out / "03-compare.png")
                 guide = page.locator(".jp-MarkdownCell", has_text="What goes wrong in GAN training").first
                 guide.locator("h2").first.scroll_into_view_if_needed()
                 time.sleep(1)
                 page.screenshot(path=str(out / "03-troubleshooting.png"))
                 print("saved", out / "03-troubleshooting.png", flush=True)
 
-                open_and_run_all(page, url, "04_gif")
-                shoot(wait_for_output(page, "by_hand.gif", "frames of"), out / "04-gif-by-hand.png")
-                shoot(wait_for_output(page, "make_gif(", "the same GIF from a shell"), out / "04-gif.png")
+                open_and_run_all(page, url, "03_training-tweak")
                 wait_until_idle(page)
+                shoot(code_cell(page, "LivePlot(every_seconds"), out / "03-tweak-lr_g.png")
+                shoot(code_cell(page, "compare_runs("), out / "03-tweak-compare.png")
+
+                open_and_run_all(page, url, "04_gif")
+                wait_until_idle(page)
+                shoot(code_cell(page, "choose_run("), out / "04-choice-of-run.png")
+                shoot(code_cell(page, "make_gif("), out / "04-gif.png")
 
                 open_and_run_all(page, url, "05_evaluate")
-                shoot(wait_for_output(page, "frechet_distance(*statistics)", "sampling moves"), out / "05-frechet.png")
-                shoot(wait_for_output(page, "slerp_by_hand(z0, z1, 0.3)", "bit for bit"), out / "05-slerp.png")
-                shoot(wait_for_output(page, "interpolation_frames(", "saved to"), out / "05-latent-walk.png")
                 wait_until_idle(page)
+                shoot(code_cell(page, "results = "), out / "05-training.png")
+                shoot(code_cell(page, "fid_estimate"), out / "05-fid.png")
+                shoot(code_cell(page, "compare_runs(["), out / "05-comparison.png")
+                shoot(code_cell(page, "interpolation_frames("), out / "05-latent-walk.png")
 
                 open_and_run_all(page, url, "06_use_your_gan")
                 explorer = wait_for_output(page, "FaceExplorer(", "one redraw")
@@ -187,6 +189,7 @@ def main(out: Path) -> None:
                         page.keyboard.press("ArrowRight")
                 time.sleep(3)
                 shoot(explorer, out / "06-explorer-moved.png")
+                wait_until_idle(page)
                 browser.close()
         finally:
             os.killpg(lab.pid, signal.SIGTERM)
