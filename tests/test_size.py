@@ -88,7 +88,6 @@ def test_the_cpu_preset_is_sized_once_per_machine_from_its_trial(trial, capsys):
     assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
     trial_cache_file().unlink()   # a slow CPU: 2.5 min at 0.75 x 20 images/s are 2,250 images, 70 steps
     trial(10.0, 20.0)
-    capsys.readouterr()
     values = size_preset("cpu", CPU)
     assert values == {**SIZES["cpu"], "max_images": 2_000, "epochs": 16}   # 32,000 images: CPU_MIN_STEPS of batch 32
     assert values["max_images"] * values["epochs"] // values["batch_size"] == CPU_MIN_STEPS
