@@ -1,9 +1,5 @@
-"""Distributed data-parallel training on the CPU: 2 processes with gloo, started by torchrun as a subprocess.
-
-Every run is tiny (16x16 images, widths 8, 256 images, batch 16, 2 epochs); most of the time goes into
-starting the processes. Run as a script under torchrun, this file is also the worker of
-test_weights_stay_identical_across_processes (see `_worker` at the bottom).
-"""
+"""Distributed data-parallel training on the CPU: 2 processes with gloo, started by torchrun as a subprocess. Every
+run is tiny (16x16, widths 8, 256 images, batch 16, 2 epochs). Run under torchrun, this file is its own worker."""
 
 from __future__ import annotations
 
@@ -18,8 +14,9 @@ import pytest
 import torch
 
 from utils import distributed
-from utils.config import TrainConfig, config_to_argv
+from utils.config import TrainConfig
 from utils.distributed import launch
+from utils.errors import ConfigError, UserError
 from utils.run import CHECKPOINT, list_frames, read_checkpoint
 from utils.training import DeviceData, epoch_generators, train
 
@@ -27,20 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 IMAGES, BATCH = 256, 16
 TINY = dict(data="synthetic", max_images=IMAGES, image_size=16, g_width=8, d_width=8, batch_size=BATCH, epochs=2,
             device="cpu", amp="off", num_samples=16, log_every=4)
+WORKER_IMAGES = torch.randint(0, 256, (IMAGES, 3, 16, 16), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
 
 
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     return TrainConfig(**{**TINY, "data_dir": str(tmp_path / "data"), "out": str(tmp_path / "run"), **overrides})
-
-
-def run_torchrun(target: list[str], nprocs: int = 2) -> str:
-    """Run `torchrun --nproc_per_node nprocs TARGET` from the repository root; its output, or a failure showing it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}", *target]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    return output
 
 
 def frame_epochs(run_dir: str | Path) -> list[int]:
@@ -51,102 +40,59 @@ def read_history(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "history.json").read_text())
 
 
-# ----------------------------------------------------------------------------------- whole runs
-
-def test_two_process_run_logs_once_and_resumes_in_one_process(tmp_path):
-    config = tiny_config(tmp_path)
-
-    output = run_torchrun(["-m", "utils.train", *config_to_argv(config)])
-
-    assert output.count("effective batch 32;") == 1   # printed by process 0 only, with the learning rates
-    assert output.count("learning rates G 2.00e-04, D 2.00e-04") == 1
-    assert output.count("epoch 1/2: loss_d") == 1 and output.count("epoch 2/2: loss_d") == 1
-    assert frame_epochs(config.out) == [1, 2]          # one frame per epoch, not one per process
-    history = read_history(config.out)
-    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+def test_two_processes_train_one_run_with_identical_weights_that_resumes_in_one_process(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__]
+    done = subprocess.run([*command, str(tmp_path)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)   # `_worker` below, in each process
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    printed_once = ["effective batch 32;", "learning rates G 2.00e-04, D 2.00e-04", "epoch 1/2: loss_d", "epoch 2/2:"]
+    assert all(output.count(line) == 1 for line in printed_once), output   # by process 0 only
+    run_dir = tmp_path / "run"
+    assert frame_epochs(run_dir) == [1, 2]          # one frame per epoch, not one per process
     # each process trains on its half of the epoch: 256 / (2 x 16) = 8 steps per epoch, not 16
-    assert history["steps"][-1]["step"] == 2 * IMAGES // (2 * BATCH)
-    state = read_checkpoint(Path(config.out) / CHECKPOINT)
-    assert state["epoch"] == 2
-    assert not any(key.startswith("module.") for key in chain(state["generator"], state["discriminator"]))
+    assert read_history(run_dir)["steps"][-1]["step"] == 2 * IMAGES // (2 * BATCH)
+    state = read_checkpoint(run_dir / CHECKPOINT)
+    assert state["epoch"] == 2 and not any(key.startswith("module.") for key in chain(state["generator"],
+                                                                                       state["discriminator"]))
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    # DDP averaged the gradients of G and D: both processes end with the same weights...
+    assert len(rank0["parameters"]) == len(rank1["parameters"]) > 0
+    assert all(torch.equal(a, b) for a, b in zip(rank0["parameters"], rank1["parameters"]))
+    # ... although each trained on its own batches: D's BatchNorm running statistics (each process keeps its own) differ
+    assert any(not torch.equal(a, b) for a, b in zip(rank0["d_batchnorm_stats"], rank1["d_batchnorm_stats"]))
+    collectives = [(r["average_of_ranks"], r["agree_rank1_only"], r["agree_nobody"]) for r in (rank0, rank1)]
+    assert collectives == [(0.5, True, False)] * 2
 
-    result = train(tiny_config(tmp_path, epochs=3), progress=False)  # one process takes over
+    result = train(TrainConfig(**{**TINY, "out": str(run_dir), "epochs": 3}), progress=False, images=WORKER_IMAGES)
 
-    assert result.epochs_done == 3
-    assert frame_epochs(config.out) == [1, 2, 3]
-    history = read_history(config.out)
+    assert result.epochs_done == 3 and frame_epochs(run_dir) == [1, 2, 3]   # one process takes over
+    history = read_history(run_dir)
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3]
     assert history["steps"][-1]["step"] == 16 + IMAGES // BATCH  # alone, a process sees the whole epoch
 
 
-def test_launch_resumes_a_one_process_run_on_two_processes(tmp_path, capsys):
+def test_launch_refuses_what_cannot_start_resumes_a_one_process_run_and_says_when_training_failed(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="config field 'sync_batchnorm' needs CUDA GPUs"):
+        launch(tiny_config(tmp_path, sync_batchnorm=True), nprocs=2)
+    with pytest.raises(ConfigError, match="pass nprocs=N"):
+        launch(tiny_config(tmp_path))
+    assert not (tmp_path / "run").exists()   # refused before any process started
     train(tiny_config(tmp_path, epochs=1), progress=False)
     capsys.readouterr()
 
     launch(tiny_config(tmp_path, epochs=2), nprocs=2)
 
     output = capsys.readouterr().out
-    assert "torch.distributed.run --standalone --nproc_per_node=2 -m utils.train" in output
-    assert "--device cpu" in output
+    assert "torch.distributed.run --standalone --nproc_per_node=2 -m utils.train" in output and "--device cpu" in output
     assert output.count("resuming") == 1 and output.count("effective batch 32;") == 1
     assert frame_epochs(tmp_path / "run") == [1, 2]
     history = read_history(tmp_path / "run")
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert history["steps"][-1]["step"] == IMAGES // BATCH + IMAGES // (2 * BATCH)
-
-
-def test_launch_raises_when_training_fails(tmp_path, capsys):
-    config = tiny_config(tmp_path, resume=False)
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / CHECKPOINT).write_bytes(b"an earlier run")
-
-    with pytest.raises(RuntimeError, match="torchrun exited with code 1"):
-        launch(config, nprocs=2)
+    with pytest.raises(UserError, match="torchrun exited with code 1; the first error is in the output above"):
+        launch(tiny_config(tmp_path, resume=False), nprocs=2)
     assert "already holds a run" in capsys.readouterr().out  # the cause, from process 0, is shown
-
-
-def test_weights_stay_identical_across_processes(tmp_path):
-    run_torchrun([__file__, str(tmp_path)])
-
-    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
-    # DDP averaged the gradients of G and D: both processes end with the same weights...
-    assert len(rank0["parameters"]) == len(rank1["parameters"]) > 0
-    for a, b in zip(rank0["parameters"], rank1["parameters"]):
-        assert torch.equal(a, b)
-    # ... although each trained on its own batches: D's BatchNorm running statistics (each process keeps its own) differ
-    assert any(not torch.equal(a, b) for a, b in zip(rank0["d_batchnorm_stats"], rank1["d_batchnorm_stats"]))
-    assert rank0["average_of_ranks"] == rank1["average_of_ranks"] == 0.5
-    assert rank0["agree_rank1_only"] is rank1["agree_rank1_only"] is True
-    assert rank0["agree_nobody"] is rank1["agree_nobody"] is False
-
-
-# ----------------------------------------------------------------------------------- checks before starting
-
-def test_sync_batchnorm_without_cuda_is_refused_before_starting(tmp_path):
-    with pytest.raises(ValueError, match="config field 'sync_batchnorm' needs CUDA GPUs"):
-        launch(tiny_config(tmp_path, sync_batchnorm=True), nprocs=2)
-    assert not (tmp_path / "run").exists()
-
-
-def test_launch_on_cpu_needs_an_explicit_process_count(tmp_path):
-    with pytest.raises(ValueError, match="pass nprocs=N"):
-        launch(tiny_config(tmp_path))
-
-
-# ----------------------------------------------------------------------------------- sharding and randomness
-
-def served(images: torch.Tensor, rank: int, world: int, order: torch.Tensor, flips: torch.Tensor,
-           monkeypatch) -> list[tuple[int, bool]]:
-    """(image index, flipped) of every image process `rank` of `world` trains on in the epoch (order, flips)."""
-    monkeypatch.setattr(distributed, "rank", lambda: rank)
-    monkeypatch.setattr(distributed, "world_size", lambda: world)
-    data = DeviceData(images, torch.device("cpu"), TrainConfig(batch_size=8, image_size=16), channels_last=False,
-                      log=lambda *_: None)
-    seen = []
-    for batch in data.epoch(order, flips):
-        pixels = ((batch + 1) * 127.5).round().long()
-        seen += zip(pixels[:, 0, 0, 0].tolist(), (pixels[:, 1, 0, 0] == 255).tolist())
-    return seen
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -159,8 +105,14 @@ def test_processes_get_distinct_shards_that_cover_the_epoch(world, monkeypatch):
     order = torch.randperm(count, generator=torch.Generator().manual_seed(1))
     flips = torch.rand(count, generator=torch.Generator().manual_seed(2)) < 0.5
     position = {int(index): p for p, index in enumerate(order)}
-
-    shards = [served(images, rank, world, order, flips, monkeypatch) for rank in range(world)]
+    monkeypatch.setattr(distributed, "world_size", lambda: world)
+    shards = []   # (image index, flipped) of every image each process trains on
+    for rank in range(world):
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        data = DeviceData(images, torch.device("cpu"), TrainConfig(batch_size=batch, image_size=16),
+                          channels_last=False, log=lambda *_: None)
+        pixels = torch.cat([((served + 1) * 127.5).round().long() for served in data.epoch(order, flips)])
+        shards.append(list(zip(pixels[:, 0, 0, 0].tolist(), (pixels[:, 1, 0, 0] == 255).tolist())))
 
     assert len({len(shard) for shard in shards}) == 1             # same number of steps everywhere
     everything = [index for shard in shards for index, _ in shard]
@@ -173,23 +125,17 @@ def test_processes_get_distinct_shards_that_cover_the_epoch(world, monkeypatch):
 
 
 def test_each_process_draws_its_own_noise_from_the_same_permutation():
-    cpu0, dev0 = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=0)
-    cpu1, dev1 = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"), rank=1)
-    _, dev_alone = epoch_generators(seed=42, epoch=3, device=torch.device("cpu"))
-
+    (cpu0, dev0), (cpu1, dev1) = (epoch_generators(42, 3, torch.device("cpu"), rank=rank) for rank in (0, 1))
+    _, dev_alone = epoch_generators(42, 3, torch.device("cpu"))
     assert torch.equal(torch.randperm(100, generator=cpu0), torch.randperm(100, generator=cpu1))
     noise0, noise1 = torch.randn(8, generator=dev0), torch.randn(8, generator=dev1)
     assert not torch.allclose(noise0, noise1)
     assert torch.equal(noise0, torch.randn(8, generator=dev_alone))  # process 0 draws what a single process does
 
 
-# ----------------------------------------------------------------------------------- worker
-
 def _worker(out: Path) -> None:
-    """One process of test_weights_stay_identical_across_processes: train, then save what the test compares."""
-    config = TrainConfig(**{**TINY, "out": str(out / "run")})
-    images = torch.randint(0, 256, (IMAGES, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    result = train(config, progress=False, images=images)
+    """One process of the two-process test: train, then save what the test compares."""
+    result = train(TrainConfig(**{**TINY, "out": str(out / "run")}), progress=False, images=WORKER_IMAGES)
     rank = distributed.rank()
     torch.save({
         "parameters": [p.detach() for p in chain(result.generator.parameters(), result.discriminator.parameters())],

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
+from utils import environment, estimate
 from utils.config import TrainConfig
-from utils.environment import CPUTrial, _save_trial, _trial_key, trial_cache_file
-from utils.estimate import (cpu_speed, fid_estimate, fid_images_to_score, format_duration, measured_speed, timed_speed,
-                            training_estimate)
+from utils.environment import CPUTrial, _save_trial, _trial_key
+from utils.estimate import fid_estimate, fid_images_to_score, format_duration, measured_speed, training_estimate, \
+    training_speed
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.run import CONFIG, HISTORY, default_run_dir
 
@@ -36,68 +37,55 @@ def test_durations_read_as_estimates():
 def test_the_estimate_uses_the_epochs_measured_here_and_warns_on_a_cpu_with_what_to_lower(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "generated"
-    past_run(root, TrainConfig(lr_g=1e-3), [20.0, 44.0, 45.0, 46.0], cut_short=5.0)   # same networks: counts
-    past_run(root, TrainConfig(g_width=32), [500.0])                                  # other widths: does not
-    assert measured_speed(TrainConfig(), root) == (45.0, f"the epochs of {root / 'dcgan-64px-lr_g=0.001'} on this machine")
+    past = past_run(root, TrainConfig(lr_g=1e-3), [20.0, 44.0, 45.0, 46.0], cut_short=5.0)   # same networks: counts
+    past_run(root, TrainConfig(g_width=32), [500.0])                                         # other widths: not
+    assert measured_speed(TrainConfig(), root) == (45.0, f"the epochs of {past} on this machine")
 
-    text = training_estimate(TrainConfig(), CPU, 20_000, root=root)
-    first, warning = text.splitlines()   # one duration, and what to lower
-    assert first == (f"25 epochs x 20,000 images at about 45 images/s (the epochs of {root / 'dcgan-64px-lr_g=0.001'} "
-                     "on this machine): about 3 h 05 min here")
+    first, warning = training_estimate(TrainConfig(), CPU, 20_000, root=root).splitlines()   # one duration
+    assert first == (f"25 epochs x 20,000 images at about 45 images/s (the epochs of {past} on this machine): about "
+                     "3 h 05 min here")
     assert warning == ('warning: over 30 minutes on a CPU: size = "cpu" picks values that train in minutes here (or '
                        'lower epochs, max_images, image_size, g_width and d_width), or use a GPU')
-
-    short = training_estimate(TrainConfig(epochs=1, max_images=2000), CPU, 2_000, root=root)
-    assert short == (f"1 epoch x 2,000 images at about 45 images/s (the epochs of {root / 'dcgan-64px-lr_g=0.001'} "
-                     "on this machine): about 44 s here")                                         # no warning
+    assert training_estimate(TrainConfig(epochs=1, max_images=2000), CPU, 2_000, root=root) == \
+           f"1 epoch x 2,000 images at about 45 images/s (the epochs of {past} on this machine): about 44 s here"
     assert "warning" not in training_estimate(TrainConfig(), torch.device("meta"), 20_000, root=root)  # not a CPU
 
+    config = TrainConfig(epochs=3, image_size=32)   # a resumed run counts only the epochs left
+    run = past_run(root, config, [100.0, 100.0])
+    assert training_estimate(config, CPU, 1_000, root=root).startswith("1 epoch (epochs 3-3; 2 done) x 1,000 images")
+    assert training_estimate(dataclasses.replace(config, epochs=2), CPU, 1_000, root=root) == \
+           f"{run.relative_to(tmp_path)} already has 2 epochs: nothing to train, it only loads (seconds)"
 
-def test_with_no_epochs_measured_a_cpu_estimate_is_the_cpu_trials_figure(tmp_path, monkeypatch):
-    """The figure that train() itself reads to choose the precision, less the loop's share: one measurement."""
+
+def test_with_no_epochs_measured_the_speed_is_timed_by_the_cpu_trial_or_on_the_device(tmp_path, monkeypatch):
+    """On a CPU the figure that train() itself reads to choose the precision, less the loop's share."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
     config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=32, epochs=2)
-    _save_trial(trial_cache_file(), _trial_key(config), CPUTrial({"fp32 NCHW": 300.0, "fp32 channels_last": 400.0}))
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)   # the cache below holds fp32 candidates only
+    _save_trial(_trial_key(config), CPUTrial({"fp32 NCHW": 300.0, "fp32 channels_last": 400.0}, 3, True))
     assert training_estimate(config, CPU, 12_000) == \
            "2 epochs x 12,000 images at about 300 images/s (from the CPU trial): about 80 s here"   # 0.75 x 400
     assert training_estimate(dataclasses.replace(config, channels_last="off"), CPU, 12_000).endswith(
         "about 2 min here")   # 0.75 x 300
     larger = dataclasses.replace(config, batch_size=64, amp="off", channels_last="off")   # timed at its own batch
-    assert cpu_speed(larger) != 0.75 * 300.0 and cpu_speed(larger) > 0
+    assert 0 < training_speed(larger, CPU)[0] != 0.75 * 300.0
 
-
-def test_a_resumed_run_counts_only_the_epochs_left(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    root = tmp_path / "generated"
-    config = TrainConfig(epochs=3, image_size=32)
-    run = past_run(root, config, [100.0, 100.0])
-    assert training_estimate(config, CPU, 1_000, root=root).startswith("1 epoch (epochs 3-3; 2 done) x 1,000 images")
-    assert training_estimate(TrainConfig(epochs=2, image_size=32), CPU, 1_000, root=root) == \
-           f"{run.relative_to(tmp_path)} already has 2 epochs: nothing to train, it only loads (seconds)"
-
-
-def test_timed_speed_times_real_steps_and_leaves_the_random_state_alone():
-    config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=8, amp="off", channels_last="off")
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    speed = timed_speed(config, CPU, seconds=0.2, max_steps=2)
-    assert speed > 0
-    assert torch.equal(torch.get_rng_state(), before)
+    assert estimate._gpu_speed(dataclasses.replace(config, amp="off"), CPU, seconds=0.2, max_steps=2) > 0
+    assert torch.equal(torch.get_rng_state(), before)   # the run learns the same
 
 
-def test_fid_estimate_says_what_fewer_samples_cost_and_warns_on_a_cpu_past_half_an_hour():
+def test_fid_estimate_counts_the_real_images_until_cached_says_what_fewer_samples_cost_and_warns_on_a_cpu(tmp_path):
     assert fid_estimate(1_000, 10.0, CPU, "fid_samples") == \
            "FID: 1,000 images through Inception at about 10.0 images/s (timed now on cpu): about 2 min here"
     assert fid_estimate(3_000, 10.0, CPU, "fid_samples", samples=1_000).splitlines()[1] == \
            ("1,000 samples per score: FID reads higher than with the usual 10,000 (its bias falls as 1 / samples), so "
             "compare only scores of equal settings")
-    slow = fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real")
-    assert slow.endswith("warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
-
-
-def test_fid_counts_the_real_images_only_until_their_statistics_are_cached(tmp_path):
+    assert fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real").endswith(
+        "warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
     images = torch.zeros(300, 3, 16, 16, dtype=torch.uint8)
     config = TrainConfig(data_dir=str(tmp_path), fid_samples=1000, fid_real=200)
     assert fid_images_to_score(config, images, generators=2) == 200 + 2 * 1000

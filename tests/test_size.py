@@ -1,28 +1,30 @@
-"""The `size` parameter of every notebook: one function (utils.environment.size_preset) resolves it to the same
-values in notebooks 01 to 06 on one machine, a value the learner types wins, and a CPU's preset is sized from its
-CPU trial, once."""
+"""The `size` parameter of every notebook: size_preset resolves it to the same values in notebooks 01 to 06 on one
+machine, a value the learner types wins, and a CPU's preset is sized from its CPU trial, once."""
 
 import ast
+import json
 
 import pytest
 import torch
 
 from test_notebooks import NOTEBOOKS, code_cells, load, parameters, parameters_cells
+from utils import environment
 from utils.config import TrainConfig
-from utils.environment import CPU_IMAGES, CPU_MIN_STEPS, SIZES, CPUTrial, _save_trial, _trial_key, size_preset, trial_cache_file
+from utils.environment import CPU_IMAGES, CPU_MIN_STEPS, SIZES, CPUTrial, _save_trial, _trial_key, size_preset, \
+    trial_cache_file
 
 GPU, CPU = torch.device("cuda"), torch.device("cpu")
 CPU_NETWORKS = TrainConfig(**{**SIZES["cpu"], "max_images": 0})
 
 
 @pytest.fixture
-def measured(tmp_path, monkeypatch):
-    """A CPU trial of the "cpu" preset's networks cached at 500 images/s (fp32 channels_last): nothing is timed."""
+def trial(tmp_path, monkeypatch):
+    """trial(nchw, channels_last): a CPU trial of the "cpu" preset's networks cached at these fp32 images/s."""
     monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
-    speeds = {"fp32 NCHW": 400.0, "fp32 channels_last": 500.0}
-    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(speeds, 0.5, 3, True))
-    return speeds
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)
+    return lambda nchw, channels_last: _save_trial(_trial_key(CPU_NETWORKS), CPUTrial(
+        {"fp32 NCHW": nchw, "fp32 channels_last": channels_last}, 3, True))
 
 
 def notebook_resolution(name: str, device: torch.device, smoke: bool = False) -> dict:
@@ -39,7 +41,8 @@ def notebook_resolution(name: str, device: torch.device, smoke: bool = False) ->
 
 
 @pytest.mark.parametrize("device", [GPU, CPU], ids=["gpu", "cpu"])
-def test_every_notebook_resolves_size_to_the_same_values(device, measured, capsys):
+def test_every_notebook_resolves_size_to_the_same_values(device, trial, capsys):
+    trial(400.0, 500.0)
     resolved = {name: notebook_resolution(name, device) for name in NOTEBOOKS}
     assert all(values == resolved[NOTEBOOKS[0]] for values in resolved.values()), resolved
     lines = capsys.readouterr().out.splitlines()
@@ -54,14 +57,14 @@ def test_every_notebook_resolves_size_to_the_same_values(device, measured, capsy
     TrainConfig(**values)   # valid settings
 
 
-def test_the_smoke_configuration_resolves_without_measuring(tmp_path, monkeypatch):
-    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
+def test_the_smoke_configuration_resolves_without_measuring(trial):
     for name in NOTEBOOKS:
         assert notebook_resolution(name, CPU, smoke=True)["image_size"] == 16
     assert not trial_cache_file().exists()   # max_images given: no trial, nothing cached
 
 
-def test_a_value_the_learner_types_wins_and_the_rest_follow_the_size(measured, capsys):
+def test_a_value_the_learner_types_wins_and_the_rest_follow_the_size(trial, capsys):
+    trial(400.0, 500.0)
     values = size_preset("auto", CPU, image_size=16, max_images=500, epochs=None)
     assert values == {**SIZES["cpu"], "image_size": 16, "max_images": 500}
     assert capsys.readouterr().out.rstrip().endswith('; yours: image_size, max_images. size = "gpu" is the 64x64 recipe '
@@ -72,20 +75,19 @@ def test_a_value_the_learner_types_wins_and_the_rest_follow_the_size(measured, c
         size_preset("large", CPU)
 
 
-def test_the_cpu_preset_is_sized_once_per_machine(measured):
+def test_the_cpu_preset_is_sized_once_per_machine_from_its_trial(trial, capsys):
+    trial(400.0, 500.0)
     assert size_preset("cpu", CPU)["max_images"] == 3_000
-    faster = {"fp32 NCHW": 4000.0, "fp32 channels_last": 5000.0}   # a trial measured again later (recheck_trial)
-    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(faster, 0.5, 3, True))
+    trial(4000.0, 5000.0)   # a trial measured again later (recheck_trial)
     assert size_preset("cpu", CPU)["max_images"] == 3_000   # the series keeps the size it started with
     trial_cache_file().unlink()   # deleted: measured again (here: the cached figure), within CPU_IMAGES
-    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(faster, 0.5, 3, True))
+    trial(4000.0, 5000.0)
     assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
-
-
-def test_a_slow_cpu_still_trains_the_steps_that_faces_need_and_says_how_long(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
-    slow = {"fp32 NCHW": 10.0, "fp32 channels_last": 20.0}   # 2.5 min at 0.75 x 20 images/s: 2,250 images, 70 steps
-    _save_trial(trial_cache_file(), _trial_key(CPU_NETWORKS), CPUTrial(slow, 0.5, 3, True))
+    cache = json.loads(trial_cache_file().read_text())   # a damaged preset entry is sized again, not used
+    trial_cache_file().write_text(json.dumps({key: {**entry, "max_images": 10**12} for key, entry in cache.items()}))
+    assert size_preset("cpu", CPU)["max_images"] == CPU_IMAGES[1]
+    trial_cache_file().unlink()   # a slow CPU: 2.5 min at 0.75 x 20 images/s are 2,250 images, 70 steps
+    trial(10.0, 20.0)
     values = size_preset("cpu", CPU)
     assert values == {**SIZES["cpu"], "max_images": 2_000, "epochs": 16}   # 32,000 images: CPU_MIN_STEPS of batch 32
     assert values["max_images"] * values["epochs"] // values["batch_size"] == CPU_MIN_STEPS

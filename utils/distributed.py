@@ -1,11 +1,7 @@
-"""Several GPUs (or CPU processes) with torch.distributed and DistributedDataParallel (README: "Several GPUs").
-
-    torchrun --nproc_per_node 2 -m utils.train --data kaggle --out generated/ddp-run    # from a shell
-    >>> launch(config)                       # from a notebook cell: one process per visible GPU
-
-Each process trains on its own shard of every epoch, `batch_size` images per step (the effective batch is
-batch_size x processes); gradients and logged losses are averaged over processes; only process 0 writes, and
-checkpoints hold the unwrapped models, so a run resumes on any number of processes. nccl on GPUs, gloo on CPUs.
+"""Several GPUs (or CPU processes) with DistributedDataParallel: `torchrun --nproc_per_node 2 -m utils.train ...`
+from a shell, `launch(config)` from a notebook. Each process trains on its own shard of every epoch (the effective
+batch is batch_size x processes); gradients and logged losses are averaged; only process 0 writes, and checkpoints
+hold the unwrapped models, so a run resumes on any number of processes. nccl on GPUs, gloo on CPUs.
 """
 
 from __future__ import annotations
@@ -33,10 +29,11 @@ from utils.errors import ConfigError, UserError
 
 # generous: at some collectives the others wait while process 0 alone downloads, decodes or measures FID
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
-
-
-class TrainingFailed(UserError, RuntimeError):
-    """A distributed run launched from a notebook failed; its processes' output says why."""
+# No buffer broadcast at each forward: D runs twice before one backward, and a broadcast at the second forward would
+# overwrite BatchNorm statistics saved for that backward. Each process keeps its own running statistics.
+_NO_BUFFER_SYNC_IN_FORWARD = (
+    {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+    else {"broadcast_buffers": False})
 
 
 def launched() -> bool:
@@ -65,16 +62,16 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     """Leave the process group together: a process that exits while another still talks to it can abort it."""
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 @contextmanager
@@ -100,38 +97,23 @@ def agree(flag: bool) -> bool:
     """True in every process if `flag` is True in any: for decisions all must take together (stop early)."""
     if not dist.is_initialized():
         return flag
-    votes = torch.tensor([float(flag)], device=_collective_device())
+    # nccl moves tensors of this process's GPU (the current one), gloo CPU tensors
+    votes = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(votes, op=dist.ReduceOp.MAX)
     return bool(votes.item())
-
-
-def _collective_device() -> torch.device:
-    """nccl only moves GPU tensors (of this process's GPU); gloo moves CPU tensors."""
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
     """SyncBatchNorm only runs on CUDA: say so before any process starts, not deep inside DDP."""
     if sync_batchnorm and device.type != "cuda":
         raise ConfigError(f"config field 'sync_batchnorm' needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on "
-                         f"{device.type}): set sync_batchnorm=False (--no-sync-batchnorm)")
-
-
-# No buffer broadcast at each forward: D runs twice before one backward, and a broadcast at the second forward
-# would overwrite BatchNorm statistics that cuDNN saved for that backward ("modified by an inplace operation").
-# Training normalises with batch statistics, so each process keeps its own running ones. Newer PyTorch names the
-# option forward_sync_buffers.
-_NO_BUFFER_SYNC_IN_FORWARD = (
-    {"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-    else {"broadcast_buffers": False})
+                          f"{device.type}): set sync_batchnorm=False (--no-sync-batchnorm)")
 
 
 def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Module:
     """DistributedDataParallel around `model` (which broadcasts process 0's weights) when distributed, else `model`.
-
     With `sync_batchnorm` DDP wraps a SyncBatchNorm twin sharing `model`'s parameters and buffers, so `model` keeps
-    plain BatchNorm and process 0 alone can still sample from it (SyncBatchNorm waits for all processes).
-    """
+    plain BatchNorm and process 0 alone can still sample from it."""
     if not dist.is_initialized():
         return model
     check_sync_batchnorm(sync_batchnorm, device)
@@ -149,26 +131,24 @@ def unwrap(model: nn.Module) -> nn.Module:
 def launch(config: TrainConfig, nprocs: int | None = None) -> None:
     """Run `python -m utils.train` under torchrun on `nprocs` processes (default: one per visible GPU), streaming
     its output; in the current folder, so relative `out` and `data_dir` name what `train(config)` would."""
-    # the GPUs the processes would drive (utils.environment.pick_device, in each of them, checks the device itself)
     gpus = torch.cuda.device_count() if config.device == "auto" or config.device.startswith("cuda") else 0
     check_sync_batchnorm(config.sync_batchnorm, torch.device("cuda" if gpus else "cpu"))
-    if nprocs is None:
-        if not gpus:
-            raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so "
-                              "there is no GPU count to default to: pass nprocs=N to start N CPU processes")
-        nprocs = gpus
+    if nprocs is None and not gpus:
+        raise ConfigError(f"launch: config field 'device' is '{config.device}' and no CUDA GPU is used, so there is "
+                          "no GPU count to default to: pass nprocs=N to start N CPU processes")
+    nprocs = gpus if nprocs is None else nprocs
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
                "-m", "utils.train", *config_to_argv(config)]
     # the children import this very `utils` package, whatever the notebook's working folder
-    package_root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
     print(shlex.join(command), flush=True)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as process:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env={**os.environ, "PYTHONPATH": path}) as process:
         # raw chunks, not lines: tqdm's carriage returns then redraw one progress line in the notebook
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while chunk := process.stdout.read1():
             sys.stdout.write(decoder.decode(chunk))
             sys.stdout.flush()
     if process.returncode != 0:
-        raise TrainingFailed(f"distributed training failed: torchrun exited with code {process.returncode}; "
-                           "the first error is in the output above")
+        raise UserError(f"distributed training failed: torchrun exited with code {process.returncode}; "
+                        "the first error is in the output above")

@@ -1,12 +1,9 @@
 """Where we run and how fast: `choose_device(config, measure)` decides once per run the device, mixed precision,
-memory layout and CUDA graphs, with the lines for the training log; `size_preset` sizes the notebooks' runs.
+memory layout and CUDA graphs, with the lines that say so; `size_preset` sizes the notebooks' runs for this machine.
 
-"auto" is measured (benchmarks/results/, docs/speed-and-quality.md): bf16 + channels_last on CUDA with compute
-capability >= 8, fp16 with a GradScaler on a T4 or V100, fp32 on MPS. CPUs disagree, so `cpu_trial` times real
-training steps of the config's networks in each candidate and caches the answer per machine (`trial_cache_file`); a
-resumed run keeps what its epochs trained with. `amp="fp16"` on a CPU runs a T4's path, slowly, to check it; "auto"
-never picks it there. ANIME_GAN_AMP forces `amp` for every "auto" run; ANIME_GAN_VERBOSE=1 prints the trial's
-figures; ANIME_GAN_CACHE_DIR moves the cache.
+"auto" follows what was measured (docs/speed-and-quality.md): bf16 + channels_last on CUDA capability >= 8, fp16 on
+a T4 or V100, fp32 on MPS; CPUs disagree, so a trial times real training steps and caches the answer per machine.
+ANIME_GAN_AMP forces "auto"'s amp, ANIME_GAN_VERBOSE=1 prints the trial's figures, ANIME_GAN_CACHE_DIR moves the cache.
 """
 
 from __future__ import annotations
@@ -19,10 +16,10 @@ import platform
 import sys
 import time
 from contextlib import closing
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable, Generator
+from typing import Callable, Iterator
 
 import torch
 
@@ -34,57 +31,57 @@ from utils.step import TRIAL_BATCH, time_training_steps
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
 VERBOSE_VARIABLE = "ANIME_GAN_VERBOSE"
-# What "auto" keeps on a CPU unless another candidate is MARGIN faster (fastest on both AVX2 CPUs measured; a few
-# seconds of timing on a shared machine vary by nearly that much)
+# "auto" keeps CPU_DEFAULT on a CPU unless another candidate is MARGIN faster (fastest on both AVX2 CPUs measured; a
+# few seconds of timing on a shared machine vary by nearly that much)
 CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
 TRIAL_MIN_ROUNDS = 3      # every candidate is timed at least this often...
 TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at most this long after the first
 AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest rounds are within 5%
-RECHECK_GAP = 0.25        # an epoch this much faster or slower than the trial's figure has it measured again
-QUIETER = 1.0             # a new measurement replaces the cached one unless it saw a load this much higher
+RECHECK_GAP = 0.25        # an epoch this much faster or slower than a cached trial's figure has it measured again
 
-# measure(candidates): a generator yielding, round after round, {candidate: images/s of one training step}
-Measure = Callable[[list[str]], Generator[dict[str, float], None, None]]
+# measure(candidates) yields, round after round, {candidate: images/s of a training step}: time_training_steps
+Measure = Callable[[list[str]], Iterator[dict[str, float]]]
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The device this process drives: the requested one, or the best available for "auto" (cuda, then mps, then
-    cpu). Under torchrun, "cuda" means this process's own GPU, number LOCAL_RANK."""
+    """The device this process drives: `name`, or for "auto" cuda, then mps, then cpu. Under torchrun, "cuda" is
+    this process's own GPU, number LOCAL_RANK."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return _process_gpu(torch.device("cuda"))
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config field 'device' is 'cuda' but no CUDA GPU is visible: use device='auto' or 'cpu' "
-                         "(on Colab: Runtime > Change runtime type > GPU)")
+                          "(on Colab: Runtime > Change runtime type > GPU)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("config field 'device' is 'mps' but Apple MPS is not available: use device='auto' or 'cpu'")
     return _process_gpu(device) if device.type == "cuda" else device
 
 
 def _process_gpu(device: torch.device) -> torch.device:
-    """`device` ("cuda" or "cuda:N"), or under torchrun this process's GPU: one GPU per process, cuda:LOCAL_RANK."""
     if not distributed.launched():
-        return device if device.index is not None else torch.device("cuda", 0)
+        return torch.device("cuda", device.index or 0)
     local_rank = int(os.environ["LOCAL_RANK"])
     if device.index not in (None, local_rank):
         raise ConfigError(f"config field 'device' is '{device}', but a distributed run drives one GPU per process "
-                         "(process k uses cuda:k): use device='auto' or 'cuda'")
+                          "(process k uses cuda:k): use device='auto' or 'cuda'")
     if local_rank >= torch.cuda.device_count():
         raise ConfigError(f"process {local_rank} has no GPU of its own: only {torch.cuda.device_count()} visible; "
-                         "start at most one process per GPU (torchrun --nproc_per_node)")
+                          "start at most one process per GPU (torchrun --nproc_per_node)")
     return torch.device("cuda", local_rank)
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); autocast is only worth it then."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.machine() == "arm64" and sys.platform == "darwin"  # Apple M2+ has bf16 instructions
+    flags = _cpuinfo()
+    if not flags:
+        return platform.machine() == "arm64" and sys.platform == "darwin"   # Apple M2+ has bf16 instructions
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -100,29 +97,21 @@ def amp_setting(config: TrainConfig) -> tuple[str, str]:
 
 
 def pick_amp(device: torch.device, amp: str = "auto", source: str = "config field 'amp'") -> torch.dtype | None:
-    """The autocast dtype for `device` (None = full fp32). fp16 needs a GradScaler; bf16 does not. A refused value
-    raises a ConfigError naming `source` (the config field, or the environment variable that set it)."""
-    if amp == "off":
-        return None
-    if amp == "bf16":
-        if device.type == "cpu" and not cpu_has_bf16():
-            raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (it would run many times slower): "
-                              "use amp='auto' or 'off'")
-        return torch.bfloat16
-    if amp == "fp16":
-        if device.type == "mps":
-            raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on {device}: use 'auto' or "
-                              "'off'")
-        return torch.float16
-    # auto
-    if device.type == "cuda":
+    """The autocast dtype for `device` (None = fp32; fp16 needs a GradScaler). A refused value names `source`."""
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (it would run many times slower): "
+                          "use amp='auto' or 'off'")
+    if amp == "fp16" and device.type == "mps":
+        raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on {device}: use 'auto' or "
+                          "'off'")
+    if amp == "auto" and device.type == "cuda":   # a CPU's "auto" is the CPU trial's (choose_device); MPS: fp32
         return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return None  # the CPU's "auto" is decided by cpu_trial (choose_device); MPS: fp32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
 
 def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
-    """channels_last (NHWC) lets cuDNN and oneDNN skip layout transposes. Under torch.compile "auto" leaves the
-    layout to the compiler (inductor failed a stride assertion with it)."""
+    """channels_last (NHWC) lets cuDNN and oneDNN skip layout transposes; under torch.compile "auto" leaves the
+    layout to the compiler."""
     if setting != "auto":
         return setting == "on"
     return device.type in ("cuda", "cpu") and not compile
@@ -130,18 +119,16 @@ def pick_channels_last(device: torch.device, setting: str = "auto", compile: boo
 
 def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch.dtype | None,
                      world_size: int = 1) -> bool:
-    """Whether to replay each training step as one CUDA graph (utils.step.CUDAGraphStep): at batch 128 the eager
-    step is bound by launching ~300 small kernels. It needs one CUDA GPU and no random draws outside the graph
-    (DiffAugment, label_flip), torch.compile or several processes. "auto" keeps fp16 eager (not yet measured)."""
+    """Whether to replay each step as one CUDA graph (utils.step.CUDAGraphStep: one launch for ~300 small kernels),
+    on one CUDA GPU without random draws outside the graph; "auto" keeps fp16 eager (not yet measured)."""
     blockers = [reason for reason, present in [
         ("DiffAugment", bool(config.diffaugment)), ("label_flip", config.label_flip > 0),
         ("torch.compile", config.compile), ("several processes", world_size > 1)] if present]
     if config.cuda_graphs == "on" and (device.type != "cuda" or blockers):
         raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
                           f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
-    unmeasured = amp_dtype == torch.float16
-    return device.type == "cuda" and not blockers and (
-        config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and not unmeasured))
+    wanted = config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and amp_dtype != torch.float16)
+    return device.type == "cuda" and not blockers and wanted
 
 
 # ------------------------------------------------------------------------------------------- the one decision
@@ -150,34 +137,22 @@ def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch
 class CPUTrial:
     """What the CPU trial measured: the best images/s of each candidate ("fp32 NCHW", "bf16 channels_last", ...)."""
     images_per_s: dict[str, float]
-    load: float | None = None       # the 1-minute load average when it ended (None where the OS has none)
     rounds: int = 0
     settled: bool = True            # every candidate's two fastest rounds agreed within AGREEMENT
-    cached: bool = False            # read from the cache rather than measured by this process
     rechecked: bool = False         # measured again because an epoch's speed contradicted an earlier answer
+    cached: bool = False            # read from the cache rather than measured by this process
 
     def best(self, amp: str = "auto", channels_last: str = "auto") -> str:
-        """The candidate "auto" picks: CPU_DEFAULT unless another is more than MARGIN faster. A setting given
-        explicitly (`amp` "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
-        dtype = {"auto": None, "bf16": "bf16"}.get(amp, "fp32")
-        layout = {"auto": None, "on": "channels_last"}.get(channels_last, "NCHW")
+        """The candidate "auto" picks: CPU_DEFAULT unless another is over MARGIN faster. An explicit setting (`amp`
+        "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
+        dtype = {"auto": "", "bf16": "bf16"}.get(amp, "fp32")
+        layout = {"auto": "", "on": "channels_last"}.get(channels_last, "NCHW")
         pool = {name: speed for name, speed in self.images_per_s.items()
-                if name.split()[0] == (dtype or name.split()[0]) and name.split()[1] == (layout or name.split()[1])}
+                if name.startswith(dtype) and name.endswith(layout)}
         default_dtype, default_layout = CPU_DEFAULT.split()
         default = f"{dtype or default_dtype} {layout or default_layout}"
         fastest = max(pool, key=pool.get)
-        return fastest if default not in pool or pool[fastest] > MARGIN * pool[default] else default
-
-    def summary(self, chosen: str) -> str:
-        """One log line: how it was measured, what, and the candidate this run uses."""
-        how = (f"cached{', measured again after an epoch disagreed' if self.rechecked else ''}" if self.cached
-               else f"just measured, {self.rounds} rounds{'' if self.settled else ' (not settled)'}")
-        return (f"CPU trial ({how}{_load_text(self.load)}; images/s of training steps): "
-                f"{_speeds_text(self.images_per_s)} -> {chosen}")
-
-    def to_json(self) -> dict:
-        return {"images_per_s": self.images_per_s, "load": self.load, "rounds": self.rounds, "settled": self.settled,
-                "rechecked": self.rechecked}
+        return fastest if pool[fastest] > MARGIN * pool.get(default, 0.0) else default
 
 
 @dataclass(frozen=True)
@@ -196,7 +171,8 @@ class DeviceChoice:
     @property
     def candidate(self) -> str:
         """This run's precision and layout as the trial names them ("bf16 channels_last", "fp32 NCHW", ...)."""
-        return _candidate(self.amp, self.channels_last)
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp, "fp32")
+        return f"{precision} {'channels_last' if self.channels_last else 'NCHW'}"
 
     @property
     def log(self) -> str:
@@ -209,15 +185,19 @@ class DeviceChoice:
         return self._lines(trial=False)
 
     def _lines(self, trial: bool) -> str:
+        on = {True: "on", False: "off"}
         precision = f"{self.amp or 'off (fp32)'}" + (f", from {self.amp_from}" if self.amp_from else "")
-        lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: "
-                 f"{'on' if self.channels_last else 'off'}, CUDA graphs: {'on' if self.cuda_graphs else 'off'}, "
-                 f"torch.compile: {'on' if self.compile else 'off'}"]
+        lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: {on[self.channels_last]}"
+                 f", CUDA graphs: {on[self.cuda_graphs]}, torch.compile: {on[self.compile]}"]
         if self.device.type == "cpu" and self.amp == torch.float16:
             lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
                          "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
         if self.trial is not None and trial:
-            lines.append(self.trial.summary(self.trial_pick or self.candidate))
+            how = (f"cached{', measured again after an epoch disagreed' if self.trial.rechecked else ''}"
+                   if self.trial.cached else f"just measured, {self.trial.rounds} rounds"
+                   f"{'' if self.trial.settled else ' (not settled)'}")
+            lines.append(f"CPU trial ({how}; images/s of training steps): {_speeds_text(self.trial.images_per_s)} "
+                         f"-> {self.trial_pick or self.candidate}")
         if self.trial_pick:
             lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
                          f"{self.trial_pick} for new runs)")
@@ -226,8 +206,7 @@ class DeviceChoice:
     def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
         """This choice for continuing a run whose epochs trained as `trained_as` ("fp32 channels_last", ...): a trial
         measured again since must not change it, or it would not end like an uninterrupted run."""
-        trial = self.trial
-        if trial is None or trained_as in (None, self.candidate) or trained_as not in trial.images_per_s:
+        if self.trial is None or trained_as in (None, self.candidate) or trained_as not in self.trial.images_per_s:
             return self
         dtype, layout = trained_as.split()
         amp = self.amp if amp_setting(config)[0] != "auto" else torch.bfloat16 if dtype == "bf16" else None
@@ -235,38 +214,28 @@ class DeviceChoice:
         return replace(self, amp=amp, channels_last=channels_last, trial_pick=self.candidate)
 
     def recheck_trial(self, config: TrainConfig, epoch: int, images_per_s: float) -> str:
-        """Measure the CPU trial again, for the next start, when an epoch's images/s contradict it by more than
-        RECHECK_GAP; return the line to log ("" if they agree). This run keeps its precision and layout. A gap that
-        measuring again cannot explain (just measured on a machine as busy, or measured again once) is explained."""
+        """When an epoch's images/s contradict a cached trial by more than RECHECK_GAP, measure it again, once, for
+        the next start; return the log line ("" otherwise). This run keeps its precision and layout."""
         trial = self.trial
-        if trial is None or self.candidate not in trial.images_per_s or distributed.world_size() > 1:
+        if trial is None or not trial.cached or trial.rechecked or distributed.world_size() > 1:
             return ""   # several processes share the CPU during the epochs: no figure of the trial compares
         expected = trial.images_per_s[self.candidate]
         gap = images_per_s / expected - 1
         if abs(gap) <= RECHECK_GAP:
             return ""
-        said = (f"note: epoch {epoch} trained at {images_per_s:,.0f} images/s, {abs(gap):.0%} "
-                f"{'above' if gap > 0 else 'below'} the CPU trial's {expected:,.0f} ({self.candidate}"
-                f"{_load_text(trial.load)})")
-        if trial.rechecked:
-            return f"{said}, already measured again once: {_gap_reasons(config, gap)}"
-        if not trial.cached and not _busier(trial.load, _load_average()):
-            return f"{said}, measured at the start of this run on a machine as busy: {_gap_reasons(config, gap)}"
         fresh = replace(_measure_trial(self.measure), rechecked=True)
-        kept = replace(trial, rechecked=True) if _busier(fresh.load, trial.load) else fresh  # keep the quieter one
-        _save_trial(trial_cache_file(), _trial_key(config), kept)
-        next_start = kept.best(amp_setting(config)[0], config.channels_last)
+        _save_trial(_trial_key(config), fresh)
+        next_start = fresh.best(amp_setting(config)[0], config.channels_last)
         verdict = ("new runs choose the same" if next_start == self.candidate else
                    f"new runs will choose {next_start} (this run keeps {self.candidate}, also when resumed)")
-        keeping = "" if kept is fresh else "; kept the earlier answer, measured on a quieter machine"
-        return (f"{said}: measured it again ({fresh.rounds} rounds{_load_text(fresh.load)}): "
-                f"{_speeds_text(fresh.images_per_s)}{keeping}; {verdict}")
+        return (f"note: epoch {epoch} trained at {images_per_s:,.0f} images/s, {abs(gap):.0%} "
+                f"{'above' if gap > 0 else 'below'} the CPU trial's {expected:,.0f} ({self.candidate}): measured it "
+                f"again ({fresh.rounds} rounds): {_speeds_text(fresh.images_per_s)}; {verdict}")
 
 
 def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
-    """The device, precision, layout and CUDA-graph choice for training `config` in this process, decided once
-    (joining a torchrun run's process group). On a CPU, process 0 runs `cpu_trial` with `measure`
-    (utils.step.time_training_steps) and the others read its cached answer."""
+    """The device, precision, layout and CUDA graphs for training `config` in this process, decided once (joining a
+    torchrun run's process group). On a CPU process 0 times the trial with `measure`, the others read its answer."""
     device = pick_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -286,20 +255,15 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
                         "" if source.startswith("config") else AMP_VARIABLE, trial, measure=measure)
 
 
-def _candidate(amp: torch.dtype | None, channels_last: bool) -> str:
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
-    return f"{precision} {'channels_last' if channels_last else 'NCHW'}"
-
-
 # ------------------------------------------------------------------------------------------- the CPU trial
 
 def cpu_trial(config: TrainConfig, measure: Measure) -> CPUTrial:
-    """The speeds of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks: cached
-    per machine, so every process and every start makes the same choice."""
+    """The speeds of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks: cached per
+    machine, so every process and every start makes the same choice."""
     trial = cached_trial(config)
     if trial is None:
         trial = _measure_trial(measure)
-        _save_trial(trial_cache_file(), _trial_key(config), trial)
+        _save_trial(_trial_key(config), trial)
     return trial
 
 
@@ -315,36 +279,15 @@ def _measure_trial(measure: Measure) -> CPUTrial:
             rounds += 1
             for name in candidates:
                 speeds[name].append(timing[name])
-            settled = rounds >= TRIAL_MIN_ROUNDS and all(_agree(values) for values in speeds.values())
+            settled = rounds >= TRIAL_MIN_ROUNDS and all(
+                max(values) <= sorted(values)[-2] * (1 + AGREEMENT) for values in speeds.values())
             if settled or (rounds >= TRIAL_MIN_ROUNDS and time.perf_counter() - started > TRIAL_SECONDS):
                 break
-    return CPUTrial({name: round(max(values), 1) for name, values in speeds.items()}, _load_average(), rounds, settled)
+    return CPUTrial({name: round(max(values), 1) for name, values in speeds.items()}, rounds, settled)
 
 
 def _candidates() -> list[str]:
     return ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
-
-
-def _agree(values: list[float]) -> bool:
-    """True when the two fastest of `values` (images/s) are within AGREEMENT of each other."""
-    second, first = sorted(values)[-2:]
-    return first <= second * (1 + AGREEMENT)
-
-
-def _load_average() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):   # Windows has none
-        return None
-
-
-def _busier(load: float | None, than: float | None) -> bool:
-    """True when a load average is more than QUIETER above another (False when either is unknown)."""
-    return load is not None and than is not None and load > than + QUIETER
-
-
-def _load_text(load: float | None) -> str:
-    return "" if load is None else f", load average {load:.1f}"
 
 
 def _speeds_text(images_per_s: dict[str, float]) -> str:
@@ -352,39 +295,20 @@ def _speeds_text(images_per_s: dict[str, float]) -> str:
 
 
 def cached_trial(config: TrainConfig) -> CPUTrial | None:
-    """An earlier trial's answer for `config`'s networks here, or None; a damaged entry counts as none, saying so."""
+    """An earlier trial's answer for `config`'s networks here, or None; a damaged cache counts as none, saying so."""
     path = trial_cache_file()
     try:
-        known = read_json(path) if path.exists() else {}
-        entry = known.get(_trial_key(config)) if isinstance(known, dict) else "not a JSON object"
+        entry = (read_json(path) if path.exists() else {}).get(_trial_key(config))
         if entry is None:
             return None
-        speeds = entry["images_per_s"]
-        trial = CPUTrial({name: float(value) for name, value in speeds.items()}, entry.get("load"),
-                         int(entry.get("rounds", 0)), bool(entry.get("settled", True)), cached=True,
-                         rechecked=bool(entry.get("rechecked", False)))
-        if sorted(trial.images_per_s) != sorted(_candidates()) or not all(
-                math.isfinite(value) and value > 0 for value in trial.images_per_s.values()):
-            raise ValueError(f"its speeds {speeds} are not images/s of {', '.join(_candidates())}")
-        return trial
+        speeds = {name: float(value) for name, value in entry["images_per_s"].items()}
+        if sorted(speeds) != sorted(_candidates()) or not all(0 < value < math.inf for value in speeds.values()):
+            raise ValueError(f"its speeds {entry['images_per_s']} are not images/s of {', '.join(_candidates())}")
+        return CPUTrial(speeds, int(entry.get("rounds", 0)), bool(entry.get("settled", True)),
+                        bool(entry.get("rechecked", False)), cached=True)
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as error:
         print(f"note: {path} does not hold a CPU trial this project wrote ({str(error)[:120]}): measuring again")
         return None
-
-
-def _gap_reasons(config: TrainConfig, gap: float) -> str:
-    """Why an epoch's images/s and the trial's differ although both were measured here (`gap`: epoch / trial - 1)."""
-    reasons = []
-    load = _load_average()
-    if load is not None and load > torch.get_num_threads() + 0.5:
-        reasons.append(f"other work shares this CPU (load average {load:.1f} on {os.cpu_count() or 1} cores)")
-    batch = min(TRIAL_BATCH, config.batch_size)
-    if batch != config.batch_size:
-        reasons.append(f"the trial times batches of {batch}, the epochs batches of {config.batch_size}")
-    if gap < 0:
-        reasons.append("an epoch also shuffles and scales its batches, logs, draws the live plot and saves")
-    reasons.append(f"delete {trial_cache_file()} to measure from scratch")
-    return "; ".join(reasons)
 
 
 def trial_cache_file() -> Path:
@@ -395,30 +319,27 @@ def trial_cache_file() -> Path:
 
 
 def _trial_key(config: TrainConfig) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu = models[0].split(":", 1)[1].strip() if models else cpu
-    except OSError:
-        pass
+    models = [line for line in _cpuinfo().splitlines() if line.startswith("model name")]
+    cpu = models[0].split(":", 1)[1].strip() if models else platform.processor() or platform.machine()
     capability = f"{torch.backends.cpu.get_cpu_capability()}{cpu_has_bf16()}"
     flags = hashlib.sha1(capability.encode()).hexdigest()[:6]
     return (f"{cpu}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px "
             f"z{config.latent_dim} G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
 
-def _save_trial(cache: Path, key: str, trial: CPUTrial | dict) -> None:
-    """Add `trial` (or the size preset's values, `size_preset`) to the cache under `key`."""
+def _save_trial(key: str, entry: CPUTrial | dict) -> None:
+    """Add `entry` (a trial, or the size preset's values) to the cache under `key`."""
+    cache = trial_cache_file()
     try:
         known = read_json(cache) if cache.exists() else {}
-        known = known if isinstance(known, dict) else {}
     except (OSError, ValueError):
         known = {}
+    if isinstance(entry, CPUTrial):
+        entry = {name: value for name, value in asdict(entry).items() if name != "cached"}
     try:
         with atomic_path(cache) as tmp:
-            entry = trial.to_json() if isinstance(trial, CPUTrial) else trial
-            tmp.write_text(json.dumps(known | {key: entry}, indent=1) + "\n")
-    except OSError:  # a read-only home: the trial is simply repeated next time
+            tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | {key: entry}, indent=1) + "\n")
+    except OSError:   # a read-only home: the trial is simply repeated next time
         pass
 
 
@@ -443,9 +364,8 @@ EPOCH_SHARE = 0.75
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
-    """The sized settings (SIZES' fields) for `size` "auto" ("gpu" on a CUDA GPU, else "cpu"), "cpu" or "gpu"; a
-    value in `given` other than None wins. Prints one line saying why. The "cpu" image count is measured once and
-    cached, so notebooks 01 to 06 resolve to the same values."""
+    """SIZES' fields for `size` "auto" ("gpu" on a CUDA GPU, else "cpu"), "cpu" or "gpu", a value in `given` other
+    than None winning; printed in one line. The "cpu" image count is measured once, so 01 to 06 agree."""
     if size not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"parameter 'size' must be 'auto', 'cpu' or 'gpu'; got {size!r}")
     unknown = set(given) - set(SIZES["gpu"])
@@ -453,13 +373,12 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
         raise TypeError(f"size_preset() got unknown settings {sorted(unknown)}")
     gpu = (device if isinstance(device, torch.device) else pick_device(device)).type == "cuda"
     chosen = size if size != "auto" else "gpu" if gpu else "cpu"
-    values = {**SIZES[chosen], **{name: value for name, value in given.items() if value is not None}}
-    how = ""
+    yours = {name: value for name, value in given.items() if value is not None}
+    values, how = {**SIZES[chosen], **yours}, ""
     if values["max_images"] is None:
         values["max_images"], epochs, how = _cpu_images(TrainConfig(**{**values, "max_images": 0}))
-        values["epochs"] = values["epochs"] if given.get("epochs") is not None else epochs
+        values["epochs"] = yours.get("epochs", epochs)
     why = f'size "{size}"' + (f" -> {chosen} ({'a CUDA GPU' if gpu else 'no CUDA GPU'})" if size == "auto" else "")
-    yours = [name for name, value in given.items() if value is not None]
     print(f"{why}: {_describe(values, how)}{'; yours: ' + ', '.join(yours) if yours else ''}. "
           + ('size = "cpu" trains a small run in minutes' if chosen == "gpu" else
              'size = "gpu" is the 64x64 recipe (hours on a CPU)'))
@@ -474,13 +393,16 @@ def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
     try:
         entry = read_json(trial_cache_file())[key]
         images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
+        if not (CPU_IMAGES[0] <= images <= CPU_IMAGES[1] and 0 < epochs <= config.epochs
+                and 0 < speed < math.inf):
+            raise ValueError("not what _cpu_images writes")   # a damaged entry: sized again
     except (OSError, ValueError, KeyError, TypeError):
         trial = cpu_trial(config, partial(time_training_steps, config))
         speed = EPOCH_SHARE * trial.images_per_s[trial.best(amp_setting(config)[0], config.channels_last)]
         budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * config.batch_size)   # images to train
         images = min(max(math.ceil(budget / config.epochs / 1000) * 1000, CPU_IMAGES[0]), CPU_IMAGES[1])
         epochs = min(config.epochs, math.ceil(budget / images))
-        _save_trial(trial_cache_file(), key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
+        _save_trial(key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
     if CPU_MINUTES * 60 * speed >= CPU_MIN_STEPS * config.batch_size:
         return images, epochs, f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch " \
                                "runs at here)"
@@ -501,18 +423,16 @@ def _describe(values: dict, how: str) -> str:
 
 def describe_device(device: torch.device) -> str:
     """One line: torch version and the device, e.g. for the top of a training log."""
+    what = device.type
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         what = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}"
     elif device.type == "cpu":
-        what = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, " \
-               f"{torch.backends.cpu.get_cpu_capability()}{', bf16' if cpu_has_bf16() else ''}"
-    else:
-        what = device.type
+        what = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                f"{torch.backends.cpu.get_cpu_capability()}{', bf16' if cpu_has_bf16() else ''}")
     return f"torch {torch.__version__} on {device} ({what})"
 
 
 def verbose() -> bool:
     """Whether ANIME_GAN_VERBOSE asks for the CPU trial's figures and re-measurements."""
     return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")
-

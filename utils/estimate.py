@@ -1,5 +1,5 @@
-"""How long the long cells (training, FID) take on the machine in front of you, from what was measured on it: an
-earlier run's epochs with the same step cost, else the CPU trial (cached), else a few steps timed now on the GPU.
+"""How long the long cells (training, FID) take here, from what was measured on this machine: an earlier run's epochs
+with the same step cost, else the CPU trial (cached), else a few steps timed now on the GPU. One line, one duration.
 
     >>> print(training_estimate(config, pick_device("auto"), len(images)))
     20 epochs x 7,000 images at about 480 images/s (from the CPU trial): about 5 min here
@@ -7,7 +7,6 @@ earlier run's epochs with the same step cost, else the CPU trial (cached), else 
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from contextlib import closing, nullcontext
@@ -27,8 +26,7 @@ LONG_ON_CPU_S = 30 * 60   # past this a CPU run is worth shrinking: a warning na
 # The fields that decide how fast a training step is: a run with the same ones measured the speed of this one.
 SPEED_FIELDS = ("image_size", "latent_dim", "g_width", "d_width", "spectral_norm", "batch_size", "diffaugment",
                 "loss")
-# FID's reference sample size: fewer generated images bias the score upward (the bias falls as 1 / samples)
-FID_REFERENCE_SAMPLES = 10_000
+FID_REFERENCE_SAMPLES = 10_000   # fewer generated images bias FID upward (the bias falls as 1 / samples)
 
 
 def format_duration(seconds: float) -> str:
@@ -39,40 +37,60 @@ def format_duration(seconds: float) -> str:
     return f"about {minutes} min" if minutes < 60 else f"about {minutes // 60} h {minutes % 60:02d} min"
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def epochs_done(run_dir: Path) -> int:
+    """How many epochs a run folder already holds (0 for a new run, or one whose history.json is damaged)."""
+    history, _ = read_history_file(run_dir)
+    return len(history["epochs"]) if history else 0
+
+
 def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[float, str] | None:
     """(images/s, where) from the latest run under `root` whose step costs the same: the median of its last three
-    epochs (the first pays for warming up; one slowed by other work should not decide)."""
-    candidates = []
+    whole epochs (the first pays for warming up; one slowed by other work should not decide)."""
+    found = []
     for config_file in Path(root).glob(f"*/{CONFIG}"):
         history, _ = read_history_file(config_file.parent)   # another run's damaged history is passed over
         try:
             saved = TrainConfig.load(config_file)
         except (OSError, ValueError):
             continue
-        speeds = [speed for epoch in (history or {}).get("epochs", []) if "steps" not in epoch
-                  for speed in [epoch.get("images_per_s")] if _is_speed(speed)]
+        speeds = [epoch["images_per_s"] for epoch in (history or {}).get("epochs", [])
+                  if "steps" not in epoch and _is_speed(epoch.get("images_per_s"))]
         if speeds and all(getattr(saved, name) == getattr(config, name) for name in SPEED_FIELDS):
-            candidates.append(((config_file.parent / HISTORY).stat().st_mtime, speeds, config_file.parent))
-    if not candidates:
+            found.append(((config_file.parent / HISTORY).stat().st_mtime, speeds, config_file.parent))
+    if not found:
         return None
-    _, speeds, run_dir = max(candidates, key=lambda candidate: candidate[0])
+    _, speeds, run_dir = max(found, key=lambda run: run[0])
     return statistics.median(speeds[-3:]), f"the epochs of {run_dir} on this machine"
 
 
-def cpu_speed(config: TrainConfig) -> float:
-    """Images/s of `config`'s epochs on this CPU: the CPU trial's figure for a step (or, for a batch larger than the
-    trial's, a few rounds of its timer at `config.batch_size`), times the share of it whole epochs reach."""
+def _is_speed(value: object) -> bool:
+    return type(value) in (int, float) and 0 < value < float("inf")
+
+
+def training_speed(config: TrainConfig, device: torch.device, root: str | Path = GENERATED) -> tuple[float, str]:
+    """(images/s, where the figure comes from) of `config`'s epochs here: measured epochs, else timed steps times
+    the share of them whole epochs reach (EPOCH_SHARE) on a CPU."""
+    measured = measured_speed(config, root)
+    if measured is not None:
+        return measured
+    if device.type != "cpu":
+        return _gpu_speed(config, device), f"{config.batch_size}-image training steps timed now on {device}"
     trial = cpu_trial(config, partial(time_training_steps, config))
     candidate = trial.best(amp_setting(config)[0], config.channels_last)
-    if config.batch_size <= TRIAL_BATCH:
-        return EPOCH_SHARE * trial.images_per_s[candidate]
-    with closing(time_training_steps(config, [candidate], batch=config.batch_size)) as rounds:
-        return EPOCH_SHARE * max(next(rounds)[candidate] for _ in range(3))
+    speed = trial.images_per_s[candidate]
+    if config.batch_size > TRIAL_BATCH:   # the trial times smaller batches: a few rounds of this one, same timer
+        with closing(time_training_steps(config, [candidate], batch=config.batch_size)) as rounds:
+            speed = max(next(rounds)[candidate] for _ in range(3))
+    return EPOCH_SHARE * speed, "from the CPU trial"
 
 
-def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, max_steps: int = 10) -> float:
-    """Images/s of the built-in networks' training step timed now on a GPU `device` as training runs it, after a
-    warm-up step, for up to `seconds`. The random state is left as it was: the run learns the same."""
+def _gpu_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, max_steps: int = 10) -> float:
+    """Images/s of the built-in networks' step on `device` as training runs it, after a warm-up step, waiting for
+    the device (utils.step.time_training_steps times CPU steps only). The random state is left as it was."""
     amp = pick_amp(device, *amp_setting(config))
     channels_last = pick_channels_last(device, config.channels_last, config.compile)
     memory = torch.channels_last if channels_last else torch.preserve_format
@@ -83,8 +101,7 @@ def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0,
         autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
         scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
         step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
-                            torch.optim.Adam(discriminator.parameters()),
-                            config.loss, scaler=scaler, autocast=autocast)
+                            torch.optim.Adam(discriminator.parameters()), config.loss, scaler=scaler, autocast=autocast)
         real = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device) * 2 - 1
         z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
         step(real, z)
@@ -95,30 +112,6 @@ def timed_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0,
             steps += 1
         step.read(steps)
         return steps * config.batch_size / (time.perf_counter() - started)
-
-
-def training_speed(config: TrainConfig, device: torch.device, root: str | Path = GENERATED) -> tuple[float, str]:
-    """(images/s, where the figure comes from) for training `config` here: measured epochs, else timed steps."""
-    measured = measured_speed(config, root)
-    if measured is not None:
-        return measured
-    if device.type == "cpu":
-        return cpu_speed(config), "from the CPU trial"
-    return timed_speed(config, device), f"{config.batch_size}-image training steps timed now on {device}"
-
-
-def _is_speed(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
-
-
-def epochs_done(run_dir: Path) -> int:
-    """How many epochs a run folder already holds (0 for a new run, or one whose history.json is damaged)."""
-    history, _ = read_history_file(run_dir)
-    return len(history["epochs"]) if history else 0
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def training_estimate(config: TrainConfig, device: torch.device, num_images: int, root: str | Path = GENERATED,
@@ -144,7 +137,7 @@ def training_estimate(config: TrainConfig, device: torch.device, num_images: int
 def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device, lower: str,
                  samples: int = FID_REFERENCE_SAMPLES) -> str:
     """What scoring `images_to_score` images through Inception takes, what `samples` per score cost in precision;
-    on a CPU over LONG_ON_CPU_S a warning naming `lower` (the parameters that set the count)."""
+    on a CPU past LONG_ON_CPU_S a warning naming `lower` (the parameters that set the count)."""
     seconds = images_to_score / images_per_s
     line = (f"FID: {images_to_score:,} images through Inception at about {images_per_s:,.1f} images/s (timed now on "
             f"{device}): {format_duration(seconds)} here")
