@@ -36,8 +36,6 @@ def assert_unchanged(model: torch.nn.Module, before: dict, was_training: bool) -
         assert torch.equal(value, before[name]), f"{name} changed"
 
 
-# ------------------------------------------------------------------------------------------------ slerp
-
 def test_slerp_goes_from_z0_to_z1_moving_the_norm_linearly_and_the_angle_at_constant_speed():
     z0, z1 = gaussian(5, 128, 1, 1, seed=1), gaussian(5, 128, 1, 1, seed=2)
     torch.testing.assert_close(slerp(z0, z1, 0.0), z0)
@@ -49,6 +47,7 @@ def test_slerp_goes_from_z0_to_z1_moving_the_norm_linearly_and_the_angle_at_cons
         z = slerp(z0, z1, t)
         torch.testing.assert_close(z.norm(dim=1), (1 - t) * z0.norm(dim=1) + t * z1.norm(dim=1))
         torch.testing.assert_close(torch.acos(torch.nn.functional.cosine_similarity(z0, z)), t * angle)
+    torch.testing.assert_close(slerp(z0, 3 * z0, 0.5), 2 * z0)  # parallel latents: finite, a straight line
 
 
 def test_slerp_midpoint_keeps_a_typical_norm_where_linear_interpolation_shrinks_it():
@@ -57,13 +56,6 @@ def test_slerp_midpoint_keeps_a_typical_norm_where_linear_interpolation_shrinks_
     assert slerp(z0, z1, 0.5).norm(dim=1).mean() == pytest.approx(typical, rel=0.05)
     assert ((z0 + z1) / 2).norm(dim=1).mean() == pytest.approx(typical / math.sqrt(2), rel=0.05)
 
-
-def test_slerp_of_parallel_latents_is_finite():
-    z0 = gaussian(2, 16, seed=7)
-    torch.testing.assert_close(slerp(z0, 3 * z0, 0.5), 2 * z0)
-
-
-# ------------------------------------------------------------------------------------ interpolation_frames
 
 def test_interpolation_frames_count_shape_loop_closure_and_sharp_enlargement():
     generator = tiny_generator()
@@ -78,7 +70,7 @@ def test_interpolation_frames_count_shape_loop_closure_and_sharp_enlargement():
     assert not np.array_equal(frames[0], frames[4])   # and reaches another keyframe
 
 
-def test_interpolation_frames_are_reproducible_and_leave_the_generator_unchanged():
+def test_interpolation_frames_are_reproducible_leave_the_generator_unchanged_and_need_two_keyframes():
     generator = tiny_generator().eval()
     before = state(generator)
     first = interpolation_frames(generator, num_keyframes=2, steps=3, num_paths=2, seed=1)
@@ -86,14 +78,9 @@ def test_interpolation_frames_are_reproducible_and_leave_the_generator_unchanged
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not np.array_equal(first[0], interpolation_frames(generator, 2, 3, num_paths=2, seed=2)[0])
     assert_unchanged(generator, before, was_training=False)
+    with pytest.raises(ValueError, match="num_keyframes must be >= 2"):
+        interpolation_frames(generator, num_keyframes=1)
 
-
-def test_interpolation_frames_reject_a_walk_without_two_keyframes():
-    with pytest.raises(ValueError, match="num_keyframes"):
-        interpolation_frames(tiny_generator(), num_keyframes=1)
-
-
-# -------------------------------------------------------------------------------------- nearest_neighbours
 
 def random_images(count: int, size: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
@@ -121,12 +108,12 @@ def test_nearest_neighbours_are_sorted_and_measured_in_rms_pixel_levels():
     assert torch.equal(indices[0], exact.argsort()[:3])
 
 
-def test_nearest_neighbours_reject_images_of_another_size():
-    with pytest.raises(ValueError, match="same image shape"):
-        nearest_neighbours(random_images(2, size=16), random_images(10, size=8))
+@pytest.mark.parametrize("fakes,k", [(random_images(2, size=16), 1), (random_images(2).float(), 1),
+                                     (random_images(2), 11)])
+def test_nearest_neighbours_refuse_other_images_and_more_neighbours_than_reals(fakes, k):
+    with pytest.raises(ValueError, match="same size|k must be in"):
+        nearest_neighbours(fakes, random_images(10), k=k)
 
-
-# ----------------------------------------------------------------------------------- rank_by_discriminator
 
 @pytest.mark.parametrize("spectral_norm", [False, True], ids=["batchnorm", "spectral-norm"])
 def test_rank_by_discriminator_sorts_best_first_deterministically(spectral_norm):
@@ -150,8 +137,6 @@ def test_rank_by_discriminator_sorts_best_first_deterministically(spectral_norm)
     assert_unchanged(generator, before_g, was_training=True)
     assert_unchanged(discriminator, before_d, was_training=True)
 
-
-# --------------------------------------------------------------------------------------------- notebook 05
 
 def test_notebook_05_runs_with_smoke_test_and_writes_the_walk(tmp_path, monkeypatch):
     """The notebook in a copy of the repository layout: both recipes trained tiny, every cell executed."""

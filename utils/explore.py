@@ -19,12 +19,17 @@ def latents(count: int, latent_dim: int, seed: int) -> Tensor:
     return torch.randn(count, latent_dim, 1, 1, generator=torch.Generator().manual_seed(seed))
 
 
-def sample_images(generator: nn.Module, num_samples: int, seed: int = 0, batch_size: int = 256) -> Tensor:
-    """`num_samples` generated images as uint8 (N, 3, S, S) on the CPU, rounded like images saved to disk."""
-    z = latents(num_samples, generator.latent_dim, seed)
+def decode(generator: nn.Module, z: Tensor, batch_size: int = 256) -> Tensor:
+    """Latents -> uint8 images (N, 3, S, S) on the CPU, rounded like images saved to disk, `batch_size` a pass."""
     device = next(generator.parameters()).device
-    with sampling(generator):
+    with torch.no_grad():
         return torch.cat([to_uint8(generator(chunk.to(device))).cpu() for chunk in z.split(batch_size)])
+
+
+def sample_images(generator: nn.Module, num_samples: int, seed: int = 0, batch_size: int = 256) -> Tensor:
+    """`num_samples` generated images of the latents of `seed`, as uint8 (N, 3, S, S) on the CPU."""
+    with sampling(generator):
+        return decode(generator, latents(num_samples, generator.latent_dim, seed), batch_size)
 
 
 def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
@@ -50,22 +55,18 @@ def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: in
                          nrow: int = 4, seed: int = 0) -> list[np.ndarray]:
     """Frames of `num_paths` latent walks side by side, uint8 (H, W, 3) grids enlarged to at least 512 pixels wide.
 
-    Each walk visits `num_keyframes` random latents and slerps back to the first, `steps` frames per leg, so the
-    last of the num_keyframes * steps + 1 frames equals the first and the loop closes. Smooth change means the
-    generator learned a continuous face space, not a lookup table. All frames are one batch (they share BatchNorm's
-    batch statistics, so nothing flickers).
+    Each walk visits `num_keyframes` random latents and slerps back to the first, `steps` frames a leg; the last
+    frame repeats the first, so the loop closes. Smooth change means a continuous face space, not a lookup table.
+    All frames are one batch: they share BatchNorm's batch statistics, so nothing flickers.
     """
-    if num_keyframes < 2:
-        raise ValueError(f"num_keyframes must be >= 2 (a walk needs two latents to move between); got {num_keyframes}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1 frame per leg; got {steps}")
+    if num_keyframes < 2 or steps < 1:
+        raise ValueError(f"num_keyframes must be >= 2 (a walk moves between two latents) and steps >= 1; got "
+                         f"{num_keyframes} and {steps}")
     keyframes = latents(num_keyframes * num_paths, generator.latent_dim, seed).view(num_keyframes, num_paths, -1, 1, 1)
     path = torch.stack([slerp(keyframes[k], keyframes[(k + 1) % num_keyframes], step / steps)
                         for k in range(num_keyframes) for step in range(steps)])  # (frames, paths, latent_dim, 1, 1)
-    device = next(generator.parameters()).device
     with sampling(generator):
-        images = generator(path.flatten(0, 1).to(device)).float().cpu()
-    images = images.view(len(path), num_paths, *images.shape[1:])
+        images = decode(generator, path.flatten(0, 1), batch_size=len(path) * num_paths).unflatten(0, path.shape[:2])
     frames = [enlarged(image_grid(frame, nrow).permute(1, 2, 0).numpy()) for frame in images]
     return frames + [frames[0].copy()]
 
@@ -78,36 +79,23 @@ def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
     root-mean-square differences in 0..255 levels, the same at every image size. The reals are compared
     `batch_size` at a time, so a memory-mapped dataset never has to fit in memory as floats.
     """
-    for images, name in ((fakes_uint8, "fakes_uint8"), (reals_uint8, "reals_uint8")):
-        if images.dtype != torch.uint8 or images.dim() != 4:
-            raise ValueError(f"{name} must be a uint8 tensor (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
-    if fakes_uint8.shape[1:] != reals_uint8.shape[1:]:
-        raise ValueError(f"fakes_uint8 {tuple(fakes_uint8.shape[1:])} and reals_uint8 {tuple(reals_uint8.shape[1:])} "
-                         "must have the same image shape: generate at the dataset's image_size")
+    if {fakes_uint8.dtype, reals_uint8.dtype} != {torch.uint8} or fakes_uint8.shape[1:] != reals_uint8.shape[1:]:
+        raise ValueError(f"fakes_uint8 and reals_uint8 must be uint8 images (N, 3, H, W) of the same size; got "
+                         f"{fakes_uint8.dtype} {tuple(fakes_uint8.shape)} and {reals_uint8.dtype} "
+                         f"{tuple(reals_uint8.shape)}: generate at the dataset's image_size")
     if not 1 <= k <= len(reals_uint8):
         raise ValueError(f"k must be in [1, {len(reals_uint8)}] (the number of real images); got {k}")
-
-    def centred(images: Tensor) -> Tensor:  # centred on 0: smaller squares, less float32 rounding in |a|^2 + |b|^2
-        return images.to(fakes_uint8.device).flatten(1).float().sub_(127.5)
-
-    queries = centred(fakes_uint8)
-    query_norms = queries.square().sum(dim=1, keepdim=True)
-    best_d2 = torch.empty(len(queries), 0, device=queries.device)
-    best_index = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
+    fakes = fakes_uint8.cpu().flatten(1)
+    queries = fakes.float() - 127.5   # centred on 0: smaller squares, less float32 rounding in |a|^2 + |b|^2
+    squared = []
     for start in range(0, len(reals_uint8), batch_size):
-        chunk = centred(reals_uint8[start:start + batch_size])
-        d2 = query_norms + chunk.square().sum(dim=1) - 2 * queries @ chunk.T  # |a - b|^2 for all pairs at once
-        d2 = torch.cat([best_d2, d2], dim=1)
-        best_d2, position = d2.topk(min(k, d2.shape[1]), dim=1, largest=False)
-        candidates = torch.arange(start, start + len(chunk), device=queries.device).expand(len(queries), -1)
-        best_index = torch.cat([best_index, candidates], dim=1).gather(1, position)
-
+        chunk = reals_uint8[start:start + batch_size].cpu().flatten(1).float() - 127.5
+        squared.append(queries.square().sum(1, keepdim=True) + chunk.square().sum(1) - 2 * queries @ chunk.T)
+    candidates = torch.cat(squared, dim=1).topk(k, dim=1, largest=False).indices   # |a - b|^2 for all pairs
     # the expansion above loses precision for near-identical images: measure the k winners exactly
-    best_index = best_index.cpu()
-    neighbours = reals_uint8[best_index.flatten()].cpu().view(*best_index.shape, -1).to(torch.float64)
-    distances = (neighbours - fakes_uint8.cpu().flatten(1)[:, None].to(torch.float64)).square().mean(dim=2).sqrt()
-    distances, order = distances.sort(dim=1)
-    return best_index.gather(1, order), distances.float()
+    neighbours = reals_uint8[candidates.flatten()].cpu().view(*candidates.shape, -1).double()
+    distances, order = (neighbours - fakes[:, None].double()).square().mean(dim=2).sqrt().sort(dim=1)
+    return candidates.gather(1, order), distances.float()
 
 
 def rank_by_discriminator(generator: nn.Module, discriminator: nn.Module, num_samples: int = 512, seed: int = 0,
