@@ -57,54 +57,40 @@ def test_slerp_midpoint_keeps_a_typical_norm_where_linear_interpolation_shrinks_
     assert ((z0 + z1) / 2).norm(dim=1).mean() == pytest.approx(typical / math.sqrt(2), rel=0.05)
 
 
-def test_interpolation_frames_count_shape_loop_closure_and_sharp_enlargement():
-    generator = tiny_generator()
-    frames = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
-    assert len(frames) == 3 * 4 + 1
-    grid = (10 * (2 * (16 + 2) + 2), 10 * (3 * (16 + 2) + 2), 3)  # 6 walks in 2 rows of 3, 2-pixel gaps, 56 px: x10
-    assert all(frame.shape == grid and frame.dtype == np.uint8 for frame in frames)
-    # enlarged to at least 512 pixels wide by nearest neighbour: every pixel of the grid is a solid 10 x 10 block
-    assert all(np.array_equal(big, big[::10, ::10].repeat(10, axis=0).repeat(10, axis=1)) for big in frames)
-    assert np.array_equal(frames[0], frames[-1])
-    assert not np.array_equal(frames[0], frames[1])   # the walk moves
-    assert not np.array_equal(frames[0], frames[4])   # and reaches another keyframe
-
-
-def test_interpolation_frames_are_reproducible_leave_the_generator_unchanged_and_need_two_keyframes():
+def test_interpolation_frames_loop_sharply_enlarged_reproducibly_and_leave_the_generator_unchanged():
     generator = tiny_generator().eval()
     before = state(generator)
-    first = interpolation_frames(generator, num_keyframes=2, steps=3, num_paths=2, seed=1)
-    second = interpolation_frames(generator, num_keyframes=2, steps=3, num_paths=2, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    assert not np.array_equal(first[0], interpolation_frames(generator, 2, 3, num_paths=2, seed=2)[0])
+    frames = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
+    grid = (10 * (2 * (16 + 2) + 2), 10 * (3 * (16 + 2) + 2), 3)  # 6 walks in 2 rows of 3, 2-pixel gaps, 56 px: x10
+    assert len(frames) == 3 * 4 + 1 and all(frame.shape == grid and frame.dtype == np.uint8 for frame in frames)
+    # enlarged to at least 512 pixels wide by nearest neighbour: every pixel of the grid is a solid 10 x 10 block
+    assert all(np.array_equal(big, big[::10, ::10].repeat(10, axis=0).repeat(10, axis=1)) for big in frames)
+    assert np.array_equal(frames[0], frames[-1])      # the loop closes
+    assert not np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[0], frames[4])   # and moves
+    again = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+    assert not np.array_equal(frames[0], interpolation_frames(generator, 3, 4, num_paths=6, nrow=3, seed=2)[0])
     assert_unchanged(generator, before, was_training=False)
     with pytest.raises(ValueError, match="num_keyframes must be >= 2"):
         interpolation_frames(generator, num_keyframes=1)
 
 
-def random_images(count: int, size: int = 8, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+def random_images(count: int, size: int = 8) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
-def test_nearest_neighbours_find_planted_copies_exactly_across_chunks():
+def test_nearest_neighbours_find_planted_copies_exactly_sorted_and_measured_in_rms_pixel_levels():
     reals = random_images(500)
     planted = torch.tensor([3, 499, 250, 64, 3])
     indices, distances = nearest_neighbours(reals[planted], reals, batch_size=64)  # 8 chunks, the last one short
-    assert torch.equal(indices[:, 0], planted)
-    assert torch.equal(distances[:, 0], torch.zeros(len(planted)))
-
-
-def test_nearest_neighbours_are_sorted_and_measured_in_rms_pixel_levels():
-    reals = random_images(300, seed=1)
+    assert torch.equal(indices[:, 0], planted) and torch.equal(distances[:, 0], torch.zeros(len(planted)))
     fake = reals[[7]].clone()
     fake[0, 0, 0, 0] = (int(fake[0, 0, 0, 0]) + 96) % 256   # one of 3 * 8 * 8 values off by 96 (or 160)
     indices, distances = nearest_neighbours(fake, reals, k=3, batch_size=100)
-    assert indices[0, 0] == 7
     off = abs(int(fake[0, 0, 0, 0]) - int(reals[7, 0, 0, 0]))
-    assert distances[0, 0].item() == pytest.approx(off / math.sqrt(3 * 8 * 8))
+    assert indices[0, 0] == 7 and distances[0, 0].item() == pytest.approx(off / math.sqrt(3 * 8 * 8))
     assert torch.all(distances[0, 1:] > distances[0, 0]) and distances[0, 1] <= distances[0, 2]
-    # the brute-force answer: every real image's exact RMS distance
-    exact = (reals.flatten(1).double() - fake.flatten(1).double()).square().mean(dim=1).sqrt()
+    exact = (reals.flatten(1).double() - fake.flatten(1).double()).square().mean(dim=1).sqrt()   # brute force
     assert torch.equal(indices[0], exact.argsort()[:3])
 
 

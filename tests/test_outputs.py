@@ -49,30 +49,26 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-# ------------------------------------------------------------------------------------------- where to write
+WRITES_INTO_THE_RUN = {   # (module, arguments): RUN is the run folder, OUT a fresh folder beside it
+    "grid over checkpoint": ("utils.generate", "RUN", "--n", 2, "--out", "OUT/f", "--grid", "RUN/checkpoint.pt"),
+    "morph over checkpoint": ("utils.generate", "RUN", "--morph", "grid:0", "grid:1", "--out", "RUN/checkpoint.pt"),
+    "export over checkpoint": ("utils.export", "RUN", "--out", "RUN/checkpoint.pt"),
+    "grid over a grid": ("utils.generate", "RUN", "--n", 2, "--out", "OUT/f", "--grid", "RUN/samples/epoch_001.png"),
+    "grid over config": ("utils.generate", "RUN", "--out", "OUT/f", "--grid", "RUN/config.json"),
+    "morph into samples": ("utils.generate", "RUN", "--morph", "grid:0", "grid:1", "--out", "RUN/samples/m.gif"),
+    "faces into the run": ("utils.generate", "RUN", "--out", "RUN"),
+    "faces into samples": ("utils.generate", "RUN", "--out", "RUN/samples"),
+    "export over history": ("utils.export", "RUN", "--out", "RUN/samples/../history.json"),
+    "grid through a link": ("utils.generate", "RUN", "--out", "OUT/f", "--grid", "OUT/link.png"),
+}
 
-@pytest.mark.parametrize("case", ["grid over checkpoint", "morph over checkpoint", "export over checkpoint",
-                                  "grid over a grid", "grid over config", "morph into samples", "faces into the run",
-                                  "faces into samples", "export over history", "grid through a link"])
+
+@pytest.mark.parametrize("case", WRITES_INTO_THE_RUN)
 def test_no_command_writes_over_a_runs_own_files_or_into_samples(run_dir, tmp_path, case):
     (tmp_path / "link.png").symlink_to(run_dir / CHECKPOINT)
-    args = {"grid over checkpoint": ("utils.generate", run_dir, "--n", 2, "--out", tmp_path / "f",
-                                     "--grid", run_dir / CHECKPOINT),
-            "morph over checkpoint": ("utils.generate", run_dir, "--morph", "grid:0", "grid:1",
-                                      "--out", run_dir / CHECKPOINT),
-            "export over checkpoint": ("utils.export", run_dir, "--out", run_dir / CHECKPOINT),
-            "grid over a grid": ("utils.generate", run_dir, "--n", 2, "--out", tmp_path / "f",
-                                 "--grid", run_dir / "samples" / "epoch_001.png"),
-            "grid over config": ("utils.generate", run_dir, "--out", tmp_path / "f", "--grid", run_dir / CONFIG),
-            "morph into samples": ("utils.generate", run_dir, "--morph", "grid:0", "grid:1",
-                                   "--out", run_dir / "samples" / "m.gif"),
-            "faces into the run": ("utils.generate", run_dir, "--out", run_dir),
-            "faces into samples": ("utils.generate", run_dir, "--out", run_dir / "samples"),
-            "export over history": ("utils.export", run_dir, "--out", run_dir / "samples" / ".." / HISTORY),
-            "grid through a link": ("utils.generate", run_dir, "--out", tmp_path / "f", "--grid", tmp_path / "link.png"),
-            }[case]
+    module, *args = WRITES_INTO_THE_RUN[case]
     before = files_of(run_dir)
-    result = command(*args)
+    result = command(module, *[str(a).replace("RUN", str(run_dir)).replace("OUT", str(tmp_path)) for a in args])
     refused_in_one_line(result, "is ")
     assert "run" in result.stderr and files_of(run_dir) == before and not (tmp_path / "f").exists()
 
@@ -133,8 +129,6 @@ def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp
     assert [e for e, _ in list_frames(run_dir / "earlier-4")] == [1] and (run_dir / "earlier-4" / HISTORY).exists()
 
 
-# ------------------------------------------------------------------------------------------- credentials
-
 SECRET_URLS = ["https://ann:pw-SECRET@host/faces.zip", "https://host/faces.zip?token=SECRET&dl=1",
                "https://host/faces.zip#access_token=SECRET", "https://host/a b.zip?X-Amz-Signature=SECRET",
                "https://host/faces.zip?api_key=SECRET#sig=SECRET"]
@@ -167,8 +161,6 @@ def test_choose_runs_lines_show_no_token(tiny_run, tmp_path):
     assert not any("SECRET" in line for line in said)
 
 
-# ------------------------------------------------------------------------------------------- bounded inputs
-
 @pytest.mark.parametrize("args,words", [
     (("--size", 1_000_000), "size (--size) must be 1 to 2,048 pixels"),
     (("--n", 100_000_000_000), "n (--n) must be 1 to 100,000 faces"),
@@ -187,8 +179,6 @@ def test_a_number_that_is_not_an_integer_is_refused_by_the_parser(run_dir, tmp_p
     result = command("utils.generate", run_dir, "--n", "1e11", "--out", tmp_path / "faces")
     assert result.returncode == 2 and "invalid int value: '1e11'" in result.stderr and "Traceback" not in result.stderr
 
-
-# ------------------------------------------------------------------------------------------- files read back
 
 @pytest.mark.parametrize("entry", [{"images_per_s": {"fp64 NCHW": 9.0}}, {"images_per_s": {}}, {},
                                    {"images_per_s": {"fp32 NCHW": 0, "fp32 channels_last": 100}}, "fifo", "[]"])
