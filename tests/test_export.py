@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.export import META, ExportError, export_generator, main
+from utils.errors import UserError
+from utils.export import META, export_generator, main
 from utils.files import OutputRefused
 from utils.generate import load_faces
 
@@ -75,7 +76,7 @@ def test_main_writes_the_file_and_refuses_what_is_not_a_run(run_dir, tmp_path, c
 
 @pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
 def test_asking_for_onnx_without_the_package_says_what_to_install(run_dir, tmp_path):
-    with pytest.raises(ExportError, match="pip install onnx"):
+    with pytest.raises(UserError, match="pip install onnx"):
         export_generator(run_dir, tmp_path / "g.pt", onnx=True)
     assert not (tmp_path / "g.pt").exists()
 

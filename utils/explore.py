@@ -33,12 +33,8 @@ def sample_images(generator: nn.Module, num_samples: int, seed: int = 0, batch_s
 
 
 def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
-    """Spherical interpolation between two batches of latents (N, ...): t=0 gives z0, t=1 gives z1.
-
-    Gaussian latents lie near a sphere of radius sqrt(d), the only shell the generator saw in training; a straight
-    line cuts inside it (to 71% of the norm between orthogonal latents), where faces wash out. Here the direction
-    moves along the great circle at constant speed and the norm linearly, so every point is a typical latent.
-    """
+    """Spherical interpolation between two batches of latents (N, ...): t=0 gives z0, t=1 gives z1. The direction
+    moves along the great circle, the norm linearly: every point is a typical latent, where a line would wash out."""
     a, b = z0.flatten(1), z1.flatten(1)
     norm_a, norm_b = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
     u, v = a / norm_a, b / norm_b
@@ -53,12 +49,9 @@ def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
 
 def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: int = 16, num_paths: int = 8,
                          nrow: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """Frames of `num_paths` latent walks side by side, uint8 (H, W, 3) grids enlarged to at least 512 pixels wide.
-
-    Each walk visits `num_keyframes` random latents and slerps back to the first, `steps` frames a leg; the last
-    frame repeats the first, so the loop closes. Smooth change means a continuous face space, not a lookup table.
-    All frames are one batch: they share BatchNorm's batch statistics, so nothing flickers.
-    """
+    """Frames of `num_paths` latent walks side by side, uint8 (H, W, 3) grids at least 512 pixels wide: each walk
+    slerps through `num_keyframes` random latents, `steps` frames a leg, back to the first (the last frame repeats
+    it). All frames are one batch: they share BatchNorm's batch statistics, so nothing flickers."""
     if num_keyframes < 2 or steps < 1:
         raise ValueError(f"num_keyframes must be >= 2 (a walk moves between two latents) and steps >= 1; got "
                          f"{num_keyframes} and {steps}")
@@ -73,12 +66,9 @@ def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: in
 
 def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
                        batch_size: int = 4096) -> tuple[Tensor, Tensor]:
-    """The `k` real images closest to each fake in pixel space: (indices (M, k), distances (M, k)), closest first.
-
-    The memorisation check: a GAN that copies its training set makes near-duplicates of real faces. Distances are
-    root-mean-square differences in 0..255 levels, the same at every image size. The reals are compared
-    `batch_size` at a time, so a memory-mapped dataset never has to fit in memory as floats.
-    """
+    """The `k` real images closest to each fake (does G copy its training set?): indices and distances (M, k),
+    closest first, in root-mean-square 0..255 levels; the reals are read `batch_size` at a time (a memory-mapped
+    dataset never has to fit in memory as floats)."""
     if {fakes_uint8.dtype, reals_uint8.dtype} != {torch.uint8} or fakes_uint8.shape[1:] != reals_uint8.shape[1:]:
         raise ValueError(f"fakes_uint8 and reals_uint8 must be uint8 images (N, 3, H, W) of the same size; got "
                          f"{fakes_uint8.dtype} {tuple(fakes_uint8.shape)} and {reals_uint8.dtype} "
@@ -100,11 +90,8 @@ def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
 
 def rank_by_discriminator(generator: nn.Module, discriminator: nn.Module, num_samples: int = 512, seed: int = 0,
                           batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """Generate `num_samples` images and sort them by D's logit, most "real" first: (uint8 images, scores).
-
-    D scores exactly the returned pixels, scaled to [-1, 1] like the training images; its lowest-scored samples
-    show what G still gets wrong.
-    """
+    """`num_samples` generated images sorted by D's logit on exactly those pixels, most "real" first: (uint8 images,
+    scores). The lowest show what G still gets wrong."""
     images = sample_images(generator, num_samples, seed, batch_size)
     device = next(discriminator.parameters()).device
     with sampling(discriminator):

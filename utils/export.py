@@ -1,8 +1,6 @@
-"""A generator that travels: one TorchScript file that samples with PyTorch alone, without this project.
+"""A generator that travels: one TorchScript file that samples with PyTorch alone (the README shows how).
 
-    python -m utils.export generated/dcgan-64px --out generator.pt      # + generator.onnx when `onnx` is installed
-    >>> generator = torch.jit.load("generator.pt")                     # anywhere: the README has these lines
-    >>> images = generator(torch.randn(16, generator.latent_dim, 1, 1))  # (16, 3, S, S) in [-1, 1]
+    python -m utils.export generated/dcgan-64px --out generator.pt    # + generator.onnx when `onnx` is installed
 
 It holds utils.generate's decoder (each face depends on its own latent only); `meta.json` inside says where from.
 """
@@ -26,10 +24,6 @@ from utils.generate import Faces, load_faces
 META = "meta.json"
 
 
-class ExportError(UserError, ValueError):
-    """The export cannot be written as asked."""
-
-
 class TravellingGenerator(nn.Module):
     """z (N, latent_dim, 1, 1) -> images (N, 3, image_size, image_size) in [-1, 1], sizes kept as attributes."""
 
@@ -46,25 +40,25 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", 
     True, or None and the onnx package is installed; returns the files written."""
     out = output_file(out, "out (--out)")
     if out.suffix == ".onnx":
-        raise ExportError(f"out (--out) {out} is the TorchScript file, and the ONNX file goes beside it with .onnx: "
-                          f"name it {out.with_suffix('.pt')}")
+        raise UserError(f"out (--out) {out} is the TorchScript file, and the ONNX file goes beside it with .onnx: "
+                        f"name it {out.with_suffix('.pt')}")
     onnx = importlib.util.find_spec("onnx") is not None if onnx is None else onnx
     if onnx and importlib.util.find_spec("onnx") is None:
-        raise ExportError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
-                          "TorchScript alone")
+        raise UserError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
+                        "TorchScript alone")
     written = [out] + ([output_file(out.with_suffix(".onnx"), "out (--out) with .onnx")] if onnx else [])
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
     module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
-    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size,
-            "output": "images in [-1, 1], (N, 3, S, S)", "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
-            "run": str(faces.run_dir), "epoch": faces.epoch, "seed": faces.seed}
+    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "run": str(faces.run_dir),
+            "epoch": faces.epoch, "seed": faces.seed, "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
+            "output": "images in [-1, 1], (N, 3, S, S)"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
         with atomic_path(out) as tmp:
             torch.jit.save(torch.jit.script(module), str(tmp),
                            _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
-        if len(written) > 1:
+        if onnx:
             _export_onnx(module, meta, written[1])
     return written
 

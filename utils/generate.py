@@ -31,7 +31,7 @@ from utils.config import MAX_SEED
 from utils.environment import pick_device
 from utils.errors import UserError, run_cli
 from utils.explore import decode, slerp
-from utils.files import CHECKPOINT, CONFIG, list_frames, output_file, output_folder
+from utils.files import CHECKPOINT, list_frames, output_file, output_folder
 from utils.gif import write_gif
 from utils.run import models_from_checkpoint, read_checkpoint
 from utils.visualize import enlarged, image_grid, in_notebook, write_png
@@ -53,7 +53,7 @@ class FaceError(UserError, ValueError):
 
 @dataclass
 class Faces:
-    """A run's generator ready to decode faces one by one: `decode(z)`, the fixed noise, what it was trained with."""
+    """A run's generator ready to decode faces (`decode(z)`), its fixed noise and what it was trained with."""
 
     generator: nn.Module        # a copy in eval mode, BatchNorm frozen to the fixed noise's statistics
     fixed_noise: Tensor         # the latents of the run's sample grids (num_samples, latent_dim, 1, 1), on the CPU
@@ -70,15 +70,12 @@ class Faces:
 
 
 def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module | None = None) -> Faces:
-    """Load a run's generator (its EMA weights if kept) for decoding faces on `device`; NotARun if `run_dir` is not
-    a run folder or has no finished epoch. Your own generator class: pass a fresh instance."""
+    """A run's generator (its EMA weights if kept) decoding faces on `device`; a run of your own generator class
+    needs a fresh instance of it."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not ((run_dir / CONFIG).is_file() or (run_dir / CHECKPOINT).is_file()):
-        raise NotARun(f"{run_dir} is not a run folder (no {CONFIG} or {CHECKPOINT} in it): pass the folder training "
-                      "wrote, e.g. generated/dcgan-64px (notebook 03 and `python -m utils.train` print it)")
     if not (run_dir / CHECKPOINT).is_file():
-        raise NotARun(f"{run_dir} has no finished epoch yet (no {CHECKPOINT}): train it for at least one epoch "
-                      f"(notebook 03, or `python -m utils.train --out {run_dir}`), then generate")
+        raise NotARun(f"{run_dir} is not a run folder with a finished epoch (no {CHECKPOINT} in it): pass the folder "
+                      "training wrote, e.g. generated/dcgan-64px, once it has finished an epoch")
     state = read_checkpoint(run_dir / CHECKPOINT)
     trained, _, _ = models_from_checkpoint(state, run_dir, generator=generator)
     config, fixed_noise, device = state["config"], state["fixed_noise"].float(), pick_device(device)
@@ -87,8 +84,8 @@ def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module |
 
 
 def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
-    """A copy of `generator` in eval mode whose BatchNorm layers normalise with the batch statistics of one
-    train-mode pass of `reference_z`: it decodes that batch as the sample grids do, and any latent as if part of it."""
+    """A copy of `generator` in eval mode, its BatchNorm frozen to the batch statistics of `reference_z`: it decodes
+    that batch as the sample grids do, and any latent as if part of it."""
     decoder = copy.deepcopy(generator).float().cpu()
 
     def freeze(layer: nn.Module, inputs: tuple[Tensor]) -> None:
@@ -107,8 +104,7 @@ def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
 
 
 def latent_blocks(seed: int, latent_dim: int) -> Iterator[Tensor]:
-    """The set of `seed`, BLOCK latents (BLOCK, latent_dim, 1, 1) at a time from one generator, for as long as asked;
-    the first block is the fixed noise of a run of `seed`."""
+    """The set of `seed`, BLOCK latents at a time for as long as asked; the first block is the fixed noise."""
     random = torch.Generator().manual_seed(seed)
     while True:
         yield torch.randn(BLOCK, latent_dim, 1, 1, generator=random)
@@ -131,9 +127,8 @@ def grid_index(faces: Faces, face: str | int) -> int | None:
 
 
 def face_latent(faces: Faces, face: str | int) -> Tensor:
-    """The latent (latent_dim, 1, 1) of a face: "seed42_0007.png" (a generated file, a path is fine too), "grid:12"
-    or 12 (face 12 of the run's fixed 8x8 grid, counted row by row from 0). Keep it with torch.save; `faces.decode(z)`
-    draws it again, also with a later epoch's generator: the same face as training goes on."""
+    """The latent (latent_dim, 1, 1) of a face: "seed42_0007.png" (or its path), "grid:12" or 12 (face 12 of the
+    run's 8x8 grid, row by row from 0). `faces.decode(z)` draws it, also with a later epoch's generator."""
     index = grid_index(faces, face)
     if index is not None:
         return faces.fixed_noise[index].clone()
@@ -149,8 +144,8 @@ def face_latent(faces: Faces, face: str | int) -> Tensor:
 
 
 def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarray]]:
-    """(epoch, uint8 (S, S, 3) image) of one face of the fixed grid ("grid:12" or 12) cut from every epoch's saved
-    grid: earlier generators are gone, but their grids show that face as training went on."""
+    """(epoch, uint8 (S, S, 3) image) of a face of the grid ("grid:12" or 12), cut from every epoch's saved grid:
+    earlier generators are gone, but their grids show the face as training went on."""
     index = grid_index(faces, face)
     if index is None:
         raise FaceError(f"face {face!r} is not a face of the run's grid (like grid:12): only those have a history")
@@ -165,8 +160,7 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
 
 def check_inputs(n: int | None = None, size: int | None = None, seed: int | None = None,
                  steps: int | None = None, faces: int = 2) -> None:
-    """Refuse a number of faces, a size, a seed or a morph's steps out of range (FaceError, one line each); a
-    morph's `size` is the side of its frames."""
+    """A FaceError for a number of faces, a size, a seed or a morph's steps (for `size` px frames) out of range."""
     most_steps = max(1, MAX_MORPH_PIXELS // (faces * (size or 1) ** 2))
     for name, value, low, high, unit in (
             ("n", n, 1, MAX_FACES, " faces"), ("size", size, 1, MAX_SIZE, " pixels"), ("seed", seed, 0, MAX_SEED, ""),
@@ -178,8 +172,8 @@ def check_inputs(n: int | None = None, size: int | None = None, seed: int | None
 
 def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
              grid: str | Path | None = None, size: int | None = None, device: str = "auto") -> list[Path]:
-    """Write faces 0..n-1 of the set of `seed` (default: the run's) as OUT/seedS_NNNN.png, `size` px each; return
-    the paths. `grid` also writes the set's first 64 faces as one 8x8 PNG. Inputs are checked before any work."""
+    """Write faces 0..n-1 of the set of `seed` (default: the run's) as OUT/seedS_NNNN.png, `size` px each, and the
+    set's first 64 as one 8x8 PNG to `grid`; returns the paths. Inputs are checked before the run is loaded."""
     check_inputs(n=n, size=size, seed=seed)
     out = output_folder(out, "out (--out)", FACE_NAME)
     grid = output_file(grid, "grid (--grid)") if grid is not None else None
@@ -189,27 +183,21 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
     paths = [out / f"seed{seed}_{index:0{width}d}.png" for index in range(n)]
     images = (image for block in latent_blocks(seed, faces.latent_dim) for image in faces.decode(block))
     for path, image in tqdm(zip(paths, images), total=n, desc=f"faces -> {out}", unit="face"):
-        write_png(resized(image, size), path)  # latents drawn as they are decoded: memory stays bounded
+        image = image.permute(1, 2, 0).numpy()  # latents drawn as they are decoded: memory stays bounded
+        if size is not None and size != len(image):  # enlarged with sharp pixels, shrunk with Lanczos
+            method = Image.NEAREST if size > len(image) else Image.LANCZOS
+            image = np.asarray(Image.fromarray(image).resize((size, size), method))
+        write_png(image, path)
     if grid is not None:
         write_png(image_grid(faces.decode(face_set_latents(seed, BLOCK, faces.latent_dim))).permute(1, 2, 0).numpy(),
                   grid)
     return paths
 
 
-def resized(image: Tensor, size: int | None) -> np.ndarray:
-    """A uint8 (3, S, S) image as (size, size, 3): nearest neighbour when enlarging (sharp pixels), Lanczos when
-    shrinking; unchanged when `size` is None."""
-    array = image.permute(1, 2, 0).numpy()
-    if size is None or size == array.shape[0]:
-        return array
-    method = Image.NEAREST if size > len(array) else Image.LANCZOS
-    return np.asarray(Image.fromarray(array).resize((size, size), method))
-
-
 def morph(faces: Faces | str | Path, chosen: list[str | int] | Tensor, out: str | Path, steps: int = 24,
           size: int = 256, frame_ms: int = 60, device: str = "auto") -> Path:
-    """Write a looping GIF through the chosen faces (names, grid indices or latents), slerping `steps` frames from
-    each to the next, each enlarged (sharp pixels) by the smallest whole factor that reaches `size`; returns `out`."""
+    """Write a looping GIF through the chosen faces (names, grid indices or latents), `steps` slerped frames from
+    each to the next, enlarged with sharp pixels to at least `size`; returns `out`."""
     if len(chosen) < 2:
         raise FaceError(f"a morph needs at least two faces to move between; got {len(chosen)}")
     check_inputs(size=size, steps=steps, faces=len(chosen))
@@ -229,38 +217,31 @@ def morph(faces: Faces | str | Path, chosen: list[str | int] | Tensor, out: str 
     return write_gif(frames(), out, frame_ms, count=len(latents) * steps)
 
 
-def latent_directions(latent_dim: int, count: int, seed: int = 0) -> Tensor:
-    """`count` orthonormal random directions of the latent space, (count, latent_dim, 1, 1)."""
-    gaussian = torch.randn(latent_dim, count, generator=torch.Generator().manual_seed(seed))
-    return torch.linalg.qr(gaussian).Q.T.reshape(count, latent_dim, 1, 1).contiguous()
-
-
 class FaceExplorer:
     """Sliders over a 3x3 grid of faces, redrawn in place: the picked pair with their slerp at `position` between
     them, then the faces of `seed`; every face moved by `strengths` along 3 random orthonormal latent directions (a
     latent's coordinate along one is N(0, 1), so -3 to 3 spans what the generator saw in training)."""
 
-    nrow = 3
-
     def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1")):
         self.faces, self.pair = faces, pair
         self.picked = torch.stack([face_latent(faces, face) for face in pair])
-        self.directions = latent_directions(faces.latent_dim, 3)
+        gaussian = torch.randn(faces.latent_dim, 3, generator=torch.Generator().manual_seed(0))
+        self.directions = torch.linalg.qr(gaussian).Q.T.reshape(3, -1, 1, 1)  # orthonormal
         self.seconds = 0.0  # how long the last render took
 
     def render(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] = ()) -> np.ndarray:
         """The grid as a uint8 (H, W, 3) image, enlarged (nearest neighbour) to at least 512 pixels wide."""
         started = time.perf_counter()
         mix = slerp(self.picked[:1], self.picked[1:], position)
-        others = face_set_latents(seed, self.nrow**2 - 3, self.faces.latent_dim)
+        others = face_set_latents(seed, 6, self.faces.latent_dim)
         z = torch.cat([self.picked[:1], mix, self.picked[1:], others])
         z = z + sum(strength * direction for strength, direction in zip(strengths, self.directions))
-        image = enlarged(image_grid(self.faces.decode(z), self.nrow).permute(1, 2, 0).numpy())
+        image = enlarged(image_grid(self.faces.decode(z), nrow=3).permute(1, 2, 0).numpy())
         self.seconds = time.perf_counter() - started
         return image
 
     def show(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] | None = None) -> None:
-        """Display the sliders with the grid (see `output`); outside a notebook use `render`."""
+        """Display the sliders and the grid (`output`) in a notebook."""
         if in_notebook():
             from IPython.display import display
 
@@ -302,7 +283,7 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError (not a run, no finished epoch, a folder with other files) prints one line."""
+    """The command line: a UserError prints one line."""
     parser = argparse.ArgumentParser(prog="python -m utils.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", required=True, help="folder for the faces; with --morph, the GIF to write")

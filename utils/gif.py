@@ -1,9 +1,7 @@
-"""Turn a run's per-epoch sample grids into an animated GIF: watch the faces emerge.
+"""Turn a run's per-epoch sample grids into an animated GIF: watch the faces emerge, epoch by epoch.
 
     >>> show_gif(make_gif("generated/dcgan-64px"))    # -> generated/dcgan-64px/training.gif
     python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--max-frames 100]
-
-Every frame is the same fixed noise after one more epoch, labelled "epoch N", the last held longer.
 """
 
 from __future__ import annotations
@@ -37,30 +35,26 @@ class NoSampleGrids(UserError, FileNotFoundError):
 
 def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None,
               count: int | None = None) -> Path:
-    """Write uint8 (H, W, 3) frames (a list, or an iterator of `count`) as a looping GIF; returns `out`.
-    `hold_last_ms` is the last frame's duration (default: `frame_ms`); GIF rounds durations to 10 ms."""
+    """Write uint8 (H, W, 3) frames (a list, or an iterator of `count`) as a looping GIF, the last one shown for
+    `hold_last_ms` (default: `frame_ms`; GIF rounds to 10 ms); returns `out`. Pillow encodes each frame as it comes,
+    keeping one palette byte a pixel, never the RGB frames."""
     _check_gif_options(out, frame_ms, hold_last_ms)
-    return _write_frames(map(Image.fromarray, frames), len(frames) if count is None else count, Path(out), frame_ms,
-                         hold_last_ms or frame_ms)
-
-
-def _write_frames(frames: Iterator[Image.Image], count: int, out: Path, frame_ms: int, last_ms: int) -> Path:
-    """Encode `count` frames as they arrive: Pillow holds one palette byte a pixel per frame, never RGB frames."""
+    count = len(frames) if count is None else count
+    frames = map(Image.fromarray, frames)
     first = next(frames, None)
     if first is None:
         raise GifError("a GIF needs at least one frame; got none")
-    durations = [frame_ms] * (count - 1) + [last_ms]
+    durations = [frame_ms] * (count - 1) + [hold_last_ms or frame_ms]
     with atomic_path(out) as tmp:
         first.save(tmp, format="GIF", save_all=True, append_images=frames, loop=0, comment=MAKER_BYTES,
-                   duration=durations if count > 1 else last_ms)  # a list only for animations
-    return out
+                   duration=durations if count > 1 else durations[0])  # a list only for animations
+    return Path(out)
 
 
 def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000,
              label: bool = True, max_frames: int = MAX_FRAMES) -> Path:
-    """Animate RUN_DIR/samples/epoch_*.png into RUN_DIR/training.gif or `out`, small grids enlarged with sharp
-    pixels; a run of more epochs than `max_frames` shows that many grids, evenly spread, saying so. Every refusal
-    (no grids, an option out of range, an unreadable, duplicated or differently sized grid) comes before writing."""
+    """Animate RUN_DIR/samples/epoch_*.png, labelled "epoch N", into RUN_DIR/training.gif or `out`, small grids
+    enlarged with sharp pixels, at most `max_frames` of them (evenly spread). Every refusal comes before writing."""
     run_dir = Path(run_dir)
     out = run_dir / "training.gif" if out is None else Path(out)
     _check_gif_options(out, frame_ms, hold_last_ms)
@@ -87,17 +81,17 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
                            f"{sizes[0][0][1]}: a GIF needs one frame size; move the grids of the other run out of "
                            f"{path.parent}")
 
-    def images() -> Iterator[Image.Image]:
+    def images() -> Iterator[np.ndarray]:
         for epoch, path in frames:
             image = enlarged(_read_grid(path, epoch, lambda grid: np.asarray(grid.convert("RGB"))))
-            yield Image.fromarray(add_label(image, f"epoch {epoch}") if label else image)
+            yield add_label(image, f"epoch {epoch}") if label else image
 
-    return _write_frames(images(), len(frames), out, frame_ms, hold_last_ms)
+    return write_gif(images(), out, frame_ms, hold_last_ms, count=len(frames))
 
 
 def _read_grid(path: Path, epoch: int, read: Callable[[Image.Image], Any]) -> Any:
-    """`read(grid)` of the grid at `path`; a GifError naming it when it is not a readable image, or a header that
-    announces more pixels than Pillow decodes without a warning (far more than any sample grid)."""
+    """`read(grid)` of the grid at `path`; a GifError naming it when it is not a readable image or announces more
+    pixels than Pillow decodes without a warning (far more than any sample grid)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
