@@ -21,13 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 # site module (-S: the editable install's .pth finder never runs), with only the site-packages folder added back.
 ISOLATED = f"import sys; sys.path.append({sysconfig.get_paths()['purelib']!r})\n"
 SAMPLE = ISOLATED + """
-try:
-    import utils
-except ImportError:
-    pass
-else:
-    raise SystemExit(f"utils is importable here: {utils.__file__}")
-import json, torch
+import importlib.util, json, torch
+assert importlib.util.find_spec("utils") is None, "utils is importable here"
 extra = {"meta.json": ""}
 generator = torch.jit.load("generator.pt", _extra_files=extra)
 z = torch.load("z.pt")

@@ -31,6 +31,11 @@ def run_dir(request) -> Path:
     return request.getfixturevalue(getattr(request, "param", "tiny_run"))
 
 
+@pytest.fixture(scope="module")
+def faces(tiny_run):
+    return load_faces(tiny_run, "cpu")
+
+
 def png(source: Path | bytes | str) -> np.ndarray:
     """The RGB pixels of a PNG file or of PNG bytes (base64 text too: a mime bundle's image/png)."""
     if not isinstance(source, Path):
@@ -54,11 +59,10 @@ def image(faces, face) -> np.ndarray:
     return faces.decode(face_latent(faces, face))[0].permute(1, 2, 0).numpy()
 
 
-def test_faces_are_named_the_same_files_each_time_and_do_not_depend_on_how_many_are_drawn(run_dir, tmp_path):
-    faces = load_faces(run_dir, "cpu")
+def test_faces_are_named_the_same_files_each_time_and_do_not_depend_on_how_many_are_drawn(faces, tmp_path):
     many = generate(faces, 100, tmp_path / "many")
     assert [p.name for p in many[:2]] == ["seed42_0000.png", "seed42_0001.png"] and many[-1].name == "seed42_0099.png"
-    few = generate(run_dir, 2, tmp_path / "few", grid=tmp_path / "grid.png")  # a path: loaded on the way
+    few = generate(faces.run_dir, 2, tmp_path / "few", grid=tmp_path / "grid.png")  # a path: loaded on the way
     assert [p.read_bytes() for p in few] == [p.read_bytes() for p in many[:2]] and png(few[0]).shape == (16, 16, 3)
     assert generate(faces, 2, tmp_path / "few") == few  # the same folder again: its own faces are fine
     assert png(tmp_path / "grid.png").shape == (8 * TILE + 2, 8 * TILE + 2, 3)  # the set's first 64 even for --n 2
@@ -95,34 +99,27 @@ def test_frozen_statistics_decode_the_reference_batch_as_training_does_and_leave
     assert torch.equal(to_uint8(frozen(z[5:6])), to_uint8(frozen(z))[5:6])  # each face alone equals it in the batch
 
 
-def test_faces_by_name_and_the_names_refused(run_dir):
-    faces = load_faces(run_dir, "cpu")
+def test_faces_by_name_the_names_refused_and_a_grid_faces_history_cut_from_each_epochs_grid(faces):
     assert torch.equal(face_latent(faces, "some/folder/seed3_0070.png"), face_set_latents(3, 71, 16)[70])
     for bad, words in (("grid:64", "faces 0 to 63"), ("face.png", "seed42_0007.png"), (-1, "faces 0 to 63"),
                        ("seed42_100000.png", "not one this project writes")):
         with pytest.raises(FaceError, match=words):
             face_latent(faces, bad)
+    history = grid_face_history(faces, "grid:9")
+    assert [epoch for epoch, _ in history] == [1, 2] and all(face.shape == (16, 16, 3) for _, face in history)
+    assert np.abs(history[-1][1].astype(int) - image(faces, 9)).max() <= 1  # the last grid is this generator's
+    assert not np.array_equal(history[0][1], history[1][1])                 # the face changed as training went on
+    with pytest.raises(FaceError, match="not a face of the run's grid"):
+        grid_face_history(faces, "seed42_0001.png")
 
 
-def test_a_morph_loops_through_the_faces_at_a_readable_size(run_dir, tmp_path):
-    faces = load_faces(run_dir, "cpu")
+def test_a_morph_loops_through_the_faces_at_a_readable_size(faces, tmp_path):
     frames = iio.imread(morph(faces, ["seed42_0070.png", "grid:12", 3], tmp_path / "m.gif", steps=4), index=None)
     assert frames.shape == (12, 256, 256, 3)  # 3 faces x 4 steps, each 16 px face enlarged 16x
     assert np.array_equal(frames[0][::16, ::16], image(faces, "seed42_0070.png"))  # each pixel a 16x16 block
     assert np.array_equal(frames[4][::16, ::16], image(faces, 12)) and not np.array_equal(frames[1], frames[0])
     with pytest.raises(FaceError, match="at least two faces"):
         morph(faces, ["grid:1"], tmp_path / "one.gif")
-
-
-def test_a_grid_face_across_the_epochs_is_cut_from_each_epochs_grid(run_dir):
-    faces = load_faces(run_dir, "cpu")
-    history = grid_face_history(faces, "grid:9")
-    assert [epoch for epoch, _ in history] == [1, 2] and all(face.shape == (16, 16, 3) for _, face in history)
-    assert np.abs(history[-1][1].astype(int) - image(faces, 9)).max() <= 1  # the last grid is this generator's
-    assert not np.array_equal(history[0][1], history[1][1])                 # the face changed as training went on
-    for bad in (64, "seed42_0001.png"):
-        with pytest.raises(FaceError, match="faces 0 to 63|not a face of the run's grid"):
-            grid_face_history(faces, bad)
 
 
 def test_the_command_line_writes_faces_in_a_real_process_and_a_morph(run_dir, tmp_path, capsys):
@@ -158,10 +155,7 @@ def test_main_refuses_with_one_line_and_writes_nothing(run_dir, tmp_path, case, 
     assert not (tmp_path / "o").exists() and sorted(p.name for p in (tmp_path / "busy").iterdir()) == ["notes.txt"]
 
 
-# ------------------------------------------------------------------------------------------------ the explorer
-
-def test_the_explorer_grid_holds_the_pair_their_mix_and_the_seeds_faces(tiny_run):
-    faces = load_faces(tiny_run, "cpu")
+def test_the_explorer_grid_holds_the_pair_their_mix_and_the_seeds_faces_and_its_sliders_redraw_it(faces):
     explorer = FaceExplorer(faces, pair=("grid:3", "seed42_0070.png"))
     directions = explorer.directions.flatten(1)
     torch.testing.assert_close(directions @ directions.T, torch.eye(3))  # orthonormal
@@ -175,17 +169,10 @@ def test_the_explorer_grid_holds_the_pair_their_mix_and_the_seeds_faces(tiny_run
     assert not np.array_equal(cell(other_seed, 4), cell(end, 4))  # the set changes
     moved = explorer.render(position=1.0, strengths=(2.0, 0.0, 0.0))
     assert all(not np.array_equal(cell(moved, i), cell(end, i)) for i in range(9))
-    assert np.array_equal(explorer.render(seed=5, position=1.0), other_seed)   # the same settings, the same grid
-
-
-def test_the_sliders_redraw_the_image_in_place_and_a_static_png_shows_where_widgets_cannot(tiny_run):
-    explorer = FaceExplorer(load_faces(tiny_run, "cpu"), pair=(1, 2))
     output = explorer.output(seed=3, position=0.25, strengths=(1.0, 0.0, -1.0))
     assert "application/vnd.jupyter.widget-view+json" in output
     assert np.array_equal(png(output["image/png"]), explorer.render(3, 0.25, (1.0, 0.0, -1.0)))  # papermill, GitHub
-    first = explorer.image.value
-    explorer.controls["direction 2"].value = -1.5
-    assert explorer.image.value != first
+    explorer.controls["direction 2"].value = -1.5   # the image redrawn in place, as the same settings draw it
     assert np.array_equal(png(explorer.image.value), explorer.render(3, 0.25, (1.0, -1.5, -1.0)))
     explorer.controls["seed"].value = 7
     assert np.array_equal(png(explorer.image.value), explorer.render(7, 0.25, (1.0, -1.5, -1.0)))

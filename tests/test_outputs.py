@@ -17,6 +17,7 @@ from utils.choose import choose_run
 from utils.environment import cached_trial, trial_cache_file, _trial_key
 from utils.errors import UserError
 from utils.estimate import epochs_done, measured_speed
+from utils.export import export_generator
 from utils.files import CHECKPOINT, CONFIG, HISTORY, OutputRefused, list_frames, made_here, read_json
 from utils.generate import generate, load_faces, morph
 from utils.gif import make_gif
@@ -79,33 +80,21 @@ def test_a_file_the_project_did_not_make_is_never_replaced_and_its_own_are(run_d
     refused_in_one_line(command("utils.generate", run_dir, "--n", 1, "--out", tmp_path / "f", "--grid", mine),
                         "already exists and was not written by this project")
     refused_in_one_line(command("utils.export", run_dir, "--out", mine), "already exists")
-    assert mine.read_bytes() == b"not a grid" and not (tmp_path / "f").exists()
+    refused_in_one_line(command("utils.export", run_dir, "--out", tmp_path / "g.onnx"), "is the TorchScript file")
+    assert mine.read_bytes() == b"not a grid" and not (tmp_path / "f").exists() and not (tmp_path / "g.onnx").exists()
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / ".seed42_0001.4242.tmp.png").write_bytes(b"half a face")   # what a kill mid-write leaves
     faces = load_faces(run_dir, "cpu")
-    for _ in range(2):   # a second call writes over what the first wrote: grid, faces, GIFs
-        generate(faces, 2, tmp_path / "faces", grid=tmp_path / "grid.png")
+    for _ in range(2):   # a second call writes over what the first wrote: faces, grid, GIFs, the export
+        assert [p.name for p in generate(faces, 2, tmp_path / "faces", grid=tmp_path / "grid.png")] == \
+            ["seed42_0000.png", "seed42_0001.png"]
         morph(faces, ["grid:0", "grid:1"], tmp_path / "m.gif", steps=2, size=16)
         make_gif(run_dir)
         make_gif(run_dir, out=tmp_path / "t.gif")
-    assert all(made_here(path) for path in (tmp_path / "grid.png", tmp_path / "m.gif", tmp_path / "t.gif",
-                                            tmp_path / "faces" / "seed42_0001.png"))
+        export_generator(faces, tmp_path / "g.pt", onnx=False)
+    assert all(made_here(tmp_path / name) for name in ("grid.png", "m.gif", "t.gif", "g.pt", "faces/seed42_0001.png"))
     with pytest.raises(OutputRefused, match="already exists"):
         make_gif(run_dir, out=mine)
-
-
-def test_export_writes_over_its_own_file_and_never_puts_onnx_over_torchscript(run_dir, tmp_path):
-    assert command("utils.export", run_dir, "--out", tmp_path / "g.pt", "--no-onnx").returncode == 0
-    assert made_here(tmp_path / "g.pt")
-    assert command("utils.export", run_dir, "--out", tmp_path / "g.pt", "--no-onnx").returncode == 0
-    refused_in_one_line(command("utils.export", run_dir, "--out", tmp_path / "model.onnx"),
-                        "is the TorchScript file")
-    assert not (tmp_path / "model.onnx").exists()
-
-
-def test_a_face_folder_left_by_a_killed_generate_is_written_again(run_dir, tmp_path):
-    out = tmp_path / "faces"
-    out.mkdir()
-    (out / ".seed42_0001.4242.tmp.png").write_bytes(b"half a face")   # what a kill mid-write leaves
-    assert [p.name for p in generate(run_dir, 2, out)] == ["seed42_0000.png", "seed42_0001.png"]
 
 
 def test_train_refuses_a_run_folder_inside_another_runs_samples_or_files(run_dir):
