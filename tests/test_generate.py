@@ -50,11 +50,6 @@ def tile(grid: np.ndarray, index: int, nrow: int = 8, scale: int = 1) -> np.ndar
     return grid[::scale, ::scale][2 + row * TILE:2 + row * TILE + 16, 2 + col * TILE:2 + col * TILE + 16]
 
 
-def cell(grid: np.ndarray, index: int) -> np.ndarray:
-    """Face `index` of the explorer's 3x3 grid, enlarged 10x to at least 512 pixels."""
-    return tile(grid, index, nrow=3, scale=10)
-
-
 def image(faces, face) -> np.ndarray:
     return faces.decode(face_latent(faces, face))[0].permute(1, 2, 0).numpy()
 
@@ -156,6 +151,9 @@ def test_main_refuses_with_one_line_and_writes_nothing(run_dir, tmp_path, case, 
 
 
 def test_the_explorer_grid_holds_the_pair_their_mix_and_the_seeds_faces_and_its_sliders_redraw_it(faces):
+    def cell(grid: np.ndarray, index: int) -> np.ndarray:   # enlarged 10x to at least 512 pixels
+        return tile(grid, index, nrow=3, scale=10)
+
     explorer = FaceExplorer(faces, pair=("grid:3", "seed42_0070.png"))
     directions = explorer.directions.flatten(1)
     torch.testing.assert_close(directions @ directions.T, torch.eye(3))  # orthonormal
