@@ -188,9 +188,9 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
             method = Image.NEAREST if size > len(image) else Image.LANCZOS
             image = np.asarray(Image.fromarray(image).resize((size, size), method))
         write_png(image, path)
-    if grid is not None:
-        write_png(image_grid(faces.decode(face_set_latents(seed, BLOCK, faces.latent_dim))).permute(1, 2, 0).numpy(),
-                  grid)
+    if grid is not None:  # the set's first 64 faces, however many were asked for
+        first = faces.decode(face_set_latents(seed, BLOCK, faces.latent_dim))
+        write_png(image_grid(first).permute(1, 2, 0).numpy(), grid)
     return paths
 
 
