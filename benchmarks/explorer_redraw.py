@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from utils.explorer import FaceExplorer, _png
-from utils.generate import Faces, _batch_size, face_set_latents, frozen_statistics
+from utils.generate import FaceExplorer, Faces, _png, face_set_latents, frozen_statistics
 from utils.models import Generator
 
 parser = argparse.ArgumentParser()
@@ -26,8 +25,7 @@ args = parser.parse_args()
 torch.manual_seed(0)
 fixed = face_set_latents(42, 64, 128)
 decoder = frozen_statistics(Generator(64, 128, 64), fixed)
-cpu = torch.device("cpu")
-faces = Faces(decoder, fixed, Path("benchmark"), 0, 42, 128, 64, cpu, _batch_size(decoder, 128, cpu))
+faces = Faces(decoder, fixed, Path("benchmark"), 0, 42, 128, 64, torch.device("cpu"))
 explorer = FaceExplorer(faces)
 print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; torch {torch.__version__}")
 for threads in args.threads:

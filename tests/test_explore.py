@@ -36,9 +36,7 @@ def assert_unchanged(model: torch.nn.Module, before: dict, was_training: bool) -
         assert torch.equal(value, before[name]), f"{name} changed"
 
 
-# ------------------------------------------------------------------------------------------------ slerp
-
-def test_slerp_goes_from_z0_to_z1_moving_the_norm_linearly_and_the_angle_at_constant_speed():
+def test_slerp_moves_the_norm_linearly_the_angle_at_constant_speed_and_keeps_a_typical_norm():
     z0, z1 = gaussian(5, 128, 1, 1, seed=1), gaussian(5, 128, 1, 1, seed=2)
     torch.testing.assert_close(slerp(z0, z1, 0.0), z0)
     torch.testing.assert_close(slerp(z0, z1, 1.0), z1)
@@ -49,84 +47,52 @@ def test_slerp_goes_from_z0_to_z1_moving_the_norm_linearly_and_the_angle_at_cons
         z = slerp(z0, z1, t)
         torch.testing.assert_close(z.norm(dim=1), (1 - t) * z0.norm(dim=1) + t * z1.norm(dim=1))
         torch.testing.assert_close(torch.acos(torch.nn.functional.cosine_similarity(z0, z)), t * angle)
-
-
-def test_slerp_midpoint_keeps_a_typical_norm_where_linear_interpolation_shrinks_it():
-    z0, z1 = gaussian(256, 128, seed=5), gaussian(256, 128, seed=6)
+    torch.testing.assert_close(slerp(z0, 3 * z0, 0.5), 2 * z0)  # parallel latents: finite, a straight line
+    z0, z1 = gaussian(256, 128, seed=5), gaussian(256, 128, seed=6)   # halfway: a typical norm, not a line's
     typical = math.sqrt(128)
     assert slerp(z0, z1, 0.5).norm(dim=1).mean() == pytest.approx(typical, rel=0.05)
     assert ((z0 + z1) / 2).norm(dim=1).mean() == pytest.approx(typical / math.sqrt(2), rel=0.05)
 
 
-def test_slerp_of_parallel_latents_is_finite():
-    z0 = gaussian(2, 16, seed=7)
-    torch.testing.assert_close(slerp(z0, 3 * z0, 0.5), 2 * z0)
-
-
-# ------------------------------------------------------------------------------------ interpolation_frames
-
-def test_interpolation_frames_count_shape_loop_closure_and_sharp_enlargement():
-    generator = tiny_generator()
-    frames = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
-    assert len(frames) == 3 * 4 + 1
-    grid = (10 * (2 * (16 + 2) + 2), 10 * (3 * (16 + 2) + 2), 3)  # 6 walks in 2 rows of 3, 2-pixel gaps, 56 px: x10
-    assert all(frame.shape == grid and frame.dtype == np.uint8 for frame in frames)
-    # enlarged to at least 512 pixels wide by nearest neighbour: every pixel of the grid is a solid 10 x 10 block
-    assert all(np.array_equal(big, big[::10, ::10].repeat(10, axis=0).repeat(10, axis=1)) for big in frames)
-    assert np.array_equal(frames[0], frames[-1])
-    assert not np.array_equal(frames[0], frames[1])   # the walk moves
-    assert not np.array_equal(frames[0], frames[4])   # and reaches another keyframe
-
-
-def test_interpolation_frames_are_reproducible_and_leave_the_generator_unchanged():
+def test_interpolation_frames_loop_sharply_enlarged_reproducibly_and_leave_the_generator_unchanged():
     generator = tiny_generator().eval()
     before = state(generator)
-    first = interpolation_frames(generator, num_keyframes=2, steps=3, num_paths=2, seed=1)
-    second = interpolation_frames(generator, num_keyframes=2, steps=3, num_paths=2, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second))
-    assert not np.array_equal(first[0], interpolation_frames(generator, 2, 3, num_paths=2, seed=2)[0])
+    frames = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
+    grid = (10 * (2 * (16 + 2) + 2), 10 * (3 * (16 + 2) + 2), 3)  # 6 walks in 2 rows of 3, 2-pixel gaps, 56 px: x10
+    assert len(frames) == 3 * 4 + 1 and all(frame.shape == grid and frame.dtype == np.uint8 for frame in frames)
+    # enlarged to at least 512 pixels wide by nearest neighbour: every pixel of the grid is a solid 10 x 10 block
+    assert all(np.array_equal(big, big[::10, ::10].repeat(10, axis=0).repeat(10, axis=1)) for big in frames)
+    assert np.array_equal(frames[0], frames[-1])      # the loop closes
+    assert not np.array_equal(frames[0], frames[1]) and not np.array_equal(frames[0], frames[4])   # and moves
+    again = interpolation_frames(generator, num_keyframes=3, steps=4, num_paths=6, nrow=3)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+    assert not np.array_equal(frames[0], interpolation_frames(generator, 3, 4, num_paths=6, nrow=3, seed=2)[0])
     assert_unchanged(generator, before, was_training=False)
+    with pytest.raises(ValueError, match="num_keyframes must be >= 2"):
+        interpolation_frames(generator, num_keyframes=1)
 
 
-def test_interpolation_frames_reject_a_walk_without_two_keyframes():
-    with pytest.raises(ValueError, match="num_keyframes"):
-        interpolation_frames(tiny_generator(), num_keyframes=1)
+def random_images(count: int, size: int = 8) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
-# -------------------------------------------------------------------------------------- nearest_neighbours
-
-def random_images(count: int, size: int = 8, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-def test_nearest_neighbours_find_planted_copies_exactly_across_chunks():
+def test_nearest_neighbours_find_planted_copies_exactly_sorted_and_measured_in_rms_pixel_levels():
     reals = random_images(500)
     planted = torch.tensor([3, 499, 250, 64, 3])
     indices, distances = nearest_neighbours(reals[planted], reals, batch_size=64)  # 8 chunks, the last one short
-    assert torch.equal(indices[:, 0], planted)
-    assert torch.equal(distances[:, 0], torch.zeros(len(planted)))
-
-
-def test_nearest_neighbours_are_sorted_and_measured_in_rms_pixel_levels():
-    reals = random_images(300, seed=1)
+    assert torch.equal(indices[:, 0], planted) and torch.equal(distances[:, 0], torch.zeros(len(planted)))
     fake = reals[[7]].clone()
     fake[0, 0, 0, 0] = (int(fake[0, 0, 0, 0]) + 96) % 256   # one of 3 * 8 * 8 values off by 96 (or 160)
     indices, distances = nearest_neighbours(fake, reals, k=3, batch_size=100)
-    assert indices[0, 0] == 7
     off = abs(int(fake[0, 0, 0, 0]) - int(reals[7, 0, 0, 0]))
-    assert distances[0, 0].item() == pytest.approx(off / math.sqrt(3 * 8 * 8))
+    assert indices[0, 0] == 7 and distances[0, 0].item() == pytest.approx(off / math.sqrt(3 * 8 * 8))
     assert torch.all(distances[0, 1:] > distances[0, 0]) and distances[0, 1] <= distances[0, 2]
-    # the brute-force answer: every real image's exact RMS distance
-    exact = (reals.flatten(1).double() - fake.flatten(1).double()).square().mean(dim=1).sqrt()
+    exact = (reals.flatten(1).double() - fake.flatten(1).double()).square().mean(dim=1).sqrt()   # brute force
     assert torch.equal(indices[0], exact.argsort()[:3])
+    for fakes, k in ((random_images(2, size=16), 1), (random_images(2).float(), 1), (random_images(2), 501)):
+        with pytest.raises(ValueError, match="same size|k must be in"):
+            nearest_neighbours(fakes, reals, k=k)
 
-
-def test_nearest_neighbours_reject_images_of_another_size():
-    with pytest.raises(ValueError, match="same image shape"):
-        nearest_neighbours(random_images(2, size=16), random_images(10, size=8))
-
-
-# ----------------------------------------------------------------------------------- rank_by_discriminator
 
 @pytest.mark.parametrize("spectral_norm", [False, True], ids=["batchnorm", "spectral-norm"])
 def test_rank_by_discriminator_sorts_best_first_deterministically(spectral_norm):
@@ -150,8 +116,6 @@ def test_rank_by_discriminator_sorts_best_first_deterministically(spectral_norm)
     assert_unchanged(generator, before_g, was_training=True)
     assert_unchanged(discriminator, before_d, was_training=True)
 
-
-# --------------------------------------------------------------------------------------------- notebook 05
 
 def test_notebook_05_runs_with_smoke_test_and_writes_the_walk(tmp_path, monkeypatch):
     """The notebook in a copy of the repository layout: both recipes trained tiny, every cell executed."""

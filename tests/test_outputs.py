@@ -17,6 +17,7 @@ from utils.choose import choose_run
 from utils.environment import cached_trial, trial_cache_file, _trial_key
 from utils.errors import UserError
 from utils.estimate import epochs_done, measured_speed
+from utils.export import export_generator
 from utils.files import CHECKPOINT, CONFIG, HISTORY, OutputRefused, list_frames, made_here, read_json
 from utils.generate import generate, load_faces, morph
 from utils.gif import make_gif
@@ -49,30 +50,26 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-# ------------------------------------------------------------------------------------------- where to write
+WRITES_INTO_THE_RUN = {   # (module, arguments): RUN is the run folder, OUT a fresh folder beside it
+    "grid over checkpoint": ("utils.generate", "RUN", "--n", 2, "--out", "OUT/f", "--grid", "RUN/checkpoint.pt"),
+    "morph over checkpoint": ("utils.generate", "RUN", "--morph", "grid:0", "grid:1", "--out", "RUN/checkpoint.pt"),
+    "export over checkpoint": ("utils.export", "RUN", "--out", "RUN/checkpoint.pt"),
+    "grid over a grid": ("utils.generate", "RUN", "--n", 2, "--out", "OUT/f", "--grid", "RUN/samples/epoch_001.png"),
+    "grid over config": ("utils.generate", "RUN", "--out", "OUT/f", "--grid", "RUN/config.json"),
+    "morph into samples": ("utils.generate", "RUN", "--morph", "grid:0", "grid:1", "--out", "RUN/samples/m.gif"),
+    "faces into the run": ("utils.generate", "RUN", "--out", "RUN"),
+    "faces into samples": ("utils.generate", "RUN", "--out", "RUN/samples"),
+    "export over history": ("utils.export", "RUN", "--out", "RUN/samples/../history.json"),
+    "grid through a link": ("utils.generate", "RUN", "--out", "OUT/f", "--grid", "OUT/link.png"),
+}
 
-@pytest.mark.parametrize("case", ["grid over checkpoint", "morph over checkpoint", "export over checkpoint",
-                                  "grid over a grid", "grid over config", "morph into samples", "faces into the run",
-                                  "faces into samples", "export over history", "grid through a link"])
+
+@pytest.mark.parametrize("case", WRITES_INTO_THE_RUN)
 def test_no_command_writes_over_a_runs_own_files_or_into_samples(run_dir, tmp_path, case):
     (tmp_path / "link.png").symlink_to(run_dir / CHECKPOINT)
-    args = {"grid over checkpoint": ("utils.generate", run_dir, "--n", 2, "--out", tmp_path / "f",
-                                     "--grid", run_dir / CHECKPOINT),
-            "morph over checkpoint": ("utils.generate", run_dir, "--morph", "grid:0", "grid:1",
-                                      "--out", run_dir / CHECKPOINT),
-            "export over checkpoint": ("utils.export", run_dir, "--out", run_dir / CHECKPOINT),
-            "grid over a grid": ("utils.generate", run_dir, "--n", 2, "--out", tmp_path / "f",
-                                 "--grid", run_dir / "samples" / "epoch_001.png"),
-            "grid over config": ("utils.generate", run_dir, "--out", tmp_path / "f", "--grid", run_dir / CONFIG),
-            "morph into samples": ("utils.generate", run_dir, "--morph", "grid:0", "grid:1",
-                                   "--out", run_dir / "samples" / "m.gif"),
-            "faces into the run": ("utils.generate", run_dir, "--out", run_dir),
-            "faces into samples": ("utils.generate", run_dir, "--out", run_dir / "samples"),
-            "export over history": ("utils.export", run_dir, "--out", run_dir / "samples" / ".." / HISTORY),
-            "grid through a link": ("utils.generate", run_dir, "--out", tmp_path / "f", "--grid", tmp_path / "link.png"),
-            }[case]
+    module, *args = WRITES_INTO_THE_RUN[case]
     before = files_of(run_dir)
-    result = command(*args)
+    result = command(module, *[str(a).replace("RUN", str(run_dir)).replace("OUT", str(tmp_path)) for a in args])
     refused_in_one_line(result, "is ")
     assert "run" in result.stderr and files_of(run_dir) == before and not (tmp_path / "f").exists()
 
@@ -83,33 +80,21 @@ def test_a_file_the_project_did_not_make_is_never_replaced_and_its_own_are(run_d
     refused_in_one_line(command("utils.generate", run_dir, "--n", 1, "--out", tmp_path / "f", "--grid", mine),
                         "already exists and was not written by this project")
     refused_in_one_line(command("utils.export", run_dir, "--out", mine), "already exists")
-    assert mine.read_bytes() == b"not a grid" and not (tmp_path / "f").exists()
+    refused_in_one_line(command("utils.export", run_dir, "--out", tmp_path / "g.onnx"), "is the TorchScript file")
+    assert mine.read_bytes() == b"not a grid" and not (tmp_path / "f").exists() and not (tmp_path / "g.onnx").exists()
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / ".seed42_0001.4242.tmp.png").write_bytes(b"half a face")   # what a kill mid-write leaves
     faces = load_faces(run_dir, "cpu")
-    for _ in range(2):   # a second call writes over what the first wrote: grid, faces, GIFs
-        generate(faces, 2, tmp_path / "faces", grid=tmp_path / "grid.png")
+    for _ in range(2):   # a second call writes over what the first wrote: faces, grid, GIFs, the export
+        assert [p.name for p in generate(faces, 2, tmp_path / "faces", grid=tmp_path / "grid.png")] == \
+            ["seed42_0000.png", "seed42_0001.png"]
         morph(faces, ["grid:0", "grid:1"], tmp_path / "m.gif", steps=2, size=16)
         make_gif(run_dir)
         make_gif(run_dir, out=tmp_path / "t.gif")
-    assert all(made_here(path) for path in (tmp_path / "grid.png", tmp_path / "m.gif", tmp_path / "t.gif",
-                                            tmp_path / "faces" / "seed42_0001.png"))
+        export_generator(faces, tmp_path / "g.pt", onnx=False)
+    assert all(made_here(tmp_path / name) for name in ("grid.png", "m.gif", "t.gif", "g.pt", "faces/seed42_0001.png"))
     with pytest.raises(OutputRefused, match="already exists"):
         make_gif(run_dir, out=mine)
-
-
-def test_export_writes_over_its_own_file_and_never_puts_onnx_over_torchscript(run_dir, tmp_path):
-    assert command("utils.export", run_dir, "--out", tmp_path / "g.pt", "--no-onnx").returncode == 0
-    assert made_here(tmp_path / "g.pt")
-    assert command("utils.export", run_dir, "--out", tmp_path / "g.pt", "--no-onnx").returncode == 0
-    refused_in_one_line(command("utils.export", run_dir, "--out", tmp_path / "model.onnx"),
-                        "is the TorchScript file")
-    assert not (tmp_path / "model.onnx").exists()
-
-
-def test_a_face_folder_left_by_a_killed_generate_is_written_again(run_dir, tmp_path):
-    out = tmp_path / "faces"
-    out.mkdir()
-    (out / ".seed42_0001.4242.tmp.png").write_bytes(b"half a face")   # what a kill mid-write leaves
-    assert [p.name for p in generate(run_dir, 2, out)] == ["seed42_0000.png", "seed42_0001.png"]
 
 
 def test_train_refuses_a_run_folder_inside_another_runs_samples_or_files(run_dir):
@@ -132,8 +117,6 @@ def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp
     assert [(run_dir / f"earlier-{n}" / HISTORY).read_text() for n in (1, 3)] == ["kept 1", "kept 3"]
     assert [e for e, _ in list_frames(run_dir / "earlier-4")] == [1] and (run_dir / "earlier-4" / HISTORY).exists()
 
-
-# ------------------------------------------------------------------------------------------- credentials
 
 SECRET_URLS = ["https://ann:pw-SECRET@host/faces.zip", "https://host/faces.zip?token=SECRET&dl=1",
                "https://host/faces.zip#access_token=SECRET", "https://host/a b.zip?X-Amz-Signature=SECRET",
@@ -167,8 +150,6 @@ def test_choose_runs_lines_show_no_token(tiny_run, tmp_path):
     assert not any("SECRET" in line for line in said)
 
 
-# ------------------------------------------------------------------------------------------- bounded inputs
-
 @pytest.mark.parametrize("args,words", [
     (("--size", 1_000_000), "size (--size) must be 1 to 2,048 pixels"),
     (("--n", 100_000_000_000), "n (--n) must be 1 to 100,000 faces"),
@@ -187,8 +168,6 @@ def test_a_number_that_is_not_an_integer_is_refused_by_the_parser(run_dir, tmp_p
     result = command("utils.generate", run_dir, "--n", "1e11", "--out", tmp_path / "faces")
     assert result.returncode == 2 and "invalid int value: '1e11'" in result.stderr and "Traceback" not in result.stderr
 
-
-# ------------------------------------------------------------------------------------------- files read back
 
 @pytest.mark.parametrize("entry", [{"images_per_s": {"fp64 NCHW": 9.0}}, {"images_per_s": {}}, {},
                                    {"images_per_s": {"fp32 NCHW": 0, "fp32 channels_last": 100}}, "fifo", "[]"])

@@ -1,17 +1,8 @@
-"""A generator that travels: one file that loads and samples with PyTorch alone, without this project.
+"""A generator that travels: one TorchScript file that samples with PyTorch alone (the README shows how).
 
-    python -m utils.export generated/dcgan-64px --out generator.pt      # + generator.onnx when `onnx` is installed
+    python -m utils.export generated/dcgan-64px --out generator.pt    # + generator.onnx when `onnx` is installed
 
-    >>> export_generator("generated/dcgan-64px", "generator.pt")
-
-and then, anywhere with PyTorch (the README has the same three lines):
-
-    >>> generator = torch.jit.load("generator.pt")
-    >>> z = torch.randn(16, generator.latent_dim, 1, 1)
-    >>> images = generator(z)              # (16, 3, S, S) in [-1, 1], S = generator.image_size
-
-The file is TorchScript (code and weights; `meta.json` inside says where it came from), holding utils.generate's
-generator: each face depends on its own latent only, and the fixed noise decodes to the run's latest grid.
+It holds utils.generate's decoder (each face depends on its own latent only); `meta.json` inside says where from.
 """
 
 from __future__ import annotations
@@ -33,10 +24,6 @@ from utils.generate import Faces, load_faces
 META = "meta.json"
 
 
-class ExportError(UserError, ValueError):
-    """The export cannot be written as asked."""
-
-
 class TravellingGenerator(nn.Module):
     """z (N, latent_dim, 1, 1) -> images (N, 3, image_size, image_size) in [-1, 1], sizes kept as attributes."""
 
@@ -48,54 +35,46 @@ class TravellingGenerator(nn.Module):
         return self.generator(z.reshape(-1, self.latent_dim, 1, 1))
 
 
-def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt",
-                     onnx: bool | None = None) -> list[Path]:
+def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", onnx: bool | None = None) -> list[Path]:
     """Write the run's generator as TorchScript to `out`, and as ONNX beside it (`out` with .onnx) when `onnx` is
-    True, or None and the `onnx` package is importable; returns the files written."""
+    True, or None and the onnx package is installed; returns the files written."""
     out = output_file(out, "out (--out)")
     if out.suffix == ".onnx":
-        raise ExportError(f"out (--out) {out} is the TorchScript file, and the ONNX file goes beside it with .onnx: "
-                          f"name it {out.with_suffix('.pt')}")
-    has_onnx = importlib.util.find_spec("onnx") is not None
-    if onnx and not has_onnx:
-        raise ExportError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
-                          "TorchScript alone")
-    onnx = has_onnx if onnx is None else onnx
-    if onnx:
-        output_file(out.with_suffix(".onnx"), "out (--out) with .onnx")
+        raise UserError(f"out (--out) {out} is the TorchScript file, and the ONNX file goes beside it with .onnx: "
+                        f"name it {out.with_suffix('.pt')}")
+    onnx = importlib.util.find_spec("onnx") is not None if onnx is None else onnx
+    if onnx and importlib.util.find_spec("onnx") is None:
+        raise UserError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
+                        "TorchScript alone")
+    written = [out] + ([output_file(out.with_suffix(".onnx"), "out (--out) with .onnx")] if onnx else [])
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
     module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
-    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size,
-            "output": "images in [-1, 1], (N, 3, S, S)", "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
-            "run": str(faces.run_dir), "epoch": faces.epoch, "seed": faces.seed}
-    written = [out]
-    # TorchScript, though deprecated for torch.export, loads in any PyTorch since 1.x: what a travelling file needs
+    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "run": str(faces.run_dir),
+            "epoch": faces.epoch, "seed": faces.seed, "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
+            "output": "images in [-1, 1], (N, 3, S, S)"}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.script(module)
+        warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
         with atomic_path(out) as tmp:
-            extra_files = {META: json.dumps(meta, indent=1), "software": MAKER_BYTES}
-            torch.jit.save(scripted, str(tmp), _extra_files=extra_files)
+            torch.jit.save(torch.jit.script(module), str(tmp),
+                           _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
         if onnx:
-            written.append(_export_onnx(module, meta, out.with_suffix(".onnx")))
+            _export_onnx(module, meta, written[1])
     return written
 
 
-def _export_onnx(module: nn.Module, meta: dict, out: Path) -> Path:
+def _export_onnx(module: nn.Module, meta: dict, out: Path) -> None:
     """ONNX with a dynamic batch axis, the sizes in the model's metadata (onnx.load(out).metadata_props)."""
     import onnx
 
-    example = torch.zeros(2, meta["latent_dim"], 1, 1)
     with atomic_path(out) as tmp:
-        torch.onnx.export(module, (example,), str(tmp), input_names=["z"], output_names=["images"],
-                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(module, (torch.zeros(2, meta["latent_dim"], 1, 1),), str(tmp), input_names=["z"],
+                          output_names=["images"], dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}},
+                          dynamo=False)
         model = onnx.load(str(tmp))
         for key, value in {**meta, "software": MAKER_BYTES.decode()}.items():
             model.metadata_props.add(key=key, value=str(value))
         onnx.save(model, str(tmp))
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,12 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                         help="also write OUT with .onnx (default: when the onnx package is installed)")
     args = parser.parse_args(argv)
-
-    def command() -> None:
-        for path in export_generator(args.run_dir, args.out, args.onnx):
-            print(path)
-
-    run_cli(command)
+    run_cli(lambda: print(*export_generator(args.run_dir, args.out, args.onnx), sep="\n"))
 
 
 if __name__ == "__main__":

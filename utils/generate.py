@@ -1,25 +1,22 @@
-"""Use what you trained: faces as PNG files, one face picked and kept, morphs between chosen faces.
+"""Use what you trained: faces as PNG files, a face picked by its name, morphs, sliders that redraw a grid.
 
     python -m utils.generate RUN_DIR --n 1000 --out faces/ [--seed S] [--grid FILE] [--size PX]
     python -m utils.generate RUN_DIR --morph seed42_0007.png grid:12 --out morph.gif [--steps 24] [--size 256]
 
-    >>> faces = load_faces("generated/dcgan-64px")         # the run's generator (its EMA when the run kept one)
-    >>> generate(faces, 1000, "faces/")                     # faces/seed42_0000.png ... faces/seed42_0999.png
-    >>> z = face_latent(faces, "seed42_0007.png")           # or "grid:12" (or 12): face 12 of the run's 8x8 grid
-    >>> torch.save(z, "my_face.pt"); faces.decode(torch.load("my_face.pt"))   # the same face, any time later
-    >>> morph(faces, ["seed42_0007.png", "grid:12"], "morph.gif")              # a looping slerp between them
-
-A face is its name: `seedS_NNNN.png` is face NNNN of the latents drawn 64 at a time from seed S, the same however
-many are drawn; the first 64 of the run's seed are its fixed noise (`grid:7` = seed42_0007.png). A face looks the
-same alone or in a batch: BatchNorm uses the fixed noise's statistics, frozen once (`frozen_statistics`).
+`seedS_NNNN.png` is face NNNN of the latents drawn 64 at a time from seed S; the first 64 of the run's seed are its
+fixed noise (`grid:7`). BatchNorm's statistics are frozen to the fixed noise's: a face looks the same in any batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import copy
+import io
+import itertools
 import math
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,18 +30,17 @@ from tqdm.auto import tqdm
 from utils.config import MAX_SEED
 from utils.environment import pick_device
 from utils.errors import UserError, run_cli
-from utils.explore import slerp
-from utils.files import CHECKPOINT, CONFIG, list_frames, output_file, output_folder
-from utils.models import sampling, to_uint8
+from utils.explore import decode, slerp
+from utils.files import CHECKPOINT, list_frames, output_file, output_folder
+from utils.gif import write_gif
 from utils.run import models_from_checkpoint, read_checkpoint
-from utils.visualize import image_grid, write_png
+from utils.visualize import enlarged, image_grid, in_notebook, write_png
 
 BLOCK = 64  # latents are drawn this many at a time: face i of a seed does not depend on how many are drawn
 MAX_FACES = 100_000        # faces of one set (--n, the NNNN of a face name): far past what FID needs
 MAX_SIZE = 2048            # pixels per face (--size)
 MAX_MORPH_PIXELS = 2**28   # frames x pixels of a morph: what the GIF encoder holds (1 byte a pixel) stays bounded
 FACE_NAME = re.compile(r"seed(\d+)_(\d+)\.png")
-GRID_NAME = re.compile(r"grid:(\d+)")
 
 
 class NotARun(UserError, FileNotFoundError):
@@ -57,7 +53,7 @@ class FaceError(UserError, ValueError):
 
 @dataclass
 class Faces:
-    """A run's generator ready to decode faces one by one: `decode(z)`, the fixed noise, what it was trained with."""
+    """A run's generator ready to decode faces (`decode(z)`), its fixed noise and what it was trained with."""
 
     generator: nn.Module        # a copy in eval mode, BatchNorm frozen to the fixed noise's statistics
     fixed_noise: Tensor         # the latents of the run's sample grids (num_samples, latent_dim, 1, 1), on the CPU
@@ -67,171 +63,104 @@ class Faces:
     latent_dim: int
     image_size: int
     device: torch.device
-    batch_size: int             # faces per forward pass, sized to the device's memory
 
     def decode(self, z: Tensor) -> Tensor:
         """Latents (N, latent_dim, 1, 1) or one (latent_dim, 1, 1) -> uint8 images (N, 3, S, S) on the CPU."""
-        z = z.reshape(-1, self.latent_dim, 1, 1).float()
-        with torch.no_grad():
-            return torch.cat([to_uint8(self.generator(chunk.to(self.device))).cpu()
-                              for chunk in z.split(self.batch_size)])
+        return decode(self.generator, z.reshape(-1, self.latent_dim, 1, 1).float(), BLOCK)
 
 
 def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module | None = None) -> Faces:
-    """Load a run's generator (its EMA weights if kept) for decoding faces on `device`; NotARun (one line) if
-    `run_dir` is not a run folder or has no finished epoch. Your own generator class: pass a fresh instance."""
+    """A run's generator (its EMA weights if kept) decoding faces on `device`; a run of your own generator class
+    needs a fresh instance of it."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not ((run_dir / CONFIG).is_file() or (run_dir / CHECKPOINT).is_file()):
-        raise NotARun(f"{run_dir} is not a run folder (no {CONFIG} or {CHECKPOINT} in it): pass the folder training "
-                      "wrote, e.g. generated/dcgan-64px (notebook 03 and `python -m utils.train` print it)")
     if not (run_dir / CHECKPOINT).is_file():
-        raise NotARun(f"{run_dir} has no finished epoch yet (no {CHECKPOINT}): train it for at least one epoch "
-                      f"(notebook 03, or `python -m utils.train --out {run_dir}`), then generate")
+        raise NotARun(f"{run_dir} is not a run folder with a finished epoch (no {CHECKPOINT} in it): pass the folder "
+                      "training wrote, e.g. generated/dcgan-64px, once it has finished an epoch")
     state = read_checkpoint(run_dir / CHECKPOINT)
     trained, _, _ = models_from_checkpoint(state, run_dir, generator=generator)
-    config = state["config"]
-    fixed_noise = state["fixed_noise"].float()
-    device = pick_device(device)
-    decoder = frozen_statistics(trained, fixed_noise).to(device)
-    return Faces(decoder, fixed_noise, run_dir, state["epoch"], config["seed"], config["latent_dim"],
-                 config["image_size"], device, _batch_size(decoder, config["latent_dim"], device))
+    config, fixed_noise, device = state["config"], state["fixed_noise"].float(), pick_device(device)
+    return Faces(frozen_statistics(trained, fixed_noise).to(device), fixed_noise, run_dir, state["epoch"],
+                 config["seed"], config["latent_dim"], config["image_size"], device)
 
 
 def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
-    """A copy of `generator` in eval mode whose BatchNorm layers normalise with the batch statistics of one
-    train-mode pass of `reference_z`: it decodes that batch as the sample grids do, and any latent as if part of it."""
+    """A copy of `generator` in eval mode, its BatchNorm frozen to the batch statistics of `reference_z`: it decodes
+    that batch as the sample grids do, and any latent as if part of it."""
     decoder = copy.deepcopy(generator).float().cpu()
-    layers = [m for m in decoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    statistics: dict[nn.Module, tuple[Tensor, Tensor]] = {}
 
-    def record(layer: nn.Module, inputs: tuple[Tensor]) -> None:
+    def freeze(layer: nn.Module, inputs: tuple[Tensor]) -> None:
         x = inputs[0].transpose(0, 1).flatten(1)  # (channels, everything else)
-        statistics[layer] = (x.mean(dim=1), x.var(dim=1, unbiased=False))  # train mode normalises by the biased one
+        layer.running_mean.copy_(x.mean(dim=1))
+        layer.running_var.copy_(x.var(dim=1, unbiased=False))  # train mode normalises by the biased variance
+        layer.momentum = 0.0  # the train-mode pass below keeps these as they are
 
-    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
-    try:
-        with sampling(decoder):
-            decoder(reference_z.float())
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for layer in layers:
-        mean, var = statistics[layer]
-        layer.running_mean.copy_(mean)
-        layer.running_var.copy_(var)
+    hooks = [layer.register_forward_pre_hook(freeze) for layer in decoder.modules()
+             if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        decoder.train()(reference_z.float())
+    for hook in hooks:
+        hook.remove()
     return decoder.eval().requires_grad_(False)
 
 
-def _batch_size(decoder: nn.Module, latent_dim: int, device: torch.device) -> int:
-    """Faces per forward pass: a quarter of the GPU's free memory (256 MiB on a CPU, which gains nothing from more)
-    over what one face's activations take, measured with one face."""
-    sizes: list[int] = []
-    hooks = [m.register_forward_hook(lambda m, i, out: sizes.append(out.numel() * out.element_size()))
-             for m in decoder.modules() if not list(m.children())]
-    try:
-        with torch.no_grad():
-            decoder(torch.zeros(1, latent_dim, 1, 1, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    budget = torch.cuda.mem_get_info(device)[0] // 4 if device.type == "cuda" else 256 * 2**20
-    return int(max(1, min(4096, budget // max(1, sum(sizes)))))
-
-
-# ------------------------------------------------------------------------------------------------ faces by name
-
-def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
-    """The first `count` latents of the set of `seed`, (count, latent_dim, 1, 1): drawn BLOCK at a time from one
-    generator, so a face's latent does not depend on `count`; the first block is the fixed noise of a run of `seed`."""
-    blocks = _latent_blocks(seed, latent_dim)
-    return torch.cat([next(blocks) for _ in range(math.ceil(count / BLOCK))])[:count]
-
-
-def _latent_blocks(seed: int, latent_dim: int) -> Iterator[Tensor]:
-    """The set of `seed`, BLOCK latents at a time, for as long as it is asked."""
+def latent_blocks(seed: int, latent_dim: int) -> Iterator[Tensor]:
+    """The set of `seed`, BLOCK latents at a time for as long as asked; the first block is the fixed noise."""
     random = torch.Generator().manual_seed(seed)
     while True:
         yield torch.randn(BLOCK, latent_dim, 1, 1, generator=random)
 
 
-def face_name(seed: int, index: int, count: int = 0) -> str:
-    """seed42_0007.png: the file name that makes face `index` of the set of `seed` again (4 digits, more if needed)."""
-    return f"seed{seed}_{index:0{max(4, len(str(count - 1)))}d}.png"
+def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
+    """The first `count` latents of the set of `seed`, (count, latent_dim, 1, 1)."""
+    return torch.cat(list(itertools.islice(latent_blocks(seed, latent_dim), math.ceil(count / BLOCK))))[:count]
+
+
+def grid_index(faces: Faces, face: str | int) -> int | None:
+    """12 for the grid's face "grid:12", "12" or 12 (FaceError outside the grid); None for any other name."""
+    index = str(face).removeprefix("grid:")
+    if not (isinstance(face, int) or index.isdigit()):
+        return None
+    if not 0 <= int(index) < len(faces.fixed_noise):
+        raise FaceError(f"face grid:{index} does not exist: the grid of {faces.run_dir} has faces 0 to "
+                        f"{len(faces.fixed_noise) - 1} (row by row from the top left)")
+    return int(index)
 
 
 def face_latent(faces: Faces, face: str | int) -> Tensor:
-    """The latent (latent_dim, 1, 1) of a face: "seed42_0007.png" (a generated file, a path is fine too), "grid:12"
-    or 12 (face 12 of the run's fixed 8x8 grid, counted row by row from 0). Save it with torch.save; decode it with
-    `faces.decode(z)`, also with a later epoch's generator: the same face as training goes on."""
-    if isinstance(face, int) or GRID_NAME.fullmatch(str(face)) or str(face).isdigit():
-        index = face if isinstance(face, int) else int(str(face).removeprefix("grid:"))
-        if not 0 <= index < len(faces.fixed_noise):
-            raise FaceError(f"face grid:{index} does not exist: the grid of {faces.run_dir} has faces 0 to "
-                            f"{len(faces.fixed_noise) - 1} (row by row from the top left)")
+    """The latent (latent_dim, 1, 1) of a face: "seed42_0007.png" (or its path), "grid:12" or 12 (face 12 of the
+    run's 8x8 grid, row by row from 0). `faces.decode(z)` draws it, also with a later epoch's generator."""
+    index = grid_index(faces, face)
+    if index is not None:
         return faces.fixed_noise[index].clone()
     match = FACE_NAME.fullmatch(Path(str(face)).name)
     if match is None:
         raise FaceError(f"face {face!r} is neither a generated face's file name (like seed42_0007.png) nor a face of "
                         f"the run's grid (like grid:12, 0 to {len(faces.fixed_noise) - 1})")
-    seed, index = int(match.group(1)), int(match.group(2))
+    seed, index = map(int, match.groups())
     if seed > MAX_SEED or index >= MAX_FACES:
         raise FaceError(f"face {face!r} is not one this project writes: seeds are 0 to {MAX_SEED:,} and faces 0 to "
                         f"{MAX_FACES - 1:,} (seed42_0007.png)")
     return face_set_latents(seed, index + 1, faces.latent_dim)[index]
 
 
-def face_latents(faces: Faces, chosen: list[str | int]) -> Tensor:
-    """The latents of several faces (see `face_latent`), stacked: (len(chosen), latent_dim, 1, 1)."""
-    return torch.stack([face_latent(faces, face) for face in chosen])
-
-
 def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarray]]:
-    """(epoch, uint8 (S, S, 3) image) of one face of the fixed grid ("grid:12" or 12) cut from every epoch's saved
-    grid: earlier generators are gone, but their grids show that face as training went on."""
-    index = face if isinstance(face, int) else int(str(face).removeprefix("grid:"))
-    face_latent(faces, index)  # refuses an index outside the grid
-    size, row, col = faces.image_size, *divmod(index, 8)  # the grids are 8 faces wide with 2-pixel gaps
+    """(epoch, uint8 (S, S, 3) image) of a face of the grid ("grid:12" or 12), cut from every epoch's saved grid:
+    earlier generators are gone, but their grids show the face as training went on."""
+    index = grid_index(faces, face)
+    if index is None:
+        raise FaceError(f"face {face!r} is not a face of the run's grid (like grid:12): only those have a history")
+    size, (row, col) = faces.image_size, divmod(index, 8)  # the grids are 8 faces wide with 2-pixel gaps
+    top, left = 2 + row * (size + 2), 2 + col * (size + 2)
     history = []
     for epoch, path in list_frames(faces.run_dir):
         with Image.open(path) as grid:
-            tiles = np.asarray(grid.convert("RGB"))
-        history.append((epoch, tiles[2 + row * (size + 2):2 + row * (size + 2) + size,
-                                     2 + col * (size + 2):2 + col * (size + 2) + size].copy()))
+            history.append((epoch, np.asarray(grid.convert("RGB"))[top:top + size, left:left + size].copy()))
     return history
-
-
-# -------------------------------------------------------------------------------------------------- to files
-
-def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
-             grid: str | Path | None = None, size: int | None = None) -> list[Path]:
-    """Write faces 0..n-1 of the set of `seed` (default: the run's) as OUT/seedS_NNNN.png, `size` px each; return
-    the paths. `grid` also writes the first 64 as one 8x8 PNG. Bad inputs are refused before anything is written."""
-    check_inputs(n=n, size=size, seed=seed)
-    out = output_folder(out, "out (--out)", FACE_NAME)
-    grid = output_file(grid, "grid (--grid)") if grid is not None else None
-    faces = faces if isinstance(faces, Faces) else load_faces(faces)
-    seed = faces.seed if seed is None else seed
-    blocks, per_batch = _latent_blocks(seed, faces.latent_dim), max(1, faces.batch_size // BLOCK)
-    paths = []
-    with tqdm(total=n, desc=f"faces -> {out}", unit="face") as bar:
-        for start in range(0, n, per_batch * BLOCK):   # latents drawn as they are decoded: memory stays bounded
-            count = min(per_batch * BLOCK, n - start)
-            images = faces.decode(torch.cat([next(blocks) for _ in range(math.ceil(count / BLOCK))])[:count])
-            for offset, image in enumerate(images):
-                path = out / face_name(seed, start + offset, n)
-                write_png(resized(image, size), path)
-                paths.append(path)
-            bar.update(len(images))
-    if grid is not None:
-        write_png(image_grid(faces.decode(face_set_latents(seed, min(n, BLOCK), faces.latent_dim)))
-                  .permute(1, 2, 0).numpy(), grid)
-    return paths
 
 
 def check_inputs(n: int | None = None, size: int | None = None, seed: int | None = None,
                  steps: int | None = None, faces: int = 2) -> None:
-    """Refuse a number of faces, a size, a seed or a morph's steps out of range (FaceError, one line each); a
-    morph's `size` is the side of its frames."""
+    """A FaceError for a number of faces, a size, a seed or a morph's steps (for `size` px frames) out of range."""
     most_steps = max(1, MAX_MORPH_PIXELS // (faces * (size or 1) ** 2))
     for name, value, low, high, unit in (
             ("n", n, 1, MAX_FACES, " faces"), ("size", size, 1, MAX_SIZE, " pixels"), ("seed", seed, 0, MAX_SEED, ""),
@@ -241,61 +170,127 @@ def check_inputs(n: int | None = None, size: int | None = None, seed: int | None
             raise FaceError(f"{name} (--{name}) must be {low:,} to {high:,}{unit}; got {value:,}")
 
 
-def resized(image: Tensor, size: int | None) -> np.ndarray:
-    """A uint8 (3, S, S) image as (size, size, 3): nearest neighbour when enlarging (sharp pixels), Lanczos when
-    shrinking; unchanged when `size` is None."""
-    array = image.permute(1, 2, 0).numpy()
-    if size is None or size == array.shape[0]:
-        return array
-    method = Image.NEAREST if size > array.shape[0] else Image.LANCZOS
-    return np.asarray(Image.fromarray(array).resize((size, size), method))
-
-
-# ------------------------------------------------------------------------------------------------------ morph
-
-def morph_frames(faces: Faces, chosen: list[str | int] | Tensor, steps: int = 24,
-                 size: int = 256) -> Iterator[np.ndarray]:
-    """uint8 (H, W, 3) frames of a loop through the chosen faces, slerping `steps` frames from each to the next,
-    decoded as asked for, enlarged (sharp) by the smallest whole factor that reaches `size` pixels."""
-    latents = chosen if isinstance(chosen, Tensor) else face_latents(faces, chosen)
-    if len(latents) < 2:
-        raise FaceError(f"a morph needs at least two faces to move between; got {len(latents)}")
-    check_inputs(size=size)
-    scale = math.ceil(size / faces.image_size)
-    check_inputs(size=scale * faces.image_size, steps=steps, faces=len(latents))
-    return _morph_frames(faces, latents, steps, scale)
-
-
-def _morph_frames(faces: Faces, latents: Tensor, steps: int, scale: int) -> Iterator[np.ndarray]:
-    for k in range(len(latents)):
-        leg = torch.cat([slerp(latents[k:k + 1], latents[(k + 1) % len(latents)][None], step / steps)
-                         for step in range(steps)])
-        for image in faces.decode(leg):
-            yield image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
+def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
+             grid: str | Path | None = None, size: int | None = None, device: str = "auto") -> list[Path]:
+    """Write faces 0..n-1 of the set of `seed` (default: the run's) as OUT/seedS_NNNN.png, `size` px each, and the
+    set's first 64 as one 8x8 PNG to `grid`; returns the paths. Inputs are checked before the run is loaded."""
+    check_inputs(n=n, size=size, seed=seed)
+    out = output_folder(out, "out (--out)", FACE_NAME)
+    grid = output_file(grid, "grid (--grid)") if grid is not None else None
+    faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
+    seed = faces.seed if seed is None else seed
+    width = max(4, len(str(n - 1)))  # seed42_0007.png: 4 digits, more if needed
+    paths = [out / f"seed{seed}_{index:0{width}d}.png" for index in range(n)]
+    images = (image for block in latent_blocks(seed, faces.latent_dim) for image in faces.decode(block))
+    for path, image in tqdm(zip(paths, images), total=n, desc=f"faces -> {out}", unit="face"):
+        image = image.permute(1, 2, 0).numpy()  # latents drawn as they are decoded: memory stays bounded
+        if size is not None and size != len(image):  # enlarged with sharp pixels, shrunk with Lanczos
+            method = Image.NEAREST if size > len(image) else Image.LANCZOS
+            image = np.asarray(Image.fromarray(image).resize((size, size), method))
+        write_png(image, path)
+    if grid is not None:  # the set's first 64 faces, however many were asked for
+        first = faces.decode(face_set_latents(seed, BLOCK, faces.latent_dim))
+        write_png(image_grid(first).permute(1, 2, 0).numpy(), grid)
+    return paths
 
 
 def morph(faces: Faces | str | Path, chosen: list[str | int] | Tensor, out: str | Path, steps: int = 24,
-          size: int = 256, frame_ms: int = 60) -> Path:
-    """Write a looping GIF that morphs through the chosen faces (names, grid indices or latents); returns `out`."""
-    from utils.gif import write_gif
-
-    output_file(out, "out (--out)")
+          size: int = 256, frame_ms: int = 60, device: str = "auto") -> Path:
+    """Write a looping GIF through the chosen faces (names, grid indices or latents), `steps` slerped frames from
+    each to the next, enlarged with sharp pixels to at least `size`; returns `out`."""
+    if len(chosen) < 2:
+        raise FaceError(f"a morph needs at least two faces to move between; got {len(chosen)}")
     check_inputs(size=size, steps=steps, faces=len(chosen))
-    faces = faces if isinstance(faces, Faces) else load_faces(faces)
-    return write_gif(morph_frames(faces, chosen, steps, size), out, frame_ms, count=len(chosen) * steps)
+    output_file(out, "out (--out)")
+    faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
+    scale = math.ceil(size / faces.image_size)
+    check_inputs(size=scale * faces.image_size, steps=steps, faces=len(chosen))  # the frames as they will be
+    latents = chosen if isinstance(chosen, Tensor) else torch.stack([face_latent(faces, face) for face in chosen])
+
+    def frames() -> Iterator[np.ndarray]:  # one leg decoded at a time, encoded as it comes
+        for k in range(len(latents)):
+            leg = torch.cat([slerp(latents[k:k + 1], latents[(k + 1) % len(latents)][None], step / steps)
+                             for step in range(steps)])
+            for image in faces.decode(leg):
+                yield image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
+
+    return write_gif(frames(), out, frame_ms, count=len(latents) * steps)
 
 
-# --------------------------------------------------------------------------------------------- command line
+class FaceExplorer:
+    """Sliders over a 3x3 grid of faces, redrawn in place: the picked pair with their slerp at `position` between
+    them, then the faces of `seed`; every face moved by `strengths` along 3 random orthonormal latent directions (a
+    latent's coordinate along one is N(0, 1), so -3 to 3 spans what the generator saw in training)."""
+
+    def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1")):
+        self.faces, self.pair = faces, pair
+        self.picked = torch.stack([face_latent(faces, face) for face in pair])
+        gaussian = torch.randn(faces.latent_dim, 3, generator=torch.Generator().manual_seed(0))
+        self.directions = torch.linalg.qr(gaussian).Q.T.reshape(3, -1, 1, 1)  # orthonormal
+        self.seconds = 0.0  # how long the last render took
+
+    def render(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] = ()) -> np.ndarray:
+        """The grid as a uint8 (H, W, 3) image, enlarged (nearest neighbour) to at least 512 pixels wide."""
+        started = time.perf_counter()
+        mix = slerp(self.picked[:1], self.picked[1:], position)
+        others = face_set_latents(seed, 6, self.faces.latent_dim)
+        z = torch.cat([self.picked[:1], mix, self.picked[1:], others])
+        z = z + sum(strength * direction for strength, direction in zip(strengths, self.directions))
+        image = enlarged(image_grid(self.faces.decode(z), nrow=3).permute(1, 2, 0).numpy())
+        self.seconds = time.perf_counter() - started
+        return image
+
+    def show(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] | None = None) -> None:
+        """Display the sliders and the grid (`output`) in a notebook."""
+        if in_notebook():
+            from IPython.display import display
+
+            display(self.output(seed, position, strengths), raw=True)
+
+    def output(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] | None = None) -> dict:
+        """What `show` displays: ipywidgets' sliders (`self.controls`) and image (`self.image`) and, in the same mime
+        bundle, a PNG of the grid for viewers that cannot draw widgets (papermill, GitHub)."""
+        import ipywidgets as widgets
+
+        strengths = tuple(strengths or (0.0,) * len(self.directions))
+        png = _png(self.render(seed, position, strengths))
+        style = {"style": {"description_width": "initial"}, "layout": widgets.Layout(width="420px")}
+        self.controls = {
+            "seed": widgets.IntSlider(seed, 0, 999, description="seed of the other faces", **style),
+            "position": widgets.FloatSlider(position, min=0, max=1, step=0.05,
+                                            description=f"{self.pair[0]} -> {self.pair[1]}", **style),
+            **{f"direction {k + 1}": widgets.FloatSlider(value, min=-3, max=3, step=0.1,
+                                                         description=f"random direction {k + 1}", **style)
+               for k, value in enumerate(strengths)}}
+        self.image = widgets.Image(value=png, format="png")
+        timing = widgets.Label(f"drawn in {self.seconds * 1000:.0f} ms")
+
+        def redraw(_=None) -> None:
+            values = [slider.value for slider in self.controls.values()]
+            self.image.value = _png(self.render(values[0], values[1], tuple(values[2:])))
+            timing.value = f"redrawn in {self.seconds * 1000:.0f} ms"
+
+        for slider in self.controls.values():
+            slider.observe(redraw, names="value")
+        bundle = widgets.VBox([*self.controls.values(), timing, self.image])._repr_mimebundle_()
+        return {**(bundle[0] if isinstance(bundle, tuple) else bundle), "image/png": base64.b64encode(png).decode()}
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)  # the default level takes 10x longer
+    return buffer.getvalue()
+
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError (not a run, no finished epoch, a folder with other files) prints one line."""
+    """The command line: a UserError prints one line."""
     parser = argparse.ArgumentParser(prog="python -m utils.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", required=True, help="folder for the faces; with --morph, the GIF to write")
     parser.add_argument("--n", type=int, default=64, help="how many faces to write (default: 64)")
     parser.add_argument("--seed", type=int, default=None,
                         help="which set of faces (default: the run's seed, whose first 64 faces are its sample grid)")
-    parser.add_argument("--grid", default=None, help="also write the first 64 faces as one 8x8 PNG here")
+    parser.add_argument("--grid", default=None, help="also write the set's first 64 faces as one 8x8 PNG here")
     parser.add_argument("--size", type=int, default=None,
                         help="pixels per face (default: the run's image size; with --morph: at least 256)")
     parser.add_argument("--morph", nargs="+", metavar="FACE", default=None,
@@ -305,23 +300,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="'auto' (a GPU if there is one), 'cuda', 'mps' or 'cpu'")
     args = parser.parse_args(argv)
 
-    def command() -> None:
-        # before loading anything: a typo costs nothing
-        if args.morph is None:
-            check_inputs(n=args.n, size=args.size, seed=args.seed)
-            output_folder(args.out, "out (--out)", FACE_NAME)
-            output_file(args.grid, "grid (--grid)") if args.grid else None
-        else:
-            check_inputs(size=args.size or 256, steps=args.steps, faces=len(args.morph))
-            output_file(args.out, "out (--out)")
-        faces = load_faces(args.run_dir, args.device)
-        if args.morph is not None:
-            path = morph(faces, args.morph, args.out, args.steps, args.size or 256)
+    def command() -> None:  # each input is checked before the run is loaded: a typo costs nothing
+        if args.morph:
+            path = morph(args.run_dir, args.morph, args.out, args.steps, args.size or 256, device=args.device)
             print(f"morph of {len(args.morph)} faces, {len(args.morph) * args.steps} frames: {path}")
-            return
-        paths = generate(faces, args.n, args.out, args.seed, args.grid, args.size)
-        print(f"{len(paths)} faces of {faces.run_dir} (epoch {faces.epoch}) in {args.out}: {paths[0].name} ... "
-              f"{paths[-1].name}" + (f"; grid: {args.grid}" if args.grid else ""))
+        else:
+            paths = generate(args.run_dir, args.n, args.out, args.seed, args.grid, args.size, args.device)
+            print(f"{len(paths)} faces in {args.out}: {paths[0].name} ... {paths[-1].name}"
+                  + (f"; grid: {args.grid}" if args.grid else ""))
 
     run_cli(command)
 
