@@ -30,7 +30,7 @@ from utils.synthetic import synthetic_faces
 from utils.urls import is_url
 
 SYNTHETIC_DEFAULT_COUNT = 20_000
-_CACHE_FORMAT = 3   # bump when decoding, the synthetic renderer or the cache key changes, so old caches are not reused
+_CACHE_FORMAT = 4   # bump when decoding, the synthetic renderer or the cache key changes, so old caches are not reused
 
 
 def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
