@@ -9,6 +9,7 @@ distance (negative inside) in face coordinates, turned into coverage with a one-
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import torch
 
