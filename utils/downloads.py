@@ -179,12 +179,15 @@ def download_kaggle(data_dir: Path) -> Path:
         print(f"kaggle: using the attached dataset in {attached}")
         return attached
     target = Path(data_dir) / KAGGLE_SLUG
-    downloaded = lambda: target.is_dir() and any(target.iterdir())  # noqa: E731
-    if downloaded():
+    if _is_filled(target):
         return target
     credentials = _kaggle_credentials()
     with data_dir_lock(Path(data_dir), wait=True), cleaned_up_on_sigterm():
-        return target if downloaded() else _download_kaggle(target, credentials)   # perhaps by whom we waited for
+        return target if _is_filled(target) else _download_kaggle(target, credentials)   # filled by whom we waited for
+
+
+def _is_filled(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
 
 
 def _download_kaggle(target: Path, credentials: tuple[str, str, str] | None) -> Path:
