@@ -1,9 +1,8 @@
-"""Downloads: one function for a file at a URL (a .zip of images given as `data`, the FID weights), and the Anime
-Face Dataset from Kaggle. Imports nothing of training, so utils/metrics.py can use it too.
+"""Downloads: a file at a URL (a .zip of images given as `data`, the FID weights) and the Kaggle Anime Face Dataset.
 
-`download` is torch.hub.download_url_to_file's loop (a temporary file, a sha256 prefix, a rename) with the limits
-torch hub lacks: it ends (a silent server, a total deadline, a size cap without a Content-Length), leaves no partial
-file (Ctrl-C and SIGTERM included) and never shows a credential (`redact_url`); nothing prompts.
+`download` is torch.hub.download_url_to_file's loop (temporary file, sha256 prefix, rename) with the limits torch
+hub lacks: it ends (a silent server, a deadline, a size cap without a length), leaves no partial file (SIGTERM
+included) and never shows a credential. Nothing prompts.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from utils.errors import UserError
-from utils.files import CannotWrite, atomic_path, check_free_space, explain_write_error
+from utils.files import CannotWrite, atomic_path, check_free_space, explain_write_error, read_json
 from utils.urls import redact_url
 
 KAGGLE_DATASET = "splcher/animefacedataset"   # 63,565 JPEGs under images/
@@ -48,7 +47,7 @@ class DownloadError(UserError, RuntimeError):
 @contextlib.contextmanager
 def data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
     """Hold data_dir/.lock while the block runs, yielding True: one process at a time downloads or builds a cache
-    there. Held by another: waits (`wait`) or yields False at once; nothing lockable (read-only): yields False."""
+    there. Held by another: waits (`wait`) or yields False at once; not lockable (read-only): yields False."""
     lock = FileLock(data_dir / ".lock", thread_local=False)   # creates data_dir too
     try:
         lock.acquire(blocking=False)
@@ -67,17 +66,16 @@ def data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
 
 @contextlib.contextmanager
 def cleaned_up_on_sigterm() -> Iterator[None]:
-    """While the block runs (in the main thread, where SIGTERM has its default meaning), SIGTERM exits like
-    `sys.exit(143)`, so the block's `finally`s remove its partial files."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    """While the block runs, SIGTERM exits like `sys.exit(143)`, so the block's `finally`s remove its partial files
+    (in the main thread, where SIGTERM has its default meaning)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    else:
         yield
-        return
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def safe_file_name(text: str, fallback: str) -> str:
@@ -85,13 +83,10 @@ def safe_file_name(text: str, fallback: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:64] or fallback
 
 
-# ---------------------------------------------------------------------------------------------- a file at a URL
-
 def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
     """Download a .zip of images once into data_dir/downloads/ (named by us, never by the server) and return it."""
-    digest = hashlib.sha1(url.encode()).hexdigest()[:8]   # two URLs ending in faces.zip do not collide
     stem = safe_file_name(Path(urllib.parse.urlsplit(url).path).stem, "download")
-    target = Path(data_dir) / "downloads" / f"{stem}-{digest}.zip"
+    target = Path(data_dir) / "downloads" / f"{stem}-{hashlib.sha1(url.encode()).hexdigest()[:8]}.zip"
     if target.exists():
         print(f"download: reusing {target}")
         return target
@@ -137,7 +132,7 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as error:
             raise DownloadError(f"downloading {shown} failed ({_reason(error)}): check the network and the URL, "
                                 "then run again") from None
-        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
+        if not digest.hexdigest().startswith(sha256_prefix):
             raise DownloadError(f"{shown} did not send the expected file (invalid hash value: sha256 "
                                 f"{digest.hexdigest()[:8]}..., expected {sha256_prefix}...); nothing was kept")
         if check is not None:
@@ -155,52 +150,47 @@ def _reason(error: Exception) -> str:
 
 
 def _request(url: str) -> urllib.request.Request:
-    """A request for `url`; its user:password@ becomes basic authentication (urllib would take it for the host),
+    """A request for `url` whose user:password@ becomes basic authentication (urllib would take it for the host),
     never sent on to where the server redirects."""
     parts = urllib.parse.urlsplit(url)
-    if "@" not in parts.netloc:
-        return urllib.request.Request(url)
-    userinfo, _, host = parts.netloc.rpartition("@")
+    userinfo, at, host = parts.netloc.rpartition("@")
     request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)))
-    credentials = ":".join(urllib.parse.unquote(part) for part in userinfo.split(":", 1))
-    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    if at:
+        credentials = ":".join(urllib.parse.unquote(part) for part in userinfo.split(":", 1)).encode()
+        request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
     return request
 
-
-# ---------------------------------------------------------------------------------------------- the Kaggle dataset
 
 def find_kaggle_input() -> Path | None:
     """The attached Anime Face Dataset on Kaggle (read-only, used in place), or None: an `images/` folder holding
     JPEGs up to four levels under $ANIME_GAN_KAGGLE_INPUT_ROOT (default /kaggle/input), one naming the dataset first."""
     root = Path(os.environ.get("ANIME_GAN_KAGGLE_INPUT_ROOT", "/kaggle/input"))
-    if not root.is_dir():
-        return None
-    candidates = [folder for depth in range(1, 5) for folder in sorted(root.glob("*/" * depth + "images"))
-                  if folder.is_dir() and next(folder.glob("*.jpg"), None) is not None]
-    preferred = [folder for folder in candidates if KAGGLE_SLUG in folder.relative_to(root).parts]
-    return (preferred or candidates or [None])[0]
+    found = [folder for depth in range(1, 5) for folder in sorted(root.glob("*/" * depth + "images"))
+             if folder.is_dir() and next(folder.glob("*.jpg"), None) is not None]
+    return min(found, key=lambda folder: KAGGLE_SLUG not in folder.relative_to(root).parts, default=None)
 
 
 def download_kaggle(data_dir: Path) -> Path:
-    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now, with
-    credentials through `opendatasets` (handed a private kaggle.json, so it never prompts), else `kagglehub`
-    (public, no account needed). It takes its name only once complete."""
+    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now, signed
+    in through `opendatasets` where credentials exist and it imports (handed a private kaggle.json, so it never
+    prompts), else through `kagglehub` (public, no account needed). It takes its name only once complete."""
     attached = find_kaggle_input()
     if attached is not None:
         print(f"kaggle: using the attached dataset in {attached}")
         return attached
-    data_dir = Path(data_dir)
-    target = data_dir / KAGGLE_SLUG
-    if target.is_dir() and any(target.iterdir()):
+    target = Path(data_dir) / KAGGLE_SLUG
+    if _is_filled(target):
         return target
     credentials = _kaggle_credentials()
-    with data_dir_lock(data_dir, wait=True), cleaned_up_on_sigterm():
-        if target.is_dir() and any(target.iterdir()):   # downloaded by the process we waited for
-            return target
-        return _download_kaggle(data_dir, target, credentials)
+    with data_dir_lock(Path(data_dir), wait=True), cleaned_up_on_sigterm():
+        return target if _is_filled(target) else _download_kaggle(target, credentials)   # filled by whom we waited for
 
 
-def _download_kaggle(data_dir: Path, target: Path, credentials: tuple[str, str, str] | None) -> Path:
+def _is_filled(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _download_kaggle(target: Path, credentials: tuple[str, str, str] | None) -> Path:
     opendatasets, why_not = None, "no Kaggle credentials found"
     if credentials:
         try:
@@ -208,55 +198,54 @@ def _download_kaggle(data_dir: Path, target: Path, credentials: tuple[str, str, 
         except ImportError as error:   # Python 3.13: it imports the removed `cgi` module
             why_not = (f"opendatasets cannot be imported on Python {sys.version_info.major}.{sys.version_info.minor} "
                        f"({type(error).__name__}: {error})")
-    tool = "opendatasets" if opendatasets else "kagglehub"
     if opendatasets:
         print(f"kaggle: downloading {KAGGLE_DATASET} with opendatasets as {credentials[0]} (credentials from "
               f"{credentials[2]}) into {target}")
     else:   # with credentials found, kagglehub signs in with them itself
         print(f"kaggle: {why_not}: downloading the public dataset {KAGGLE_DATASET} with kagglehub"
               f"{' (no account needed)' if credentials is None else ''} into {target}")
-    staging = data_dir / ".kaggle-download"
+    staging = target.parent / ".kaggle-download"
     try:
         check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        if opendatasets:
+        if opendatasets:   # it reads ./kaggle.json, so that is where the credentials go, readable by us only
             private = os.open(staging / "kaggle.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(private, "w") as file:
                 json.dump({"username": credentials[0], "key": credentials[1]}, file)
-            folder = staging.resolve()   # before the chdir, which would change what a relative data_dir means
-            with _working_directory(staging):
-                opendatasets.download(f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}", data_dir=str(folder))
+            cwd = os.getcwd()
+            os.chdir(staging)
+            try:
+                opendatasets.download(f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}", data_dir=".")
+            finally:
+                os.chdir(cwd)
         else:
             import kagglehub
             found = Path(kagglehub.dataset_download(KAGGLE_DATASET, output_dir=str(staging / KAGGLE_SLUG)))
             if found != staging / KAGGLE_SLUG:   # on Colab, kagglehub mounts the dataset from Colab's own cache
                 return found
         os.replace(staging / KAGGLE_SLUG, target)
+        return target
     except UserError:
         raise
     except Exception as error:
-        raise _kaggle_failure(error, tool, target, signed_in=credentials is not None) from error
+        raise _kaggle_failure(error, "opendatasets" if opendatasets else "kagglehub", target, credentials) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
-def _kaggle_failure(error: Exception, tool: str, target: Path, signed_in: bool) -> UserError:
-    """A download client's exception as one line: a full disk, an HTTP status, the network, a missing kagglehub."""
-    if isinstance(error, OSError):
-        explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES)
-        if isinstance(explained, CannotWrite):
-            return explained
-    hint = ("check the network and your Kaggle credentials" if signed_in else "check the network") + \
-        ", or attach the dataset (on Kaggle) or use data='synthetic'"
-    if isinstance(error, ImportError):
-        hint = "pip install 'kagglehub>=0.4.3', or attach the dataset or use data='synthetic'"
+def _kaggle_failure(error: Exception, tool: str, target: Path, credentials: tuple | None) -> UserError:
+    """A download client's exception as one line: a full disk, an HTTP status, the network."""
+    explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES) if isinstance(error, OSError) else None
+    if isinstance(explained, CannotWrite):
+        return explained
+    hint = ("check the network" + (" and your Kaggle credentials" if credentials else "") +
+            ", or attach the dataset (on Kaggle) or use data='synthetic'")
     response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
     if getattr(response, "status_code", None):
         return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed: {redact_url(response.url)} answered "
                              f"{response.status_code} {response.reason}: {hint}")
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    reason = (str(error).strip() or "no message").splitlines()[0]
     return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({type(error).__name__}: {reason}): {hint}")
 
 
@@ -264,48 +253,30 @@ def _kaggle_credentials() -> tuple[str, str, str] | None:
     """(username, key, where they came from) from the first place that has them, or None; never prompts."""
     if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
         return os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME and KAGGLE_KEY"
-    files = [Path("kaggle.json"), Path.home() / ".kaggle" / "kaggle.json",
-             Path.home() / ".config" / "kaggle" / "kaggle.json"]
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        files.insert(1, Path(os.environ["KAGGLE_CONFIG_DIR"]) / "kaggle.json")
-    for file in files:
+    folders = [Path("."), os.environ.get("KAGGLE_CONFIG_DIR"), Path.home() / ".kaggle", Path.home() / ".config/kaggle"]
+    for file in (Path(folder) / "kaggle.json" for folder in folders if folder):
         if file.is_file():
             return _read_credentials(file)
     with contextlib.suppress(Exception):   # Colab only; raises if the secrets are missing or not shared
         from google.colab import userdata
         found = userdata.get("KAGGLE_USERNAME"), userdata.get("KAGGLE_KEY")
-        if all(found):
-            return *found, "Colab secrets"
-    with contextlib.suppress(Exception):   # Kaggle notebooks only (Add-ons > Secrets)
-        from kaggle_secrets import UserSecretsClient
-        found = UserSecretsClient().get_secret("KAGGLE_USERNAME"), UserSecretsClient().get_secret("KAGGLE_KEY")
-        if all(found):
-            return *found, "Kaggle secrets"
+        return (*found, "Colab secrets") if all(found) else None
     return None
 
 
 def _read_credentials(file: Path) -> tuple[str, str, str]:
-    """(username, key, the file's name) of a kaggle.json; a file that is not one is an error naming it (its owner
-    meant to use it), and the key is never shown."""
+    """(username, key, the file's name) of a kaggle.json; one that is not is an error naming it, never the key."""
     shown = str(file) if file.is_absolute() else f"./{file}"
     try:
-        values = json.loads(file.read_text())
+        values = read_json(file)
         valid = isinstance(values, dict) and all(isinstance(values.get(key), str) and values[key]
                                                  for key in ("username", "key"))
-        problem = "" if valid else 'it is not a JSON object with a "username" and a "key"'
-    except (OSError, ValueError) as error:   # JSON's message gives the position only, never the content
-        problem = f"it cannot be read as JSON ({getattr(error, 'strerror', None) or error})"
+        problem = "" if valid else 'is not a JSON object with a "username" and a "key"'
+    except ValueError as error:   # says why; JSON's message gives the position only, never the content
+        problem = str(error)
+    except OSError as error:
+        problem = f"cannot be read ({error.strerror})"
     if problem:
-        raise DownloadError(f"found {shown} but {problem}: download a new one (kaggle.com > Settings > API > Create "
+        raise DownloadError(f"found {shown} but it {problem}: download a new one (kaggle.com > Settings > API > Create "
                             f"New Token), or delete {shown} to download the public dataset without an account")
     return values["username"], values["key"], shown
-
-
-@contextlib.contextmanager
-def _working_directory(path: Path) -> Iterator[None]:
-    previous = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(previous)
