@@ -1,9 +1,8 @@
 """Every file this project writes or reads back goes through here.
 
-`atomic_path`: a reader never sees a half-written file, a crash leaves the old file or the new one, and a full disk,
-a read-only folder or a long name fails with one `CannotWrite` line. `output_file` / `output_folder`: the guard every
-command passes before writing where the user says. `load_data` and `read_json` read back without running code,
-waiting on a FIFO or reading a huge file.
+`atomic_path`: the old file or the new one, never half of it; a full disk, a read-only folder or a long name is one
+`CannotWrite` line. `output_file` / `output_folder`: the guard every command passes before writing where it is told.
+`load_data` and `read_json` read back without running code, waiting on a FIFO or reading a huge file.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from utils.errors import UserError
 
@@ -35,16 +34,11 @@ _FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
 class CannotWrite(UserError, OSError):
     """A file could not be written: the disk is full, the folder is read-only, or the name is too long."""
 
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.errno = code
-
 
 @contextmanager
 def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to `path`; once written, sync it to the disk and move it onto `path` in one step.
-    `needs_bytes` checks the free space first; `make_folder=False` never creates the folder (a run folder renamed
-    while it trains must not come back empty under its old name)."""
+    `make_folder=False`: a run folder renamed while it trains must not come back empty under its old name."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem[:64]}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -80,7 +74,7 @@ def check_free_space(path: str | Path, needs_bytes: int) -> None:
     """Raise CannotWrite if the disk that will hold `path` has less than `needs_bytes` free."""
     free = _free_bytes(Path(path))
     if free is not None and free < needs_bytes:
-        raise CannotWrite(errno.ENOSPC, _disk_full_message(Path(path), needs_bytes, free))
+        raise CannotWrite(_disk_full_message(Path(path), needs_bytes, free))
 
 
 def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) -> OSError:
@@ -90,23 +84,21 @@ def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) 
 
 
 def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError:
-    """The OSError of writing `path` as a CannotWrite that says what to do, or `error` itself."""
     if isinstance(error, CannotWrite):
         return error
     free, written = _free_bytes(path), tmp.stat().st_size if tmp.is_file() else 0
     # numpy reports a short write as "N requested and M written" and torch.save a failed one, without errno
     nearly_full = free is not None and free < max(needs_bytes - written, 1 << 20)
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (error.errno in (None, errno.EIO) and nearly_full):
-        return CannotWrite(errno.ENOSPC, _disk_full_message(path, needs_bytes, free, written))
+        return CannotWrite(_disk_full_message(path, needs_bytes, free, written))
     if error.errno == errno.ENAMETOOLONG:
-        return CannotWrite(error.errno, f"cannot write {path}: the name is too long for this file system "
-                                        f"({len(path.name)} characters): use a shorter folder or file name")
+        return CannotWrite(f"cannot write {path}: the name is too long for this file system "
+                           f"({len(path.name)} characters): use a shorter folder or file name")
     if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
-        return CannotWrite(error.errno, f"cannot write {path} ({error.strerror}): make the folder writable or "
-                                        "choose another one (on Kaggle, under /kaggle/working)")
+        return CannotWrite(f"cannot write {path} ({error.strerror}): make the folder writable or choose another one "
+                           "(on Kaggle, under /kaggle/working)")
     if error.errno in (None, errno.EIO):
-        return CannotWrite(errno.EIO, f"writing {path} failed ({error.strerror or error}): check the disk, "
-                                      "then try again")
+        return CannotWrite(f"writing {path} failed ({error.strerror or error}): check the disk, then try again")
     return error
 
 
@@ -118,7 +110,6 @@ def _disk_full_message(path: Path, needs_bytes: int, free: int | None, written: 
 
 
 def _free_bytes(path: Path) -> int | None:
-    """Free bytes on the disk of `path`'s nearest existing folder; None where it cannot be told."""
     folder = next((folder for folder in path.parents if folder.exists()), path.parent)
     with suppress(OSError):
         return shutil.disk_usage(folder).free
@@ -128,8 +119,6 @@ def _free_bytes(path: Path) -> int | None:
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
-
-# ------------------------------------------------------------------------------------------- where to write
 
 class OutputRefused(UserError, ValueError):
     """A command was asked to write where it must not: a run's own file, its samples/, or someone else's file."""
@@ -181,8 +170,7 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
 
 def output_file(path: str | Path, what: str) -> Path:
     """`path` if a command may write it: not a folder, not a run's own file nor in its samples/, and either new, a
-    picture a run remakes (REMADE) or a file this project made (it holds MAKER); else OutputRefused, before any
-    work (`what`: the argument, "out (--out)")."""
+    picture a run remakes (REMADE) or a file this project made (it holds MAKER); else OutputRefused."""
     path = Path(path)
     if path.is_dir():
         raise OutputRefused(f"{what} {path} is a folder: pass the name of the file to write")
@@ -201,42 +189,33 @@ def made_here(path: Path, window: int = 1 << 20) -> bool:
     """Whether the regular file `path` holds MAKER_BYTES in its first or last `window` bytes (where the PNG, GIF,
     TorchScript and ONNX writers put it)."""
     try:
-        with _open_regular(path) as file:
+        if not path.is_file():   # a FIFO: never wait for a writer
+            return False
+        with open(path, "rb") as file:
             head = file.read(window)
-            file.seek(max(0, os.fstat(file.fileno()).st_size - window))
+            file.seek(max(0, path.stat().st_size - window))
             return MAKER_BYTES in head or MAKER_BYTES in file.read(window)
-    except (OSError, ValueError):
+    except OSError:
         return False
 
 
-# ------------------------------------------------------------------------------------------- reading back
-
-def _open_regular(path: str | Path) -> BinaryIO:
-    """`path` opened to read; ValueError if it is not a regular file (a FIFO: never waiting for a writer)."""
-    file = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
-    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-        file.close()
-        raise ValueError("is not a regular file")
-    return file
-
-
 def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
-    """The JSON in `path`; a ValueError saying why ("is not a regular file", too large, "is not valid JSON (...)"),
-    or an OSError when it cannot be read."""
-    with _open_regular(path) as file:
-        size = os.fstat(file.fileno()).st_size
-        if size > max_bytes:
-            raise ValueError(f"has {size:,} bytes, more than this project writes")
-        try:
-            return json.loads(file.read())
-        except ValueError as error:   # JSONDecodeError and UnicodeDecodeError
-            raise ValueError(f"is not valid JSON ({error})") from None
+    """The JSON in `path`; a ValueError saying why (not a regular file, too large, not JSON), or an OSError."""
+    info = Path(path).stat()
+    if not stat.S_ISREG(info.st_mode):   # a FIFO would wait for a writer for ever
+        raise ValueError("is not a regular file")
+    if info.st_size > max_bytes:
+        raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
+    try:
+        return json.loads(Path(path).read_bytes())
+    except ValueError as error:   # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"is not valid JSON ({error})") from None
 
 
 def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
     """The tensors and plain data in the PyTorch file `path`, on the CPU, never running code from it. An unusable
     file raises `error` with one line naming it (`what` it should be), what is wrong and the `remedy`."""
-    import torch  # here: utils.config writes through this module, and `--help` must stay fast
+    import torch   # here: `python -m utils.train --help` imports this module, and must stay fast
 
     path = Path(path)
     if path.exists() and not path.is_file():   # a FIFO or a device: torch.load would wait on it for ever

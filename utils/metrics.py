@@ -1,8 +1,8 @@
 """Fréchet Inception Distance (FID): how far generated images are from the real ones; lower is better.
 
-The network is torch-fidelity's port of the TensorFlow FID Inception, so scores compare with papers' measured with as
-many images (FID is biased upwards for small sets); the distance is computed in float64 from symmetric
-eigendecompositions, stable for small sets. The weights file is loaded as data only before torch-fidelity loads it.
+torch-fidelity's port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images
+(FID is biased upwards for small sets); the distance in float64 from symmetric eigendecompositions, stable for small
+sets. A weights file is loaded as data only before torch-fidelity loads it.
 
     >>> fid = fid_for_config(config, real_images, device)  # real statistics: computed once, cached on disk
     >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)
@@ -11,7 +11,7 @@ eigendecompositions, stable for small sets. The weights file is loaded as data o
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -25,7 +25,8 @@ from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, load_data
 from utils.models import sampling, to_uint8
 
-DOWNLOADED_WEIGHTS_ID = "pt_inception-6726825d"   # the published file's sha256 prefix, as a local copy is named
+PUBLISHED_SHA256 = "6726825d"   # the published weights' sha256 prefix (in their file name, torch hub's convention)
+DOWNLOADED_WEIGHTS_ID = f"pt_inception-{PUBLISHED_SHA256}"   # named as a local copy of them would be
 BATCH = 200   # images per pass through the network: memory stays bounded for any number
 _OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
 _OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's "
@@ -33,11 +34,8 @@ _OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*
 
 
 class FID:
-    """Reusable scorer: the real statistics computed (or read from `cache_file`) once, then many scores.
-
-    `num_real` 0 uses every real image, else the same random subset every time. `feature_extractor` maps uint8
-    images (N, 3, S, S) to features (N, d); None builds the published Inception.
-    """
+    """Reusable scorer: the statistics of the real images (all, or `num_real` of them, the same every time) computed
+    or read from `cache_file` once, then many scores. `feature_extractor`: None builds the published Inception."""
 
     def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device,
                  feature_extractor: nn.Module | None = None, num_real: int = 0, progress: bool = True):
@@ -51,10 +49,10 @@ class FID:
             self.real_mean, self.real_cov = _read_reference(Path(cache_file), self.statistics_device)
         else:
             chosen = torch.arange(len(real_images))
-            if 0 < num_real < len(real_images):   # the same subset every time, sorted to read a memory map in order
-                chosen = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:num_real].sort().values
-            batches = (real_images[chosen[start:start + BATCH]] for start in range(0, len(chosen), BATCH))
-            self.real_mean, self.real_cov = self._statistics(batches, len(chosen), "FID: real images")
+            if 0 < num_real < len(real_images):   # sorted: a memory-mapped set is read front to back
+                chosen = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:num_real].sort()[0]
+            self.real_mean, self.real_cov = self._statistics(lambda start, stop: real_images[chosen[start:stop]],
+                                                             len(chosen), "FID: real images")
             if cache_file is not None:
                 with atomic_path(cache_file) as tmp:
                     torch.save({"mean": self.real_mean.cpu(), "cov": self.real_cov.cpu()}, tmp)
@@ -63,39 +61,35 @@ class FID:
     def score_images(self, fake_images_uint8: Tensor) -> float:
         """FID of a set of uint8 images (N, 3, S, S) against the real statistics."""
         _check_images(fake_images_uint8, "fake_images_uint8")
-        count = len(fake_images_uint8)
-        return self._score((fake_images_uint8[start:start + BATCH] for start in range(0, count, BATCH)), count)
+        return self._score(lambda start, stop: fake_images_uint8[start:stop], len(fake_images_uint8))
 
     def score_generator(self, generator: nn.Module, latent_dim: int, num_samples: int, seed: int = 0,
                         batch_size: int = BATCH) -> float:
-        """FID of `num_samples` images drawn from `generator` from latents seeded by `seed` (every call scores the
-        same latents), sampled as the grids are; the generator's mode and BatchNorm statistics are put back."""
-        latents = torch.Generator().manual_seed(seed)
-        device = next(generator.parameters()).device
+        """FID of `num_samples` images from `generator`, sampled as the grids are, from the same latents for a `seed`
+        on every device; the generator's mode and BatchNorm statistics are put back."""
+        latents, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
 
-        def fakes() -> Iterator[Tensor]:
-            for start in range(0, num_samples, batch_size):
-                n = min(batch_size, num_samples - start)
-                z = torch.randn(n, latent_dim, 1, 1, generator=latents)   # drawn on the CPU: the same on every device
-                yield to_uint8(generator(z.to(device)))
+        def draw(start: int, stop: int) -> Tensor:
+            return to_uint8(generator(torch.randn(stop - start, latent_dim, 1, 1, generator=latents).to(device)))
 
         with sampling(generator):
-            return self._score(fakes(), num_samples)
+            return self._score(draw, num_samples, batch_size)
 
-    def _score(self, fake_batches: Iterator[Tensor], count: int) -> float:
-        mean, cov = self._statistics(fake_batches, count, "FID: generated images")
+    def _score(self, draw: Callable[[int, int], Tensor], count: int, batch_size: int = BATCH) -> float:
+        mean, cov = self._statistics(draw, count, "FID: generated images", batch_size)
         return frechet_distance(self.real_mean, self.real_cov, mean, cov, sigma1_sqrt=self.real_cov_sqrt)
 
-    def _statistics(self, batches: Iterator[Tensor], count: int, description: str) -> tuple[Tensor, Tensor]:
-        """Mean and covariance (float64) of the features of `count` uint8 images, in batches."""
+    def _statistics(self, draw: Callable[[int, int], Tensor], count: int, description: str,
+                    batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
+        """Mean and covariance (float64) of the features of `count` uint8 images, `draw(start, stop)` at a time."""
         if count < 2:
             raise ValueError(f"FID needs at least 2 images on each side; got {count}")
         feature_sum, outer_sum = 0, 0
-        with torch.no_grad(), tqdm(total=count, desc=description, unit="image", disable=not self.progress) as bar:
-            for batch in batches:
-                features = self.feature_extractor(batch.to(self.device)).to(self.statistics_device, torch.float64)
+        with torch.no_grad():
+            for start in tqdm(range(0, count, batch_size), desc=description, disable=not self.progress):
+                images = draw(start, min(start + batch_size, count)).to(self.device)
+                features = self.feature_extractor(images).to(self.statistics_device, torch.float64)
                 feature_sum, outer_sum = feature_sum + features.sum(dim=0), outer_sum + features.T @ features
-                bar.update(len(batch))
         mean = feature_sum / count
         return mean, (outer_sum - count * torch.outer(mean, mean)) / (count - 1)
 
@@ -183,13 +177,11 @@ class _Pool3(nn.Module):
 
 
 def _download_weights(url: str) -> Path:
-    """The published weights in torch hub's cache, downloaded there first (kept only if its sha256 starts with the
-    prefix in the file's name)."""
+    """The published weights in torch hub's cache, downloaded there first (kept only if their sha256 is theirs)."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
     if not target.is_file():
-        prefix = torch.hub.HASH_REGEX.search(target.name)
         try:
-            download(url, target, sha256_prefix=prefix.group(1) if prefix else "")
+            download(url, target, sha256_prefix=PUBLISHED_SHA256)
         except DownloadError as error:
             raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
     return target
