@@ -17,6 +17,8 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from the PyPI ones
 CONDA_ONLY = {"python", "pip"}       # what conda needs in addition to the project's own dependencies
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+ENVIRONMENT = yaml.safe_load((REPO / "environment.yml").read_text())
 
 
 def requirement(spec: str) -> tuple[str, str]:
@@ -25,52 +27,31 @@ def requirement(spec: str) -> tuple[str, str]:
     return re.sub(r"[-_.]+", "-", name).lower(), constraint.replace(" ", "")
 
 
-def pyproject_requirements() -> dict[str, str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + [spec for extra in project["optional-dependencies"].values() for spec in extra]
-    return dict(map(requirement, specs))
-
-
 def conda_requirements() -> dict[str, str]:
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
     specs = []
-    for entry in environment["dependencies"]:
+    for entry in ENVIRONMENT["dependencies"]:
         specs += entry["pip"] if isinstance(entry, dict) else [entry]
     named = dict(map(requirement, specs))
     return {CONDA_TO_PIP.get(name, name): constraint for name, constraint in named.items() if name not in CONDA_ONLY}
 
 
-def test_environment_yml_uses_conda_forge_only():
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
-    assert environment["channels"] == ["conda-forge"]
-
-
-def test_environment_yml_lists_the_dependencies_of_pyproject_with_the_same_minimum_versions():
-    assert conda_requirements() == pyproject_requirements()
-
-
-def test_environment_yml_requires_the_python_of_pyproject():
-    python = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
-    assert f"python{python}" in environment["dependencies"]
+def test_environment_yml_uses_conda_forge_the_python_and_the_minimum_versions_of_pyproject():
+    assert ENVIRONMENT["channels"] == ["conda-forge"]
+    assert f"python{PROJECT['requires-python']}" in ENVIRONMENT["dependencies"]
+    specs = PROJECT["dependencies"] + [spec for extra in PROJECT["optional-dependencies"].values() for spec in extra]
+    assert conda_requirements() == dict(map(requirement, specs))
 
 
 def test_readme_quick_start_is_make_demo_then_make_test():
-    readme = REPO / "README.md"
-    if not readme.exists():
-        pytest.skip("README.md not written yet")
-    section = re.search(r"^## Quick start\n(.*?)(?=^## |\Z)", readme.read_text(), re.M | re.S)
-    assert section, "README.md has no '## Quick start' section"
+    section = re.search(r"^## Quick start\n(.*?)(?=^## |\Z)", (REPO / "README.md").read_text(), re.M | re.S)
     block = re.search(r"^```[a-z]*\n(.*?)^```", section.group(1), re.M | re.S)
-    assert block, "the quick start has no fenced code block"
     commands = [line.strip() for line in block.group(1).splitlines() if line.strip() and not line.strip().startswith("#")]
     assert commands == ["make demo", "make test"]
 
 
 def test_ci_runs_the_test_suite_with_strict_bash():
     script = (REPO / ".ci" / "run").read_text()
-    assert script.startswith("#!/usr/bin/env bash\n")
-    assert "set -euo pipefail" in script
+    assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
     assert re.search(r"^make test$", script, re.M)
     assert (REPO / ".ci" / "run").stat().st_mode & 0o111, ".ci/run must be executable"
 
