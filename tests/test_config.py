@@ -55,14 +55,10 @@ def test_out_of_range_value_is_refused_naming_the_field(field, value):
         TrainConfig(**{field: value})
 
 
-def _wrong_type(default):
-    """A value of another type that a user could plausibly pass: '64' for 64, '0.5' for 0.5, 'yes' for True."""
-    if isinstance(default, bool):
-        return "yes"
-    return str(default) if isinstance(default, (int, float)) else 1
+WRONG_TYPES = {bool: "yes", int: "64", float: "0.5", str: 1}   # what a user could plausibly pass instead
 
 
-@pytest.mark.parametrize("field,value", [(f, _wrong_type(getattr(TrainConfig(), f))) for f in FIELDS] +
+@pytest.mark.parametrize("field,value", [(f.name, WRONG_TYPES[type(f.default)]) for f in fields(TrainConfig)] +
                          [("image_size", 64.0), ("epochs", True), ("seed", 1.5), ("resume", 1)])
 def test_wrong_type_is_refused_naming_the_field_and_type(field, value):
     expected = type(getattr(TrainConfig(), field)).__name__
@@ -98,7 +94,7 @@ def test_save_and_load_round_trip_and_unknown_keys_are_ignored(tmp_path):
     assert TrainConfig.from_dict(config.to_dict() | {"from_a_newer_version": 1}) == config
 
 
-def test_every_field_has_a_cli_option_with_its_declared_help():
+def test_every_field_has_a_cli_option_with_its_help_and_the_options_rebuild_a_config():
     help_text = {f.name: f.metadata["help"] for f in fields(TrainConfig)}
     assert all(help_text.values()), [name for name, text in help_text.items() if not text]
     usage = " ".join(build_parser().format_help().split())  # argparse wraps lines: compare words
@@ -107,7 +103,7 @@ def test_every_field_has_a_cli_option_with_its_declared_help():
     assert not missing, missing
 
 
-def test_every_field_says_what_it_is_for_a_run():
+def test_every_field_says_what_it_is_for_a_run_and_one_declared_without_a_kind_is_refused():
     """A continued run must know of each field whether to refuse a new value, apply it or ignore it."""
     classified = FIXED_FIELDS + TUNABLE_FIELDS + CALL_FIELDS
     assert sorted(classified) == sorted(FIELDS)
@@ -120,8 +116,6 @@ def test_every_field_says_what_it_is_for_a_run():
     assert {"epochs", "amp", "device"} <= set(TUNABLE_FIELDS) - set(NAMED_FIELDS)
     assert {"amp", "device", "data_dir"} <= set(HOW_FIELDS) and "epochs" not in HOW_FIELDS
 
-
-def test_a_field_declared_without_a_kind_is_refused_naming_it():
     @dataclass
     class WithANewSetting:
         image_size: int = fixed(64, "images are square")
@@ -138,11 +132,8 @@ def test_cli_options_rebuild_the_same_config():
     assert TrainConfig(**vars(args)) == config
 
 
-WRONG_TYPES = [("image_size", "--image-size=64.5"), ("epochs", "--epochs=ten"), ("lr_g", "--lr-g=fast")]
-
-
 @pytest.mark.parametrize("field,argv", [(f, a) for f, options in BAD_OPTIONS.items() if options for a in options]
-                         + WRONG_TYPES)
+                         + [("image_size", "--image-size=64.5"), ("epochs", "--epochs=ten"), ("lr_g", "--lr-g=fast")])
 def test_cli_refuses_a_bad_option_naming_it(field, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([argv])
