@@ -96,11 +96,8 @@ class FID:
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor,
                      sigma1_sqrt: Tensor | None = None) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 (tensors or numpy arrays).
-
-    d = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)), the last trace from the eigenvalues
-    of the symmetric S sigma2 S with S = sigma1^(1/2) (`sigma1_sqrt` if known): stable where `sqrtm` returns noise.
-    """
+    """|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)) in float64, the last trace from the
+    eigenvalues of the symmetric S sigma2 S, S = sigma1^(1/2) (`sigma1_sqrt`): stable where `sqrtm` returns noise."""
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(x, dtype=torch.float64) for x in (mu1, sigma1, mu2, sigma2))
     sqrt1 = _sqrtm_psd(sigma1) if sigma1_sqrt is None else sigma1_sqrt
     product_eigenvalues = torch.linalg.eigvalsh(sqrt1 @ sigma2 @ sqrt1).clamp(min=0)
@@ -142,9 +139,8 @@ def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.devic
 
 
 def load_inception(weights: str) -> nn.Module:
-    """torch-fidelity's FID Inception, uint8 images (N, 3, H, W) -> 2048 pool3 features, from `weights` (a file, or
-    "" for the published one, downloaded once). A wrong file, a failed download or a missing torch-fidelity raises
-    its one line now, before training."""
+    """torch-fidelity's FID Inception (uint8 images -> 2048 pool3 features) with `weights`, a file or "" for the
+    published one, downloaded once; a wrong file, a failed download or no torch-fidelity raises one line now."""
     if find_spec("torch_fidelity") is None:
         raise ImportError("FID needs the torch-fidelity package for its Inception network: pip install torch-fidelity")
     from torch_fidelity import feature_extractor_inceptionv3 as inception
