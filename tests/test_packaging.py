@@ -63,34 +63,27 @@ if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/b
 """
 
 
-@pytest.fixture
-def make_in_sandbox(tmp_path, monkeypatch):
-    """Run `make TARGET` on a copy of the Makefile whose pythons only log their calls; returns the new log lines."""
+def test_make_test_creates_the_venv_once_and_reinstalls_only_when_pyproject_changes(tmp_path, monkeypatch):
+    """`make test` on a copy of the Makefile whose pythons only log their calls."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     shutil.copy(REPO / "Makefile", tmp_path)
     (tmp_path / "pyproject.toml").write_text("[project]\n")
-    fake = tmp_path / "tools" / "python3"
+    fake, log = tmp_path / "tools" / "python3", tmp_path / "make.log"
     fake.parent.mkdir()
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
-    log = tmp_path / "make.log"
     log.touch()
     monkeypatch.setenv("MAKE_LOG", str(log))
 
-    def run(target: str) -> list[str]:
+    def make_test() -> list[str]:
         seen = len(log.read_text().splitlines())
-        subprocess.run(["make", "-s", target, f"PYTHON={fake}"], cwd=tmp_path, check=True, capture_output=True)
+        subprocess.run(["make", "-s", "test", f"PYTHON={fake}"], cwd=tmp_path, check=True, capture_output=True)
         return log.read_text().replace(f"{tmp_path}/", "").splitlines()[seen:]
 
-    return run
-
-
-def test_make_test_creates_the_venv_once_and_reinstalls_only_when_pyproject_changes(make_in_sandbox, tmp_path):
-    assert make_in_sandbox("test") == ["tools/python3 -m venv .venv",
-                                       ".venv/bin/python -m pip install -e .[dev]",
-                                       ".venv/bin/python -m pytest"]
-    assert make_in_sandbox("test") == [".venv/bin/python -m pytest"]
+    assert make_test() == ["tools/python3 -m venv .venv", ".venv/bin/python -m pip install -e .[dev]",
+                           ".venv/bin/python -m pytest"]
+    assert make_test() == [".venv/bin/python -m pytest"]
     later = (tmp_path / ".venv" / ".installed").stat().st_mtime + 10
     os.utime(tmp_path / "pyproject.toml", (later, later))
-    assert make_in_sandbox("test") == [".venv/bin/python -m pip install -e .[dev]", ".venv/bin/python -m pytest"]
+    assert make_test() == [".venv/bin/python -m pip install -e .[dev]", ".venv/bin/python -m pytest"]
