@@ -56,14 +56,11 @@ def random_gaussian(dim: int, rank: int, seed: int) -> tuple[torch.Tensor, torch
     return torch.randn(dim, generator=generator, dtype=torch.float64), factor @ factor.T / rank
 
 
-def test_frechet_distance_of_one_dimensional_gaussians_is_closed_form():   # (m1 - m2)^2 + (s1 - s2)^2
-    distance = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([3.0]), torch.tensor([[9.0]]))
-    assert distance == pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2, rel=1e-12)
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pytorch-fid passes scipy's deprecated `disp`
 @pytest.mark.parametrize("rank", [80, 20])  # full-rank and singular covariances (fewer images than features)
-def test_frechet_distance_matches_pytorch_fid(rank):
+def test_frechet_distance_is_closed_form_in_one_dimension_and_matches_pytorch_fid(rank):
+    distance = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([3.0]), torch.tensor([[9.0]]))
+    assert distance == pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2, rel=1e-12)   # (m1 - m2)^2 + (s1 - s2)^2
     pytorch_fid = pytest.importorskip("pytorch_fid.fid_score")
     (mu1, sigma1), (mu2, sigma2) = random_gaussian(64, rank, seed=1), random_gaussian(64, rank, seed=2)
     expected = pytorch_fid.calculate_frechet_distance(mu1.numpy(), sigma1.numpy(), mu2.numpy(), sigma2.numpy())
