@@ -136,17 +136,18 @@ def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted((int(match.group(1)), path) for match, path in found if match and path.is_file())
 
 
-def _is_run_folder(folder: Path) -> bool:
-    return (folder / CHECKPOINT).is_file() or (folder / CONFIG).is_file() or bool(list_frames(folder))
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder a training run wrote: it holds a checkpoint, a config.json, a history.json or epoch grids."""
+    return any((Path(folder) / name).is_file() for name in (CHECKPOINT, CONFIG, HISTORY)) or bool(list_frames(folder))
 
 
 def run_part(path: Path) -> str:
     """What `path` is of a run folder ("" for nothing): one of its own files, or in its samples/."""
     path = path.expanduser().resolve()
-    if path.name in (CHECKPOINT, CONFIG, HISTORY, LOCK) and _is_run_folder(path.parent):
+    if path.name in (CHECKPOINT, CONFIG, HISTORY, LOCK) and is_run_folder(path.parent):
         return f"the own {path.name} of the run {path.parent}"
     for folder in (path, *path.parents):
-        if folder.name == SAMPLES and _is_run_folder(folder.parent):
+        if folder.name == SAMPLES and is_run_folder(folder.parent):
             return f"in {folder}, where the run keeps its grid of each epoch"
     return ""
 
@@ -157,7 +158,7 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputRefused(f"{what} {folder} is a file: pass a folder (it is created if missing)")
-    part = run_part(folder) or ("a run folder" if _is_run_folder(folder) else "")
+    part = run_part(folder) or ("a run folder" if is_run_folder(folder) else "")
     if part:
         raise OutputRefused(f"{what} {folder} is {part}: choose a folder of its own")
     others = sorted(path.name for path in folder.iterdir()
@@ -178,7 +179,7 @@ def output_file(path: str | Path, what: str) -> Path:
     if part:
         raise OutputRefused(f"{what} {path} is {part}: writing it would replace what training wrote; "
                             "choose a file outside the run's own files and samples/")
-    remade = path.name in REMADE and _is_run_folder(path.parent)
+    remade = path.name in REMADE and is_run_folder(path.parent)
     if (path.exists() or path.is_symlink()) and not remade and not made_here(path):
         raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another "
                             "name, or move that file away yourself")
