@@ -1,9 +1,5 @@
-"""A training subprocess stopped (SIGSTOP) at a moment when none of its epoch files is being written, so that a test
-can act on its run folder (kill it, rename the folder) without racing its background writer (utils/run.py):
-
-    with frozen_between_saves(process, run_dir, log) as epoch:   # epochs 1..epoch are saved, nothing half-written
-        run_dir.rename(moved)
-"""
+"""A training subprocess stopped (SIGSTOP) while none of its epoch files is being written, so that a test can act on
+its run folder (kill it, rename the folder) without racing its background writer (utils/run.py)."""
 
 import contextlib
 import json
@@ -16,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from utils.run import CHECKPOINT, HISTORY, list_frames, read_checkpoint
+from utils.files import CHECKPOINT, HISTORY, list_frames
+from utils.run import read_checkpoint
 
 
 @contextlib.contextmanager
 def frozen_between_saves(process: subprocess.Popen, run_dir: Path, log: Path, timeout_s: float = 300) -> Iterator[int]:
     """Stop `process`, training a new run in `run_dir`, once an epoch is saved and its writer is idle; yield that
-    epoch; let it go on after the block."""
+    epoch (1..epoch are saved, nothing half-written); let it go on after the block."""
     deadline = time.monotonic() + timeout_s
     while True:
         if process.poll() is not None:
@@ -33,8 +30,7 @@ def frozen_between_saves(process: subprocess.Popen, run_dir: Path, log: Path, ti
             if not os.WIFSTOPPED(status):   # it exited meanwhile
                 process.returncode = os.waitstatus_to_exitcode(status)
                 continue
-            epoch = _saved_epoch(run_dir)
-            if epoch:
+            if epoch := _saved_epoch(run_dir):
                 break
             process.send_signal(signal.SIGCONT)   # a write is under way: look again in a moment
         assert time.monotonic() < deadline, log.read_text()[-3000:]   # a hang guard only
@@ -50,6 +46,5 @@ def _saved_epoch(run_dir: Path) -> int:
     if list(run_dir.rglob(".*.tmp*")):
         return 0
     epoch = json.loads((run_dir / HISTORY).read_text())["epochs"][-1]["epoch"]
-    done = read_checkpoint(run_dir / CHECKPOINT)["epoch"] == epoch and \
-        [e for e, _ in list_frames(run_dir)] == list(range(1, epoch + 1))
-    return epoch if done else 0
+    frames = [e for e, _ in list_frames(run_dir)]
+    return epoch if read_checkpoint(run_dir / CHECKPOINT)["epoch"] == epoch and frames == [*range(1, epoch + 1)] else 0

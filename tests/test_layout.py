@@ -17,14 +17,10 @@ def tracked(folder: str) -> list[str]:
     return result.stdout.split()
 
 
-def readme_layout() -> list[str]:
+def test_every_folder_of_the_readme_layout_exists_in_a_fresh_clone():
     section = re.search(r"^## Layout\n+```\n(.*?)^```", (REPO / "README.md").read_text(), re.M | re.S)
     assert section, "README.md has no '## Layout' section with a code block"
-    return re.findall(r"^(\S+/)", section.group(1), re.M)
-
-
-def test_every_folder_of_the_readme_layout_exists_in_a_fresh_clone():
-    folders = readme_layout()
+    folders = re.findall(r"^(\S+/)", section.group(1), re.M)
     assert {"data/", "generated/", "utils/", "tests/"} <= set(folders)
     assert [folder for folder in folders if not tracked(folder)] == []
 

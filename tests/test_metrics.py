@@ -38,23 +38,16 @@ def smooth_images(count: int, size: int = 16, seed: int = 0) -> torch.Tensor:
     return (images * 255).round().to(torch.uint8)
 
 
-def with_noise(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(1)) * sigma
-    return (images.float() + noise).round().clamp(0, 255).to(torch.uint8)
-
-
 def stand_in_fid(real: torch.Tensor, cache_file: Path | None = None, **kwargs) -> FID:
     kwargs.setdefault("feature_extractor", StandInFeatures())
     return FID(real, cache_file, torch.device("cpu"), progress=False, **kwargs)
 
 
-class TinyGenerator(nn.Sequential):
+def tiny_generator() -> nn.Sequential:
     """z (N, 8, 1, 1) -> (N, 3, 16, 16) in [-1, 1], with BatchNorm like the DCGAN generator."""
-
-    def __init__(self):
-        torch.manual_seed(0)
-        super().__init__(nn.ConvTranspose2d(8, 16, 4), nn.BatchNorm2d(16), nn.ReLU(),
-                         nn.ConvTranspose2d(16, 3, 4, 4), nn.Tanh())
+    torch.manual_seed(0)
+    return nn.Sequential(nn.ConvTranspose2d(8, 16, 4), nn.BatchNorm2d(16), nn.ReLU(), nn.ConvTranspose2d(16, 3, 4, 4),
+                         nn.Tanh())
 
 
 def random_gaussian(dim: int, rank: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,15 +56,11 @@ def random_gaussian(dim: int, rank: int, seed: int) -> tuple[torch.Tensor, torch
     return torch.randn(dim, generator=generator, dtype=torch.float64), factor @ factor.T / rank
 
 
-def test_frechet_distance_of_one_dimensional_gaussians_is_closed_form():
-    # for 1-d Gaussians the distance is (m1 - m2)^2 + (s1 - s2)^2
-    distance = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([3.0]), torch.tensor([[9.0]]))
-    assert distance == pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2, rel=1e-12)
-
-
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pytorch-fid passes scipy's deprecated `disp`
 @pytest.mark.parametrize("rank", [80, 20])  # full-rank and singular covariances (fewer images than features)
-def test_frechet_distance_matches_pytorch_fid(rank):
+def test_frechet_distance_is_closed_form_in_one_dimension_and_matches_pytorch_fid(rank):
+    distance = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([3.0]), torch.tensor([[9.0]]))
+    assert distance == pytest.approx((1 - 3) ** 2 + (2 - 3) ** 2, rel=1e-12)   # (m1 - m2)^2 + (s1 - s2)^2
     pytorch_fid = pytest.importorskip("pytorch_fid.fid_score")
     (mu1, sigma1), (mu2, sigma2) = random_gaussian(64, rank, seed=1), random_gaussian(64, rank, seed=2)
     expected = pytorch_fid.calculate_frechet_distance(mu1.numpy(), sigma1.numpy(), mu2.numpy(), sigma2.numpy())
@@ -80,33 +69,35 @@ def test_frechet_distance_matches_pytorch_fid(rank):
     assert frechet_distance(mu1, sigma1, mu1, sigma1) == pytest.approx(0, abs=1e-6 * sigma1.trace().item())
 
 
-def test_identical_images_score_zero_and_noise_increases_fid():
+def test_identical_images_score_zero_noise_increases_fid_and_only_uint8_batches_are_scored():
     real = smooth_images(200)
     fid = stand_in_fid(real)
-    scores = [fid.score_images(with_noise(real, sigma)) for sigma in (0, 8, 24, 64)]
+    noise = torch.randn(real.shape, generator=torch.Generator().manual_seed(1))
+    noisy = [(real + sigma * noise).round().clamp(0, 255).to(torch.uint8) for sigma in (0, 8, 24, 64)]
+    scores = [fid.score_images(images) for images in noisy]
     assert scores[1] > 0
     assert abs(scores[0]) < 1e-4 * scores[1]  # same images as the reference: the distance vanishes
     assert scores == sorted(scores) and len(set(scores)) == len(scores), scores
+    with pytest.raises(ValueError, match="fake_images_uint8"):
+        fid.score_images(torch.zeros(4, 3, 16, 16))
+    with pytest.raises(ValueError, match="real_images"):
+        stand_in_fid(torch.zeros(4, 16, 16, dtype=torch.uint8))
 
 
-def test_reference_statistics_are_cached_and_reused(tmp_path):
+def test_reference_statistics_are_cached_and_reused(tmp_path, monkeypatch):
     real, fake = smooth_images(120), smooth_images(60, seed=7)
     cache_file = tmp_path / "cache" / "fid-ref-test.pt"
-    first_extractor = StandInFeatures()
-    first = stand_in_fid(real, cache_file, feature_extractor=first_extractor)
+    first = stand_in_fid(real, cache_file, feature_extractor=(first_extractor := StandInFeatures()))
     assert cache_file.is_file() and first_extractor.images_seen == len(real)
 
-    second_extractor = StandInFeatures()
-    second = stand_in_fid(real, cache_file, feature_extractor=second_extractor)
+    second = stand_in_fid(real, cache_file, feature_extractor=(second_extractor := StandInFeatures()))
     assert second_extractor.images_seen == 0  # the real images were not run through the network again
     assert second.score_images(fake) == first.score_images(fake)
     assert second_extractor.images_seen == len(fake)
 
-
-def test_no_cache_file_means_nothing_is_written(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    stand_in_fid(smooth_images(20), cache_file=None)
-    assert list(tmp_path.iterdir()) == []
+    monkeypatch.chdir(tmp_path / "cache")
+    stand_in_fid(real, cache_file=None)   # no cache file: nothing is written
+    assert list((tmp_path / "cache").iterdir()) == [cache_file]
 
 
 def test_num_real_uses_the_same_random_subset_every_time():
@@ -121,7 +112,7 @@ def test_num_real_uses_the_same_random_subset_every_time():
 
 def test_score_generator_is_deterministic_and_leaves_the_generator_unchanged():
     fid = stand_in_fid(smooth_images(100))
-    generator = TinyGenerator().eval()
+    generator = tiny_generator().eval()
     before = {name: value.clone() for name, value in generator.state_dict().items()}
 
     first = fid.score_generator(generator, latent_dim=8, num_samples=70, batch_size=32)
@@ -137,46 +128,23 @@ def test_score_generator_is_deterministic_and_leaves_the_generator_unchanged():
     assert generator.training
 
 
-def test_images_must_be_uint8_batches():
-    fid = stand_in_fid(smooth_images(20))
-    with pytest.raises(ValueError, match="fake_images_uint8"):
-        fid.score_images(torch.zeros(4, 3, 16, 16))
-    with pytest.raises(ValueError, match="real_images"):
-        stand_in_fid(torch.zeros(4, 16, 16, dtype=torch.uint8))
-
-
-def test_cache_file_name_tells_apart_dataset_subset_and_weights(tmp_path):
-    base = reference_cache_file(tmp_path, "dataset", 0, "weights")
-    assert base.parent == tmp_path / "cache" and base.suffix == ".pt"
-    variants = {base, reference_cache_file(tmp_path, "other", 0, "weights"),
-                reference_cache_file(tmp_path, "dataset", 500, "weights"),
-                reference_cache_file(tmp_path, "dataset", 0, "other")}
-    assert len(variants) == 4
-
-
-def test_dataset_id_changes_with_content_and_shape():
-    images = smooth_images(40)
-    changed = images.clone()
+def test_the_cache_file_is_named_by_the_dataset_content_and_shape_the_subset_and_the_weights(tmp_path):
+    images, changed = smooth_images(40), smooth_images(40)
     changed[0, 0, 0, 0] ^= 1
     assert dataset_id(images) == dataset_id(images.clone())
-    variants = {dataset_id(images), dataset_id(changed), dataset_id(images[:39]), dataset_id(smooth_images(40, 32))}
-    assert len(variants) == 4
+    datasets = {dataset_id(images), dataset_id(changed), dataset_id(images[:39]), dataset_id(smooth_images(40, 32))}
+    (tmp_path / "weights.pth").write_bytes(b"abc")
+    weights = (weights_id(""), weights_id(str(tmp_path / "weights.pth")))
+    assert weights == (metrics.DOWNLOADED_WEIGHTS_ID, "pt_inception-ba7816bf")  # sha256("abc") = ba7816bf...
+    names = {reference_cache_file(tmp_path, dataset, real, weight) for dataset in datasets for real in (0, 500)
+             for weight in weights}
+    assert len(names) == 4 * 2 * 2 and {name.parent for name in names} == {tmp_path / "cache"}
 
 
-def test_weights_id_is_the_sha256_prefix_of_the_file(tmp_path):
-    weights = tmp_path / "weights.pth"
-    weights.write_bytes(b"abc")
-    assert weights_id(str(weights)) == "pt_inception-ba7816bf"  # sha256("abc") = ba7816bf...
-    assert weights_id("") == metrics.DOWNLOADED_WEIGHTS_ID
-
-
-def test_missing_weights_file_names_the_config_field(tmp_path):
+def test_missing_weights_file_or_torch_fidelity_says_what_to_do(tmp_path, monkeypatch):
     config = TrainConfig(data_dir=str(tmp_path), fid_weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ConfigError, match="fid_weights"):
         fid_for_config(config, smooth_images(4), torch.device("cpu"))
-
-
-def test_missing_torch_fidelity_says_how_to_install(monkeypatch):
     monkeypatch.setattr(metrics, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install torch-fidelity"):
         FID(smooth_images(4), None, torch.device("cpu"), progress=False)

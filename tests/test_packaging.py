@@ -17,6 +17,8 @@ except ModuleNotFoundError:  # Python 3.10
 REPO = Path(__file__).resolve().parents[1]
 CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from the PyPI ones
 CONDA_ONLY = {"python", "pip"}       # what conda needs in addition to the project's own dependencies
+PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+ENVIRONMENT = yaml.safe_load((REPO / "environment.yml").read_text())
 
 
 def requirement(spec: str) -> tuple[str, str]:
@@ -25,52 +27,31 @@ def requirement(spec: str) -> tuple[str, str]:
     return re.sub(r"[-_.]+", "-", name).lower(), constraint.replace(" ", "")
 
 
-def pyproject_requirements() -> dict[str, str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + [spec for extra in project["optional-dependencies"].values() for spec in extra]
-    return dict(map(requirement, specs))
-
-
 def conda_requirements() -> dict[str, str]:
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
     specs = []
-    for entry in environment["dependencies"]:
+    for entry in ENVIRONMENT["dependencies"]:
         specs += entry["pip"] if isinstance(entry, dict) else [entry]
     named = dict(map(requirement, specs))
     return {CONDA_TO_PIP.get(name, name): constraint for name, constraint in named.items() if name not in CONDA_ONLY}
 
 
-def test_environment_yml_uses_conda_forge_only():
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
-    assert environment["channels"] == ["conda-forge"]
-
-
-def test_environment_yml_lists_the_dependencies_of_pyproject_with_the_same_minimum_versions():
-    assert conda_requirements() == pyproject_requirements()
-
-
-def test_environment_yml_requires_the_python_of_pyproject():
-    python = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
-    environment = yaml.safe_load((REPO / "environment.yml").read_text())
-    assert f"python{python}" in environment["dependencies"]
+def test_environment_yml_uses_conda_forge_the_python_and_the_minimum_versions_of_pyproject():
+    assert ENVIRONMENT["channels"] == ["conda-forge"]
+    assert f"python{PROJECT['requires-python']}" in ENVIRONMENT["dependencies"]
+    specs = PROJECT["dependencies"] + [spec for extra in PROJECT["optional-dependencies"].values() for spec in extra]
+    assert conda_requirements() == dict(map(requirement, specs))
 
 
 def test_readme_quick_start_is_make_demo_then_make_test():
-    readme = REPO / "README.md"
-    if not readme.exists():
-        pytest.skip("README.md not written yet")
-    section = re.search(r"^## Quick start\n(.*?)(?=^## |\Z)", readme.read_text(), re.M | re.S)
-    assert section, "README.md has no '## Quick start' section"
+    section = re.search(r"^## Quick start\n(.*?)(?=^## |\Z)", (REPO / "README.md").read_text(), re.M | re.S)
     block = re.search(r"^```[a-z]*\n(.*?)^```", section.group(1), re.M | re.S)
-    assert block, "the quick start has no fenced code block"
     commands = [line.strip() for line in block.group(1).splitlines() if line.strip() and not line.strip().startswith("#")]
     assert commands == ["make demo", "make test"]
 
 
 def test_ci_runs_the_test_suite_with_strict_bash():
     script = (REPO / ".ci" / "run").read_text()
-    assert script.startswith("#!/usr/bin/env bash\n")
-    assert "set -euo pipefail" in script
+    assert script.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in script
     assert re.search(r"^make test$", script, re.M)
     assert (REPO / ".ci" / "run").stat().st_mode & 0o111, ".ci/run must be executable"
 
@@ -82,34 +63,27 @@ if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/b
 """
 
 
-@pytest.fixture
-def make_in_sandbox(tmp_path, monkeypatch):
-    """Run `make TARGET` on a copy of the Makefile whose pythons only log their calls; returns the new log lines."""
+def test_make_test_creates_the_venv_once_and_reinstalls_only_when_pyproject_changes(tmp_path, monkeypatch):
+    """`make test` on a copy of the Makefile whose pythons only log their calls."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     shutil.copy(REPO / "Makefile", tmp_path)
     (tmp_path / "pyproject.toml").write_text("[project]\n")
-    fake = tmp_path / "tools" / "python3"
+    fake, log = tmp_path / "tools" / "python3", tmp_path / "make.log"
     fake.parent.mkdir()
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
-    log = tmp_path / "make.log"
     log.touch()
     monkeypatch.setenv("MAKE_LOG", str(log))
 
-    def run(target: str) -> list[str]:
+    def make_test() -> list[str]:
         seen = len(log.read_text().splitlines())
-        subprocess.run(["make", "-s", target, f"PYTHON={fake}"], cwd=tmp_path, check=True, capture_output=True)
+        subprocess.run(["make", "-s", "test", f"PYTHON={fake}"], cwd=tmp_path, check=True, capture_output=True)
         return log.read_text().replace(f"{tmp_path}/", "").splitlines()[seen:]
 
-    return run
-
-
-def test_make_test_creates_the_venv_once_and_reinstalls_only_when_pyproject_changes(make_in_sandbox, tmp_path):
-    assert make_in_sandbox("test") == ["tools/python3 -m venv .venv",
-                                       ".venv/bin/python -m pip install -e .[dev]",
-                                       ".venv/bin/python -m pytest"]
-    assert make_in_sandbox("test") == [".venv/bin/python -m pytest"]
+    assert make_test() == ["tools/python3 -m venv .venv", ".venv/bin/python -m pip install -e .[dev]",
+                           ".venv/bin/python -m pytest"]
+    assert make_test() == [".venv/bin/python -m pytest"]
     later = (tmp_path / ".venv" / ".installed").stat().st_mtime + 10
     os.utime(tmp_path / "pyproject.toml", (later, later))
-    assert make_in_sandbox("test") == [".venv/bin/python -m pip install -e .[dev]", ".venv/bin/python -m pytest"]
+    assert make_test() == [".venv/bin/python -m pip install -e .[dev]", ".venv/bin/python -m pytest"]

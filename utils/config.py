@@ -1,12 +1,7 @@
-"""Every knob of a training run, in one dataclass with defaults and validation, and its command line.
+"""Every knob of a training run: one dataclass with defaults and validation, and its command line.
 
-The notebooks build a `TrainConfig` from their parameters cell, `python -m utils.train` from one option per field
-(`build_parser`); a bad value raises a one-line ConfigError naming the field, before any work starts. Each field is
-one line: its default, its `--help` text and what it is for a run, declared by `fixed` (a trained run refuses
-another value), `tunable` (may change between epochs), `how` (tunable; only how fast or where) or `call`.
-
-    >>> TrainConfig(image_size=32, epochs=5).batch_size
-    128
+The notebooks build a `TrainConfig` in their parameters cell, `python -m utils.train` from one option per field
+(`build_parser`); a bad value raises a one-line ConfigError naming the field before any work starts.
 """
 
 from __future__ import annotations
@@ -17,18 +12,17 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from utils.errors import ConfigError
 from utils.files import atomic_path, read_json
 from utils.urls import redact_url
 
-# The largest seed: every epoch's random generators are seeded from (seed, epoch) (utils/training.py), within 64 bits.
-MAX_SEED = 2**32 - 1
+MAX_SEED = 2**32 - 1   # each epoch's generators are seeded from (seed, epoch) within 64 bits (utils/training.py)
 
-# The improved recipe of notebook 05: what `recipe="improved"` switches on (a field set to anything
-# but its default keeps the value given). Measured: benchmarks/results/quality-cpu-*.log.
+# What `recipe="improved"` switches on, for the fields left at their defaults (benchmarks/results/quality-cpu-*.log)
 IMPROVED_RECIPE = dict(
     ema_decay=0.999,            # sample from an exponential moving average of G's weights
     spectral_norm=True,         # Lipschitz-constrain D instead of BatchNorm
@@ -40,33 +34,18 @@ IMPROVED_RECIPE = dict(
 )
 
 
-# ------------------------------------------------------------------------------ what a field is for a run
-
-T = TypeVar("T")
-
-
-def fixed(default: T, help: str) -> T:
-    """A field that fixes the networks, the data or the game: a trained run refuses another value; names the run."""
-    return field(default=default, metadata={"kind": "fixed", "names_run": True, "how": False, "help": help})
+def _declare(default: Any, help: str, kind: str, names_run: bool = False, how: bool = False) -> Any:
+    return field(default=default, metadata={"kind": kind, "names_run": names_run, "how": how, "help": help})
 
 
-def tunable(default: T, help: str, *, names_run: bool = False) -> T:
-    """A field that can change between epochs of a run (applied, printed, recorded in the history). `names_run`:
-    it changes what is learned, so a value other than the default names the run folder (a tweak is a new run)."""
-    return field(default=default, metadata={"kind": "tunable", "names_run": names_run, "how": False, "help": help})
-
-
-def how(default: T, help: str) -> T:
-    """A tunable field that only says how fast, where or how often a run trains, not what it learns."""
-    return field(default=default, metadata={"kind": "tunable", "names_run": False, "how": True, "help": help})
-
-
-def call(default: T, help: str) -> T:
-    """A field about this call rather than the run (`recipe` is resolved into the fields it sets)."""
-    return field(default=default, metadata={"kind": "call", "names_run": False, "how": False, "help": help})
-
-
-_KINDS = ("fixed", "tunable", "call")
+# What a field is for a run, and its `--help` text: `fixed` fixes the networks, the data or the game (a trained run
+# refuses another value, which names a new run); `tunable` may change between epochs (`names_run=True`: it changes
+# what is learned, so another value names a new run); `how` is tunable and only says how fast, where or how often;
+# `call` is about this call only (`recipe` is resolved into the fields it sets).
+fixed = partial(_declare, kind="fixed", names_run=True)
+tunable = partial(_declare, kind="tunable")
+how = partial(_declare, kind="tunable", how=True)
+call = partial(_declare, kind="call")
 
 
 @dataclass
@@ -137,24 +116,20 @@ class TrainConfig:
                 raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
 
     def validate(self) -> None:
-        """Raise ValueError naming the first field whose value is of another type or out of range."""
+        """Raise ConfigError naming the first field of another type or out of range (`train()` calls it again)."""
         self._check_types()
+        size = self.image_size
+        self._check(size >= 16 and size & (size - 1) == 0, "image_size", "a power of two >= 16 (16, 32, 64, 128, ...)")
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
         self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
-        power_of_two = self.image_size & (self.image_size - 1) == 0
-        self._check(self.image_size >= 16 and power_of_two, "image_size", "a power of two >= 16 (16, 32, 64, 128, ...)")
-        self._check(self.max_images >= 0, "max_images", ">= 0 (0 = all images)")
-        self._check(self.latent_dim >= 1, "latent_dim", ">= 1")
-        self._check(self.g_width >= 1, "g_width", ">= 1")
-        self._check(self.d_width >= 1, "d_width", ">= 1")
-        self._check(self.epochs >= 1, "epochs", ">= 1")
-        self._check(self.batch_size >= 1, "batch_size", ">= 1")
+        for name, smallest in _AT_LEAST.items():
+            self._check(getattr(self, name) >= smallest, name, f">= {smallest}")
+        for name, words in _WORDS.items():
+            self._check(getattr(self, name) in words, name, ", ".join(map(repr, words[:-1])) + f" or {words[-1]!r}")
         for name in ("lr_g", "lr_d"):
             self._check(0 < getattr(self, name) <= 1, name, "in (0, 1]")
         for name in ("beta1", "beta2"):
             self._check(0 <= getattr(self, name) < 1, name, "in [0, 1)")
-        self._check(self.recipe in ("dcgan", "improved"), "recipe", "'dcgan' or 'improved'")
-        self._check(self.loss in ("bce", "hinge"), "loss", "'bce' or 'hinge'")
         self._check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
         self._check(0 < self.real_label <= 1, "real_label", "in (0, 1] (1 = no smoothing)")
         self._check(0 <= self.fake_label < self.real_label, "fake_label",
@@ -168,17 +143,8 @@ class TrainConfig:
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
         self._check(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device) is not None, "device",
                     "'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
-        self._check(self.amp in ("auto", "bf16", "fp16", "off"), "amp", "'auto', 'bf16', 'fp16' or 'off'")
-        self._check(self.channels_last in ("auto", "on", "off"), "channels_last", "'auto', 'on' or 'off'")
-        self._check(self.cuda_graphs in ("auto", "on", "off"), "cuda_graphs", "'auto', 'on' or 'off'")
-        self._check(self.data_on_device in ("auto", "on", "off"), "data_on_device", "'auto', 'on' or 'off'")
-        self._check(self.log_every >= 1, "log_every", ">= 1")
         self._check(0 <= self.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}]")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
-        self._check(self.max_minutes >= 0, "max_minutes", ">= 0 (0 = no limit)")
-        self._check(self.fid_every >= 0, "fid_every", ">= 0 (0 = never)")
-        self._check(self.fid_samples >= 2, "fid_samples", ">= 2")
-        self._check(self.fid_real >= 0, "fid_real", ">= 0 (0 = the whole set)")
 
     def _check(self, ok: bool, field: str, allowed: str) -> None:
         if not ok:
@@ -191,96 +157,84 @@ class TrainConfig:
         return self.lr_g * factor, self.lr_d * factor
 
     def to_dict(self, *, stored: bool = False) -> dict[str, Any]:
-        """The fields as a dict; `stored` for what files keep (config.json, the checkpoint): a URL given as `data`
-        without its password or token (utils.urls.redact_url), so a shared run folder shares no secret."""
-        values = dataclasses.asdict(self)
-        if stored:
-            values["data"] = redact_url(self.data)
-        return values
+        """The fields as a dict; `stored` (config.json, the checkpoint): a URL's password or token hidden."""
+        return dataclasses.asdict(self) | ({"data": redact_url(self.data)} if stored else {})
 
     def save(self, path: str | Path) -> None:
-        """Write config.json atomically: a kill or a full disk leaves the old file, never an empty one."""
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(stored=True), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a dict such as config.json, ignoring keys this version does not know."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         """Read a config.json; one that is not JSON of valid settings raises ConfigError naming the file."""
-        path = Path(path)
         try:
             values = read_json(path)
-        except ValueError as error:  # not a regular file, too large, not JSON (empty, truncated, edited)
-            raise ConfigError(f"{path} {error}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} does not hold settings (a JSON object of config fields)")
-        try:
+            if not isinstance(values, dict):
+                raise ValueError("does not hold settings (a JSON object of config fields)")
             return cls.from_dict(values)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
+        except ValueError as error:   # not a regular file, too large, not JSON (empty, truncated, edited)
+            raise ConfigError(f"{path} {error}") from None
 
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+# Counts and their smallest value (0 = all images, no limit, never, the whole set), and fields that take one word
+_AT_LEAST = dict(max_images=0, latent_dim=1, g_width=1, d_width=1, epochs=1, batch_size=1, log_every=1,
+                 max_minutes=0, fid_every=0, fid_samples=2, fid_real=0)
+_WORDS = dict(recipe=("dcgan", "improved"), loss=("bce", "hinge"), amp=("auto", "bf16", "fp16", "off"),
+              channels_last=("auto", "on", "off"), cuda_graphs=("auto", "on", "off"),
+              data_on_device=("auto", "on", "off"))
 
 
 def field_kinds(config_class: type = TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each field's metadata (kind, names_run, how, help); a field declared without `fixed`, `tunable`, `how` or `call`
-    raises TypeError naming it: a continued run would otherwise silently ignore or take its value."""
-    kinds = {}
+    """Each field's metadata; a field declared without `fixed`, `tunable`, `how` or `call` raises TypeError naming
+    it, since a continued run would otherwise silently ignore or take its value."""
     for f in fields(config_class):
-        if f.metadata.get("kind") not in _KINDS:
+        if f.metadata.get("kind") not in ("fixed", "tunable", "call"):
             raise TypeError(f"{config_class.__name__} field '{f.name}' does not say what it is for a run: declare it "
                             "with fixed(), tunable(), how() or call() (utils/config.py)")
-        kinds[f.name] = dict(f.metadata)
-    return kinds
+    return {f.name: dict(f.metadata) for f in fields(config_class)}
 
 
 def _names(**wanted: Any) -> tuple[str, ...]:
-    """The fields whose metadata has all of `wanted`, in the class's order."""
     return tuple(name for name, kind in field_kinds().items() if all(kind[k] == v for k, v in wanted.items()))
 
 
 FIXED_FIELDS = _names(kind="fixed")
 TUNABLE_FIELDS = _names(kind="tunable")
 CALL_FIELDS = _names(kind="call")
-# What names a run folder, in the order of its name's parts: everything that changes what is learned
-NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)
-HOW_FIELDS = _names(how=True)     # not in compare's table of differences
+NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)   # what names a run folder, in this order
+HOW_FIELDS = _names(how=True)   # left out of compare's table of differences
 
-
-# ------------------------------------------------------------------------------------ the command line
 
 def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """One option per TrainConfig field; `defaults=False` leaves out the options not given (to tell which were)."""
-    parser = argparse.ArgumentParser(prog="python -m utils.train",
-                                     description="Command line for the notebooks' training code: one option per "
-                                                 "TrainConfig field.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser("python -m utils.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="The notebooks' training code: one option per TrainConfig field.")
     for f in fields(TrainConfig):
-        option = "--" + f.name.replace("_", "-")
-        shown = f.default if defaults else argparse.SUPPRESS
-        if isinstance(f.default, bool):
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=shown,
-                                help=f.metadata["help"])
-        else:
-            parser.add_argument(option, type=type(f.default), default=shown, metavar=f.name.upper(),
-                                help=f.metadata["help"])
+        typed = (dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool)
+                 else dict(type=type(f.default), metavar=f.name.upper()))
+        parser.add_argument(_option(f.name), default=f.default if defaults else argparse.SUPPRESS,
+                            help=f.metadata["help"], **typed)
     return parser
 
 
 def config_to_argv(config: TrainConfig) -> list[str]:
     """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
     argv = []
-    for f in fields(TrainConfig):
-        value = getattr(config, f.name)
-        option = "--" + f.name.replace("_", "-")
+    for name, value in dataclasses.asdict(config).items():
         if isinstance(value, bool):
-            argv.append(option if value else "--no-" + f.name.replace("_", "-"))
+            argv.append(_option(name) if value else _option("no_" + name))
         else:
-            argv += [option, str(value)]
+            argv += [_option(name), str(value)]
     return argv
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")

@@ -1,10 +1,7 @@
-"""What a failure the user can fix looks like: one message saying what happened and what to do, no traceback.
+"""A failure the user can fix is one line: what happened and what to do, credentials hidden, no traceback.
 
-A `UserError` names the field or file, what happened and what to do, with credentials hidden. A command line
-(`run_cli`) prints `error: <message>` and exits 1; a notebook shows the message alone and the cell still fails.
-Anything else is a bug and keeps its full traceback.
-
-    >>> raise ConfigError("config field 'epochs' must be >= 1; got 0")
+A command line (`run_cli`) prints `error: <message>` and exits 1; a notebook shows the message alone and the cell
+still fails. Anything else is a bug and keeps its full traceback.
 """
 
 from __future__ import annotations
@@ -15,25 +12,25 @@ from collections.abc import Callable
 from utils.urls import redact
 
 
-class _ShortTraceback:
-    """Mixin: IPython renders the exception as `Name: message`, without the frames of this package."""
+class _OneLine:
+    """Mixin: the message passes through `redact`, and IPython shows `Name: message` without this package's frames."""
+
+    def __init__(self, message: str = ""):
+        super().__init__(redact(str(message)))
 
     def _render_traceback_(self) -> list[str]:
         return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
 
 
-class UserError(_ShortTraceback, Exception):
-    """A failure the user can fix; the message says what happened and what to do, without a credential (`redact`)."""
-
-    def __init__(self, message: str = ""):
-        super().__init__(redact(str(message)))
+class UserError(_OneLine, Exception):
+    """A failure the user can fix: the message names the field or file, what happened and what to do."""
 
 
 class ConfigError(UserError, ValueError):
-    """A config field has a value that is out of range or does not fit the run, the data or the machine."""
+    """A config field's value is out of range or does not fit the run, the data or the machine."""
 
 
-class Interrupted(_ShortTraceback, KeyboardInterrupt):
+class Interrupted(_OneLine, KeyboardInterrupt):
     """Ctrl-C or Kernel > Interrupt, saying what was kept and how to continue; still a KeyboardInterrupt."""
 
 
@@ -45,6 +42,6 @@ def run_cli(main: Callable[[], object]) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt as interrupt:
-        print(f"\ninterrupted: {interrupt}" if isinstance(interrupt, Interrupted) else "\ninterrupted",
-              file=sys.stderr)
+        said = f": {interrupt}" if isinstance(interrupt, Interrupted) else ""
+        print(f"\ninterrupted{said}", file=sys.stderr)
         raise SystemExit(130) from None

@@ -1,9 +1,8 @@
 """Every file this project writes or reads back goes through here.
 
-`atomic_path`: a reader never sees a half-written file, a crash leaves the old file or the new one (fsync), and a
-full disk, a read-only folder or a long name fails with one `CannotWrite` line. `load_data`: torch.load with
-weights_only, so nothing in a checkpoint can run code. `output_file` / `output_folder`: the guard every command
-passes before writing where the user says. `read_json`: never waits on a FIFO nor reads a huge file.
+`atomic_path`: the old file or the new one, never half of it; a full disk, a read-only folder or a long name is one
+`CannotWrite` line. `output_file` / `output_folder`: the guard every command passes before writing where it is told.
+`load_data` and `read_json` read back without running code, waiting on a FIFO or reading a huge file.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import shutil
 import stat
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -25,30 +24,21 @@ from utils.errors import UserError
 
 # A run folder's layout (utils/run.py writes it; nothing else may write these)
 CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
-RUN_FILES = (CHECKPOINT, CONFIG, HISTORY, LOCK)
 REMADE = ("training.gif", "history.png")   # a run's pictures that `make_gif` and `python -m utils.train` write again
 MAKER = "anime-face-gan"   # in every picture and generator file this project writes (a PNG's Software, ...)
 MAKER_BYTES = b"Software\x00" + MAKER.encode()   # how a PNG stores it; the other writers store the same bytes
 TEMPORARY = re.compile(r"\..*\.\d+\.tmp(\.\w+)?")   # the name `atomic_path` writes under until the file is complete
 _FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
 
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST}
-
 
 class CannotWrite(UserError, OSError):
     """A file could not be written: the disk is full, the folder is read-only, or the name is too long."""
 
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.errno = code
-
 
 @contextmanager
 def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True) -> Iterator[Path]:
-    """Yield a temporary path next to `path` (a dot name with its suffix); on success sync it to the disk and move
-    it onto `path` in one step. `needs_bytes` checks the free space first; `make_folder=False` never creates the
-    folder (a run folder renamed while it trains must not come back empty under its old name)."""
+    """Yield a temporary path next to `path`; once written, sync it to the disk and move it onto `path` in one step.
+    `make_folder=False`: a run folder renamed while it trains must not come back empty under its old name."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem[:64]}.{os.getpid()}.tmp{path.suffix}")
     try:
@@ -59,12 +49,11 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-        _fsync(path.parent)
+        if os.name != "nt":   # the new name on disk too (Windows cannot open a folder; its file systems journal it)
+            with suppress(OSError):   # some network file systems cannot sync a folder
+                _fsync(path.parent)
     except OSError as error:
-        explained = _explain(error, path, tmp, needs_bytes)
-        if explained is error:
-            raise
-        raise explained from error
+        raise _explain(error, path, tmp, needs_bytes)
     except RuntimeError as error:  # torch.save reports a failed write as "[enforce fail at inline_container.cc...]"
         if "inline_container" not in str(error) and "PytorchStreamWriter" not in str(error):
             raise
@@ -74,100 +63,62 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
 
 
 def _fsync(path: Path) -> None:
-    """Wait until a file's data, or a folder's entries (a new name), are on the disk."""
-    folder = path.is_dir()
-    if folder and os.name == "nt":   # Windows cannot open a folder; its file systems journal renames
-        return
-    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows commits only writable handles
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)   # Windows syncs only writable handles
     try:
         os.fsync(fd)
-    except OSError as error:   # some network file systems cannot sync a folder
-        if not folder or error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
     finally:
         os.close(fd)
 
 
-def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
-    """The tensors and plain data in the PyTorch file `path`, on the CPU, never running code from it. An unusable
-    file raises `error` with one line naming it (`what` it should be), what is wrong and the `remedy`."""
-    import torch  # here, not at the top: utils.config writes through this module, and `--help` must stay fast
-
-    path = Path(path)
-    if path.exists() and not path.is_file():   # a FIFO or a device: torch.load would wait on it for ever
-        raise error(f"{path} is not a regular file, so not a readable {what}. {remedy}")
-    try:
-        with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the line below
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        raise error(f"refused to load {path}: it holds Python objects other than tensors and plain data (loading "
-                    f"those could run arbitrary code), or it is not a PyTorch file at all. {remedy}") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as failure:  # truncated, empty or foreign
-        detail = str(failure).strip().splitlines()[0][:80] if str(failure).strip() else "the file ends too early"
-        raise error(f"{path} is not a readable {what} ({type(failure).__name__}: {detail}). {remedy}") from None
-
-
 def check_free_space(path: str | Path, needs_bytes: int) -> None:
     """Raise CannotWrite if the disk that will hold `path` has less than `needs_bytes` free."""
-    path = Path(path)
-    free = _free_bytes(path.parent)
+    free = _free_bytes(Path(path))
     if free is not None and free < needs_bytes:
-        raise CannotWrite(errno.ENOSPC, _disk_full_message(path, needs_bytes, free))
+        raise CannotWrite(_disk_full_message(Path(path), needs_bytes, free))
 
 
 def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) -> OSError:
     """`error`, raised while another library wrote `path`, as the CannotWrite atomic_path would raise, or itself
     (one without an errno, such as a network error, is not about writing)."""
-    if error.errno is None:
-        return error
-    return _explain(error, Path(path), Path(path), needs_bytes)
+    return error if error.errno is None else _explain(error, Path(path), Path(path), needs_bytes)
 
 
 def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError:
-    """The OSError `error` of writing `path`, as a CannotWrite that says what to do (or `error` itself)."""
     if isinstance(error, CannotWrite):
         return error
-    free = _free_bytes(path.parent)
-    written = tmp.stat().st_size if tmp.is_file() else 0
-    # numpy reports a short write as "N requested and M written" and torch.save as a failed write, without errno
+    free, written = _free_bytes(path), tmp.stat().st_size if tmp.is_file() else 0
+    # numpy reports a short write as "N requested and M written" and torch.save a failed one, without errno
     nearly_full = free is not None and free < max(needs_bytes - written, 1 << 20)
-    if error.errno in _DISK_FULL or (error.errno in (None, errno.EIO) and nearly_full):
-        return CannotWrite(errno.ENOSPC, _disk_full_message(path, needs_bytes, free, written))
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (error.errno in (None, errno.EIO) and nearly_full):
+        return CannotWrite(_disk_full_message(path, needs_bytes, free, written))
     if error.errno == errno.ENAMETOOLONG:
-        return CannotWrite(error.errno, f"cannot write {path}: the name is too long for this file system "
-                                        f"({len(path.name)} characters): use a shorter folder or file name")
-    if error.errno in _NOT_ALLOWED:
-        return CannotWrite(error.errno, f"cannot write {path} ({error.strerror}): make the folder writable or "
-                                        "choose another one (on Kaggle, under /kaggle/working)")
+        return CannotWrite(f"cannot write {path}: the name is too long for this file system "
+                           f"({len(path.name)} characters): use a shorter folder or file name")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+        return CannotWrite(f"cannot write {path} ({error.strerror}): make the folder writable or choose another one "
+                           "(on Kaggle, under /kaggle/working)")
     if error.errno in (None, errno.EIO):
-        return CannotWrite(errno.EIO, f"writing {path} failed ({error.strerror or error}): check the disk, "
-                                      "then try again")
+        return CannotWrite(f"writing {path} failed ({error.strerror or error}): check the disk, then try again")
     return error
 
 
 def _disk_full_message(path: Path, needs_bytes: int, free: int | None, written: int = 0) -> str:
-    needed = (f"it needs about {_mib(needs_bytes)}" if needs_bytes else
-              f"it needs more than the {_mib(written)} written when the disk filled up")
-    available = f"{_mib(free)} free" if free is not None else "no free space"
-    return (f"no space left to write {path}: {needed} and the disk has {available}. Free some space (old runs in "
+    needed = f"about {_mib(needs_bytes)}" if needs_bytes else f"more than the {_mib(written)} written until it was full"
+    has = f"{_mib(free)} free" if free is not None else "no free space"
+    return (f"no space left to write {path}: it needs {needed} and the disk has {has}. Free some space (old runs in "
             "generated/, decoded caches in data/cache/) or write to another disk")
 
 
-def _free_bytes(folder: Path) -> int | None:
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
+def _free_bytes(path: Path) -> int | None:
+    folder = next((folder for folder in path.parents if folder.exists()), path.parent)
+    with suppress(OSError):
         return shutil.disk_usage(folder).free
-    except OSError:
-        return None
+    return None
 
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
-
-# ------------------------------------------------------------------------------------------- where to write
 
 class OutputRefused(UserError, ValueError):
     """A command was asked to write where it must not: a run's own file, its samples/, or someone else's file."""
@@ -181,20 +132,19 @@ def frame_path(run_dir: str | Path, epoch: int) -> Path:
 def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(epoch, path) of every sample grid in RUN_DIR/samples, by the number in the name (epoch_1000 after _999)."""
     samples = Path(run_dir) / SAMPLES
-    if not samples.is_dir():
-        return []
-    found = ((_FRAME_NAME.fullmatch(path.name), path) for path in samples.iterdir())
+    found = ((_FRAME_NAME.fullmatch(path.name), path) for path in samples.iterdir()) if samples.is_dir() else ()
     return sorted((int(match.group(1)), path) for match, path in found if match and path.is_file())
 
 
-def is_run_folder(folder: Path) -> bool:
-    return (folder / CHECKPOINT).is_file() or (folder / CONFIG).is_file() or bool(list_frames(folder))
+def is_run_folder(folder: str | Path) -> bool:
+    """A folder a training run wrote: it holds a checkpoint, a config.json, a history.json or epoch grids."""
+    return any((Path(folder) / name).is_file() for name in (CHECKPOINT, CONFIG, HISTORY)) or bool(list_frames(folder))
 
 
 def run_part(path: Path) -> str:
     """What `path` is of a run folder ("" for nothing): one of its own files, or in its samples/."""
     path = path.expanduser().resolve()
-    if path.name in RUN_FILES and is_run_folder(path.parent):
+    if path.name in (CHECKPOINT, CONFIG, HISTORY, LOCK) and is_run_folder(path.parent):
         return f"the own {path.name} of the run {path.parent}"
     for folder in (path, *path.parents):
         if folder.name == SAMPLES and is_run_folder(folder.parent):
@@ -208,7 +158,7 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputRefused(f"{what} {folder} is a file: pass a folder (it is created if missing)")
-    part = run_part(folder) or ("a run folder" if folder.is_dir() and is_run_folder(folder) else "")
+    part = run_part(folder) or ("a run folder" if is_run_folder(folder) else "")
     if part:
         raise OutputRefused(f"{what} {folder} is {part}: choose a folder of its own")
     others = sorted(path.name for path in folder.iterdir()
@@ -221,8 +171,7 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
 
 def output_file(path: str | Path, what: str) -> Path:
     """`path` if a command may write it: not a folder, not a run's own file nor in its samples/, and either new, a
-    picture a run remakes (training.gif, history.png) or a file this project made (it holds MAKER); else
-    OutputRefused (`what`: the argument, "out (--out)"), before any work."""
+    picture a run remakes (REMADE) or a file this project made (it holds MAKER); else OutputRefused."""
     path = Path(path)
     if path.is_dir():
         raise OutputRefused(f"{what} {path} is a folder: pass the name of the file to write")
@@ -238,34 +187,47 @@ def output_file(path: str | Path, what: str) -> Path:
 
 
 def made_here(path: Path, window: int = 1 << 20) -> bool:
-    """Whether the regular file `path` carries MAKER_BYTES in its first or last `window` bytes (where the PNG, GIF,
+    """Whether the regular file `path` holds MAKER_BYTES in its first or last `window` bytes (where the PNG, GIF,
     TorchScript and ONNX writers put it)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))   # a FIFO: never wait for a writer
+        if not path.is_file():   # a FIFO: never wait for a writer
+            return False
+        with open(path, "rb") as file:
+            head = file.read(window)
+            file.seek(max(0, path.stat().st_size - window))
+            return MAKER_BYTES in head or MAKER_BYTES in file.read(window)
     except OSError:
         return False
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return False
-        head = file.read(window)
-        file.seek(max(0, info.st_size - window))
-        return MAKER_BYTES in head or MAKER_BYTES in file.read(window)
 
-
-# ------------------------------------------------------------------------------------------- reading back
 
 def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
-    """The JSON in `path`; a ValueError saying why ("is not a regular file", never waiting on a FIFO; too large;
-    "is not valid JSON (...)"), or an OSError when it cannot be read."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("is not a regular file")
-        if info.st_size > max_bytes:
-            raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
-        try:
-            return json.loads(file.read())
-        except ValueError as error:   # JSONDecodeError and UnicodeDecodeError
-            raise ValueError(f"is not valid JSON ({error})") from None
+    """The JSON in `path`; a ValueError saying why (not a regular file, too large, not JSON), or an OSError."""
+    info = Path(path).stat()
+    if not stat.S_ISREG(info.st_mode):   # a FIFO would wait for a writer for ever
+        raise ValueError("is not a regular file")
+    if info.st_size > max_bytes:
+        raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
+    try:
+        return json.loads(Path(path).read_bytes())
+    except ValueError as error:   # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"is not valid JSON ({error})") from None
+
+
+def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
+    """The tensors and plain data in the PyTorch file `path`, on the CPU, never running code from it. An unusable
+    file raises `error` with one line naming it (`what` it should be), what is wrong and the `remedy`."""
+    import torch   # here: `python -m utils.train --help` imports this module, and must stay fast
+
+    path = Path(path)
+    if path.exists() and not path.is_file():   # a FIFO or a device: torch.load would wait on it for ever
+        raise error(f"{path} is not a regular file, so not a readable {what}. {remedy}")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning adds nothing to the line below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise error(f"refused to load {path}: it holds Python objects other than tensors and plain data (loading "
+                    f"those could run arbitrary code), or it is not a PyTorch file at all. {remedy}") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as failure:  # truncated, empty or foreign
+        detail = str(failure).strip().splitlines()[0][:80] if str(failure).strip() else "the file ends too early"
+        raise error(f"{path} is not a readable {what} ({type(failure).__name__}: {detail}). {remedy}") from None

@@ -1,10 +1,8 @@
 """Fréchet Inception Distance (FID): how far generated images are from the real ones; lower is better.
 
-The network is torch-fidelity's port of the TensorFlow FID Inception (as torchmetrics uses, with the original
-bilinear resize), so scores compare with papers' when measured with as many images (`fid_samples`): FID is biased
-upwards for small sets. The distance is computed here in float64 with symmetric eigendecompositions, stable for the
-singular covariances of small sets. The weights download once (sha256-checked) or come from `fid_weights`; either
-file is first loaded as data only, since torch-fidelity's own loader would run a pickle's code.
+torch-fidelity's port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images
+(FID is biased upwards for small sets); the distance in float64 from symmetric eigendecompositions, stable for small
+sets. A weights file is loaded as data only before torch-fidelity loads it.
 
     >>> fid = fid_for_config(config, real_images, device)  # real statistics: computed once, cached on disk
     >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)
@@ -13,8 +11,7 @@ file is first loaded as data only, since torch-fidelity's own loader would run a
 from __future__ import annotations
 
 import hashlib
-import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -28,120 +25,113 @@ from utils.errors import ConfigError, UserError
 from utils.files import atomic_path, load_data
 from utils.models import sampling, to_uint8
 
-# The published file's sha256 prefix (torch hub's convention), so a local copy of it shares the download's cache
-DOWNLOADED_WEIGHTS_ID = "pt_inception-6726825d"
-_SUBSET_SEED = 0  # the `num_real` subset is the same in every run and every process
-FEATURE_BATCH = 200  # images per pass through the feature extractor: memory stays bounded for any number
+PUBLISHED_SHA256 = "6726825d"   # the published weights' sha256 prefix (in their file name, torch hub's convention)
+DOWNLOADED_WEIGHTS_ID = f"pt_inception-{PUBLISHED_SHA256}"   # named as a local copy of them would be
+BATCH = 200   # images per pass through the network: memory stays bounded for any number
+_OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
+_OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's "
+                  "weights), or to '' to download them")
 
 
 class FID:
-    """Reusable scorer: the real statistics computed (or read from `cache_file`) once, then many scores.
-
-    `num_real` 0 uses every real image, else a fixed random subset. `feature_extractor` maps uint8 images
-    (N, 3, S, S) to features (N, d); None builds the published Inception.
-    """
+    """Reusable scorer: the statistics of the real images (all, or `num_real` of them, the same every time) computed
+    or read from `cache_file` once, then many scores. `feature_extractor`: None builds the published Inception."""
 
     def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device,
                  feature_extractor: nn.Module | None = None, num_real: int = 0, progress: bool = True):
         _check_images(real_images, "real_images")
         self.device, self.progress = torch.device(device), progress
-        # float64 statistics and linear algebra; MPS has no float64, so they stay on the CPU there
+        # float64 statistics; MPS has no float64, so they stay on the CPU there
         self.statistics_device = torch.device("cpu") if self.device.type == "mps" else self.device
         extractor = feature_extractor if feature_extractor is not None else load_inception("")
         self.feature_extractor = extractor.eval().to(self.device)
         if cache_file is not None and Path(cache_file).is_file():
             self.real_mean, self.real_cov = _read_reference(Path(cache_file), self.statistics_device)
         else:
-            indices = _real_indices(len(real_images), num_real)
-            starts = range(0, len(indices), FEATURE_BATCH)
-            # indexing copies one batch at a time out of a memory-mapped set
-            batches = (real_images[indices[start:start + FEATURE_BATCH]] for start in starts)
-            self.real_mean, self.real_cov = self._statistics(batches, len(starts), "FID: real images")
+            chosen = torch.arange(len(real_images))
+            if 0 < num_real < len(real_images):   # sorted: a memory-mapped set is read front to back
+                chosen = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:num_real].sort()[0]
+            self.real_mean, self.real_cov = self._statistics(lambda start, stop: real_images[chosen[start:stop]],
+                                                             len(chosen), "FID: real images")
             if cache_file is not None:
-                with atomic_path(cache_file) as temporary:  # an interrupted run never leaves a truncated cache
-                    torch.save({"mean": self.real_mean.cpu(), "cov": self.real_cov.cpu()}, temporary)
-        self.real_cov_sqrt = _sqrtm_psd(self.real_cov)  # the costly half of every distance, done once
+                with atomic_path(cache_file) as tmp:
+                    torch.save({"mean": self.real_mean.cpu(), "cov": self.real_cov.cpu()}, tmp)
+        self.real_cov_sqrt = _sqrtm_psd(self.real_cov)   # the costly half of every distance, done once
 
     def score_images(self, fake_images_uint8: Tensor) -> float:
         """FID of a set of uint8 images (N, 3, S, S) against the real statistics."""
         _check_images(fake_images_uint8, "fake_images_uint8")
-        starts = range(0, len(fake_images_uint8), FEATURE_BATCH)
-        return self._score((fake_images_uint8[start:start + FEATURE_BATCH] for start in starts), len(starts))
+        return self._score(lambda start, stop: fake_images_uint8[start:stop], len(fake_images_uint8))
 
     def score_generator(self, generator: nn.Module, latent_dim: int, num_samples: int, seed: int = 0,
-                        batch_size: int = 200) -> float:
-        """FID of `num_samples` images drawn from `generator` with latents seeded by `seed` (every call scores the
-        same latents), sampled as the grids are; the generator's mode and BatchNorm statistics are put back."""
-        latent_generator = torch.Generator().manual_seed(seed)
-        generator_device = next(generator.parameters()).device
+                        batch_size: int = BATCH) -> float:
+        """FID of `num_samples` images from `generator`, sampled as the grids are, from the same latents for a `seed`
+        on every device; the generator's mode and BatchNorm statistics are put back."""
+        latents, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
 
-        def fakes() -> Iterator[Tensor]:
-            for start in range(0, num_samples, batch_size):
-                n = min(batch_size, num_samples - start)
-                z = torch.randn(n, latent_dim, 1, 1, generator=latent_generator)  # on the CPU: same on every device
-                yield to_uint8(generator(z.to(generator_device)))
+        def draw(start: int, stop: int) -> Tensor:
+            return to_uint8(generator(torch.randn(stop - start, latent_dim, 1, 1, generator=latents).to(device)))
 
         with sampling(generator):
-            return self._score(fakes(), -(-num_samples // batch_size))
+            return self._score(draw, num_samples, batch_size)
 
-    def _score(self, fake_batches: Iterable[Tensor], num_batches: int) -> float:
-        mean, cov = self._statistics(fake_batches, num_batches, "FID: generated images")
+    def _score(self, draw: Callable[[int, int], Tensor], count: int, batch_size: int = BATCH) -> float:
+        mean, cov = self._statistics(draw, count, "FID: generated images", batch_size)
         return frechet_distance(self.real_mean, self.real_cov, mean, cov, sigma1_sqrt=self.real_cov_sqrt)
 
-    def _statistics(self, batches: Iterable[Tensor], num_batches: int, description: str) -> tuple[Tensor, Tensor]:
-        """Mean and covariance (float64) of the features of uint8 image batches (produced under no_grad)."""
-        feature_sum, outer_sum, count = 0, 0, 0
-        with torch.no_grad():
-            for batch in tqdm(batches, total=num_batches, desc=description, disable=not self.progress):
-                features = self.feature_extractor(batch.to(self.device)).to(self.statistics_device, torch.float64)
-                feature_sum, outer_sum = feature_sum + features.sum(dim=0), outer_sum + features.T @ features
-                count += len(features)
+    def _statistics(self, draw: Callable[[int, int], Tensor], count: int, description: str,
+                    batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
+        """Mean and covariance (float64) of the features of `count` uint8 images, `draw(start, stop)` at a time."""
         if count < 2:
             raise ValueError(f"FID needs at least 2 images on each side; got {count}")
+        feature_sum, outer_sum = 0, 0
+        with torch.no_grad():
+            for start in tqdm(range(0, count, batch_size), desc=description, disable=not self.progress):
+                images = draw(start, min(start + batch_size, count)).to(self.device)
+                features = self.feature_extractor(images).to(self.statistics_device, torch.float64)
+                feature_sum, outer_sum = feature_sum + features.sum(dim=0), outer_sum + features.T @ features
         mean = feature_sum / count
         return mean, (outer_sum - count * torch.outer(mean, mean)) / (count - 1)
 
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor,
                      sigma1_sqrt: Tensor | None = None) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64 (tensors or numpy arrays).
-
-    d = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)), the last trace from the eigenvalues
-    of the symmetric S sigma2 S with S = sigma1^(1/2) (`sigma1_sqrt` if known): stable where `sqrtm` returns noise.
-    """
+    """|mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)) in float64, the last trace from the
+    eigenvalues of the symmetric S sigma2 S, S = sigma1^(1/2) (`sigma1_sqrt`): stable where `sqrtm` returns noise."""
     mu1, sigma1, mu2, sigma2 = (torch.as_tensor(x, dtype=torch.float64) for x in (mu1, sigma1, mu2, sigma2))
     sqrt1 = _sqrtm_psd(sigma1) if sigma1_sqrt is None else sigma1_sqrt
     product_eigenvalues = torch.linalg.eigvalsh(sqrt1 @ sigma2 @ sqrt1).clamp(min=0)
-    distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * product_eigenvalues.sqrt().sum()
-    return float(distance)
+    return float((mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * product_eigenvalues.sqrt().sum())
+
+
+def _sqrtm_psd(matrix: Tensor) -> Tensor:
+    """Square root of a symmetric positive semi-definite matrix; rounding's tiny negative eigenvalues count as 0."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
 
 
 def reference_cache_file(data_dir: str | Path, dataset_cache_name: str, num_real: int, weights_id: str) -> Path:
     """Where the real statistics of one dataset, subset size and feature extractor are cached."""
-    subset = f"real{num_real}" if num_real else "realall"
-    return Path(data_dir) / "cache" / f"fid-ref-{dataset_cache_name}-{subset}-{weights_id}.pt"
-
-
-def weights_id(weights: str) -> str:
-    """Name Inception weights like the official file does: by the first 8 hex digits of their sha256."""
-    path = weights_path(weights)
-    if path is None:
-        return DOWNLOADED_WEIGHTS_ID
-    return f"pt_inception-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}"
+    return Path(data_dir) / "cache" / f"fid-ref-{dataset_cache_name}-real{num_real or 'all'}-{weights_id}.pt"
 
 
 def dataset_id(real_images: Tensor) -> str:
     """Shape plus a hash of up to ~256 evenly spaced images: cheap, even for a memory-mapped set."""
-    step = max(1, len(real_images) // 256)
-    sample = real_images[::step].cpu().contiguous().numpy().tobytes()
+    sample = real_images[::max(1, len(real_images) // 256)].cpu().contiguous().numpy().tobytes()
     count, _, height, width = real_images.shape
     return f"{count}x{height}x{width}-{hashlib.sha256(sample).hexdigest()[:10]}"
+
+
+def weights_id(weights: str) -> str:
+    """Name Inception weights as the official file is named: by the first 8 hex digits of their sha256."""
+    path = _weights_path(weights)
+    return f"pt_inception-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}" if path else DOWNLOADED_WEIGHTS_ID
 
 
 def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.device,
                    inception: nn.Module | None = None) -> FID:
     """The Inception FID of a TrainConfig (`fid_weights`, `fid_real`), cached under `data_dir`/cache; `inception`:
-    the network `load_inception(config.fid_weights)` returned, if built already."""
+    what `load_inception(config.fid_weights)` returned, if built already."""
     cache_file = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
                                       weights_id(config.fid_weights))
     inception = inception if inception is not None else load_inception(config.fid_weights)
@@ -149,9 +139,56 @@ def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.devic
 
 
 def load_inception(weights: str) -> nn.Module:
-    """The FID Inception of `weights` (a file, or "" for the published one, downloaded once): a wrong file, a failed
-    download or a missing torch-fidelity raises its one line now. `train()` calls it before the first epoch."""
-    return _InceptionPool3(weights)
+    """torch-fidelity's FID Inception (uint8 images -> 2048 pool3 features) with `weights`, a file or "" for the
+    published one, downloaded once; a wrong file, a failed download or no torch-fidelity raises one line now."""
+    if find_spec("torch_fidelity") is None:
+        raise ImportError("FID needs the torch-fidelity package for its Inception network: pip install torch-fidelity")
+    from torch_fidelity import feature_extractor_inceptionv3 as inception
+
+    path = _weights_path(weights)
+    error, remedy = (ConfigError, _OTHER_WEIGHTS) if path else (DownloadError, f"Delete it to download it again; "
+                                                                               f"offline, {_OFFLINE}")
+    path = path or _download_weights(inception.URL_INCEPTION_V3)
+    state = load_data(path, "weights file", error, remedy)
+    if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
+        raise error(f"{path} does not hold network weights (a dict of tensors). {remedy}")
+    try:   # torch-fidelity loads the file again, unsafely: it proved to hold tensors only
+        network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                        feature_extractor_weights_path=str(path))
+    except RuntimeError as failure:   # load_state_dict: missing, unexpected or differently shaped tensors
+        detail = " ".join(str(failure).split("\n", 1)[-1].split())[:160]
+        raise error(f"{path} is not the FID Inception's weights ({detail}). {remedy}") from None
+    return _Pool3(network)
+
+
+class _Pool3(nn.Module):
+    """torch-fidelity's network returns a tuple of the features asked for: here, the pool3 features alone."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.network(images)[0]
+
+
+def _download_weights(url: str) -> Path:
+    """The published weights in torch hub's cache, downloaded there first (kept only if their sha256 is theirs)."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not target.is_file():
+        try:
+            download(url, target, sha256_prefix=PUBLISHED_SHA256)
+        except DownloadError as error:
+            raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
+    return target
+
+
+def _weights_path(weights: str) -> Path | None:
+    """The weights file, or None for the download; a missing file fails here, naming the config field."""
+    if weights and not Path(weights).expanduser().is_file():
+        raise ConfigError(f"config field 'fid_weights' points to {weights!r}, which is not a file: give the "
+                          "path of a pt_inception-2015-12-05-*.pth file, or '' to download the weights")
+    return Path(weights).expanduser() if weights else None
 
 
 def _read_reference(path: Path, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -165,81 +202,6 @@ def _read_reference(path: Path, device: torch.device) -> tuple[Tensor, Tensor]:
     return mean.to(device), cov.to(device)
 
 
-class _InceptionPool3(nn.Module):
-    """torch-fidelity's FID Inception: uint8 images (N, 3, H, W) -> 2048-d pool3 features, resized to 299x299 as
-    the reference FID code does (torchmetrics >= 1.8 antialiases by default, which shifts scores)."""
-
-    def __init__(self, weights: str):
-        super().__init__()
-        if find_spec("torch_fidelity") is None:
-            raise ImportError("FID needs the torch-fidelity package for its Inception network: "
-                              "pip install torch-fidelity")
-        from torch_fidelity import feature_extractor_inceptionv3 as inception
-
-        path = weights_path(weights)
-        error, remedy = (ConfigError, _OTHER_WEIGHTS) if path is not None else (
-            DownloadError, f"Delete it to download it again; offline, {_OFFLINE}")
-        path = path or _download_weights(inception.URL_INCEPTION_V3)
-        state = load_data(path, "weights file", error, remedy)
-        if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
-            raise error(f"{path} does not hold network weights (a dict of tensors). {remedy}")
-        # torch-fidelity loads the file again with weights_only=False: safe now that it proved to hold tensors only
-        try:
-            self.network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                                 feature_extractor_weights_path=str(path))
-        except RuntimeError as failure:  # load_state_dict: missing, unexpected or differently shaped tensors
-            detail = " ".join(str(failure).split("\n", 1)[-1].split())[:160]
-            raise error(f"{path} is not the FID Inception's weights ({detail}). {remedy}") from None
-
-    def forward(self, images: Tensor) -> Tensor:
-        (features,) = self.network(images)
-        return features
-
-
-_OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
-_OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's "
-                  "weights), or to '' to download them")
-
-
-def _download_weights(url: str) -> Path:
-    """The published weights in torch hub's cache, downloaded there first (kept only if its sha256 starts with the
-    prefix in the file's name)."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(url).path).name
-    if not target.is_file():
-        prefix = torch.hub.HASH_REGEX.search(target.name)
-        try:
-            download(url, target, sha256_prefix=prefix.group(1) if prefix else "")
-        except DownloadError as error:
-            raise DownloadError(f"could not download the FID Inception weights: {error}; offline, "
-                                f"{_OFFLINE}") from None
-    return target
-
-
-def _sqrtm_psd(matrix: Tensor) -> Tensor:
-    """Square root of a symmetric positive semi-definite matrix; rounding's tiny negative eigenvalues count as 0."""
-    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
-
-
-def weights_path(weights: str) -> Path | None:
-    """The weights file, or None for 'download'; a missing file fails here, naming the config field."""
-    if not weights:
-        return None
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config field 'fid_weights' points to {weights!r}, which is not a file: give the "
-                          "path of a pt_inception-2015-12-05-*.pth file, or '' to download the weights")
-    return path
-
-
 def _check_images(images: Tensor, name: str) -> None:
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} must be a uint8 tensor (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
-
-
-def _real_indices(count: int, num_real: int) -> Tensor:
-    """All indices, or a seeded random subset of `num_real`, sorted so a memory map is read front to back."""
-    if num_real == 0 or num_real >= count:
-        return torch.arange(count)
-    subset = torch.randperm(count, generator=torch.Generator().manual_seed(_SUBSET_SEED))[:num_real]
-    return subset.sort().values

@@ -1,26 +1,22 @@
-"""URLs given as `data`: which strings are URLs, and any text with the credentials it holds hidden.
+"""Which `data` strings are URLs, and any text with the credentials it holds hidden.
 
-Every error, log line and stored `config.data` goes through `redact`, so a password (`https://user:pass@host/`)
+Every error, note, log line and stored `config.data` goes through `redact`, so a password (`https://user:pass@host/`)
 or a token (`?token=...`, `#key=...`) never reaches a screen, a log or a shared run folder.
 """
 
-from __future__ import annotations
-
 import re
+
+_SECRET_NAME = r"[\w.%-]*(?:token|key|sig|secret|pass|pwd|auth|cred|session)[\w.%-]*"
+_SECRET_PAIR = re.compile(rf"({_SECRET_NAME}=)[^&#\s'\"]+", re.IGNORECASE)   # token=abc, X-Amz-Credential=...
+_USER_INFO = re.compile(r"(https?://)[^/?#\s'\"]*@", re.IGNORECASE)           # https://user:pass@
 
 
 def is_url(data: str) -> bool:
     return data.startswith(("http://", "https://"))
 
 
-_SECRET_NAME = r"[\w.%-]*(?:token|key|sig|secret|pass|pwd|auth|cred|session)[\w.%-]*"
-_SECRET_PAIR = re.compile(rf"({_SECRET_NAME}=)[^&#\s'\"]+", re.IGNORECASE)      # token=abc, X-Amz-Credential=...
-_USER_INFO = re.compile(r"(https?://)[^/?#\s'\"]*@", re.IGNORECASE)                  # https://user:pass@
-
-
 def redact(text: str) -> str:
-    """`text` with every URL's user:password@ and the value of every secret-named name=value (token, key,
-    signature, X-Amz-Credential, ...) replaced by ***, wherever they stand."""
+    """`text` with every URL's user:password@ and the value of every secret-named name=value replaced by ***."""
     return _SECRET_PAIR.sub(r"\1***", _USER_INFO.sub(r"\1***@", text))
 
 
