@@ -8,6 +8,7 @@ import hashlib
 import math
 import os
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from torch import nn
@@ -16,23 +17,18 @@ from utils.config import TrainConfig
 from utils.errors import ConfigError
 
 
-def _widths(image_size: int, width: int) -> list[int]:
-    """The channels from `width` doubling up to the 4x4 layer: [64, 128, 256, 512] at 64 px (4 -> 64 is 4 strides)."""
-    return [width * 2 ** i for i in range(int(math.log2(image_size)) - 2)]
-
-
 class Generator(nn.Sequential):
     """z (N, latent_dim, 1, 1) -> image (N, 3, S, S) in [-1, 1]; at 64 px with the defaults the reference network:
     z 128x1x1 -> 512x4x4 -> 256x8x8 -> 128x16x16 -> 64x32x32 -> 3x64x64."""
 
     def __init__(self, image_size: int = 64, latent_dim: int = 128, width: int = 64):
-        channels = _widths(image_size, width)[::-1]
-        layers = [nn.ConvTranspose2d(latent_dim, channels[0], 4, 1, 0, bias=False),  # (N, channels[0], 4, 4)
-                  nn.BatchNorm2d(channels[0]), nn.ReLU(True)]
-        for c_in, c_out in zip(channels, channels[1:]):                                # (N, c_in, s, s) ->
-            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),           # (N, c_out, 2s, 2s)
-                       nn.BatchNorm2d(c_out), nn.ReLU(True)]
-        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]  # (N, 3, S, S)
+        channels = [width * 2 ** i for i in reversed(range(int(math.log2(image_size)) - 2))]  # 64 px: 512 ... 64
+        # z (N, latent_dim, 1, 1) -> (N, channels[0], 4, 4)
+        layers = [nn.ConvTranspose2d(latent_dim, channels[0], 4, 1, 0, bias=False), nn.BatchNorm2d(channels[0]),
+                  nn.ReLU(True)]
+        for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, 2s, 2s)
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]  # -> (N, 3, S, S)
         super().__init__(*layers)
         self.latent_dim = latent_dim
         self.apply(dcgan_init)
@@ -43,20 +39,20 @@ class Discriminator(nn.Sequential):
     every convolution in spectral normalisation and drops BatchNorm, which bounds how fast D's output can change."""
 
     def __init__(self, image_size: int = 64, width: int = 64, spectral_norm: bool = False):
-        channels = _widths(image_size, width)
-        conv = _spectral_conv if spectral_norm else nn.Conv2d
-        layers = [conv(3, channels[0], 4, 2, 1, bias=spectral_norm),  # (N, width, S/2, S/2); no norm on the input
-                  nn.LeakyReLU(0.2, inplace=True)]
-        for c_in, c_out in zip(channels, channels[1:]):                 # (N, c_in, s, s) ->
-            layers += [conv(c_in, c_out, 4, 2, 1, bias=spectral_norm),  # (N, c_out, s/2, s/2)
-                       nn.Identity() if spectral_norm else nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, inplace=True)]
-        layers += [conv(channels[-1], 1, 4, 1, 0, bias=spectral_norm), nn.Flatten(0)]  # (N, 1, 1, 1) -> (N,)
+        channels = [width * 2 ** i for i in range(int(math.log2(image_size)) - 2)]  # 64 px: 64 ... 512
+
+        def conv(c_in: int, c_out: int, stride: int, padding: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, 4, stride, padding, bias=spectral_norm)
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+        # (N, 3, S, S) -> (N, channels[0], S/2, S/2), no norm on the input layer
+        layers = [conv(3, channels[0], 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, s/2, s/2)
+            norm = nn.Identity() if spectral_norm else nn.BatchNorm2d(c_out)
+            layers += [conv(c_in, c_out, 2, 1), norm, nn.LeakyReLU(0.2, inplace=True)]
+        layers += [conv(channels[-1], 1, 1, 0), nn.Flatten(0)]  # (N, channels[-1], 4, 4) -> (N, 1, 1, 1) -> (N,)
         super().__init__(*layers)
         self.apply(dcgan_init)
-
-
-def _spectral_conv(*args, **kwargs) -> nn.Module:
-    return nn.utils.parametrizations.spectral_norm(nn.Conv2d(*args, **kwargs))
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -124,8 +120,15 @@ def describe_network(model: nn.Module) -> str:
     return f"{type(model).__name__} ({count_parameters(model):,} parameters, #{digest})"
 
 
-def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device) -> None:
-    """Your own networks must take and give what the loop passes: z (N, latent_dim, 1, 1) -> (N, 3, S, S) -> (N,)."""
+def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device,
+                   log: Callable[[str], None] = print) -> None:
+    """Say which networks are your own; they must take and give what the loop passes: z (N, latent_dim, 1, 1) ->
+    (N, 3, S, S) -> (N,)."""
+    if isinstance(generator, Generator) and isinstance(discriminator, Discriminator):
+        return
+    for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
+        if not isinstance(model, builtin):
+            log(f"{role}: yours, {describe_network(model)}")
     size, z_shape = config.image_size, (2, config.latent_dim, 1, 1)
     with sampling(generator, discriminator):
         try:
@@ -171,8 +174,7 @@ def available_ram() -> int:
         with open("/proc/meminfo") as meminfo:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # Windows
+            return 1 << 62

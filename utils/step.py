@@ -59,35 +59,31 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 class TrainingStep:
-    """One round of the game: D learns from a real and a fake batch, then G learns to fool D.
-
-    Notebook 03's step, plus what keeps it fast: it never waits for the device (the losses are summed into `totals`
-    there and `read` every few steps), so it can be replayed as a CUDA graph. `train_g` and `train_d` are the networks
-    as trained (DDP, compiled), `frozen_d` D as G's step calls it; by default the plain `generator` and `discriminator`.
-    """
+    """One round of the game: D learns from a real and a fake batch, then G learns to fool D. Notebook 03's step, plus
+    what keeps it fast: it never waits for the device (the losses are summed into `totals` there and `read` every few
+    steps), so it can be replayed as a CUDA graph. The networks come as trained: plain, DDP-wrapped or compiled;
+    `frozen_d` is D as G's step calls it (by default D without its DDP wrapper)."""
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer, loss: str = "bce", real_label: float = 1.0, fake_label: float = 0.0,
                  label_flip: float = 0.0, *, scaler: torch.amp.GradScaler | None = None,
                  autocast: Callable = nullcontext, ema: EMA | None = None, diffaugment: str = "",
-                 train_g: nn.Module | None = None, train_d: nn.Module | None = None, frozen_d: nn.Module | None = None):
+                 frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         self.loss, self.labels, self.diffaugment = loss, (real_label, fake_label, label_flip), diffaugment
         self.scaler = scaler or torch.amp.GradScaler(enabled=False)
         self.autocast, self.ema = autocast, ema
-        self.train_g = generator if train_g is None else train_g
-        self.train_d = discriminator if train_d is None else train_d
         # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
-        self.frozen_d = distributed.unwrap(self.train_d) if frozen_d is None else frozen_d
+        self.frozen_d = distributed.unwrap(discriminator) if frozen_d is None else frozen_d
         self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
         augment = partial(diff_augment, policy=self.diffaugment, generator=gen)  # real and fake alike (DiffAugment)
         # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
         with self.autocast():
-            fake = self.train_g(z)
-            real_logits = self.train_d(augment(real)).flatten()
-            fake_logits = self.train_d(augment(fake.detach())).flatten()  # detach: D's loss does not reach into G
+            fake = self.generator(z)
+            real_logits = self.discriminator(augment(real)).flatten()
+            fake_logits = self.discriminator(augment(fake.detach())).flatten()  # detach: D's loss does not reach into G
             loss_d = discriminator_loss(real_logits, fake_logits, self.loss, self.labels, gen)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
@@ -174,21 +170,18 @@ def time_training_steps(config: TrainConfig, candidates: list[str],
         for name in candidates:
             dtype, layout = name.split()
             memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            generator = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
-            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
-            discriminator = discriminator.to(memory_format=memory)
+            G = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
+            D = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
             autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext
-            step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters(), foreach=True),
-                                torch.optim.Adam(discriminator.parameters(), foreach=True), config.loss,
-                                autocast=autocast)
+            step = TrainingStep(G, D, torch.optim.Adam(G.parameters(), foreach=True),
+                                torch.optim.Adam(D.parameters(), foreach=True), config.loss, autocast=autocast)
             real = torch.rand(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
-            z = torch.randn(batch, config.latent_dim, 1, 1)
-            step(real, z)  # the first step allocates and picks kernels
-            steps[name] = (step, real, z)
+            steps[name] = partial(step, real, torch.randn(batch, config.latent_dim, 1, 1))
+            steps[name]()  # the first step allocates and picks kernels
         while True:
             timing = {}
-            for name, (step, real, z) in steps.items():
+            for name, run_step in steps.items():
                 started = time.perf_counter()
-                step(real, z)
+                run_step()
                 timing[name] = batch / (time.perf_counter() - started)
             yield timing

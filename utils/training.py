@@ -122,19 +122,14 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
                 choice = choice.resumed(config, run.state.get("precision"))
             device_line, chosen = (choice.log if verbose() else choice.brief).split("\n", 1)
             _log(f"{device_line}\nrun folder: {run.dir}\n{chosen}")
-            builtin = {"generator": Generator, "discriminator": Discriminator}
-            for role, model in (("generator", generator), ("discriminator", discriminator)):
-                if not isinstance(model, builtin[role]):
-                    _log(f"{role}: yours, {networks[role]}")
             if images is None:
                 with distributed.main_first():  # the main process builds the cache, the others then reuse it
                     images = load_dataset(config, progress=progress)
             batches = DeviceData(images, choice.device, config, choice.channels_last, _log)
-            for model in (generator, discriminator):
-                model.to(choice.device, memory_format=torch.channels_last if choice.channels_last else
-                         torch.preserve_format)
-            if not (isinstance(generator, Generator) and isinstance(discriminator, Discriminator)):
-                check_networks(config, generator, discriminator, choice.device)
+            memory = torch.channels_last if choice.channels_last else torch.preserve_format
+            generator.to(choice.device, memory_format=memory)
+            discriminator.to(choice.device, memory_format=memory)
+            check_networks(config, generator, discriminator, choice.device, _log)
             state, start_epoch = _training_state(config, run, generator, discriminator, choice, networks)
             # the real images' statistics, computed or read from data_dir's cache: a damaged cache fails now
             fid = fid_for_config(config, images, choice.device, inception) \
@@ -145,7 +140,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     except Interrupted:  # the loop's own, which says what was saved
         raise
     except KeyboardInterrupt:
-        raise Interrupted("stopped before any epoch trained (while timing the CPU, loading the data or building the "
+        raise Interrupted("stopped before training began (while timing the CPU, loading the data or building the "
                           "networks). Run the same again to start") from None
 
 
@@ -201,10 +196,9 @@ def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoi
     # autocast's cache of low-precision weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
     autocast = partial(torch.autocast, choice.device.type, dtype=choice.amp, cache_enabled=not choice.cuda_graphs) \
         if choice.amp else nullcontext
-    return TrainingStep(state.generator, state.discriminator, state.opt_g, state.opt_d, config.loss,
-                        config.real_label, config.fake_label, config.label_flip, scaler=state.scaler,
-                        autocast=autocast, ema=state.ema, diffaugment=config.diffaugment, train_g=train_g,
-                        train_d=train_d, frozen_d=frozen_d)
+    return TrainingStep(train_g, train_d, state.opt_g, state.opt_d, config.loss, config.real_label, config.fake_label,
+                        config.label_flip, scaler=state.scaler, autocast=autocast, ema=state.ema,
+                        diffaugment=config.diffaugment, frozen_d=frozen_d)
 
 
 def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: DeviceData, choice: DeviceChoice,
