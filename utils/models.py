@@ -72,13 +72,11 @@ def count_parameters(model: nn.Module) -> int:
 
 def layer_table(model: nn.Sequential, example_input: torch.Tensor) -> list[tuple[str, tuple[int, ...], int]]:
     """(layer, output shape, parameters) for each layer of `model` on `example_input`; `model` is left unchanged."""
-    rows, x, was_training = [], example_input, model.training
-    model.eval()  # leaves BatchNorm's running statistics untouched, and takes a batch of one
-    with torch.no_grad():
+    rows, x = [], example_input
+    with sampling(model):
         for index, layer in enumerate(model):
             x = layer(x)
             rows.append((f"{index}: {type(layer).__name__}", tuple(x.shape), count_parameters(layer)))
-    model.train(was_training)
     return rows
 
 
@@ -101,11 +99,9 @@ def sampling(*models: nn.Module):
         with torch.no_grad():
             yield
     finally:
-        with torch.no_grad():
-            for model, was_training, buffers in saved:
-                model.train(was_training)
-                for name, buffer in model.named_buffers():
-                    buffer.copy_(buffers[name])
+        for model, was_training, buffers in saved:
+            model.train(was_training)
+            model.load_state_dict(buffers, strict=False)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

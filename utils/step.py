@@ -32,11 +32,10 @@ def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, 
     # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984
     real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
     fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
-    if label_flip > 0:
-        flip_real = torch.rand(real_logits.shape, generator=gen, device=real_logits.device) < label_flip
-        flip_fake = torch.rand(fake_logits.shape, generator=gen, device=fake_logits.device) < label_flip
-        real_targets = torch.where(flip_real, fake_label, real_targets)
-        fake_targets = torch.where(flip_fake, real_label, fake_targets)
+    if label_flip > 0:  # real images' coins first
+        flip = lambda logits: torch.rand(logits.shape, generator=gen, device=logits.device) < label_flip
+        real_targets = torch.where(flip(real_logits), fake_label, real_targets)
+        fake_targets = torch.where(flip(fake_logits), real_label, fake_targets)
     return real_targets, fake_targets
 
 
@@ -71,8 +70,7 @@ class TrainingStep:
                  frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         self.loss, self.labels, self.diffaugment = loss, (real_label, fake_label, label_flip), diffaugment
-        self.scaler = scaler or torch.amp.GradScaler(enabled=False)
-        self.autocast, self.ema = autocast, ema
+        self.scaler, self.autocast, self.ema = scaler or torch.amp.GradScaler(enabled=False), autocast, ema
         # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
         self.frozen_d = distributed.unwrap(discriminator) if frozen_d is None else frozen_d
         self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))

@@ -1,9 +1,7 @@
-"""The training loop: `train(config)`, run by notebook 03, `python -m utils.train` and the tests. Read it beside
-notebook 03's hand-written loop; the step itself is utils/step.py. Around the step: the data decoded once and kept on
-the GPU when it fits, a step that never waits for the device (so one GPU replays it as a CUDA graph), the precision
-chosen by utils/environment.py, and the run folder of utils/run.py, saved after every epoch. Every epoch's randomness
-comes from (seed, epoch), so a resumed run ends with exactly the weights of an uninterrupted one.
-"""
+"""The training loop, `train(config)`, run by notebook 03, `python -m utils.train` and the tests: notebook 03's loop
+around its step (utils/step.py), with the data kept on the GPU when it fits, no waits for the device (one GPU replays
+the step as a CUDA graph) and a checkpoint after every epoch, from which a resumed run ends exactly like an
+uninterrupted one: every epoch's randomness comes from (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -84,10 +82,9 @@ class DeviceData:
 
 def epoch_generators(seed: int, epoch: int, device: torch.device,
                      rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
-    """(CPU, device) random generators for one epoch, from (seed, epoch) and the process's rank only, so a run resumed
-    at epoch k draws what an uninterrupted one draws. The CPU one (the permutation) is the same in every process, the
-    device one (noise, augmentations) differs, else all would train on the same fakes. Small offsets: the CPU
-    generator keeps only the low 32 bits of a seed."""
+    """(CPU, device) random generators for one epoch, from (seed, epoch) and the process's rank only: a resumed run
+    draws what an uninterrupted one draws. The CPU one (the permutation) is every process's, the device one (noise,
+    augmentations) each process's own. Small offsets: the CPU generator keeps only a seed's low 32 bits."""
     cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
     return cpu, dev
@@ -95,12 +92,9 @@ def epoch_generators(seed: int, epoch: int, device: torch.device,
 
 def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None,
           generator: nn.Module | None = None, discriminator: nn.Module | None = None) -> TrainResult:
-    """Train (or continue) the run of `config` until `config.epochs` epochs are done; return the trained models.
-
-    The run folder is `config.out`, or one named from the settings when that is "" (utils/run.py). `live_plot` has
-    `update(history, grid=None, title="", force=False)` (utils.visualize.LivePlot in notebook 03); `images` skips
-    loading `config.data` (tests, benchmarks); `generator` and `discriminator` replace the built-in networks.
-    """
+    """Train (or continue) the run of `config` (in `config.out`, or a folder named from the settings when that is "")
+    until `config.epochs` epochs are done. `live_plot`: utils.visualize.LivePlot or alike; `images` replaces loading
+    `config.data` (tests, benchmarks); `generator` and `discriminator` replace the built-in networks."""
     config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
     try:
         choice = choose_device(config, partial(time_training_steps, config))  # joins a distributed run's group
