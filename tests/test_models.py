@@ -9,31 +9,23 @@ def convs(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
 
 
+def same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("image_size", [16, 32, 64, 128])
-def test_generator_maps_noise_to_images_in_tanh_range(image_size):
+def test_g_maps_noise_to_images_in_tanh_range_and_d_gives_one_logit_per_image(image_size):
     torch.manual_seed(0)
-    generator = Generator(image_size=image_size, latent_dim=16, width=8)
-
-    images = generator(torch.randn(3, 16, 1, 1))
-
+    images = Generator(image_size=image_size, latent_dim=16, width=8)(torch.randn(3, 16, 1, 1))
     assert images.shape == (3, 3, image_size, image_size)
-    assert images.min() >= -1 and images.max() <= 1
-    assert images.std() > 0  # not a constant image
+    assert images.min() >= -1 and images.max() <= 1 and images.std() > 0  # not a constant image
+    for spectral_norm in (False, True):
+        logits = Discriminator(image_size=image_size, width=8, spectral_norm=spectral_norm)(images)
+        assert logits.shape == (3,) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("image_size", [16, 32, 64, 128])
-@pytest.mark.parametrize("spectral_norm", [False, True])
-def test_discriminator_gives_one_logit_per_image(image_size, spectral_norm):
+def test_64px_networks_have_the_reference_dcgan_widths_and_initialisation():
     torch.manual_seed(0)
-    discriminator = Discriminator(image_size=image_size, width=8, spectral_norm=spectral_norm)
-
-    logits = discriminator(torch.rand(3, 3, image_size, image_size) * 2 - 1)
-
-    assert logits.shape == (3,)
-    assert torch.isfinite(logits).all()
-
-
-def test_64px_networks_have_the_reference_dcgan_widths():
     generator, discriminator = Generator(image_size=64), Discriminator(image_size=64)
 
     # G: 128 -> 512 -> 256 -> 128 -> 64 -> 3; D: 3 -> 64 -> 128 -> 256 -> 512 -> 1
@@ -41,33 +33,23 @@ def test_64px_networks_have_the_reference_dcgan_widths():
     assert [m.in_channels for m in convs(generator)] == [128, 512, 256, 128, 64]
     assert [m.out_channels for m in convs(discriminator)] == [64, 128, 256, 512, 1]
     assert [m.kernel_size for m in convs(generator) + convs(discriminator)] == [(4, 4)] * 10
-
-
-def test_dcgan_initialisation_statistics():
-    torch.manual_seed(0)
-    generator, discriminator = Generator(image_size=64), Discriminator(image_size=64)
-
     weights = torch.cat([m.weight.flatten() for m in convs(generator) + convs(discriminator)])
-    assert abs(weights.mean().item()) < 1e-3
-    assert weights.std().item() == pytest.approx(0.02, rel=0.02)
+    assert abs(weights.mean().item()) < 1e-3 and weights.std().item() == pytest.approx(0.02, rel=0.02)
     norms = [m for m in [*generator.modules(), *discriminator.modules()] if isinstance(m, nn.BatchNorm2d)]
     scales = torch.cat([m.weight for m in norms])
-    assert scales.mean().item() == pytest.approx(1.0, abs=0.005)
-    assert 0.01 < scales.std().item() < 0.03
+    assert scales.mean().item() == pytest.approx(1.0, abs=0.005) and 0.01 < scales.std().item() < 0.03
     assert all(torch.count_nonzero(m.bias) == 0 for m in norms)
 
 
 def test_spectral_norm_discriminator_has_no_batchnorm_and_normalised_convs():
-    plain = Discriminator(image_size=32, width=8)
-    spectral = Discriminator(image_size=32, width=8, spectral_norm=True)
-
+    plain, spectral = Discriminator(image_size=32, width=8), Discriminator(image_size=32, width=8, spectral_norm=True)
     assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
     assert not any(isinstance(m, nn.BatchNorm2d) for m in spectral.modules())
     assert all(nn.utils.parametrize.is_parametrized(m, "weight") for m in convs(spectral))
     assert not any(nn.utils.parametrize.is_parametrized(m, "weight") for m in convs(plain))
 
 
-def test_layer_table_lists_every_layer_and_keeps_batchnorm_statistics():
+def test_the_layer_table_lists_every_layer_keeps_batchnorm_statistics_and_prints_the_total(capsys):
     torch.manual_seed(0)
     generator = Generator(image_size=32, latent_dim=16, width=8).train()
     before = {k: v.clone() for k, v in generator.state_dict().items()}
@@ -78,16 +60,7 @@ def test_layer_table_lists_every_layer_and_keeps_batchnorm_statistics():
     assert rows[0] == ("0: ConvTranspose2d", (4, 32, 4, 4), 16 * 32 * 16)
     assert rows[-1] == (f"{len(generator) - 1}: Tanh", (4, 3, 32, 32), 0)
     assert sum(params for _, _, params in rows) == count_parameters(generator)
-    assert generator.training  # mode restored
-    after = generator.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # running_mean/var and num_batches_tracked
-
-
-def test_print_layer_table_ends_with_the_total(capsys):
-    discriminator = Discriminator(image_size=16, width=4)
-
-    print_layer_table(discriminator, torch.zeros(1, 3, 16, 16))
-
+    assert generator.training and same_state(before, generator.state_dict())  # running_mean/var, num_batches_tracked
+    print_layer_table(generator, torch.randn(1, 16, 1, 1))
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + len(discriminator) + 1
-    assert lines[-1].split() == ["total", f"{count_parameters(discriminator):,}"]
+    assert len(lines) == 1 + len(generator) + 1 and lines[-1].split() == ["total", f"{count_parameters(generator):,}"]

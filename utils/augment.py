@@ -1,9 +1,6 @@
-"""DiffAugment (Zhao et al., 2020): differentiable augmentations of everything D sees.
-
-With little data D memorises the real images. Augmenting real and generated images alike, differentiably so G's
-gradients flow through, keeps D honest without teaching G to draw augmented faces. Randomness comes from
-`generator`, so a seeded run is reproducible.
-"""
+"""DiffAugment (Zhao et al., 2020): with little data D memorises the real images; augmenting everything D sees, real
+and fake alike and differentiably (G's gradients flow through), keeps D honest without teaching G to draw augmented
+faces. Randomness comes from `generator`, so a seeded run is reproducible."""
 
 from __future__ import annotations
 
@@ -17,17 +14,17 @@ def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None
     return x
 
 
-def _rand(x: torch.Tensor, generator: torch.Generator | None, *shape: int) -> torch.Tensor:
-    return torch.rand(x.shape[0], *shape, device=x.device, dtype=x.dtype, generator=generator)
+def _rand(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype, generator=generator)
 
 
 def color(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random brightness (+-0.5), saturation (x0..2) and contrast (x0.5..1.5) per image."""
-    x = x + (_rand(x, generator, 1, 1, 1) - 0.5)
+    x = x + (_rand(x, generator) - 0.5)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (_rand(x, generator, 1, 1, 1) * 2) + mean
+    x = (x - mean) * (_rand(x, generator) * 2) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (_rand(x, generator, 1, 1, 1) + 0.5) + mean
+    return (x - mean) * (_rand(x, generator) + 0.5) + mean
 
 
 def translation(x: torch.Tensor, generator: torch.Generator | None = None, ratio: float = 0.125) -> torch.Tensor:
@@ -38,18 +35,16 @@ def translation(x: torch.Tensor, generator: torch.Generator | None = None, ratio
     dx = torch.randint(-max_dx, max_dx + 1, (n, 1, 1), device=x.device, generator=generator)
     rows = (torch.arange(h, device=x.device).view(1, h, 1) + dy).clamp(-1, h) + 1  # index into the zero-padded image
     cols = (torch.arange(w, device=x.device).view(1, 1, w) + dx).clamp(-1, w) + 1
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1))
-    batch = torch.arange(n, device=x.device).view(n, 1, 1)
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)
+    return padded[torch.arange(n, device=x.device).view(n, 1, 1), rows, cols].permute(0, 3, 1, 2)
 
 
 def cutout(x: torch.Tensor, generator: torch.Generator | None = None, ratio: float = 0.5) -> torch.Tensor:
-    """Zero one random square of `ratio` x the image size in each image."""
+    """Zero a random square of `ratio` x the image size in each image; it may hang over the border, as in the paper."""
     n, _, h, w = x.shape
     size_y, size_x = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    cy = torch.randint(0, h + (1 - size_y % 2), (n, 1, 1), device=x.device, generator=generator)
-    cx = torch.randint(0, w + (1 - size_x % 2), (n, 1, 1), device=x.device, generator=generator)
-    top, left = cy - size_y // 2, cx - size_x // 2  # the square may hang over the border, as in the paper
+    top = torch.randint(0, h + (1 - size_y % 2), (n, 1, 1), device=x.device, generator=generator) - size_y // 2
+    left = torch.randint(0, w + (1 - size_x % 2), (n, 1, 1), device=x.device, generator=generator) - size_x // 2
     rows = torch.arange(h, device=x.device).view(1, h, 1)
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)

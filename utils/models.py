@@ -1,10 +1,5 @@
-"""The DCGAN generator and discriminator (Radford et al., 2015) for any power-of-two image size, and the helpers
-that look at networks, built-in or your own. At 64x64 with the default widths they are the reference networks:
-
-    G: z (N, 128, 1, 1) -> 512x4x4 -> 256x8x8 -> 128x16x16 -> 64x32x32 -> 3x64x64 (Tanh)
-    D: image (N, 3, 64, 64) -> 64x32x32 -> 128x16x16 -> 256x8x8 -> 512x4x4 -> 1 logit
-
-D returns a logit, not a probability: the loss applies the sigmoid itself, which is stable under mixed precision.
+"""The DCGAN generator and discriminator (Radford et al., 2015) for any power-of-two image size, and the helpers that
+look at networks, built-in or your own. D returns a logit: the loss applies the sigmoid, stable in mixed precision.
 """
 
 from __future__ import annotations
@@ -12,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from torch import nn
@@ -22,78 +17,46 @@ from utils.config import TrainConfig
 from utils.errors import ConfigError
 
 
-def _num_doublings(image_size: int) -> int:
-    """How many stride-2 layers turn 4x4 into image_size x image_size (4 for 64), and how many widths a network has."""
-    return int(math.log2(image_size)) - 2
-
-
 class Generator(nn.Sequential):
-    """z (N, latent_dim, 1, 1) -> image (N, 3, image_size, image_size) in [-1, 1]."""
+    """z (N, latent_dim, 1, 1) -> image (N, 3, S, S) in [-1, 1]; at 64 px with the defaults the reference network:
+    z 128x1x1 -> 512x4x4 -> 256x8x8 -> 128x16x16 -> 64x32x32 -> 3x64x64."""
 
     def __init__(self, image_size: int = 64, latent_dim: int = 128, width: int = 64):
-        n = _num_doublings(image_size)
-        channels = [width * 2 ** i for i in reversed(range(n))]  # 64px: [512, 256, 128, 64]
-        layers: list[nn.Module] = [
-            # (N, latent_dim, 1, 1) -> (N, channels[0], 4, 4)
-            nn.ConvTranspose2d(latent_dim, channels[0], 4, 1, 0, bias=False),
-            nn.BatchNorm2d(channels[0]),
-            nn.ReLU(True),
-        ]
-        for c_in, c_out in zip(channels, channels[1:]):
-            layers += [
-                # (N, c_in, s, s) -> (N, c_out, 2s, 2s)
-                nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(True),
-            ]
-        layers += [
-            # (N, width, image_size/2, image_size/2) -> (N, 3, image_size, image_size)
-            nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False),
-            nn.Tanh(),
-        ]
+        channels = [width * 2 ** i for i in reversed(range(int(math.log2(image_size)) - 2))]  # 64 px: 512 ... 64
+        # z (N, latent_dim, 1, 1) -> (N, channels[0], 4, 4)
+        layers = [nn.ConvTranspose2d(latent_dim, channels[0], 4, 1, 0, bias=False), nn.BatchNorm2d(channels[0]),
+                  nn.ReLU(True)]
+        for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, 2s, 2s)
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]  # -> (N, 3, S, S)
         super().__init__(*layers)
         self.latent_dim = latent_dim
         self.apply(dcgan_init)
 
 
 class Discriminator(nn.Sequential):
-    """image (N, 3, image_size, image_size) -> one real/fake logit per image, shape (N,).
-
-    `spectral_norm=True` (the improved recipe) wraps every convolution in spectral
-    normalisation and drops BatchNorm, which bounds how fast D's output can change.
-    """
+    """image (N, 3, S, S) -> one real/fake logit per image, (N,). `spectral_norm=True` (the improved recipe) wraps
+    every convolution in spectral normalisation and drops BatchNorm, which bounds how fast D's output can change."""
 
     def __init__(self, image_size: int = 64, width: int = 64, spectral_norm: bool = False):
-        n = _num_doublings(image_size)
-        channels = [width * 2 ** i for i in range(n)]  # 64px: [64, 128, 256, 512]
-        conv = _spectral_conv if spectral_norm else nn.Conv2d
-        layers: list[nn.Module] = [
-            # (N, 3, image_size, image_size) -> (N, width, image_size/2, image_size/2); no norm on the input layer
-            conv(3, channels[0], 4, 2, 1, bias=spectral_norm),
-            nn.LeakyReLU(0.2, inplace=True),
-        ]
-        for c_in, c_out in zip(channels, channels[1:]):
-            layers += [
-                # (N, c_in, s, s) -> (N, c_out, s/2, s/2)
-                conv(c_in, c_out, 4, 2, 1, bias=spectral_norm),
-                nn.Identity() if spectral_norm else nn.BatchNorm2d(c_out),
-                nn.LeakyReLU(0.2, inplace=True),
-            ]
-        layers += [
-            # (N, channels[-1], 4, 4) -> (N, 1, 1, 1) -> (N,)
-            conv(channels[-1], 1, 4, 1, 0, bias=spectral_norm),
-            nn.Flatten(0),
-        ]
+        channels = [width * 2 ** i for i in range(int(math.log2(image_size)) - 2)]  # 64 px: 64 ... 512
+
+        def conv(c_in: int, c_out: int, stride: int, padding: int) -> nn.Module:
+            layer = nn.Conv2d(c_in, c_out, 4, stride, padding, bias=spectral_norm)
+            return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
+
+        # (N, 3, S, S) -> (N, channels[0], S/2, S/2), no norm on the input layer
+        layers = [conv(3, channels[0], 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, s/2, s/2)
+            norm = nn.Identity() if spectral_norm else nn.BatchNorm2d(c_out)
+            layers += [conv(c_in, c_out, 2, 1), norm, nn.LeakyReLU(0.2, inplace=True)]
+        layers += [conv(channels[-1], 1, 1, 0), nn.Flatten(0)]  # (N, channels[-1], 4, 4) -> (N, 1, 1, 1) -> (N,)
         super().__init__(*layers)
         self.apply(dcgan_init)
 
 
-def _spectral_conv(*args, **kwargs) -> nn.Module:
-    return nn.utils.parametrizations.spectral_norm(nn.Conv2d(*args, **kwargs))
-
-
 def dcgan_init(module: nn.Module) -> None:
-    """DCGAN initialisation: conv weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02), shift 0."""
+    """DCGAN initialisation: conv weights ~ N(0, 0.02), BatchNorm scale ~ N(1, 0.02), shifts and biases 0."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
@@ -108,16 +71,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def layer_table(model: nn.Sequential, example_input: torch.Tensor) -> list[tuple[str, tuple[int, ...], int]]:
-    """(layer, output shape, parameters) for each layer of `model` on `example_input`."""
-    rows = []
-    x = example_input
-    was_training = model.training
-    model.eval()  # leave BatchNorm's running statistics untouched
-    with torch.no_grad():
+    """(layer, output shape, parameters) for each layer of `model` on `example_input`; `model` is left unchanged."""
+    rows, x = [], example_input
+    with sampling(model):
         for index, layer in enumerate(model):
             x = layer(x)
             rows.append((f"{index}: {type(layer).__name__}", tuple(x.shape), count_parameters(layer)))
-    model.train(was_training)
     return rows
 
 
@@ -130,26 +89,19 @@ def print_layer_table(model: nn.Sequential, example_input: torch.Tensor) -> None
 
 
 @contextmanager
-def sampling(*models: nn.Module) -> Iterator[None]:
-    """Run `models` as during training without changing them: train mode, no_grad, buffers restored on exit.
-
-    This project samples with BatchNorm's batch statistics, like its per-epoch grids and its FID. Restoring the
-    buffers that a train-mode forward updates (running statistics, spectral norm's vectors) keeps looking from
-    altering a model and makes repeated calls return the same outputs.
-    """
-    saved = [(model, model.training, {name: buffer.clone() for name, buffer in model.named_buffers()})
-             for model in models]
+def sampling(*models: nn.Module):
+    """Run `models` as training does (train mode: BatchNorm on the batch, like the grids and FID), under no_grad,
+    restoring their mode and buffers (running statistics, spectral norm's vectors) on exit: looking changes nothing."""
+    saved = [(model, model.training, {name: b.clone() for name, b in model.named_buffers()}) for model in models]
     for model in models:
         model.train()
     try:
         with torch.no_grad():
             yield
     finally:
-        with torch.no_grad():
-            for model, was_training, buffers in saved:
-                model.train(was_training)
-                for name, buffer in model.named_buffers():
-                    buffer.copy_(buffers[name])
+        for model, was_training, buffers in saved:
+            model.train(was_training)
+            model.load_state_dict(buffers, strict=False)
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -164,20 +116,25 @@ def describe_network(model: nn.Module) -> str:
     return f"{type(model).__name__} ({count_parameters(model):,} parameters, #{digest})"
 
 
-def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device) -> None:
-    """Your own networks must take and give what the loop passes: z (N, latent_dim, 1, 1) -> (N, 3, S, S) -> (N,)."""
-    size = config.image_size
+def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device,
+                   log: Callable[[str], None] = print) -> None:
+    """Say which networks are your own; they must take and give what the loop passes: z (N, latent_dim, 1, 1) ->
+    (N, 3, S, S) -> (N,)."""
+    if isinstance(generator, Generator) and isinstance(discriminator, Discriminator):
+        return
+    for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
+        if not isinstance(model, builtin):
+            log(f"{role}: yours, {describe_network(model)}")
+    size, z_shape = config.image_size, (2, config.latent_dim, 1, 1)
     with sampling(generator, discriminator):
-        z = torch.zeros(2, config.latent_dim, 1, 1, device=device)
         try:
-            images = generator(z)
+            images = generator(torch.zeros(z_shape, device=device))
         except Exception as error:
-            raise ConfigError(f"your generator fails on z of shape (2, {config.latent_dim}, 1, 1) (config field "
-                              f"'latent_dim'): {type(error).__name__}: {error}") from None
+            raise ConfigError(f"your generator fails on z of shape {z_shape} (config field 'latent_dim'): "
+                              f"{type(error).__name__}: {error}") from None
         if tuple(images.shape) != (2, 3, size, size):
-            raise ConfigError(f"your generator turns z of shape (2, {config.latent_dim}, 1, 1) into "
-                              f"{tuple(images.shape)}; training needs (2, 3, {size}, {size}) (config field "
-                              f"'image_size' is {size})")
+            raise ConfigError(f"your generator turns z of shape {z_shape} into {tuple(images.shape)}; training needs "
+                              f"(2, 3, {size}, {size}) (config field 'image_size' is {size})")
         try:
             logits = discriminator(images)
         except Exception as error:
@@ -189,17 +146,15 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
 
 
 def check_network_size(config: TrainConfig, device: torch.device) -> None:
-    """Raise ConfigError if the built-in networks of `config` cannot fit in the device's free memory, before a
-    width a thousand times too large fails in the allocator or swaps. The networks are counted on the "meta"
-    device, which allocates nothing; training needs 16 bytes per parameter: weights, gradients, Adam's moments."""
-    try:  # D without spectral norm: as many parameters within a bias, and its power iterations crawl on "meta"
+    """Refuse built-in networks that cannot fit in the device's free memory (16 bytes a parameter: weights, gradients,
+    Adam's moments) before a width a thousand times too large fails in the allocator or swaps."""
+    try:  # on "meta", which allocates nothing; D without spectral norm, whose power iterations crawl there
         with torch.device("meta"):
             parameters = (count_parameters(Generator(config.image_size, config.latent_dim, config.g_width))
                           + count_parameters(Discriminator(config.image_size, config.d_width)))
     except (RuntimeError, TypeError, OverflowError):  # sizes beyond 64 bits
         parameters = math.inf
-    needs = 16 * parameters
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
+    needs, free = 16 * parameters, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
     if needs > free:
         raise ConfigError(
             f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and 'd_width' "
@@ -209,14 +164,13 @@ def check_network_size(config: TrainConfig, device: torch.device) -> None:
 
 
 def available_ram() -> int:
-    """Bytes of RAM free for new allocations: Linux's MemAvailable (which counts the page cache the kernel would give
-    back), else the free pages (macOS), else plenty."""
+    """Bytes of RAM free for new allocations: Linux's MemAvailable (page cache the kernel would give back counted),
+    else the free pages (macOS), else plenty."""
     try:
         with open("/proc/meminfo") as meminfo:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # Windows
+            return 1 << 62

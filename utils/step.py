@@ -1,20 +1,14 @@
-"""One training step of the GAN: what notebook 03 teaches, written out there by hand and proven equal to this
-module by tests/test_notebook_code.py.
-
-    >>> from utils.step import TrainingStep
-    >>> step = TrainingStep(generator, discriminator, opt_g, opt_d, loss="bce")
-    >>> step(real_images, z)          # D learns from a real and a fake batch, then G learns to fool D
-    >>> step.read(steps=1)            # {"loss_d": ..., "loss_g": ..., "d_real": ..., "d_fake": ...}
-
-Also here: the EMA of G's weights, the step recorded once as a CUDA graph, and the CPU trial's timing of the step
-(`time_training_steps`). The loop around it is utils/training.py.
+"""One training step of the GAN, as notebook 03 writes it out by hand (tests/test_notebook_code.py proves the two
+equal); the EMA of G's weights; the step replayed as a CUDA graph; and `time_training_steps`, the one place that
+measures training speed (the CPU trial and utils/estimate.py call it). The loop around the step is utils/training.py.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
+from functools import partial
 from typing import Callable, Iterator
 
 import torch
@@ -22,22 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils import distributed
+from utils.augment import diff_augment
 from utils.config import TrainConfig
 from utils.models import Discriminator, Generator
 
 TRIAL_BATCH = 32   # the batch the CPU trial times (at most the run's): small, so the trial takes seconds
-
-
-# --------------------------------------------------------------------------------------------- losses
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
-                       targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """D's loss; for BCE against `targets` (real, fake) when given (see `discriminator_targets`), else 1 and 0."""
-    if kind == "hinge":
-        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    real_targets, fake_targets = targets or (torch.ones_like(real_logits), torch.zeros_like(fake_logits))
-    return (F.binary_cross_entropy_with_logits(real_logits, real_targets)
-            + F.binary_cross_entropy_with_logits(fake_logits, fake_targets))
 
 
 def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0,
@@ -46,15 +29,25 @@ def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, 
     """D's BCE targets (real, fake): `real_label` and `fake_label` (label smoothing when not 1 and 0), each swapped
     with probability `label_flip` (noisy labels), tossed with `gen`. A D that cannot become certain keeps giving G
     useful gradients for longer."""
-    # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984 (BCE runs in float32 anyway)
+    # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984
     real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
     fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
-    if label_flip > 0:
-        flip_real = torch.rand(real_logits.shape, generator=gen, device=real_logits.device) < label_flip
-        flip_fake = torch.rand(fake_logits.shape, generator=gen, device=fake_logits.device) < label_flip
-        real_targets = torch.where(flip_real, fake_label, real_targets)
-        fake_targets = torch.where(flip_fake, real_label, fake_targets)
+    if label_flip > 0:  # real images' coins first
+        flip = lambda logits: torch.rand(logits.shape, generator=gen, device=logits.device) < label_flip
+        real_targets = torch.where(flip(real_logits), fake_label, real_targets)
+        fake_targets = torch.where(flip(fake_logits), real_label, fake_targets)
     return real_targets, fake_targets
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
+                       labels: tuple[float, float, float] = (1.0, 0.0, 0.0),
+                       gen: torch.Generator | None = None) -> torch.Tensor:
+    """D's loss: hinge, or BCE against the targets that `labels` (real_label, fake_label, label_flip) make."""
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    real_targets, fake_targets = discriminator_targets(real_logits, fake_logits, *labels, gen)
+    return (F.binary_cross_entropy_with_logits(real_logits, real_targets)      # -log D(x) with 1 and 0
+            + F.binary_cross_entropy_with_logits(fake_logits, fake_targets))  # -log(1 - D(G(z)))
 
 
 def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
@@ -64,50 +57,42 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-# ------------------------------------------------------------------------------------------ the step
-
 class TrainingStep:
-    """One round of the game: D learns from a real and a fake batch, then G learns to fool D.
-
-    Notebook 03's step, plus what keeps it fast: it never waits for the device (the losses are summed into
-    `totals` there and `read` every few steps), so it can be replayed as a CUDA graph. `train_g`, `train_d` and
-    `frozen_d` are the networks as trained (DDP, compiled), by default the plain `generator` and `discriminator`.
-    """
+    """One round of the game: D learns from a real and a fake batch, then G learns to fool D. Notebook 03's step, plus
+    what keeps it fast: it never waits for the device (the losses are summed into `totals` there and `read` every few
+    steps), so it can be replayed as a CUDA graph. The networks come as trained: plain, DDP-wrapped or compiled;
+    `frozen_d` is D as G's step calls it (by default D without its DDP wrapper)."""
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer, loss: str = "bce", real_label: float = 1.0, fake_label: float = 0.0,
                  label_flip: float = 0.0, *, scaler: torch.amp.GradScaler | None = None,
-                 autocast: Callable = nullcontext, ema: EMA | None = None,
-                 augment: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
-                 train_g: nn.Module | None = None, train_d: nn.Module | None = None,
+                 autocast: Callable = nullcontext, ema: EMA | None = None, diffaugment: str = "",
                  frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
-        self.loss, self.labels = loss, (real_label, fake_label, label_flip)
-        self.scaler = scaler or torch.amp.GradScaler(enabled=False)
-        self.autocast, self.ema = autocast, ema
-        self.augment = augment or (lambda x, gen: x)
-        self.train_g = generator if train_g is None else train_g
-        self.train_d = discriminator if train_d is None else train_d
+        self.loss, self.labels, self.diffaugment = loss, (real_label, fake_label, label_flip), diffaugment
+        self.scaler, self.autocast, self.ema = scaler or torch.amp.GradScaler(enabled=False), autocast, ema
         # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
-        self.frozen_d = distributed.unwrap(self.train_d) if frozen_d is None else frozen_d
+        self.frozen_d = distributed.unwrap(discriminator) if frozen_d is None else frozen_d
         self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
+        augment = partial(diff_augment, policy=self.diffaugment, generator=gen)  # real and fake alike (DiffAugment)
         # 1) D learns to tell real from fake: maximise log D(x) + log(1 - D(G(z)))
         with self.autocast():
-            fake = self.train_g(z)
-            real_logits = self.train_d(self.augment(real, gen)).flatten()
-            fake_logits = self.train_d(self.augment(fake.detach(), gen)).flatten()
-            targets = discriminator_targets(real_logits, fake_logits, *self.labels, gen) \
-                if self.labels != (1.0, 0.0, 0.0) and self.loss == "bce" else None
-            loss_d = discriminator_loss(real_logits, fake_logits, self.loss, targets)
+            fake = self.generator(z)
+            real_logits = self.discriminator(augment(real)).flatten()
+            fake_logits = self.discriminator(augment(fake.detach())).flatten()  # detach: D's loss does not reach into G
+            loss_d = discriminator_loss(real_logits, fake_logits, self.loss, self.labels, gen)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler.scale(loss_d).backward()
         self.scaler.step(self.opt_d)
-        # 2) G learns to fool D (D's weights frozen: only the gradient w.r.t. the fake images is needed)
-        with frozen(self.discriminator), self.autocast():
-            gen_logits = self.frozen_d(self.augment(fake, gen)).flatten()
-            loss_g = generator_loss(gen_logits, self.loss)
+        # 2) G learns to fool D, frozen meanwhile: G needs the gradient w.r.t. the images, not D's weights'
+        self.discriminator.requires_grad_(False)
+        try:
+            with self.autocast():
+                loss_g = generator_loss(self.frozen_d(augment(fake)).flatten(), self.loss)
+        finally:
+            self.discriminator.requires_grad_(True)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.opt_g)
@@ -120,29 +105,14 @@ class TrainingStep:
 
     def read(self, steps: int) -> dict:
         """The means over the last `steps` steps (one host sync; averaged over processes), then start again."""
-        loss_d, loss_g, d_real, d_fake = (distributed.average(self.totals) / steps).tolist()
+        means = (distributed.average(self.totals) / steps).tolist()
         self.totals.zero_()
-        return {"loss_d": round(loss_d, 5), "loss_g": round(loss_g, 5), "d_real": round(d_real, 5),
-                "d_fake": round(d_fake, 5)}
-
-
-@contextmanager
-def frozen(model: nn.Module):
-    """Skip the weight gradients of `model` (D during G's step: G only needs gradients w.r.t. D's input)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+        return {name: round(mean, 5) for name, mean in zip(("loss_d", "loss_g", "d_real", "d_fake"), means)}
 
 
 class EMA(nn.Module):
-    """An exponential moving average of a model's weights, which samples better than the raw weights. The decay
-    ramps up as min(decay, (1 + n) / (10 + n)), so it does not drag the random initial weights along; buffers are
-    copied; nothing waits for the device."""
+    """An exponential moving average of a model's weights, which samples better than the raw weights. The decay ramps
+    up as min(decay, (1 + n) / (10 + n)), so the random initial weights fade fast; buffers are copied."""
 
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
@@ -152,9 +122,8 @@ class EMA(nn.Module):
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        # average += weight * (model - average), the weight a tensor: nothing waits for the device (CUDA graphs)
         weight = 1 - torch.clamp((1 + self.updates) / (10 + self.updates), max=self.decay)
-        # average += weight * (model - average). Not _foreach_lerp_: it takes the weight as a Python number,
-        # which would read `weight` back from the device every step (and cannot be recorded in a CUDA graph).
         average = list(self.module.parameters())
         step = torch._foreach_sub(list(model.parameters()), average)
         torch._foreach_mul_(step, weight)
@@ -164,9 +133,8 @@ class EMA(nn.Module):
 
 
 class CUDAGraphStep:
-    """Runs a training step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it
-    (one launch instead of ~300 small kernels). Inputs are copied into fixed buffers: a graph reads the addresses
-    it was recorded with."""
+    """Runs a step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it: one launch
+    instead of ~300 small kernels. Inputs are copied into fixed buffers: a graph reads the addresses it recorded."""
 
     def __init__(self, step: Callable[..., None], warmup: int = 3):
         self.step, self.warmup, self.graph = step, warmup, None
@@ -190,36 +158,28 @@ class CUDAGraphStep:
         self.graph.replay()
 
 
-# ------------------------------------------------------------------------------------------ the CPU trial
-
 def time_training_steps(config: TrainConfig, candidates: list[str],
                         batch: int = TRIAL_BATCH) -> Iterator[dict[str, float]]:
     """Round after round, the images/s of one CPU training step of `config`'s built-in networks in each candidate
-    ("fp32 NCHW", "bf16 channels_last", ...), after a warm-up step each. Closing the iterator restores the random
-    state."""
-    batch = min(batch, config.batch_size)
-    steps = {}
+    ("fp32 NCHW", "bf16 channels_last", ...), after a warm-up step each. Closing it restores the random state."""
+    batch, steps = min(batch, config.batch_size), {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         for name in candidates:
             dtype, layout = name.split()
             memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            generator = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
-            discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
-            discriminator = discriminator.to(memory_format=memory)
-            autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else nullcontext
-            step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters(), foreach=True),
-                                torch.optim.Adam(discriminator.parameters(), foreach=True),
-                                config.loss, autocast=autocast)
+            G = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
+            D = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
+            autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext
+            step = TrainingStep(G, D, torch.optim.Adam(G.parameters(), foreach=True),
+                                torch.optim.Adam(D.parameters(), foreach=True), config.loss, autocast=autocast)
             real = torch.rand(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
-            z = torch.randn(batch, config.latent_dim, 1, 1)
-            step(real, z)  # the first step allocates and picks kernels
-            steps[name] = (step, real, z)
+            steps[name] = partial(step, real, torch.randn(batch, config.latent_dim, 1, 1))
+            steps[name]()  # the first step allocates and picks kernels
         while True:
             timing = {}
-            for name, (step, real, z) in steps.items():
+            for name, run_step in steps.items():
                 started = time.perf_counter()
-                step(real, z)
+                run_step()
                 timing[name] = batch / (time.perf_counter() - started)
             yield timing
-
