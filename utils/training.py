@@ -271,7 +271,7 @@ def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: Traini
     seen = diagnosis(history, grid)
     _log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
          f"loss_g {history['steps'][-1]['loss_g']:.3f}, {history['epochs'][-1]['images_per_s']:,.0f} images/s "
-         f"-> {run.dir}/samples/epoch_{epoch:03d}.png")
+         f"-> samples/epoch_{epoch:03d}.png")
     for line in seen:
         _log(f"  {line}")
     run.save_epoch(epoch, grid, history, checkpoint_state(config, epoch, state))
