@@ -105,8 +105,11 @@ def shoot(cell, path: Path) -> None:
 
 
 def wait_until_idle(page: Page) -> None:
-    time.sleep(2)
-    page.get_by_text("Python 3 (ipykernel) | Idle").first.wait_for(timeout=CELL_TIMEOUT_MS)
+    """Until every code cell has run: Run All queues them all, and each shows [N]: once it ran ([*]: while queued)."""
+    page.wait_for_function("""() => {
+        const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
+        return prompts.length > 0 && prompts.every(text => /\\[\\d+\\]/.test(text));
+    }""", timeout=CELL_TIMEOUT_MS, polling=1000)
 
 
 def main(out: Path) -> None:
@@ -138,62 +141,76 @@ def main(out: Path) -> None:
                     except Exception:
                         time.sleep(1)
 
-                open_and_run_all(page, url, "01_dataset")
-                wait_until_idle(page)
-                shoot(code_cell(page, "size_preset(size"), out / "01-size.png")
-                open_and_run_all(page, url, "02_models")
-                wait_until_idle(page)
-
-                open_and_run_all(page, url, "03_training")
-                hand = code_cell(page, "hand_history).suptitle")
-                hand.locator(".jp-OutputArea img").nth(1).wait_for(timeout=CELL_TIMEOUT_MS)   # the curves, the samples
-                shoot(hand, out / "03-hand-loop.png")
-                live = code_cell(page, "LivePlot(every_seconds")
-                live.locator(".jp-OutputArea img").first.wait_for(timeout=CELL_TIMEOUT_MS)   # drawn before step 1
-                time.sleep(12)   # a few redraws into epoch 1
-                shoot(live, out / "03-start-of-training.png")
-                wait_until_idle(page)
-                shoot(live, out / "03-end-of-training.png")
-                shoot(code_cell(page, "compare_runs("), out / "03-compare.png")
-                guide = page.locator(".jp-MarkdownCell", has_text="What goes wrong in GAN training").first
-                guide.locator("h2").first.scroll_into_view_if_needed()
-                time.sleep(1)
-                page.screenshot(path=str(out / "03-troubleshooting.png"))
-                print("saved", out / "03-troubleshooting.png", flush=True)
-
-                open_and_run_all(page, url, "03_training-tweak")
-                wait_until_idle(page)
-                shoot(code_cell(page, "LivePlot(every_seconds"), out / "03-tweak-lr_g.png")
-                shoot(code_cell(page, "compare_runs("), out / "03-tweak-compare.png")
-
-                open_and_run_all(page, url, "04_gif")
-                wait_until_idle(page)
-                shoot(code_cell(page, "choose_run("), out / "04-choice-of-run.png")
-                shoot(code_cell(page, "make_gif("), out / "04-gif.png")
-
-                open_and_run_all(page, url, "05_evaluate")
-                wait_until_idle(page)
-                shoot(code_cell(page, "results = "), out / "05-training.png")
-                shoot(code_cell(page, "fid_estimate"), out / "05-fid.png")
-                shoot(code_cell(page, "compare_runs(["), out / "05-comparison.png")
-                shoot(code_cell(page, "interpolation_frames("), out / "05-latent-walk.png")
-
-                open_and_run_all(page, url, "06_use_your_gan")
-                explorer = wait_for_output(page, "FaceExplorer(", "one redraw")
-                explorer.locator(".widget-hslider").first.wait_for(timeout=CELL_TIMEOUT_MS)
-                shoot(explorer, out / "06-explorer.png")
-                for slider, presses in ((0, 7), (2, 15)):   # the seed, then the first latent direction
-                    handle = explorer.locator(".widget-hslider .noUi-handle, .widget-hslider input").nth(slider)
-                    handle.focus()
-                    for _ in range(presses):
-                        page.keyboard.press("ArrowRight")
-                time.sleep(3)
-                shoot(explorer, out / "06-explorer-moved.png")
-                wait_until_idle(page)
+                start = os.environ.get("SCREENSHOTS_FROM", "01_dataset")   # e.g. 04_gif: the notebooks before it ran
+                if start == "01_dataset":
+                    run_01_to_03(page, url, out)
+                if start in ("01_dataset", "03_training-tweak"):
+                    run_tweak(page, url, out)
+                if start in ("01_dataset", "03_training-tweak", "04_gif"):
+                    run_04_to_06(page, url, out)
                 browser.close()
         finally:
             os.killpg(lab.pid, signal.SIGTERM)
             lab.wait(timeout=30)
+
+
+def run_01_to_03(page: Page, url: str, out: Path) -> None:
+    open_and_run_all(page, url, "01_dataset")
+    wait_until_idle(page)
+    shoot(code_cell(page, "size_preset(size"), out / "01-size.png")
+    open_and_run_all(page, url, "02_models")
+    wait_until_idle(page)
+
+    open_and_run_all(page, url, "03_training")
+    hand = code_cell(page, "hand_history).suptitle")
+    hand.locator(".jp-OutputArea img").nth(1).wait_for(timeout=CELL_TIMEOUT_MS)   # the curves, the samples
+    shoot(hand, out / "03-hand-loop.png")
+    live = code_cell(page, "LivePlot(every_seconds")
+    live.locator(".jp-OutputArea img").first.wait_for(timeout=CELL_TIMEOUT_MS)   # drawn before step 1
+    time.sleep(12)   # a few redraws into epoch 1
+    shoot(live, out / "03-start-of-training.png")
+    wait_until_idle(page)
+    shoot(live, out / "03-end-of-training.png")
+    shoot(code_cell(page, "compare_runs("), out / "03-compare.png")
+    guide = page.locator(".jp-MarkdownCell", has_text="What goes wrong in GAN training").first
+    guide.locator("h2").first.scroll_into_view_if_needed()
+    time.sleep(1)
+    page.screenshot(path=str(out / "03-troubleshooting.png"))
+    print("saved", out / "03-troubleshooting.png", flush=True)
+
+
+def run_tweak(page: Page, url: str, out: Path) -> None:
+    open_and_run_all(page, url, "03_training-tweak")
+    wait_until_idle(page)
+    shoot(code_cell(page, "LivePlot(every_seconds"), out / "03-tweak-lr_g.png")
+    shoot(code_cell(page, "compare_runs("), out / "03-tweak-compare.png")
+
+
+def run_04_to_06(page: Page, url: str, out: Path) -> None:
+    open_and_run_all(page, url, "04_gif")
+    wait_until_idle(page)
+    shoot(code_cell(page, "choose_run("), out / "04-choice-of-run.png")
+    shoot(code_cell(page, "make_gif("), out / "04-gif.png")
+
+    open_and_run_all(page, url, "05_evaluate")
+    wait_until_idle(page)
+    shoot(code_cell(page, "results = "), out / "05-training.png")
+    shoot(code_cell(page, "fid_estimate"), out / "05-fid.png")
+    shoot(code_cell(page, "compare_runs(["), out / "05-comparison.png")
+    shoot(code_cell(page, "interpolation_frames("), out / "05-latent-walk.png")
+
+    open_and_run_all(page, url, "06_use_your_gan")
+    explorer = wait_for_output(page, "FaceExplorer(", "one redraw")
+    explorer.locator(".widget-hslider").first.wait_for(timeout=CELL_TIMEOUT_MS)
+    shoot(explorer, out / "06-explorer.png")
+    for slider, presses in ((0, 7), (2, 15)):   # the seed, then the first latent direction
+        handle = explorer.locator(".widget-hslider .noUi-handle, .widget-hslider input").nth(slider)
+        handle.focus()
+        for _ in range(presses):
+            page.keyboard.press("ArrowRight")
+    time.sleep(3)
+    shoot(explorer, out / "06-explorer-moved.png")
+    wait_until_idle(page)
 
 
 if __name__ == "__main__":
