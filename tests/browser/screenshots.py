@@ -105,10 +105,10 @@ def shoot(cell, path: Path) -> None:
 
 
 def wait_until_idle(page: Page) -> None:
-    """Until every code cell has run: Run All queues them all, and each shows [N]: once it ran ([*]: while queued)."""
+    """Until Run All is over: no cell queued or running ([*]:), and some ran ([N]:); an error ends it early."""
     page.wait_for_function("""() => {
         const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
-        return prompts.length > 0 && prompts.every(text => /\\[\\d+\\]/.test(text));
+        return !prompts.some(text => text.includes('*')) && prompts.some(text => /\\[\\d+\\]/.test(text));
     }""", timeout=CELL_TIMEOUT_MS, polling=1000)
 
 
