@@ -16,7 +16,6 @@ import re
 import secrets
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -362,92 +361,52 @@ LOAD = ("from utils.config import TrainConfig; from utils.data import load_datas
         "print('shape', tuple(load_dataset(TrainConfig(data='kaggle', image_size=16), progress=False).shape))")
 
 
-@pytest.mark.parametrize("signed_in,cgi,told,endpoints", [
-    (False, True, "no Kaggle credentials found: downloading the public dataset splcher/animefacedataset with "
-                  "kagglehub (no account needed) into data/animefacedataset", ["GetDataset", "DownloadDataset"]),
-    (True, True, "downloading splcher/animefacedataset with opendatasets as someone (credentials from KAGGLE_USERNAME "
-                 "and KAGGLE_KEY) into data/animefacedataset", ["DownloadDataset"]),
-    (True, False, "opendatasets cannot be imported on Python {version} (ModuleNotFoundError: No module named 'cgi'): "
-                  "downloading the public dataset splcher/animefacedataset with kagglehub into data/animefacedataset",
-     ["GetDataset", "DownloadDataset"]),
-], ids=["kagglehub", "opendatasets", "no opendatasets"])
-def test_the_kaggle_dataset_downloads_without_prompting_and_never_prints_the_key(tmp_path, kaggle_api, signed_in, cgi,
-                                                                                 told, endpoints):
-    if signed_in and cgi and opendatasets is None:
-        pytest.skip("opendatasets cannot be imported on this Python")
-    key = secrets.token_hex(16)
-    env = dict(KAGGLE_USERNAME="someone", KAGGLE_KEY=key) if signed_in else {}
+KAGGLE_JSON = '{{"username": "someone", "key": "{key}"}}'
+
+
+@pytest.mark.parametrize("kaggle_json,cgi,tool", [
+    pytest.param(None, True, "kagglehub", id="kagglehub"),
+    pytest.param(KAGGLE_JSON, True, "opendatasets", id="opendatasets", marks=needs_opendatasets),
+    pytest.param(KAGGLE_JSON, False, "kagglehub", id="no opendatasets"),   # as on Python 3.13
+    pytest.param(KAGGLE_JSON[:-2], True, "kagglehub", id="malformed kaggle.json"),   # opendatasets would prompt
+])
+def test_the_kaggle_dataset_downloads_without_prompting_and_never_prints_the_key(tmp_path, kaggle_api, kaggle_json, cgi,
+                                                                                 tool):
+    key, env = secrets.token_hex(16), {}
+    if kaggle_json:   # where opendatasets reads its credentials
+        (tmp_path / "work" / "kaggle.json").write_text(kaggle_json.format(key=key))
     if not cgi:   # as on Python 3.13, where opendatasets cannot be imported
         (tmp_path / "cgi.py").write_text("raise ModuleNotFoundError(\"No module named 'cgi'\", name='cgi')\n")
         env["PYTHONPATH"] = str(tmp_path)
     result = run_isolated(LOAD, **env)
 
     assert result.returncode == 0, result.stderr
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    assert "kaggle: " + told.format(version=version) in result.stdout and "shape (3, 3, 16, 16)" in result.stdout
-    assert [endpoint for endpoint, _ in kaggle_api.requests] == endpoints and key not in result.stdout + result.stderr
+    assert f"kaggle: downloading splcher/animefacedataset with {tool} into data/animefacedataset" in result.stdout
+    assert "shape (3, 3, 16, 16)" in result.stdout and key not in result.stdout + result.stderr
+    endpoints = [endpoint for endpoint, _ in kaggle_api.requests]   # kagglehub asks for the version first
+    assert endpoints == (["GetDataset", "DownloadDataset"] if tool == "kagglehub" else ["DownloadDataset"])
     signed = "Basic " + base64.b64encode(f"someone:{key}".encode()).decode()
-    assert {authorization for _, authorization in kaggle_api.requests} == {signed if signed_in else None}
+    assert {authorization for _, authorization in kaggle_api.requests} == {signed if tool == "opendatasets" else None}
     data = tmp_path / "work" / "data"
     assert sorted(p.name for p in (data / "animefacedataset" / "images").iterdir()) == ["0.png", "1.png", "2.png"]
     assert sorted(p.name for p in data.iterdir()) == [".lock", "animefacedataset", "cache"]   # no kaggle.json
+    assert download_kaggle(data) == data / "animefacedataset" and len(kaggle_api.requests) == len(endpoints)   # once
 
 
-@needs_opendatasets
-def test_a_failed_kaggle_download_names_the_status_leaves_nothing_and_never_prints_the_key(tmp_path, kaggle_api):
+@pytest.mark.parametrize("tool", [pytest.param("opendatasets", marks=needs_opendatasets), "kagglehub"])
+def test_a_failed_kaggle_download_names_the_status_leaves_nothing_and_never_prints_the_key(tmp_path, kaggle_api, tool):
     kaggle_api.answer = 500
     key = secrets.token_hex(16)
+    if tool == "opendatasets":
+        (tmp_path / "work" / "kaggle.json").write_text(KAGGLE_JSON.format(key=key))
     result = run_isolated("from utils.errors import run_cli; from utils.downloads import download_kaggle; "
-                          "run_cli(lambda: download_kaggle('data'))", KAGGLE_USERNAME="someone", KAGGLE_KEY=key)
+                          "run_cli(lambda: download_kaggle('data'))")
 
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr and key not in result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: downloading splcher/animefacedataset with opendatasets failed: http://localhost/api/v1/"
+        f"error: downloading splcher/animefacedataset with {tool} failed (http://localhost/api/v1/"
         "datasets.DatasetApiService/DownloadDataset answered 500 ")
-    assert "check the network and your Kaggle credentials" in result.stderr and key not in result.stdout + result.stderr
-    assert [p.name for p in (tmp_path / "work" / "data").iterdir()] == [".lock"]   # no kaggle.json, no partial download
-
-
-@pytest.mark.parametrize("where,content,problem", [
-    ("work", '{"username": "ann", "key": ', r"is not valid JSON \(Expecting value: line 1 column 28 \(char 27\)\)"),
-    ("work", '{"username": "ann"}', r'is not a JSON object with a "username" and a "key"'),
-    ("home/.kaggle", "username=ann key=k3y", r"is not valid JSON \(Expecting value"),
-])
-def test_a_malformed_kaggle_json_fails_the_command_line_in_one_line_naming_it(tmp_path, kaggle_api, where, content,
-                                                                              problem):
-    (tmp_path / where).mkdir(parents=True, exist_ok=True)
-    (tmp_path / where / "kaggle.json").write_text(content)
-    result = run_isolated("from utils.train import main; main(['--data', 'kaggle', '--device', 'cpu', '--amp', 'off', "
-                          "'--channels-last', 'off'])")
-
-    shown = "./kaggle.json" if where == "work" else f"{tmp_path}/{where}/kaggle.json"
-    assert result.returncode == 1 and "Traceback" not in result.stderr and kaggle_api.requests == []
-    assert re.fullmatch(rf"error: found {re.escape(shown)} but it {problem}.*: download a new one \(kaggle.com > "
-                        rf"Settings > API > Create New Token\), or delete {re.escape(shown)} .*",
-                        result.stderr.strip().splitlines()[-1])
-
-
-@needs_opendatasets
-def test_kaggle_credentials_reach_opendatasets_in_a_private_file_that_is_removed(tmp_path, kaggle_api, monkeypatch):
-    (tmp_path / "home" / ".kaggle").mkdir(parents=True)
-    (tmp_path / "home" / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "ann", "key": "k3y"}))
-    seen = {}
-
-    def fake_download(url, data_dir):   # what opendatasets does on success: ./kaggle.json -> data_dir/<slug>/
-        credentials = Path("kaggle.json")
-        seen.update(url=url, mode=stat.S_IMODE(credentials.stat().st_mode), values=json.loads(credentials.read_text()))
-        write_png(Path(data_dir) / "animefacedataset" / "images" / "1.jpg", (9, 9, 9))
-
-    monkeypatch.setattr(opendatasets, "download", fake_download)
-    folder = download_kaggle(tmp_path / "data")
-
-    assert seen == dict(url="https://www.kaggle.com/datasets/splcher/animefacedataset", mode=0o600,
-                        values={"username": "ann", "key": "k3y"})
-    assert folder == tmp_path / "data" / "animefacedataset" and (folder / "images" / "1.jpg").is_file()
-    assert Path.cwd() == tmp_path / "work"
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".lock", "animefacedataset"]   # no kaggle.json
-    monkeypatch.setattr(opendatasets, "download", lambda *args: pytest.fail("downloaded twice"))
-    assert download_kaggle(tmp_path / "data") == folder
+    assert [p.name for p in (tmp_path / "work" / "data").iterdir()] == [".lock"]   # no partial download
 
 
 @pytest.mark.parametrize("case,message", [
@@ -472,7 +431,7 @@ def test_a_kaggle_download_onto_a_small_or_read_only_disk_fails_in_one_line_leav
 def test_the_attached_kaggle_dataset_is_found_read_in_place_and_cached_by_the_files_read(tmp_path, monkeypatch):
     root = tmp_path / "input"
     monkeypatch.setenv("ANIME_GAN_KAGGLE_INPUT_ROOT", str(root))
-    monkeypatch.setattr(downloads, "_kaggle_credentials", lambda: pytest.fail("tried to download"))
+    monkeypatch.setattr(downloads, "_download_kaggle", lambda target: pytest.fail("tried to download"))
     assert find_kaggle_input() is None   # no /kaggle/input: not on Kaggle
     (root / "weights" / "images").mkdir(parents=True)   # an images/ folder without JPEGs does not count
     assert find_kaggle_input() is None

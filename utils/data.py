@@ -22,7 +22,7 @@ from utils.config import TrainConfig
 from utils.downloads import (KAGGLE_SLUG, cleaned_up_on_sigterm, data_dir_lock, download_kaggle, download_url,
                              safe_file_name)
 from utils.files import atomic_path
-from utils.image_files import decode_all, existing_source, list_image_files, open_source
+from utils.image_files import DataError, decode_all, list_image_files, open_source
 from utils.synthetic import synthetic_faces
 from utils.urls import is_url
 
@@ -60,7 +60,11 @@ def _local_source(config: TrainConfig) -> Path | None:
         return None
     if config.data == "kaggle":
         return download_kaggle(Path(config.data_dir))
-    return existing_source(Path(config.data).expanduser())
+    source = Path(config.data).expanduser()
+    if not source.exists():
+        raise DataError(f"data source does not exist: {source}: pass a folder or .zip of images, an http(s) URL of a "
+                        ".zip, 'synthetic' or 'kaggle'")
+    return source
 
 
 def _cache_file(config: TrainConfig, source: Path | None) -> tuple[Path, range]:
@@ -138,11 +142,7 @@ def _write_cache(path: Path, count: int, image_size: int, make: Callable[[], np.
 
 def _remove_stale_temporaries(data_dir: Path) -> None:
     """Remove the partial caches and downloads that a process killed in data_dir left (call holding its lock)."""
-    removed = []
     for stale in sorted([*data_dir.glob("cache/.*.tmp.npy"), *data_dir.glob("downloads/.*.tmp.zip")]):
         with contextlib.suppress(OSError):
             stale.unlink()
-            removed.append(str(stale))
-    if removed:
-        print(f"data: removed {len(removed)} partial file(s) that a stopped download or cache build left "
-              f"({', '.join(removed)})")
+            print(f"data: removed {stale}, a partial file that a stopped download or cache build left")

@@ -2,7 +2,7 @@
 
 `download` is torch.hub.download_url_to_file's loop (temporary file, sha256 prefix, rename) with the limits torch
 hub lacks: it ends (a silent server, a deadline, a size cap without a length), leaves no partial file (SIGTERM
-included) and never shows a credential. Nothing prompts.
+included) and never shows a credential (a DownloadError's message is redacted). Nothing prompts.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import base64
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -29,8 +28,7 @@ from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from utils.errors import UserError
-from utils.files import CannotWrite, atomic_path, check_free_space, explain_write_error, read_json
-from utils.urls import redact_url
+from utils.files import CannotWrite, atomic_path, check_free_space, explain_write_error
 
 KAGGLE_DATASET = "splcher/animefacedataset"   # 63,565 JPEGs under images/
 KAGGLE_SLUG = KAGGLE_DATASET.split("/")[1]
@@ -41,7 +39,7 @@ MAX_UNSIZED_BYTES = 2 * 2**30    # about 5 times the Anime Face Dataset's archiv
 
 
 class DownloadError(UserError, RuntimeError):
-    """A download failed; the message names the URL (redacted) and what the server or the network did."""
+    """A download failed; the message names the URL and what the server or the network did."""
 
 
 @contextlib.contextmanager
@@ -93,8 +91,8 @@ def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
 
     def is_zip(tmp: Path, content_type: str) -> None:
         if not zipfile.is_zipfile(tmp):
-            raise DownloadError(f"{redact_url(url)} did not send a whole .zip archive ({tmp.stat().st_size:,} bytes "
-                                f"of {content_type}): data must be the URL of a .zip of images; if the connection "
+            raise DownloadError(f"{url} did not send a whole .zip archive ({tmp.stat().st_size:,} bytes of "
+                                f"{content_type}): data must be the URL of a .zip of images; if the connection "
                                 "dropped, run again")
     download(url, target, progress, check=is_zip)
     return target
@@ -104,7 +102,6 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
              check: Callable[[Path, str], None] | None = None) -> None:
     """Download `url` into `target` within the limits above; the file takes its name only if its sha256 starts with
     `sha256_prefix` and `check(tmp, content_type)` does not raise. Every failure is one line naming the URL."""
-    shown = redact_url(url)
     with cleaned_up_on_sigterm(), atomic_path(target) as tmp:
         try:
             with urllib.request.urlopen(_request(url), timeout=NETWORK_TIMEOUT_S) as response, \
@@ -119,34 +116,29 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
                         if endless or time.monotonic() > deadline:
                             limit = (f"it went on past {MAX_UNSIZED_BYTES / 2**20:,.0f} MiB without a length"
                                      if endless else f"it did not finish within {DOWNLOAD_DEADLINE_S:,} s")
-                            raise DownloadError(f"downloading {shown} stopped after {file.tell():,} bytes: {limit}; "
+                            raise DownloadError(f"downloading {url} stopped after {file.tell():,} bytes: {limit}; "
                                                 "the partial file was removed: check the URL, or download the file "
                                                 "yourself and give its path")
                 if size is not None and file.tell() < size:
-                    raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {shown}: "
+                    raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {url}: "
                                         "the partial file was removed; run again")
                 content_type = response.headers.get_content_type()
         except urllib.error.HTTPError as error:
-            raise DownloadError(f"downloading {shown} failed: the server answered {error.code} {error.reason}: "
+            raise DownloadError(f"downloading {url} failed: the server answered {error.code} {error.reason}: "
                                 "check the URL") from None
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as error:
-            raise DownloadError(f"downloading {shown} failed ({_reason(error)}): check the network and the URL, "
-                                "then run again") from None
+            reason = getattr(error, "reason", error)   # urllib's URLError wraps the socket's error
+            if isinstance(reason, TimeoutError):
+                reason = f"nothing arrived for {NETWORK_TIMEOUT_S} s"
+            elif not isinstance(reason, OSError):   # http.client's own messages can quote the URL raw
+                reason = "not a valid URL" if isinstance(reason, ValueError) else type(error).__name__
+            raise DownloadError(f"downloading {url} failed ({reason}): check the network and the URL, then run "
+                                "again") from None
         if not digest.hexdigest().startswith(sha256_prefix):
-            raise DownloadError(f"{shown} did not send the expected file (invalid hash value: sha256 "
+            raise DownloadError(f"{url} did not send the expected file (invalid hash value: sha256 "
                                 f"{digest.hexdigest()[:8]}..., expected {sha256_prefix}...); nothing was kept")
         if check is not None:
             check(tmp, content_type)
-
-
-def _reason(error: Exception) -> str:
-    """What went wrong, without the URL: http.client's messages can quote it raw (a token included)."""
-    reason = getattr(error, "reason", error)   # urllib's URLError wraps the socket's error
-    if isinstance(reason, TimeoutError):
-        return f"nothing arrived for {NETWORK_TIMEOUT_S} s"
-    if isinstance(reason, (ValueError, http.client.InvalidURL)):
-        return "not a valid URL"
-    return str(reason) if isinstance(reason, OSError) else type(error).__name__
 
 
 def _request(url: str) -> urllib.request.Request:
@@ -171,9 +163,9 @@ def find_kaggle_input() -> Path | None:
 
 
 def download_kaggle(data_dir: Path) -> Path:
-    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now, signed
-    in through `opendatasets` where credentials exist and it imports (handed a private kaggle.json, so it never
-    prompts), else through `kagglehub` (public, no account needed). It takes its name only once complete."""
+    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now, with
+    opendatasets where it imports and ./kaggle.json signs it in (without one it would prompt), else with kagglehub
+    (public: no account needed). It takes its name only once complete."""
     attached = find_kaggle_input()
     if attached is not None:
         print(f"kaggle: using the attached dataset in {attached}")
@@ -181,44 +173,35 @@ def download_kaggle(data_dir: Path) -> Path:
     target = Path(data_dir) / KAGGLE_SLUG
     if _is_filled(target):
         return target
-    credentials = _kaggle_credentials()
     with data_dir_lock(Path(data_dir), wait=True), cleaned_up_on_sigterm():
-        return target if _is_filled(target) else _download_kaggle(target, credentials)   # filled by whom we waited for
+        return target if _is_filled(target) else _download_kaggle(target)   # filled by whom we waited for
 
 
 def _is_filled(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def _download_kaggle(target: Path, credentials: tuple[str, str, str] | None) -> Path:
-    opendatasets, why_not = None, "no Kaggle credentials found"
-    if credentials:
-        try:
-            import opendatasets
-        except ImportError as error:   # Python 3.13: it imports the removed `cgi` module
-            why_not = (f"opendatasets cannot be imported on Python {sys.version_info.major}.{sys.version_info.minor} "
-                       f"({type(error).__name__}: {error})")
-    if opendatasets:
-        print(f"kaggle: downloading {KAGGLE_DATASET} with opendatasets as {credentials[0]} (credentials from "
-              f"{credentials[2]}) into {target}")
-    else:   # with credentials found, kagglehub signs in with them itself
-        print(f"kaggle: {why_not}: downloading the public dataset {KAGGLE_DATASET} with kagglehub"
-              f"{' (no account needed)' if credentials is None else ''} into {target}")
+def _signed_in_opendatasets():
+    """opendatasets, if it imports and finds its credentials in ./kaggle.json (it reads only there), else None."""
+    try:
+        import opendatasets
+        from opendatasets.utils.kaggle_api import read_kaggle_creds
+    except ImportError:   # Python 3.13: it imports the removed `cgi` module
+        return None
+    return opendatasets if Path("kaggle.json").is_file() and read_kaggle_creds() else None
+
+
+def _download_kaggle(target: Path) -> Path:
+    opendatasets = _signed_in_opendatasets()
+    tool = "opendatasets" if opendatasets else "kagglehub"
+    print(f"kaggle: downloading {KAGGLE_DATASET} with {tool} into {target}")
     staging = target.parent / ".kaggle-download"
     try:
         check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        if opendatasets:   # it reads ./kaggle.json, so that is where the credentials go, readable by us only
-            private = os.open(staging / "kaggle.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(private, "w") as file:
-                json.dump({"username": credentials[0], "key": credentials[1]}, file)
-            cwd = os.getcwd()
-            os.chdir(staging)
-            try:
-                opendatasets.download(f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}", data_dir=".")
-            finally:
-                os.chdir(cwd)
+        if opendatasets:
+            opendatasets.download(f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}", data_dir=str(staging))
         else:
             import kagglehub
             found = Path(kagglehub.dataset_download(KAGGLE_DATASET, output_dir=str(staging / KAGGLE_SLUG)))
@@ -229,54 +212,20 @@ def _download_kaggle(target: Path, credentials: tuple[str, str, str] | None) -> 
     except UserError:
         raise
     except Exception as error:
-        raise _kaggle_failure(error, "opendatasets" if opendatasets else "kagglehub", target, credentials) from error
+        raise _kaggle_failure(error, tool, target) from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _kaggle_failure(error: Exception, tool: str, target: Path, credentials: tuple | None) -> UserError:
-    """A download client's exception as one line: a full disk, an HTTP status, the network."""
+def _kaggle_failure(error: Exception, tool: str, target: Path) -> UserError:
+    """A download client's exception as one line: a full or read-only disk, an HTTP status, the network."""
     explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES) if isinstance(error, OSError) else None
     if isinstance(explained, CannotWrite):
         return explained
-    hint = ("check the network" + (" and your Kaggle credentials" if credentials else "") +
-            ", or attach the dataset (on Kaggle) or use data='synthetic'")
     response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
     if getattr(response, "status_code", None):
-        return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed: {redact_url(response.url)} answered "
-                             f"{response.status_code} {response.reason}: {hint}")
-    reason = (str(error).strip() or "no message").splitlines()[0]
-    return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({type(error).__name__}: {reason}): {hint}")
-
-
-def _kaggle_credentials() -> tuple[str, str, str] | None:
-    """(username, key, where they came from) from the first place that has them, or None; never prompts."""
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
-        return os.environ["KAGGLE_USERNAME"], os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME and KAGGLE_KEY"
-    folders = [Path("."), os.environ.get("KAGGLE_CONFIG_DIR"), Path.home() / ".kaggle", Path.home() / ".config/kaggle"]
-    for file in (Path(folder) / "kaggle.json" for folder in folders if folder):
-        if file.is_file():
-            return _read_credentials(file)
-    with contextlib.suppress(Exception):   # Colab only; raises if the secrets are missing or not shared
-        from google.colab import userdata
-        found = userdata.get("KAGGLE_USERNAME"), userdata.get("KAGGLE_KEY")
-        return (*found, "Colab secrets") if all(found) else None
-    return None
-
-
-def _read_credentials(file: Path) -> tuple[str, str, str]:
-    """(username, key, the file's name) of a kaggle.json; one that is not is an error naming it, never the key."""
-    shown = str(file) if file.is_absolute() else f"./{file}"
-    try:
-        values = read_json(file)
-        valid = isinstance(values, dict) and all(isinstance(values.get(key), str) and values[key]
-                                                 for key in ("username", "key"))
-        problem = "" if valid else 'is not a JSON object with a "username" and a "key"'
-    except ValueError as error:   # says why; JSON's message gives the position only, never the content
-        problem = str(error)
-    except OSError as error:
-        problem = f"cannot be read ({error.strerror})"
-    if problem:
-        raise DownloadError(f"found {shown} but it {problem}: download a new one (kaggle.com > Settings > API > Create "
-                            f"New Token), or delete {shown} to download the public dataset without an account")
-    return values["username"], values["key"], shown
+        reason = f"{response.url} answered {response.status_code} {response.reason}"
+    else:
+        reason = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
+    return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({reason}): check the network, or attach "
+                         "the dataset (on Kaggle) or use data='synthetic'")

@@ -1,7 +1,6 @@
-"""The image files of a folder (searched recursively) or a .zip (read in place, never extracted), listed in sorted
-order and decoded into uint8 (N, 3, S, S). Hidden files and training runs' folders are never listed; only regular
-files of at most MAX_FILE_BYTES are read (a FIFO is never waited on); files that do not decode are skipped and
-counted in one warning."""
+"""The image files of a folder (searched recursively) or a .zip (read in place, never extracted), sorted and decoded
+into uint8 (N, 3, S, S). Hidden files and training runs' folders are never listed; only regular files of at most
+MAX_FILE_BYTES are read (a FIFO is never waited on); files that do not decode are skipped, counted in one warning."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
@@ -29,30 +27,11 @@ MAX_FILE_BYTES = 64 * 2**20   # a face is tens of KB; a larger "image" is skippe
 
 
 class DataError(UserError, ValueError):
-    """The data source cannot be used: no readable images, or neither a folder, a .zip nor a URL of a .zip."""
-
-
-class DataNotFound(UserError, FileNotFoundError):
-    """`config.data` names a file or folder that does not exist."""
+    """The data source cannot be used: missing, no readable images, or neither a folder nor a .zip."""
 
 
 class _Unreadable(Exception):
     """A file skipped unread: not a regular file, or larger than MAX_FILE_BYTES."""
-
-
-def existing_source(source: Path) -> Path:
-    if not source.exists():
-        raise DataNotFound(f"data source does not exist: {source}: pass a folder or .zip of images, "
-                           f"an http(s) URL of a .zip, 'synthetic' or 'kaggle'")
-    return source
-
-
-def load_images(source: Path, image_size: int, max_images: int = 0, progress: bool = True) -> torch.Tensor:
-    """The images of a folder or a .zip (the first `max_images` when > 0) as uint8 (N, 3, S, S): converted to RGB
-    (transparency on white), centre-cropped and resized with Lanczos."""
-    source = existing_source(Path(source))
-    with open_source(source, max_images) as (names, read):
-        return torch.from_numpy(decode_all(source, names, read, image_size, progress))
 
 
 @contextlib.contextmanager

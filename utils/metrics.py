@@ -1,8 +1,7 @@
 """Fréchet Inception Distance (FID): how far generated images are from the real ones; lower is better.
 
-torch-fidelity's port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images
-(FID is biased upwards for small sets); the distance in float64 from symmetric eigendecompositions, stable for small
-sets. A weights file is loaded as data only before torch-fidelity loads it.
+torch-fidelity's port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images;
+the distance in float64 from symmetric eigendecompositions, stable for small sets.
 
     >>> fid = fid_for_config(config, real_images, device)  # real statistics: computed once, cached on disk
     >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -29,8 +27,6 @@ PUBLISHED_SHA256 = "6726825d"   # the published weights' sha256 prefix (in their
 DOWNLOADED_WEIGHTS_ID = f"pt_inception-{PUBLISHED_SHA256}"   # named as a local copy of them would be
 BATCH = 200   # images per pass through the network: memory stays bounded for any number
 _OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
-_OTHER_WEIGHTS = ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID Inception's "
-                  "weights), or to '' to download them")
 
 
 class FID:
@@ -63,8 +59,7 @@ class FID:
         _check_images(fake_images_uint8, "fake_images_uint8")
         return self._score(lambda start, stop: fake_images_uint8[start:stop], len(fake_images_uint8))
 
-    def score_generator(self, generator: nn.Module, latent_dim: int, num_samples: int, seed: int = 0,
-                        batch_size: int = BATCH) -> float:
+    def score_generator(self, generator: nn.Module, latent_dim: int, num_samples: int, seed: int = 0) -> float:
         """FID of `num_samples` images from `generator`, sampled as the grids are, from the same latents for a `seed`
         on every device; the generator's mode and BatchNorm statistics are put back."""
         latents, device = torch.Generator().manual_seed(seed), next(generator.parameters()).device
@@ -73,21 +68,20 @@ class FID:
             return to_uint8(generator(torch.randn(stop - start, latent_dim, 1, 1, generator=latents).to(device)))
 
         with sampling(generator):
-            return self._score(draw, num_samples, batch_size)
+            return self._score(draw, num_samples)
 
-    def _score(self, draw: Callable[[int, int], Tensor], count: int, batch_size: int = BATCH) -> float:
-        mean, cov = self._statistics(draw, count, "FID: generated images", batch_size)
+    def _score(self, draw: Callable[[int, int], Tensor], count: int) -> float:
+        mean, cov = self._statistics(draw, count, "FID: generated images")
         return frechet_distance(self.real_mean, self.real_cov, mean, cov, sigma1_sqrt=self.real_cov_sqrt)
 
-    def _statistics(self, draw: Callable[[int, int], Tensor], count: int, description: str,
-                    batch_size: int = BATCH) -> tuple[Tensor, Tensor]:
+    def _statistics(self, draw: Callable[[int, int], Tensor], count: int, description: str) -> tuple[Tensor, Tensor]:
         """Mean and covariance (float64) of the features of `count` uint8 images, `draw(start, stop)` at a time."""
         if count < 2:
             raise ValueError(f"FID needs at least 2 images on each side; got {count}")
         feature_sum, outer_sum = 0, 0
         with torch.no_grad():
-            for start in tqdm(range(0, count, batch_size), desc=description, disable=not self.progress):
-                images = draw(start, min(start + batch_size, count)).to(self.device)
+            for start in tqdm(range(0, count, BATCH), desc=description, disable=not self.progress):
+                images = draw(start, min(start + BATCH, count)).to(self.device)
                 features = self.feature_extractor(images).to(self.statistics_device, torch.float64)
                 feature_sum, outer_sum = feature_sum + features.sum(dim=0), outer_sum + features.T @ features
         mean = feature_sum / count
@@ -140,15 +134,16 @@ def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.devic
 
 def load_inception(weights: str) -> nn.Module:
     """torch-fidelity's FID Inception (uint8 images -> 2048 pool3 features) with `weights`, a file or "" for the
-    published one, downloaded once; a wrong file, a failed download or no torch-fidelity raises one line now."""
-    if find_spec("torch_fidelity") is None:
-        raise ImportError("FID needs the torch-fidelity package for its Inception network: pip install torch-fidelity")
+    published one, downloaded once; a wrong file or a failed download raises one line, never running the file."""
     from torch_fidelity import feature_extractor_inceptionv3 as inception
 
     path = _weights_path(weights)
-    error, remedy = (ConfigError, _OTHER_WEIGHTS) if path else (DownloadError, f"Delete it to download it again; "
-                                                                               f"offline, {_OFFLINE}")
-    path = path or _download_weights(inception.URL_INCEPTION_V3)
+    if path:
+        error, remedy = ConfigError, ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the "
+                                      "FID Inception's weights), or to '' to download them")
+    else:
+        path, error = _download_weights(inception.URL_INCEPTION_V3), DownloadError
+        remedy = f"Delete it to download it again; offline, {_OFFLINE}"
     state = load_data(path, "weights file", error, remedy)
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
         raise error(f"{path} does not hold network weights (a dict of tensors). {remedy}")
