@@ -22,7 +22,7 @@ from small_disk import small_disk
 from utils.config import TrainConfig
 from utils.data import load_dataset
 from utils.files import CannotWrite, frame_path
-from utils.image_files import DataError, DataNotFound, load_images
+from utils.image_files import DataError
 from utils.synthetic import synthetic_faces
 from utils.visualize import save_grid
 
@@ -49,6 +49,18 @@ def cache_files(data_dir: Path) -> list[Path]:
     return sorted((Path(data_dir) / "cache").glob("*.npy"))
 
 
+def load(source: Path, data_dir: Path, image_size: int = 16, progress: bool = False, **fields) -> torch.Tensor:
+    """The images of a folder or zip, through the cache in data_dir."""
+    config = TrainConfig(data=str(source), data_dir=str(data_dir), image_size=image_size, **fields)
+    return load_dataset(config, progress=progress)
+
+
+LOAD = """from utils.config import TrainConfig
+from utils.data import load_dataset
+load = lambda source: load_dataset(TrainConfig(data=source, data_dir="{data_dir}", image_size=16), progress={progress})
+"""
+
+
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -56,19 +68,13 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------------------ synthetic
 
 @pytest.mark.parametrize("size", [16, 32, 64, 128])
-def test_synthetic_faces_are_uint8_images_determined_by_their_seed(size):
+def test_synthetic_faces_are_uint8_images_determined_by_their_seed_whatever_the_count(size):
     threads = torch.get_num_threads()
-    faces = synthetic_faces(6, size, seed=3)
-    assert faces.shape == (6, 3, size, size) and faces.dtype == torch.uint8
-    assert torch.equal(faces, synthetic_faces(6, size, seed=3))
-    assert not torch.equal(faces, synthetic_faces(6, size, seed=4))
+    faces = synthetic_faces(40, size, seed=3)   # several chunks at 64 and 128 px
+    assert faces.shape == (40, 3, size, size) and faces.dtype == torch.uint8
+    assert torch.equal(faces[:5], synthetic_faces(5, size, seed=3))
+    assert not torch.equal(faces[:5], synthetic_faces(5, size, seed=4))
     assert torch.get_num_threads() == threads   # drawn on one thread, then set back
-
-
-def test_synthetic_faces_prefix_does_not_depend_on_count():
-    many = synthetic_faces(70, 64, seed=7)   # 70 faces are drawn in several chunks at 64px
-    assert torch.equal(many[:5], synthetic_faces(5, 64, seed=7))
-    assert torch.equal(many[:40], synthetic_faces(40, 64, seed=7))
 
 
 def test_synthetic_faces_are_structured_varied_and_the_same_at_every_resolution():
@@ -124,10 +130,9 @@ def test_the_cache_name_changes_with_everything_that_changes_the_images(tmp_path
     assert len(images) == data.SYNTHETIC_DEFAULT_COUNT == 20_000 and torch.equal(images[:4], synthetic_faces(4, 16, 1))
 
     faces = pngs(tmp_path / "faces", 1)
-    config = TrainConfig(data=str(faces), data_dir=str(tmp_path / "data"), image_size=16)
-    assert len(load_dataset(config, progress=False)) == 1
+    assert len(load(faces, tmp_path / "data")) == 1
     save(faces / "b.png", solid((0, 255, 0)))   # the folder changed: its cache is not reused
-    assert len(load_dataset(config, progress=False)) == 2
+    assert len(load(faces, tmp_path / "data")) == 2
 
 
 def test_an_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
@@ -162,7 +167,7 @@ def test_load_images_reads_nested_folders_in_sorted_order_and_converts_modes(tmp
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # nothing here is broken
-        images = load_images(root, 16, progress=False)
+        images = load(root, tmp_path / "data")
 
     assert images.shape == (9, 3, 16, 16) and images.dtype == torch.uint8
     mean = images.float().mean(dim=(2, 3))   # one colour per image, in sorted order: b/c/ before b/gray.png
@@ -174,12 +179,12 @@ def test_load_images_reads_nested_folders_in_sorted_order_and_converts_modes(tmp
 def test_load_images_centre_crops_and_takes_the_first_max_images(tmp_path):
     wide = Image.new("RGB", (90, 30), (255, 0, 0))
     wide.paste((0, 0, 255), (30, 0, 60, 30))   # blue middle third = the centre square
-    images = load_images(save(tmp_path / "wide" / "wide.png", wide).parent, 8, progress=False)
+    images = load(save(tmp_path / "wide" / "wide.png", wide).parent, tmp_path / "data")
     assert images[0, 2].float().mean() > 240 and images[0, 0].float().mean() < 15
 
     for i in range(5):
         save(tmp_path / "five" / f"{i}.png", solid((i * 50, 0, 0)))
-    images = load_images(tmp_path / "five", 8, max_images=2)   # with the progress bar
+    images = load(tmp_path / "five", tmp_path / "data", progress=True, max_images=2)
     assert images[:, 0].float().mean(dim=(1, 2)).tolist() == [0.0, 50.0]
 
 
@@ -211,15 +216,14 @@ def test_a_file_that_is_not_a_readable_image_is_skipped_and_named_in_one_warning
     faces = pngs(tmp_path / "faces", 2)
     (faces / "c-linked.png").symlink_to(faces / "0.png")   # a working link is read like its target
     make(faces / "bad.jpg", monkeypatch)
-    config = TrainConfig(data=str(faces), data_dir=str(tmp_path / "data"), image_size=16)
     with pytest.warns(UserWarning) as record:
-        images = load_dataset(config, progress=False)
+        images = load(faces, tmp_path / "data")
     assert len(record) == 1 and images.shape == (3, 3, 16, 16) and (images[:, 2] == 255).all()
     assert re.fullmatch(rf"skipped 1 of 4 files that are not readable images \(e\.g\. {faces}/bad\.jpg: {reason}.*\)",
                         str(record[0].message))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert torch.equal(load_dataset(config, progress=False), images)   # the cache: nothing decoded again
+        assert torch.equal(load(faces, tmp_path / "data"), images)   # the cache: nothing decoded again
 
 
 def test_zip_is_read_in_place_and_hostile_member_names_write_nothing(tmp_path, monkeypatch):
@@ -235,8 +239,7 @@ def test_zip_is_read_in_place_and_hostile_member_names_write_nothing(tmp_path, m
         zf.writestr("faces/readme.txt", "not an image")
     before = set(tmp_path.rglob("*"))
 
-    images = load_dataset(TrainConfig(data=str(archive), data_dir=str(tmp_path / "data"), image_size=16),
-                          progress=False)
+    images = load(archive, tmp_path / "data")
 
     assert images.shape == (4, 3, 16, 16) and (images[:, 0] == 255).all()   # the hostile names were simply read
     [cache] = cache_files(tmp_path / "data")
@@ -245,23 +248,23 @@ def test_zip_is_read_in_place_and_hostile_member_names_write_nothing(tmp_path, m
 
 
 def test_a_missing_or_unusable_source_is_one_error_saying_what_to_pass(tmp_path):
-    with pytest.raises(DataNotFound, match="does not exist.*'synthetic' or 'kaggle'"):
-        load_images(tmp_path / "nowhere", 16)
-    with pytest.raises(DataNotFound, match="does not exist"):
-        load_dataset(TrainConfig(data=str(tmp_path / "nowhere.zip"), data_dir=str(tmp_path)))
-    (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match=f"no images found in {tmp_path}: expected files ending in .jpg"):
-        load_images(tmp_path, 16)
+    faces, data_dir = tmp_path / "faces", tmp_path / "data"
+    with pytest.raises(DataError, match="does not exist.*'synthetic' or 'kaggle'"):
+        load(faces, data_dir)
+    faces.mkdir()
+    (faces / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=f"no images found in {faces}: expected files ending in .jpg"):
+        load(faces, data_dir)
     zipfile.ZipFile(tmp_path / "empty.zip", "w").close()
     with pytest.raises(DataError, match="no images found"):
-        load_images(tmp_path / "empty.zip", 16)
-    (tmp_path / "a.jpg").write_bytes(b"")
-    (tmp_path / "b.png").write_text("nope")
+        load(tmp_path / "empty.zip", data_dir)
+    (faces / "a.jpg").write_bytes(b"")
+    (faces / "b.png").write_text("nope")
     with pytest.raises(DataError, match="no images found in .*none of its 2 image files could be decoded"):
-        load_images(tmp_path, 16, progress=False)
+        load(faces, data_dir)
     (tmp_path / "faces.tar").write_bytes(b"\0" * 1024)
     with pytest.raises(DataError, match="neither a folder nor a .zip"):
-        load_images(tmp_path / "faces.tar", 16)
+        load(tmp_path / "faces.tar", data_dir)
 
 
 def test_upsampling_past_the_sources_size_is_warned_once(tmp_path):
@@ -269,7 +272,7 @@ def test_upsampling_past_the_sources_size_is_warned_once(tmp_path):
         save(tmp_path / f"{i}.png", solid((0, 0, 255), size=(24, 20)))
     save(tmp_path / "big.png", solid((0, 0, 255), size=(64, 64)))
     with pytest.warns(UserWarning) as record:
-        load_images(tmp_path, 32, progress=False)
+        load(tmp_path, tmp_path / "data", 32)
     assert [str(w.message) for w in record] == [
         f"3 of 4 images are smaller than 32x32 (e.g. {tmp_path}/0.png is 24x20) and were upsampled, which adds no "
         "detail: an image_size of at most 20 keeps them at their own resolution"]
@@ -319,29 +322,23 @@ def test_a_damaged_or_foreign_cache_is_rebuilt_with_the_reason_never_used(tmp_pa
 
 # ------------------------------------------------------------------------------------------ where the cache goes
 
-def test_an_unwritable_data_dir_fails_before_any_decoding(tmp_path, monkeypatch):
+@pytest.mark.parametrize("read_only,message", [
+    (True, r"cannot write .*disk/cache/faces-64px-\w+\.npy \(Read-only file system\): make the folder writable"),
+    (False, r"no space left to write .*disk/cache/faces-64px-\w+\.npy: it needs about 2\.3 MiB and the disk has "
+            r"1\.0 MiB free"),
+])
+def test_a_read_only_or_full_data_dir_fails_before_any_decoding(tmp_path, monkeypatch, read_only, message):
     monkeypatch.setattr(image_files, "_decode_image", lambda *args: pytest.fail("decoded"))
-    with small_disk(tmp_path / "disk", size="16m", read_only=True) as disk:
-        with pytest.raises(CannotWrite, match=r"cannot write .*disk/cache/faces-16px-\w+\.npy \(Read-only file "
-                                              r"system\): make the folder writable"):
-            load_dataset(TrainConfig(data=str(pngs(tmp_path / "faces", 3)), data_dir=str(disk), image_size=16),
-                         progress=False)
-
-
-def test_a_data_dir_without_room_for_the_cache_fails_before_any_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "synthetic_faces", lambda *args: pytest.fail("drew the faces"))
-    with small_disk(tmp_path / "disk", size="1m") as disk:
-        with pytest.raises(CannotWrite, match=r"no space left to write .*disk/cache/synthetic-seed5-64px-\w+\.npy: it "
-                                              r"needs about 2\.3 MiB and the disk has 1\.0 MiB free"):
-            load_dataset(TrainConfig(data="synthetic", data_dir=str(disk), image_size=64, max_images=200, seed=5),
-                         progress=False)
-        assert list((disk / "cache").iterdir()) == []
+    faces = pngs(tmp_path / "faces", 200)
+    with small_disk(tmp_path / "disk", size="16m" if read_only else "1m", read_only=read_only) as disk:
+        with pytest.raises(CannotWrite, match=message):
+            load(faces, disk, 64)
+        assert list(disk.glob("cache/*")) == []
 
 
 def test_a_folder_with_a_very_long_name_gets_a_cache_name_that_fits(tmp_path):
     folder = pngs(tmp_path / ("faces-" + "x" * 240), 1)   # 246 characters: a name made from it whole is too long
-    config = TrainConfig(data=str(folder), data_dir=str(tmp_path / "data"), image_size=16)
-    assert len(load_dataset(config, progress=False)) == 1
+    assert len(load(folder, tmp_path / "data")) == 1
     assert len(cache_files(tmp_path / "data")[0].name) <= 64 + len("-16px-") + 12 + len(".npy")
 
 
@@ -352,13 +349,11 @@ def test_a_run_folder_and_a_cache_inside_the_data_folder_are_never_read_as_image
         save_grid(torch.zeros(4, 3, 16, 16), frame_path(run, epoch), nrow=2)
     save(run / "history.png", solid((255, 0, 0)))
     save(run / "training.gif", solid((255, 0, 0)))
-    config = TrainConfig(data=str(faces), data_dir=str(faces / "data"), image_size=16)   # the cache lands inside too
-
-    images = load_dataset(config, progress=False)
+    images = load(faces, faces / "data")   # the cache lands inside too
     assert images.shape[0] == 3 and (images[:, 1] == 255).all()
     save_grid(torch.zeros(4, 3, 16, 16), frame_path(run, 3), nrow=2)   # the run goes on: the cache still holds
     capsys.readouterr()
-    assert torch.equal(load_dataset(config, progress=False), images)
+    assert torch.equal(load(faces, faces / "data"), images)
     assert "reusing" in capsys.readouterr().out
 
 
@@ -377,15 +372,15 @@ def test_a_fifo_is_skipped_not_waited_on_and_a_zip_member_of_1_gib_is_skipped_un
                 member.write(bytes(2**24))
     result = run_python(f"""
 import resource
-from utils.image_files import load_images
-print(tuple(load_images({str(faces)!r}, 16, progress=False).shape))
+{LOAD.format(data_dir=tmp_path / "data", progress=False)}
+print(tuple(load({str(faces)!r}).shape))
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-load_images({str(tmp_path / "small.zip")!r}, 16, progress=False)
+load({str(tmp_path / "small.zip")!r})
 before = peak()
-print(len(load_images({str(tmp_path / "bomb.zip")!r}, 16, progress=False)), peak() - before)
+print(len(load({str(tmp_path / "bomb.zip")!r})), peak() - before)
 """)
     assert result.returncode == 0, result.stderr
-    shape, bomb = result.stdout.splitlines()
+    shape, bomb = [line for line in result.stdout.splitlines() if not line.startswith("dataset cache:")]
     count, growth_mib = map(int, bomb.split())
     assert shape == "(2, 3, 16, 16)" and count == 1 and growth_mib < 100   # reading the member whole took 2 GiB more
     assert "skipped 1 of 3 files" in result.stderr and "blocked.jpg: not a regular file" in result.stderr
@@ -420,7 +415,8 @@ def interrupt(*args):   # Python's own Ctrl-C handler, after noting the count
 image_files._decode_image = counted
 signal.signal(signal.SIGINT, interrupt)   # also where this suite runs as a background job (SIGINT ignored)
 atexit.register(lambda: print(at_interrupt[0], len(decoded)))
-image_files.load_images({str(faces)!r}, 16)
+{LOAD.format(data_dir=tmp_path / "data", progress=True)}
+load({str(faces)!r})
 """
     process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
