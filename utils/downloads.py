@@ -131,7 +131,8 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
             if isinstance(reason, TimeoutError):
                 reason = f"nothing arrived for {NETWORK_TIMEOUT_S} s"
             elif not isinstance(reason, OSError):   # http.client's own messages can quote the URL raw
-                reason = "not a valid URL" if isinstance(reason, ValueError) else type(error).__name__
+                invalid = isinstance(reason, (ValueError, http.client.InvalidURL))
+                reason = "not a valid URL" if invalid else type(error).__name__
             raise DownloadError(f"downloading {url} failed ({reason}): check the network and the URL, then run "
                                 "again") from None
         if not digest.hexdigest().startswith(sha256_prefix):
