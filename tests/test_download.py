@@ -214,21 +214,16 @@ def test_a_zip_url_is_downloaded_once_read_in_place_and_its_credentials_never_pr
     assert not any(secret.encode() in stored for secret in SECRETS)
 
 
-@pytest.mark.parametrize("data,error", [
-    ("{url}/status/404?token=t0ken", "downloading {url}/status/404?token=*** failed: the server answered 404 Not "
-                                     "Found: check the URL"),
-    ("{tmp}/nowhere", "data source does not exist: {tmp}/nowhere: pass a folder or .zip of images, an http(s) URL "
-                      "of a .zip, 'synthetic' or 'kaggle'"),
-])
-def test_the_command_line_prints_a_data_error_in_one_line_without_the_token(server, tmp_path, data, error):
+def test_the_command_line_prints_a_download_error_in_one_line_without_the_token(server, tmp_path):
     # fp32 NCHW named: no CPU trial to time first
-    result = subprocess.run([sys.executable, "-m", "utils.train", "--data", data.format(url=server.url, tmp=tmp_path),
+    result = subprocess.run([sys.executable, "-m", "utils.train", "--data", f"{server.url}/status/404?token=t0ken",
                              "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--device", "cpu",
                              "--amp", "off", "--channels-last", "off"],
                             cwd=REPO, capture_output=True, text=True, timeout=300, env=os.environ.copy())
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "t0ken" not in result.stdout + result.stderr
-    assert result.stderr.strip().splitlines()[-1] == "error: " + error.format(url=server.url, tmp=tmp_path)
+    assert result.stderr.strip().splitlines()[-1] == (f"error: downloading {server.url}/status/404?token=*** failed: "
+                                                      "the server answered 404 Not Found: check the URL")
 
 
 @pytest.mark.parametrize("url,shown", [

@@ -136,7 +136,7 @@ def test_the_cache_file_is_named_by_the_dataset_content_and_shape_the_subset_and
     datasets = {dataset_id(images), dataset_id(changed), dataset_id(images[:39]), dataset_id(smooth_images(40, 32))}
     (tmp_path / "weights.pth").write_bytes(b"abc")
     weights = (weights_id(""), weights_id(str(tmp_path / "weights.pth")))
-    assert weights == (metrics.DOWNLOADED_WEIGHTS_ID, "pt_inception-ba7816bf")  # sha256("abc") = ba7816bf...
+    assert weights == ("pt_inception-6726825d", "pt_inception-ba7816bf")  # sha256("abc") = ba7816bf...
     names = {reference_cache_file(tmp_path, dataset, real, weight) for dataset in datasets for real in (0, 500)
              for weight in weights}
     assert len(names) == 4 * 2 * 2 and {name.parent for name in names} == {tmp_path / "cache"}

@@ -113,9 +113,8 @@ def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
     except (OSError, ValueError) as error:
         return f"is not a readable .npy file ({error})"
     wanted = (3, image_size, image_size)
-    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1:] != wanted or not array.flags.c_contiguous:
-        order = "" if array.flags.c_contiguous else " in Fortran order"
-        return f"holds {array.dtype} images of shape {array.shape[1:]}{order}, not uint8 of shape {wanted}"
+    if array.dtype != np.uint8 or array.shape[1:] != wanted:
+        return f"holds {array.dtype} images of shape {array.shape[1:]}, not uint8 of shape {wanted}"
     if array.shape[0] not in counts:
         expected = f"{counts.start:,}" if len(counts) == 1 else f"1 to {counts.stop - 1:,}"
         return f"holds {array.shape[0]:,} images where {expected} are expected"

@@ -58,8 +58,7 @@ def data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
     try:
         yield lock.is_locked
     finally:
-        if lock.is_locked:
-            lock.release()
+        lock.release()   # nothing to do when not held
 
 
 @contextlib.contextmanager

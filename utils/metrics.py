@@ -24,23 +24,21 @@ from utils.files import atomic_path, load_data
 from utils.models import sampling, to_uint8
 
 PUBLISHED_SHA256 = "6726825d"   # the published weights' sha256 prefix (in their file name, torch hub's convention)
-DOWNLOADED_WEIGHTS_ID = f"pt_inception-{PUBLISHED_SHA256}"   # named as a local copy of them would be
 BATCH = 200   # images per pass through the network: memory stays bounded for any number
 _OFFLINE = "set config field 'fid_weights' to a local pt_inception-2015-12-05-*.pth file"
 
 
 class FID:
     """Reusable scorer: the statistics of the real images (all, or `num_real` of them, the same every time) computed
-    or read from `cache_file` once, then many scores. `feature_extractor`: None builds the published Inception."""
+    or read from `cache_file` once, then many scores, with `feature_extractor` (`load_inception`'s network)."""
 
     def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device,
-                 feature_extractor: nn.Module | None = None, num_real: int = 0, progress: bool = True):
+                 feature_extractor: nn.Module, num_real: int = 0, progress: bool = True):
         _check_images(real_images, "real_images")
         self.device, self.progress = torch.device(device), progress
         # float64 statistics; MPS has no float64, so they stay on the CPU there
         self.statistics_device = torch.device("cpu") if self.device.type == "mps" else self.device
-        extractor = feature_extractor if feature_extractor is not None else load_inception("")
-        self.feature_extractor = extractor.eval().to(self.device)
+        self.feature_extractor = feature_extractor.eval().to(self.device)
         if cache_file is not None and Path(cache_file).is_file():
             self.real_mean, self.real_cov = _read_reference(Path(cache_file), self.statistics_device)
         else:
@@ -119,7 +117,8 @@ def dataset_id(real_images: Tensor) -> str:
 def weights_id(weights: str) -> str:
     """Name Inception weights as the official file is named: by the first 8 hex digits of their sha256."""
     path = _weights_path(weights)
-    return f"pt_inception-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}" if path else DOWNLOADED_WEIGHTS_ID
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8] if path else PUBLISHED_SHA256
+    return f"pt_inception-{digest}"
 
 
 def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.device,
