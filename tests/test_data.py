@@ -151,7 +151,7 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ folders and zips
 
-def test_load_images_reads_nested_folders_in_sorted_order_and_converts_modes(tmp_path):
+def test_a_folder_is_read_recursively_in_sorted_order_converting_every_mode(tmp_path):
     root = tmp_path / "faces"
     save(root / "a_rgb.jpg", solid((200, 30, 30)), quality=95)
     save(root / "b" / "gray.png", solid(128, mode="L"))
@@ -176,7 +176,7 @@ def test_load_images_reads_nested_folders_in_sorted_order_and_converts_modes(tmp
     assert (mean - torch.tensor(expected, dtype=torch.float32)).abs().max() < 6
 
 
-def test_load_images_centre_crops_and_takes_the_first_max_images(tmp_path):
+def test_images_are_centre_cropped_and_max_images_takes_the_first(tmp_path):
     wide = Image.new("RGB", (90, 30), (255, 0, 0))
     wide.paste((0, 0, 255), (30, 0, 60, 30))   # blue middle third = the centre square
     images = load(save(tmp_path / "wide" / "wide.png", wide).parent, tmp_path / "data")
