@@ -1,7 +1,6 @@
 """Several runs side by side: the last grid of each, their curves on shared axes, and a table with FID.
 
     >>> compare_runs(image_size=64, last=6)      # notebook 03: the 6 runs of 64x64 faces trained last
-    >>> compare_runs(match="*lr_g*")             # the runs whose folder name matches a pattern
     >>> compare_runs([dcgan.run_dir, improved.run_dir], fid={dcgan.run_dir: 172.4, improved.run_dir: 30.3})
 
 Each run has a number, a colour and a label of what it changed ("lr_g=0.001", "G=LeakyGenerator",
@@ -11,9 +10,6 @@ left off the scale, saying so; identical curves stay visible; a file that cannot
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import json
 import math
 import textwrap
 from dataclasses import dataclass, field
@@ -22,18 +18,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
 from utils.config import FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, TUNABLE_FIELDS, TrainConfig
 from utils.diagnose import since
 from utils.errors import UserError
-from utils.files import is_run_folder, load_data
+from utils.files import is_run_folder, load_data, read_json
 from utils.run import CHECKPOINT, CONFIG, HISTORY, list_frames, read_run
-from utils.visualize import in_notebook
+from utils.visualize import in_notebook, read_grid
 
-MAX_RUNS = 12  # more and the grids are too small to see
+MAX_RUNS = 12  # the last 12 are drawn: more and the grids are too small to see
 FIGURE_WIDTH = 9.0  # inches: about 900 px in a notebook
-_MAX_GRID_PIXELS = 4096 * 4096  # 64 images of 256x256 make a 2066x2066 grid: a larger PNG is not one
 _STEP_KEYS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake")
 _BUILT_IN = {"G": ("generator", "Generator"), "D": ("discriminator", "Discriminator")}
 _LABELLED = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)] + ["recipe"]
@@ -54,22 +48,16 @@ class _Run:
         return self.history.get("steps", [])
 
 
-def list_runs(root: str | Path = "generated", image_size: int | None = None, match: str | None = None,
-              last: int | None = None) -> list[Path]:
+def list_runs(root: str | Path = "generated", image_size: int | None = None, last: int | None = None) -> list[Path]:
     """The run folders under `root`, least recently trained first: of `image_size` (and those whose size cannot be
-    read, for compare to say so), whose name matches the glob `match` ("*lr_g*"), the `last` trained last."""
+    read, for compare to say so), the `last` trained last."""
+    if last is not None and last < 1:
+        raise UserError(f"last={last}: choose how many of the runs trained last to show (1 or more)")
     runs = [path for path in Path(root).iterdir() if is_run_folder(path)] if Path(root).is_dir() else []
     if image_size is not None:
         runs = [run for run in runs if _image_size(run) in (image_size, None)]
-    return _select(sorted(runs, key=_trained_at), match, last)
-
-
-def _select(run_dirs: list[Path], match: str | None, last: int | None) -> list[Path]:
-    if match is not None:
-        run_dirs = [run for run in run_dirs if fnmatch.fnmatchcase(run.name, match)]
-    if last is not None and last < 1:
-        raise UserError(f"last={last}: choose how many of the runs trained last to show (1 or more)")
-    return run_dirs[-last:] if last else run_dirs
+    runs = sorted(runs, key=_trained_at)
+    return runs[-last:] if last else runs
 
 
 def _trained_at(run_dir: Path) -> float:
@@ -79,25 +67,20 @@ def _trained_at(run_dir: Path) -> float:
 
 def _image_size(run_dir: Path) -> int | None:
     try:
-        return int(json.loads((run_dir / CONFIG).read_text())["image_size"])
+        return int(read_json(run_dir / CONFIG)["image_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _checked_folders(run_dirs: list[str | Path]) -> list[Path]:
-    """The folders as Paths; a UserError naming each one that is not a run (a missing one with the closest name)."""
-    refused = []
-    for path in map(Path, run_dirs):
-        if not path.exists():
-            siblings = [p.name for p in path.parent.iterdir() if is_run_folder(p)] if path.parent.is_dir() else []
-            close = difflib.get_close_matches(path.name, siblings, n=1)
-            refused.append(f"{path} does not exist" + (f" (did you mean {path.parent / close[0]}?)" if close else ""))
-        elif not is_run_folder(path):
-            refused.append(f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})")
+    """The folders as Paths; a UserError naming each one that is not a run."""
+    paths = [Path(run_dir) for run_dir in run_dirs]
+    refused = [f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})" if path.exists() else
+               f"{path} does not exist" for path in paths if not is_run_folder(path)]
     if refused:
         raise UserError("compare_runs: " + "; ".join(refused) + ". Pass run folders as train() returns them "
                         "(result.run_dir), or leave the list out to compare the runs under generated/")
-    return [Path(run_dir) for run_dir in run_dirs]
+    return paths
 
 
 def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
@@ -143,19 +126,16 @@ def _own_networks(run_dir: Path) -> dict[str, str]:
 
 def _last_grid(run: _Run) -> tuple[int, np.ndarray | None]:
     """(epoch, RGB pixels) of the run's last sample grid; pixels None where there is none to show, and a line in
-    `problems` where it cannot be read. The size in the header is checked before anything is decoded."""
+    `problems` where it cannot be read."""
     frames = list_frames(run.dir)
     if not frames:
         return 0, None
     epoch, path = frames[-1]
     try:
-        with Image.open(path) as grid:
-            if grid.width * grid.height <= _MAX_GRID_PIXELS:
-                return epoch, np.asarray(grid.convert("RGB"))
-            run.problems.append(f"{path} is {grid.width}x{grid.height} pixels, far more than a sample grid: not shown")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        run.problems.append(f"{path} is not a readable PNG ({type(error).__name__}: {str(error)[:100]}): not shown")
-    return epoch, None
+        return epoch, read_grid(path)
+    except UserError as error:
+        run.problems.append(f"{error}; it is not shown")
+        return epoch, None
 
 
 def _labels(runs: list[_Run]) -> list[str]:
@@ -163,10 +143,13 @@ def _labels(runs: list[_Run]) -> list[str]:
     else against the value most runs share. What a run's own recipe sets is said by "recipe=..." alone."""
     recipes = [run.config.recipe for run in runs if run.config]
     base = TrainConfig(recipe="dcgan" if "dcgan" in recipes else _most_shared(recipes) or "dcgan")
+    columns = {name: [_cell(getattr(run.config, name)) if run.config else None for run in runs] for name in _LABELLED}
+    columns |= {short: [run.networks.get(short, "built-in") for run in runs] for short in _BUILT_IN}
     references = {}
-    for name, values in _differing(runs).items():
-        default = "built-in" if name in _BUILT_IN else _cell(getattr(base, name))
-        references[name] = (values, default if default in values else _most_shared(values))
+    for name, values in columns.items():
+        if len(set(values) - {None}) > 1:  # the runs differ in it (None: settings unreadable)
+            default = "built-in" if name in _BUILT_IN else _cell(getattr(base, name))
+            references[name] = (values, default if default in values else _most_shared(values))
     labels = []
     for i, run in enumerate(runs):
         if run.config is None:
@@ -178,13 +161,6 @@ def _labels(runs: list[_Run]) -> list[str]:
                                                       and values[i] == _cell(getattr(own_recipe, name)))]
         labels.append(", ".join(changed) or "common settings")
     return labels
-
-
-def _differing(runs: list[_Run]) -> dict[str, list[str | None]]:
-    """{setting or network: each run's value} where the runs differ (None for a run whose settings are unreadable)."""
-    columns = {name: [_cell(getattr(run.config, name)) if run.config else None for run in runs] for name in _LABELLED}
-    columns |= {short: [run.networks.get(short, "built-in") for run in runs] for short in _BUILT_IN}
-    return {name: values for name, values in columns.items() if len(set(values) - {None}) > 1}
 
 
 def _most_shared(values: list) -> str | None:
@@ -322,24 +298,19 @@ def epoch_positions(history: dict) -> list[float]:
 
 
 def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = None, *, root: str | Path = "generated",
-                 image_size: int | None = None, match: str | None = None, last: int | None = None) -> Figure:
+                 image_size: int | None = None, last: int | None = None) -> Figure:
     """Show the table and the figure of the runs in a notebook (print the table elsewhere); return the figure.
 
-    The runs are `run_dirs` in that order, else those under `root` of `image_size` (see `list_runs`); `match` and
-    `last` narrow either; the last 12 are shown. `fid` ({run_dir: score}) overrides the FID a history holds.
+    The runs are `run_dirs` in that order, else the `last` trained under `root` of `image_size` (see `list_runs`);
+    the last 12 are drawn. `fid` ({run_dir: score}) overrides the FID a history holds.
     """
     given = run_dirs is not None
-    run_dirs = _select(_checked_folders(run_dirs), match, last) if given else list_runs(root, image_size, match, last)
+    run_dirs = _checked_folders(run_dirs) if given else list_runs(root, image_size, last)
     if not run_dirs:
         where = "among the folders given" if given else f"under {root}/" + (
             f" of {image_size}x{image_size} faces" if image_size else "")
-        raise UserError(f"compare_runs: no runs {where}" + (f" matching {match!r}" if match else "")
-                        + ": train one first (notebook 03), or pass the run folders")
-    if len(run_dirs) > MAX_RUNS:
-        print(f"showing the last {MAX_RUNS} of {len(run_dirs)} runs: choose others with last=, match= or a list of "
-              "run folders")
-        run_dirs = run_dirs[-MAX_RUNS:]
-    runs = read_runs(run_dirs)
+        raise UserError(f"compare_runs: no runs {where}: train one first (notebook 03), or pass the run folders")
+    runs = read_runs(run_dirs[-MAX_RUNS:])
     fig = _plot(runs)  # first: a grid that cannot be read is a problem the table marks
     table = _table(runs, fid)
     for problem in (problem for run in runs for problem in run.problems):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from utils.visualize import read_grid
 
 FORMED = 0.4                 # samples this varied (a share of the real images' variety) are past a young G's blobs
 COLLAPSE_VARIETY = 0.35      # variety below this while D takes the samples for real is a collapse...
@@ -119,7 +120,7 @@ def _mean(steps: list[dict], key: str) -> float:
 
 
 def _share(steps: list[dict], test) -> float:
-    return sum(1 for s in steps if test(s)) / len(steps)
+    return sum(map(test, steps)) / len(steps)
 
 
 def knob(problem: str, config) -> str:
@@ -167,8 +168,7 @@ class Diagnosis:
         self.real_variety, self.real_checker = max(variety(real), 1e-6), max(stride_peak(real), 1e-6)
         self.previous = None
         if previous_grid is not None and previous_grid.is_file():
-            with Image.open(previous_grid) as grid:
-                self.previous = self._samples(np.asarray(grid.convert("RGB")))
+            self.previous = self._samples(read_grid(previous_grid))
 
     def _samples(self, grid: np.ndarray) -> torch.Tensor:
         return untile(grid, self.config.num_samples, self.config.image_size)
