@@ -14,7 +14,6 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
 from utils.errors import run_cli
 from utils.files import MAKER_BYTES, atomic_path, output_file
@@ -23,29 +22,20 @@ from utils.generate import Faces, load_faces
 META = "meta.json"
 
 
-class TravellingGenerator(nn.Module):
-    """z (N, latent_dim, 1, 1) -> images (N, 3, image_size, image_size) in [-1, 1], sizes kept as attributes."""
-
-    def __init__(self, generator: nn.Module, latent_dim: int, image_size: int):
-        super().__init__()
-        self.generator, self.latent_dim, self.image_size = generator, latent_dim, image_size
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.generator(z.reshape(-1, self.latent_dim, 1, 1))
-
-
 def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") -> list[Path]:
-    """Write the run's generator as TorchScript to `out`; returns the files written ([out])."""
+    """Write the run's generator as TorchScript to `out`, with its latent_dim and image_size as attributes and
+    where it came from in META; returns the files written ([out])."""
     out = output_file(out, "out (--out)")
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
-    module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
+    generator = copy.deepcopy(faces.generator).cpu().eval()
+    generator.latent_dim, generator.image_size = faces.latent_dim, faces.image_size
     meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "run": str(faces.run_dir),
             "epoch": faces.epoch, "seed": faces.seed, "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
             "output": "images in [-1, 1], (N, 3, S, S)"}
     with warnings.catch_warnings(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
-        torch.jit.save(torch.jit.script(module), str(tmp),
+        torch.jit.save(torch.jit.script(generator), str(tmp),
                        _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
     return [out]
 

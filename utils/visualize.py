@@ -109,17 +109,20 @@ def plot_history(history: dict, fig=None):
         ax.set_xlim(left=0)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if not steps:  # nothing measured yet: no made-up scale
-            ax.set_xticks([])
+    if not steps:  # nothing measured yet: no made-up scale
+        losses.set(xticks=[], yticks=[])
+        verdicts.set_xticks([])
     verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
     verdicts.set(ylabel="probability 'real'", ylim=(0, 1))
     losses.set_ylabel("loss")
-    if not steps:
-        losses.set_yticks([])
     losses.legend()
     verdicts.legend()
     pad = 6 + _mark_changes(axes[:2], history)
-    _mark_diagnoses(axes[:2], diagnosis_marks(history))
+    for row, (first, last, problem) in enumerate(diagnosis_marks(history)):  # shaded, named at the foot (a row each)
+        for ax in axes[:2]:
+            ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
+        verdicts.annotate(problem, (first, 0), xycoords=("data", "axes fraction"), xytext=(2, 3 + 11 * row),
+                          textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
     losses.set_title("Losses", pad=pad)
     verdicts.set_title("Discriminator's verdict", pad=pad)
     if scored:
@@ -164,15 +167,6 @@ def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
                 first, end = spans[record["epoch"]]
                 stretches[problem] = (stretches.get(problem, (first,))[0], end)
     return sorted(marks + [(first, end, problem) for problem, (first, end) in stretches.items()])
-
-
-def _mark_diagnoses(axes, marks: list[tuple[int, int, str]]) -> None:
-    """Shade each stretch in every panel, its problem written at the foot of the second panel (a row each)."""
-    for row, (first, last, problem) in enumerate(marks):
-        for ax in axes:
-            ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
-        axes[1].annotate(problem, (first, 0), xycoords=("data", "axes fraction"), xytext=(2, 3 + 11 * row),
-                         textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
 
 
 def save_history_plot(history: dict, path: str | Path) -> Path:
