@@ -255,9 +255,8 @@ def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
                 style["markevery"] = slice(place * every, None, len(group) * every)
         elif len(x) < 20:  # dots, so that a run of a single point shows
             style |= dict(marker="o", markersize=3)
-        panels[0].plot(x, curve["loss_d"], **style)
-        panels[1].plot(x, curve["loss_g"], **style)
-        panels[2].plot(x, curve["d_real"], **style)
+        for ax, key in zip(panels, ("loss_d", "loss_g", "d_real")):
+            ax.plot(x, curve[key], **style)
         panels[2].plot(x, curve["d_fake"], **style | dict(linestyle="--", linewidth=0.8))
     for ax, key, title in ((panels[0], "loss_d", "D loss"), (panels[1], "loss_g", "G loss")):
         outliers = _outliers([curve[key] for curve in curves])

@@ -184,8 +184,7 @@ def in_notebook() -> bool:
         from IPython import get_ipython
     except ImportError:
         return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    return getattr(get_ipython(), "kernel", None) is not None  # get_ipython() is None outside IPython
 
 
 class LivePlot:
@@ -201,8 +200,7 @@ class LivePlot:
         self._enabled = in_notebook()
         self._handle = None  # the IPython DisplayHandle redrawn in place
         self._last_draw, self._draw_seconds = -math.inf, 0.0
-        self._grid: np.ndarray | None = None
-        self._title = ""
+        self._grid, self._title = None, ""  # the last epoch's grid (uint8, H x W x 3) and its title
 
     def update(self, history: dict, grid: np.ndarray | None = None, title: str = "", force: bool = False) -> None:
         """Redraw if it is time (or `force`); `grid` (uint8, H x W x 3) is shown under `title` until the next."""
