@@ -106,6 +106,8 @@ def test_runs_are_chosen_by_size_and_the_last_n_or_as_a_list_and_a_folder_not_a_
     assert table.index(str(made[2])) < table.index(str(made[0])) and str(own) not in table
     with pytest.raises(UserError, match="no runs under .* of 8x8 faces"):
         compare_runs(root=generated, image_size=8)
+    with pytest.raises(UserError, match="no runs among the folders given"):
+        compare_runs([])
     with pytest.raises(UserError) as refused:
         compare_runs([made[0], made[1].with_name("bb"), generated / "notes"])
     message = str(refused.value)

@@ -72,17 +72,6 @@ def _image_size(run_dir: Path) -> int | None:
         return None
 
 
-def _checked_folders(run_dirs: list[str | Path]) -> list[Path]:
-    """The folders as Paths; a UserError naming each one that is not a run."""
-    paths = [Path(run_dir) for run_dir in run_dirs]
-    refused = [f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})" if path.exists() else
-               f"{path} does not exist" for path in paths if not is_run_folder(path)]
-    if refused:
-        raise UserError("compare_runs: " + "; ".join(refused) + ". Pass run folders as train() returns them "
-                        "(result.run_dir), or leave the list out to compare the runs under generated/")
-    return paths
-
-
 def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
     """Each run's settings, history and own networks; a file that cannot be read is a line in its `problems`. A
     damaged config.json or history.json is taken from the checkpoint, as training does (utils.run.read_run)."""
@@ -298,13 +287,16 @@ def epoch_positions(history: dict) -> list[float]:
 
 def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = None, *, root: str | Path = "generated",
                  image_size: int | None = None, last: int | None = None) -> Figure:
-    """Show the table and the figure of the runs in a notebook (print the table elsewhere); return the figure.
-
-    The runs are `run_dirs` in that order, else the `last` trained under `root` of `image_size` (see `list_runs`);
-    the last 12 are drawn. `fid` ({run_dir: score}) overrides the FID a history holds.
-    """
+    """Show the table and the figure of the runs in a notebook (print the table elsewhere); return the figure. The
+    runs are `run_dirs` in that order, else the `last` trained under `root` of `image_size` (see `list_runs`); the
+    last 12 are drawn. `fid` ({run_dir: score}) overrides the FID a history holds."""
     given = run_dirs is not None
-    run_dirs = _checked_folders(run_dirs) if given else list_runs(root, image_size, last)
+    run_dirs = [Path(run_dir) for run_dir in run_dirs] if given else list_runs(root, image_size, last)
+    refused = [f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})" if path.exists() else
+               f"{path} does not exist" for path in run_dirs if not is_run_folder(path)]
+    if refused:
+        raise UserError("compare_runs: " + "; ".join(refused) + ". Pass run folders as train() returns them "
+                        "(result.run_dir), or leave the list out to compare the runs under generated/")
     if not run_dirs:
         where = "among the folders given" if given else f"under {root}/" + (
             f" of {image_size}x{image_size} faces" if image_size else "")

@@ -189,13 +189,11 @@ def in_notebook() -> bool:
 
 class LivePlot:
     """One notebook output redrawn in place while training: the history's curves as `plot_history` draws them, and
-    the last epoch's grid beside them until the next. Each redraw renders a bare Figure to PNG and drops it, so
-    hundreds of them leak nothing; outside Jupyter it draws nothing.
-    """
+    the last epoch's grid beside them until the next. It redraws at most every `every_seconds`, and rarer where a
+    redraw is slow (about 2 s on a busy 2-core CPU), so that redrawing takes at most `max_share` of the time. Each
+    redraw renders a bare Figure to PNG and drops it (hundreds leak nothing); outside Jupyter it draws nothing."""
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
-        """Redraw at most every `every_seconds`, and rarer where a redraw is slow (about 2 s on a busy 2-core CPU):
-        redrawing takes at most `max_share` of the time."""
         self.every_seconds, self.max_share = every_seconds, max_share
         self._enabled = in_notebook()
         self._handle = None  # the IPython DisplayHandle redrawn in place
