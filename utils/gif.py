@@ -60,7 +60,8 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
               f"spread from epoch {frames[0][0]} to epoch {frames[-1][0]} (a larger max_frames shows more, and "
               "needs more memory)")
         frames = [frames[round(i * step)] for i in range(max_frames)]
-    (_, first), shape = frames[0], read_grid(frames[0][1]).shape
+    first = frames[0][1]
+    shape = read_grid(first).shape  # a GIF has one frame size
 
     def images() -> Iterator[np.ndarray]:
         for epoch, path in frames:
