@@ -262,7 +262,7 @@ class FaceExplorer:
         for slider in self.controls.values():
             slider.observe(redraw, names="value")
         bundle = widgets.VBox([*self.controls.values(), timing, self.image])._repr_mimebundle_()
-        return {**(bundle[0] if isinstance(bundle, tuple) else bundle), "image/png": base64.b64encode(png).decode()}
+        return bundle | {"image/png": base64.b64encode(png).decode()}
 
 
 def _png(image: np.ndarray) -> bytes:
