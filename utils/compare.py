@@ -41,6 +41,8 @@ class _Run:
     config: TrainConfig | None = None
     history: dict = field(default_factory=dict)
     networks: dict[str, str] = field(default_factory=dict)  # {"G": "LeakyGenerator"} for networks not built in
+    epoch: int = 0  # of the last sample grid, whose pixels (RGB) are `grid`
+    grid: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)  # a line for each file that could not be read
 
     @property
@@ -73,10 +75,17 @@ def _image_size(run_dir: Path) -> int | None:
 
 
 def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
-    """Each run's settings, history and own networks; a file that cannot be read is a line in its `problems`. A
-    damaged config.json or history.json is taken from the checkpoint, as training does (utils.run.read_run)."""
+    """Each run's settings, history, own networks and last grid; a file that cannot be read is a line in its
+    `problems`. A damaged config.json or history.json is taken from the checkpoint, as training does."""
     runs = [_Run(Path(run_dir)) for run_dir in run_dirs]
     for run in runs:
+        frames = list_frames(run.dir)
+        if frames:
+            run.epoch, path = frames[-1]
+            try:
+                run.grid = read_grid(path)
+            except UserError as error:
+                run.problems.append(f"{error}; it is not shown")
         try:
             run.config, history = read_run(run.dir)
         except UserError as error:
@@ -111,20 +120,6 @@ def _own_networks(run_dir: Path) -> dict[str, str]:
     described = state.get("networks", {}) if isinstance(state, dict) else {}
     names = {short: str(described.get(role, builtin)).split(" ", 1)[0] for short, (role, builtin) in _BUILT_IN.items()}
     return {short: name for short, name in names.items() if name != _BUILT_IN[short][1]}
-
-
-def _last_grid(run: _Run) -> tuple[int, np.ndarray | None]:
-    """(epoch, RGB pixels) of the run's last sample grid; pixels None where there is none to show, and a line in
-    `problems` where it cannot be read."""
-    frames = list_frames(run.dir)
-    if not frames:
-        return 0, None
-    epoch, path = frames[-1]
-    try:
-        return epoch, read_grid(path)
-    except UserError as error:
-        run.problems.append(f"{error}; it is not shown")
-        return epoch, None
 
 
 def _labels(runs: list[_Run]) -> list[str]:
@@ -204,21 +199,21 @@ def _plot(runs: list[_Run]) -> Figure:
     twins = [[other for other, curve in enumerate(curves) if curve == curves[number]] for number in range(len(runs))]
     columns = len(runs) if len(runs) <= 6 else math.ceil(len(runs) / 2)
     rows = math.ceil(len(runs) / columns)
-    tile = min(2.2, (FIGURE_WIDTH - 0.3) / columns)  # inches per grid
-    grids, titles = [_last_grid(run) for run in runs], []
-    for number, (label, group, (epoch, _)) in enumerate(zip(_labels(runs), twins, grids)):
+    tile = min(2.2, (FIGURE_WIDTH - 0.3) / columns)  # inches per grid; its 8 pt title wraps at 14.5 characters an inch
+    titles = []
+    for number, (label, group, run) in enumerate(zip(_labels(runs), twins, runs)):
         same = ", ".join(str(i + 1) for i in group if i != number)
         title = f"{number + 1}: {label}" + (f" (same curves as {same})" if same else "")
-        titles.append(textwrap.fill(title, max(12, int(tile * 14.5))) + (f"\nepoch {epoch}" if epoch else ""))  # 8 pt
-    aspect = max([pixels.shape[0] / pixels.shape[1] for _, pixels in grids if pixels is not None] or [1.0])
+        titles.append(textwrap.fill(title, max(12, int(tile * 14.5))) + (f"\nepoch {run.epoch}" if run.epoch else ""))
+    aspect = max([run.grid.shape[0] / run.grid.shape[1] for run in runs if run.grid is not None] or [1.0])
     grids_height = rows * (tile * aspect + 0.17 * max(title.count("\n") + 1 for title in titles) + 0.1)
     fig = Figure(figsize=(FIGURE_WIDTH, grids_height + 2.9), layout="constrained")
     fig.get_layout_engine().set(h_pad=0.1, w_pad=0.08)  # room at the edges, so that no title touches them
     top, bottom = fig.subfigures(2, 1, height_ratios=[grids_height, 2.9])
     axes = top.subplots(rows, columns, squeeze=False).ravel()
-    for number, (ax, run, title, (_, pixels)) in enumerate(zip(axes, runs, titles, grids)):
-        if pixels is not None:
-            ax.imshow(pixels)
+    for number, (ax, run, title) in enumerate(zip(axes, runs, titles)):
+        if run.grid is not None:
+            ax.imshow(run.grid)
         else:
             ax.text(0.5, 0.5, "unreadable" if run.problems else "no grid yet", ha="center", va="center", fontsize=8,
                     color="gray", transform=ax.transAxes)
@@ -302,8 +297,7 @@ def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = No
             f" of {image_size}x{image_size} faces" if image_size else "")
         raise UserError(f"compare_runs: no runs {where}: train one first (notebook 03), or pass the run folders")
     runs = read_runs(run_dirs[-MAX_RUNS:])
-    fig = _plot(runs)  # first: a grid that cannot be read is a problem the table marks
-    table = _table(runs, fid)
+    fig, table = _plot(runs), _table(runs, fid)
     for problem in (problem for run in runs for problem in run.problems):
         print(problem)
     if in_notebook():
