@@ -4,14 +4,13 @@ import itertools
 import json
 import os
 import shutil
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_rgb
+from PIL import Image
 from torch import nn
 
 from utils.compare import FIGURE_WIDTH, compare_runs, comparison_table, epoch_positions, list_runs
@@ -90,26 +89,30 @@ def labels(run_dirs) -> list[str]:
     return [row[3] for row in table_rows(run_dirs)[2:]]
 
 
-def test_runs_are_chosen_by_size_the_last_n_a_name_pattern_or_a_list(runs, capsys):
+def test_runs_are_chosen_by_size_and_the_last_n_or_as_a_list_and_a_folder_not_a_run_is_refused(runs, capsys):
     root, made, own = runs
     generated = root / "generated"
     (generated / "notes").mkdir()  # not a run
     assert list_runs(generated, image_size=16) == [*made, own] and len(list_runs(generated)) == 5
     assert list_runs(generated, image_size=16, last=2) == [made[2], own]
-    assert list_runs(generated, match="[ab]") == made[:2] and list_runs(generated, match="*o*", last=1) == [own]
     os.utime(made[0] / "history.json")  # a run trained again (resumed) is the last one trained
     assert list_runs(generated, image_size=16)[-1] == made[0]
     trained_in_order(*made, own, generated / "big")
 
     fig = compare_runs(root=generated, image_size=16, last=2)
     assert "| 1 | - | 2 |" in capsys.readouterr().out and len(fig.axes) == 2 + 3  # two grids, three panels
-    compare_runs([made[2], made[0], own], match="[ac]")
+    compare_runs([made[2], made[0]])
     table = capsys.readouterr().out
     assert table.index(str(made[2])) < table.index(str(made[0])) and str(own) not in table
-    with pytest.raises(UserError, match="no runs under .* matching 'nothing\\*'"):
-        compare_runs(root=generated, match="nothing*")
+    with pytest.raises(UserError, match="no runs under .* of 8x8 faces"):
+        compare_runs(root=generated, image_size=8)
     with pytest.raises(UserError, match="no runs among the folders given"):
         compare_runs([])
+    with pytest.raises(UserError) as refused:
+        compare_runs([made[0], made[1].with_name("bb"), generated / "notes"])
+    message = str(refused.value)
+    assert "\n" not in message and str(made[0]) not in message
+    assert f"{made[1].with_name('bb')} does not exist; {generated / 'notes'} is not a run folder" in message
 
 
 def test_each_run_is_labelled_by_what_it_changed_in_the_table(runs):
@@ -213,27 +216,6 @@ def test_runs_with_identical_curves_all_stay_visible(runs):
     shutil.rmtree(twin)
 
 
-def test_folders_that_are_not_runs_are_refused_naming_them(runs):
-    root, made, _ = runs
-    misspelt, foreign = made[1].with_name("bb"), root / "generated" / "photos"
-    foreign.mkdir(exist_ok=True)
-    (foreign / "cat.jpg").write_bytes(b"jpeg")
-    with pytest.raises(UserError) as refused:
-        compare_runs([made[0], misspelt, foreign])
-    message = str(refused.value)
-    assert "\n" not in message and str(made[0]) not in message
-    assert f"{misspelt} does not exist (did you mean {made[1]}?)" in message
-    assert f"{foreign} is not a run folder" in message
-
-
-def png_announcing(width: int, height: int) -> bytes:
-    """A PNG whose header says width x height, with almost no pixel data (what a decompression bomb looks like)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-
-
 def damaged_copy(run_dir, damage, file, keep_checkpoint):
     broken = run_dir.with_name(f"{damage}-{file.replace('/', '_')}-{keep_checkpoint}")
     shutil.copytree(run_dir, broken)
@@ -247,8 +229,8 @@ def damaged_copy(run_dir, damage, file, keep_checkpoint):
         else:
             value["epochs"] = -3
         path.write_text(json.dumps(value))
-    else:
-        path.write_bytes(png_announcing(*damage))
+    else:  # a small file announcing a huge image (utils.visualize.read_grid, tested with the GIF)
+        Image.new("1", (20000, 20000)).save(path)
     if not keep_checkpoint:
         (broken / CHECKPOINT).unlink()
     return broken, path
@@ -270,8 +252,7 @@ def test_a_damaged_json_file_of_a_run_with_a_checkpoint_is_read_from_the_checkpo
     ("truncate", "config.json", "config.json is not valid JSON"),
     ("edit", "history.json", "history.json is unreadable (step record 1 lacks a number"),
     ("edit", "config.json", "config.json: config field 'epochs'"),
-    ((8000, 8000), "samples/epoch_002.png", "epoch_002.png is 8000x8000 pixels, far more than a sample grid"),
-    ((20000, 20000), "samples/epoch_002.png", "epoch_002.png is not a readable PNG (DecompressionBombError"),
+    ("announce", "samples/epoch_002.png", "epoch_002.png is not a readable image (Image size (400000000 pixels)"),
 ])
 def test_a_damaged_run_is_shown_as_unreadable_with_one_line_naming_the_file(runs, damage, file, said, capsys):
     """Without a checkpoint to recover them from, damaged files make a run unreadable."""
@@ -288,13 +269,10 @@ def test_a_damaged_run_is_shown_as_unreadable_with_one_line_naming_the_file(runs
     shutil.rmtree(broken)
 
 
-def test_more_than_12_runs_show_the_last_12_saying_so(many, capsys):
+def test_more_than_12_runs_show_the_last_12(many, capsys):
     extra = sibling(many[0], "a-13th-run", lr_g=0.002)
-
     fig = compare_runs([*many, extra])
-
     out = capsys.readouterr().out
-    assert "showing the last 12 of 13 runs: choose others with last=, match= or a list of run folders" in out
     assert f"`{many[0]}`" not in out and f"12. `{extra}`" in out
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 12 + 3
     shutil.rmtree(extra)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from utils.compare import comparison_table
 from utils.config import TrainConfig
 from utils.diagnose import TROUBLESHOOTING, Diagnosis, findings, knob, since, stride_peak, untile, variety
+from utils.models import to_uint8
 from utils.visualize import diagnosis_marks, image_grid, plot_history
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -23,10 +24,6 @@ def smooth_images(n=64, size=16) -> torch.Tensor:
     """Varied images with a smooth spectrum, as real photos have: random colours blurred by upsampling."""
     coarse = torch.rand(n, 3, 4, 4, generator=GEN) * 2 - 1
     return torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-
-
-def as_uint8(images: torch.Tensor) -> torch.Tensor:
-    return images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 def grid_of(images: torch.Tensor) -> np.ndarray:
@@ -47,7 +44,7 @@ def test_untile_gives_back_the_images_of_a_grid_and_variety_and_a_checkerboard_a
     images = smooth_images(16)
     back = untile(grid_of(images), 16, 16)
     assert back.shape == images.shape
-    assert (back - as_uint8(images).float().div(127.5).sub(1)).abs().max() < 1e-6
+    assert (back - to_uint8(images).float().div(127.5).sub(1)).abs().max() < 1e-6
     assert variety(images[:1].expand(64, -1, -1, -1)) == 0 and variety(smooth_images()) > 0.3
     yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
     checkerboard = ((yy + xx) % 2 * 2 - 1).float() * 0.2
@@ -111,7 +108,7 @@ def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_e
 def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it_in_compare(tmp_path):
     """Three epochs of a G that draws one image for every z while D takes it for real."""
     config = TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4)
-    diagnose = Diagnosis(config, as_uint8(smooth_images(256)))
+    diagnose = Diagnosis(config, to_uint8(smooth_images(256)))
     history, one = {"steps": [], "epochs": []}, smooth_images(1).expand(64, -1, -1, -1)
     for number in (1, 2, 3):
         history["steps"] += steps_of(number, 0.4, 0.9)

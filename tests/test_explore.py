@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from utils.errors import UserError
 from utils.explore import interpolation_frames, nearest_neighbours, rank_by_discriminator, sample_images, slerp
 from utils.models import Discriminator, Generator
 
@@ -68,7 +69,7 @@ def test_interpolation_frames_loop_sharply_enlarged_reproducibly_and_leave_the_g
     assert all(np.array_equal(a, b) for a, b in zip(frames, again))
     assert not np.array_equal(frames[0], interpolation_frames(generator, 3, 4, num_paths=6, nrow=3, seed=2)[0])
     assert_unchanged(generator, before, was_training=False)
-    with pytest.raises(ValueError, match="num_keyframes must be >= 2"):
+    with pytest.raises(UserError, match="num_keyframes must be >= 2"):
         interpolation_frames(generator, num_keyframes=1)
 
 
@@ -90,7 +91,7 @@ def test_nearest_neighbours_find_planted_copies_exactly_sorted_and_measured_in_r
     exact = (reals.flatten(1).double() - fake.flatten(1).double()).square().mean(dim=1).sqrt()   # brute force
     assert torch.equal(indices[0], exact.argsort()[:3])
     for fakes, k in ((random_images(2, size=16), 1), (random_images(2).float(), 1), (random_images(2), 501)):
-        with pytest.raises(ValueError, match="same size|k must be in"):
+        with pytest.raises(UserError, match="same size|k must be in"):
             nearest_neighbours(fakes, reals, k=k)
 
 

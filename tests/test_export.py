@@ -1,6 +1,5 @@
 """utils.export: the run's generator as one TorchScript file that samples in a Python that cannot import `utils`."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils.errors import UserError
 from utils.export import META, export_generator, main
 from utils.files import OutputRefused
 from utils.generate import load_faces
@@ -40,7 +38,7 @@ def run_dir(request) -> Path:
 
 @pytest.mark.parametrize("run_dir", ["tiny_run", "tiny_fp16_run"], indirect=True)
 def test_the_export_samples_without_utils_and_gives_the_runs_images(run_dir, tmp_path):
-    assert export_generator(run_dir, tmp_path / "generator.pt", onnx=False) == [tmp_path / "generator.pt"]
+    assert export_generator(run_dir, tmp_path / "generator.pt") == [tmp_path / "generator.pt"]
     z = torch.randn(10, 16, 1, 1, generator=torch.Generator().manual_seed(1))
     torch.save(z, tmp_path / "z.pt")
     result = subprocess.run([sys.executable, "-I", "-S", "-c", SAMPLE], cwd=tmp_path, capture_output=True, text=True,
@@ -56,7 +54,7 @@ def test_the_export_samples_without_utils_and_gives_the_runs_images(run_dir, tmp
 
 
 def test_main_writes_the_file_and_refuses_what_is_not_a_run(run_dir, tmp_path, capsys):
-    main([str(run_dir), "--out", str(tmp_path / "g.pt"), "--no-onnx"])
+    main([str(run_dir), "--out", str(tmp_path / "g.pt")])
     assert capsys.readouterr().out.strip() == str(tmp_path / "g.pt")
     extra = {META: ""}
     assert torch.jit.load(str(tmp_path / "g.pt"), _extra_files=extra).latent_dim == 16
@@ -67,20 +65,3 @@ def test_main_writes_the_file_and_refuses_what_is_not_a_run(run_dir, tmp_path, c
     assert exit.value.code == 1 and error.startswith("error: ") and "is not a run folder" in error
     with pytest.raises(OutputRefused, match="is a folder"):
         export_generator(run_dir, tmp_path)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
-def test_asking_for_onnx_without_the_package_says_what_to_install(run_dir, tmp_path):
-    with pytest.raises(UserError, match="pip install onnx"):
-        export_generator(run_dir, tmp_path / "g.pt", onnx=True)
-    assert not (tmp_path / "g.pt").exists()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("onnx") is None, reason="onnx is not installed (an optional export)")
-def test_the_onnx_export_records_the_sizes(run_dir, tmp_path):
-    import onnx
-
-    paths = export_generator(run_dir, tmp_path / "generator.pt")
-    assert paths == [tmp_path / "generator.pt", tmp_path / "generator.onnx"]
-    meta = {p.key: p.value for p in onnx.load(str(paths[1])).metadata_props}
-    assert meta["latent_dim"] == "16" and meta["image_size"] == "16"

@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from utils.config import TrainConfig
-from utils.generate import (FaceError, FaceExplorer, face_latent, face_set_latents, frozen_statistics, generate,
-                            grid_face_history, load_faces, main, morph)
+from utils.errors import UserError
+from utils.generate import (FaceExplorer, face_latent, face_set_latents, frozen_statistics, generate, grid_face_history,
+                            load_faces, main, morph)
 from utils.models import Generator, sampling, to_uint8
 from utils.run import CHECKPOINT, frame_path, read_checkpoint
 
@@ -98,13 +99,13 @@ def test_faces_by_name_the_names_refused_and_a_grid_faces_history_cut_from_each_
     assert torch.equal(face_latent(faces, "some/folder/seed3_0070.png"), face_set_latents(3, 71, 16)[70])
     for bad, words in (("grid:64", "faces 0 to 63"), ("face.png", "seed42_0007.png"), (-1, "faces 0 to 63"),
                        ("seed42_100000.png", "not one this project writes")):
-        with pytest.raises(FaceError, match=words):
+        with pytest.raises(UserError, match=words):
             face_latent(faces, bad)
     history = grid_face_history(faces, "grid:9")
     assert [epoch for epoch, _ in history] == [1, 2] and all(face.shape == (16, 16, 3) for _, face in history)
     assert np.abs(history[-1][1].astype(int) - image(faces, 9)).max() <= 1  # the last grid is this generator's
     assert not np.array_equal(history[0][1], history[1][1])                 # the face changed as training went on
-    with pytest.raises(FaceError, match="not a face of the run's grid"):
+    with pytest.raises(UserError, match="not a face of the run's grid"):
         grid_face_history(faces, "seed42_0001.png")
 
 
@@ -113,7 +114,7 @@ def test_a_morph_loops_through_the_faces_at_a_readable_size(faces, tmp_path):
     assert frames.shape == (12, 256, 256, 3)  # 3 faces x 4 steps, each 16 px face enlarged 16x
     assert np.array_equal(frames[0][::16, ::16], image(faces, "seed42_0070.png"))  # each pixel a 16x16 block
     assert np.array_equal(frames[4][::16, ::16], image(faces, 12)) and not np.array_equal(frames[1], frames[0])
-    with pytest.raises(FaceError, match="at least two faces"):
+    with pytest.raises(UserError, match="at least two faces"):
         morph(faces, ["grid:1"], tmp_path / "one.gif")
 
 

@@ -121,9 +121,9 @@ def test_live_plot_redraws_rarer_when_a_redraw_is_slow(monkeypatch, display):
     monkeypatch.setattr(visualize.time, "monotonic", lambda: clock[0])
 
     class Slow(LivePlot):
-        def _render(self, history):
+        def figure(self, history):
             clock[0] += 2.0
-            return b"\x89PNG"
+            return Figure(figsize=(1, 1))
 
     live = Slow(every_seconds=5, max_share=0.2)
     live.update(history())

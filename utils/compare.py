@@ -1,7 +1,6 @@
 """Several runs side by side: the last grid of each, their curves on shared axes, and a table with FID.
 
     >>> compare_runs(image_size=64, last=6)      # notebook 03: the 6 runs of 64x64 faces trained last
-    >>> compare_runs(match="*lr_g*")             # the runs whose folder name matches a pattern
     >>> compare_runs([dcgan.run_dir, improved.run_dir], fid={dcgan.run_dir: 172.4, improved.run_dir: 30.3})
 
 Each run has a number, a colour and a label of what it changed ("lr_g=0.001", "G=LeakyGenerator",
@@ -11,9 +10,6 @@ left off the scale, saying so; identical curves stay visible; a file that cannot
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import json
 import math
 import textwrap
 from dataclasses import dataclass, field
@@ -22,18 +18,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from PIL import Image
 
 from utils.config import FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, TUNABLE_FIELDS, TrainConfig
 from utils.diagnose import since
 from utils.errors import UserError
-from utils.files import is_run_folder, load_data
+from utils.files import is_run_folder, load_data, read_json
 from utils.run import CHECKPOINT, CONFIG, HISTORY, list_frames, read_run
-from utils.visualize import in_notebook
+from utils.visualize import in_notebook, read_grid
 
-MAX_RUNS = 12  # more and the grids are too small to see
+MAX_RUNS = 12  # the last 12 are drawn: more and the grids are too small to see
 FIGURE_WIDTH = 9.0  # inches: about 900 px in a notebook
-_MAX_GRID_PIXELS = 4096 * 4096  # 64 images of 256x256 make a 2066x2066 grid: a larger PNG is not one
 _STEP_KEYS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake")
 _BUILT_IN = {"G": ("generator", "Generator"), "D": ("discriminator", "Discriminator")}
 _LABELLED = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)] + ["recipe"]
@@ -47,6 +41,8 @@ class _Run:
     config: TrainConfig | None = None
     history: dict = field(default_factory=dict)
     networks: dict[str, str] = field(default_factory=dict)  # {"G": "LeakyGenerator"} for networks not built in
+    epoch: int = 0  # of the last sample grid, whose pixels (RGB) are `grid`
+    grid: np.ndarray | None = None
     problems: list[str] = field(default_factory=list)  # a line for each file that could not be read
 
     @property
@@ -54,22 +50,16 @@ class _Run:
         return self.history.get("steps", [])
 
 
-def list_runs(root: str | Path = "generated", image_size: int | None = None, match: str | None = None,
-              last: int | None = None) -> list[Path]:
+def list_runs(root: str | Path = "generated", image_size: int | None = None, last: int | None = None) -> list[Path]:
     """The run folders under `root`, least recently trained first: of `image_size` (and those whose size cannot be
-    read, for compare to say so), whose name matches the glob `match` ("*lr_g*"), the `last` trained last."""
+    read, for compare to say so), the `last` trained last."""
+    if last is not None and last < 1:
+        raise UserError(f"last={last}: choose how many of the runs trained last to show (1 or more)")
     runs = [path for path in Path(root).iterdir() if is_run_folder(path)] if Path(root).is_dir() else []
     if image_size is not None:
         runs = [run for run in runs if _image_size(run) in (image_size, None)]
-    return _select(sorted(runs, key=_trained_at), match, last)
-
-
-def _select(run_dirs: list[Path], match: str | None, last: int | None) -> list[Path]:
-    if match is not None:
-        run_dirs = [run for run in run_dirs if fnmatch.fnmatchcase(run.name, match)]
-    if last is not None and last < 1:
-        raise UserError(f"last={last}: choose how many of the runs trained last to show (1 or more)")
-    return run_dirs[-last:] if last else run_dirs
+    runs = sorted(runs, key=_trained_at)
+    return runs[-last:] if last else runs
 
 
 def _trained_at(run_dir: Path) -> float:
@@ -79,32 +69,23 @@ def _trained_at(run_dir: Path) -> float:
 
 def _image_size(run_dir: Path) -> int | None:
     try:
-        return int(json.loads((run_dir / CONFIG).read_text())["image_size"])
+        return int(read_json(run_dir / CONFIG)["image_size"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _checked_folders(run_dirs: list[str | Path]) -> list[Path]:
-    """The folders as Paths; a UserError naming each one that is not a run (a missing one with the closest name)."""
-    refused = []
-    for path in map(Path, run_dirs):
-        if not path.exists():
-            siblings = [p.name for p in path.parent.iterdir() if is_run_folder(p)] if path.parent.is_dir() else []
-            close = difflib.get_close_matches(path.name, siblings, n=1)
-            refused.append(f"{path} does not exist" + (f" (did you mean {path.parent / close[0]}?)" if close else ""))
-        elif not is_run_folder(path):
-            refused.append(f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})")
-    if refused:
-        raise UserError("compare_runs: " + "; ".join(refused) + ". Pass run folders as train() returns them "
-                        "(result.run_dir), or leave the list out to compare the runs under generated/")
-    return [Path(run_dir) for run_dir in run_dirs]
-
-
 def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
-    """Each run's settings, history and own networks; a file that cannot be read is a line in its `problems`. A
-    damaged config.json or history.json is taken from the checkpoint, as training does (utils.run.read_run)."""
+    """Each run's settings, history, own networks and last grid; a file that cannot be read is a line in its
+    `problems`. A damaged config.json or history.json is taken from the checkpoint, as training does."""
     runs = [_Run(Path(run_dir)) for run_dir in run_dirs]
     for run in runs:
+        frames = list_frames(run.dir)
+        if frames:
+            run.epoch, path = frames[-1]
+            try:
+                run.grid = read_grid(path)
+            except UserError as error:
+                run.problems.append(f"{error}; it is not shown")
         try:
             run.config, history = read_run(run.dir)
         except UserError as error:
@@ -141,32 +122,18 @@ def _own_networks(run_dir: Path) -> dict[str, str]:
     return {short: name for short, name in names.items() if name != _BUILT_IN[short][1]}
 
 
-def _last_grid(run: _Run) -> tuple[int, np.ndarray | None]:
-    """(epoch, RGB pixels) of the run's last sample grid; pixels None where there is none to show, and a line in
-    `problems` where it cannot be read. The size in the header is checked before anything is decoded."""
-    frames = list_frames(run.dir)
-    if not frames:
-        return 0, None
-    epoch, path = frames[-1]
-    try:
-        with Image.open(path) as grid:
-            if grid.width * grid.height <= _MAX_GRID_PIXELS:
-                return epoch, np.asarray(grid.convert("RGB"))
-            run.problems.append(f"{path} is {grid.width}x{grid.height} pixels, far more than a sample grid: not shown")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        run.problems.append(f"{path} is not a readable PNG ({type(error).__name__}: {str(error)[:100]}): not shown")
-    return epoch, None
-
-
 def _labels(runs: list[_Run]) -> list[str]:
     """A value is changed against the recipe's default where a run has it (notebook 03's main run before its tweaks),
     else against the value most runs share. What a run's own recipe sets is said by "recipe=..." alone."""
     recipes = [run.config.recipe for run in runs if run.config]
     base = TrainConfig(recipe="dcgan" if "dcgan" in recipes else _most_shared(recipes) or "dcgan")
+    columns = {name: [_cell(getattr(run.config, name)) if run.config else None for run in runs] for name in _LABELLED}
+    columns |= {short: [run.networks.get(short, "built-in") for run in runs] for short in _BUILT_IN}
     references = {}
-    for name, values in _differing(runs).items():
-        default = "built-in" if name in _BUILT_IN else _cell(getattr(base, name))
-        references[name] = (values, default if default in values else _most_shared(values))
+    for name, values in columns.items():
+        if len(set(values) - {None}) > 1:  # the runs differ in it (None: settings unreadable)
+            default = "built-in" if name in _BUILT_IN else _cell(getattr(base, name))
+            references[name] = (values, default if default in values else _most_shared(values))
     labels = []
     for i, run in enumerate(runs):
         if run.config is None:
@@ -178,13 +145,6 @@ def _labels(runs: list[_Run]) -> list[str]:
                                                       and values[i] == _cell(getattr(own_recipe, name)))]
         labels.append(", ".join(changed) or "common settings")
     return labels
-
-
-def _differing(runs: list[_Run]) -> dict[str, list[str | None]]:
-    """{setting or network: each run's value} where the runs differ (None for a run whose settings are unreadable)."""
-    columns = {name: [_cell(getattr(run.config, name)) if run.config else None for run in runs] for name in _LABELLED}
-    columns |= {short: [run.networks.get(short, "built-in") for run in runs] for short in _BUILT_IN}
-    return {name: values for name, values in columns.items() if len(set(values) - {None}) > 1}
 
 
 def _most_shared(values: list) -> str | None:
@@ -239,21 +199,21 @@ def _plot(runs: list[_Run]) -> Figure:
     twins = [[other for other, curve in enumerate(curves) if curve == curves[number]] for number in range(len(runs))]
     columns = len(runs) if len(runs) <= 6 else math.ceil(len(runs) / 2)
     rows = math.ceil(len(runs) / columns)
-    tile = min(2.2, (FIGURE_WIDTH - 0.3) / columns)  # inches per grid
-    grids, titles = [_last_grid(run) for run in runs], []
-    for number, (label, group, (epoch, _)) in enumerate(zip(_labels(runs), twins, grids)):
+    tile = min(2.2, (FIGURE_WIDTH - 0.3) / columns)  # inches per grid; its 8 pt title wraps at 14.5 characters an inch
+    titles = []
+    for number, (label, group, run) in enumerate(zip(_labels(runs), twins, runs)):
         same = ", ".join(str(i + 1) for i in group if i != number)
         title = f"{number + 1}: {label}" + (f" (same curves as {same})" if same else "")
-        titles.append(textwrap.fill(title, max(12, int(tile * 14.5))) + (f"\nepoch {epoch}" if epoch else ""))  # 8 pt
-    aspect = max([pixels.shape[0] / pixels.shape[1] for _, pixels in grids if pixels is not None] or [1.0])
+        titles.append(textwrap.fill(title, max(12, int(tile * 14.5))) + (f"\nepoch {run.epoch}" if run.epoch else ""))
+    aspect = max([run.grid.shape[0] / run.grid.shape[1] for run in runs if run.grid is not None] or [1.0])
     grids_height = rows * (tile * aspect + 0.17 * max(title.count("\n") + 1 for title in titles) + 0.1)
     fig = Figure(figsize=(FIGURE_WIDTH, grids_height + 2.9), layout="constrained")
     fig.get_layout_engine().set(h_pad=0.1, w_pad=0.08)  # room at the edges, so that no title touches them
     top, bottom = fig.subfigures(2, 1, height_ratios=[grids_height, 2.9])
     axes = top.subplots(rows, columns, squeeze=False).ravel()
-    for number, (ax, run, title, (_, pixels)) in enumerate(zip(axes, runs, titles, grids)):
-        if pixels is not None:
-            ax.imshow(pixels)
+    for number, (ax, run, title) in enumerate(zip(axes, runs, titles)):
+        if run.grid is not None:
+            ax.imshow(run.grid)
         else:
             ax.text(0.5, 0.5, "unreadable" if run.problems else "no grid yet", ha="center", va="center", fontsize=8,
                     color="gray", transform=ax.transAxes)
@@ -279,9 +239,8 @@ def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
                 style["markevery"] = slice(place * every, None, len(group) * every)
         elif len(x) < 20:  # dots, so that a run of a single point shows
             style |= dict(marker="o", markersize=3)
-        panels[0].plot(x, curve["loss_d"], **style)
-        panels[1].plot(x, curve["loss_g"], **style)
-        panels[2].plot(x, curve["d_real"], **style)
+        for ax, key in zip(panels, ("loss_d", "loss_g", "d_real")):
+            ax.plot(x, curve[key], **style)
         panels[2].plot(x, curve["d_fake"], **style | dict(linestyle="--", linewidth=0.8))
     for ax, key, title in ((panels[0], "loss_d", "D loss"), (panels[1], "loss_g", "G loss")):
         outliers = _outliers([curve[key] for curve in curves])
@@ -322,26 +281,23 @@ def epoch_positions(history: dict) -> list[float]:
 
 
 def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = None, *, root: str | Path = "generated",
-                 image_size: int | None = None, match: str | None = None, last: int | None = None) -> Figure:
-    """Show the table and the figure of the runs in a notebook (print the table elsewhere); return the figure.
-
-    The runs are `run_dirs` in that order, else those under `root` of `image_size` (see `list_runs`); `match` and
-    `last` narrow either; the last 12 are shown. `fid` ({run_dir: score}) overrides the FID a history holds.
-    """
+                 image_size: int | None = None, last: int | None = None) -> Figure:
+    """Show the table and the figure of the runs in a notebook (print the table elsewhere); return the figure. The
+    runs are `run_dirs` in that order, else the `last` trained under `root` of `image_size` (see `list_runs`); the
+    last 12 are drawn. `fid` ({run_dir: score}) overrides the FID a history holds."""
     given = run_dirs is not None
-    run_dirs = _select(_checked_folders(run_dirs), match, last) if given else list_runs(root, image_size, match, last)
+    run_dirs = [Path(run_dir) for run_dir in run_dirs] if given else list_runs(root, image_size, last)
+    refused = [f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})" if path.exists() else
+               f"{path} does not exist" for path in run_dirs if not is_run_folder(path)]
+    if refused:
+        raise UserError("compare_runs: " + "; ".join(refused) + ". Pass run folders as train() returns them "
+                        "(result.run_dir), or leave the list out to compare the runs under generated/")
     if not run_dirs:
         where = "among the folders given" if given else f"under {root}/" + (
             f" of {image_size}x{image_size} faces" if image_size else "")
-        raise UserError(f"compare_runs: no runs {where}" + (f" matching {match!r}" if match else "")
-                        + ": train one first (notebook 03), or pass the run folders")
-    if len(run_dirs) > MAX_RUNS:
-        print(f"showing the last {MAX_RUNS} of {len(run_dirs)} runs: choose others with last=, match= or a list of "
-              "run folders")
-        run_dirs = run_dirs[-MAX_RUNS:]
-    runs = read_runs(run_dirs)
-    fig = _plot(runs)  # first: a grid that cannot be read is a problem the table marks
-    table = _table(runs, fid)
+        raise UserError(f"compare_runs: no runs {where}: train one first (notebook 03), or pass the run folders")
+    runs = read_runs(run_dirs[-MAX_RUNS:])
+    fig, table = _plot(runs), _table(runs, fid)
     for problem in (problem for run in runs for problem in run.problems):
         print(problem)
     if in_notebook():

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from utils.visualize import read_grid
 
 FORMED = 0.4                 # samples this varied (a share of the real images' variety) are past a young G's blobs
 COLLAPSE_VARIETY = 0.35      # variety below this while D takes the samples for real is a collapse...
@@ -119,7 +120,7 @@ def _mean(steps: list[dict], key: str) -> float:
 
 
 def _share(steps: list[dict], test) -> float:
-    return sum(1 for s in steps if test(s)) / len(steps)
+    return sum(map(test, steps)) / len(steps)
 
 
 def knob(problem: str, config) -> str:
@@ -130,9 +131,8 @@ def knob(problem: str, config) -> str:
     to_dcgan = " and ".join(f"{name} (now {getattr(config, name):g})" for name in high) + \
         f" to the DCGAN recipe's {DCGAN_LR:g}"
     if problem in ("mode collapse", "G fools D"):
-        if config.lr_g > config.lr_d:
-            return f"lower lr_g (now {config.lr_g:g}) to at most lr_d (now {config.lr_d:g}){improved}"
-        return f"lower lr_g (now {config.lr_g:g}){improved}"
+        limit = f" to at most lr_d (now {config.lr_d:g})" if config.lr_g > config.lr_d else ""
+        return f"lower lr_g (now {config.lr_g:g}){limit}{improved}"
     if problem in ("D wins", "no progress"):
         if high:
             return f"lower {to_dcgan}{improved}"
@@ -165,31 +165,22 @@ class Diagnosis:
         index = torch.linspace(0, len(real_images) - 1, min(64, len(real_images))).long()  # spread over the set
         real = real_images[index].cpu().float().div(127.5).sub(1)
         self.real_variety, self.real_checker = max(variety(real), 1e-6), max(stride_peak(real), 1e-6)
-        self.previous = None
+        self.previous = None  # the last epoch's samples, for "change"
         if previous_grid is not None and previous_grid.is_file():
-            with Image.open(previous_grid) as grid:
-                self.previous = self._samples(np.asarray(grid.convert("RGB")))
-
-    def _samples(self, grid: np.ndarray) -> torch.Tensor:
-        return untile(grid, self.config.num_samples, self.config.image_size)
-
-    def signals(self, samples: torch.Tensor) -> dict:
-        """"variety" and "checker" (1: as the real images), "change" since the previous epoch's samples (in the real
-        images' variety)."""
-        out = {"checker": round(stride_peak(samples) / self.real_checker, 3)}
-        if len(samples) >= MIN_SAMPLES:
-            out["variety"] = round(variety(samples) / self.real_variety, 4)
-        if self.previous is not None:
-            out["change"] = round((samples - self.previous).pow(2).mean().sqrt().item() / self.real_variety, 4)
-        return out
+            self.previous = untile(read_grid(previous_grid), config.num_samples, config.image_size)
 
     def __call__(self, history: dict, grid: np.ndarray) -> list[str]:
         record = history["epochs"][-1]
         steps = [s for s in history["steps"] if s["epoch"] == record["epoch"]]
-        samples = self._samples(grid)
-        record["signals"] = self.signals(samples) | {"loss_d": round(_mean(steps, "loss_d"), 4),
-                                                     "loss_g": round(_mean(steps, "loss_g"), 4)}
-        self.previous = samples
+        samples = untile(grid, self.config.num_samples, self.config.image_size)
+        # variety and checker: 1 is as the real images; change: since the last epoch, in the real images' variety
+        signals = {"checker": round(stride_peak(samples) / self.real_checker, 3),
+                   "loss_d": round(_mean(steps, "loss_d"), 4), "loss_g": round(_mean(steps, "loss_g"), 4)}
+        if len(samples) >= MIN_SAMPLES:
+            signals["variety"] = round(variety(samples) / self.real_variety, 4)
+        if self.previous is not None:
+            signals["change"] = round((samples - self.previous).pow(2).mean().sqrt().item() / self.real_variety, 4)
+        record["signals"], self.previous = signals, samples
         lines = {problem: f"{problem} since epoch {since(history['epochs'], problem)}: {evidence}: "
                           f"{knob(problem, self.config)} (see notebook 03's Troubleshooting: "
                           f"{TROUBLESHOOTING[problem]})"

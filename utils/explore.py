@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from utils.errors import UserError
 from utils.models import sampling, to_uint8
 from utils.visualize import enlarged, image_grid
 
@@ -53,8 +54,8 @@ def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: in
     slerps through `num_keyframes` random latents, `steps` frames a leg, back to the first (the last frame repeats
     it). All frames are one batch: they share BatchNorm's batch statistics, so nothing flickers."""
     if num_keyframes < 2 or steps < 1:
-        raise ValueError(f"num_keyframes must be >= 2 (a walk moves between two latents) and steps >= 1; got "
-                         f"{num_keyframes} and {steps}")
+        raise UserError(f"num_keyframes must be >= 2 (a walk moves between two latents) and steps >= 1; got "
+                        f"{num_keyframes} and {steps}")
     keyframes = latents(num_keyframes * num_paths, generator.latent_dim, seed).view(num_keyframes, num_paths, -1, 1, 1)
     path = torch.stack([slerp(keyframes[k], keyframes[(k + 1) % num_keyframes], step / steps)
                         for k in range(num_keyframes) for step in range(steps)])  # (frames, paths, latent_dim, 1, 1)
@@ -70,11 +71,11 @@ def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
     closest first, in root-mean-square 0..255 levels; the reals are read `batch_size` at a time (a memory-mapped
     dataset never has to fit in memory as floats)."""
     if {fakes_uint8.dtype, reals_uint8.dtype} != {torch.uint8} or fakes_uint8.shape[1:] != reals_uint8.shape[1:]:
-        raise ValueError(f"fakes_uint8 and reals_uint8 must be uint8 images (N, 3, H, W) of the same size; got "
-                         f"{fakes_uint8.dtype} {tuple(fakes_uint8.shape)} and {reals_uint8.dtype} "
-                         f"{tuple(reals_uint8.shape)}: generate at the dataset's image_size")
+        raise UserError(f"fakes_uint8 and reals_uint8 must be uint8 images (N, 3, H, W) of the same size; got "
+                        f"{fakes_uint8.dtype} {tuple(fakes_uint8.shape)} and {reals_uint8.dtype} "
+                        f"{tuple(reals_uint8.shape)}: generate at the dataset's image_size")
     if not 1 <= k <= len(reals_uint8):
-        raise ValueError(f"k must be in [1, {len(reals_uint8)}] (the number of real images); got {k}")
+        raise UserError(f"k must be in [1, {len(reals_uint8)}] (the number of real images); got {k}")
     fakes = fakes_uint8.cpu().flatten(1)
     queries = fakes.float() - 127.5   # centred on 0: smaller squares, less float32 rounding in |a|^2 + |b|^2
     squared = []

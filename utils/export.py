@@ -1,6 +1,6 @@
 """A generator that travels: one TorchScript file that samples with PyTorch alone (the README shows how).
 
-    python -m utils.export generated/dcgan-64px --out generator.pt    # + generator.onnx when `onnx` is installed
+    python -m utils.export generated/dcgan-64px --out generator.pt
 
 It holds utils.generate's decoder (each face depends on its own latent only); `meta.json` inside says where from.
 """
@@ -9,72 +9,35 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
-from utils.errors import UserError, run_cli
+from utils.errors import run_cli
 from utils.files import MAKER_BYTES, atomic_path, output_file
 from utils.generate import Faces, load_faces
 
 META = "meta.json"
 
 
-class TravellingGenerator(nn.Module):
-    """z (N, latent_dim, 1, 1) -> images (N, 3, image_size, image_size) in [-1, 1], sizes kept as attributes."""
-
-    def __init__(self, generator: nn.Module, latent_dim: int, image_size: int):
-        super().__init__()
-        self.generator, self.latent_dim, self.image_size = generator, latent_dim, image_size
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.generator(z.reshape(-1, self.latent_dim, 1, 1))
-
-
-def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt", onnx: bool | None = None) -> list[Path]:
-    """Write the run's generator as TorchScript to `out`, and as ONNX beside it (`out` with .onnx) when `onnx` is
-    True, or None and the onnx package is installed; returns the files written."""
+def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") -> list[Path]:
+    """Write the run's generator as TorchScript to `out`, with its latent_dim and image_size as attributes and
+    where it came from in META; returns the files written ([out])."""
     out = output_file(out, "out (--out)")
-    if out.suffix == ".onnx":
-        raise UserError(f"out (--out) {out} is the TorchScript file, and the ONNX file goes beside it with .onnx: "
-                        f"name it {out.with_suffix('.pt')}")
-    onnx = importlib.util.find_spec("onnx") is not None if onnx is None else onnx
-    if onnx and importlib.util.find_spec("onnx") is None:
-        raise UserError("onnx (--onnx) needs the onnx package: `pip install onnx`, or leave onnx out for "
-                        "TorchScript alone")
-    written = [out] + ([output_file(out.with_suffix(".onnx"), "out (--out) with .onnx")] if onnx else [])
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
-    module = TravellingGenerator(copy.deepcopy(faces.generator).cpu(), faces.latent_dim, faces.image_size).eval()
+    generator = copy.deepcopy(faces.generator).cpu().eval()
+    generator.latent_dim, generator.image_size = faces.latent_dim, faces.image_size
     meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "run": str(faces.run_dir),
             "epoch": faces.epoch, "seed": faces.seed, "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
             "output": "images in [-1, 1], (N, 3, S, S)"}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
-        with atomic_path(out) as tmp:
-            torch.jit.save(torch.jit.script(module), str(tmp),
-                           _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
-        if onnx:
-            _export_onnx(module, meta, written[1])
-    return written
-
-
-def _export_onnx(module: nn.Module, meta: dict, out: Path) -> None:
-    """ONNX with a dynamic batch axis, the sizes in the model's metadata (onnx.load(out).metadata_props)."""
-    import onnx
-
-    with atomic_path(out) as tmp:
-        torch.onnx.export(module, (torch.zeros(2, meta["latent_dim"], 1, 1),), str(tmp), input_names=["z"],
-                          output_names=["images"], dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}},
-                          dynamo=False)
-        model = onnx.load(str(tmp))
-        for key, value in {**meta, "software": MAKER_BYTES.decode()}.items():
-            model.metadata_props.add(key=key, value=str(value))
-        onnx.save(model, str(tmp))
+        torch.jit.save(torch.jit.script(generator), str(tmp),
+                       _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
+    return [out]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,10 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m utils.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", default="generator.pt", help="TorchScript file to write (default: generator.pt)")
-    parser.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
-                        help="also write OUT with .onnx (default: when the onnx package is installed)")
     args = parser.parse_args(argv)
-    run_cli(lambda: print(*export_generator(args.run_dir, args.out, args.onnx), sep="\n"))
+    run_cli(lambda: print(*export_generator(args.run_dir, args.out), sep="\n"))
 
 
 if __name__ == "__main__":

@@ -34,21 +34,13 @@ from utils.explore import decode, slerp
 from utils.files import CHECKPOINT, list_frames, output_file, output_folder
 from utils.gif import write_gif
 from utils.run import models_from_checkpoint, read_checkpoint
-from utils.visualize import enlarged, image_grid, in_notebook, write_png
+from utils.visualize import enlarged, image_grid, in_notebook, read_grid, write_png
 
 BLOCK = 64  # latents are drawn this many at a time: face i of a seed does not depend on how many are drawn
 MAX_FACES = 100_000        # faces of one set (--n, the NNNN of a face name): far past what FID needs
 MAX_SIZE = 2048            # pixels per face (--size)
 MAX_MORPH_PIXELS = 2**28   # frames x pixels of a morph: what the GIF encoder holds (1 byte a pixel) stays bounded
 FACE_NAME = re.compile(r"seed(\d+)_(\d+)\.png")
-
-
-class NotARun(UserError, FileNotFoundError):
-    """The folder given is not a run folder, or holds no finished epoch yet."""
-
-
-class FaceError(UserError, ValueError):
-    """A face, a number of faces, a size, a seed or a number of steps that cannot be used."""
 
 
 @dataclass
@@ -74,8 +66,8 @@ def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module |
     needs a fresh instance of it."""
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).is_file():
-        raise NotARun(f"{run_dir} is not a run folder with a finished epoch (no {CHECKPOINT} in it): pass the folder "
-                      "training wrote, e.g. generated/dcgan-64px, once it has finished an epoch")
+        raise UserError(f"{run_dir} is not a run folder with a finished epoch (no {CHECKPOINT} in it): pass the "
+                        "folder training wrote, e.g. generated/dcgan-64px, once it has finished an epoch")
     state = read_checkpoint(run_dir / CHECKPOINT)
     trained, _, _ = models_from_checkpoint(state, run_dir, generator=generator)
     config, fixed_noise, device = state["config"], state["fixed_noise"].float(), pick_device(device)
@@ -116,12 +108,12 @@ def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
 
 
 def grid_index(faces: Faces, face: str | int) -> int | None:
-    """12 for the grid's face "grid:12", "12" or 12 (FaceError outside the grid); None for any other name."""
+    """12 for the grid's face "grid:12", "12" or 12 (a UserError outside the grid); None for any other name."""
     index = str(face).removeprefix("grid:")
     if not (isinstance(face, int) or index.isdigit()):
         return None
     if not 0 <= int(index) < len(faces.fixed_noise):
-        raise FaceError(f"face grid:{index} does not exist: the grid of {faces.run_dir} has faces 0 to "
+        raise UserError(f"face grid:{index} does not exist: the grid of {faces.run_dir} has faces 0 to "
                         f"{len(faces.fixed_noise) - 1} (row by row from the top left)")
     return int(index)
 
@@ -134,11 +126,11 @@ def face_latent(faces: Faces, face: str | int) -> Tensor:
         return faces.fixed_noise[index].clone()
     match = FACE_NAME.fullmatch(Path(str(face)).name)
     if match is None:
-        raise FaceError(f"face {face!r} is neither a generated face's file name (like seed42_0007.png) nor a face of "
+        raise UserError(f"face {face!r} is neither a generated face's file name (like seed42_0007.png) nor a face of "
                         f"the run's grid (like grid:12, 0 to {len(faces.fixed_noise) - 1})")
     seed, index = map(int, match.groups())
     if seed > MAX_SEED or index >= MAX_FACES:
-        raise FaceError(f"face {face!r} is not one this project writes: seeds are 0 to {MAX_SEED:,} and faces 0 to "
+        raise UserError(f"face {face!r} is not one this project writes: seeds are 0 to {MAX_SEED:,} and faces 0 to "
                         f"{MAX_FACES - 1:,} (seed42_0007.png)")
     return face_set_latents(seed, index + 1, faces.latent_dim)[index]
 
@@ -148,26 +140,23 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
     earlier generators are gone, but their grids show the face as training went on."""
     index = grid_index(faces, face)
     if index is None:
-        raise FaceError(f"face {face!r} is not a face of the run's grid (like grid:12): only those have a history")
+        raise UserError(f"face {face!r} is not a face of the run's grid (like grid:12): only those have a history")
     size, (row, col) = faces.image_size, divmod(index, 8)  # the grids are 8 faces wide with 2-pixel gaps
     top, left = 2 + row * (size + 2), 2 + col * (size + 2)
-    history = []
-    for epoch, path in list_frames(faces.run_dir):
-        with Image.open(path) as grid:
-            history.append((epoch, np.asarray(grid.convert("RGB"))[top:top + size, left:left + size].copy()))
-    return history
+    return [(epoch, read_grid(path)[top:top + size, left:left + size].copy())
+            for epoch, path in list_frames(faces.run_dir)]
 
 
 def check_inputs(n: int | None = None, size: int | None = None, seed: int | None = None,
                  steps: int | None = None, faces: int = 2) -> None:
-    """A FaceError for a number of faces, a size, a seed or a morph's steps (for `size` px frames) out of range."""
+    """A UserError for a number of faces, a size, a seed or a morph's steps (for `size` px frames) out of range."""
     most_steps = max(1, MAX_MORPH_PIXELS // (faces * (size or 1) ** 2))
     for name, value, low, high, unit in (
             ("n", n, 1, MAX_FACES, " faces"), ("size", size, 1, MAX_SIZE, " pixels"), ("seed", seed, 0, MAX_SEED, ""),
             ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
                                             f"{MAX_MORPH_PIXELS:,} pixels in all)")):
         if value is not None and not low <= value <= high:
-            raise FaceError(f"{name} (--{name}) must be {low:,} to {high:,}{unit}; got {value:,}")
+            raise UserError(f"{name} (--{name}) must be {low:,} to {high:,}{unit}; got {value:,}")
 
 
 def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
@@ -199,7 +188,7 @@ def morph(faces: Faces | str | Path, chosen: list[str | int] | Tensor, out: str 
     """Write a looping GIF through the chosen faces (names, grid indices or latents), `steps` slerped frames from
     each to the next, enlarged with sharp pixels to at least `size`; returns `out`."""
     if len(chosen) < 2:
-        raise FaceError(f"a morph needs at least two faces to move between; got {len(chosen)}")
+        raise UserError(f"a morph needs at least two faces to move between; got {len(chosen)}")
     check_inputs(size=size, steps=steps, faces=len(chosen))
     output_file(out, "out (--out)")
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
@@ -273,7 +262,7 @@ class FaceExplorer:
         for slider in self.controls.values():
             slider.observe(redraw, names="value")
         bundle = widgets.VBox([*self.controls.values(), timing, self.image])._repr_mimebundle_()
-        return {**(bundle[0] if isinstance(bundle, tuple) else bundle), "image/png": base64.b64encode(png).decode()}
+        return bundle | {"image/png": base64.b64encode(png).decode()}
 
 
 def _png(image: np.ndarray) -> bytes:

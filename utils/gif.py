@@ -9,28 +9,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from utils.errors import UserError, run_cli
 from utils.files import MAKER_BYTES, SAMPLES, atomic_path, list_frames, output_file
-from utils.visualize import enlarged, in_notebook
+from utils.visualize import enlarged, in_notebook, read_grid
 
 MIN_FRAME_MS, MAX_FRAME_MS = 20, 655_350   # GIF stores 1/100 s, at most 65535; browsers play < 20 ms as 100 ms
 MAX_FRAMES = 100   # a longer run shows this many of its grids, evenly spread: memory stays bounded
-
-
-class GifError(UserError, ValueError):
-    """A GIF cannot be made as asked: a duration out of range, an unreadable or mismatched grid."""
-
-
-class NoSampleGrids(UserError, FileNotFoundError):
-    """The run folder has no sample grids yet."""
 
 
 def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None,
@@ -43,7 +33,7 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     frames = map(Image.fromarray, frames)
     first = next(frames, None)
     if first is None:
-        raise GifError("a GIF needs at least one frame; got none")
+        raise UserError("a GIF needs at least one frame; got none")
     durations = [frame_ms] * (count - 1) + [hold_last_ms or frame_ms]
     with atomic_path(out) as tmp:
         first.save(tmp, format="GIF", save_all=True, append_images=frames, loop=0, comment=MAKER_BYTES,
@@ -54,61 +44,44 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
 def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000,
              label: bool = True, max_frames: int = MAX_FRAMES) -> Path:
     """Animate RUN_DIR/samples/epoch_*.png, labelled "epoch N", into RUN_DIR/training.gif or `out`, small grids
-    enlarged with sharp pixels, at most `max_frames` of them (evenly spread). Every refusal comes before writing."""
+    enlarged with sharp pixels, at most `max_frames` of them (evenly spread). A refusal leaves no file."""
     run_dir = Path(run_dir)
     out = run_dir / "training.gif" if out is None else Path(out)
     _check_gif_options(out, frame_ms, hold_last_ms)
     if max_frames < 2:
-        raise GifError(f"max_frames (--max-frames) must be >= 2 (the first and the last epoch); got {max_frames}")
+        raise UserError(f"max_frames (--max-frames) must be >= 2 (the first and the last epoch); got {max_frames}")
     frames = list_frames(run_dir)
     if not frames:
-        raise NoSampleGrids(f"no sample grids in {run_dir / SAMPLES}: train first "
-                            f"(notebook 03 or `python -m utils.train --out {run_dir}`)")
-    for (epoch, first), (next_epoch, second) in zip(frames, frames[1:]):
-        if epoch == next_epoch:
-            raise GifError(f"{first} and {second} are both the grid of epoch {epoch}: move one of them out of "
-                           f"{first.parent} (training writes {first.parent.name}/epoch_{epoch:03d}.png)")
+        raise UserError(f"no sample grids in {run_dir / SAMPLES}: train first "
+                        f"(notebook 03 or `python -m utils.train --out {run_dir}`)")
     if len(frames) > max_frames:
         step = (len(frames) - 1) / (max_frames - 1)   # > 1, so no grid comes twice; the first and the last are kept
         print(f"gif: {len(frames)} grids, more than max_frames={max_frames}: animating {max_frames} of them, evenly "
               f"spread from epoch {frames[0][0]} to epoch {frames[-1][0]} (a larger max_frames shows more, and "
               "needs more memory)")
         frames = [frames[round(i * step)] for i in range(max_frames)]
-    sizes = [(_read_grid(path, epoch, lambda grid: grid.size), path) for epoch, path in frames]  # headers first
-    for size, path in sizes:
-        if size != sizes[0][0]:
-            raise GifError(f"{path} is {size[0]}x{size[1]} pixels but {sizes[0][1]} is {sizes[0][0][0]}x"
-                           f"{sizes[0][0][1]}: a GIF needs one frame size; move the grids of the other run out of "
-                           f"{path.parent}")
+    first = frames[0][1]
+    shape = read_grid(first).shape  # a GIF has one frame size
 
     def images() -> Iterator[np.ndarray]:
         for epoch, path in frames:
-            image = enlarged(_read_grid(path, epoch, lambda grid: np.asarray(grid.convert("RGB"))))
-            yield add_label(image, f"epoch {epoch}") if label else image
+            grid = read_grid(path)
+            if grid.shape != shape:
+                raise UserError(f"{path} is {grid.shape[1]}x{grid.shape[0]} pixels but {first} is {shape[1]}x"
+                                f"{shape[0]}: a GIF needs one frame size; move the grids of the other run out of "
+                                f"{path.parent}")
+            yield add_label(enlarged(grid), f"epoch {epoch}") if label else enlarged(grid)
 
     return write_gif(images(), out, frame_ms, hold_last_ms, count=len(frames))
-
-
-def _read_grid(path: Path, epoch: int, read: Callable[[Image.Image], Any]) -> Any:
-    """`read(grid)` of the grid at `path`; a GifError naming it when it is not a readable image or announces more
-    pixels than Pillow decodes without a warning (far more than any sample grid)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as grid:
-                return read(grid)
-    except (OSError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
-        raise GifError(f"{path} is not a readable image ({error}): delete it or replace it with the grid of "
-                       f"epoch {epoch}") from None
 
 
 def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None) -> None:
     """Refuse, before any work, durations a GIF cannot hold and an `out` that `output_file` refuses."""
     for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
         if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
-            raise GifError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
-                           f"milliseconds; got {value} (GIF stores 1/100 s, and browsers play frames shorter than "
-                           f"{MIN_FRAME_MS} ms for 100 ms)")
+            raise UserError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
+                            f"milliseconds; got {value} (GIF stores 1/100 s, and browsers play frames shorter than "
+                            f"{MIN_FRAME_MS} ms for 100 ms)")
     output_file(out, "out (--out)")
 
 

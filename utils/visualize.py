@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +19,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, PngImagePlugin
 
+from utils.errors import UserError
 from utils.files import MAKER, atomic_path, output_file
 
 MIN_WIDTH = 512  # a grid animated or shown narrower than this is enlarged: a 16 px run is not a thumbnail
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps.
-
-    Floats are read as G's [-1, 1] (not stretched to their own range), so a grid's brightness means the same in
-    every epoch; uint8 images (real data) are tiled as they are.
-    """
+    """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps. Floats are read as G's [-1, 1]
+    (not stretched to their own range), so a grid's brightness means the same in every epoch."""
     images = images.detach().cpu()
     if images.dtype == torch.uint8:
         return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
@@ -47,6 +46,19 @@ def write_png(image: np.ndarray, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
     return Path(path)
+
+
+def read_grid(path: Path) -> np.ndarray:
+    """A sample grid's RGB pixels (H, W, 3); a UserError naming it if it is not a readable image or announces more
+    pixels than Pillow decodes without a warning (far more than any grid)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as grid:
+                return np.asarray(grid.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        raise UserError(f"{path} is not a readable image ({error}): delete it, or replace it with that epoch's "
+                        "grid") from None
 
 
 def enlarged(image: np.ndarray) -> np.ndarray:
@@ -72,17 +84,13 @@ def _scored(history: dict) -> list[dict]:
 
 
 def _figsize(history: dict) -> tuple[float, float]:
-    return (5.0 * (3 if _scored(history) else 2), 3.5)
+    return 5.0 * (3 if _scored(history) else 2), 3.5
 
 
 def plot_history(history: dict, fig=None):
-    """Plot a run's history: D's and G's loss, and D's verdicts (D(x) on real images, D(G(z)) on fakes, and 0.5
-    where it cannot tell them apart) per logged step; FID per epoch where measured.
-
-    A dotted line marks each step where a setting changed as the run continued, labelled above the panel; the
-    epochs in which the diagnosis (utils/diagnose.py) saw a problem are shaded and named. Draws into `fig` (a
-    Figure or SubFigure), else into a new pyplot figure.
-    """
+    """Plot D's and G's loss and D's verdicts per logged step, FID per epoch where measured, into `fig` (a Figure
+    or SubFigure) or a new pyplot figure. A dotted line marks each step where a setting changed as the run
+    continued; the epochs in which the diagnosis saw a problem are shaded and named."""
     if fig is None:
         import matplotlib.pyplot as plt
 
@@ -101,24 +109,26 @@ def plot_history(history: dict, fig=None):
         ax.set_xlim(left=0)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if not steps:  # nothing measured yet: no made-up scale
-            ax.set_xticks([])
+    if not steps:  # nothing measured yet: no made-up scale
+        losses.set(xticks=[], yticks=[])
+        verdicts.set_xticks([])
     verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
     verdicts.set(ylabel="probability 'real'", ylim=(0, 1))
     losses.set_ylabel("loss")
-    if not steps:
-        losses.set_yticks([])
     losses.legend()
     verdicts.legend()
-
     pad = 6 + _mark_changes(axes[:2], history)
-    _mark_diagnoses(axes[:2], diagnosis_marks(history))
+    for row, (first, last, problem) in enumerate(diagnosis_marks(history)):  # shaded, named at the foot (a row each)
+        for ax in axes[:2]:
+            ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
+        verdicts.annotate(problem, (first, 0), xycoords=("data", "axes fraction"), xytext=(2, 3 + 11 * row),
+                          textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
     losses.set_title("Losses", pad=pad)
     verdicts.set_title("Discriminator's verdict", pad=pad)
     if scored:
         axes[2].plot([e["epoch"] for e in scored], [e["fid"] for e in scored], marker="o")
-        axes[2].set_title("FID (lower is better)", pad=pad)
         axes[2].set(xlabel="epoch", ylabel="FID")
+        axes[2].set_title("FID (lower is better)", pad=pad)
         axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
@@ -159,17 +169,8 @@ def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
     return sorted(marks + [(first, end, problem) for problem, (first, end) in stretches.items()])
 
 
-def _mark_diagnoses(axes, marks: list[tuple[int, int, str]]) -> None:
-    """Shade each stretch in every panel, its problem written at the foot of the second panel (a row each)."""
-    for row, (first, last, problem) in enumerate(marks):
-        for ax in axes:
-            ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
-        axes[1].annotate(problem, (first, 0), xycoords=("data", "axes fraction"), xytext=(2, 3 + 11 * row),
-                         textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
-
-
 def save_history_plot(history: dict, path: str | Path) -> Path:
-    """Save `plot_history(history)` as a PNG (atomically), e.g. RUN_DIR/history.png."""
+    """Save `plot_history(history)` as a PNG, e.g. RUN_DIR/history.png."""
     output_file(path, "path")
     fig = plot_history(history, Figure(figsize=_figsize(history), layout="constrained"))
     with atomic_path(path) as tmp:
@@ -183,30 +184,21 @@ def in_notebook() -> bool:
         from IPython import get_ipython
     except ImportError:
         return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
+    return getattr(get_ipython(), "kernel", None) is not None  # get_ipython() is None outside IPython
 
 
 class LivePlot:
     """One notebook output redrawn in place while training: the history's curves as `plot_history` draws them, and
-    the last epoch's grid beside them until the next.
-
-    train() draws it before the first step (a resumed run's saved curves included), so it sits above what the
-    epochs print. Each redraw renders a bare Figure to PNG and drops it: hundreds of them leak nothing. Outside
-    Jupyter it draws nothing.
-    """
+    the last epoch's grid beside them until the next. It redraws at most every `every_seconds`, and rarer where a
+    redraw is slow (about 2 s on a busy 2-core CPU), so that redrawing takes at most `max_share` of the time. Each
+    redraw renders a bare Figure to PNG and drops it (hundreds leak nothing); outside Jupyter it draws nothing."""
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
-        """Redraw at most every `every_seconds`, and rarer where a redraw is slow (about 2 s on a busy 2-core CPU):
-        redrawing takes at most `max_share` of the time."""
-        self.every_seconds = every_seconds
-        self.max_share = max_share
+        self.every_seconds, self.max_share = every_seconds, max_share
         self._enabled = in_notebook()
         self._handle = None  # the IPython DisplayHandle redrawn in place
-        self._last_draw = -math.inf
-        self._draw_seconds = 0.0
-        self._grid: np.ndarray | None = None
-        self._title = ""
+        self._last_draw, self._draw_seconds = -math.inf, 0.0
+        self._grid, self._title = None, ""  # the last epoch's grid (uint8, H x W x 3) and its title
 
     def update(self, history: dict, grid: np.ndarray | None = None, title: str = "", force: bool = False) -> None:
         """Redraw if it is time (or `force`); `grid` (uint8, H x W x 3) is shown under `title` until the next."""
@@ -218,7 +210,9 @@ class LivePlot:
             return
         from IPython import display
 
-        picture = display.Image(data=self._render(history), format="png")
+        buffer = io.BytesIO()
+        self.figure(history).savefig(buffer, format="png", dpi=80)
+        picture = display.Image(data=buffer.getvalue(), format="png")
         self._last_draw = time.monotonic()
         self._draw_seconds = self._last_draw - now
         if self._handle is None:
@@ -240,8 +234,3 @@ class LivePlot:
         ax.set_title(self._title)
         ax.set_axis_off()
         return fig
-
-    def _render(self, history: dict) -> bytes:
-        buffer = io.BytesIO()
-        self.figure(history).savefig(buffer, format="png", dpi=80)
-        return buffer.getvalue()
