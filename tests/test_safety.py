@@ -25,8 +25,8 @@ from utils.config import MAX_SEED, TrainConfig, config_to_argv
 from utils.downloads import DownloadError
 from utils.errors import ConfigError, UserError
 from utils.metrics import load_inception
-from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, list_frames, load_models, read_checkpoint,
-                       read_run, saved_config)
+from utils.run import CHECKPOINT, CONFIG, HISTORY, CheckpointError, list_frames, load_models, read_checkpoint, \
+    saved_config
 from utils.training import epoch_generators, train
 
 from between_saves import frozen_between_saves
@@ -199,15 +199,10 @@ def test_a_run_whose_config_or_history_json_is_damaged_resumes_from_its_checkpoi
     assert json.loads((run_dir / HISTORY).read_text()) == read_checkpoint(run_dir / CHECKPOINT)["history"]
 
 
-def test_a_damaged_config_json_without_a_checkpoint_is_one_line_and_a_new_run_moves_it_aside(tmp_path):
+def test_a_damaged_config_json_without_a_checkpoint_is_moved_aside_by_a_new_run(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / CONFIG).write_text("{")
-    (run_dir / HISTORY).write_text("{}")
-    with pytest.raises(UserError, match=rf"{re.escape(str(run_dir / CONFIG))} is not valid JSON .*no {CHECKPOINT} to "
-                                        "recover it from"):
-        read_run(run_dir)   # what compare says of it
-    (run_dir / HISTORY).unlink()
 
     result = cli_of(tiny(tmp_path))  # nothing trained to continue: a new run, the damaged file kept aside
 
