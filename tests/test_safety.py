@@ -277,8 +277,6 @@ def test_train_validates_fields_assigned_after_the_config_was_built(tmp_path, mo
 
 
 def test_a_huge_seed_is_one_line_and_the_largest_allowed_one_trains(tmp_path):
-    with pytest.raises(ConfigError, match=rf"config field 'seed' must be in \[0, {MAX_SEED}\]; got 100000000000000"):
-        TrainConfig(seed=10**14)
     line = one_line_error(cli_of(tiny(tmp_path), "--seed", str(10**14)), code=2)
     assert f"error: config field 'seed' must be in [0, {MAX_SEED}]" in line
     epoch_generators(MAX_SEED, 10**6, torch.device("cpu"), rank=7)  # the largest seed's generators exist

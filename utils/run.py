@@ -192,8 +192,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.Tensor]) -> None:
-    """Raise CheckpointError unless `saved` has exactly the names, shapes and dtypes of `expected` (load_state_dict
-    would fail with a page of text, or convert a dtype silently)."""
+    """Raise CheckpointError unless `saved` has exactly the names, shapes and dtypes of `expected` (where
+    load_state_dict would print a page, or convert a dtype silently)."""
     what = role or "state"
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: its {what} is not a dict of tensors. {_MOVE_AWAY}")
@@ -324,8 +324,8 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
 
 
 def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
-    """(config, history) from config.json and history.json, (None, {}) where missing; a damaged one is taken from
-    the checkpoint (without one, a UserError names the file). Reads only: the folder may be training."""
+    """(config, history) from config.json and history.json, (None, {}) where missing, a damaged one from the
+    checkpoint (without one, a UserError). Reads only: the folder may be training."""
     run_dir = Path(run_dir)
     (config, config_problem), (history, history_problem) = _read_config_file(run_dir), read_history_file(run_dir)
     if config_problem or history_problem:
@@ -429,7 +429,6 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
 
 
 def _history_files(run_dir: Path) -> list[Path]:
-    """history.json and the pictures remade from it (REMADE), where they exist."""
     return [run_dir / name for name in (HISTORY, *REMADE) if (run_dir / name).exists()]
 
 
