@@ -183,14 +183,13 @@ def output_file(path: str | Path, what: str) -> Path:
 
 
 def made_here(path: Path, window: int = 1 << 20) -> bool:
-    """Whether the regular file (never a FIFO) `path` holds MAKER_BYTES in its first or last `window` bytes."""
+    """Whether the regular file (never a FIFO) `path` holds MAKER_BYTES in its first `window` bytes, where the PNG,
+    GIF and TorchScript writers put it."""
     try:
         if not path.is_file():
             return False
         with open(path, "rb") as file:
-            head = file.read(window)
-            file.seek(max(0, path.stat().st_size - window))
-            return MAKER_BYTES in head or MAKER_BYTES in file.read(window)
+            return MAKER_BYTES in file.read(window)
     except OSError:
         return False
 
