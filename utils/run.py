@@ -209,21 +209,16 @@ def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.T
 
 
 def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.optim.Optimizer) -> None:
-    """Raise CheckpointError unless `saved` has `optimizer`'s parameter groups and moments of each parameter's shape."""
+    """Raise CheckpointError unless `saved` has `optimizer`'s parameter groups and Adam's moments of each parameter."""
     groups, moments = saved.get("param_groups"), saved.get("state")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(group["params"]) for group in optimizer.param_groups]
-    if (not isinstance(groups, list) or not isinstance(moments, dict)
+    if (not isinstance(groups, list) or not isinstance(moments, dict) or not moments.keys() <= set(range(len(params)))
             or [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != sizes):
         raise CheckpointError(f"{path}: its {role} does not fit the optimiser of its networks. {_MOVE_AWAY}")
     for index, values in moments.items():
-        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(values, dict):
-            raise CheckpointError(f"{path}: its {role} holds moments of no parameter ({index!r}). {_MOVE_AWAY}")
-        for name, value in values.items():
-            shape = () if name == "step" else params[index].shape
-            if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point():
-                raise CheckpointError(f"{path}: {role} {name} of parameter {index} is {_found(value)}, not float "
-                                      f"{tuple(shape)}. {_MOVE_AWAY}")
+        check_weights(path, f"{role}.{index}", values, {"step": torch.zeros(()), "exp_avg": params[index],
+                                                        "exp_avg_sq": params[index]})
 
 
 def _found(value: Any) -> str:
