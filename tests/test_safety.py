@@ -25,8 +25,8 @@ from utils.config import MAX_SEED, TrainConfig, config_to_argv
 from utils.downloads import DownloadError
 from utils.errors import ConfigError, UserError
 from utils.metrics import load_inception
-from utils.run import (CHECKPOINT, CONFIG, HISTORY, CheckpointError, list_frames, load_models, read_checkpoint,
-                       read_run, saved_config)
+from utils.run import CHECKPOINT, CONFIG, HISTORY, CheckpointError, list_frames, load_models, read_checkpoint, \
+    saved_config
 from utils.training import epoch_generators, train
 
 from between_saves import frozen_between_saves
@@ -199,15 +199,10 @@ def test_a_run_whose_config_or_history_json_is_damaged_resumes_from_its_checkpoi
     assert json.loads((run_dir / HISTORY).read_text()) == read_checkpoint(run_dir / CHECKPOINT)["history"]
 
 
-def test_a_damaged_config_json_without_a_checkpoint_is_one_line_and_a_new_run_moves_it_aside(tmp_path):
+def test_a_damaged_config_json_without_a_checkpoint_is_moved_aside_by_a_new_run(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / CONFIG).write_text("{")
-    (run_dir / HISTORY).write_text("{}")
-    with pytest.raises(UserError, match=rf"{re.escape(str(run_dir / CONFIG))} is not valid JSON .*no {CHECKPOINT} to "
-                                        "recover it from"):
-        read_run(run_dir)   # what compare says of it
-    (run_dir / HISTORY).unlink()
 
     result = cli_of(tiny(tmp_path))  # nothing trained to continue: a new run, the damaged file kept aside
 
@@ -282,8 +277,6 @@ def test_train_validates_fields_assigned_after_the_config_was_built(tmp_path, mo
 
 
 def test_a_huge_seed_is_one_line_and_the_largest_allowed_one_trains(tmp_path):
-    with pytest.raises(ConfigError, match=rf"config field 'seed' must be in \[0, {MAX_SEED}\]; got 100000000000000"):
-        TrainConfig(seed=10**14)
     line = one_line_error(cli_of(tiny(tmp_path), "--seed", str(10**14)), code=2)
     assert f"error: config field 'seed' must be in [0, {MAX_SEED}]" in line
     epoch_generators(MAX_SEED, 10**6, torch.device("cpu"), rank=7)  # the largest seed's generators exist

@@ -1,7 +1,5 @@
-"""Which run notebooks 04 to 06 work on: `choose_run(out, config)` prints which and why, and the word (`out`) that
-picks each other run. By default the main run of their settings, the one notebook 03 trains: never a tweak of it
-nor whichever trained last.
-"""
+"""Which run notebooks 04 to 06 work on (`choose_run`): by default the main run of their settings, the one notebook 03
+trains, never a tweak of it nor whichever trained last."""
 
 from __future__ import annotations
 
@@ -9,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from utils.config import FIXED_FIELDS, NAMED_FIELDS, TrainConfig
-from utils.run import CHECKPOINT, GENERATED, default_run_dir, differences, list_frames, read_checkpoint, \
-    saved_config, trained_runs
+from utils.run import (CHECKPOINT, GENERATED, default_run_dir, differences, list_frames, read_checkpoint,
+                       saved_config, trained_runs)
 
 SHOWN_OTHERS = 6   # the other runs listed by name; the rest are counted
 # What a tweak in notebook 03 changes (learning rates, betas, batch size): the fields that name a run and can change

@@ -1,8 +1,5 @@
-"""Every knob of a training run: one dataclass with defaults and validation, and its command line.
-
-The notebooks build a `TrainConfig` in their parameters cell, `python -m utils.train` from one option per field
-(`build_parser`); a bad value raises a one-line ConfigError naming the field before any work starts.
-"""
+"""Every knob of a training run: `TrainConfig`, its validation (a one-line ConfigError naming the field before any
+work starts) and its command line, one option per field (`build_parser`)."""
 
 from __future__ import annotations
 
@@ -22,16 +19,10 @@ from utils.urls import redact_url
 
 MAX_SEED = 2**32 - 1   # each epoch's generators are seeded from (seed, epoch) within 64 bits (utils/training.py)
 
-# What `recipe="improved"` switches on, for the fields left at their defaults (benchmarks/results/quality-cpu-*.log)
-IMPROVED_RECIPE = dict(
-    ema_decay=0.999,            # sample from an exponential moving average of G's weights
-    spectral_norm=True,         # Lipschitz-constrain D instead of BatchNorm
-    loss="hinge",               # hinge loss instead of the original BCE
-    lr_d=1e-3,                  # two-timescale update rule: D learns faster than G, and both faster than DCGAN's
-    lr_g=5e-4,                  # 2e-4, which SN, the hinge loss and the EMA keep stable
-    beta1=0.0,                  # Adam without first-moment momentum, as in SNGAN, SAGAN and BigGAN
-    beta2=0.99,
-)
+# What `recipe="improved"` sets in the fields left at their defaults (benchmarks/results/quality-cpu-*.log): sample
+# from an EMA of G, spectral norm instead of D's BatchNorm, the hinge loss, and SNGAN/SAGAN/BigGAN's Adam: faster
+# rates, D's the fastest (two-timescale), without first-moment momentum; SN, hinge and EMA keep it stable.
+IMPROVED_RECIPE = dict(ema_decay=0.999, spectral_norm=True, loss="hinge", lr_d=1e-3, lr_g=5e-4, beta1=0.0, beta2=0.99)
 
 
 def _declare(default: Any, help: str, kind: str, names_run: bool = False, how: bool = False) -> Any:
@@ -116,7 +107,7 @@ class TrainConfig:
                 raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
 
     def validate(self) -> None:
-        """Raise ConfigError naming the first field of another type or out of range (`train()` calls it again)."""
+        """Raise ConfigError naming the first field of another type or out of range (`train()` checks again)."""
         self._check_types()
         size = self.image_size
         self._check(size >= 16 and size & (size - 1) == 0, "image_size", "a power of two >= 16 (16, 32, 64, 128, ...)")
@@ -173,13 +164,13 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a config.json; one that is not JSON of valid settings raises ConfigError naming the file."""
         try:
-            values = read_json(path)
+            values = read_json(path)   # a ValueError if not a regular file, too large or not JSON
             if not isinstance(values, dict):
                 raise ValueError("does not hold settings (a JSON object of config fields)")
             return cls.from_dict(values)
         except ConfigError as error:
             raise ConfigError(f"{path}: {error}") from None
-        except ValueError as error:   # not a regular file, too large, not JSON (empty, truncated, edited)
+        except ValueError as error:
             raise ConfigError(f"{path} {error}") from None
 
 
@@ -208,7 +199,6 @@ def _names(**wanted: Any) -> tuple[str, ...]:
 
 FIXED_FIELDS = _names(kind="fixed")
 TUNABLE_FIELDS = _names(kind="tunable")
-CALL_FIELDS = _names(kind="call")
 NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)   # what names a run folder, in this order
 HOW_FIELDS = _names(how=True)   # left out of compare's table of differences
 

@@ -1,8 +1,5 @@
-"""A failure the user can fix is one line: what happened and what to do, credentials hidden, no traceback.
-
-A command line (`run_cli`) prints `error: <message>` and exits 1; a notebook shows the message alone and the cell
-still fails. Anything else is a bug and keeps its full traceback.
-"""
+"""A failure the user can fix is one line, credentials hidden: `error: <message>` and exit status 1 on a command line
+(`run_cli`), the message alone in a notebook (the cell still fails). Anything else is a bug: a full traceback."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ from utils.urls import redact
 
 
 class _OneLine:
-    """Mixin: the message passes through `redact`, and IPython shows `Name: message` without this package's frames."""
+    """The message passes through `redact`; IPython shows `Name: message` without this package's frames."""
 
     def __init__(self, message: str = ""):
         super().__init__(redact(str(message)))

@@ -1,9 +1,6 @@
-"""Every file this project writes or reads back goes through here.
-
-`atomic_path`: the old file or the new one, never half of it; a full disk, a read-only folder or a long name is one
-`CannotWrite` line. `output_file` / `output_folder`: the guard every command passes before writing where it is told.
-`load_data` and `read_json` read back without running code, waiting on a FIFO or reading a huge file.
-"""
+"""Every file this project writes or reads back goes through here: `atomic_path` (the old file or the new one, a
+failure one `CannotWrite` line), the guard every command passes before writing where it is told (`output_file`,
+`output_folder`), and `load_data` / `read_json`, which never run code, wait on a FIFO or read a huge file."""
 
 from __future__ import annotations
 
@@ -25,8 +22,8 @@ from utils.errors import UserError
 # A run folder's layout (utils/run.py writes it; nothing else may write these)
 CHECKPOINT, CONFIG, HISTORY, LOCK, SAMPLES = "checkpoint.pt", "config.json", "history.json", ".lock", "samples"
 REMADE = ("training.gif", "history.png")   # a run's pictures that `make_gif` and `python -m utils.train` write again
-MAKER = "anime-face-gan"   # in every picture and generator file this project writes (a PNG's Software, ...)
-MAKER_BYTES = b"Software\x00" + MAKER.encode()   # how a PNG stores it; the other writers store the same bytes
+MAKER = "anime-face-gan"   # in every picture and generator file this project writes, stored as a PNG stores it:
+MAKER_BYTES = b"Software\x00" + MAKER.encode()
 TEMPORARY = re.compile(r"\..*\.\d+\.tmp(\.\w+)?")   # the name `atomic_path` writes under until the file is complete
 _FRAME_NAME = re.compile(r"epoch_(\d+)\.png")
 
@@ -49,9 +46,8 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-        if os.name != "nt":   # the new name on disk too (Windows cannot open a folder; its file systems journal it)
-            with suppress(OSError):   # some network file systems cannot sync a folder
-                _fsync(path.parent)
+        with suppress(OSError):   # the new name on disk too (Windows and some network file systems cannot)
+            _fsync(path.parent)
     except OSError as error:
         raise _explain(error, path, tmp, needs_bytes)
     except RuntimeError as error:  # torch.save reports a failed write as "[enforce fail at inline_container.cc...]"
@@ -78,8 +74,8 @@ def check_free_space(path: str | Path, needs_bytes: int) -> None:
 
 
 def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) -> OSError:
-    """`error`, raised while another library wrote `path`, as the CannotWrite atomic_path would raise, or itself
-    (one without an errno, such as a network error, is not about writing)."""
+    """`error`, raised while another library wrote `path`, as atomic_path's CannotWrite (one without an errno, such
+    as a network error, is returned as it is)."""
     return error if error.errno is None else _explain(error, Path(path), Path(path), needs_bytes)
 
 
@@ -187,23 +183,22 @@ def output_file(path: str | Path, what: str) -> Path:
 
 
 def made_here(path: Path, window: int = 1 << 20) -> bool:
-    """Whether the regular file `path` holds MAKER_BYTES in its first or last `window` bytes (where the PNG, GIF,
-    TorchScript and ONNX writers put it)."""
+    """Whether the regular file (never a FIFO) `path` holds MAKER_BYTES in its first `window` bytes, where the PNG,
+    GIF and TorchScript writers put it."""
     try:
-        if not path.is_file():   # a FIFO: never wait for a writer
+        if not path.is_file():
             return False
         with open(path, "rb") as file:
-            head = file.read(window)
-            file.seek(max(0, path.stat().st_size - window))
-            return MAKER_BYTES in head or MAKER_BYTES in file.read(window)
+            return MAKER_BYTES in file.read(window)
     except OSError:
         return False
 
 
 def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
-    """The JSON in `path`; a ValueError saying why (not a regular file, too large, not JSON), or an OSError."""
+    """The JSON in `path`; a ValueError saying why (not a regular file, such as a FIFO that would wait for ever; too
+    large; not JSON), or an OSError."""
     info = Path(path).stat()
-    if not stat.S_ISREG(info.st_mode):   # a FIFO would wait for a writer for ever
+    if not stat.S_ISREG(info.st_mode):
         raise ValueError("is not a regular file")
     if info.st_size > max_bytes:
         raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
@@ -215,8 +210,8 @@ def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
 
 def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
     """The tensors and plain data in the PyTorch file `path`, on the CPU, never running code from it. An unusable
-    file raises `error` with one line naming it (`what` it should be), what is wrong and the `remedy`."""
-    import torch   # here: `python -m utils.train --help` imports this module, and must stay fast
+    file raises `error`: one line naming it (`what` it should be), what is wrong and the `remedy`."""
+    import torch   # here: `python -m utils.train --help` imports this module and must stay fast
 
     path = Path(path)
     if path.exists() and not path.is_file():   # a FIFO or a device: torch.load would wait on it for ever

@@ -1,19 +1,19 @@
 """A run folder: one training run's files, who may write them, and what may change when it continues.
 
 generated/dcgan-64px/ (named from the settings that differ from the defaults, or `out`) holds config.json,
-checkpoint.pt (everything needed to continue exactly), history.json, samples/epoch_NNN.png and .lock (held while a
-process trains; it names no process). The checkpoint is the truth: a damaged config.json or history.json is rewritten
-from it, and nothing a run made is deleted (earlier files are moved aside into earlier-N/).
+checkpoint.pt (all that continuing exactly needs), history.json, samples/epoch_NNN.png and .lock (held while a process
+trains). The checkpoint is the truth: a damaged config.json or history.json is rewritten from it, and nothing a run
+made is deleted (earlier files are moved aside into earlier-N/).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import re
 import shutil
+import tempfile
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +37,7 @@ from utils.urls import is_url, redact_url
 
 GENERATED = Path("generated")
 _MOVE_AWAY = "Move it away to start a new run in its folder"
+_BY_NAME = ("synthetic", "kaggle")   # data that is a word, not a folder or URL
 # What `read_checkpoint` requires: all that `checkpoint_state` writes but "networks", "ema" and "precision".
 _CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
                     "scaler", "rng")
@@ -50,10 +51,6 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: unreadable, incomplete, or tensors that do not fit the networks."""
 
 
-class RunMoved(UserError):
-    """The run folder was renamed or deleted while a process trained in it."""
-
-
 # ------------------------------------------------------------------------------------- names and settings
 
 def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
@@ -61,10 +58,8 @@ def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
     re-running a notebook resumes its run, a tweak starts a sibling. `networks`: see `network_tag`."""
     defaults = TrainConfig(recipe=config.recipe)
     parts = [f"{config.recipe}-{config.image_size}px"]
-    for name in NAMED_FIELDS:
-        value = getattr(config, name)
-        if name != "image_size" and not _same_value(name, value, getattr(defaults, name)):
-            parts.append(f"{name}={_short(name, value)}")
+    parts += [f"{name}={_short(name, value)}" for name, value, _ in differences(config, defaults, NAMED_FIELDS)
+              if name != "image_size"]
     return GENERATED / "-".join(parts + ([networks] if networks else []))
 
 
@@ -74,34 +69,28 @@ def run_dir_of(config: TrainConfig, networks: str = "") -> Path:
 
 
 def _short(name: str, value: Any) -> str:
-    if name == "data":
-        path = urllib.parse.urlsplit(value).path if is_url(value) else str(value)  # never a token into a folder name
-        value = value if value in ("synthetic", "kaggle") else Path(path.rstrip("/")).stem or "data"
+    if name == "data" and value not in _BY_NAME:   # a file's stem: never a URL's token in a folder name
+        path = urllib.parse.urlsplit(value).path if is_url(value) else value
+        value = Path(path.rstrip("/")).stem or "data"
     elif isinstance(value, float):
         value = f"{value:g}"
     return re.sub(r"[^\w.+=-]", "+", str(value))[:40]
-
-
-def _same_value(name: str, a: Any, b: Any) -> bool:
-    """Equal as settings: floats within rounding, data however spelled (see `_data_identity`)."""
-    if name == "data" and isinstance(a, str) and isinstance(b, str):
-        return _data_identity(a) == _data_identity(b)
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
-    return a == b
 
 
 def _data_identity(data: str) -> str:
     """A folder resolved (faces, ./faces/, /abs/faces are one), a URL without its credentials (as a run stores it)."""
     if is_url(data):
         return redact_url(data)
-    return data if data in ("synthetic", "kaggle") else str(Path(data).expanduser().resolve())
+    return data if data in _BY_NAME else str(Path(data).expanduser().resolve())
 
 
 def differences(saved: TrainConfig, requested: TrainConfig, names: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
-    """(field, saved value, requested value) for each of `names` whose value differs."""
+    """(field, saved value, requested value) for each of `names` whose value differs (data however spelled)."""
+    def value(config: TrainConfig, name: str) -> Any:
+        return _data_identity(config.data) if name == "data" else getattr(config, name)
+
     return [(name, getattr(saved, name), getattr(requested, name)) for name in names
-            if not _same_value(name, getattr(saved, name), getattr(requested, name))]
+            if value(saved, name) != value(requested, name)]
 
 
 def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConfig, epochs_done: int) -> None:
@@ -203,8 +192,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.Tensor]) -> None:
-    """Raise CheckpointError unless `saved` has exactly the names, shapes and dtypes of `expected` (load_state_dict
-    would fail with a page of text, or convert a dtype silently)."""
+    """Raise CheckpointError unless `saved` has exactly the names, shapes and dtypes of `expected` (where
+    load_state_dict would print a page, or convert a dtype silently)."""
     what = role or "state"
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: its {what} is not a dict of tensors. {_MOVE_AWAY}")
@@ -220,21 +209,16 @@ def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.T
 
 
 def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.optim.Optimizer) -> None:
-    """Raise CheckpointError unless `saved` has `optimizer`'s parameter groups and moments of each parameter's shape."""
+    """Raise CheckpointError unless `saved` has `optimizer`'s parameter groups and Adam's moments of each parameter."""
     groups, moments = saved.get("param_groups"), saved.get("state")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(group["params"]) for group in optimizer.param_groups]
-    if (not isinstance(groups, list) or not isinstance(moments, dict)
+    if (not isinstance(groups, list) or not isinstance(moments, dict) or not moments.keys() <= set(range(len(params)))
             or [len(g.get("params", ())) if isinstance(g, dict) else -1 for g in groups] != sizes):
         raise CheckpointError(f"{path}: its {role} does not fit the optimiser of its networks. {_MOVE_AWAY}")
     for index, values in moments.items():
-        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(values, dict):
-            raise CheckpointError(f"{path}: its {role} holds moments of no parameter ({index!r}). {_MOVE_AWAY}")
-        for name, value in values.items():
-            shape = () if name == "step" else params[index].shape
-            if not isinstance(value, torch.Tensor) or value.shape != shape or not value.is_floating_point():
-                raise CheckpointError(f"{path}: {role} {name} of parameter {index} is {_found(value)}, not float "
-                                      f"{tuple(shape)}. {_MOVE_AWAY}")
+        check_weights(path, f"{role}.{index}", values, {"step": torch.zeros(()), "exp_avg": params[index],
+                                                        "exp_avg_sq": params[index]})
 
 
 def _found(value: Any) -> str:
@@ -272,8 +256,8 @@ def _refuse_other_networks(run_dir: str | Path, state: dict, networks: dict[str,
 
 def load_models(run_dir: str | Path, generator: nn.Module | None = None,
                 discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """A run's generator (its EMA weights if kept), discriminator and history, on the CPU. A run trained with your
-    own networks needs fresh instances of them passed in."""
+    """A run's generator (its EMA weights if kept), discriminator and history, on the CPU; a run trained with your
+    own networks needs fresh instances of them."""
     return models_from_checkpoint(read_checkpoint(Path(run_dir) / CHECKPOINT), run_dir, generator, discriminator)
 
 
@@ -335,8 +319,8 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
 
 
 def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
-    """(config, history) from config.json and history.json, (None, {}) where missing; a damaged one is taken from
-    the checkpoint (without one, a UserError names the file). Reads only: the folder may be training."""
+    """(config, history) from config.json and history.json, (None, {}) where missing, a damaged one from the
+    checkpoint (without one, a UserError). Reads only: the folder may be training."""
     run_dir = Path(run_dir)
     (config, config_problem), (history, history_problem) = _read_config_file(run_dir), read_history_file(run_dir)
     if config_problem or history_problem:
@@ -359,12 +343,11 @@ def trained_runs(root: str | Path = GENERATED) -> list[Path]:
 
 def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
     """Raise ConfigError if the folder is part of another run, is, lies in or holds the data folder (it would train
-    on its own grids), is data_dir (whose temporary files other processes clean up), or cannot be written (a probe
-    file: root ignores permission bits)."""
+    on its own grids), is data_dir (whose temporary files other processes clean up), or cannot be written."""
     if run_part(run_dir):
         raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
     run, data = run_dir.expanduser().resolve(), Path(config.data).expanduser().resolve()
-    if config.data not in ("synthetic", "kaggle") and not is_url(config.data) and data.is_dir() and (
+    if config.data not in _BY_NAME and not is_url(config.data) and data.is_dir() and (
             run == data or data in run.parents or run in data.parents):
         raise ConfigError(f"config field 'out' ({run_dir}) is, lies in or holds the data folder {config.data} (config "
                           "field 'data'): the run's grids would mix with the images it trains on. Choose another out, "
@@ -374,9 +357,7 @@ def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
                           "or leave out='' (a folder under generated/)")
     try:
         (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
-        probe = run_dir / SAMPLES / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
+        tempfile.TemporaryFile(dir=run_dir / SAMPLES).close()   # a real write: root ignores permission bits
     except OSError as error:
         raise ConfigError(f"config field 'out': cannot write to {run_dir} ({error.strerror}): choose a writable "
                           "folder (on Kaggle, under /kaggle/working)") from None
@@ -385,8 +366,7 @@ def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
 def _checkpoint_to_continue(run_dir: Path, config: TrainConfig, networks: dict[str, str],
                             log: Callable[[str], None]) -> dict | None:
     """The checkpoint `config` continues (None for a new run), the folder made to match it; ConfigError if it
-    cannot continue it."""
-    # temporary files of writes that a kill interrupted (see atomic_path): never complete, never needed
+    cannot continue it. Temporary files of writes that a kill interrupted are never complete: deleted."""
     for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
         stale.unlink()
     state = None
@@ -403,10 +383,9 @@ def _checkpoint_to_continue(run_dir: Path, config: TrainConfig, networks: dict[s
 
 
 def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, log: Callable[[str], None]) -> None:
-    """Make the folder hold what the checkpoint holds (`state`; None: no run yet), deleting nothing a run made: the
-    grid of an epoch a kill cut short is deleted (it trains again); grids or history the checkpoint does not hold
-    (an earlier run, an older checkpoint copied in) are moved aside, and a damaged or edited config.json or
-    history.json is rewritten from the checkpoint, each said in one line."""
+    """Make the folder hold what the checkpoint `state` (None: no run yet) holds, each change said in one line: the
+    grid of an epoch a kill cut short is deleted (it trains again), grids or history it does not hold are moved aside,
+    a damaged or edited config.json or history.json is rewritten from it."""
     epoch = state["epoch"] if state else 0
     later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
     history, history_problem = read_history_file(run_dir)
@@ -436,7 +415,8 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
                                              for key in ("steps", "epochs"))
         if history is not None and not behind:
             history_problem = f"{run_dir / HISTORY} does not match {CHECKPOINT} (edited by hand?)"
-        _write_json(run_dir / HISTORY, state["history"])
+        with atomic_path(run_dir / HISTORY) as tmp:
+            tmp.write_text(json.dumps(state["history"], indent=1) + "\n")
         repaired += [history_problem] if history_problem else []
     if repaired:
         log(f"{'; '.join(repaired)}: rewritten from {run_dir / CHECKPOINT}, which holds the run's settings and "
@@ -444,7 +424,6 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
 
 
 def _history_files(run_dir: Path) -> list[Path]:
-    """history.json and the pictures remade from it (REMADE), where they exist."""
     return [run_dir / name for name in (HISTORY, *REMADE) if (run_dir / name).exists()]
 
 
@@ -460,21 +439,12 @@ def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
     return aside
 
 
-def _write_json(path: Path, value: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=1) + "\n")
-
-
 # -------------------------------------------------------------------------------------------------- the run
 
 class Run:
-    """The run folder of one `train()` call: open it, read what it holds, save each epoch, close it.
-
-        with Run.open(config, networks) as run:     # folder, lock, checks: before any data is decoded
-            run.state                                # the checkpoint to continue from, or None for a new run
-            run.record_settings(config, history, epoch, step)   # print and record the changes; write config.json
-            run.save_epoch(epoch, grid, history, state)         # in the background
-    """
+    """The run folder of one `train()` call: `with Run.open(config, networks) as run:` locks and checks it before any
+    data is decoded; `run.state` is the checkpoint to continue (None: a new run); `record_settings` once, then
+    `save_epoch` after each epoch."""
 
     def __init__(self, run_dir: Path, state: dict | None, log: Callable[[str], None], lock: FileLock | None = None):
         self.dir, self.state, self.log, self._lock = run_dir, state, log, lock
@@ -490,7 +460,7 @@ class Run:
     def open(cls, config: TrainConfig, networks: dict[str, str], tag: str = "", main: bool = True,
              log: Callable[[str], None] = print) -> "Run":
         """Create or open `config`'s run folder, lock it (main process only) and check that it can continue: a
-        ConfigError before anything is written if it is not writable or holds a run `config` cannot continue."""
+        ConfigError before anything is written if it cannot."""
         run_dir = run_dir_of(config, tag)
         if not main:  # other processes of a distributed run only read; process 0 owns and checks the folder
             path = run_dir / CHECKPOINT
@@ -519,8 +489,8 @@ class Run:
             config.save(self.dir / CONFIG)
 
     def save_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
-        """Write the epoch's grid, checkpoint and history.json in the background, in that order, each atomically.
-        At most one epoch is pending (a slow disk slows training); a failed write raises here or in `close`."""
+        """Write the epoch's grid, checkpoint and history.json in the background, in that order, each atomically; at
+        most one epoch pending. A failed write raises here or on leaving `with`."""
         self._wait()
         checkpoint = io.BytesIO()
         torch.save(state, checkpoint)   # now: the tensors keep training
@@ -528,7 +498,7 @@ class Run:
                                             checkpoint.getbuffer())
 
     def _write_epoch(self, epoch: int, grid: np.ndarray, history: str, checkpoint: memoryview) -> None:
-        """Into the folder as opened only: one renamed or deleted meanwhile gets nothing, and RunMoved says where."""
+        """Into the folder as opened only: one renamed or deleted meanwhile gets nothing, and a UserError says where."""
         self._check_in_place(epoch)
         try:
             with atomic_path(frame_path(self.dir, epoch), make_folder=False) as tmp:
@@ -543,7 +513,7 @@ class Run:
             raise
 
     def _check_in_place(self, epoch: int) -> None:
-        """Raise RunMoved if the folder is no longer where it was opened (renamed, deleted, or replaced by another)."""
+        """Raise UserError if the folder is no longer where it was opened (renamed, deleted, or replaced by another)."""
         try:
             if self._opened is None or os.path.samestat(os.stat(self.dir), self._opened):
                 return
@@ -555,9 +525,9 @@ class Run:
             now = " (deleted)"
         stopped = f"training stopped at epoch {epoch} ({self._saved_epoch} epoch(s) saved in the folder)"
         if now.endswith(" (deleted)"):
-            raise RunMoved(f"{self.dir} was deleted (or moved where this process cannot see it) while training: "
+            raise UserError(f"{self.dir} was deleted (or moved where this process cannot see it) while training: "
                            f"{stopped}. Run the same again to start a new run there")
-        raise RunMoved(f"{self.dir} was moved to {now} while training: {stopped}. Move it back and run the same again "
+        raise UserError(f"{self.dir} was moved to {now} while training: {stopped}. Move it back and run the same again "
                        f"to continue, or continue it where it is with out={now!r}")
 
     def _wait(self) -> None:
@@ -565,27 +535,20 @@ class Run:
         if pending is not None:
             pending.result()
 
-    def close(self) -> None:
-        """Wait until every file is written, then release the lock (also after an error or an interrupt)."""
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        """Wait until every file is written, then release the lock (also after an error or an interrupt); after a
+        run that ended well, check that its folder is still where the caller will look for it."""
         try:
             self._wait()
+            if error_type is None:
+                self._check_in_place(self._saved_epoch)
         finally:
             if self._writer is not None:
                 self._writer.shutdown()
             if self._folder is not None:
                 os.close(self._folder)
-                self._folder = None
             if self._lock is not None:
                 self._lock.release()   # the file stays, so every process locks the same one
-
-    def __enter__(self) -> "Run":
-        return self
-
-    def __exit__(self, error_type, *_) -> None:
-        """Close; after a run that ended well, check that its folder is still where the caller will look for it."""
-        try:
-            if error_type is None:
-                self._wait()
-                self._check_in_place(self._saved_epoch)
-        finally:
-            self.close()

@@ -1,8 +1,5 @@
-"""`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field (README).
-
-Without --out the run folder is named from the settings that differ from the defaults, so a tweak trains a sibling
-run and the same command again continues its run. Continuing, the options not given keep the run's own values.
-"""
+"""`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field (README). The same
+command again continues its run, the options not given keeping the run's own values."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ from utils.errors import ConfigError, run_cli
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError (bad value, missing file, ...) prints `error: ...` and exits with 1."""
     run_cli(lambda: _train_from_command_line(argv))
 
 

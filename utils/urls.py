@@ -1,8 +1,5 @@
-"""Which `data` strings are URLs, and any text with the credentials it holds hidden.
-
-Every error, note, log line and stored `config.data` goes through `redact`, so a password (`https://user:pass@host/`)
-or a token (`?token=...`, `#key=...`) never reaches a screen, a log or a shared run folder.
-"""
+"""Which `data` strings are URLs, and `redact`, which every error, note, log line and stored `config.data` passes
+through: a password (`https://user:pass@host/`) or token (`?token=...`, `#key=...`) never reaches a screen or a file."""
 
 import re
 
