@@ -45,12 +45,14 @@ def test_the_main_run_of_the_settings_wins_over_tweaks_and_runs_trained_later(tm
     assert choose_run("", SMALL, root=tmp_path, log=lines.append) == main
     assert lines == [f"working on {main} (3 epochs): the main run of these settings (notebook 03's, not a tweak)",
                      "other runs, newest first (set out to one in the parameters cell to use it): "
-                     f"{improved.name}, lr_g=0.001"]
+                     "improved, lr_g=0.001"]
     lines.clear()   # each word of that list picks its run; so do the folder and its name
     for word in ("lr_g=0.001", tweak.name, str(tweak)):
         assert choose_run(word, SMALL, root=tmp_path, log=lines.append) == tweak
     assert lines[0] == f"working on {tweak} (1 of 3 epochs): named by out; it differs from these settings in lr_g"
-    assert lines[1].endswith(f"{improved.name}, {main.name}")   # the chosen run is not among the others
+    assert lines[1].endswith("improved, dcgan")   # the chosen run is not among the others; "dcgan" is the main run
+    assert choose_run("improved", SMALL, root=tmp_path, log=lines.append) == improved
+    assert choose_run("dcgan", SMALL, root=tmp_path, log=lines.append) == main
 
 
 def test_notebook_05s_dcgan_baseline_is_never_a_tweak_nor_the_improved_run(tmp_path):

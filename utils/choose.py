@@ -27,7 +27,8 @@ def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
 def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: str | Path = GENERATED,
                log: Callable[[str], None] = print) -> Path | None:
     """The run folder to work on, saying in one line which and why, or None. `out` names a run folder, a folder
-    name under `root` or the word printed for it (the name less the main run's: "lr_g=0.001"). Without the main
+    name under `root` or the word printed for it ("lr_g=0.001" for a tweak, "improved" for the other recipe's run of
+    these settings: the folder name less what it shares with the main run's). Without the main
     run, the newest untweaked run of `config`'s recipe stands in. The other runs (of `recipe` when given) are listed."""
     root = Path(root)
     main = root / default_run_dir(config).name
@@ -37,7 +38,9 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
                  config.recipe and not differences(saved, config, TWEAK_FIELDS)]
     chosen = None
     if out:
-        named = (folder for folder in (Path(out), root / out, root / f"{main.name}-{out}")
+        recipe_word, _, tweak = out.partition("-")
+        named = (folder for folder in (Path(out), root / out, root / f"{main.name}-{out}",
+                                       root / _recipe_swapped(main.name, recipe_word, tweak))
                  if (folder / CHECKPOINT).is_file())
         chosen, why = next(named, Path(out)), "named by out"
     elif main in untweaked:
@@ -57,7 +60,21 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
         log(f"working on {chosen}: {why}")
     others = [run_dir for run_dir, _ in runs if chosen is None or run_dir.resolve() != chosen.resolve()]
     if others:
-        words = ", ".join(run_dir.name.removeprefix(f"{main.name}-") for run_dir in others[:SHOWN_OTHERS])
+        words = ", ".join(_word(run_dir.name, main.name) for run_dir in others[:SHOWN_OTHERS])
         more = f" and {len(others) - SHOWN_OTHERS} more" if len(others) > SHOWN_OTHERS else ""
         log(f"other runs, newest first (set out to one in the parameters cell to use it): {words}{more}")
     return chosen
+
+
+def _recipe_swapped(main_name: str, recipe: str, tweak: str = "") -> str:
+    """The main run's folder name with another recipe (and a tweak): "improved-32px-..." for "dcgan-32px-..."."""
+    return "-".join([recipe, main_name.split("-", 1)[1]] + ([tweak] if tweak else []))
+
+
+def _word(name: str, main_name: str) -> str:
+    """What `out` takes for a run folder: its name less the main run's ("lr_g=0.001", "improved", "improved-...")."""
+    if name.startswith(f"{main_name}-"):
+        return name.removeprefix(f"{main_name}-")
+    recipe = name.split("-", 1)[0]
+    shared = _recipe_swapped(main_name, recipe)
+    return recipe + name.removeprefix(shared) if name == shared or name.startswith(f"{shared}-") else name
