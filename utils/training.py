@@ -22,7 +22,7 @@ from utils import distributed
 from utils.config import TrainConfig
 from utils.data import load_dataset
 from utils.diagnose import Diagnosis
-from utils.environment import DeviceChoice, choose_device, verbose
+from utils.environment import DeviceChoice, choose_device
 from utils.errors import ConfigError, Interrupted, UserError
 from utils.metrics import FID, fid_for_config, load_inception
 from utils.models import Discriminator, Generator, available_ram, check_network_size, check_networks
@@ -114,7 +114,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             distributed.barrier()
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
-            device_line, chosen = (choice.log if verbose() else choice.brief).split("\n", 1)
+            device_line, chosen = choice.log.split("\n", 1)
             _log(f"{device_line}\nrun folder: {run.dir}\n{chosen}")
             if images is None:
                 with distributed.main_first():  # the main process builds the cache, the others then reuse it
@@ -241,10 +241,6 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                                       **cut_short})
             grid = _end_epoch(config, run, state, step, fid, diagnosis) if distributed.is_main() else None
             saved = epoch
-            if epoch == start_epoch + min(1, config.epochs - start_epoch):  # the first epoch past the warm-up
-                note = choice.recheck_trial(config, epoch, images_per_s)
-                if note and verbose():  # engine detail: the new answer is cached for the next start either way
-                    _log(note)
             if live_plot is not None:
                 title = ", ".join([f"epoch {epoch}", *history["epochs"][-1].get("diagnosis", {})])
                 live_plot.update(history, grid=grid, title=title, force=True)
