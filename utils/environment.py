@@ -8,7 +8,6 @@ ANIME_GAN_AMP forces "auto"'s amp, ANIME_GAN_VERBOSE=1 prints the trial's figure
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -136,25 +135,6 @@ def candidate_name(amp: torch.dtype | None, channels_last: bool) -> str:
 # ------------------------------------------------------------------------------------------- the one decision
 
 @dataclass(frozen=True)
-class CPUTrial:
-    """What the CPU trial measured: the best images/s of each candidate ("fp32 NCHW", "bf16 channels_last", ...)."""
-    images_per_s: dict[str, float]
-    cached: bool = False            # read from the cache rather than measured by this process
-
-    def best(self, amp: str = "auto", channels_last: str = "auto") -> str:
-        """The candidate "auto" picks: CPU_DEFAULT unless another is over MARGIN faster. An explicit setting (`amp`
-        "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
-        dtype = {"auto": "", "bf16": "bf16"}.get(amp, "fp32")
-        layout = {"auto": "", "on": "channels_last"}.get(channels_last, "NCHW")
-        pool = {name: speed for name, speed in self.images_per_s.items()
-                if name.startswith(dtype) and name.endswith(layout)}
-        default_dtype, default_layout = CPU_DEFAULT.split()
-        default = f"{dtype or default_dtype} {layout or default_layout}"
-        fastest = max(pool, key=pool.get)
-        return fastest if pool[fastest] > MARGIN * pool.get(default, 0.0) else default
-
-
-@dataclass(frozen=True)
 class DeviceChoice:
     """What `choose_device` decided for a run, and `log`: the lines that say so at the top of its training log."""
     device: torch.device
@@ -163,7 +143,7 @@ class DeviceChoice:
     cuda_graphs: bool
     compile: bool = False
     amp_from: str = ""              # the environment variable that set `amp`; "" when the config did
-    trial: CPUTrial | None = None   # the CPU trial "auto" came from; None where nothing was measured
+    trial: dict | None = None       # the CPU trial's images/s that "auto" came from; None where nothing was measured
     trial_pick: str = ""            # the trial's pick, where a resumed run keeps what its epochs trained with
 
     @property
@@ -181,9 +161,8 @@ class DeviceChoice:
             lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
                          "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
         if self.trial is not None and os.environ.get("ANIME_GAN_VERBOSE", "") not in ("", "0"):
-            speeds = ", ".join(f"{name} {value:,.0f}" for name, value in self.trial.images_per_s.items())
-            lines.append(f"CPU trial ({'cached' if self.trial.cached else 'just measured'}; images/s of training "
-                         f"steps): {speeds} -> {self.trial_pick or self.candidate}")
+            speeds = ", ".join(f"{name} {value:,.0f}" for name, value in self.trial.items())
+            lines.append(f"CPU trial (images/s of training steps): {speeds} -> {self.trial_pick or self.candidate}")
         if self.trial_pick:
             lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
                          f"{self.trial_pick} for new runs)")
@@ -192,7 +171,7 @@ class DeviceChoice:
     def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
         """This choice for continuing a run whose epochs trained as `trained_as` ("fp32 channels_last", ...): a trial
         measured since must not change it, or the run would not end like an uninterrupted one."""
-        if self.trial is None or trained_as in (None, self.candidate) or trained_as not in self.trial.images_per_s:
+        if self.trial is None or trained_as in (None, self.candidate) or trained_as not in self.trial:
             return self
         dtype, layout = trained_as.split()
         amp = self.amp if amp_setting(config)[0] != "auto" else torch.bfloat16 if dtype == "bf16" else None
@@ -215,7 +194,7 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
     if device.type == "cpu" and not config.compile and amp != "fp16" and "auto" in (amp, config.channels_last):
         with distributed.main_first():
             trial = cpu_trial(config, measure)
-        dtype, layout = trial.best(amp, config.channels_last).split()
+        dtype, layout = trial_pick(trial, amp, config.channels_last).split()
         amp_dtype, channels_last = (torch.bfloat16 if dtype == "bf16" else None), layout == "channels_last"
     cuda_graphs = pick_cuda_graphs(device, config, amp_dtype, distributed.world_size())
     return DeviceChoice(device, amp_dtype, channels_last, cuda_graphs, config.compile,
@@ -224,14 +203,14 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
 
 # ------------------------------------------------------------------------------------------- the CPU trial
 
-def cpu_trial(config: TrainConfig, measure: Measure) -> CPUTrial:
-    """The speeds of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks, cached per
+def cpu_trial(config: TrainConfig, measure: Measure) -> dict[str, float]:
+    """The images/s of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks, cached per
     machine so that every process and every start choose alike. The candidates take turns (a burst of other work
     slows one round of each), each keeping its fastest, until every one's two fastest rounds agree within AGREEMENT
     or TRIAL_SECONDS have passed."""
-    trial = cached_trial(config)
-    if trial is not None:
-        return trial
+    cached = cached_trial(config)
+    if cached is not None:
+        return cached
     candidates = _candidates()
     speeds: dict[str, list[float]] = {name: [] for name in candidates}
     started = None
@@ -245,7 +224,19 @@ def cpu_trial(config: TrainConfig, measure: Measure) -> CPUTrial:
                 break
     best = {name: round(max(values), 1) for name, values in speeds.items()}
     _save_trial(config, best)
-    return CPUTrial(best)
+    return best
+
+
+def trial_pick(images_per_s: dict[str, float], amp: str = "auto", channels_last: str = "auto") -> str:
+    """The candidate "auto" picks: CPU_DEFAULT unless another is over MARGIN faster. An explicit setting (`amp`
+    "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
+    dtype = {"auto": "", "bf16": "bf16"}.get(amp, "fp32")
+    layout = {"auto": "", "on": "channels_last"}.get(channels_last, "NCHW")
+    pool = {name: speed for name, speed in images_per_s.items() if name.startswith(dtype) and name.endswith(layout)}
+    default_dtype, default_layout = CPU_DEFAULT.split()
+    default = f"{dtype or default_dtype} {layout or default_layout}"
+    fastest = max(pool, key=pool.get)
+    return fastest if pool[fastest] > MARGIN * pool.get(default, 0.0) else default
 
 
 def _save_trial(config: TrainConfig, images_per_s: dict[str, float]) -> None:
@@ -266,7 +257,7 @@ def _candidates() -> list[str]:
     return ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
 
 
-def cached_trial(config: TrainConfig) -> CPUTrial | None:
+def cached_trial(config: TrainConfig) -> dict[str, float] | None:
     """An earlier trial's answer for `config`'s networks here, or None; a damaged cache counts as none, saying so."""
     path = trial_cache_file()
     try:
@@ -276,7 +267,7 @@ def cached_trial(config: TrainConfig) -> CPUTrial | None:
         speeds = {name: float(value) for name, value in entry["images_per_s"].items()}
         if sorted(speeds) != sorted(_candidates()) or not all(0 < value < math.inf for value in speeds.values()):
             raise ValueError(f"its speeds {entry['images_per_s']} are not images/s of {', '.join(_candidates())}")
-        return CPUTrial(speeds, cached=True)
+        return speeds
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as error:
         print(f"note: {path} does not hold a CPU trial this project wrote ({str(error)[:120]}): measuring again")
         return None
@@ -292,10 +283,9 @@ def trial_cache_file() -> Path:
 def _trial_key(config: TrainConfig) -> str:
     models = [line for line in _cpuinfo().splitlines() if line.startswith("model name")]
     cpu = models[0].split(":", 1)[1].strip() if models else platform.processor() or platform.machine()
-    capability = f"{torch.backends.cpu.get_cpu_capability()}{cpu_has_bf16()}"
-    flags = hashlib.sha1(capability.encode()).hexdigest()[:6]
-    return (f"{cpu}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px "
-            f"z{config.latent_dim} G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
+    return (f"{cpu}|{torch.backends.cpu.get_cpu_capability()}{' bf16' if cpu_has_bf16() else ''}|torch "
+            f"{torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px z{config.latent_dim} "
+            f"G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
 
 
@@ -320,8 +310,8 @@ def cpu_epoch_speed(config: TrainConfig) -> tuple[str, float]:
     """(the candidate "auto" picks for `config` on this CPU, the images/s its whole epochs reach: the trial's figure
     times EPOCH_SHARE)."""
     trial = cpu_trial(config, partial(time_training_steps, config))
-    candidate = trial.best(amp_setting(config)[0], config.channels_last)
-    return candidate, EPOCH_SHARE * trial.images_per_s[candidate]
+    candidate = trial_pick(trial, amp_setting(config)[0], config.channels_last)
+    return candidate, EPOCH_SHARE * trial[candidate]
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
