@@ -23,12 +23,15 @@ from utils.models import Discriminator, Generator
 TRIAL_BATCH = 32   # the batch the CPU trial times (at most the run's): small, so the trial takes seconds
 
 
-def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0,
-                          fake_label: float = 0.0, label_flip: float = 0.0,
-                          gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's BCE targets (real, fake): `real_label` and `fake_label` (label smoothing when not 1 and 0), each swapped
-    with probability `label_flip` (noisy labels), tossed with `gen`. A D that cannot become certain keeps giving G
-    useful gradients for longer."""
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
+                       labels: tuple[float, float, float] = (1.0, 0.0, 0.0),
+                       gen: torch.Generator | None = None) -> torch.Tensor:
+    """D's loss: hinge, or BCE against the targets `labels` = (real_label, fake_label, label_flip) make: each label
+    (label smoothing when not 1 and 0) swapped with probability label_flip (noisy labels), tossed with `gen`. A D
+    that cannot become certain keeps giving G useful gradients for longer."""
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    real_label, fake_label, label_flip = labels
     # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984
     real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
     fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
@@ -36,16 +39,6 @@ def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, 
         flip = lambda logits: torch.rand(logits.shape, generator=gen, device=logits.device) < label_flip
         real_targets = torch.where(flip(real_logits), fake_label, real_targets)
         fake_targets = torch.where(flip(fake_logits), real_label, fake_targets)
-    return real_targets, fake_targets
-
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
-                       labels: tuple[float, float, float] = (1.0, 0.0, 0.0),
-                       gen: torch.Generator | None = None) -> torch.Tensor:
-    """D's loss: hinge, or BCE against the targets that `labels` (real_label, fake_label, label_flip) make."""
-    if kind == "hinge":
-        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    real_targets, fake_targets = discriminator_targets(real_logits, fake_logits, *labels, gen)
     return (F.binary_cross_entropy_with_logits(real_logits, real_targets)      # -log D(x) with 1 and 0
             + F.binary_cross_entropy_with_logits(fake_logits, fake_targets))  # -log(1 - D(G(z)))
 
