@@ -105,8 +105,7 @@ def pick_amp(device: torch.device, amp: str = "auto", source: str = "config fiel
 
 
 def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
-    """channels_last (NHWC) lets cuDNN and oneDNN skip layout transposes; under torch.compile "auto" leaves the
-    layout to the compiler."""
+    """channels_last (NHWC) spares cuDNN and oneDNN layout transposes; under torch.compile "auto" leaves it off."""
     if setting != "auto":
         return setting == "on"
     return device.type in ("cuda", "cpu") and not compile
@@ -205,9 +204,8 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
 
 def cpu_trial(config: TrainConfig, measure: Measure) -> dict[str, float]:
     """The images/s of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks, cached per
-    machine so that every process and every start choose alike. The candidates take turns (a burst of other work
-    slows one round of each), each keeping its fastest, until every one's two fastest rounds agree within AGREEMENT
-    or TRIAL_SECONDS have passed."""
+    machine so that every process and every start choose alike. The candidates take turns, each keeping its fastest
+    round, until every one's two fastest agree within AGREEMENT or TRIAL_SECONDS have passed."""
     cached = cached_trial(config)
     if cached is not None:
         return cached
@@ -307,8 +305,7 @@ EPOCH_SHARE = 0.75
 
 
 def cpu_epoch_speed(config: TrainConfig) -> tuple[str, float]:
-    """(the candidate "auto" picks for `config` on this CPU, the images/s its whole epochs reach: the trial's figure
-    times EPOCH_SHARE)."""
+    """(the candidate "auto" picks for `config` on this CPU, EPOCH_SHARE of its images/s in the trial)."""
     trial = cpu_trial(config, partial(time_training_steps, config))
     candidate = trial_pick(trial, amp_setting(config)[0], config.channels_last)
     return candidate, EPOCH_SHARE * trial[candidate]
