@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from functools import partial
 from itertools import chain, repeat
 from pathlib import Path
@@ -67,7 +66,7 @@ def test_auto_leaves_fp32_channels_last_only_for_a_candidate_clearly_faster(empt
     monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")
     measure = rounds_of(speeds)
     choice = choose_device(TrainConfig(**TINY), measure)
-    assert measure.calls == [list(speeds)] and measure.drawn == environment.TRIAL_MIN_ROUNDS   # steady: agreed at once
+    assert measure.calls == [list(speeds)]
     assert choice.candidate == chosen and choice.log.endswith(f"-> {chosen}")
     assert f"CPU trial (images/s of training steps): fp32 NCHW {speeds['fp32 NCHW']:.0f}" in choice.log
     monkeypatch.setenv("ANIME_GAN_VERBOSE", "0")
@@ -112,25 +111,14 @@ def test_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
         pick_device("cuda")
 
 
-def test_rounds_slowed_by_other_work_are_outvoted_by_more_rounds_until_a_time_cap(empty_cache, monkeypatch):
+def test_rounds_slowed_by_other_work_are_outvoted_by_the_others(empty_cache):
     """Other work slows channels_last's first three rounds: three rounds alone would pick NCHW."""
     busy = [{"fp32 NCHW": 60.0, "fp32 channels_last": slowed} for slowed in (30.0, 33.0, 31.0)]
     quiet = [{"fp32 NCHW": 60.0, "fp32 channels_last": 70.0}, {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}]
     measure = rounds_of(*busy, *quiet)
-    choice = choose_device(TrainConfig(**TINY), measure)
-    assert measure.drawn == 5 and choice.candidate == "fp32 channels_last"
+    assert choose_device(TrainConfig(**TINY), measure).candidate == "fp32 channels_last"
+    assert measure.drawn == environment.TRIAL_ROUNDS == 5
     assert entries() == [{"images_per_s": {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}}]
-    monkeypatch.setattr(environment, "TRIAL_SECONDS", 0.2)
-    drawn = []
-
-    def unsteady(candidates):
-        for index in range(10_000):
-            time.sleep(0.01)
-            drawn.append(index)
-            yield dict.fromkeys(candidates, 50.0 * 1.1 ** index)   # every round 10% faster than the last
-
-    choose_device(TrainConfig(**{**TINY, "image_size": 32}), unsteady)   # other networks: measured
-    assert 3 <= len(drawn) < 100   # stopped by 0.2 s, not 10,000 rounds
 
 
 def test_a_real_trial_on_this_cpu_leaves_the_random_state_alone_and_is_cached(empty_cache):

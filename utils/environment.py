@@ -13,10 +13,10 @@ import math
 import os
 import platform
 import sys
-import time
 from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -32,9 +32,8 @@ AMP_VARIABLE = "ANIME_GAN_AMP"
 # "auto" keeps CPU_DEFAULT on a CPU unless another candidate is MARGIN faster (fastest on both AVX2 CPUs measured; a
 # few seconds of timing on a shared machine vary by nearly that much)
 CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
-TRIAL_MIN_ROUNDS = 3      # every candidate is timed at least this often...
-TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at most this long after the first
-AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest rounds are within 5%
+# the candidates take turns, each keeping its fastest round: a burst of other work slows one round of each, not all
+TRIAL_ROUNDS = 5
 
 # measure(candidates) yields, round after round, {candidate: images/s of a training step}: time_training_steps
 Measure = Callable[[list[str]], Iterator[dict[str, float]]]
@@ -204,23 +203,14 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
 
 def cpu_trial(config: TrainConfig, measure: Measure) -> dict[str, float]:
     """The images/s of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks, cached per
-    machine so that every process and every start choose alike. The candidates take turns, each keeping its fastest
-    round, until every one's two fastest agree within AGREEMENT or TRIAL_SECONDS have passed."""
+    machine so that every process and every start choose alike."""
     cached = cached_trial(config)
     if cached is not None:
         return cached
     candidates = _candidates()
-    speeds: dict[str, list[float]] = {name: [] for name in candidates}
-    started = None
     with closing(measure(candidates)) as timings:   # closing: the timer restores the random state it forked
-        for rounds, timing in enumerate(timings, 1):
-            started = started or time.perf_counter()      # the clock starts after the first round (and its warm-up)
-            for name in candidates:
-                speeds[name].append(timing[name])
-            if rounds >= TRIAL_MIN_ROUNDS and (time.perf_counter() - started > TRIAL_SECONDS or all(
-                    max(values) <= sorted(values)[-2] * (1 + AGREEMENT) for values in speeds.values())):
-                break
-    best = {name: round(max(values), 1) for name, values in speeds.items()}
+        rounds = list(islice(timings, TRIAL_ROUNDS))
+    best = {name: round(max(timing[name] for timing in rounds), 1) for name in candidates}
     _save_trial(config, best)
     return best
 
