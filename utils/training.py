@@ -1,7 +1,6 @@
-"""The training loop, `train(config)`, run by notebook 03, `python -m utils.train` and the tests: notebook 03's loop
-around its step (utils/step.py), with the data kept on the GPU when it fits, no waits for the device (one GPU replays
-the step as a CUDA graph) and a checkpoint after every epoch, from which a resumed run ends exactly like an
-uninterrupted one: every epoch's randomness comes from (seed, epoch)."""
+"""The training loop, `train(config)`: notebook 03's loop around its step (utils/step.py), with the data kept on the
+GPU when it fits, no waits for the device (one GPU replays the step as a CUDA graph) and a checkpoint after every
+epoch, from which a resumed run ends exactly like an uninterrupted one (each epoch's randomness: from seed, epoch)."""
 
 from __future__ import annotations
 
