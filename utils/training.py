@@ -222,7 +222,11 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                 if index % log_every and index < batches.steps_per_epoch:
                     continue
                 losses = step.read((index - 1) % log_every + 1)  # the means over the steps since the last read
-                _check_finite(epoch, steps_before + index, losses)
+                if not (math.isfinite(losses["loss_d"]) and math.isfinite(losses["loss_g"])):
+                    raise TrainingDiverged(f"training diverged at epoch {epoch}, step {steps_before + index}: loss_d="
+                                           f"{losses['loss_d']}, loss_g={losses['loss_g']}. The last good checkpoint "
+                                           "(end of the previous epoch) is kept; lower lr_g/lr_d, try amp='off', or "
+                                           "loss='hinge' with spectral_norm=True")
                 history["steps"].append({"epoch": epoch, "step": steps_before + index, **losses,
                                          "seconds": round(time.perf_counter() - started, 2)})
                 bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}",
@@ -281,11 +285,3 @@ def _interrupted(run: Run, epoch: int, saved: int) -> Interrupted:
     where = f" in {run.dir / CHECKPOINT}" if saved else ""
     again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
     return Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}")
-
-
-def _check_finite(epoch: int, step: int, losses: dict) -> None:
-    """Stop the run once a loss is NaN or infinite: nothing after it can be trusted."""
-    if not (math.isfinite(losses["loss_d"]) and math.isfinite(losses["loss_g"])):
-        raise TrainingDiverged(f"training diverged at epoch {epoch}, step {step}: loss_d={losses['loss_d']}, "
-                               f"loss_g={losses['loss_g']}. The last good checkpoint (end of the previous epoch) is "
-                               "kept; lower lr_g/lr_d, try amp='off', or loss='hinge' with spectral_norm=True")
