@@ -1,11 +1,10 @@
-"""utils/environment.py: `choose_device`, the CPU's timed trial for amp and channels_last (its rounds, its cache, its
-re-measurement when an epoch contradicts it), the ANIME_GAN_AMP override and the device of each torchrun process."""
+"""utils/environment.py: `choose_device`, the CPU's timed trial for amp and channels_last (its rounds, its cache), the
+ANIME_GAN_AMP override and the device of each torchrun process."""
 
 import json
 import os
 import subprocess
 import sys
-import time
 from functools import partial
 from itertools import chain, repeat
 from pathlib import Path
@@ -15,8 +14,7 @@ import torch
 
 from utils import environment
 from utils.config import TrainConfig
-from utils.environment import CPUTrial, _save_trial, _trial_key, choose_device, cpu_trial, pick_amp, pick_device, \
-    trial_cache_file
+from utils.environment import _save_trial, choose_device, cpu_trial, pick_amp, pick_device, trial_cache_file
 from utils.errors import ConfigError
 from utils.run import CHECKPOINT, read_checkpoint
 from utils.step import time_training_steps
@@ -28,22 +26,20 @@ FP32 = {"fp32 NCHW": 60.0, "fp32 channels_last": 100.0}
 IMAGES = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
 
 
-def rounds_of(*rounds: dict, calls: list | None = None):
-    """A measure callback that yields `rounds` ({candidate: images/s}), the last one again forever."""
+def rounds_of(*rounds: dict):
+    """A measure callback that yields `rounds` ({candidate: images/s}), the last one again forever; `measure.calls`
+    holds the candidates of each call, `measure.drawn` counts the rounds drawn."""
     def measure(candidates):
-        if calls is not None:
-            calls.append(list(candidates))
+        measure.calls.append(list(candidates))
         for timing in chain(rounds, repeat(rounds[-1])):
+            measure.drawn += 1
             yield {name: timing[name] for name in candidates}
+    measure.calls, measure.drawn = [], 0
     return measure
 
 
 def never(candidates):
     pytest.fail(f"measured {candidates}")
-
-
-def cache_trial(config: TrainConfig, speeds: dict) -> None:
-    _save_trial(_trial_key(config), CPUTrial(speeds, 3, True))
 
 
 def entries() -> list[dict]:
@@ -67,12 +63,14 @@ def test_auto_leaves_fp32_channels_last_only_for_a_candidate_clearly_faster(empt
                                                                              chosen):
     """On the Intel Xeon with AVX512-BF16 (no AMX) bf16 was slower; without bf16 instructions it is not even tried."""
     monkeypatch.setattr(environment, "cpu_has_bf16", lambda: bf16)
-    calls = []
-    choice = choose_device(TrainConfig(**TINY), measure=rounds_of(speeds, calls=calls))
-    assert calls == [list(speeds)] and choice.candidate == chosen
-    assert choice.trial.rounds == environment.TRIAL_MIN_ROUNDS and choice.trial.settled   # steady rounds agree
-    assert f"CPU trial (just measured, 3 rounds; images/s of training steps): fp32 NCHW {speeds['fp32 NCHW']:.0f}" \
-           in choice.log and choice.log.endswith(f"-> {chosen}") and "CPU trial" not in choice.brief
+    monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")
+    measure = rounds_of(speeds)
+    choice = choose_device(TrainConfig(**TINY), measure)
+    assert measure.calls == [list(speeds)]
+    assert choice.candidate == chosen and choice.log.endswith(f"-> {chosen}")
+    assert f"CPU trial (images/s of training steps): fp32 NCHW {speeds['fp32 NCHW']:.0f}" in choice.log
+    monkeypatch.setenv("ANIME_GAN_VERBOSE", "0")
+    assert "CPU trial" not in choice.log
 
 
 def test_settings_given_explicitly_are_used_as_given_narrow_the_trial_or_are_refused(empty_cache, monkeypatch):
@@ -92,13 +90,11 @@ def test_settings_given_explicitly_are_used_as_given_narrow_the_trial_or_are_ref
 
 
 def test_the_trial_runs_once_per_network_size_and_is_then_read_from_the_cache(empty_cache):
-    calls = []
-    measure = rounds_of(FP32, calls=calls)
+    measure = rounds_of(FP32)
     first = cpu_trial(TrainConfig(image_size=32), measure=measure)
     again = cpu_trial(TrainConfig(image_size=32, epochs=3, lr_g=1e-3), measure=measure)  # same networks
     other = cpu_trial(TrainConfig(image_size=16), measure=measure)
-    assert len(calls) == 2 and again.cached and not first.cached and again.images_per_s == first.images_per_s
-    assert not other.cached and len(entries()) == 2
+    assert len(measure.calls) == 2 and again == first and other == FP32 and len(entries()) == 2
 
 
 def test_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
@@ -115,24 +111,14 @@ def test_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
         pick_device("cuda")
 
 
-def test_rounds_slowed_by_other_work_are_outvoted_by_more_rounds_until_a_time_cap(empty_cache, monkeypatch):
+def test_rounds_slowed_by_other_work_are_outvoted_by_the_others(empty_cache):
     """Other work slows channels_last's first three rounds: three rounds alone would pick NCHW."""
     busy = [{"fp32 NCHW": 60.0, "fp32 channels_last": slowed} for slowed in (30.0, 33.0, 31.0)]
     quiet = [{"fp32 NCHW": 60.0, "fp32 channels_last": 70.0}, {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}]
-    choice = choose_device(TrainConfig(**TINY), rounds_of(*busy, *quiet))
-    assert choice.trial.rounds == 5 and choice.trial.settled and choice.candidate == "fp32 channels_last"
-    assert entries()[0] == {"images_per_s": {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}, "rounds": 5,
-                            "settled": True, "rechecked": False}
-    monkeypatch.setattr(environment, "TRIAL_SECONDS", 0.2)
-
-    def unsteady(candidates):
-        for index in range(10_000):
-            time.sleep(0.01)
-            yield dict.fromkeys(candidates, 50.0 * 1.1 ** index)   # every round 10% faster than the last
-
-    choice = choose_device(TrainConfig(**{**TINY, "image_size": 32}), unsteady)   # other networks: measured
-    assert not choice.trial.settled and 3 <= choice.trial.rounds < 100   # stopped by 0.2 s, not 10,000 rounds
-    assert "(not settled)" in choice.log and entries()[1]["settled"] is False
+    measure = rounds_of(*busy, *quiet)
+    assert choose_device(TrainConfig(**TINY), measure).candidate == "fp32 channels_last"
+    assert measure.drawn == environment.TRIAL_ROUNDS == 5
+    assert entries() == [{"images_per_s": {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}}]
 
 
 def test_a_real_trial_on_this_cpu_leaves_the_random_state_alone_and_is_cached(empty_cache):
@@ -142,55 +128,28 @@ def test_a_real_trial_on_this_cpu_leaves_the_random_state_alone_and_is_cached(em
     choice = choose_device(config, partial(time_training_steps, config))
     assert torch.equal(torch.get_rng_state(), before)
     assert choice.amp is None and set(entries()[0]["images_per_s"]) == {"fp32 NCHW", "fp32 channels_last"}
-    assert all(v > 0 for v in entries()[0]["images_per_s"].values()) and entries()[0]["rounds"] >= 3
-    assert choice.log.splitlines()[-1].endswith(f"-> {choice.candidate}")
-    assert choice.recheck_trial(config, 2, 1e-3) == ""   # just measured by this run: not measured again
+    assert all(v > 0 for v in entries()[0]["images_per_s"].values())
 
 
-def test_an_epoch_that_contradicts_the_cached_trial_has_it_measured_again_once(empty_cache):
-    config = TrainConfig(**TINY)
-    cache_trial(config, {"fp32 NCHW": 60.0, "fp32 channels_last": 30.0})  # measured while the CPU was busy
-    choice = choose_device(config, rounds_of(FP32))
-    assert choice.candidate == "fp32 NCHW" and "CPU trial (cached; " in choice.log
-
-    assert choice.recheck_trial(config, 2, 70.0) == ""          # within 25% of the trial's 60: nothing measured
-    assert choice.recheck_trial(config, 2, 100.0) == (
-        "note: epoch 2 trained at 100 images/s, 67% above the CPU trial's 60 (fp32 NCHW): measured it again (3 "
-        "rounds): fp32 NCHW 60, fp32 channels_last 100; new runs will choose fp32 channels_last (this run keeps fp32 "
-        "NCHW, also when resumed)")
-    assert choice.amp is None and not choice.channels_last     # the running run keeps its choice
-    again = choose_device(config, never)                       # a new run reads the new answer
-    assert again.candidate == "fp32 channels_last"
-    assert "CPU trial (cached, measured again after an epoch disagreed; " in again.log
-    assert again.recheck_trial(config, 2, 20.0) == ""          # measured again once: not a third time
-
-
-def test_a_real_epoch_contradicting_a_cached_trial_has_it_measured_again_and_a_resumed_run_keeps_its_precision(
+def test_a_resumed_run_keeps_the_precision_its_epochs_trained_with_whatever_the_trial_picks_since(
         empty_cache, tmp_path, capsys, monkeypatch):
-    """The trial's figures and the note are printed with ANIME_GAN_VERBOSE=1 only; the trial is measured again either
-    way. A resumed run keeps the layout its epochs trained with, whatever the trial picks since."""
+    """The trial's figures are printed with ANIME_GAN_VERBOSE=1 only."""
     config = TrainConfig(**TINY, epochs=1, log_every=2, out=str(tmp_path / "run"))
-    cache_trial(config, {"fp32 NCHW": 1e6, "fp32 channels_last": 1e6})   # impossible: the first epoch contradicts it
+    _save_trial(config, {"fp32 NCHW": 60.0, "fp32 channels_last": 100.0})
     monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")
     train(config, progress=False, images=IMAGES)
     log = capsys.readouterr().out
-    assert "CPU trial (cached; images/s of training steps): fp32 NCHW 1,000,000, fp32 channels_last 1,000,000 -> " \
+    assert "CPU trial (images/s of training steps): fp32 NCHW 60, fp32 channels_last 100 -> " \
            "fp32 channels_last" in log and "channels_last: on" in log
-    assert "note: epoch 1 trained at " in log and "below the CPU trial's 1,000,000 (fp32 channels_last): measured " \
-                                                  "it again (" in log
-    remeasured = cpu_trial(config, never)
-    assert remeasured.rechecked and remeasured.rounds >= 3
-    assert all(0 < speed < 1e5 for speed in remeasured.images_per_s.values())
 
     monkeypatch.setenv("ANIME_GAN_VERBOSE", "")
-    cache_trial(config, {"fp32 NCHW": 1e6, "fp32 channels_last": 5e5})   # new runs pick NCHW; epoch 2 contradicts it
+    _save_trial(config, {"fp32 NCHW": 100.0, "fp32 channels_last": 50.0})   # measured again: new runs pick NCHW
     resumed = train(TrainConfig(**config.to_dict() | {"epochs": 2}), progress=False, images=IMAGES)
     log = capsys.readouterr().out
-    assert "CPU trial (" not in log and "note:" not in log and "channels_last: on" in log
+    assert "CPU trial (" not in log and "channels_last: on" in log
     assert "this run continues as fp32 channels_last, as its earlier epochs trained (the CPU trial picks fp32 NCHW " \
            "for new runs)" in log
     assert read_checkpoint(resumed.run_dir / CHECKPOINT)["precision"] == "fp32 channels_last"
-    assert cpu_trial(config, never).rechecked
 
 
 def test_anime_gan_amp_replaces_auto_but_not_an_explicit_amp(empty_cache, monkeypatch):
@@ -203,7 +162,7 @@ def test_anime_gan_amp_replaces_auto_but_not_an_explicit_amp(empty_cache, monkey
     monkeypatch.setenv("ANIME_GAN_AMP", "fp16")   # a T4's path on the CPU: nothing timed, the T4's channels_last
     t4_path = choose_device(TrainConfig(**TINY), never)
     assert (t4_path.amp, t4_path.channels_last, t4_path.candidate) == (torch.float16, True, "fp16 channels_last")
-    assert "mixed precision: torch.float16, from ANIME_GAN_AMP" in t4_path.log and "T4's path" in t4_path.brief
+    assert "mixed precision: torch.float16, from ANIME_GAN_AMP" in t4_path.log and "T4's path" in t4_path.log
     with pytest.raises(ConfigError, match=r"^environment variable ANIME_GAN_AMP is 'fp16', which runs on a CUDA GPU "
                                           r"or a CPU, not on mps"):
         pick_amp(torch.device("mps"), "fp16", "environment variable ANIME_GAN_AMP")

@@ -2,17 +2,19 @@
 
 import dataclasses
 import json
+from contextlib import closing
 from pathlib import Path
 
 import torch
 
-from utils import environment, estimate
+from utils import environment
 from utils.config import TrainConfig
-from utils.environment import CPUTrial, _save_trial, _trial_key
+from utils.environment import _save_trial
 from utils.estimate import fid_estimate, fid_images_to_score, format_duration, measured_speed, training_estimate, \
     training_speed
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.run import CONFIG, HISTORY, default_run_dir
+from utils.step import time_training_steps
 
 CPU = torch.device("cpu")
 
@@ -64,18 +66,18 @@ def test_with_no_epochs_measured_the_speed_is_timed_by_the_cpu_trial_or_on_the_d
     monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
     config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=32, epochs=2)
     monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)   # the cache below holds fp32 candidates only
-    _save_trial(_trial_key(config), CPUTrial({"fp32 NCHW": 300.0, "fp32 channels_last": 400.0}, 3, True))
+    _save_trial(config, {"fp32 NCHW": 300.0, "fp32 channels_last": 400.0})
     assert training_estimate(config, CPU, 12_000) == \
            "2 epochs x 12,000 images at about 300 images/s (from the CPU trial): about 80 s here"   # 0.75 x 400
     assert training_estimate(dataclasses.replace(config, channels_last="off"), CPU, 12_000).endswith(
         "about 2 min here")   # 0.75 x 300
     larger = dataclasses.replace(config, batch_size=64, amp="off", channels_last="off")   # timed at its own batch
-    assert 0 < training_speed(larger, CPU)[0] != 0.75 * 300.0
-
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    assert estimate._gpu_speed(dataclasses.replace(config, amp="off"), CPU, seconds=0.2, max_steps=2) > 0
+    assert 0 < training_speed(larger, CPU)[0] != 0.75 * 300.0
     assert torch.equal(torch.get_rng_state(), before)   # the run learns the same
+    with closing(time_training_steps(config, ["fp16 channels_last"], device=CPU)) as rounds:   # a GPU's timer, T4 path
+        assert next(rounds)["fp16 channels_last"] > 0
 
 
 def test_fid_estimate_counts_the_real_images_until_cached_says_what_fewer_samples_cost_and_warns_on_a_cpu(tmp_path):

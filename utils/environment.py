@@ -8,16 +8,15 @@ ANIME_GAN_AMP forces "auto"'s amp, ANIME_GAN_VERBOSE=1 prints the trial's figure
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import platform
 import sys
-import time
 from contextlib import closing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -30,14 +29,11 @@ from utils.files import atomic_path, read_json
 from utils.step import TRIAL_BATCH, time_training_steps
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
-VERBOSE_VARIABLE = "ANIME_GAN_VERBOSE"
 # "auto" keeps CPU_DEFAULT on a CPU unless another candidate is MARGIN faster (fastest on both AVX2 CPUs measured; a
 # few seconds of timing on a shared machine vary by nearly that much)
 CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
-TRIAL_MIN_ROUNDS = 3      # every candidate is timed at least this often...
-TRIAL_SECONDS = 5.0       # ...and more rounds follow, until they agree, for at most this long after the first
-AGREEMENT = 0.05          # a candidate's figure is settled when its two fastest rounds are within 5%
-RECHECK_GAP = 0.25        # an epoch this much faster or slower than a cached trial's figure has it measured again
+# the candidates take turns, each keeping its fastest round: a burst of other work slows one round of each, not all
+TRIAL_ROUNDS = 5
 
 # measure(candidates) yields, round after round, {candidate: images/s of a training step}: time_training_steps
 Measure = Callable[[list[str]], Iterator[dict[str, float]]]
@@ -54,10 +50,8 @@ def pick_device(name: str = "auto") -> torch.device:
                           "(on Colab: Runtime > Change runtime type > GPU)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("config field 'device' is 'mps' but Apple MPS is not available: use device='auto' or 'cpu'")
-    return _process_gpu(device) if device.type == "cuda" else device
-
-
-def _process_gpu(device: torch.device) -> torch.device:
+    if device.type != "cuda":
+        return device
     if not distributed.launched():
         return torch.device("cuda", device.index or 0)
     local_rank = int(os.environ["LOCAL_RANK"])
@@ -110,8 +104,7 @@ def pick_amp(device: torch.device, amp: str = "auto", source: str = "config fiel
 
 
 def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
-    """channels_last (NHWC) lets cuDNN and oneDNN skip layout transposes; under torch.compile "auto" leaves the
-    layout to the compiler."""
+    """channels_last (NHWC) spares cuDNN and oneDNN layout transposes; under torch.compile "auto" leaves it off."""
     if setting != "auto":
         return setting == "on"
     return device.type in ("cuda", "cpu") and not compile
@@ -131,29 +124,13 @@ def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch
     return device.type == "cuda" and not blockers and wanted
 
 
+def candidate_name(amp: torch.dtype | None, channels_last: bool) -> str:
+    """A precision and layout as the CPU trial and the checkpoint name them: "fp32 channels_last", "bf16 NCHW", ..."""
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
+    return f"{precision} {'channels_last' if channels_last else 'NCHW'}"
+
+
 # ------------------------------------------------------------------------------------------- the one decision
-
-@dataclass(frozen=True)
-class CPUTrial:
-    """What the CPU trial measured: the best images/s of each candidate ("fp32 NCHW", "bf16 channels_last", ...)."""
-    images_per_s: dict[str, float]
-    rounds: int = 0
-    settled: bool = True            # every candidate's two fastest rounds agreed within AGREEMENT
-    rechecked: bool = False         # measured again because an epoch's speed contradicted an earlier answer
-    cached: bool = False            # read from the cache rather than measured by this process
-
-    def best(self, amp: str = "auto", channels_last: str = "auto") -> str:
-        """The candidate "auto" picks: CPU_DEFAULT unless another is over MARGIN faster. An explicit setting (`amp`
-        "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
-        dtype = {"auto": "", "bf16": "bf16"}.get(amp, "fp32")
-        layout = {"auto": "", "on": "channels_last"}.get(channels_last, "NCHW")
-        pool = {name: speed for name, speed in self.images_per_s.items()
-                if name.startswith(dtype) and name.endswith(layout)}
-        default_dtype, default_layout = CPU_DEFAULT.split()
-        default = f"{dtype or default_dtype} {layout or default_layout}"
-        fastest = max(pool, key=pool.get)
-        return fastest if pool[fastest] > MARGIN * pool.get(default, 0.0) else default
-
 
 @dataclass(frozen=True)
 class DeviceChoice:
@@ -164,27 +141,16 @@ class DeviceChoice:
     cuda_graphs: bool
     compile: bool = False
     amp_from: str = ""              # the environment variable that set `amp`; "" when the config did
-    trial: CPUTrial | None = None   # the CPU trial "auto" came from; None where nothing was measured
+    trial: dict | None = None       # the CPU trial's images/s that "auto" came from; None where nothing was measured
     trial_pick: str = ""            # the trial's pick, where a resumed run keeps what its epochs trained with
-    measure: Measure | None = field(default=None, repr=False, compare=False)   # what timed it, for recheck_trial
 
     @property
     def candidate(self) -> str:
-        """This run's precision and layout as the trial names them ("bf16 channels_last", "fp32 NCHW", ...)."""
-        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp, "fp32")
-        return f"{precision} {'channels_last' if self.channels_last else 'NCHW'}"
+        return candidate_name(self.amp, self.channels_last)
 
     @property
     def log(self) -> str:
-        """The lines for the top of the training log: the device, what was chosen, what the CPU trial measured."""
-        return self._lines(trial=True)
-
-    @property
-    def brief(self) -> str:
-        """`log` without the CPU trial's figures: what a learner is shown unless ANIME_GAN_VERBOSE is set."""
-        return self._lines(trial=False)
-
-    def _lines(self, trial: bool) -> str:
+        """The device, what was chosen and why; the CPU trial's figures only when ANIME_GAN_VERBOSE is set."""
         on = {True: "on", False: "off"}
         precision = f"{self.amp or 'off (fp32)'}" + (f", from {self.amp_from}" if self.amp_from else "")
         lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: {on[self.channels_last]}"
@@ -192,12 +158,9 @@ class DeviceChoice:
         if self.device.type == "cpu" and self.amp == torch.float16:
             lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
                          "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
-        if self.trial is not None and trial:
-            how = (f"cached{', measured again after an epoch disagreed' if self.trial.rechecked else ''}"
-                   if self.trial.cached else f"just measured, {self.trial.rounds} rounds"
-                   f"{'' if self.trial.settled else ' (not settled)'}")
-            lines.append(f"CPU trial ({how}; images/s of training steps): {_speeds_text(self.trial.images_per_s)} "
-                         f"-> {self.trial_pick or self.candidate}")
+        if self.trial is not None and os.environ.get("ANIME_GAN_VERBOSE", "") not in ("", "0"):
+            speeds = ", ".join(f"{name} {value:,.0f}" for name, value in self.trial.items())
+            lines.append(f"CPU trial (images/s of training steps): {speeds} -> {self.trial_pick or self.candidate}")
         if self.trial_pick:
             lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
                          f"{self.trial_pick} for new runs)")
@@ -205,32 +168,13 @@ class DeviceChoice:
 
     def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
         """This choice for continuing a run whose epochs trained as `trained_as` ("fp32 channels_last", ...): a trial
-        measured again since must not change it, or it would not end like an uninterrupted run."""
-        if self.trial is None or trained_as in (None, self.candidate) or trained_as not in self.trial.images_per_s:
+        measured since must not change it, or the run would not end like an uninterrupted one."""
+        if self.trial is None or trained_as in (None, self.candidate) or trained_as not in self.trial:
             return self
         dtype, layout = trained_as.split()
         amp = self.amp if amp_setting(config)[0] != "auto" else torch.bfloat16 if dtype == "bf16" else None
         channels_last = self.channels_last if config.channels_last != "auto" else layout == "channels_last"
         return replace(self, amp=amp, channels_last=channels_last, trial_pick=self.candidate)
-
-    def recheck_trial(self, config: TrainConfig, epoch: int, images_per_s: float) -> str:
-        """When an epoch's images/s contradict a cached trial by more than RECHECK_GAP, measure it again, once, for
-        the next start; return the log line ("" otherwise). This run keeps its precision and layout."""
-        trial = self.trial
-        if trial is None or not trial.cached or trial.rechecked or distributed.world_size() > 1:
-            return ""   # several processes share the CPU during the epochs: no figure of the trial compares
-        expected = trial.images_per_s[self.candidate]
-        gap = images_per_s / expected - 1
-        if abs(gap) <= RECHECK_GAP:
-            return ""
-        fresh = replace(_measure_trial(self.measure), rechecked=True)
-        _save_trial(_trial_key(config), fresh)
-        next_start = fresh.best(amp_setting(config)[0], config.channels_last)
-        verdict = ("new runs choose the same" if next_start == self.candidate else
-                   f"new runs will choose {next_start} (this run keeps {self.candidate}, also when resumed)")
-        return (f"note: epoch {epoch} trained at {images_per_s:,.0f} images/s, {abs(gap):.0%} "
-                f"{'above' if gap > 0 else 'below'} the CPU trial's {expected:,.0f} ({self.candidate}): measured it "
-                f"again ({fresh.rounds} rounds): {_speeds_text(fresh.images_per_s)}; {verdict}")
 
 
 def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
@@ -248,53 +192,60 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
     if device.type == "cpu" and not config.compile and amp != "fp16" and "auto" in (amp, config.channels_last):
         with distributed.main_first():
             trial = cpu_trial(config, measure)
-        dtype, layout = trial.best(amp, config.channels_last).split()
+        dtype, layout = trial_pick(trial, amp, config.channels_last).split()
         amp_dtype, channels_last = (torch.bfloat16 if dtype == "bf16" else None), layout == "channels_last"
     cuda_graphs = pick_cuda_graphs(device, config, amp_dtype, distributed.world_size())
     return DeviceChoice(device, amp_dtype, channels_last, cuda_graphs, config.compile,
-                        "" if source.startswith("config") else AMP_VARIABLE, trial, measure=measure)
+                        "" if source.startswith("config") else AMP_VARIABLE, trial)
 
 
 # ------------------------------------------------------------------------------------------- the CPU trial
 
-def cpu_trial(config: TrainConfig, measure: Measure) -> CPUTrial:
-    """The speeds of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks: cached per
-    machine, so every process and every start makes the same choice."""
-    trial = cached_trial(config)
-    if trial is None:
-        trial = _measure_trial(measure)
-        _save_trial(_trial_key(config), trial)
-    return trial
-
-
-def _measure_trial(measure: Measure) -> CPUTrial:
-    """Time the candidates in turns (a burst of other work slows one round of each), each keeping its fastest,
-    until every candidate's two fastest rounds agree within AGREEMENT or TRIAL_SECONDS have passed."""
+def cpu_trial(config: TrainConfig, measure: Measure) -> dict[str, float]:
+    """The images/s of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks, cached per
+    machine so that every process and every start choose alike."""
+    cached = cached_trial(config)
+    if cached is not None:
+        return cached
     candidates = _candidates()
-    speeds: dict[str, list[float]] = {name: [] for name in candidates}
-    rounds, settled, started = 0, False, None
     with closing(measure(candidates)) as timings:   # closing: the timer restores the random state it forked
-        for timing in timings:
-            started = started or time.perf_counter()      # the clock starts after the first round (and its warm-up)
-            rounds += 1
-            for name in candidates:
-                speeds[name].append(timing[name])
-            settled = rounds >= TRIAL_MIN_ROUNDS and all(
-                max(values) <= sorted(values)[-2] * (1 + AGREEMENT) for values in speeds.values())
-            if settled or (rounds >= TRIAL_MIN_ROUNDS and time.perf_counter() - started > TRIAL_SECONDS):
-                break
-    return CPUTrial({name: round(max(values), 1) for name, values in speeds.items()}, rounds, settled)
+        rounds = list(islice(timings, TRIAL_ROUNDS))
+    best = {name: round(max(timing[name] for timing in rounds), 1) for name in candidates}
+    _save_trial(config, best)
+    return best
+
+
+def trial_pick(images_per_s: dict[str, float], amp: str = "auto", channels_last: str = "auto") -> str:
+    """The candidate "auto" picks: CPU_DEFAULT unless another is over MARGIN faster. An explicit setting (`amp`
+    "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
+    dtype = {"auto": "", "bf16": "bf16"}.get(amp, "fp32")
+    layout = {"auto": "", "on": "channels_last"}.get(channels_last, "NCHW")
+    pool = {name: speed for name, speed in images_per_s.items() if name.startswith(dtype) and name.endswith(layout)}
+    default_dtype, default_layout = CPU_DEFAULT.split()
+    default = f"{dtype or default_dtype} {layout or default_layout}"
+    fastest = max(pool, key=pool.get)
+    return fastest if pool[fastest] > MARGIN * pool.get(default, 0.0) else default
+
+
+def _save_trial(config: TrainConfig, images_per_s: dict[str, float]) -> None:
+    cache = trial_cache_file()
+    try:
+        known = read_json(cache) if cache.exists() else {}
+    except (OSError, ValueError):
+        known = {}
+    entry = {_trial_key(config): {"images_per_s": images_per_s}}
+    try:
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | entry, indent=1) + "\n")
+    except OSError:   # a read-only home: the trial is simply repeated next time
+        pass
 
 
 def _candidates() -> list[str]:
     return ["fp32 NCHW", "fp32 channels_last"] + (["bf16 NCHW", "bf16 channels_last"] if cpu_has_bf16() else [])
 
 
-def _speeds_text(images_per_s: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:,.0f}" for name, value in images_per_s.items())
-
-
-def cached_trial(config: TrainConfig) -> CPUTrial | None:
+def cached_trial(config: TrainConfig) -> dict[str, float] | None:
     """An earlier trial's answer for `config`'s networks here, or None; a damaged cache counts as none, saying so."""
     path = trial_cache_file()
     try:
@@ -304,8 +255,7 @@ def cached_trial(config: TrainConfig) -> CPUTrial | None:
         speeds = {name: float(value) for name, value in entry["images_per_s"].items()}
         if sorted(speeds) != sorted(_candidates()) or not all(0 < value < math.inf for value in speeds.values()):
             raise ValueError(f"its speeds {entry['images_per_s']} are not images/s of {', '.join(_candidates())}")
-        return CPUTrial(speeds, int(entry.get("rounds", 0)), bool(entry.get("settled", True)),
-                        bool(entry.get("rechecked", False)), cached=True)
+        return speeds
     except (OSError, ValueError, AttributeError, KeyError, TypeError) as error:
         print(f"note: {path} does not hold a CPU trial this project wrote ({str(error)[:120]}): measuring again")
         return None
@@ -321,26 +271,10 @@ def trial_cache_file() -> Path:
 def _trial_key(config: TrainConfig) -> str:
     models = [line for line in _cpuinfo().splitlines() if line.startswith("model name")]
     cpu = models[0].split(":", 1)[1].strip() if models else platform.processor() or platform.machine()
-    capability = f"{torch.backends.cpu.get_cpu_capability()}{cpu_has_bf16()}"
-    flags = hashlib.sha1(capability.encode()).hexdigest()[:6]
-    return (f"{cpu}|{flags}|torch {torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px "
-            f"z{config.latent_dim} G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
+    return (f"{cpu}|{torch.backends.cpu.get_cpu_capability()}{' bf16' if cpu_has_bf16() else ''}|torch "
+            f"{torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px z{config.latent_dim} "
+            f"G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
-
-def _save_trial(key: str, entry: CPUTrial | dict) -> None:
-    """Add `entry` (a trial, or the size preset's values) to the cache under `key`."""
-    cache = trial_cache_file()
-    try:
-        known = read_json(cache) if cache.exists() else {}
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(entry, CPUTrial):
-        entry = {name: value for name, value in asdict(entry).items() if name != "cached"}
-    try:
-        with atomic_path(cache) as tmp:
-            tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | {key: entry}, indent=1) + "\n")
-    except OSError:   # a read-only home: the trial is simply repeated next time
-        pass
 
 
 # ------------------------------------------------------------------------------------------- the size preset
@@ -355,22 +289,23 @@ SIZES = {
 }
 CPU_MINUTES = 2.5                 # the "cpu" preset's training time on the machine that sized it
 CPU_IMAGES = (1_000, 20_000)      # ... within these bounds, in steps of 1,000 (20,000: all the synthetic faces)
-# ... but never fewer steps than form faces: 32x32 synthetic faces, widths 32, batch 32 showed blobs after 375 steps,
-# faces with hair after 750 and clear ones after 1,125 (2026-12-07, 2-core AMD EPYC): a slow or busy CPU trains longer
-CPU_MIN_STEPS = 1_000
-# The CPU trial times bare steps at their fastest; whole epochs (batches, logging, grids, saves, the live plot) ran
-# at 74% of its figure in `make demo` (640 vs 869 images/s, 2-core AMD EPYC, 2026-12-06): estimates use this share
+CPU_MIN_STEPS = 1_000             # ... but at least this many steps: fewer showed blobs, not faces (32x32, widths 32)
+# whole epochs (batches, logging, grids, saves, the live plot) ran at 74% of the trial's bare steps in `make demo`
 EPOCH_SHARE = 0.75
+
+
+def cpu_epoch_speed(config: TrainConfig) -> tuple[str, float]:
+    """(the candidate "auto" picks for `config` on this CPU, EPOCH_SHARE of its images/s in the trial)."""
+    trial = cpu_trial(config, partial(time_training_steps, config))
+    candidate = trial_pick(trial, amp_setting(config)[0], config.channels_last)
+    return candidate, EPOCH_SHARE * trial[candidate]
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
     """SIZES' fields for `size` "auto" ("gpu" on a CUDA GPU, else "cpu"), "cpu" or "gpu", a value in `given` other
-    than None winning; printed in one line. The "cpu" image count is measured once, so 01 to 06 agree."""
+    than None winning; printed in one line. The "cpu" image count follows the cached CPU trial, so 01 to 06 agree."""
     if size not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"parameter 'size' must be 'auto', 'cpu' or 'gpu'; got {size!r}")
-    unknown = set(given) - set(SIZES["gpu"])
-    if unknown:
-        raise TypeError(f"size_preset() got unknown settings {sorted(unknown)}")
     gpu = (device if isinstance(device, torch.device) else pick_device(device)).type == "cuda"
     chosen = size if size != "auto" else "gpu" if gpu else "cpu"
     yours = {name: value for name, value in given.items() if value is not None}
@@ -386,23 +321,12 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
 
 
 def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
-    """(max_images, epochs, why): as many images as `config.epochs` epochs train in CPU_MINUTES here, measured once;
-    on a CPU too slow for CPU_MIN_STEPS in that time, those steps and the time they take."""
-    key = f"size preset {CPU_MINUTES} min, {CPU_MIN_STEPS} steps|{_trial_key(config)} batch {config.batch_size} " \
-          f"x {config.epochs} epochs"
-    try:
-        entry = read_json(trial_cache_file())[key]
-        images, epochs, speed = int(entry["max_images"]), int(entry["epochs"]), float(entry["images_per_s"])
-        if not (CPU_IMAGES[0] <= images <= CPU_IMAGES[1] and 0 < epochs <= config.epochs
-                and 0 < speed < math.inf):
-            raise ValueError("not what _cpu_images writes")   # a damaged entry: sized again
-    except (OSError, ValueError, KeyError, TypeError):
-        trial = cpu_trial(config, partial(time_training_steps, config))
-        speed = EPOCH_SHARE * trial.images_per_s[trial.best(amp_setting(config)[0], config.channels_last)]
-        budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * config.batch_size)   # images to train
-        images = min(max(math.ceil(budget / config.epochs / 1000) * 1000, CPU_IMAGES[0]), CPU_IMAGES[1])
-        epochs = min(config.epochs, math.ceil(budget / images))
-        _save_trial(key, {"max_images": images, "epochs": epochs, "images_per_s": speed})
+    """(max_images, epochs, why): as many images as `config.epochs` epochs train in CPU_MINUTES here; on a CPU too
+    slow for CPU_MIN_STEPS in that time, those steps and the time they take."""
+    speed = cpu_epoch_speed(config)[1]
+    budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * config.batch_size)   # images to train
+    images = min(max(math.ceil(budget / config.epochs / 1000) * 1000, CPU_IMAGES[0]), CPU_IMAGES[1])
+    epochs = min(config.epochs, math.ceil(budget / images))
     if CPU_MINUTES * 60 * speed >= CPU_MIN_STEPS * config.batch_size:
         return images, epochs, f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch " \
                                "runs at here)"
@@ -431,8 +355,3 @@ def describe_device(device: torch.device) -> str:
         what = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                 f"{torch.backends.cpu.get_cpu_capability()}{', bf16' if cpu_has_bf16() else ''}")
     return f"torch {torch.__version__} on {device} ({what})"
-
-
-def verbose() -> bool:
-    """Whether ANIME_GAN_VERBOSE asks for the CPU trial's figures and re-measurements."""
-    return os.environ.get(VERBOSE_VARIABLE, "") not in ("", "0")

@@ -1,5 +1,6 @@
 """How long the long cells (training, FID) take here, from what was measured on this machine: an earlier run's epochs
-with the same step cost, else the CPU trial (cached), else a few steps timed now on the GPU. One line, one duration.
+with the same step cost, else the CPU trial (cached), else a few steps timed now on the GPU (utils.step's timer). One
+line, one duration.
 
     >>> print(training_estimate(config, pick_device("auto"), len(images)))
     20 epochs x 7,000 images at about 480 images/s (from the CPU trial): about 5 min here
@@ -7,20 +8,20 @@ with the same step cost, else the CPU trial (cached), else a few steps timed now
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from contextlib import closing, nullcontext
-from functools import partial
+from contextlib import closing
 from pathlib import Path
 
 import torch
 
 from utils.config import TrainConfig
-from utils.environment import EPOCH_SHARE, TRIAL_BATCH, amp_setting, cpu_trial, pick_amp, pick_channels_last
+from utils.environment import (EPOCH_SHARE, TRIAL_BATCH, amp_setting, candidate_name, cpu_epoch_speed, pick_amp,
+                               pick_channels_last)
 from utils.metrics import dataset_id, reference_cache_file, weights_id
-from utils.models import Discriminator, Generator
 from utils.run import CONFIG, GENERATED, HISTORY, read_history_file, run_dir_of
-from utils.step import TrainingStep, time_training_steps
+from utils.step import time_training_steps
 
 LONG_ON_CPU_S = 30 * 60   # past this a CPU run is worth shrinking: a warning names the values to lower
 # The fields that decide how fast a training step is: a run with the same ones measured the speed of this one.
@@ -57,8 +58,8 @@ def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[f
             saved = TrainConfig.load(config_file)
         except (OSError, ValueError):
             continue
-        speeds = [epoch["images_per_s"] for epoch in (history or {}).get("epochs", [])
-                  if "steps" not in epoch and _is_speed(epoch.get("images_per_s"))]
+        speeds = [epoch["images_per_s"] for epoch in (history or {}).get("epochs", []) if "steps" not in epoch
+                  and type(epoch.get("images_per_s")) in (int, float) and 0 < epoch["images_per_s"] < math.inf]
         if speeds and all(getattr(saved, name) == getattr(config, name) for name in SPEED_FIELDS):
             found.append(((config_file.parent / HISTORY).stat().st_mtime, speeds, config_file.parent))
     if not found:
@@ -67,51 +68,24 @@ def measured_speed(config: TrainConfig, root: str | Path = GENERATED) -> tuple[f
     return statistics.median(speeds[-3:]), f"the epochs of {run_dir} on this machine"
 
 
-def _is_speed(value: object) -> bool:
-    return type(value) in (int, float) and 0 < value < float("inf")
-
-
 def training_speed(config: TrainConfig, device: torch.device, root: str | Path = GENERATED) -> tuple[float, str]:
-    """(images/s, where the figure comes from) of `config`'s epochs here: measured epochs, else timed steps times
-    the share of them whole epochs reach (EPOCH_SHARE) on a CPU."""
+    """(images/s, where the figure comes from) of `config`'s epochs here: measured epochs, else the CPU trial (a few
+    steps of the run's batch timed now where it is larger than the trial's) times EPOCH_SHARE, else steps timed now."""
     measured = measured_speed(config, root)
     if measured is not None:
         return measured
-    if device.type != "cpu":
-        return _gpu_speed(config, device), f"{config.batch_size}-image training steps timed now on {device}"
-    trial = cpu_trial(config, partial(time_training_steps, config))
-    candidate = trial.best(amp_setting(config)[0], config.channels_last)
-    speed = trial.images_per_s[candidate]
-    if config.batch_size > TRIAL_BATCH:   # the trial times smaller batches: a few rounds of this one, same timer
-        with closing(time_training_steps(config, [candidate], batch=config.batch_size)) as rounds:
-            speed = max(next(rounds)[candidate] for _ in range(3))
-    return EPOCH_SHARE * speed, "from the CPU trial"
-
-
-def _gpu_speed(config: TrainConfig, device: torch.device, seconds: float = 3.0, max_steps: int = 10) -> float:
-    """Images/s of the built-in networks' step on `device` as training runs it, after a warm-up step, waiting for
-    the device (utils.step.time_training_steps times CPU steps only). The random state is left as it was."""
-    amp = pick_amp(device, *amp_setting(config))
-    channels_last = pick_channels_last(device, config.channels_last, config.compile)
-    memory = torch.channels_last if channels_last else torch.preserve_format
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        generator = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
-        discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
-        discriminator = discriminator.to(device, memory_format=memory)
-        autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else nullcontext
-        scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
-        step = TrainingStep(generator, discriminator, torch.optim.Adam(generator.parameters()),
-                            torch.optim.Adam(discriminator.parameters()), config.loss, scaler=scaler, autocast=autocast)
-        real = torch.rand(config.batch_size, 3, config.image_size, config.image_size, device=device) * 2 - 1
-        z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
-        step(real, z)
-        step.read(1)   # waits for the device: the warm-up step is over
-        steps, started = 0, time.perf_counter()
-        while steps < max_steps and (steps == 0 or time.perf_counter() - started < seconds):
-            step(real, z)
-            steps += 1
-        step.read(steps)
-        return steps * config.batch_size / (time.perf_counter() - started)
+    if device.type == "cpu":
+        candidate, speed = cpu_epoch_speed(config)
+        if config.batch_size <= TRIAL_BATCH:
+            return speed, "from the CPU trial"
+    else:
+        channels_last = pick_channels_last(device, config.channels_last, config.compile)
+        candidate = candidate_name(pick_amp(device, *amp_setting(config)), channels_last)
+    with closing(time_training_steps(config, [candidate], config.batch_size, device)) as rounds:
+        speed = max(next(rounds)[candidate] for _ in range(3))   # the fastest of 3: the first also waits for warm-up
+    if device.type == "cpu":
+        return EPOCH_SHARE * speed, "from the CPU trial"
+    return speed, f"{config.batch_size}-image training steps timed now on {device}"
 
 
 def training_estimate(config: TrainConfig, device: torch.device, num_images: int, root: str | Path = GENERATED,

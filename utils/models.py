@@ -164,13 +164,12 @@ def check_network_size(config: TrainConfig, device: torch.device) -> None:
 
 
 def available_ram() -> int:
-    """Bytes of RAM free for new allocations: Linux's MemAvailable (page cache the kernel would give back counted),
-    else the free pages (macOS), else plenty."""
+    """Bytes of RAM free for new allocations: Linux's MemAvailable (page cache counted), else the free pages."""
     try:
         with open("/proc/meminfo") as meminfo:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         try:
             return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):  # Windows
+        except (ValueError, OSError, AttributeError):  # Windows: plenty
             return 1 << 62

@@ -23,12 +23,15 @@ from utils.models import Discriminator, Generator
 TRIAL_BATCH = 32   # the batch the CPU trial times (at most the run's): small, so the trial takes seconds
 
 
-def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, real_label: float = 1.0,
-                          fake_label: float = 0.0, label_flip: float = 0.0,
-                          gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """D's BCE targets (real, fake): `real_label` and `fake_label` (label smoothing when not 1 and 0), each swapped
-    with probability `label_flip` (noisy labels), tossed with `gen`. A D that cannot become certain keeps giving G
-    useful gradients for longer."""
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
+                       labels: tuple[float, float, float] = (1.0, 0.0, 0.0),
+                       gen: torch.Generator | None = None) -> torch.Tensor:
+    """D's loss: hinge, or BCE against the targets `labels` = (real_label, fake_label, label_flip) make: each label
+    (label smoothing when not 1 and 0) swapped with probability label_flip (noisy labels), tossed with `gen`. A D
+    that cannot become certain keeps giving G useful gradients for longer."""
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    real_label, fake_label, label_flip = labels
     # float32 whatever the logits' precision: in bf16 a target of 0.9 would be 0.8984
     real_targets = torch.full_like(real_logits, real_label, dtype=torch.float32)
     fake_targets = torch.full_like(fake_logits, fake_label, dtype=torch.float32)
@@ -36,16 +39,6 @@ def discriminator_targets(real_logits: torch.Tensor, fake_logits: torch.Tensor, 
         flip = lambda logits: torch.rand(logits.shape, generator=gen, device=logits.device) < label_flip
         real_targets = torch.where(flip(real_logits), fake_label, real_targets)
         fake_targets = torch.where(flip(fake_logits), real_label, fake_targets)
-    return real_targets, fake_targets
-
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
-                       labels: tuple[float, float, float] = (1.0, 0.0, 0.0),
-                       gen: torch.Generator | None = None) -> torch.Tensor:
-    """D's loss: hinge, or BCE against the targets that `labels` (real_label, fake_label, label_flip) make."""
-    if kind == "hinge":
-        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    real_targets, fake_targets = discriminator_targets(real_logits, fake_logits, *labels, gen)
     return (F.binary_cross_entropy_with_logits(real_logits, real_targets)      # -log D(x) with 1 and 0
             + F.binary_cross_entropy_with_logits(fake_logits, fake_targets))  # -log(1 - D(G(z)))
 
@@ -158,28 +151,33 @@ class CUDAGraphStep:
         self.graph.replay()
 
 
-def time_training_steps(config: TrainConfig, candidates: list[str],
-                        batch: int = TRIAL_BATCH) -> Iterator[dict[str, float]]:
-    """Round after round, the images/s of one CPU training step of `config`'s built-in networks in each candidate
-    ("fp32 NCHW", "bf16 channels_last", ...), after a warm-up step each. Closing it restores the random state."""
+def time_training_steps(config: TrainConfig, candidates: list[str], batch: int = TRIAL_BATCH,
+                        device: torch.device = torch.device("cpu")) -> Iterator[dict[str, float]]:
+    """Round after round, the images/s of one training step of `config`'s built-in networks on `device` in each
+    candidate ("fp32 NCHW", "bf16 channels_last", "fp16 channels_last", ...), after a warm-up step each, waiting for
+    the device. Closing it restores the random state."""
     batch, steps = min(batch, config.batch_size), {}
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
         for name in candidates:
             dtype, layout = name.split()
+            amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
             memory = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-            G = Generator(config.image_size, config.latent_dim, config.g_width).to(memory_format=memory)
-            D = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(memory_format=memory)
-            autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16) if dtype == "bf16" else nullcontext
+            G = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
+            D = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(device, memory_format=memory)
             step = TrainingStep(G, D, torch.optim.Adam(G.parameters(), foreach=True),
-                                torch.optim.Adam(D.parameters(), foreach=True), config.loss, autocast=autocast)
-            real = torch.rand(batch, 3, config.image_size, config.image_size).contiguous(memory_format=memory)
-            steps[name] = partial(step, real, torch.randn(batch, config.latent_dim, 1, 1))
-            steps[name]()  # the first step allocates and picks kernels
+                                torch.optim.Adam(D.parameters(), foreach=True), config.loss,
+                                scaler=torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
+                                autocast=partial(torch.autocast, device.type, dtype=amp) if amp else nullcontext)
+            real = torch.rand(batch, 3, config.image_size, config.image_size, device=device) * 2 - 1
+            z = torch.randn(batch, config.latent_dim, 1, 1, device=device)
+            steps[name] = step, partial(step, real.contiguous(memory_format=memory), z)
+            steps[name][1]()  # the first step allocates and picks kernels
         while True:
             timing = {}
-            for name, run_step in steps.items():
+            for name, (step, run_step) in steps.items():
                 started = time.perf_counter()
                 run_step()
+                step.totals.tolist()   # waits for the device (not `read`: no other process takes part)
                 timing[name] = batch / (time.perf_counter() - started)
             yield timing

@@ -1,7 +1,6 @@
-"""The training loop, `train(config)`, run by notebook 03, `python -m utils.train` and the tests: notebook 03's loop
-around its step (utils/step.py), with the data kept on the GPU when it fits, no waits for the device (one GPU replays
-the step as a CUDA graph) and a checkpoint after every epoch, from which a resumed run ends exactly like an
-uninterrupted one: every epoch's randomness comes from (seed, epoch)."""
+"""The training loop, `train(config)`: notebook 03's loop around its step (utils/step.py), with the data kept on the
+GPU when it fits, no waits for the device (one GPU replays the step as a CUDA graph) and a checkpoint after every
+epoch, from which a resumed run ends exactly like an uninterrupted one (each epoch's randomness: from seed, epoch)."""
 
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ from utils import distributed
 from utils.config import TrainConfig
 from utils.data import load_dataset
 from utils.diagnose import Diagnosis
-from utils.environment import DeviceChoice, choose_device, verbose
+from utils.environment import DeviceChoice, choose_device
 from utils.errors import ConfigError, Interrupted, UserError
 from utils.metrics import FID, fid_for_config, load_inception
 from utils.models import Discriminator, Generator, available_ram, check_network_size, check_networks
@@ -114,7 +113,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             distributed.barrier()
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
-            device_line, chosen = (choice.log if verbose() else choice.brief).split("\n", 1)
+            device_line, chosen = choice.log.split("\n", 1)
             _log(f"{device_line}\nrun folder: {run.dir}\n{chosen}")
             if images is None:
                 with distributed.main_first():  # the main process builds the cache, the others then reuse it
@@ -223,7 +222,11 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                 if index % log_every and index < batches.steps_per_epoch:
                     continue
                 losses = step.read((index - 1) % log_every + 1)  # the means over the steps since the last read
-                _check_finite(epoch, steps_before + index, losses)
+                if not (math.isfinite(losses["loss_d"]) and math.isfinite(losses["loss_g"])):
+                    raise TrainingDiverged(f"training diverged at epoch {epoch}, step {steps_before + index}: loss_d="
+                                           f"{losses['loss_d']}, loss_g={losses['loss_g']}. The last good checkpoint "
+                                           "(end of the previous epoch) is kept; lower lr_g/lr_d, try amp='off', or "
+                                           "loss='hinge' with spectral_norm=True")
                 history["steps"].append({"epoch": epoch, "step": steps_before + index, **losses,
                                          "seconds": round(time.perf_counter() - started, 2)})
                 bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}",
@@ -241,10 +244,6 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                                       **cut_short})
             grid = _end_epoch(config, run, state, step, fid, diagnosis) if distributed.is_main() else None
             saved = epoch
-            if epoch == start_epoch + min(1, config.epochs - start_epoch):  # the first epoch past the warm-up
-                note = choice.recheck_trial(config, epoch, images_per_s)
-                if note and verbose():  # engine detail: the new answer is cached for the next start either way
-                    _log(note)
             if live_plot is not None:
                 title = ", ".join([f"epoch {epoch}", *history["epochs"][-1].get("diagnosis", {})])
                 live_plot.update(history, grid=grid, title=title, force=True)
@@ -286,11 +285,3 @@ def _interrupted(run: Run, epoch: int, saved: int) -> Interrupted:
     where = f" in {run.dir / CHECKPOINT}" if saved else ""
     again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
     return Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}")
-
-
-def _check_finite(epoch: int, step: int, losses: dict) -> None:
-    """Stop the run once a loss is NaN or infinite: nothing after it can be trusted."""
-    if not (math.isfinite(losses["loss_d"]) and math.isfinite(losses["loss_g"])):
-        raise TrainingDiverged(f"training diverged at epoch {epoch}, step {step}: loss_d={losses['loss_d']}, "
-                               f"loss_g={losses['loss_g']}. The last good checkpoint (end of the previous epoch) is "
-                               "kept; lower lr_g/lr_d, try amp='off', or loss='hinge' with spectral_norm=True")
