@@ -88,6 +88,9 @@ def test_fid_estimate_counts_the_real_images_until_cached_says_what_fewer_sample
             "compare only scores of equal settings")
     assert fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real").endswith(
         "warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
+    assert fid_estimate(3_000, 1.0, CPU, "fid_samples and fid_real", samples=1_000).endswith(   # already few: no
+        "warning: over 30 minutes on a CPU even at 1,000 samples (is other work slowing this CPU?): use a GPU, or "
+        "skip FID (compute_fid = False)")   # advice to lower them to what they are
     images = torch.zeros(300, 3, 16, 16, dtype=torch.uint8)
     config = TrainConfig(data_dir=str(tmp_path), fid_samples=1000, fid_real=200)
     assert fid_images_to_score(config, images, generators=2) == 200 + 2 * 1000

@@ -119,7 +119,10 @@ def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device
         line += (f"\n{samples:,} samples per score: FID reads higher than with the usual {FID_REFERENCE_SAMPLES:,} "
                  "(its bias falls as 1 / samples), so compare only scores of equal settings")
     if device.type == "cpu" and seconds > LONG_ON_CPU_S:
-        line += f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: lower {lower} (1,000 to 2,000), or use a GPU"
+        line += f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU" + (
+            f": lower {lower} (1,000 to 2,000), or use a GPU" if samples > 2_000 else
+            f" even at {samples:,} samples (is other work slowing this CPU?): use a GPU, or skip FID (compute_fid = "
+            "False)")
     return line
 
 
