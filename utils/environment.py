@@ -276,7 +276,6 @@ def _trial_key(config: TrainConfig) -> str:
             f"G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
 
-
 # ------------------------------------------------------------------------------------------- the size preset
 
 # What `size` sets in the notebooks (the values the learner leaves at None): "gpu" is the 64x64 DCGAN recipe; "cpu"
