@@ -38,7 +38,7 @@ def run_dir(request) -> Path:
 
 @pytest.mark.parametrize("run_dir", ["tiny_run", "tiny_fp16_run"], indirect=True)
 def test_the_export_samples_without_utils_and_gives_the_runs_images(run_dir, tmp_path):
-    assert export_generator(run_dir, tmp_path / "generator.pt") == [tmp_path / "generator.pt"]
+    assert export_generator(run_dir, tmp_path / "generator.pt") == tmp_path / "generator.pt"
     z = torch.randn(10, 16, 1, 1, generator=torch.Generator().manual_seed(1))
     torch.save(z, tmp_path / "z.pt")
     result = subprocess.run([sys.executable, "-I", "-S", "-c", SAMPLE], cwd=tmp_path, capture_output=True, text=True,

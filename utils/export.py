@@ -22,9 +22,9 @@ from utils.generate import Faces, load_faces
 META = "meta.json"
 
 
-def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") -> list[Path]:
+def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") -> Path:
     """Write the run's generator as TorchScript to `out`, with its latent_dim and image_size as attributes and
-    where it came from in META; returns the files written ([out])."""
+    where it came from in META; returns `out`."""
     out = output_file(out, "out (--out)")
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
@@ -37,7 +37,7 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") 
         warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
         torch.jit.save(torch.jit.script(generator), str(tmp),
                        _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
-    return [out]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", default="generator.pt", help="TorchScript file to write (default: generator.pt)")
     args = parser.parse_args(argv)
-    run_cli(lambda: print(*export_generator(args.run_dir, args.out), sep="\n"))
+    run_cli(lambda: print(export_generator(args.run_dir, args.out)))
 
 
 if __name__ == "__main__":
