@@ -26,10 +26,9 @@ def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
 
 def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: str | Path = GENERATED,
                log: Callable[[str], None] = print) -> Path | None:
-    """The run folder to work on, saying in one line which and why, or None. `out` names a run folder, a folder
-    name under `root` or the word printed for it ("lr_g=0.001" for a tweak, "improved" for the other recipe's run of
-    these settings: the folder name less what it shares with the main run's). Without the main
-    run, the newest untweaked run of `config`'s recipe stands in. The other runs (of `recipe` when given) are listed."""
+    """The run folder to work on, saying in one line which and why, or None. `out` names a run folder, a folder name
+    under `root` or the word listed for it; without it, the main run of `config` or else the newest untweaked run of
+    its recipe. The other runs (of `recipe` when given) are listed by their words."""
     root = Path(root)
     main = root / default_run_dir(config).name
     runs = [(run_dir, saved) for run_dir in trained_runs(root) for saved in [saved_config(run_dir)]
@@ -38,11 +37,9 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
                  config.recipe and not differences(saved, config, TWEAK_FIELDS)]
     chosen = None
     if out:
-        recipe_word, _, tweak = out.partition("-")
-        named = (folder for folder in (Path(out), root / out, root / f"{main.name}-{out}",
-                                       root / _recipe_swapped(main.name, recipe_word, tweak))
-                 if (folder / CHECKPOINT).is_file())
-        chosen, why = next(named, Path(out)), "named by out"
+        named = [folder for folder in (Path(out), root / out) if (folder / CHECKPOINT).is_file()]
+        named += [run_dir for run_dir in trained_runs(root) if _word(run_dir.name, main.name) == out]
+        chosen, why = (named or [Path(out)])[0], "named by out"
     elif main in untweaked:
         chosen, why = main, "the main run of these settings (notebook 03's, not a tweak)"
     elif untweaked:
@@ -66,15 +63,11 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
     return chosen
 
 
-def _recipe_swapped(main_name: str, recipe: str, tweak: str = "") -> str:
-    """The main run's folder name with another recipe (and a tweak): "improved-32px-..." for "dcgan-32px-..."."""
-    return "-".join([recipe, main_name.split("-", 1)[1]] + ([tweak] if tweak else []))
-
-
 def _word(name: str, main_name: str) -> str:
-    """What `out` takes for a run folder: its name less the main run's ("lr_g=0.001", "improved", "improved-...")."""
-    if name.startswith(f"{main_name}-"):
-        return name.removeprefix(f"{main_name}-")
-    recipe = name.split("-", 1)[0]
-    shared = _recipe_swapped(main_name, recipe)
-    return recipe + name.removeprefix(shared) if name == shared or name.startswith(f"{shared}-") else name
+    """What `out` takes for a run folder: its name less what it shares with the main run's ("lr_g=0.001" for a tweak,
+    "improved" or "improved-lr_g=0.001" for the other recipe, "dcgan" for the main run), else the whole name."""
+    (recipe, _, rest), (main_recipe, _, main_rest) = name.partition("-"), main_name.partition("-")
+    if rest != main_rest and not rest.startswith(f"{main_rest}-"):
+        return name
+    tail = rest[len(main_rest) + 1:]
+    return tail if tail and recipe == main_recipe else "-".join([recipe, tail] if tail else [recipe])

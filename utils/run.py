@@ -1,10 +1,7 @@
 """A run folder: one training run's files, who may write them, and what may change when it continues.
 
-generated/dcgan-64px/ (named from the settings that differ from the defaults, or `out`) holds config.json,
-checkpoint.pt (all that continuing exactly needs), history.json, samples/epoch_NNN.png and .lock (held while a process
-trains). The checkpoint is the truth: a damaged config.json or history.json is rewritten from it, and nothing a run
-made is deleted (earlier files are moved aside into earlier-N/).
-"""
+generated/dcgan-64px/ holds config.json, checkpoint.pt (all that continuing exactly needs), history.json, samples/
+and .lock. The checkpoint is the truth: other files are rewritten from it or moved aside into earlier-N/, never lost."""
 
 from __future__ import annotations
 
@@ -16,6 +13,7 @@ import shutil
 import tempfile
 import urllib.parse
 from collections.abc import Callable
+from contextlib import suppress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +54,9 @@ class CheckpointError(UserError, ValueError):
 def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
     """generated/<recipe>-<size>px[-field=value...] from the NAMED_FIELDS that differ from the recipe's defaults:
     re-running a notebook resumes its run, a tweak starts a sibling. `networks`: see `network_tag`."""
-    defaults = TrainConfig(recipe=config.recipe)
     parts = [f"{config.recipe}-{config.image_size}px"]
-    parts += [f"{name}={_short(name, value)}" for name, value, _ in differences(config, defaults, NAMED_FIELDS)
-              if name != "image_size"]
+    parts += [f"{name}={_short(name, value)}" for name, value, _ in
+              differences(config, TrainConfig(recipe=config.recipe), NAMED_FIELDS) if name != "image_size"]
     return GENERATED / "-".join(parts + ([networks] if networks else []))
 
 
@@ -77,17 +74,12 @@ def _short(name: str, value: Any) -> str:
     return re.sub(r"[^\w.+=-]", "+", str(value))[:40]
 
 
-def _data_identity(data: str) -> str:
-    """A folder resolved (faces, ./faces/, /abs/faces are one), a URL without its credentials (as a run stores it)."""
-    if is_url(data):
-        return redact_url(data)
-    return data if data in _BY_NAME else str(Path(data).expanduser().resolve())
-
-
 def differences(saved: TrainConfig, requested: TrainConfig, names: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
     """(field, saved value, requested value) for each of `names` whose value differs (data however spelled)."""
-    def value(config: TrainConfig, name: str) -> Any:
-        return _data_identity(config.data) if name == "data" else getattr(config, name)
+    def value(config: TrainConfig, name: str) -> Any:   # faces, ./faces/ and /abs/faces are one; a URL as stored
+        if name != "data" or config.data in _BY_NAME:
+            return getattr(config, name)
+        return redact_url(config.data) if is_url(config.data) else Path(config.data).expanduser().resolve()
 
     return [(name, getattr(saved, name), getattr(requested, name)) for name in names
             if value(saved, name) != value(requested, name)]
@@ -98,19 +90,15 @@ def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConf
     fixed = differences(saved, requested, FIXED_FIELDS)
     if not fixed:
         return
-    lines = []
-    for name, old, new in fixed:
-        shown = [redact_url(value) if name == "data" else value for value in (old, new)]
-        by_recipe = name in IMPROVED_RECIPE and saved.recipe != requested.recipe
-        note = f" (set by recipe: {saved.recipe!r} -> {requested.recipe!r})" if by_recipe else ""
-        lines.append(f"  {name}: {shown[0]!r} -> {shown[1]!r}{note}")
-    keep = (f"recipe={saved.recipe!r}" if saved.recipe != requested.recipe else
-            ", ".join(f"{name}={old!r}" for name, old, _ in fixed))
-    raise ConfigError(
+    # a changed recipe set those of IMPROVED_RECIPE: setting it back restores them
+    recipe = [("recipe", saved.recipe, requested.recipe)] if saved.recipe != requested.recipe else []
+    keep = ", ".join(f"{name}={old!r}" for name, old, _ in recipe + fixed if not (recipe and name in IMPROVED_RECIPE))
+    changed = "".join(f"\n  {name}: {old!r} -> {new!r}" for name, old, new in recipe + fixed)
+    raise ConfigError(   # which hides a URL's credentials
         f"{run_dir} holds a run trained for {epochs_done} epoch(s) with other values of fields that fix the networks, "
-        f"the data or the game (saved -> requested):\n" + "\n".join(lines) + "\n"
-        f"To continue that run, set {keep} (all its settings are in {run_dir / CONFIG}). To start a new run with "
-        f"your values, leave out='' (the new run gets a folder named from its settings) or choose another out.")
+        f"the data or the game (saved -> requested):{changed}\nTo continue that run, set {keep} (all its settings are "
+        f"in {run_dir / CONFIG}). To start a new run with your values, leave out='' (a folder named from its settings) "
+        "or choose another out.")
 
 
 # ------------------------------------------------------------------------------------------- the checkpoint
@@ -149,8 +137,6 @@ def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_optio
             check_weights(path, role, saved.get(role), getattr(state, role).state_dict())
     check_optimizer_state(path, "opt_g", saved["opt_g"], state.opt_g)
     check_optimizer_state(path, "opt_d", saved["opt_d"], state.opt_d)
-    check_weights(path, "", {"fixed_noise": saved["fixed_noise"]}, {"fixed_noise": state.fixed_noise})
-    check_weights(path, "rng", saved["rng"], {"cpu": torch.get_rng_state()})
     state.generator.load_state_dict(saved["generator"])
     state.discriminator.load_state_dict(saved["discriminator"])
     flags = {"fused": None, "foreach": None, "capturable": False, **adam_options}
@@ -166,7 +152,8 @@ def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_optio
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint, loaded as data only (nothing in it can run code), with every key, type and setting checked."""
+    """The checkpoint, loaded as data only (nothing in it can run code), its keys, settings and plain values checked
+    (the networks' and optimisers' tensors are checked against them where they are loaded)."""
     path = Path(path)
     state = load_data(path, "checkpoint", CheckpointError, "Use checkpoints written by this code only. " + _MOVE_AWAY)
     missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
@@ -176,18 +163,18 @@ def read_checkpoint(path: str | Path) -> dict:
     epoch = state["epoch"]
     plain = {"epoch": isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0,
              "config": isinstance(state["config"], dict), "history": _is_history(state["history"]),
-             "fixed_noise": isinstance(state["fixed_noise"], torch.Tensor),
-             "rng": isinstance(state["rng"], dict) and isinstance(state["rng"].get("cpu"), torch.Tensor),
              "precision": isinstance(state.get("precision", ""), str)}   # older checkpoints have none
-    plain |= {key: isinstance(state[key], dict) for key in ("generator", "discriminator", "opt_g", "opt_d")}
     wrong = [key for key, ok in plain.items() if not ok]
     if wrong:
         raise CheckpointError(f"{path} is not a checkpoint of this project: its {', '.join(wrong)} "
                               f"{'is' if len(wrong) == 1 else 'are'} not what this code writes. {_MOVE_AWAY}")
     try:
-        TrainConfig.from_dict(state["config"])
+        config = TrainConfig.from_dict(state["config"])
     except ConfigError as error:
         raise CheckpointError(f"{path} holds settings that are not valid ({error}). {_MOVE_AWAY}") from None
+    noise = torch.empty(config.num_samples, config.latent_dim, 1, 1)
+    check_weights(path, "", {"fixed_noise": state["fixed_noise"]}, {"fixed_noise": noise})
+    check_weights(path, "rng", state["rng"], {"cpu": torch.get_rng_state()})
     return state
 
 
@@ -202,15 +189,16 @@ def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.T
         names = ", ".join([f"no {name}" for name in missing[:3]] + [f"an unknown {name}" for name in unexpected[:3]])
         raise CheckpointError(f"{path}: its {what} does not fit the run's settings ({names}). {_MOVE_AWAY}")
     for name, tensor in expected.items():
-        value = saved[name]
-        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
-            raise CheckpointError(f"{path}: {f'{role}.{name}' if role else name} is {_found(value)}; the run's "
-                                  f"settings need {tensor.dtype} {tuple(tensor.shape)}. {_MOVE_AWAY}")
+        value, needed = saved[name], f"{tensor.dtype} {tuple(tensor.shape)}"
+        found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        if found != needed:
+            raise CheckpointError(f"{path}: {f'{role}.{name}' if role else name} is {found}; the run's settings need "
+                                  f"{needed}. {_MOVE_AWAY}")
 
 
 def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.optim.Optimizer) -> None:
     """Raise CheckpointError unless `saved` has `optimizer`'s parameter groups and Adam's moments of each parameter."""
-    groups, moments = saved.get("param_groups"), saved.get("state")
+    groups, moments = (saved.get("param_groups"), saved.get("state")) if isinstance(saved, dict) else (None, None)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sizes = [len(group["params"]) for group in optimizer.param_groups]
     if (not isinstance(groups, list) or not isinstance(moments, dict) or not moments.keys() <= set(range(len(params)))
@@ -219,10 +207,6 @@ def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.o
     for index, values in moments.items():
         check_weights(path, f"{role}.{index}", values, {"step": torch.zeros(()), "exp_avg": params[index],
                                                         "exp_avg_sq": params[index]})
-
-
-def _found(value: Any) -> str:
-    return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def _is_history(value: Any) -> bool:
@@ -270,16 +254,12 @@ def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Modul
     if discriminator is None:
         discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
     _refuse_other_networks(run_dir, state, network_descriptions(generator, discriminator), "to load_models")
-    path = Path(run_dir) / CHECKPOINT
-    if state.get("ema") is not None:  # sample from the averaged weights, as training showed them
-        check_weights(path, "ema", state["ema"], EMA(generator, config.ema_decay).state_dict())
-        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    else:
-        check_weights(path, "generator", state["generator"], generator.state_dict())
-        weights = state["generator"]
-    generator.load_state_dict(weights)
-    check_weights(path, "discriminator", state["discriminator"], discriminator.state_dict())
-    discriminator.load_state_dict(state["discriminator"])
+    ema = state.get("ema")
+    if isinstance(ema, dict):  # sample from the averaged weights, as training showed them
+        state = state | {"generator": {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}}
+    for role, model in (("generator", generator), ("discriminator", discriminator)):
+        check_weights(Path(run_dir) / CHECKPOINT, role, state[role], model.state_dict())
+        model.load_state_dict(state[role])
     return generator, discriminator, state["history"]
 
 
@@ -347,8 +327,7 @@ def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
     if run_part(run_dir):
         raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
     run, data = run_dir.expanduser().resolve(), Path(config.data).expanduser().resolve()
-    if config.data not in _BY_NAME and not is_url(config.data) and data.is_dir() and (
-            run == data or data in run.parents or run in data.parents):
+    if config.data not in _BY_NAME and data.is_dir() and (data in (run, *run.parents) or run in data.parents):
         raise ConfigError(f"config field 'out' ({run_dir}) is, lies in or holds the data folder {config.data} (config "
                           "field 'data'): the run's grids would mix with the images it trains on. Choose another out, "
                           "or leave out='' (a folder under generated/)")
@@ -363,25 +342,6 @@ def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
                           "folder (on Kaggle, under /kaggle/working)") from None
 
 
-def _checkpoint_to_continue(run_dir: Path, config: TrainConfig, networks: dict[str, str],
-                            log: Callable[[str], None]) -> dict | None:
-    """The checkpoint `config` continues (None for a new run), the folder made to match it; ConfigError if it
-    cannot continue it. Temporary files of writes that a kill interrupted are never complete: deleted."""
-    for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
-        stale.unlink()
-    state = None
-    if (run_dir / CHECKPOINT).exists():
-        if not config.resume:
-            raise ConfigError(f"config field 'resume' is False but {run_dir} already holds a run: pass resume=True "
-                              "(--resume) to continue it, or choose another 'out' folder")
-        state = read_checkpoint(run_dir / CHECKPOINT)
-        refuse_fixed_changes(run_dir, TrainConfig.from_dict(state["config"]), config, state["epoch"])
-        _refuse_other_networks(run_dir, state, networks, "to continue it, or leave out='' (or set another out) to "
-                                                         "train yours in a folder of its own")
-    _match_checkpoint(run_dir, config, state, log)
-    return state
-
-
 def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, log: Callable[[str], None]) -> None:
     """Make the folder hold what the checkpoint `state` (None: no run yet) holds, each change said in one line: the
     grid of an epoch a kill cut short is deleted (it trains again), grids or history it does not hold are moved aside,
@@ -390,16 +350,17 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
     later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
     history, history_problem = read_history_file(run_dir)
     saved, config_problem = _read_config_file(run_dir)
+    remade = [run_dir / name for name in (HISTORY, *REMADE) if (run_dir / name).exists()]
     if state is None:  # cut short before its first checkpoint: this run's settings, no history yet
-        cut_short = saved is not None and not differences(saved, config, FIXED_FIELDS) and not _history_files(run_dir)
+        cut_short = saved is not None and not differences(saved, config, FIXED_FIELDS) and not remade
     else:
         cut_short = history is None or len(history["epochs"]) <= len(state["history"]["epochs"])
     if cut_short and [e for e, _ in later] in ([], [epoch + 1]):
         for _, frame in later:
             frame.unlink()
-    elif later or _history_files(run_dir) or config_problem:
+    elif later or remade or config_problem:
         own = [run_dir / CONFIG] if state is None and (run_dir / CONFIG).exists() else []
-        aside = _move_aside(run_dir, [frame for _, frame in later] + _history_files(run_dir) + own)
+        aside = _move_aside(run_dir, [frame for _, frame in later] + remade + own)
         held = (f"{CHECKPOINT} holds epochs 1-{epoch}, but the folder had grids or history of later epochs (an older "
                 f"checkpoint copied in?)" if state else f"the folder held files of an earlier run but no {CHECKPOINT}")
         then = f"continuing after epoch {epoch}" if state else "starting a new run here"
@@ -407,24 +368,19 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
         history = None
     if state is None:
         return
-    repaired = [config_problem] if config_problem else []
     if saved is None:
         TrainConfig.from_dict(state["config"]).save(run_dir / CONFIG)
+    # behind the checkpoint is what a kill between its two writes leaves; anything else was edited
+    if history is not None and any(history[key] != state["history"][key][:len(history[key])] for key in
+                                   ("steps", "epochs")):
+        history_problem = f"{run_dir / HISTORY} does not match {CHECKPOINT} (edited by hand?)"
     if history != state["history"]:
-        behind = history is not None and all(history[key] == state["history"][key][:len(history[key])]
-                                             for key in ("steps", "epochs"))
-        if history is not None and not behind:
-            history_problem = f"{run_dir / HISTORY} does not match {CHECKPOINT} (edited by hand?)"
         with atomic_path(run_dir / HISTORY) as tmp:
             tmp.write_text(json.dumps(state["history"], indent=1) + "\n")
-        repaired += [history_problem] if history_problem else []
+    repaired = [problem for problem in (config_problem, history_problem) if problem]
     if repaired:
         log(f"{'; '.join(repaired)}: rewritten from {run_dir / CHECKPOINT}, which holds the run's settings and "
             f"history; continuing after epoch {epoch}")
-
-
-def _history_files(run_dir: Path) -> list[Path]:
-    return [run_dir / name for name in (HISTORY, *REMADE) if (run_dir / name).exists()]
 
 
 def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
@@ -452,9 +408,7 @@ class Run:
         self._saved_epoch = state["epoch"] if state else 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-writer") if lock else None
         self._pending: Future | None = None
-        # the folder as opened: a rename or a new folder of the same name differs, and the open one tells where it went
-        self._opened = os.stat(run_dir) if lock else None
-        self._folder = os.open(run_dir, os.O_RDONLY) if lock and os.name != "nt" else None  # Windows cannot
+        self._opened = os.stat(run_dir) if lock else None   # a rename, a deletion or a new folder of its name differs
 
     @classmethod
     def open(cls, config: TrainConfig, networks: dict[str, str], tag: str = "", main: bool = True,
@@ -473,7 +427,19 @@ class Run:
             raise RunInUse(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
                            "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
         try:
-            return cls(run_dir, _checkpoint_to_continue(run_dir, config, networks, log), log, lock)
+            for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
+                stale.unlink()   # what writes cut short by a kill left: never complete
+            state = None
+            if (run_dir / CHECKPOINT).exists():
+                if not config.resume:
+                    raise ConfigError(f"config field 'resume' is False but {run_dir} already holds a run: pass "
+                                      "resume=True (--resume) to continue it, or choose another 'out' folder")
+                state = read_checkpoint(run_dir / CHECKPOINT)
+                refuse_fixed_changes(run_dir, TrainConfig.from_dict(state["config"]), config, state["epoch"])
+                _refuse_other_networks(run_dir, state, networks, "to continue it, or leave out='' (or set another "
+                                                                 "out) to train yours in a folder of its own")
+            _match_checkpoint(run_dir, config, state, log)
+            return cls(run_dir, state, log, lock)
         except BaseException:
             lock.release()
             raise
@@ -513,22 +479,13 @@ class Run:
             raise
 
     def _check_in_place(self, epoch: int) -> None:
-        """Raise UserError if the folder is no longer where it was opened (renamed, deleted, or replaced by another)."""
-        try:
+        """Raise UserError if the folder is no longer the one opened (renamed, deleted, or replaced by another)."""
+        with suppress(OSError):
             if self._opened is None or os.path.samestat(os.stat(self.dir), self._opened):
                 return
-        except OSError:
-            pass
-        try:  # Linux tells where the open folder is now
-            now = os.readlink(f"/proc/self/fd/{self._folder}")
-        except (OSError, TypeError):
-            now = " (deleted)"
-        stopped = f"training stopped at epoch {epoch} ({self._saved_epoch} epoch(s) saved in the folder)"
-        if now.endswith(" (deleted)"):
-            raise UserError(f"{self.dir} was deleted (or moved where this process cannot see it) while training: "
-                           f"{stopped}. Run the same again to start a new run there")
-        raise UserError(f"{self.dir} was moved to {now} while training: {stopped}. Move it back and run the same again "
-                       f"to continue, or continue it where it is with out={now!r}")
+        raise UserError(f"{self.dir} was moved or deleted while training: training stopped at epoch {epoch} "
+                        f"({self._saved_epoch} epoch(s) saved in the folder). To continue, move it back and run the "
+                        "same again, or set out to where it is now")
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -548,7 +505,5 @@ class Run:
         finally:
             if self._writer is not None:
                 self._writer.shutdown()
-            if self._folder is not None:
-                os.close(self._folder)
             if self._lock is not None:
                 self._lock.release()   # the file stays, so every process locks the same one
