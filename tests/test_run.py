@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from utils.config import TrainConfig
-from utils.errors import ConfigError, Interrupted
-from utils.run import CHECKPOINT, RunInUse, default_run_dir, frame_path, list_frames, load_models, read_checkpoint
+from utils.errors import ConfigError, Interrupted, UserError
+from utils.run import CHECKPOINT, default_run_dir, frame_path, list_frames, load_models, read_checkpoint
 from utils.training import train
 
 from small_disk import small_disk
@@ -262,7 +262,7 @@ def test_the_lock_holds_against_this_process_and_an_interrupt_in_a_notebook_says
     class KernelInterrupt:   # the first step of epoch 2 is where the learner presses it
         def update(self, history, grid=None, title="", force=False):
             if history["steps"] and history["steps"][-1]["epoch"] == 2:
-                with pytest.raises(RunInUse, match="is in use: another process is training in it"):
+                with pytest.raises(UserError, match="is in use: another process is training in it"):
                     run(tiny(tmp_path))
                 raise KeyboardInterrupt
 

@@ -331,7 +331,7 @@ def test_a_damaged_or_malicious_checkpoint_is_refused_in_one_line(tmp_path, part
     assert "\n" not in str(error.value) and not (tmp_path / "pwned").exists()
     assert [e for e, _ in list_frames(tmp_path / "run")] == [1]
     if part == "precision":
-        assert "its precision is not what this code writes" in str(error.value)
+        assert "(missing or not what this code writes: precision)" in str(error.value)
     if part in ("generator shape", "discriminator dtype"):
         with pytest.raises(CheckpointError, match=re.escape(str(path))):
             load_models(tmp_path / "run")

@@ -16,8 +16,7 @@ TWEAK_FIELDS = tuple(name for name in NAMED_FIELDS if name not in FIXED_FIELDS)
 
 
 def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
-    """Whether the run trained the built-in networks: its name says so (your networks add a tag), or with an
-    explicit `out` its checkpoint."""
+    """Whether the run trained the built-in networks: its name says so, or with an explicit out its checkpoint."""
     if not saved.out:
         return run_dir.name == default_run_dir(saved).name
     networks = read_checkpoint(run_dir / CHECKPOINT).get("networks", {})
@@ -26,9 +25,8 @@ def builtin_networks(run_dir: Path, saved: TrainConfig) -> bool:
 
 def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: str | Path = GENERATED,
                log: Callable[[str], None] = print) -> Path | None:
-    """The run folder to work on, saying in one line which and why, or None. `out` names a run folder, a folder name
-    under `root` or the word listed for it; without it, the main run of `config` or else the newest untweaked run of
-    its recipe. The other runs (of `recipe` when given) are listed by their words."""
+    """The run folder to work on (or None), said in one line: the one `out` names (a folder, or the word listed for
+    it), else the main run of `config`, else the newest untweaked run of its recipe; the others (of `recipe`) listed."""
     root = Path(root)
     main = root / default_run_dir(config).name
     runs = [(run_dir, saved) for run_dir in trained_runs(root) for saved in [saved_config(run_dir)]
@@ -46,15 +44,11 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
         chosen, why = untweaked[0], f"no run of these settings yet ({main.name}); the newest untweaked run"
     elif runs:   # else the notebook's own line says there is no run at all
         log(f"no run of these settings yet ({main})")
-    saved = saved_config(chosen) if chosen is not None and (chosen / CHECKPOINT).is_file() else None
-    if saved is not None:
-        done = len(list_frames(chosen))
-        epochs = f"{done} of {saved.epochs} epochs" if done < saved.epochs else f"{done} epoch{'s' * (done != 1)}"
-        differ = [name for name, _, _ in differences(saved, config, NAMED_FIELDS)]
-        why += f"; it differs from these settings in {', '.join(differ)}" if differ else ""
-        log(f"working on {chosen} ({epochs}): {why}")
-    elif chosen is not None:
-        log(f"working on {chosen}: {why}")
+    if chosen is not None:
+        saved = saved_config(chosen) if (chosen / CHECKPOINT).is_file() else None
+        epochs = f" ({len(list_frames(chosen))} of {saved.epochs} epochs)" if saved else ""
+        differ = ", ".join(name for name, _, _ in differences(saved, config, NAMED_FIELDS)) if saved else ""
+        log(f"working on {chosen}{epochs}: {why}" + (f"; it differs from these settings in {differ}" if differ else ""))
     others = [run_dir for run_dir, _ in runs if chosen is None or run_dir.resolve() != chosen.resolve()]
     if others:
         words = ", ".join(_word(run_dir.name, main.name) for run_dir in others[:SHOWN_OTHERS])

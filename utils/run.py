@@ -36,28 +36,19 @@ from utils.urls import is_url, redact_url
 GENERATED = Path("generated")
 _MOVE_AWAY = "Move it away to start a new run in its folder"
 _BY_NAME = ("synthetic", "kaggle")   # data that is a word, not a folder or URL
-# What `read_checkpoint` requires: all that `checkpoint_state` writes but "networks", "ema" and "precision".
 _CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
-                    "scaler", "rng")
-
-
-class RunInUse(UserError):
-    """Another process holds the run folder's lock."""
+                    "scaler", "rng")   # all that `checkpoint_state` writes but what older checkpoints lack
 
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: unreadable, incomplete, or tensors that do not fit the networks."""
 
 
-# ------------------------------------------------------------------------------------- names and settings
-
 def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
-    """generated/<recipe>-<size>px[-field=value...] from the NAMED_FIELDS that differ from the recipe's defaults:
-    re-running a notebook resumes its run, a tweak starts a sibling. `networks`: see `network_tag`."""
-    parts = [f"{config.recipe}-{config.image_size}px"]
-    parts += [f"{name}={_short(name, value)}" for name, value, _ in
-              differences(config, TrainConfig(recipe=config.recipe), NAMED_FIELDS) if name != "image_size"]
-    return GENERATED / "-".join(parts + ([networks] if networks else []))
+    """generated/<recipe>-<size>px[-field=value...][-networks] from the NAMED_FIELDS off the recipe's defaults."""
+    named = [f"{name}={_short(name, value)}" for name, value, _ in
+             differences(config, TrainConfig(recipe=config.recipe), NAMED_FIELDS) if name != "image_size"]
+    return GENERATED / "-".join([f"{config.recipe}-{config.image_size}px", *named] + ([networks] if networks else []))
 
 
 def run_dir_of(config: TrainConfig, networks: str = "") -> Path:
@@ -67,8 +58,7 @@ def run_dir_of(config: TrainConfig, networks: str = "") -> Path:
 
 def _short(name: str, value: Any) -> str:
     if name == "data" and value not in _BY_NAME:   # a file's stem: never a URL's token in a folder name
-        path = urllib.parse.urlsplit(value).path if is_url(value) else value
-        value = Path(path.rstrip("/")).stem or "data"
+        value = Path(urllib.parse.urlsplit(value).path.rstrip("/")).stem or "data"
     elif isinstance(value, float):
         value = f"{value:g}"
     return re.sub(r"[^\w.+=-]", "+", str(value))[:40]
@@ -80,7 +70,6 @@ def differences(saved: TrainConfig, requested: TrainConfig, names: tuple[str, ..
         if name != "data" or config.data in _BY_NAME:
             return getattr(config, name)
         return redact_url(config.data) if is_url(config.data) else Path(config.data).expanduser().resolve()
-
     return [(name, getattr(saved, name), getattr(requested, name)) for name in names
             if value(saved, name) != value(requested, name)]
 
@@ -95,13 +84,10 @@ def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConf
     keep = ", ".join(f"{name}={old!r}" for name, old, _ in recipe + fixed if not (recipe and name in IMPROVED_RECIPE))
     changed = "".join(f"\n  {name}: {old!r} -> {new!r}" for name, old, new in recipe + fixed)
     raise ConfigError(   # which hides a URL's credentials
-        f"{run_dir} holds a run trained for {epochs_done} epoch(s) with other values of fields that fix the networks, "
-        f"the data or the game (saved -> requested):{changed}\nTo continue that run, set {keep} (all its settings are "
-        f"in {run_dir / CONFIG}). To start a new run with your values, leave out='' (a folder named from its settings) "
-        "or choose another out.")
+        f"{run_dir} holds a run of {epochs_done} epoch(s) with other values of fields that fix the networks, the data "
+        f"or the game (saved -> requested):{changed}\nTo continue that run, set {keep}. To start a new run with your "
+        "values, leave out='' (a folder named from its settings) or choose another out.")
 
-
-# ------------------------------------------------------------------------------------------- the checkpoint
 
 @dataclass
 class TrainingState:
@@ -130,44 +116,36 @@ def checkpoint_state(config: TrainConfig, epoch: int, state: TrainingState) -> d
 
 
 def restore_checkpoint(path: Path, saved: dict, state: TrainingState, adam_options: dict) -> int:
-    """Load `saved` (from `read_checkpoint(path)`) into `state`, every tensor checked first; return its epochs.
-    The optimisers take this device's `adam_options` (fused, foreach, capturable), not the saved ones."""
-    for role in ("generator", "discriminator", "ema"):
-        if getattr(state, role) is not None:
-            check_weights(path, role, saved.get(role), getattr(state, role).state_dict())
+    """Load `saved` into `state` (Adam with this device's `adam_options`), every tensor checked first: its epoch."""
+    networks = [role for role in ("generator", "discriminator", "ema") if getattr(state, role) is not None]
+    for role in networks:
+        check_weights(path, role, saved.get(role), getattr(state, role).state_dict())
     check_optimizer_state(path, "opt_g", saved["opt_g"], state.opt_g)
     check_optimizer_state(path, "opt_d", saved["opt_d"], state.opt_d)
-    state.generator.load_state_dict(saved["generator"])
-    state.discriminator.load_state_dict(saved["discriminator"])
+    for role in networks:
+        getattr(state, role).load_state_dict(saved[role])
     flags = {"fused": None, "foreach": None, "capturable": False, **adam_options}
     for optimizer, moments in ((state.opt_g, saved["opt_g"]), (state.opt_d, saved["opt_d"])):
         optimizer.load_state_dict({**moments, "param_groups": [group | flags for group in moments["param_groups"]]})
     if state.scaler.is_enabled() and saved["scaler"]:
         state.scaler.load_state_dict(saved["scaler"])
-    if state.ema is not None:
-        state.ema.load_state_dict(saved["ema"])
     state.fixed_noise, state.history = saved["fixed_noise"], saved["history"]
     torch.set_rng_state(saved["rng"]["cpu"])
     return saved["epoch"]
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint, loaded as data only (nothing in it can run code), its keys, settings and plain values checked
-    (the networks' and optimisers' tensors are checked against them where they are loaded)."""
+    """The checkpoint, loaded as data only (it cannot run code), its keys, settings and plain values checked."""
     path = Path(path)
     state = load_data(path, "checkpoint", CheckpointError, "Use checkpoints written by this code only. " + _MOVE_AWAY)
-    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise CheckpointError(f"{path} is not a checkpoint of this project: it has no {', '.join(missing)}. "
-                              + _MOVE_AWAY)
-    epoch = state["epoch"]
-    plain = {"epoch": isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 0,
-             "config": isinstance(state["config"], dict), "history": _is_history(state["history"]),
+    state = state if isinstance(state, dict) else {}
+    plain = {"epoch": type(state.get("epoch")) is int and state["epoch"] >= 0,
+             "config": isinstance(state.get("config"), dict), "history": _is_history(state.get("history")),
              "precision": isinstance(state.get("precision", ""), str)}   # older checkpoints have none
-    wrong = [key for key, ok in plain.items() if not ok]
+    wrong = [key for key in _CHECKPOINT_KEYS if key not in state] or [key for key, ok in plain.items() if not ok]
     if wrong:
-        raise CheckpointError(f"{path} is not a checkpoint of this project: its {', '.join(wrong)} "
-                              f"{'is' if len(wrong) == 1 else 'are'} not what this code writes. {_MOVE_AWAY}")
+        raise CheckpointError(f"{path} is not a checkpoint of this project (missing or not what this code writes: "
+                              f"{', '.join(wrong)}). {_MOVE_AWAY}")
     try:
         config = TrainConfig.from_dict(state["config"])
     except ConfigError as error:
@@ -179,15 +157,13 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.Tensor]) -> None:
-    """Raise CheckpointError unless `saved` has exactly the names, shapes and dtypes of `expected` (where
-    load_state_dict would print a page, or convert a dtype silently)."""
-    what = role or "state"
+    """Raise CheckpointError unless `saved` has `expected`'s names, shapes and dtypes (load_state_dict would cast)."""
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: its {what} is not a dict of tensors. {_MOVE_AWAY}")
+        raise CheckpointError(f"{path}: its {role} is not a dict of tensors. {_MOVE_AWAY}")
     missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
     if missing or unexpected:
         names = ", ".join([f"no {name}" for name in missing[:3]] + [f"an unknown {name}" for name in unexpected[:3]])
-        raise CheckpointError(f"{path}: its {what} does not fit the run's settings ({names}). {_MOVE_AWAY}")
+        raise CheckpointError(f"{path}: its {role} does not fit the run's settings ({names}). {_MOVE_AWAY}")
     for name, tensor in expected.items():
         value, needed = saved[name], f"{tensor.dtype} {tuple(tensor.shape)}"
         found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
@@ -240,8 +216,7 @@ def _refuse_other_networks(run_dir: str | Path, state: dict, networks: dict[str,
 
 def load_models(run_dir: str | Path, generator: nn.Module | None = None,
                 discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """A run's generator (its EMA weights if kept), discriminator and history, on the CPU; a run trained with your
-    own networks needs fresh instances of them."""
+    """A run's generator (its EMA weights if kept), discriminator and history on the CPU; own networks: fresh ones."""
     return models_from_checkpoint(read_checkpoint(Path(run_dir) / CHECKPOINT), run_dir, generator, discriminator)
 
 
@@ -319,21 +294,16 @@ def trained_runs(root: str | Path = GENERATED) -> list[Path]:
     return [path.parent for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime_ns, reverse=True)]
 
 
-# ------------------------------------------------------------------------------------ opening a run folder
-
 def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
-    """Raise ConfigError if the folder is part of another run, is, lies in or holds the data folder (it would train
-    on its own grids), is data_dir (whose temporary files other processes clean up), or cannot be written."""
+    """Raise ConfigError if the folder is part of a run, the data folder, in or around it, data_dir, or read-only."""
     if run_part(run_dir):
         raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
     run, data = run_dir.expanduser().resolve(), Path(config.data).expanduser().resolve()
     if config.data not in _BY_NAME and data.is_dir() and (data in (run, *run.parents) or run in data.parents):
-        raise ConfigError(f"config field 'out' ({run_dir}) is, lies in or holds the data folder {config.data} (config "
-                          "field 'data'): the run's grids would mix with the images it trains on. Choose another out, "
-                          "or leave out='' (a folder under generated/)")
+        raise ConfigError(f"config field 'out' ({run_dir}) is, lies in or holds the data folder ({config.data}): its "
+                          "grids would mix with the images it trains on. Choose another out, or leave out=''")
     if run == Path(config.data_dir).expanduser().resolve():
-        raise ConfigError(f"config field 'out' ({run_dir}) is data_dir (downloads and caches): choose another out, "
-                          "or leave out='' (a folder under generated/)")
+        raise ConfigError(f"config field 'out' ({run_dir}) is data_dir (downloads and caches): choose another out")
     try:
         (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=run_dir / SAMPLES).close()   # a real write: root ignores permission bits
@@ -343,9 +313,8 @@ def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
 
 
 def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, log: Callable[[str], None]) -> None:
-    """Make the folder hold what the checkpoint `state` (None: no run yet) holds, each change said in one line: the
-    grid of an epoch a kill cut short is deleted (it trains again), grids or history it does not hold are moved aside,
-    a damaged or edited config.json or history.json is rewritten from it."""
+    """Make the folder hold what the checkpoint `state` (None: no run yet) holds, said in one line: a cut short epoch's
+    grid is deleted, grids or history it lacks are moved aside, a damaged config.json or history.json rewritten."""
     epoch = state["epoch"] if state else 0
     later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
     history, history_problem = read_history_file(run_dir)
@@ -360,7 +329,11 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
             frame.unlink()
     elif later or remade or config_problem:
         own = [run_dir / CONFIG] if state is None and (run_dir / CONFIG).exists() else []
-        aside = _move_aside(run_dir, [frame for _, frame in later] + remade + own)
+        taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdigit()]
+        aside = run_dir / f"earlier-{max(taken, default=0) + 1}"
+        (aside / SAMPLES).mkdir(parents=True)   # never into a folder already there: the lock keeps others out meanwhile
+        for path in [frame for _, frame in later] + remade + own:
+            shutil.move(path, aside / path.relative_to(run_dir))
         held = (f"{CHECKPOINT} holds epochs 1-{epoch}, but the folder had grids or history of later epochs (an older "
                 f"checkpoint copied in?)" if state else f"the folder held files of an earlier run but no {CHECKPOINT}")
         then = f"continuing after epoch {epoch}" if state else "starting a new run here"
@@ -371,50 +344,32 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
     if saved is None:
         TrainConfig.from_dict(state["config"]).save(run_dir / CONFIG)
     # behind the checkpoint is what a kill between its two writes leaves; anything else was edited
-    if history is not None and any(history[key] != state["history"][key][:len(history[key])] for key in
-                                   ("steps", "epochs")):
+    if history is not None and any(history[k] != state["history"][k][:len(history[k])] for k in ("steps", "epochs")):
         history_problem = f"{run_dir / HISTORY} does not match {CHECKPOINT} (edited by hand?)"
     if history != state["history"]:
         with atomic_path(run_dir / HISTORY) as tmp:
             tmp.write_text(json.dumps(state["history"], indent=1) + "\n")
     repaired = [problem for problem in (config_problem, history_problem) if problem]
     if repaired:
-        log(f"{'; '.join(repaired)}: rewritten from {run_dir / CHECKPOINT}, which holds the run's settings and "
-            f"history; continuing after epoch {epoch}")
+        log(f"{'; '.join(repaired)}: rewritten from {run_dir / CHECKPOINT}; continuing after epoch {epoch}")
 
-
-def _move_aside(run_dir: Path, paths: list[Path]) -> Path:
-    """Move `paths` into a new run_dir/earlier-N/ (N past the highest there), keeping their relative paths."""
-    taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdigit()]
-    aside = run_dir / f"earlier-{max(taken, default=0) + 1}"
-    aside.mkdir()   # never into a folder already there: the lock keeps others out meanwhile
-    for path in paths:
-        target = aside / path.relative_to(run_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(path, target)
-    return aside
-
-
-# -------------------------------------------------------------------------------------------------- the run
 
 class Run:
-    """The run folder of one `train()` call: `with Run.open(config, networks) as run:` locks and checks it before any
-    data is decoded; `run.state` is the checkpoint to continue (None: a new run); `record_settings` once, then
-    `save_epoch` after each epoch."""
+    """One `train()` call's run folder: `with Run.open(config, networks) as run:` locks and checks it before any data
+    is decoded; `run.state` is the checkpoint to continue (None: a new run)."""
 
     def __init__(self, run_dir: Path, state: dict | None, log: Callable[[str], None], lock: FileLock | None = None):
         self.dir, self.state, self.log, self._lock = run_dir, state, log, lock
         self.saved = TrainConfig.from_dict(state["config"]) if state else None
         self._saved_epoch = state["epoch"] if state else 0
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-writer") if lock else None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-writer")   # its thread starts on use
         self._pending: Future | None = None
         self._opened = os.stat(run_dir) if lock else None   # a rename, a deletion or a new folder of its name differs
 
     @classmethod
     def open(cls, config: TrainConfig, networks: dict[str, str], tag: str = "", main: bool = True,
              log: Callable[[str], None] = print) -> "Run":
-        """Create or open `config`'s run folder, lock it (main process only) and check that it can continue: a
-        ConfigError before anything is written if it cannot."""
+        """Create, lock (main process only) and check `config`'s run folder: a ConfigError before any write."""
         run_dir = run_dir_of(config, tag)
         if not main:  # other processes of a distributed run only read; process 0 owns and checks the folder
             path = run_dir / CHECKPOINT
@@ -424,7 +379,7 @@ class Run:
         try:
             lock.acquire(blocking=False)
         except Timeout:
-            raise RunInUse(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
+            raise UserError(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
                            "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
         try:
             for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
@@ -464,7 +419,7 @@ class Run:
                                             checkpoint.getbuffer())
 
     def _write_epoch(self, epoch: int, grid: np.ndarray, history: str, checkpoint: memoryview) -> None:
-        """Into the folder as opened only: one renamed or deleted meanwhile gets nothing, and a UserError says where."""
+        """Into the folder as opened only: one renamed or deleted meanwhile gets nothing but a UserError."""
         self._check_in_place(epoch)
         try:
             with atomic_path(frame_path(self.dir, epoch), make_folder=False) as tmp:
@@ -496,14 +451,12 @@ class Run:
         return self
 
     def __exit__(self, error_type, *_) -> None:
-        """Wait until every file is written, then release the lock (also after an error or an interrupt); after a
-        run that ended well, check that its folder is still where the caller will look for it."""
+        """Wait for the writes, release the lock (also after an error); after a run that ended well, check its place."""
         try:
             self._wait()
             if error_type is None:
                 self._check_in_place(self._saved_epoch)
         finally:
-            if self._writer is not None:
-                self._writer.shutdown()
+            self._writer.shutdown()
             if self._lock is not None:
                 self._lock.release()   # the file stays, so every process locks the same one
