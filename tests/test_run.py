@@ -165,7 +165,7 @@ def test_cli_refuses_another_size_or_recipe_in_words_and_continues_with_the_runs
     assert "To continue that run, set image_size=16, g_width=8" in size.stderr
     for line in ("recipe: 'dcgan' -> 'improved'", "loss: 'bce' -> 'hinge'", "spectral_norm: False -> True"):
         assert f"\n  {line}\n" in recipe.stderr
-    assert "To continue that run, set recipe='dcgan' (" in recipe.stderr   # the recipe alone sets them back
+    assert "To continue that run, set recipe='dcgan'. To start" in recipe.stderr   # the recipe alone sets them back
     assert sorted((tmp_path / "data" / "cache").iterdir()) == caches  # no 32px cache was built
 
     resumed = cli(*cli_args(tmp_path, out, "--epochs", "2"))
