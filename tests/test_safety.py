@@ -251,11 +251,11 @@ def test_a_run_folder_renamed_or_deleted_while_training_ends_it_with_one_line_sa
     text = log.read_text()
     line = text.strip().splitlines()[-1]
     assert "Traceback" not in text and not run_dir.exists()  # never recreated under its old name
-    assert line.startswith(f"error: {run_dir} was moved or deleted while training: training stopped at epoch")
+    assert line.startswith(f"error: {run_dir} was moved or deleted while training: stopped at epoch")
     if fate == "deleted":
         return
     assert read_checkpoint(moved / CHECKPOINT)["epoch"] == saved
-    assert f"({saved} epoch(s) saved in the folder). To continue, move it back" in line
+    assert f", with {saved} saved. To continue, move it back or set out to its new place" in line
     assert [e for e, _ in list_frames(moved)] == list(range(1, saved + 1))
 
 

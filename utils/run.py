@@ -92,7 +92,6 @@ def refuse_fixed_changes(run_dir: Path, saved: TrainConfig, requested: TrainConf
 @dataclass
 class TrainingState:
     """What a run's checkpoint saves and `restore_checkpoint` puts back (the networks plain, not as trained)."""
-
     generator: nn.Module
     discriminator: nn.Module
     opt_g: torch.optim.Optimizer
@@ -274,8 +273,8 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
 
 
 def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
-    """(config, history) from config.json and history.json, (None, {}) where missing, a damaged one from the
-    checkpoint (without one, a UserError). Reads only: the folder may be training."""
+    """(config, history) from config.json and history.json, (None, {}) where missing; with a damaged one, both from
+    the checkpoint where missing or damaged (without one, a UserError). Reads only: the folder may be training."""
     run_dir = Path(run_dir)
     (config, config_problem), (history, history_problem) = _read_config_file(run_dir), read_history_file(run_dir)
     if config_problem or history_problem:
@@ -283,9 +282,8 @@ def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
             raise UserError(f"{config_problem or history_problem}, and {run_dir} has no {CHECKPOINT} to recover it "
                             "from: fix the file or move it away")
         state = read_checkpoint(run_dir / CHECKPOINT)
-        config = TrainConfig.from_dict(state["config"]) if config_problem else config
-        history = state["history"] if history_problem else history
-    return config, history if history is not None else {}
+        config, history = config or TrainConfig.from_dict(state["config"]), history or state["history"]
+    return config, history or {}
 
 
 def trained_runs(root: str | Path = GENERATED) -> list[Path]:
@@ -438,9 +436,8 @@ class Run:
         with suppress(OSError):
             if self._opened is None or os.path.samestat(os.stat(self.dir), self._opened):
                 return
-        raise UserError(f"{self.dir} was moved or deleted while training: training stopped at epoch {epoch} "
-                        f"({self._saved_epoch} epoch(s) saved in the folder). To continue, move it back and run the "
-                        "same again, or set out to where it is now")
+        raise UserError(f"{self.dir} was moved or deleted while training: stopped at epoch {epoch}, with "
+                        f"{self._saved_epoch} saved. To continue, move it back or set out to its new place; run again")
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
