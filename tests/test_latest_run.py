@@ -43,7 +43,7 @@ def test_the_main_run_of_the_settings_wins_over_tweaks_and_runs_trained_later(tm
     improved = trained(tmp_path, TrainConfig(image_size=32, g_width=32, d_width=32, recipe="improved"), 3_000)
     lines = []
     assert choose_run("", SMALL, root=tmp_path, log=lines.append) == main
-    assert lines == [f"working on {main} (3 of 3 epochs): the main run of these settings (notebook 03's, not a tweak)",
+    assert lines == [f"working on {main} (3 epochs): the main run of these settings (notebook 03's, not a tweak)",
                      "other runs, newest first (set out to one in the parameters cell to use it): "
                      "improved, lr_g=0.001"]
     lines.clear()   # each word of that list picks its run; so do the folder and its name

@@ -46,7 +46,9 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
         log(f"no run of these settings yet ({main})")
     if chosen is not None:
         saved = saved_config(chosen) if (chosen / CHECKPOINT).is_file() else None
-        epochs = f" ({len(list_frames(chosen))} of {saved.epochs} epochs)" if saved else ""
+        done = len(list_frames(chosen))
+        of = f" of {saved.epochs} epochs" if saved and done < saved.epochs else f" epoch{'s' * (done != 1)}"
+        epochs = f" ({done}{of})" if saved else ""
         differ = ", ".join(name for name, _, _ in differences(saved, config, NAMED_FIELDS)) if saved else ""
         log(f"working on {chosen}{epochs}: {why}" + (f"; it differs from these settings in {differ}" if differ else ""))
     others = [run_dir for run_dir, _ in runs if chosen is None or run_dir.resolve() != chosen.resolve()]

@@ -1,7 +1,6 @@
 """A run folder: one training run's files, who may write them, and what may change when it continues.
 
-generated/dcgan-64px/ holds config.json, checkpoint.pt (all that continuing exactly needs), history.json, samples/
-and .lock. The checkpoint is the truth: other files are rewritten from it or moved aside into earlier-N/, never lost."""
+generated/dcgan-64px/ holds checkpoint.pt (the rest is rebuilt from it), config.json, history.json and samples/."""
 
 from __future__ import annotations
 
@@ -258,9 +257,7 @@ def read_history_file(run_dir: Path) -> tuple[dict | None, str]:
         return None, f"{path} {error}"
     except OSError as error:
         return None, f"{path} cannot be read ({error.strerror})"
-    if not _is_history(history):
-        return None, f"{path} does not hold a history (a 'steps' and an 'epochs' list of records)"
-    return history, ""
+    return (history, "") if _is_history(history) else (None, f"{path} holds no 'steps' and 'epochs' lists")
 
 
 def saved_config(run_dir: str | Path) -> TrainConfig | None:
