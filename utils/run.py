@@ -270,8 +270,8 @@ def saved_config(run_dir: str | Path) -> TrainConfig | None:
 
 
 def read_run(run_dir: str | Path) -> tuple[TrainConfig | None, dict]:
-    """(config, history) from config.json and history.json, (None, {}) where missing; with a damaged one, both from
-    the checkpoint where missing or damaged (without one, a UserError). Reads only: the folder may be training."""
+    """(config, history) from config.json and history.json ((None, {}) where missing); if one is damaged, what is
+    missing or damaged comes from the checkpoint (without one, a UserError). Reads only: the folder may be training."""
     run_dir = Path(run_dir)
     (config, config_problem), (history, history_problem) = _read_config_file(run_dir), read_history_file(run_dir)
     if config_problem or history_problem:
@@ -375,7 +375,7 @@ class Run:
             lock.acquire(blocking=False)
         except Timeout:
             raise UserError(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
-                           "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
+                            "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
         try:
             for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
                 stale.unlink()   # what writes cut short by a kill left: never complete
