@@ -168,9 +168,8 @@ def test_a_full_disk_while_rewriting_config_json_keeps_the_old_file(tmp_path):
         assert (disk / CONFIG).read_bytes() == before and not list(disk.glob(".config.*"))
 
 
-@pytest.mark.parametrize("name,damage", [(CONFIG, "empty"), (CONFIG, "truncated"), (CONFIG, "invalid value"),
-                                         (CONFIG, "not settings"), (HISTORY, "empty"), (HISTORY, "truncated"),
-                                         (HISTORY, "not a history"), (HISTORY, "edited")])
+@pytest.mark.parametrize("name,damage", [(CONFIG, "empty"), (CONFIG, "invalid value"), (CONFIG, "not settings"),
+                                         (HISTORY, "truncated"), (HISTORY, "not a history"), (HISTORY, "edited")])
 def test_a_run_whose_config_or_history_json_is_damaged_resumes_from_its_checkpoint_and_says_so(tmp_path, capsys,
                                                                                                  name, damage):
     run(tiny(tmp_path))
