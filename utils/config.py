@@ -19,9 +19,8 @@ from utils.urls import redact_url
 
 MAX_SEED = 2**32 - 1   # each epoch's generators are seeded from (seed, epoch) within 64 bits (utils/training.py)
 
-# What `recipe="improved"` sets in the fields left at their defaults (benchmarks/results/quality-cpu-*.log): sample
-# from an EMA of G, spectral norm instead of D's BatchNorm, the hinge loss, and SNGAN/SAGAN/BigGAN's Adam: faster
-# rates, D's the fastest (two-timescale), without first-moment momentum; SN, hinge and EMA keep it stable.
+# `recipe="improved"` (benchmarks/results/quality-cpu-*.log): G's EMA, spectral norm, hinge loss and SNGAN/BigGAN's
+# Adam (faster rates, D's the fastest, no first-moment momentum), set in the fields left at their defaults.
 IMPROVED_RECIPE = dict(ema_decay=0.999, spectral_norm=True, loss="hinge", lr_d=1e-3, lr_g=5e-4, beta1=0.0, beta2=0.99)
 
 
@@ -29,10 +28,9 @@ def _declare(default: Any, help: str, kind: str, names_run: bool = False, how: b
     return field(default=default, metadata={"kind": kind, "names_run": names_run, "how": how, "help": help})
 
 
-# What a field is for a run, and its `--help` text: `fixed` fixes the networks, the data or the game (a trained run
-# refuses another value, which names a new run); `tunable` may change between epochs (`names_run=True`: it changes
-# what is learned, so another value names a new run); `how` is tunable and only says how fast, where or how often;
-# `call` is about this call only (`recipe` is resolved into the fields it sets).
+# What a field is for a run, and its `--help`: `fixed` (networks, data, the game: a trained run refuses another value,
+# which names a new run); `tunable` between epochs (`names_run=True`: another value names a new run); `how`: tunable,
+# only how fast, where or how often; `call`: this call only (`recipe` is resolved into the fields it sets).
 fixed = partial(_declare, kind="fixed", names_run=True)
 tunable = partial(_declare, kind="tunable")
 how = partial(_declare, kind="tunable", how=True)
@@ -90,25 +88,20 @@ class TrainConfig:
     fid_weights: str = how("", 'path to pt_inception-2015-12-05 weights for offline use ("" = download)')
 
     def __post_init__(self) -> None:
-        self._check_types()
         if self.recipe == "improved":
             for name, value in IMPROVED_RECIPE.items():
                 if getattr(self, name) == _DEFAULTS[name]:
                     setattr(self, name, value)
         self.validate()
 
-    def _check_types(self) -> None:
-        """Raise ConfigError naming the first field of another type; an int given for a float field becomes a float."""
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field of another type or out of range (`train()` checks again)."""
         for f in fields(self):
             value, expected = getattr(self, f.name), type(f.default)
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):   # 1 means 1.0
                 setattr(self, f.name, float(value))
             elif type(value) is not expected:
                 raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first field of another type or out of range (`train()` checks again)."""
-        self._check_types()
         size = self.image_size
         self._check(size >= 16 and size & (size - 1) == 0, "image_size", "a power of two >= 16 (16, 32, 64, 128, ...)")
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
@@ -117,12 +110,10 @@ class TrainConfig:
             self._check(getattr(self, name) >= smallest, name, f">= {smallest}")
         for name, words in _WORDS.items():
             self._check(getattr(self, name) in words, name, ", ".join(map(repr, words[:-1])) + f" or {words[-1]!r}")
-        for name in ("lr_g", "lr_d"):
+        for name in ("lr_g", "lr_d", "real_label"):
             self._check(0 < getattr(self, name) <= 1, name, "in (0, 1]")
-        for name in ("beta1", "beta2"):
+        for name in ("beta1", "beta2", "ema_decay"):
             self._check(0 <= getattr(self, name) < 1, name, "in [0, 1)")
-        self._check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
-        self._check(0 < self.real_label <= 1, "real_label", "in (0, 1] (1 = no smoothing)")
         self._check(0 <= self.fake_label < self.real_label, "fake_label",
                     f"in [0, real_label) (0 = no smoothing; real_label is {self.real_label!r})")
         self._check(0 <= self.label_flip < 0.5, "label_flip", "in [0, 0.5) (0 = off; at 0.5 the labels say nothing)")
@@ -142,8 +133,7 @@ class TrainConfig:
             raise ConfigError(f"config field '{field}' must be {allowed}; got {getattr(self, field)!r}")
 
     def scaled_lrs(self, world_size: int = 1) -> tuple[float, float]:
-        """(lr_g, lr_d), with `scale_lr` x sqrt(batch_size x processes / 128): Adam's square-root rule, not SGD's
-        linear one, keeps a larger batch close to the reference recipe."""
+        """(lr_g, lr_d), with `scale_lr` x sqrt(batch_size x processes / 128): Adam's square-root rule, not SGD's."""
         factor = math.sqrt(self.batch_size * world_size / 128) if self.scale_lr else 1.0
         return self.lr_g * factor, self.lr_d * factor
 
@@ -164,7 +154,7 @@ class TrainConfig:
     def load(cls, path: str | Path) -> TrainConfig:
         """Read a config.json; one that is not JSON of valid settings raises ConfigError naming the file."""
         try:
-            values = read_json(path)   # a ValueError if not a regular file, too large or not JSON
+            values = read_json(path)
             if not isinstance(values, dict):
                 raise ValueError("does not hold settings (a JSON object of config fields)")
             return cls.from_dict(values)
@@ -183,18 +173,8 @@ _WORDS = dict(recipe=("dcgan", "improved"), loss=("bce", "hinge"), amp=("auto", 
               data_on_device=("auto", "on", "off"))
 
 
-def field_kinds(config_class: type = TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each field's metadata; a field declared without `fixed`, `tunable`, `how` or `call` raises TypeError naming
-    it, since a continued run would otherwise silently ignore or take its value."""
-    for f in fields(config_class):
-        if f.metadata.get("kind") not in ("fixed", "tunable", "call"):
-            raise TypeError(f"{config_class.__name__} field '{f.name}' does not say what it is for a run: declare it "
-                            "with fixed(), tunable(), how() or call() (utils/config.py)")
-    return {f.name: dict(f.metadata) for f in fields(config_class)}
-
-
 def _names(**wanted: Any) -> tuple[str, ...]:
-    return tuple(name for name, kind in field_kinds().items() if all(kind[k] == v for k, v in wanted.items()))
+    return tuple(f.name for f in fields(TrainConfig) if all(f.metadata.get(k) == v for k, v in wanted.items()))
 
 
 FIXED_FIELDS = _names(kind="fixed")
@@ -203,27 +183,22 @@ NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)   # what na
 HOW_FIELDS = _names(how=True)   # left out of compare's table of differences
 
 
-def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
-    """One option per TrainConfig field; `defaults=False` leaves out the options not given (to tell which were)."""
-    parser = argparse.ArgumentParser("python -m utils.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def build_parser() -> argparse.ArgumentParser:
+    """One option per TrainConfig field; an option not given is left out (a continued run keeps the run's value)."""
+    parser = argparse.ArgumentParser("python -m utils.train", argument_default=argparse.SUPPRESS,
                                      description="The notebooks' training code: one option per TrainConfig field.")
     for f in fields(TrainConfig):
         typed = (dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool)
                  else dict(type=type(f.default), metavar=f.name.upper()))
-        parser.add_argument(_option(f.name), default=f.default if defaults else argparse.SUPPRESS,
-                            help=f.metadata["help"], **typed)
+        parser.add_argument(_option(f.name), help=f"{f.metadata['help']} (default: {f.default})", **typed)
     return parser
 
 
 def config_to_argv(config: TrainConfig) -> list[str]:
     """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
-    argv = []
-    for name, value in dataclasses.asdict(config).items():
-        if isinstance(value, bool):
-            argv.append(_option(name) if value else _option("no_" + name))
-        else:
-            argv += [_option(name), str(value)]
-    return argv
+    values = dataclasses.asdict(config).items()
+    return [_option(name if value else "no_" + name) if isinstance(value, bool) else f"{_option(name)}={value}"
+            for name, value in values]
 
 
 def _option(name: str) -> str:

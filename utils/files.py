@@ -1,6 +1,5 @@
-"""Every file this project writes or reads back goes through here: `atomic_path` (the old file or the new one, a
-failure one `CannotWrite` line), the guard every command passes before writing where it is told (`output_file`,
-`output_folder`), and `load_data` / `read_json`, which never run code, wait on a FIFO or read a huge file."""
+"""Every file written or read back goes through here: `atomic_path` (the old file or the new, a failure one line),
+the guard before writing where told (`output_file`, `output_folder`), readers that never run code or wait on a FIFO."""
 
 from __future__ import annotations
 
@@ -74,8 +73,7 @@ def check_free_space(path: str | Path, needs_bytes: int) -> None:
 
 
 def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) -> OSError:
-    """`error`, raised while another library wrote `path`, as atomic_path's CannotWrite (one without an errno, such
-    as a network error, is returned as it is)."""
+    """`error`, raised while a library wrote `path`, as atomic_path's CannotWrite (one without errno: as it is)."""
     return error if error.errno is None else _explain(error, Path(path), Path(path), needs_bytes)
 
 
@@ -87,15 +85,11 @@ def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError
     nearly_full = free is not None and free < max(needs_bytes - written, 1 << 20)
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (error.errno in (None, errno.EIO) and nearly_full):
         return CannotWrite(_disk_full_message(path, needs_bytes, free, written))
-    if error.errno == errno.ENAMETOOLONG:
-        return CannotWrite(f"cannot write {path}: the name is too long for this file system "
-                           f"({len(path.name)} characters): use a shorter folder or file name")
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
-        return CannotWrite(f"cannot write {path} ({error.strerror}): make the folder writable or choose another one "
-                           "(on Kaggle, under /kaggle/working)")
-    if error.errno in (None, errno.EIO):
-        return CannotWrite(f"writing {path} failed ({error.strerror or error}): check the disk, then try again")
-    return error
+    if error.errno in (None, errno.EIO, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                       errno.EEXIST):
+        return CannotWrite(f"cannot write {path} ({error.strerror or error}): make the folder writable or choose "
+                           "another one, or a shorter name (on Kaggle, write under /kaggle/working)")
+    return error   # such as a folder that vanished: the caller says what that means
 
 
 def _disk_full_message(path: Path, needs_bytes: int, free: int | None, written: int = 0) -> str:
@@ -149,8 +143,7 @@ def run_part(path: Path) -> str:
 
 
 def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
-    """`folder` if a command may write its files there: not a file, not a run folder or its samples/, and holding
-    nothing but files named like `keep` (and temporary files of an interrupted write); else OutputRefused."""
+    """`folder` if a command may write there (not a run folder nor its samples/, holding only `keep` files)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputRefused(f"{what} {folder} is a file: pass a folder (it is created if missing)")
@@ -166,15 +159,13 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
 
 
 def output_file(path: str | Path, what: str) -> Path:
-    """`path` if a command may write it: not a folder, not a run's own file nor in its samples/, and either new, a
-    picture a run remakes (REMADE) or a file this project made (it holds MAKER); else OutputRefused."""
+    """`path` if a command may write it: not a run's own file nor in its samples/; new, REMADE or `made_here`."""
     path = Path(path)
     if path.is_dir():
         raise OutputRefused(f"{what} {path} is a folder: pass the name of the file to write")
     part = run_part(path)
     if part:
-        raise OutputRefused(f"{what} {path} is {part}: writing it would replace what training wrote; "
-                            "choose a file outside the run's own files and samples/")
+        raise OutputRefused(f"{what} {path} is {part}: choose a file outside the run's own files and samples/")
     remade = path.name in REMADE and is_run_folder(path.parent)
     if (path.exists() or path.is_symlink()) and not remade and not made_here(path):
         raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another "
@@ -182,25 +173,23 @@ def output_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def made_here(path: Path, window: int = 1 << 20) -> bool:
-    """Whether the regular file (never a FIFO) `path` holds MAKER_BYTES in its first `window` bytes, where the PNG,
-    GIF and TorchScript writers put it."""
+def made_here(path: Path) -> bool:
+    """Whether the regular file `path` holds MAKER_BYTES in its first MiB (where PNG, GIF and TorchScript put it)."""
     try:
         if not path.is_file():
             return False
         with open(path, "rb") as file:
-            return MAKER_BYTES in file.read(window)
+            return MAKER_BYTES in file.read(1 << 20)
     except OSError:
         return False
 
 
-def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
-    """The JSON in `path`; a ValueError saying why (not a regular file, such as a FIFO that would wait for ever; too
-    large; not JSON), or an OSError."""
+def read_json(path: str | Path) -> Any:
+    """The JSON in `path`, or a ValueError saying why not (a FIFO would wait for ever, a huge file fill the memory)."""
     info = Path(path).stat()
     if not stat.S_ISREG(info.st_mode):
         raise ValueError("is not a regular file")
-    if info.st_size > max_bytes:
+    if info.st_size > 64 * 2**20:
         raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
     try:
         return json.loads(Path(path).read_bytes())

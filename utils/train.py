@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from utils.config import TrainConfig, build_parser
 from utils.errors import ConfigError, run_cli
+from utils.urls import is_url
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -13,30 +14,25 @@ def main(argv: list[str] | None = None) -> None:
 
 def _train_from_command_line(argv: list[str] | None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    given = vars(build_parser(defaults=False).parse_args(argv))
-    try:
-        config = TrainConfig(**vars(args))
-    except ConfigError as error:
-        parser.error(str(error))
-    from utils.run import run_dir_of, saved_config  # after argument checks: --help stays fast
+    given = vars(parser.parse_args(argv))
+    from utils.run import run_dir_of, saved_config  # after parsing: --help stays fast
     from utils.training import train
-    from utils.urls import is_url
     from utils.distributed import is_main, shutdown
     from utils.visualize import save_history_plot
 
-    run_dir = run_dir_of(config)
-    saved = saved_config(run_dir) if config.resume else None
-    if saved is not None:  # continuing: what is not given keeps the run's value, what is given is a change
-        if "data" not in given and is_url(saved.data) and "***" in saved.data:
-            parser.error(f"the run's data URL is stored without its password or token ({saved.data}): give it again "
-                         "with --data URL to continue")
-        try:
+    try:
+        config = TrainConfig(**given)
+        run_dir = run_dir_of(config)
+        saved = saved_config(run_dir) if config.resume else None
+        if saved is not None:  # continuing: what is not given keeps the run's value, what is given is a change
+            if "data" not in given and is_url(saved.data) and "***" in saved.data:
+                raise ConfigError(f"the run's data URL is stored without its password or token ({saved.data}): give "
+                                  "it again with --data URL to continue")
             config = TrainConfig.from_dict(saved.to_dict() | given | {"out": config.out})
-        except ConfigError as error:
-            parser.error(str(error))
-        if is_main():
-            print(f"continuing {run_dir}: options not given keep the run's values")
+            if is_main():
+                print(f"continuing {run_dir}: options not given keep the run's values")
+    except ConfigError as error:
+        parser.error(str(error))
     result = train(config)
     shutdown()
     if is_main():
