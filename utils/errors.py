@@ -1,8 +1,6 @@
 """A failure the user can fix is one line, credentials hidden: `error: <message>` and exit status 1 on a command line
 (`run_cli`), the message alone in a notebook (the cell still fails). Anything else is a bug: a full traceback."""
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Callable
 

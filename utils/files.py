@@ -1,8 +1,6 @@
 """Every file written or read back goes through here: `atomic_path` (the old file or the new, a failure one line),
 the guard before writing where told (`output_file`, `output_folder`), readers that never run code or wait on a FIFO."""
 
-from __future__ import annotations
-
 import errno
 import json
 import os

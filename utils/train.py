@@ -1,8 +1,6 @@
 """`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field (README). The same
 command again continues its run, the options not given keeping the run's own values."""
 
-from __future__ import annotations
-
 from utils.config import TrainConfig, build_parser
 from utils.errors import ConfigError, run_cli
 from utils.urls import is_url
