@@ -41,10 +41,9 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
         if needs_bytes:
             check_free_space(path, needs_bytes)
         yield tmp
-        _fsync(tmp)
+        with open(tmp, "rb+") as file:   # "rb+": Windows syncs only files open for writing
+            os.fsync(file.fileno())
         os.replace(tmp, path)
-        with suppress(OSError):   # the new name on disk too (Windows and some network file systems cannot)
-            _fsync(path.parent)
     except OSError as error:
         raise _explain(error, path, tmp, needs_bytes)
     except RuntimeError as error:  # torch.save reports a failed write as "[enforce fail at inline_container.cc...]"
@@ -55,16 +54,7 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
         tmp.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)   # Windows syncs only writable handles
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def check_free_space(path: str | Path, needs_bytes: int) -> None:
-    """Raise CannotWrite if the disk that will hold `path` has less than `needs_bytes` free."""
     free = _free_bytes(Path(path))
     if free is not None and free < needs_bytes:
         raise CannotWrite(_disk_full_message(Path(path), needs_bytes, free))
@@ -113,7 +103,6 @@ class OutputRefused(UserError, ValueError):
 
 
 def frame_path(run_dir: str | Path, epoch: int) -> Path:
-    """Where the sample grid of `epoch` (1-based) lives: RUN_DIR/samples/epoch_001.png."""
     return Path(run_dir) / SAMPLES / f"epoch_{epoch:03d}.png"
 
 
@@ -125,7 +114,6 @@ def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def is_run_folder(folder: str | Path) -> bool:
-    """A folder a training run wrote: it holds a checkpoint, a config.json, a history.json or epoch grids."""
     return any((Path(folder) / name).is_file() for name in (CHECKPOINT, CONFIG, HISTORY)) or bool(list_frames(folder))
 
 
