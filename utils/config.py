@@ -1,8 +1,6 @@
 """Every knob of a training run: `TrainConfig`, its validation (a one-line ConfigError naming the field before any
 work starts) and its command line, one option per field (`build_parser`)."""
 
-from __future__ import annotations
-
 import argparse
 import dataclasses
 import json
@@ -146,12 +144,12 @@ class TrainConfig:
             tmp.write_text(json.dumps(self.to_dict(stored=True), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict such as config.json, ignoring keys this version does not know."""
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
+    def load(cls, path: str | Path) -> "TrainConfig":
         """Read a config.json; one that is not JSON of valid settings raises ConfigError naming the file."""
         try:
             values = read_json(path)
