@@ -17,8 +17,7 @@ from utils.urls import redact_url
 
 MAX_SEED = 2**32 - 1   # each epoch's generators are seeded from (seed, epoch) within 64 bits (utils/training.py)
 
-# `recipe="improved"` (benchmarks/results/quality-cpu-*.log): G's EMA, spectral norm, hinge loss and SNGAN/BigGAN's
-# Adam (faster rates, D's the fastest, no first-moment momentum), set in the fields left at their defaults.
+# What recipe="improved" sets in fields left at their defaults (SNGAN/BigGAN's; benchmarks/results/quality-cpu-*.log)
 IMPROVED_RECIPE = dict(ema_decay=0.999, spectral_norm=True, loss="hinge", lr_d=1e-3, lr_g=5e-4, beta1=0.0, beta2=0.99)
 
 
@@ -26,9 +25,8 @@ def _declare(default: Any, help: str, kind: str, names_run: bool = False, how: b
     return field(default=default, metadata={"kind": kind, "names_run": names_run, "how": how, "help": help})
 
 
-# What a field is for a run, and its `--help`: `fixed` (networks, data, the game: a trained run refuses another value,
-# which names a new run); `tunable` between epochs (`names_run=True`: another value names a new run); `how`: tunable,
-# only how fast, where or how often; `call`: this call only (`recipe` is resolved into the fields it sets).
+# What a field is for a run: `fixed` (a trained run refuses another value, which names a new run), `tunable` between
+# epochs (`names_run`: another value names a new run), `how` (tunable: how fast, where, how often), `call` (this call).
 fixed = partial(_declare, kind="fixed", names_run=True)
 tunable = partial(_declare, kind="tunable")
 how = partial(_declare, kind="tunable", how=True)
