@@ -184,17 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("python -m utils.train", argument_default=argparse.SUPPRESS,
                                      description="The notebooks' training code: one option per TrainConfig field.")
     for f in fields(TrainConfig):
-        typed = (dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool)
-                 else dict(type=type(f.default), metavar=f.name.upper()))
-        parser.add_argument(_option(f.name), help=f"{f.metadata['help']} (default: {f.default})", **typed)
+        arg = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
+        parser.add_argument(_option(f.name), help=f"{f.metadata['help']} (default: {f.default})", **arg)
     return parser
 
 
 def config_to_argv(config: TrainConfig) -> list[str]:
     """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
-    values = dataclasses.asdict(config).items()
     return [_option(name if value else "no_" + name) if isinstance(value, bool) else f"{_option(name)}={value}"
-            for name, value in values]
+            for name, value in dataclasses.asdict(config).items()]
 
 
 def _option(name: str) -> str:

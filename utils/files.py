@@ -38,8 +38,7 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
     try:
         if make_folder:
             path.parent.mkdir(parents=True, exist_ok=True)
-        if needs_bytes:
-            check_free_space(path, needs_bytes)
+        check_free_space(path, needs_bytes)
         yield tmp
         with open(tmp, "rb+") as file:   # "rb+": Windows syncs only files open for writing
             os.fsync(file.fileno())

@@ -37,7 +37,7 @@ def _train_from_command_line(argv: list[str] | None) -> None:
         plot = save_history_plot(result.history, result.run_dir / "history.png")
         print(f"done: {result.epochs_done} epochs in {result.run_dir} (samples/, checkpoint.pt, history.json, "
               f"{plot.name}); make the GIF with: python -m utils.gif {result.run_dir}")
-        for line in (result.history["epochs"][-1].get("diagnosis", {}) if result.history["epochs"] else {}).values():
+        for line in (result.history["epochs"] or [{}])[-1].get("diagnosis", {}).values():
             print(f"still seen in the last epoch: {line}")
 
 
