@@ -53,6 +53,7 @@ def files_of(folder: Path) -> dict[str, bytes]:
 WRITES_INTO_THE_RUN = {   # (module, arguments): RUN is the run folder, OUT a fresh folder beside it
     "grid over checkpoint": ("utils.generate", "RUN", "--n", 2, "--out", "OUT/f", "--grid", "RUN/checkpoint.pt"),
     "morph over checkpoint": ("utils.generate", "RUN", "--morph", "grid:0", "grid:1", "--out", "RUN/checkpoint.pt"),
+    "export over checkpoint": ("utils.export", "RUN", "--out", "RUN/checkpoint.pt"),
     "grid over a grid": ("utils.generate", "RUN", "--n", 2, "--out", "OUT/f", "--grid", "RUN/samples/epoch_001.png"),
     "faces into the run": ("utils.generate", "RUN", "--out", "RUN"),
     "faces into samples": ("utils.generate", "RUN", "--out", "RUN/samples"),
