@@ -1,5 +1,4 @@
-"""Every knob of a training run: `TrainConfig`, its validation (a one-line ConfigError naming the field before any
-work starts) and its command line, one option per field (`build_parser`)."""
+"""Every knob of a training run: `TrainConfig`, its checks (one ConfigError line naming the field), its command line."""
 
 import argparse
 import dataclasses

@@ -1,5 +1,4 @@
-"""Every file written or read back goes through here: `atomic_path` (the old file or the new, a failure one line),
-the guard before writing where told (`output_file`, `output_folder`), readers that never run code or wait on a FIFO."""
+"""Every file written or read back: `atomic_path`, the guard before writing where told, readers that never run code."""
 
 import errno
 import json

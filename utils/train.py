@@ -1,5 +1,4 @@
-"""`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field (README). The same
-command again continues its run, the options not given keeping the run's own values."""
+"""`python -m utils.train`: the notebooks' training from a shell (README); the same command again continues its run."""
 
 from utils.config import TrainConfig, build_parser
 from utils.errors import ConfigError, run_cli
