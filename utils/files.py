@@ -182,8 +182,7 @@ def read_json(path: str | Path) -> Any:
 
 
 def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
-    """The tensors and plain data in the PyTorch file `path`, on the CPU, never running code from it. An unusable
-    file raises `error`: one line naming it (`what` it should be), what is wrong and the `remedy`."""
+    """The tensors and plain data in the PyTorch file `path`, never running its code; else `error`, with `remedy`."""
     import torch   # here: `python -m utils.train --help` imports this module and must stay fast
 
     path = Path(path)

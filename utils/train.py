@@ -2,7 +2,6 @@
 
 from utils.config import TrainConfig, build_parser
 from utils.errors import ConfigError, run_cli
-from utils.urls import is_url
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +21,7 @@ def _train_from_command_line(argv: list[str] | None) -> None:
         run_dir = run_dir_of(config)
         saved = saved_config(run_dir) if config.resume else None
         if saved is not None:  # continuing: what is not given keeps the run's value, what is given is a change
-            if "data" not in given and is_url(saved.data) and "***" in saved.data:
+            if "data" not in given and "***" in saved.data:   # config.json hides a URL's token
                 raise ConfigError(f"the run's data URL is stored without its password or token ({saved.data}): give "
                                   "it again with --data URL to continue")
             config = TrainConfig.from_dict(saved.to_dict() | given | {"out": config.out})
