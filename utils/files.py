@@ -39,9 +39,10 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
             path.parent.mkdir(parents=True, exist_ok=True)
         check_free_space(path, needs_bytes)
         yield tmp
-        with open(tmp, "rb+") as file:   # "rb+": Windows syncs only files open for writing
-            os.fsync(file.fileno())
+        _fsync(tmp)
         os.replace(tmp, path)
+        with suppress(OSError):   # the new name on disk too (Windows and some network file systems cannot)
+            _fsync(path.parent)
     except OSError as error:
         raise _explain(error, path, tmp, needs_bytes)
     except RuntimeError as error:  # torch.save reports a failed write as "[enforce fail at inline_container.cc...]"
@@ -50,6 +51,14 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
         raise _explain(OSError(None, str(error).splitlines()[0]), path, tmp, needs_bytes) from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)   # Windows syncs only writable handles
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_free_space(path: str | Path, needs_bytes: int) -> None:
