@@ -168,13 +168,11 @@ def output_file(path: str | Path, what: str) -> Path:
 
 def made_here(path: Path) -> bool:
     """Whether the regular file `path` holds MAKER_BYTES in its first MiB (where PNG, GIF and TorchScript put it)."""
-    try:
-        if not path.is_file():
-            return False
-        with open(path, "rb") as file:
-            return MAKER_BYTES in file.read(1 << 20)
-    except OSError:
-        return False
+    with suppress(OSError):
+        if path.is_file():   # never open a FIFO: it would wait for a writer
+            with open(path, "rb") as file:
+                return MAKER_BYTES in file.read(1 << 20)
+    return False
 
 
 def read_json(path: str | Path) -> Any:
