@@ -190,8 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_to_argv(config: TrainConfig) -> list[str]:
     """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
-    return [_option(name if value else "no_" + name) if isinstance(value, bool) else f"{_option(name)}={value}"
-            for name, value in dataclasses.asdict(config).items()]
+    argv = []
+    for name, value in dataclasses.asdict(config).items():
+        argv += [_option(name if value else "no_" + name)] if isinstance(value, bool) else [_option(name), str(value)]
+    return argv
 
 
 def _option(name: str) -> str:
