@@ -97,8 +97,7 @@ class TrainConfig:
                 setattr(self, f.name, float(value))
             elif type(value) is not expected:
                 raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
-        size = self.image_size
-        self._check(size >= 16 and size & (size - 1) == 0, "image_size", "a power of two >= 16 (16, 32, 64, 128, ...)")
+        self._check(self.image_size >= 16 and self.image_size.bit_count() == 1, "image_size", "a power of two >= 16")
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
         self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
         for name, smallest in _AT_LEAST.items():
@@ -109,8 +108,7 @@ class TrainConfig:
             self._check(0 < getattr(self, name) <= 1, name, "in (0, 1]")
         for name in ("beta1", "beta2", "ema_decay"):
             self._check(0 <= getattr(self, name) < 1, name, "in [0, 1)")
-        self._check(0 <= self.fake_label < self.real_label, "fake_label",
-                    f"in [0, real_label) (0 = no smoothing; real_label is {self.real_label!r})")
+        self._check(0 <= self.fake_label < self.real_label, "fake_label", f"in [0, real_label={self.real_label!r})")
         self._check(0 <= self.label_flip < 0.5, "label_flip", "in [0, 0.5) (0 = off; at 0.5 the labels say nothing)")
         for name in ("real_label", "fake_label", "label_flip"):
             if self.loss == "hinge" and getattr(self, name) != _DEFAULTS[name]:
@@ -118,8 +116,7 @@ class TrainConfig:
                                   f"targets to smooth or flip: leave {name} at {_DEFAULTS[name]!r}, or use loss='bce'")
         unknown = set(filter(None, self.diffaugment.split(","))) - {"color", "translation", "cutout"}
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
-        self._check(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device) is not None, "device",
-                    "'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
+        self._check(bool(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device)), "device", "auto, cuda[:N], mps or cpu")
         self._check(0 <= self.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}]")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
 
