@@ -116,7 +116,7 @@ class TrainConfig:
                                   f"targets to smooth or flip: leave {name} at {_DEFAULTS[name]!r}, or use loss='bce'")
         unknown = set(filter(None, self.diffaugment.split(","))) - {"color", "translation", "cutout"}
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
-        self._check(bool(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device)), "device", "auto, cuda[:N], mps or cpu")
+        self._check(bool(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device)), "device", "auto, cpu, mps, cuda[:N]")
         self._check(0 <= self.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}]")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
 
