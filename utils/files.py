@@ -88,8 +88,9 @@ def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError
 
 
 def _disk_full_message(path: Path, needs_bytes: int, free: int | None, written: int = 0) -> str:
-    needed = f"about {_mib(needs_bytes)}" if needs_bytes else f"more than the {_mib(written)} written until it was full"
-    has = f"{_mib(free)} free" if free is not None else "no free space"
+    needed = (f"about {needs_bytes / 2**20:,.1f} MiB" if needs_bytes
+              else f"more than the {written / 2**20:,.1f} MiB written until it was full")
+    has = f"{free / 2**20:,.1f} MiB free" if free is not None else "no free space"
     return (f"no space left to write {path}: it needs {needed} and the disk has {has}. Free some space (old runs in "
             "generated/, decoded caches in data/cache/) or write to another disk")
 
@@ -99,10 +100,6 @@ def _free_bytes(path: Path) -> int | None:
     with suppress(OSError):
         return shutil.disk_usage(folder).free
     return None
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
 
 
 class OutputRefused(UserError, ValueError):
