@@ -161,8 +161,7 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 _AT_LEAST = dict(max_images=0, latent_dim=1, g_width=1, d_width=1, epochs=1, batch_size=1, log_every=1,
                  max_minutes=0, fid_every=0, fid_samples=2, fid_real=0)
 _WORDS = dict(recipe=("dcgan", "improved"), loss=("bce", "hinge"), amp=("auto", "bf16", "fp16", "off"),
-              channels_last=("auto", "on", "off"), cuda_graphs=("auto", "on", "off"),
-              data_on_device=("auto", "on", "off"))
+              **dict.fromkeys(("channels_last", "cuda_graphs", "data_on_device"), ("auto", "on", "off")))
 
 
 def _names(**wanted: Any) -> tuple[str, ...]:
