@@ -163,15 +163,11 @@ _AT_LEAST = dict(max_images=0, latent_dim=1, g_width=1, d_width=1, epochs=1, bat
 _WORDS = dict(recipe=("dcgan", "improved"), loss=("bce", "hinge"), amp=("auto", "bf16", "fp16", "off"),
               **dict.fromkeys(("channels_last", "cuda_graphs", "data_on_device"), ("auto", "on", "off")))
 
-
-def _names(**wanted: Any) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(TrainConfig) if all(f.metadata.get(k) == v for k, v in wanted.items()))
-
-
-FIXED_FIELDS = _names(kind="fixed")
-TUNABLE_FIELDS = _names(kind="tunable")
-NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)   # what names a run folder, in this order
-HOW_FIELDS = _names(how=True)   # left out of compare's table of differences
+_KINDS = {f.name: f.metadata for f in fields(TrainConfig)}
+FIXED_FIELDS = tuple(name for name, kind in _KINDS.items() if kind.get("kind") == "fixed")
+TUNABLE_FIELDS = tuple(name for name, kind in _KINDS.items() if kind.get("kind") == "tunable")
+NAMED_FIELDS = FIXED_FIELDS + tuple(name for name in TUNABLE_FIELDS if _KINDS[name]["names_run"])   # in this order
+HOW_FIELDS = tuple(name for name in TUNABLE_FIELDS if _KINDS[name]["how"])   # not in compare's table of differences
 
 
 def build_parser() -> argparse.ArgumentParser:
