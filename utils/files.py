@@ -158,8 +158,7 @@ def output_file(path: str | Path, what: str) -> Path:
         raise OutputRefused(f"{what} {path} is {part}: choose a file outside the run's own files and samples/")
     remade = path.name in REMADE and is_run_folder(path.parent)
     if (path.exists() or path.is_symlink()) and not remade and not made_here(path):
-        raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another "
-                            "name, or move that file away yourself")
+        raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another name")
     return path
 
 
