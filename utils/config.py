@@ -1,7 +1,4 @@
-"""Every knob of a training run: `TrainConfig`, its validation (a one-line ConfigError naming the field before any
-work starts) and its command line, one option per field (`build_parser`)."""
-
-from __future__ import annotations
+"""Every knob of a training run: `TrainConfig`, its checks (one ConfigError line naming the field), its command line."""
 
 import argparse
 import dataclasses
@@ -19,9 +16,7 @@ from utils.urls import redact_url
 
 MAX_SEED = 2**32 - 1   # each epoch's generators are seeded from (seed, epoch) within 64 bits (utils/training.py)
 
-# What `recipe="improved"` sets in the fields left at their defaults (benchmarks/results/quality-cpu-*.log): sample
-# from an EMA of G, spectral norm instead of D's BatchNorm, the hinge loss, and SNGAN/SAGAN/BigGAN's Adam: faster
-# rates, D's the fastest (two-timescale), without first-moment momentum; SN, hinge and EMA keep it stable.
+# What recipe="improved" sets in fields left at their defaults (SNGAN/BigGAN's; benchmarks/results/quality-cpu-*.log)
 IMPROVED_RECIPE = dict(ema_decay=0.999, spectral_norm=True, loss="hinge", lr_d=1e-3, lr_g=5e-4, beta1=0.0, beta2=0.99)
 
 
@@ -29,10 +24,8 @@ def _declare(default: Any, help: str, kind: str, names_run: bool = False, how: b
     return field(default=default, metadata={"kind": kind, "names_run": names_run, "how": how, "help": help})
 
 
-# What a field is for a run, and its `--help` text: `fixed` fixes the networks, the data or the game (a trained run
-# refuses another value, which names a new run); `tunable` may change between epochs (`names_run=True`: it changes
-# what is learned, so another value names a new run); `how` is tunable and only says how fast, where or how often;
-# `call` is about this call only (`recipe` is resolved into the fields it sets).
+# What a field is for a run: `fixed` (a trained run refuses another value, which names a new run), `tunable` between
+# epochs (`names_run`: another value names a new run), `how` (tunable: how fast, where, how often), `call` (this call).
 fixed = partial(_declare, kind="fixed", names_run=True)
 tunable = partial(_declare, kind="tunable")
 how = partial(_declare, kind="tunable", how=True)
@@ -90,41 +83,32 @@ class TrainConfig:
     fid_weights: str = how("", 'path to pt_inception-2015-12-05 weights for offline use ("" = download)')
 
     def __post_init__(self) -> None:
-        self._check_types()
         if self.recipe == "improved":
             for name, value in IMPROVED_RECIPE.items():
                 if getattr(self, name) == _DEFAULTS[name]:
                     setattr(self, name, value)
         self.validate()
 
-    def _check_types(self) -> None:
-        """Raise ConfigError naming the first field of another type; an int given for a float field becomes a float."""
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field of another type or out of range (`train()` checks again)."""
         for f in fields(self):
             value, expected = getattr(self, f.name), type(f.default)
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):   # 1 means 1.0
                 setattr(self, f.name, float(value))
             elif type(value) is not expected:
                 raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
-
-    def validate(self) -> None:
-        """Raise ConfigError naming the first field of another type or out of range (`train()` checks again)."""
-        self._check_types()
-        size = self.image_size
-        self._check(size >= 16 and size & (size - 1) == 0, "image_size", "a power of two >= 16 (16, 32, 64, 128, ...)")
+        self._check(self.image_size >= 16 and self.image_size.bit_count() == 1, "image_size", "a power of two >= 16")
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
         self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
         for name, smallest in _AT_LEAST.items():
             self._check(getattr(self, name) >= smallest, name, f">= {smallest}")
         for name, words in _WORDS.items():
             self._check(getattr(self, name) in words, name, ", ".join(map(repr, words[:-1])) + f" or {words[-1]!r}")
-        for name in ("lr_g", "lr_d"):
+        for name in ("lr_g", "lr_d", "real_label"):
             self._check(0 < getattr(self, name) <= 1, name, "in (0, 1]")
-        for name in ("beta1", "beta2"):
+        for name in ("beta1", "beta2", "ema_decay"):
             self._check(0 <= getattr(self, name) < 1, name, "in [0, 1)")
-        self._check(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
-        self._check(0 < self.real_label <= 1, "real_label", "in (0, 1] (1 = no smoothing)")
-        self._check(0 <= self.fake_label < self.real_label, "fake_label",
-                    f"in [0, real_label) (0 = no smoothing; real_label is {self.real_label!r})")
+        self._check(0 <= self.fake_label < self.real_label, "fake_label", f"in [0, real_label={self.real_label!r})")
         self._check(0 <= self.label_flip < 0.5, "label_flip", "in [0, 0.5) (0 = off; at 0.5 the labels say nothing)")
         for name in ("real_label", "fake_label", "label_flip"):
             if self.loss == "hinge" and getattr(self, name) != _DEFAULTS[name]:
@@ -132,8 +116,7 @@ class TrainConfig:
                                   f"targets to smooth or flip: leave {name} at {_DEFAULTS[name]!r}, or use loss='bce'")
         unknown = set(filter(None, self.diffaugment.split(","))) - {"color", "translation", "cutout"}
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
-        self._check(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device) is not None, "device",
-                    "'auto', 'cuda', 'cuda:N', 'mps' or 'cpu'")
+        self._check(bool(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device)), "device", "auto, cpu, mps, cuda[:N]")
         self._check(0 <= self.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}]")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
 
@@ -142,8 +125,7 @@ class TrainConfig:
             raise ConfigError(f"config field '{field}' must be {allowed}; got {getattr(self, field)!r}")
 
     def scaled_lrs(self, world_size: int = 1) -> tuple[float, float]:
-        """(lr_g, lr_d), with `scale_lr` x sqrt(batch_size x processes / 128): Adam's square-root rule, not SGD's
-        linear one, keeps a larger batch close to the reference recipe."""
+        """(lr_g, lr_d), with `scale_lr` x sqrt(batch_size x processes / 128): Adam's square-root rule, not SGD's."""
         factor = math.sqrt(self.batch_size * world_size / 128) if self.scale_lr else 1.0
         return self.lr_g * factor, self.lr_d * factor
 
@@ -156,15 +138,15 @@ class TrainConfig:
             tmp.write_text(json.dumps(self.to_dict(stored=True), indent=2) + "\n")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Build from a dict such as config.json, ignoring keys this version does not know."""
         return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
+    def load(cls, path: str | Path) -> "TrainConfig":
         """Read a config.json; one that is not JSON of valid settings raises ConfigError naming the file."""
         try:
-            values = read_json(path)   # a ValueError if not a regular file, too large or not JSON
+            values = read_json(path)
             if not isinstance(values, dict):
                 raise ValueError("does not hold settings (a JSON object of config fields)")
             return cls.from_dict(values)
@@ -179,39 +161,22 @@ _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 _AT_LEAST = dict(max_images=0, latent_dim=1, g_width=1, d_width=1, epochs=1, batch_size=1, log_every=1,
                  max_minutes=0, fid_every=0, fid_samples=2, fid_real=0)
 _WORDS = dict(recipe=("dcgan", "improved"), loss=("bce", "hinge"), amp=("auto", "bf16", "fp16", "off"),
-              channels_last=("auto", "on", "off"), cuda_graphs=("auto", "on", "off"),
-              data_on_device=("auto", "on", "off"))
+              **dict.fromkeys(("channels_last", "cuda_graphs", "data_on_device"), ("auto", "on", "off")))
+
+_KINDS = {f.name: f.metadata for f in fields(TrainConfig)}
+FIXED_FIELDS = tuple(name for name, kind in _KINDS.items() if kind.get("kind") == "fixed")
+TUNABLE_FIELDS = tuple(name for name, kind in _KINDS.items() if kind.get("kind") == "tunable")
+NAMED_FIELDS = FIXED_FIELDS + tuple(name for name in TUNABLE_FIELDS if _KINDS[name]["names_run"])   # in this order
+HOW_FIELDS = tuple(name for name in TUNABLE_FIELDS if _KINDS[name]["how"])   # not in compare's table of differences
 
 
-def field_kinds(config_class: type = TrainConfig) -> dict[str, dict[str, Any]]:
-    """Each field's metadata; a field declared without `fixed`, `tunable`, `how` or `call` raises TypeError naming
-    it, since a continued run would otherwise silently ignore or take its value."""
-    for f in fields(config_class):
-        if f.metadata.get("kind") not in ("fixed", "tunable", "call"):
-            raise TypeError(f"{config_class.__name__} field '{f.name}' does not say what it is for a run: declare it "
-                            "with fixed(), tunable(), how() or call() (utils/config.py)")
-    return {f.name: dict(f.metadata) for f in fields(config_class)}
-
-
-def _names(**wanted: Any) -> tuple[str, ...]:
-    return tuple(name for name, kind in field_kinds().items() if all(kind[k] == v for k, v in wanted.items()))
-
-
-FIXED_FIELDS = _names(kind="fixed")
-TUNABLE_FIELDS = _names(kind="tunable")
-NAMED_FIELDS = FIXED_FIELDS + _names(kind="tunable", names_run=True)   # what names a run folder, in this order
-HOW_FIELDS = _names(how=True)   # left out of compare's table of differences
-
-
-def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
-    """One option per TrainConfig field; `defaults=False` leaves out the options not given (to tell which were)."""
-    parser = argparse.ArgumentParser("python -m utils.train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def build_parser() -> argparse.ArgumentParser:
+    """One option per TrainConfig field; an option not given is left out (a continued run keeps the run's value)."""
+    parser = argparse.ArgumentParser("python -m utils.train", argument_default=argparse.SUPPRESS,
                                      description="The notebooks' training code: one option per TrainConfig field.")
     for f in fields(TrainConfig):
-        typed = (dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool)
-                 else dict(type=type(f.default), metavar=f.name.upper()))
-        parser.add_argument(_option(f.name), default=f.default if defaults else argparse.SUPPRESS,
-                            help=f.metadata["help"], **typed)
+        arg = dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else dict(type=type(f.default))
+        parser.add_argument(_option(f.name), help=f"{f.metadata['help']} (default: {f.default})", **arg)
     return parser
 
 
@@ -219,10 +184,7 @@ def config_to_argv(config: TrainConfig) -> list[str]:
     """The options that rebuild `config` on this command line (used to launch torchrun from a notebook)."""
     argv = []
     for name, value in dataclasses.asdict(config).items():
-        if isinstance(value, bool):
-            argv.append(_option(name) if value else _option("no_" + name))
-        else:
-            argv += [_option(name), str(value)]
+        argv += [_option(name if value else "no_" + name)] if isinstance(value, bool) else [_option(name), str(value)]
     return argv
 
 

@@ -1,7 +1,4 @@
-"""A failure the user can fix is one line, credentials hidden: `error: <message>` and exit status 1 on a command line
-(`run_cli`), the message alone in a notebook (the cell still fails). Anything else is a bug: a full traceback."""
-
-from __future__ import annotations
+"""A failure the user can fix is one line, credentials hidden, in a shell or a notebook; anything else a traceback."""
 
 import sys
 from collections.abc import Callable
@@ -39,6 +36,5 @@ def run_cli(main: Callable[[], object]) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt as interrupt:
-        said = f": {interrupt}" if isinstance(interrupt, Interrupted) else ""
-        print(f"\ninterrupted{said}", file=sys.stderr)
+        print(f"\ninterrupted: {interrupt}" if str(interrupt) else "\ninterrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -1,8 +1,4 @@
-"""Every file this project writes or reads back goes through here: `atomic_path` (the old file or the new one, a
-failure one `CannotWrite` line), the guard every command passes before writing where it is told (`output_file`,
-`output_folder`), and `load_data` / `read_json`, which never run code, wait on a FIFO or read a huge file."""
-
-from __future__ import annotations
+"""Every file written or read back: `atomic_path`, the guard before writing where told, readers that never run code."""
 
 import errno
 import json
@@ -41,8 +37,7 @@ def atomic_path(path: str | Path, needs_bytes: int = 0, make_folder: bool = True
     try:
         if make_folder:
             path.parent.mkdir(parents=True, exist_ok=True)
-        if needs_bytes:
-            check_free_space(path, needs_bytes)
+        check_free_space(path, needs_bytes)
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
@@ -67,15 +62,13 @@ def _fsync(path: Path) -> None:
 
 
 def check_free_space(path: str | Path, needs_bytes: int) -> None:
-    """Raise CannotWrite if the disk that will hold `path` has less than `needs_bytes` free."""
     free = _free_bytes(Path(path))
     if free is not None and free < needs_bytes:
         raise CannotWrite(_disk_full_message(Path(path), needs_bytes, free))
 
 
 def explain_write_error(error: OSError, path: str | Path, needs_bytes: int = 0) -> OSError:
-    """`error`, raised while another library wrote `path`, as atomic_path's CannotWrite (one without an errno, such
-    as a network error, is returned as it is)."""
+    """`error`, raised while a library wrote `path`, as atomic_path's CannotWrite (one without errno: as it is)."""
     return error if error.errno is None else _explain(error, Path(path), Path(path), needs_bytes)
 
 
@@ -87,20 +80,17 @@ def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError
     nearly_full = free is not None and free < max(needs_bytes - written, 1 << 20)
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (error.errno in (None, errno.EIO) and nearly_full):
         return CannotWrite(_disk_full_message(path, needs_bytes, free, written))
-    if error.errno == errno.ENAMETOOLONG:
-        return CannotWrite(f"cannot write {path}: the name is too long for this file system "
-                           f"({len(path.name)} characters): use a shorter folder or file name")
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
-        return CannotWrite(f"cannot write {path} ({error.strerror}): make the folder writable or choose another one "
-                           "(on Kaggle, under /kaggle/working)")
-    if error.errno in (None, errno.EIO):
-        return CannotWrite(f"writing {path} failed ({error.strerror or error}): check the disk, then try again")
-    return error
+    if error.errno in (None, errno.EIO, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                       errno.EEXIST):
+        return CannotWrite(f"cannot write {path} ({error.strerror or error}): make the folder writable or choose "
+                           "another one, or a shorter name (on Kaggle, write under /kaggle/working)")
+    return error   # such as a folder that vanished: the caller says what that means
 
 
 def _disk_full_message(path: Path, needs_bytes: int, free: int | None, written: int = 0) -> str:
-    needed = f"about {_mib(needs_bytes)}" if needs_bytes else f"more than the {_mib(written)} written until it was full"
-    has = f"{_mib(free)} free" if free is not None else "no free space"
+    needed = (f"about {needs_bytes / 2**20:,.1f} MiB" if needs_bytes
+              else f"more than the {written / 2**20:,.1f} MiB written until it was full")
+    has = f"{free / 2**20:,.1f} MiB free" if free is not None else "no free space"
     return (f"no space left to write {path}: it needs {needed} and the disk has {has}. Free some space (old runs in "
             "generated/, decoded caches in data/cache/) or write to another disk")
 
@@ -112,16 +102,11 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
-
-
 class OutputRefused(UserError, ValueError):
     """A command was asked to write where it must not: a run's own file, its samples/, or someone else's file."""
 
 
 def frame_path(run_dir: str | Path, epoch: int) -> Path:
-    """Where the sample grid of `epoch` (1-based) lives: RUN_DIR/samples/epoch_001.png."""
     return Path(run_dir) / SAMPLES / f"epoch_{epoch:03d}.png"
 
 
@@ -133,7 +118,6 @@ def list_frames(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def is_run_folder(folder: str | Path) -> bool:
-    """A folder a training run wrote: it holds a checkpoint, a config.json, a history.json or epoch grids."""
     return any((Path(folder) / name).is_file() for name in (CHECKPOINT, CONFIG, HISTORY)) or bool(list_frames(folder))
 
 
@@ -149,8 +133,7 @@ def run_part(path: Path) -> str:
 
 
 def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
-    """`folder` if a command may write its files there: not a file, not a run folder or its samples/, and holding
-    nothing but files named like `keep` (and temporary files of an interrupted write); else OutputRefused."""
+    """`folder` if a command may write there (not a run folder nor its samples/, holding only `keep` files)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputRefused(f"{what} {folder} is a file: pass a folder (it is created if missing)")
@@ -166,41 +149,34 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
 
 
 def output_file(path: str | Path, what: str) -> Path:
-    """`path` if a command may write it: not a folder, not a run's own file nor in its samples/, and either new, a
-    picture a run remakes (REMADE) or a file this project made (it holds MAKER); else OutputRefused."""
+    """`path` if a command may write it: not a run's own file nor in its samples/; new, REMADE or `made_here`."""
     path = Path(path)
     if path.is_dir():
         raise OutputRefused(f"{what} {path} is a folder: pass the name of the file to write")
     part = run_part(path)
     if part:
-        raise OutputRefused(f"{what} {path} is {part}: writing it would replace what training wrote; "
-                            "choose a file outside the run's own files and samples/")
+        raise OutputRefused(f"{what} {path} is {part}: choose a file outside the run's own files and samples/")
     remade = path.name in REMADE and is_run_folder(path.parent)
     if (path.exists() or path.is_symlink()) and not remade and not made_here(path):
-        raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another "
-                            "name, or move that file away yourself")
+        raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another name")
     return path
 
 
-def made_here(path: Path, window: int = 1 << 20) -> bool:
-    """Whether the regular file (never a FIFO) `path` holds MAKER_BYTES in its first `window` bytes, where the PNG,
-    GIF and TorchScript writers put it."""
-    try:
-        if not path.is_file():
-            return False
-        with open(path, "rb") as file:
-            return MAKER_BYTES in file.read(window)
-    except OSError:
-        return False
+def made_here(path: Path) -> bool:
+    """Whether the regular file `path` holds MAKER_BYTES in its first MiB (where PNG, GIF and TorchScript put it)."""
+    with suppress(OSError):
+        if path.is_file():   # never open a FIFO: it would wait for a writer
+            with open(path, "rb") as file:
+                return MAKER_BYTES in file.read(1 << 20)
+    return False
 
 
-def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
-    """The JSON in `path`; a ValueError saying why (not a regular file, such as a FIFO that would wait for ever; too
-    large; not JSON), or an OSError."""
+def read_json(path: str | Path) -> Any:
+    """The JSON in `path`, or a ValueError saying why not (a FIFO would wait for ever, a huge file fill the memory)."""
     info = Path(path).stat()
     if not stat.S_ISREG(info.st_mode):
         raise ValueError("is not a regular file")
-    if info.st_size > max_bytes:
+    if info.st_size > 64 * 2**20:
         raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
     try:
         return json.loads(Path(path).read_bytes())
@@ -209,8 +185,7 @@ def read_json(path: str | Path, max_bytes: int = 64 * 2**20) -> Any:
 
 
 def load_data(path: str | Path, what: str, error: type[Exception], remedy: str, mmap: bool = False) -> Any:
-    """The tensors and plain data in the PyTorch file `path`, on the CPU, never running code from it. An unusable
-    file raises `error`: one line naming it (`what` it should be), what is wrong and the `remedy`."""
+    """The tensors and plain data in the PyTorch file `path`, never running its code; else `error`, with `remedy`."""
     import torch   # here: `python -m utils.train --help` imports this module and must stay fast
 
     path = Path(path)

@@ -1,7 +1,4 @@
-"""`python -m utils.train`: train the notebooks' GAN from a shell, one option per TrainConfig field (README). The same
-command again continues its run, the options not given keeping the run's own values."""
-
-from __future__ import annotations
+"""`python -m utils.train`: the notebooks' training from a shell (README); the same command again continues its run."""
 
 from utils.config import TrainConfig, build_parser
 from utils.errors import ConfigError, run_cli
@@ -13,37 +10,32 @@ def main(argv: list[str] | None = None) -> None:
 
 def _train_from_command_line(argv: list[str] | None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    given = vars(build_parser(defaults=False).parse_args(argv))
-    try:
-        config = TrainConfig(**vars(args))
-    except ConfigError as error:
-        parser.error(str(error))
-    from utils.run import run_dir_of, saved_config  # after argument checks: --help stays fast
+    given = vars(parser.parse_args(argv))
+    from utils.run import run_dir_of, saved_config  # after parsing: --help stays fast
     from utils.training import train
-    from utils.urls import is_url
     from utils.distributed import is_main, shutdown
     from utils.visualize import save_history_plot
 
-    run_dir = run_dir_of(config)
-    saved = saved_config(run_dir) if config.resume else None
-    if saved is not None:  # continuing: what is not given keeps the run's value, what is given is a change
-        if "data" not in given and is_url(saved.data) and "***" in saved.data:
-            parser.error(f"the run's data URL is stored without its password or token ({saved.data}): give it again "
-                         "with --data URL to continue")
-        try:
+    try:
+        config = TrainConfig(**given)
+        run_dir = run_dir_of(config)
+        saved = saved_config(run_dir) if config.resume else None
+        if saved is not None:  # continuing: what is not given keeps the run's value, what is given is a change
+            if "data" not in given and "***" in saved.data:   # config.json hides a URL's token
+                raise ConfigError(f"the run's data URL is stored without its password or token ({saved.data}): give "
+                                  "it again with --data URL to continue")
             config = TrainConfig.from_dict(saved.to_dict() | given | {"out": config.out})
-        except ConfigError as error:
-            parser.error(str(error))
-        if is_main():
-            print(f"continuing {run_dir}: options not given keep the run's values")
+            if is_main():
+                print(f"continuing {run_dir}: options not given keep the run's values")
+    except ConfigError as error:
+        parser.error(str(error))
     result = train(config)
     shutdown()
     if is_main():
         plot = save_history_plot(result.history, result.run_dir / "history.png")
         print(f"done: {result.epochs_done} epochs in {result.run_dir} (samples/, checkpoint.pt, history.json, "
               f"{plot.name}); make the GIF with: python -m utils.gif {result.run_dir}")
-        for line in (result.history["epochs"][-1].get("diagnosis", {}) if result.history["epochs"] else {}).values():
+        for line in (result.history["epochs"] or [{}])[-1].get("diagnosis", {}).values():
             print(f"still seen in the last epoch: {line}")
 
 

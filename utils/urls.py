@@ -1,5 +1,4 @@
-"""Which `data` strings are URLs, and `redact`, which every error, note, log line and stored `config.data` passes
-through: a password (`https://user:pass@host/`) or token (`?token=...`, `#key=...`) never reaches a screen or a file."""
+"""`redact`, which every error, note, log line and stored `config.data` passes through: no password or token leaves."""
 
 import re
 
