@@ -16,7 +16,7 @@ from utils.config import TrainConfig
 from utils.choose import choose_run
 from utils.environment import cached_trial, trial_cache_file, _trial_key
 from utils.errors import UserError
-from utils.estimate import epochs_done, measured_speed
+from utils.estimate import epochs_done
 from utils.export import export_generator
 from utils.files import CHECKPOINT, CONFIG, HISTORY, OutputRefused, list_frames, made_here, read_json
 from utils.generate import generate, load_faces, morph
@@ -190,7 +190,6 @@ def test_another_runs_damaged_history_is_passed_over(history, tmp_path):
         os.mkfifo(run_dir / HISTORY)
     else:
         (run_dir / HISTORY).write_text(history, encoding="latin-1")
-    assert measured_speed(TrainConfig(), tmp_path) is None   # and no traceback, no wait
     readable = history.startswith('{"steps"')
     assert (read_history_file(run_dir)[0] is not None) == readable and epochs_done(run_dir) == int(readable)
 
