@@ -144,8 +144,7 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
         # raw chunks, not lines: tqdm's carriage returns then redraw one progress line in the notebook
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while chunk := process.stdout.read1():
-            sys.stdout.write(decoder.decode(chunk))
-            sys.stdout.flush()
+            print(decoder.decode(chunk), end="", flush=True)
     if process.returncode != 0:
         raise UserError(f"distributed training failed: torchrun exited with code {process.returncode}; "
                         "the first error is in the output above")

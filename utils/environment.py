@@ -29,8 +29,7 @@ Measure = Callable[[list[str]], Iterator[dict[str, float]]]   # round after roun
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The device this process drives: `name`, or for "auto" cuda, then mps, then cpu. Under torchrun each process
-    drives its own GPU, cuda:LOCAL_RANK, whatever index `name` gives."""
+    """The device this process drives: `name` or for "auto" cuda, then mps, then cpu; under torchrun cuda:LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device = torch.device(name)
@@ -95,10 +94,9 @@ class DeviceChoice:
     amp: torch.dtype | None         # the autocast dtype; None = fp32
     channels_last: bool
     cuda_graphs: bool
-    compile: bool = False
     amp_from: str = ""              # the environment variable that set `amp`; "" when the config did
     trial: dict | None = None       # the CPU trial's images/s that "auto" came from; None where nothing was measured
-    trial_pick: str = ""            # the trial's pick, where a resumed run keeps what its epochs trained with
+    new_run_pick: str = ""          # the trial's pick for new runs, where a resumed run keeps what it trained with
 
     @property
     def candidate(self) -> str:
@@ -112,16 +110,16 @@ class DeviceChoice:
         on = {True: "on", False: "off"}
         precision = f"{self.amp or 'off (fp32)'}" + (f", from {self.amp_from}" if self.amp_from else "")
         lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: {on[self.channels_last]}"
-                 f", CUDA graphs: {on[self.cuda_graphs]}, torch.compile: {on[self.compile]}"]
+                 f", CUDA graphs: {on[self.cuda_graphs]}"]
         if self.device.type == "cpu" and self.amp == torch.float16:
             lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
                          "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
         if self.trial is not None and os.environ.get("ANIME_GAN_VERBOSE", "") not in ("", "0"):
             speeds = ", ".join(f"{name} {value:,.0f}" for name, value in self.trial.items())
-            lines.append(f"CPU trial (images/s of training steps): {speeds} -> {self.trial_pick or self.candidate}")
-        if self.trial_pick:
+            lines.append(f"CPU trial (images/s of training steps): {speeds} -> {self.new_run_pick or self.candidate}")
+        if self.new_run_pick:
             lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
-                         f"{self.trial_pick} for new runs)")
+                         f"{self.new_run_pick} for new runs)")
         return "\n".join(lines)
 
     def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
@@ -132,7 +130,7 @@ class DeviceChoice:
         dtype, layout = trained_as.split()
         amp = self.amp if amp_setting(config)[0] != "auto" else torch.bfloat16 if dtype == "bf16" else None
         channels_last = self.channels_last if config.channels_last != "auto" else layout == "channels_last"
-        return replace(self, amp=amp, channels_last=channels_last, trial_pick=self.candidate)
+        return replace(self, amp=amp, channels_last=channels_last, new_run_pick=self.candidate)
 
 
 def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
@@ -162,13 +160,12 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
         dtype, layout = trial_pick(trial, amp, config.channels_last).split()
         amp_dtype, channels_last = (torch.bfloat16 if dtype == "bf16" else None), layout == "channels_last"
     cuda_graphs = pick_cuda_graphs(device, config, amp_dtype, distributed.world_size())
-    return DeviceChoice(device, amp_dtype, channels_last, cuda_graphs, config.compile,
+    return DeviceChoice(device, amp_dtype, channels_last, cuda_graphs,
                         "" if source.startswith("config") else AMP_VARIABLE, trial)
 
 
 def cpu_trial(config: TrainConfig, measure: Measure) -> dict[str, float]:
-    """The images/s of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks, cached per
-    machine so that every process and every start choose alike."""
+    """Each candidate's images/s for `config`'s networks here, cached so that every process and start choose alike."""
     cached = cached_trial(config)
     if cached is not None:
         return cached
@@ -193,10 +190,9 @@ def trial_pick(images_per_s: dict[str, float], amp: str = "auto", channels_last:
 
 def _save_trial(config: TrainConfig, images_per_s: dict[str, float]) -> None:
     cache = trial_cache_file()
-    try:
+    known = {}
+    with suppress(OSError, ValueError):   # none yet, or damaged (cached_trial said so): started afresh
         known = read_json(cache)
-    except (OSError, ValueError):   # none yet, or damaged (cached_trial said so): started afresh
-        known = {}
     entry = {_trial_key(config): {"images_per_s": images_per_s}}
     with suppress(OSError), atomic_path(cache) as tmp:   # a read-only home: the trial is simply repeated next time
         tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | entry, indent=1) + "\n")
@@ -234,8 +230,7 @@ def _trial_key(config: TrainConfig) -> str:
             f"D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
 
-# What `size` sets in the notebooks (the values the learner leaves at None): "gpu" is the 64x64 DCGAN recipe; "cpu"
-# trains 32x32 faces with narrower networks on as many images as CPU_MINUTES allow at this CPU's measured speed.
+# What `size` sets in the notebooks where the learner leaves None: "gpu" the 64x64 DCGAN recipe, "cpu" a small run
 SIZES = {
     "gpu": dict(image_size=64, max_images=0, g_width=64, d_width=64, epochs=25, batch_size=128,
                 fid_samples=10_000, fid_real=0),
@@ -278,8 +273,7 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
 
 
 def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
-    """(max_images, epochs, why): as many images as `config.epochs` epochs train in CPU_MINUTES here; on a CPU too
-    slow for CPU_MIN_STEPS in that time, those steps and the time they take."""
+    """(max_images, epochs, why): what `config.epochs` epochs train in CPU_MINUTES here; CPU_MIN_STEPS at least."""
     speed = cpu_epoch_speed(config)
     budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * config.batch_size)   # images to train
     images = min(max(math.ceil(budget / config.epochs / 1000) * 1000, CPU_IMAGES[0]), CPU_IMAGES[1])

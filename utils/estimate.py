@@ -32,17 +32,12 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
-def epochs_done(run_dir: Path) -> int:
-    """How many epochs a run folder already holds (0 for a new run, or one whose history.json is damaged)."""
-    history, _ = read_history_file(run_dir)
-    return len(history["epochs"]) if history else 0
-
-
 def training_estimate(config: TrainConfig, device: torch.device, num_images: int, run_dir: Path | None = None) -> str:
     """What training the epochs still to train in `run_dir` (default: `config`'s) on `num_images` images takes
     here, in one line; on a CPU past LONG_ON_CPU_S a warning naming what to lower."""
     run_dir = run_dir_of(config) if run_dir is None else run_dir
-    done = epochs_done(run_dir)
+    history, _ = read_history_file(run_dir)   # a damaged history.json: a new run
+    done = len(history["epochs"]) if history else 0
     remaining = config.epochs - done
     if remaining <= 0:
         return f"{run_dir} already has {plural(done, 'epoch')}: nothing to train, it only loads (seconds)"
@@ -82,8 +77,7 @@ def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device
 
 
 def fid_images_to_score(config: TrainConfig, real_images: torch.Tensor, generators: int) -> int:
-    """How many images FID runs through Inception for `generators` scores: `fid_samples` each, plus the real
-    reference set where its statistics are not cached yet."""
+    """Images FID runs through Inception for `generators` scores: `fid_samples` each, and the real ones until cached."""
     cached = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
                                   weights_id(config.fid_weights)).is_file()
     real = 0 if cached else min(config.fid_real or len(real_images), len(real_images))
