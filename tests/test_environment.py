@@ -89,14 +89,6 @@ def test_settings_given_explicitly_are_used_as_given_narrow_the_trial_or_are_ref
     assert choose_device(TrainConfig(**TINY, channels_last="on"), measure).candidate == "bf16 channels_last"
 
 
-def test_the_trial_runs_once_per_network_size_and_is_then_read_from_the_cache(empty_cache):
-    measure = rounds_of(FP32)
-    first = cpu_trial(TrainConfig(image_size=32), measure=measure)
-    again = cpu_trial(TrainConfig(image_size=32, epochs=3, lr_g=1e-3), measure=measure)  # same networks
-    other = cpu_trial(TrainConfig(image_size=16), measure=measure)
-    assert len(measure.calls) == 2 and again == first and other == FP32 and len(entries()) == 2
-
-
 def test_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -112,7 +104,7 @@ def test_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
         pick_device("cuda")
 
 
-def test_rounds_slowed_by_other_work_are_outvoted_by_the_others(empty_cache):
+def test_the_trial_outvotes_rounds_slowed_by_other_work_and_runs_once_per_network_size(empty_cache):
     """Other work slows channels_last's first three rounds: three rounds alone would pick NCHW."""
     busy = [{"fp32 NCHW": 60.0, "fp32 channels_last": slowed} for slowed in (30.0, 33.0, 31.0)]
     quiet = [{"fp32 NCHW": 60.0, "fp32 channels_last": 70.0}, {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}]
@@ -120,6 +112,9 @@ def test_rounds_slowed_by_other_work_are_outvoted_by_the_others(empty_cache):
     assert choose_device(TrainConfig(**TINY), measure).candidate == "fp32 channels_last"
     assert measure.drawn == 5
     assert entries() == [{"images_per_s": {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}}]
+    again = cpu_trial(TrainConfig(**TINY, epochs=3, lr_g=1e-3), measure=never)   # the same networks: read back
+    assert again == entries()[0]["images_per_s"] and cpu_trial(TrainConfig(image_size=32), rounds_of(FP32)) == FP32
+    assert len(entries()) == 2
 
 
 def test_a_real_trial_on_this_cpu_leaves_the_random_state_alone_and_is_cached(empty_cache):

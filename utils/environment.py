@@ -237,9 +237,9 @@ SIZES = {
     "cpu": dict(image_size=32, max_images=None, g_width=32, d_width=32, epochs=20, batch_size=TRIAL_BATCH,
                 fid_samples=500, fid_real=500),   # Inception: ~6 images/s on a 2-core AVX2 CPU
 }
-CPU_MINUTES = 2.25   # with the rest of `make demo`: under 5 min on a CPU several times slower than a quiet 2-core one
-CPU_IMAGES = (1_000, 20_000)   # in steps of 1,000 (20,000: all the synthetic faces)
-CPU_MIN_STEPS = 900            # at 32x32, 375 steps drew blobs, 750 faces with hair
+CPU_MINUTES = 2.25   # of training: with the rest of `make demo`, under 5 min on a CPU several times slower than ours
+CPU_IMAGES = (1_000, 20_000)   # the bounds, in steps of 1,000 (20,000: all the synthetic faces)
+CPU_MIN_STEPS = 900            # at least: at 32x32, 375 steps drew blobs, 750 faces with hair
 EPOCH_SHARE = 0.75   # whole epochs (logging, grids, saves, live plot) ran at 74% of the trial's speed in `make demo`
 
 
