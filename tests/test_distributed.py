@@ -91,8 +91,10 @@ def test_launch_refuses_what_cannot_start_resumes_a_one_process_run_and_says_whe
     assert [e["epoch"] for e in history["epochs"]] == [1, 2]
     assert history["steps"][-1]["step"] == IMAGES // BATCH + IMAGES // (2 * BATCH)
     with pytest.raises(UserError, match="torchrun exited with code 1; the first error is in the output above"):
-        launch(tiny_config(tmp_path, resume=False), nprocs=2)
-    assert "already holds a run" in capsys.readouterr().out  # the cause, from process 0, is shown
+        launch(tiny_config(tmp_path, resume=False, data="https://example.invalid/faces.zip?token=SECRET"), nprocs=2)
+    output = capsys.readouterr().out
+    assert "already holds a run" in output and "token=***" in output   # the cause, from process 0, is shown
+    assert "SECRET" not in output
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])

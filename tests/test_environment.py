@@ -14,7 +14,7 @@ import torch
 
 from utils import environment
 from utils.config import TrainConfig
-from utils.environment import _save_trial, choose_device, cpu_trial, pick_amp, pick_device, trial_cache_file
+from utils.environment import _save_trial, choose_device, cpu_trial, pick_device, trial_cache_file
 from utils.errors import ConfigError
 from utils.run import CHECKPOINT, read_checkpoint
 from utils.step import time_training_steps
@@ -89,36 +89,32 @@ def test_settings_given_explicitly_are_used_as_given_narrow_the_trial_or_are_ref
     assert choose_device(TrainConfig(**TINY, channels_last="on"), measure).candidate == "bf16 channels_last"
 
 
-def test_the_trial_runs_once_per_network_size_and_is_then_read_from_the_cache(empty_cache):
-    measure = rounds_of(FP32)
-    first = cpu_trial(TrainConfig(image_size=32), measure=measure)
-    again = cpu_trial(TrainConfig(image_size=32, epochs=3, lr_g=1e-3), measure=measure)  # same networks
-    other = cpu_trial(TrainConfig(image_size=16), measure=measure)
-    assert len(measure.calls) == 2 and again == first and other == FP32 and len(entries()) == 2
-
-
 def test_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pick_device("cuda") == torch.device("cuda", 0)      # not started by torchrun: the first GPU
+    with pytest.raises(ConfigError, match="config field 'device' is 'cuda:2', but this process would drive cuda:2 "
+                                          r"and only 2 GPU\(s\) are visible"):
+        pick_device("cuda:2")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert pick_device("cuda") == pick_device("auto") == pick_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(ConfigError, match="config field 'device' is 'cuda:0'"):
-        pick_device("cuda:0")
+    assert pick_device("cuda") == pick_device("auto") == pick_device("cuda:0") == torch.device("cuda", 1)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ConfigError, match="only 1 visible"):
+    with pytest.raises(ConfigError, match=r"only 1 GPU\(s\) are visible: .* at most one process per GPU"):
         pick_device("cuda")
 
 
-def test_rounds_slowed_by_other_work_are_outvoted_by_the_others(empty_cache):
+def test_the_trial_outvotes_rounds_slowed_by_other_work_and_runs_once_per_network_size(empty_cache):
     """Other work slows channels_last's first three rounds: three rounds alone would pick NCHW."""
     busy = [{"fp32 NCHW": 60.0, "fp32 channels_last": slowed} for slowed in (30.0, 33.0, 31.0)]
     quiet = [{"fp32 NCHW": 60.0, "fp32 channels_last": 70.0}, {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}]
     measure = rounds_of(*busy, *quiet)
     assert choose_device(TrainConfig(**TINY), measure).candidate == "fp32 channels_last"
-    assert measure.drawn == environment.TRIAL_ROUNDS == 5
+    assert measure.drawn == 5
     assert entries() == [{"images_per_s": {"fp32 NCHW": 61.0, "fp32 channels_last": 71.0}}]
+    again = cpu_trial(TrainConfig(**TINY, epochs=3, lr_g=1e-3), measure=never)   # the same networks: read back
+    assert again == entries()[0]["images_per_s"] and cpu_trial(TrainConfig(image_size=32), rounds_of(FP32)) == FP32
+    assert len(entries()) == 2
 
 
 def test_a_real_trial_on_this_cpu_leaves_the_random_state_alone_and_is_cached(empty_cache):
@@ -163,9 +159,10 @@ def test_anime_gan_amp_replaces_auto_but_not_an_explicit_amp(empty_cache, monkey
     t4_path = choose_device(TrainConfig(**TINY), never)
     assert (t4_path.amp, t4_path.channels_last, t4_path.candidate) == (torch.float16, True, "fp16 channels_last")
     assert "mixed precision: torch.float16, from ANIME_GAN_AMP" in t4_path.log and "T4's path" in t4_path.log
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     with pytest.raises(ConfigError, match=r"^environment variable ANIME_GAN_AMP is 'fp16', which runs on a CUDA GPU "
                                           r"or a CPU, not on mps"):
-        pick_amp(torch.device("mps"), "fp16", "environment variable ANIME_GAN_AMP")
+        choose_device(TrainConfig(**TINY | {"device": "mps"}), never)
 
 
 def test_a_wrong_anime_gan_amp_stops_a_real_training_process_in_one_line(tmp_path):

@@ -3,32 +3,30 @@
 import dataclasses
 import json
 from contextlib import closing
-from pathlib import Path
 
+import pytest
 import torch
 
 from utils import environment
 from utils.config import TrainConfig
 from utils.environment import _save_trial
-from utils.estimate import fid_estimate, fid_images_to_score, format_duration, measured_speed, training_estimate, \
-    training_speed
+from utils.estimate import fid_estimate, fid_images_to_score, format_duration, training_estimate
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.run import CONFIG, HISTORY, default_run_dir
 from utils.step import time_training_steps
 
 CPU = torch.device("cpu")
+SMALL = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=32, epochs=25)
 
 
-def past_run(root: Path, config: TrainConfig, speeds: list[float], cut_short: float | None = None) -> Path:
-    """A run folder whose history.json holds epochs at `speeds` images/s (and one cut short by max_minutes)."""
-    folder = root / default_run_dir(config).name
-    folder.mkdir(parents=True)
-    config.save(folder / CONFIG)
-    epochs = [{"epoch": i, "seconds": 1.0, "images_per_s": speed} for i, speed in enumerate(speeds, 1)]
-    if cut_short is not None:
-        epochs.append({"epoch": len(epochs) + 1, "seconds": 1.0, "images_per_s": cut_short, "steps": 3})
-    (folder / HISTORY).write_text(json.dumps({"steps": [], "epochs": epochs}))
-    return folder
+@pytest.fixture
+def trial(tmp_path, monkeypatch):
+    """SMALL's CPU trial cached at 300 (NCHW) and 400 (channels_last) fp32 images/s, in a fresh working folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
+    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)   # the cache holds fp32 candidates only
+    _save_trial(SMALL, {"fp32 NCHW": 300.0, "fp32 channels_last": 400.0})
 
 
 def test_durations_read_as_estimates():
@@ -36,47 +34,40 @@ def test_durations_read_as_estimates():
            ["about 1 s", "about 40 s", "about 89 s", "about 6 min", "about 1 h 00 min", "about 3 h 05 min"]
 
 
-def test_the_estimate_uses_the_epochs_measured_here_and_warns_on_a_cpu_with_what_to_lower(tmp_path, monkeypatch):
+def test_on_a_cpu_the_estimate_is_the_trials_less_the_loops_share_and_warns_with_what_to_lower(trial):
+    assert training_estimate(SMALL, CPU, 20_000) == \
+           "25 epochs x 20,000 images at about 300 images/s (from the CPU trial): about 28 min here"   # 0.75 x 400
+    assert training_estimate(dataclasses.replace(SMALL, epochs=2), CPU, 12_000) == \
+           "2 epochs x 12,000 images at about 300 images/s (from the CPU trial): about 80 s here"
+    assert training_estimate(dataclasses.replace(SMALL, channels_last="off"), CPU, 20_000).splitlines()[1] == \
+           ('warning: over 30 minutes on a CPU: size = "cpu" picks values that train in minutes here (or lower '
+            'epochs, max_images, image_size, g_width and d_width), or use a GPU')   # 0.75 x 300: 37 min
+
+
+def test_a_resumed_run_counts_only_the_epochs_left(trial, tmp_path):
+    config = dataclasses.replace(SMALL, epochs=3)
+    run = default_run_dir(config)
+    run.mkdir(parents=True)
+    config.save(run / CONFIG)
+    (run / HISTORY).write_text(json.dumps({"steps": [], "epochs": [{"epoch": 1}, {"epoch": 2}]}))
+    assert training_estimate(config, CPU, 1_000).startswith("1 epoch (epochs 3-3; 2 done) x 1,000 images")
+    assert training_estimate(dataclasses.replace(config, epochs=2), CPU, 1_000) == \
+           f"{run} already has 2 epochs: nothing to train, it only loads (seconds)"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_estimate_times_steps_of_the_runs_batch_now(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    root = tmp_path / "generated"
-    past = past_run(root, TrainConfig(lr_g=1e-3), [20.0, 44.0, 45.0, 46.0], cut_short=5.0)   # same networks: counts
-    past_run(root, TrainConfig(g_width=32), [500.0])                                         # other widths: not
-    assert measured_speed(TrainConfig(), root) == (45.0, f"the epochs of {past} on this machine")
-
-    first, warning = training_estimate(TrainConfig(), CPU, 20_000, root=root).splitlines()   # one duration
-    assert first == (f"25 epochs x 20,000 images at about 45 images/s (the epochs of {past} on this machine): about "
-                     "3 h 05 min here")
-    assert warning == ('warning: over 30 minutes on a CPU: size = "cpu" picks values that train in minutes here (or '
-                       'lower epochs, max_images, image_size, g_width and d_width), or use a GPU')
-    assert training_estimate(TrainConfig(epochs=1, max_images=2000), CPU, 2_000, root=root) == \
-           f"1 epoch x 2,000 images at about 45 images/s (the epochs of {past} on this machine): about 44 s here"
-    assert "warning" not in training_estimate(TrainConfig(), torch.device("meta"), 20_000, root=root)  # not a CPU
-
-    config = TrainConfig(epochs=3, image_size=32)   # a resumed run counts only the epochs left
-    run = past_run(root, config, [100.0, 100.0])
-    assert training_estimate(config, CPU, 1_000, root=root).startswith("1 epoch (epochs 3-3; 2 done) x 1,000 images")
-    assert training_estimate(dataclasses.replace(config, epochs=2), CPU, 1_000, root=root) == \
-           f"{run.relative_to(tmp_path)} already has 2 epochs: nothing to train, it only loads (seconds)"
-
-
-def test_with_no_epochs_measured_the_speed_is_timed_by_the_cpu_trial_or_on_the_device(tmp_path, monkeypatch):
-    """On a CPU the figure that train() itself reads to choose the precision, less the loop's share."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
-    config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=32, epochs=2)
-    monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)   # the cache below holds fp32 candidates only
-    _save_trial(config, {"fp32 NCHW": 300.0, "fp32 channels_last": 400.0})
-    assert training_estimate(config, CPU, 12_000) == \
-           "2 epochs x 12,000 images at about 300 images/s (from the CPU trial): about 80 s here"   # 0.75 x 400
-    assert training_estimate(dataclasses.replace(config, channels_last="off"), CPU, 12_000).endswith(
-        "about 2 min here")   # 0.75 x 300
-    larger = dataclasses.replace(config, batch_size=64, amp="off", channels_last="off")   # timed at its own batch
+    config = TrainConfig(image_size=16, g_width=8, d_width=8, batch_size=64, epochs=2)
     torch.manual_seed(0)
     before = torch.get_rng_state()
-    assert 0 < training_speed(larger, CPU)[0] != 0.75 * 300.0
+    line = training_estimate(config, torch.device("cuda"), 1_000)
+    assert "images/s (64-image training steps timed now on cuda)" in line and "warning" not in line
     assert torch.equal(torch.get_rng_state(), before)   # the run learns the same
-    with closing(time_training_steps(config, ["fp16 channels_last"], device=CPU)) as rounds:   # a GPU's timer, T4 path
+
+
+def test_the_timer_runs_a_t4s_fp16_step_on_the_cpu():
+    with closing(time_training_steps(SMALL, ["fp16 channels_last"], device=CPU)) as rounds:
         assert next(rounds)["fp16 channels_last"] > 0
 
 

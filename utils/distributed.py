@@ -1,8 +1,6 @@
 """Several GPUs (or CPU processes) with DistributedDataParallel: `torchrun --nproc_per_node 2 -m utils.train ...`
-from a shell, `launch(config)` from a notebook. Each process trains on its own shard of every epoch (the effective
-batch is batch_size x processes); gradients and logged losses are averaged; only process 0 writes, and checkpoints
-hold the unwrapped models, so a run resumes on any number of processes. nccl on GPUs, gloo on CPUs.
-"""
+from a shell, `launch(config)` from a notebook. Each process trains on its own shard of every epoch; gradients are
+averaged; only process 0 writes, and checkpoints hold the unwrapped models: a run resumes on any number of processes."""
 
 from __future__ import annotations
 
@@ -26,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from utils.config import TrainConfig, config_to_argv
 from utils.errors import ConfigError, UserError
+from utils.urls import redact
 
 # generous: at some collectives the others wait while process 0 alone downloads, decodes or measures FID
 COLLECTIVE_TIMEOUT = timedelta(hours=1)
@@ -43,11 +42,10 @@ def launched() -> bool:
 
 def setup(device: torch.device) -> None:
     """Join the process group when started by torchrun: nccl for GPUs, gloo for CPUs."""
-    if launched() and not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
-        else:
-            dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+    if launched() and not dist.is_initialized() and device.type == "cuda":
+        dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+    elif launched() and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
 
 
 def world_size() -> int:
@@ -111,9 +109,8 @@ def check_sync_batchnorm(sync_batchnorm: bool, device: torch.device) -> None:
 
 
 def wrap(model: nn.Module, device: torch.device, sync_batchnorm: bool) -> nn.Module:
-    """DistributedDataParallel around `model` (which broadcasts process 0's weights) when distributed, else `model`.
-    With `sync_batchnorm` DDP wraps a SyncBatchNorm twin sharing `model`'s parameters and buffers, so `model` keeps
-    plain BatchNorm and process 0 alone can still sample from it."""
+    """DistributedDataParallel around `model` (broadcasting process 0's weights) when distributed, else `model`. With
+    `sync_batchnorm` it wraps a SyncBatchNorm twin sharing `model`'s tensors, so process 0 alone can sample `model`."""
     if not dist.is_initialized():
         return model
     check_sync_batchnorm(sync_batchnorm, device)
@@ -141,14 +138,13 @@ def launch(config: TrainConfig, nprocs: int | None = None) -> None:
                "-m", "utils.train", *config_to_argv(config)]
     # the children import this very `utils` package, whatever the notebook's working folder
     path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
-    print(shlex.join(command), flush=True)
+    print(redact(shlex.join(command)), flush=True)   # a token in `data` stays out of the notebook
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           env={**os.environ, "PYTHONPATH": path}) as process:
         # raw chunks, not lines: tqdm's carriage returns then redraw one progress line in the notebook
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         while chunk := process.stdout.read1():
-            sys.stdout.write(decoder.decode(chunk))
-            sys.stdout.flush()
+            print(decoder.decode(chunk), end="", flush=True)
     if process.returncode != 0:
         raise UserError(f"distributed training failed: torchrun exited with code {process.returncode}; "
                         "the first error is in the output above")

@@ -1,10 +1,6 @@
 """Where we run and how fast: `choose_device(config, measure)` decides once per run the device, mixed precision,
-memory layout and CUDA graphs, with the lines that say so; `size_preset` sizes the notebooks' runs for this machine.
-
-"auto" follows what was measured (docs/speed-and-quality.md): bf16 + channels_last on CUDA capability >= 8, fp16 on
-a T4 or V100, fp32 on MPS; CPUs disagree, so a trial times real training steps and caches the answer per machine.
-ANIME_GAN_AMP forces "auto"'s amp, ANIME_GAN_VERBOSE=1 prints the trial's figures, ANIME_GAN_CACHE_DIR moves the cache.
-"""
+memory layout and CUDA graphs, and says so; `size_preset` sizes the notebooks' runs for this machine. CPUs disagree
+on bf16 and channels_last, so on a CPU a trial times real training steps, cached per machine (docs/engineering.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ import math
 import os
 import platform
 import sys
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, replace
 from functools import partial
 from itertools import islice
@@ -29,19 +25,11 @@ from utils.files import atomic_path, read_json
 from utils.step import TRIAL_BATCH, time_training_steps
 
 AMP_VARIABLE = "ANIME_GAN_AMP"
-# "auto" keeps CPU_DEFAULT on a CPU unless another candidate is MARGIN faster (fastest on both AVX2 CPUs measured; a
-# few seconds of timing on a shared machine vary by nearly that much)
-CPU_DEFAULT, MARGIN = "fp32 channels_last", 1.10
-# the candidates take turns, each keeping its fastest round: a burst of other work slows one round of each, not all
-TRIAL_ROUNDS = 5
-
-# measure(candidates) yields, round after round, {candidate: images/s of a training step}: time_training_steps
-Measure = Callable[[list[str]], Iterator[dict[str, float]]]
+Measure = Callable[[list[str]], Iterator[dict[str, float]]]   # round after round {candidate: images/s}: utils.step
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The device this process drives: `name`, or for "auto" cuda, then mps, then cpu. Under torchrun, "cuda" is
-    this process's own GPU, number LOCAL_RANK."""
+    """The device this process drives: `name` or for "auto" cuda, then mps, then cpu; under torchrun cuda:LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     device = torch.device(name)
@@ -52,23 +40,18 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError("config field 'device' is 'mps' but Apple MPS is not available: use device='auto' or 'cpu'")
     if device.type != "cuda":
         return device
-    if not distributed.launched():
-        return torch.device("cuda", device.index or 0)
-    local_rank = int(os.environ["LOCAL_RANK"])
-    if device.index not in (None, local_rank):
-        raise ConfigError(f"config field 'device' is '{device}', but a distributed run drives one GPU per process "
-                          "(process k uses cuda:k): use device='auto' or 'cuda'")
-    if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"process {local_rank} has no GPU of its own: only {torch.cuda.device_count()} visible; "
-                          "start at most one process per GPU (torchrun --nproc_per_node)")
-    return torch.device("cuda", local_rank)
+    index = int(os.environ["LOCAL_RANK"]) if distributed.launched() else device.index or 0
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"config field 'device' is '{name}', but this process would drive cuda:{index} and only "
+                          f"{torch.cuda.device_count()} GPU(s) are visible: use device='auto' or 'cuda' (under "
+                          "torchrun, at most one process per GPU: --nproc_per_node)")
+    return torch.device("cuda", index)
 
 
 def _cpuinfo() -> str:
-    try:
+    with suppress(OSError):
         return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
+    return ""
 
 
 def cpu_has_bf16() -> bool:
@@ -90,30 +73,10 @@ def amp_setting(config: TrainConfig) -> tuple[str, str]:
     return forced, f"environment variable {AMP_VARIABLE}"
 
 
-def pick_amp(device: torch.device, amp: str = "auto", source: str = "config field 'amp'") -> torch.dtype | None:
-    """The autocast dtype for `device` (None = fp32; fp16 needs a GradScaler). A refused value names `source`."""
-    if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (it would run many times slower): "
-                          "use amp='auto' or 'off'")
-    if amp == "fp16" and device.type == "mps":
-        raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on {device}: use 'auto' or "
-                          "'off'")
-    if amp == "auto" and device.type == "cuda":   # a CPU's "auto" is the CPU trial's (choose_device); MPS: fp32
-        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-
-
-def pick_channels_last(device: torch.device, setting: str = "auto", compile: bool = False) -> bool:
-    """channels_last (NHWC) spares cuDNN and oneDNN layout transposes; under torch.compile "auto" leaves it off."""
-    if setting != "auto":
-        return setting == "on"
-    return device.type in ("cuda", "cpu") and not compile
-
-
 def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch.dtype | None,
                      world_size: int = 1) -> bool:
-    """Whether to replay each step as one CUDA graph (utils.step.CUDAGraphStep: one launch for ~300 small kernels),
-    on one CUDA GPU without random draws outside the graph; "auto" keeps fp16 eager (not yet measured)."""
+    """Replay each step as one CUDA graph (one launch for ~300 small kernels) on one CUDA GPU without random draws
+    outside the graph; "auto" keeps fp16 eager (not yet measured)."""
     blockers = [reason for reason, present in [
         ("DiffAugment", bool(config.diffaugment)), ("label_flip", config.label_flip > 0),
         ("torch.compile", config.compile), ("several processes", world_size > 1)] if present]
@@ -124,14 +87,6 @@ def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch
     return device.type == "cuda" and not blockers and wanted
 
 
-def candidate_name(amp: torch.dtype | None, channels_last: bool) -> str:
-    """A precision and layout as the CPU trial and the checkpoint name them: "fp32 channels_last", "bf16 NCHW", ..."""
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp, "fp32")
-    return f"{precision} {'channels_last' if channels_last else 'NCHW'}"
-
-
-# ------------------------------------------------------------------------------------------- the one decision
-
 @dataclass(frozen=True)
 class DeviceChoice:
     """What `choose_device` decided for a run, and `log`: the lines that say so at the top of its training log."""
@@ -139,14 +94,15 @@ class DeviceChoice:
     amp: torch.dtype | None         # the autocast dtype; None = fp32
     channels_last: bool
     cuda_graphs: bool
-    compile: bool = False
     amp_from: str = ""              # the environment variable that set `amp`; "" when the config did
     trial: dict | None = None       # the CPU trial's images/s that "auto" came from; None where nothing was measured
-    trial_pick: str = ""            # the trial's pick, where a resumed run keeps what its epochs trained with
+    new_run_pick: str = ""          # the trial's pick for new runs, where a resumed run keeps what it trained with
 
     @property
     def candidate(self) -> str:
-        return candidate_name(self.amp, self.channels_last)
+        """The precision and layout as the CPU trial and the checkpoint name them: "fp32 channels_last", ..."""
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp, "fp32")
+        return f"{precision} {'channels_last' if self.channels_last else 'NCHW'}"
 
     @property
     def log(self) -> str:
@@ -154,27 +110,27 @@ class DeviceChoice:
         on = {True: "on", False: "off"}
         precision = f"{self.amp or 'off (fp32)'}" + (f", from {self.amp_from}" if self.amp_from else "")
         lines = [describe_device(self.device), f"mixed precision: {precision}, channels_last: {on[self.channels_last]}"
-                 f", CUDA graphs: {on[self.cuda_graphs]}, torch.compile: {on[self.compile]}"]
+                 f", CUDA graphs: {on[self.cuda_graphs]}"]
         if self.device.type == "cpu" and self.amp == torch.float16:
             lines.append("fp16 on a CPU runs a T4's path (fp16 autocast, GradScaler, fused Adam) to check it here; "
                          "a CPU has no fast fp16, so this trains several times slower than fp32: amp='auto' to train")
         if self.trial is not None and os.environ.get("ANIME_GAN_VERBOSE", "") not in ("", "0"):
             speeds = ", ".join(f"{name} {value:,.0f}" for name, value in self.trial.items())
-            lines.append(f"CPU trial (images/s of training steps): {speeds} -> {self.trial_pick or self.candidate}")
-        if self.trial_pick:
+            lines.append(f"CPU trial (images/s of training steps): {speeds} -> {self.new_run_pick or self.candidate}")
+        if self.new_run_pick:
             lines.append(f"this run continues as {self.candidate}, as its earlier epochs trained (the CPU trial picks "
-                         f"{self.trial_pick} for new runs)")
+                         f"{self.new_run_pick} for new runs)")
         return "\n".join(lines)
 
     def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
-        """This choice for continuing a run whose epochs trained as `trained_as` ("fp32 channels_last", ...): a trial
-        measured since must not change it, or the run would not end like an uninterrupted one."""
-        if self.trial is None or trained_as in (None, self.candidate) or trained_as not in self.trial:
+        """This choice for a run whose epochs trained as `trained_as`: a trial measured since must not change what
+        "auto" decided, or the run would not end like an uninterrupted one."""
+        if trained_as == self.candidate or trained_as not in (self.trial or {}):
             return self
         dtype, layout = trained_as.split()
         amp = self.amp if amp_setting(config)[0] != "auto" else torch.bfloat16 if dtype == "bf16" else None
         channels_last = self.channels_last if config.channels_last != "auto" else layout == "channels_last"
-        return replace(self, amp=amp, channels_last=channels_last, trial_pick=self.candidate)
+        return replace(self, amp=amp, channels_last=channels_last, new_run_pick=self.candidate)
 
 
 def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
@@ -186,59 +142,60 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
         torch.backends.cudnn.benchmark = True   # fixed shapes: cuDNN times its kernels once and keeps the fastest
     distributed.setup(device)
     amp, source = amp_setting(config)
-    amp_dtype = pick_amp(device, amp, source)   # a refused value fails here, before anything is measured
-    channels_last, trial = pick_channels_last(device, config.channels_last, config.compile), None
-    # the trial times fp32 and bf16 only: fp16 on a CPU (the T4's path, checked here) keeps the T4's channels_last
+    if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():   # refused before anything is measured
+        raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (it would run many times slower): "
+                          "use amp='auto' or 'off'")
+    if amp == "fp16" and device.type == "mps":
+        raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on mps: use 'auto' or 'off'")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)   # None: fp32, also MPS's "auto"
+    if amp == "auto" and device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
+    # channels_last (NHWC) spares cuDNN and oneDNN layout transposes; under torch.compile "auto" leaves it off
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type != "mps"
+                                                     and not config.compile)
+    trial = None   # a CPU times what is "auto" in fp32 and bf16; fp16 on a CPU (the T4's path) keeps the T4's layout
     if device.type == "cpu" and not config.compile and amp != "fp16" and "auto" in (amp, config.channels_last):
         with distributed.main_first():
             trial = cpu_trial(config, measure)
         dtype, layout = trial_pick(trial, amp, config.channels_last).split()
         amp_dtype, channels_last = (torch.bfloat16 if dtype == "bf16" else None), layout == "channels_last"
     cuda_graphs = pick_cuda_graphs(device, config, amp_dtype, distributed.world_size())
-    return DeviceChoice(device, amp_dtype, channels_last, cuda_graphs, config.compile,
+    return DeviceChoice(device, amp_dtype, channels_last, cuda_graphs,
                         "" if source.startswith("config") else AMP_VARIABLE, trial)
 
 
-# ------------------------------------------------------------------------------------------- the CPU trial
-
 def cpu_trial(config: TrainConfig, measure: Measure) -> dict[str, float]:
-    """The images/s of fp32 / bf16 (where the CPU has it) x NCHW / channels_last for `config`'s networks, cached per
-    machine so that every process and every start choose alike."""
+    """Each candidate's images/s for `config`'s networks here, cached so that every process and start choose alike."""
     cached = cached_trial(config)
     if cached is not None:
         return cached
     candidates = _candidates()
     with closing(measure(candidates)) as timings:   # closing: the timer restores the random state it forked
-        rounds = list(islice(timings, TRIAL_ROUNDS))
+        rounds = list(islice(timings, 5))   # in turn: a burst of other work slows one round of each, not all
     best = {name: round(max(timing[name] for timing in rounds), 1) for name in candidates}
     _save_trial(config, best)
     return best
 
 
 def trial_pick(images_per_s: dict[str, float], amp: str = "auto", channels_last: str = "auto") -> str:
-    """The candidate "auto" picks: CPU_DEFAULT unless another is over MARGIN faster. An explicit setting (`amp`
-    "bf16" or "off", `channels_last` "on" or "off") leaves only the candidates that have it."""
+    """The candidate "auto" picks: fp32 channels_last (fastest on both AVX2 CPUs measured) unless another is over 10%
+    faster (timings on a shared machine vary by nearly that); an explicit `amp` or `channels_last` narrows the pool."""
     dtype = {"auto": "", "bf16": "bf16"}.get(amp, "fp32")
     layout = {"auto": "", "on": "channels_last"}.get(channels_last, "NCHW")
     pool = {name: speed for name, speed in images_per_s.items() if name.startswith(dtype) and name.endswith(layout)}
-    default_dtype, default_layout = CPU_DEFAULT.split()
-    default = f"{dtype or default_dtype} {layout or default_layout}"
+    default = f"{dtype or 'fp32'} {layout or 'channels_last'}"
     fastest = max(pool, key=pool.get)
-    return fastest if pool[fastest] > MARGIN * pool.get(default, 0.0) else default
+    return fastest if pool[fastest] > 1.10 * pool.get(default, 0.0) else default
 
 
 def _save_trial(config: TrainConfig, images_per_s: dict[str, float]) -> None:
     cache = trial_cache_file()
-    try:
-        known = read_json(cache) if cache.exists() else {}
-    except (OSError, ValueError):
-        known = {}
+    known = {}
+    with suppress(OSError, ValueError):   # none yet, or damaged (cached_trial said so): started afresh
+        known = read_json(cache)
     entry = {_trial_key(config): {"images_per_s": images_per_s}}
-    try:
-        with atomic_path(cache) as tmp:
-            tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | entry, indent=1) + "\n")
-    except OSError:   # a read-only home: the trial is simply repeated next time
-        pass
+    with suppress(OSError), atomic_path(cache) as tmp:   # a read-only home: the trial is simply repeated next time
+        tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | entry, indent=1) + "\n")
 
 
 def _candidates() -> list[str]:
@@ -269,41 +226,32 @@ def trial_cache_file() -> Path:
 
 
 def _trial_key(config: TrainConfig) -> str:
-    models = [line for line in _cpuinfo().splitlines() if line.startswith("model name")]
-    cpu = models[0].split(":", 1)[1].strip() if models else platform.processor() or platform.machine()
-    return (f"{cpu}|{torch.backends.cpu.get_cpu_capability()}{' bf16' if cpu_has_bf16() else ''}|torch "
-            f"{torch.__version__}|{torch.get_num_threads()} threads|{config.image_size}px z{config.latent_dim} "
-            f"G{config.g_width} D{config.d_width}{' SN' if config.spectral_norm else ''}")
+    return (f"{describe_device(torch.device('cpu'))} {config.image_size}px z{config.latent_dim} G{config.g_width} "
+            f"D{config.d_width}{' SN' if config.spectral_norm else ''}")
 
 
-# ------------------------------------------------------------------------------------------- the size preset
-
-# What `size` sets in the notebooks (the values the learner leaves at None): "gpu" is the 64x64 DCGAN recipe; "cpu"
-# trains 32x32 faces with narrower networks on as many images as CPU_MINUTES allow at this CPU's measured speed.
+# What `size` sets in the notebooks where the learner leaves None: "gpu" the 64x64 DCGAN recipe, "cpu" a small run
 SIZES = {
     "gpu": dict(image_size=64, max_images=0, g_width=64, d_width=64, epochs=25, batch_size=128,
                 fid_samples=10_000, fid_real=0),
     "cpu": dict(image_size=32, max_images=None, g_width=32, d_width=32, epochs=20, batch_size=TRIAL_BATCH,
                 fid_samples=500, fid_real=500),   # Inception: ~6 images/s on a 2-core AVX2 CPU
 }
-CPU_MINUTES = 2.25                # the "cpu" preset's training time on the machine that sized it: with the rest of
-                                  # `make demo`, under 5 min on a CPU several times slower than a quiet 2-core one
-CPU_IMAGES = (1_000, 20_000)      # ... within these bounds, in steps of 1,000 (20,000: all the synthetic faces)
-CPU_MIN_STEPS = 900               # ... but at least this many steps: 375 drew blobs, 750 faces with hair (32x32)
-# whole epochs (batches, logging, grids, saves, the live plot) ran at 74% of the trial's bare steps in `make demo`
-EPOCH_SHARE = 0.75
+CPU_MINUTES = 2.25   # of training: with the rest of `make demo`, under 5 min on a CPU several times slower than ours
+CPU_IMAGES = (1_000, 20_000)   # the bounds, in steps of 1,000 (20,000: all the synthetic faces)
+CPU_MIN_STEPS = 900            # at least: at 32x32, 375 steps drew blobs, 750 faces with hair
+EPOCH_SHARE = 0.75   # whole epochs (logging, grids, saves, live plot) ran at 74% of the trial's speed in `make demo`
 
 
-def cpu_epoch_speed(config: TrainConfig) -> tuple[str, float]:
-    """(the candidate "auto" picks for `config` on this CPU, EPOCH_SHARE of its images/s in the trial)."""
+def cpu_epoch_speed(config: TrainConfig) -> float:
+    """EPOCH_SHARE of the images/s the CPU trial measured for what "auto" picks for `config` on this CPU."""
     trial = cpu_trial(config, partial(time_training_steps, config))
-    candidate = trial_pick(trial, amp_setting(config)[0], config.channels_last)
-    return candidate, EPOCH_SHARE * trial[candidate]
+    return EPOCH_SHARE * trial[trial_pick(trial, amp_setting(config)[0], config.channels_last)]
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
-    """SIZES' fields for `size` "auto" ("gpu" on a CUDA GPU, else "cpu"), "cpu" or "gpu", a value in `given` other
-    than None winning; printed in one line. The "cpu" image count follows the cached CPU trial, so 01 to 06 agree."""
+    """SIZES' values for `size` ("auto": "gpu" on a CUDA GPU, else "cpu"), a value in `given` other than None
+    winning, said in one line. The "cpu" image count follows the cached CPU trial, so 01 to 06 agree."""
     if size not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"parameter 'size' must be 'auto', 'cpu' or 'gpu'; got {size!r}")
     gpu = (device if isinstance(device, torch.device) else pick_device(device)).type == "cuda"
@@ -314,36 +262,29 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
         values["max_images"], epochs, how = _cpu_images(TrainConfig(**{**values, "max_images": 0}))
         values["epochs"] = yours.get("epochs", epochs)
     why = f'size "{size}"' + (f" -> {chosen} ({'a CUDA GPU' if gpu else 'no CUDA GPU'})" if size == "auto" else "")
-    print(f"{why}: {_describe(values, how)}{'; yours: ' + ', '.join(yours) if yours else ''}. "
+    count = f"{values['max_images']:,} images" if values["max_images"] else "all images"
+    real = f"{values['fid_real']:,}" if values["fid_real"] else "all"
+    print(f"{why}: {values['image_size']}x{values['image_size']}, widths {values['g_width']}/{values['d_width']}, "
+          f"{count}{how}, {values['epochs']} epochs of batch {values['batch_size']}, FID {values['fid_samples']:,} "
+          f"samples vs {real} real{'; yours: ' + ', '.join(yours) if yours else ''}. "
           + ('size = "cpu" trains a small run in minutes' if chosen == "gpu" else
              'size = "gpu" is the 64x64 recipe (hours on a CPU)'))
     return values
 
 
 def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
-    """(max_images, epochs, why): as many images as `config.epochs` epochs train in CPU_MINUTES here; on a CPU too
-    slow for CPU_MIN_STEPS in that time, those steps and the time they take."""
-    speed = cpu_epoch_speed(config)[1]
+    """(max_images, epochs, why): what `config.epochs` epochs train in CPU_MINUTES here; CPU_MIN_STEPS at least."""
+    speed = cpu_epoch_speed(config)
     budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * config.batch_size)   # images to train
     images = min(max(math.ceil(budget / config.epochs / 1000) * 1000, CPU_IMAGES[0]), CPU_IMAGES[1])
     epochs = min(config.epochs, math.ceil(budget / images))
-    if CPU_MINUTES * 60 * speed >= CPU_MIN_STEPS * config.batch_size:
-        return images, epochs, f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch " \
-                               "runs at here)"
-    minutes = images * epochs / speed / 60
-    return images, epochs, f" (this CPU is slow or busy: {speed:,.0f} images/s an epoch; about {minutes:.0f} min " \
-                           f"for the {CPU_MIN_STEPS:,} steps that faces need)"
+    if budget > CPU_MINUTES * 60 * speed:
+        minutes = images * epochs / speed / 60
+        return images, epochs, (f" (this CPU is slow or busy: {speed:,.0f} images/s an epoch; about {minutes:.0f} "
+                                f"min for the {CPU_MIN_STEPS:,} steps that faces need)")
+    return images, epochs, (f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch runs "
+                            "at here)")
 
-
-def _describe(values: dict, how: str) -> str:
-    count = (f"{values['max_images']:,} images" if values["max_images"] else "all images") + how
-    real = f"{values['fid_real']:,}" if values["fid_real"] else "all"
-    return (f"{values['image_size']}x{values['image_size']}, widths {values['g_width']}/{values['d_width']}, "
-            f"{count}, {values['epochs']} epochs of batch {values['batch_size']}, "
-            f"FID {values['fid_samples']:,} samples vs {real} real")
-
-
-# ------------------------------------------------------------------------------------------- where we are
 
 def describe_device(device: torch.device) -> str:
     """One line: torch version and the device, e.g. for the top of a training log."""
@@ -352,6 +293,8 @@ def describe_device(device: torch.device) -> str:
         props = torch.cuda.get_device_properties(device)
         what = f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability {props.major}.{props.minor}"
     elif device.type == "cpu":
-        what = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                f"{torch.backends.cpu.get_cpu_capability()}{', bf16' if cpu_has_bf16() else ''}")
+        models = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
+        what = (f"{models[0] if models else platform.processor() or platform.machine()}, "
+                f"{torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()}"
+                f"{', bf16' if cpu_has_bf16() else ''}")
     return f"torch {torch.__version__} on {device} ({what})"
