@@ -1,6 +1,6 @@
-"""The training loop, `train(config)`: notebook 03's loop around its step (utils/step.py), with the data kept on the
-GPU when it fits, no waits for the device (one GPU replays the step as a CUDA graph) and a checkpoint after every
-epoch, from which a resumed run ends exactly like an uninterrupted one (each epoch's randomness: from seed, epoch)."""
+"""`train(config)`: notebook 03's loop around its step (utils/step.py), with the data on the GPU when it fits, no
+waits for the device and a checkpoint after every epoch, from which a resumed run ends exactly like an uninterrupted
+one: each epoch's randomness comes from (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -24,16 +24,12 @@ from utils.diagnose import Diagnosis
 from utils.environment import DeviceChoice, choose_device
 from utils.errors import ConfigError, Interrupted, UserError
 from utils.metrics import FID, fid_for_config, load_inception
-from utils.models import Discriminator, Generator, available_ram, check_network_size, check_networks
+from utils.models import Discriminator, Generator, check_network_size, check_networks
 from utils.run import (CHECKPOINT, Run, TrainingState, checkpoint_state, frame_path, network_descriptions,
                        network_tag, restore_checkpoint)
 from utils.step import EMA, CUDAGraphStep, TrainingStep, time_training_steps
 from utils.urls import redact
 from utils.visualize import image_grid, in_notebook
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
 @dataclass
@@ -46,21 +42,19 @@ class TrainResult:
 
 
 class DeviceData:
-    """Shuffled, flipped batches in [-1, 1] from a uint8 image tensor, kept on the GPU when it fits (else in pinned
-    host memory, copied per batch); with several processes, each one takes its own share of every epoch."""
+    """Shuffled, flipped batches in [-1, 1] from a uint8 image tensor, kept on the GPU when it fits (else in host
+    memory, copied per batch); with several processes, each one takes its own share of every epoch."""
 
     def __init__(self, images: torch.Tensor, device: torch.device, config: TrainConfig, channels_last: bool,
                  log: Callable[[str], None] = print):
         self.device, self.batch_size, self.channels_last = device, config.batch_size, channels_last
-        nbytes, setting = images.numel(), config.data_on_device
-        fits = device.type == "cuda" and nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
-        if device.type != "cpu" and (setting == "on" or setting == "auto" and fits):
+        fits = device.type == "cuda" and images.numel() < 0.4 * torch.cuda.mem_get_info(device)[0]
+        if device.type != "cpu" and (config.data_on_device == "on" or config.data_on_device == "auto" and fits):
             self.images, where = images.to(device), f"on {device}"
-        elif device.type == "cuda" and nbytes < 0.5 * available_ram():
-            self.images, where = images.pin_memory(), "in pinned host memory (too large for the GPU), copied per batch"
-        else:  # a CPU reads the memory-mapped cache, as does a GPU when the data fits neither it nor the RAM
+        else:  # indexing makes each batch a new, unpinned tensor: pinning the source would copy it all for nothing
             self.images, where = images, "in host memory (memory-mapped cache)"
-        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {nbytes / 2**20:,.0f} MiB, kept {where}")
+        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {images.numel() / 2**20:,.0f} MiB, "
+            f"kept {where}")
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.steps_per_epoch = len(images) // self.world // self.batch_size
         if self.steps_per_epoch == 0:
@@ -81,9 +75,8 @@ class DeviceData:
 
 def epoch_generators(seed: int, epoch: int, device: torch.device,
                      rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
-    """(CPU, device) random generators for one epoch, from (seed, epoch) and the process's rank only: a resumed run
-    draws what an uninterrupted one draws. The CPU one (the permutation) is every process's, the device one (noise,
-    augmentations) each process's own. Small offsets: the CPU generator keeps only a seed's low 32 bits."""
+    """(CPU, device) random generators for one epoch from (seed, epoch, rank) only: the permutation is every process's,
+    the noise and augmentations each one's own. Small offsets: the CPU generator keeps only a seed's low 32 bits."""
     cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
     return cpu, dev
@@ -113,8 +106,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             distributed.barrier()
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
-            device_line, chosen = choice.log.split("\n", 1)
-            _log(f"{device_line}\nrun folder: {run.dir}\n{chosen}")
+            _log(f"run folder: {run.dir}\n{choice.log}")
             if images is None:
                 with distributed.main_first():  # the main process builds the cache, the others then reuse it
                     images = load_dataset(config, progress=progress)
@@ -145,8 +137,8 @@ def _log(message: str) -> None:
 
 def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discriminator: nn.Module,
                     choice: DeviceChoice, networks: dict[str, str]) -> tuple[TrainingState, int]:
-    """The optimisers, AMP scaler, EMA and fixed noise, restored from the checkpoint when the run continues, with this
-    call's learning rates and betas; the settings recorded. Returns them and the first epoch to train."""
+    """The optimisers, AMP scaler, EMA and fixed noise, restored from the checkpoint when the run continues, then
+    given this call's learning rates and betas. Returns them and the first epoch to train."""
     # fused Adam on a GPU (capturable in a CUDA graph) and in fp16, where GradScaler hands it the scale as a tensor
     fused = choice.device.type == "cuda" or choice.amp == torch.float16
     adam = {"fused": True, "capturable": choice.cuda_graphs} if fused else {"foreach": True}
@@ -168,14 +160,11 @@ def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discrim
             group.update(lr=lr, betas=(config.beta1, config.beta2))
     if world > 1:
         _log(f"distributed: {world} processes x batch {config.batch_size} = effective batch "
-             f"{world * config.batch_size}; learning rates G {lr_g:.2e}, D {lr_d:.2e}" + (
-                 " (x sqrt(effective batch / 128))" if config.scale_lr else
-                 " (not scaled: pass scale_lr=True for x sqrt(effective batch / 128))"))
-    history = state.history
-    if start_epoch > config.epochs:
-        _log(f"{run.dir} already has {start_epoch - 1} epochs; raise 'epochs' to train longer")
-    elif distributed.is_main():
-        run.record_settings(config, history, start_epoch, history["steps"][-1]["step"] if history["steps"] else 0)
+             f"{world * config.batch_size}; learning rates G {lr_g:.2e}, D {lr_d:.2e} (scale_lr={config.scale_lr}: "
+             "True multiplies them by sqrt(effective batch / 128))")
+    if start_epoch <= config.epochs and distributed.is_main():
+        steps = state.history["steps"]
+        run.record_settings(config, state.history, start_epoch, steps[-1]["step"] if steps else 0)
     return state, start_epoch
 
 
@@ -203,7 +192,9 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
     run_step = CUDAGraphStep(step) if choice.cuda_graphs else step
     log_every = 1 if device.type == "cpu" else config.log_every
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
-    if live_plot is not None and start_epoch <= config.epochs:
+    if start_epoch > config.epochs:
+        _log(f"{run.dir} already has {saved} epochs; raise 'epochs' to train longer")
+    elif live_plot is not None:
         live_plot.update(history, force=True)  # the picture first: each epoch's bar and line print under it
     try:
         for epoch in range(start_epoch, config.epochs + 1):
@@ -222,11 +213,10 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                 if index % log_every and index < batches.steps_per_epoch:
                     continue
                 losses = step.read((index - 1) % log_every + 1)  # the means over the steps since the last read
-                if not (math.isfinite(losses["loss_d"]) and math.isfinite(losses["loss_g"])):
-                    raise TrainingDiverged(f"training diverged at epoch {epoch}, step {steps_before + index}: loss_d="
-                                           f"{losses['loss_d']}, loss_g={losses['loss_g']}. The last good checkpoint "
-                                           "(end of the previous epoch) is kept; lower lr_g/lr_d, try amp='off', or "
-                                           "loss='hinge' with spectral_norm=True")
+                if not math.isfinite(losses["loss_d"] + losses["loss_g"]):
+                    raise UserError(f"training diverged at epoch {epoch}, step {steps_before + index}: loss_d="
+                                    f"{losses['loss_d']}, loss_g={losses['loss_g']}. The last good checkpoint is kept; "
+                                    "lower lr_g/lr_d, try amp='off', or loss='hinge' with spectral_norm=True")
                 history["steps"].append({"epoch": epoch, "step": steps_before + index, **losses,
                                          "seconds": round(time.perf_counter() - started, 2)})
                 bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}",
@@ -238,10 +228,10 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
             bar.close()
             seconds = time.perf_counter() - started
             budget_s -= seconds
-            images_per_s = round(index * config.batch_size * distributed.world_size() / seconds, 1)
-            cut_short = {"steps": index} if index < batches.steps_per_epoch else {}  # by max_minutes
-            history["epochs"].append({"epoch": epoch, "seconds": round(seconds, 2), "images_per_s": images_per_s,
-                                      **cut_short})
+            history["epochs"].append({"epoch": epoch, "seconds": round(seconds, 2), "images_per_s": round(
+                index * config.batch_size * batches.world / seconds, 1)})
+            if index < batches.steps_per_epoch:  # cut short by max_minutes
+                history["epochs"][-1]["steps"] = index
             grid = _end_epoch(config, run, state, step, fid, diagnosis) if distributed.is_main() else None
             saved = epoch
             if live_plot is not None:
@@ -259,20 +249,18 @@ def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: Traini
     """After each epoch, on the main process: the grid of the fixed noise, the FID every `fid_every` epochs, the
     epoch's line with what the diagnosis sees under it, and the save (in the background). Returns the grid."""
     history, epoch = state.history, state.history["epochs"][-1]["epoch"]
-    sample_from = state.ema.module if state.ema is not None else state.generator
-    noise = state.fixed_noise.to(next(sample_from.parameters()).device)
+    generator = state.ema.module if state.ema is not None else state.generator
+    noise = state.fixed_noise.to(next(generator.parameters()).device)
     with torch.no_grad(), step.autocast():
-        grid = image_grid(sample_from(noise).float()).permute(1, 2, 0).numpy()
+        grid = image_grid(generator(noise).float()).permute(1, 2, 0).numpy()
     if fid is not None and (epoch % config.fid_every == 0 or epoch == config.epochs):
-        score = fid.score_generator(sample_from, config.latent_dim, config.fid_samples, seed=config.seed)
+        score = fid.score_generator(generator, config.latent_dim, config.fid_samples, seed=config.seed)
         history["epochs"][-1]["fid"] = round(score, 3)
         _log(f"epoch {epoch}: FID {score:.2f} ({config.fid_samples:,} samples)")
-    seen = diagnosis(history, grid)
-    _log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
-         f"loss_g {history['steps'][-1]['loss_g']:.3f}, {history['epochs'][-1]['images_per_s']:,.0f} images/s "
-         f"-> samples/epoch_{epoch:03d}.png")
-    for line in seen:
-        _log(f"  {line}")
+    last = history["steps"][-1]
+    _log(f"epoch {epoch}/{config.epochs}: loss_d {last['loss_d']:.3f}, loss_g {last['loss_g']:.3f}, "
+         f"{history['epochs'][-1]['images_per_s']:,.0f} images/s -> samples/epoch_{epoch:03d}.png"
+         + "".join(f"\n  {line}" for line in diagnosis(history, grid)))
     run.save_epoch(epoch, grid, history, checkpoint_state(config, epoch, state))
     return grid
 
