@@ -138,8 +138,7 @@ def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.
 
 
 def check_network_size(config: TrainConfig, device: torch.device) -> None:
-    """Refuse built-in networks too large for the device's free memory (16 bytes a parameter: weights, gradients and
-    Adam's moments) before they fail in the allocator or swap."""
+    """Refuse built-in networks whose weights, gradients and Adam moments (16 bytes a parameter) exceed free memory."""
     try:  # on "meta", which allocates nothing; D without spectral norm, whose power iterations crawl there
         with torch.device("meta"):
             parameters = (count_parameters(Generator(config.image_size, config.latent_dim, config.g_width))

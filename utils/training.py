@@ -84,9 +84,8 @@ def epoch_generators(seed: int, epoch: int, device: torch.device,
 
 def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None,
           generator: nn.Module | None = None, discriminator: nn.Module | None = None) -> TrainResult:
-    """Train (or continue) the run of `config` (in `config.out`, or a folder named from the settings when that is "")
-    until `config.epochs` epochs are done. `live_plot`: utils.visualize.LivePlot or alike; `images` replaces loading
-    `config.data` (tests, benchmarks); `generator` and `discriminator` replace the built-in networks."""
+    """Train (or continue) `config`'s run until `config.epochs` epochs are done. `live_plot`: utils.visualize.LivePlot;
+    `images` replaces loading `config.data`; `generator` and `discriminator` replace the built-in networks."""
     config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
     try:
         choice = choose_device(config, partial(time_training_steps, config))  # joins a distributed run's group
@@ -137,8 +136,7 @@ def _log(message: str) -> None:
 
 def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discriminator: nn.Module,
                     choice: DeviceChoice, networks: dict[str, str]) -> tuple[TrainingState, int]:
-    """The optimisers, AMP scaler, EMA and fixed noise, restored from the checkpoint when the run continues, then
-    given this call's learning rates and betas. Returns them and the first epoch to train."""
+    """The optimisers, scaler, EMA and fixed noise (restored when the run continues), and the first epoch to train."""
     # fused Adam on a GPU (capturable in a CUDA graph) and in fp16, where GradScaler hands it the scale as a tensor
     fused = choice.device.type == "cuda" or choice.amp == torch.float16
     adam = {"fused": True, "capturable": choice.cuda_graphs} if fused else {"foreach": True}
@@ -185,8 +183,7 @@ def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoi
 
 def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: DeviceData, choice: DeviceChoice,
                   start_epoch: int, fid: FID | None, diagnosis: Diagnosis, live_plot, progress: bool) -> TrainResult:
-    """The loop, as in notebook 03: each epoch, every batch through the step, the losses read every `log_every` steps
-    (every step on a CPU, where reading costs nothing), then `_end_epoch`; Ctrl-C says what is saved."""
+    """Notebook 03's loop, the losses read every `log_every` steps (every step on a CPU, where reading is free)."""
     history, device, epoch, saved = state.history, choice.device, start_epoch, start_epoch - 1
     step = _training_step(config, state, choice)
     run_step = CUDAGraphStep(step) if choice.cuda_graphs else step
@@ -246,8 +243,7 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
 
 def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: TrainingStep, fid: FID | None,
                diagnosis: Diagnosis) -> np.ndarray:
-    """After each epoch, on the main process: the grid of the fixed noise, the FID every `fid_every` epochs, the
-    epoch's line with what the diagnosis sees under it, and the save (in the background). Returns the grid."""
+    """On the main process after each epoch: the grid, the FID when due, the epoch's line, the diagnosis, the save."""
     history, epoch = state.history, state.history["epochs"][-1]["epoch"]
     generator = state.ema.module if state.ema is not None else state.generator
     noise = state.fixed_noise.to(next(generator.parameters()).device)
@@ -266,8 +262,7 @@ def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: Traini
 
 
 def _interrupted(run: Run, epoch: int, saved: int) -> Interrupted:
-    """What Ctrl-C during the loop says: where it landed, what is saved, how to resume; in a notebook also that the
-    cells queued below did not run (Jupyter stops the queue on an interrupt)."""
+    """What Ctrl-C says: what is saved and how to resume (in a notebook also that Jupyter skipped the cells below)."""
     what = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved, f"epochs 1-{saved} are saved")
     when = f"after epoch {epoch}" if saved == epoch else f"during epoch {epoch}"
     where = f" in {run.dir / CHECKPOINT}" if saved else ""
