@@ -120,6 +120,10 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
                 if inception is not None and start_epoch <= config.epochs else None
             # a resumed run compares its next grid with the last one saved, as an uninterrupted run would
             diagnosis = Diagnosis(config, images, frame_path(run.dir, start_epoch - 1) if start_epoch > 1 else None)
+            if start_epoch > config.epochs:
+                _log(f"{run.dir} already has {start_epoch - 1} epochs; raise 'epochs' to train longer")
+            elif live_plot is not None:
+                live_plot.update(state.history, force=True)  # first: each epoch's bar and line print under it
             return _train_epochs(config, run, state, batches, choice, start_epoch, fid, diagnosis, live_plot, progress)
     except Interrupted:  # the loop's own, which says what was saved
         raise
@@ -189,10 +193,6 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
     run_step = CUDAGraphStep(step) if choice.cuda_graphs else step
     log_every = 1 if device.type == "cpu" else config.log_every
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
-    if start_epoch > config.epochs:
-        _log(f"{run.dir} already has {saved} epochs; raise 'epochs' to train longer")
-    elif live_plot is not None:
-        live_plot.update(history, force=True)  # the picture first: each epoch's bar and line print under it
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             if config.max_minutes and budget_s <= 0:
@@ -235,8 +235,12 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                 title = ", ".join([f"epoch {epoch}", *history["epochs"][-1].get("diagnosis", {})])
                 live_plot.update(history, grid=grid, title=title, force=True)
             distributed.barrier()
-    except KeyboardInterrupt:
-        raise _interrupted(run, epoch, saved) from None
+    except KeyboardInterrupt:  # say what is saved and how to resume (in a notebook: Jupyter skipped the cells below)
+        what = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved, f"epochs 1-{saved} are saved")
+        when = f"after epoch {epoch}" if saved == epoch else f"during epoch {epoch}"
+        where = f" in {run.dir / CHECKPOINT}" if saved else ""
+        again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
+        raise Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}") from None
     sample_from = state.ema.module if state.ema is not None else state.generator
     return TrainResult(sample_from, state.discriminator, history, run.dir, saved)
 
@@ -259,12 +263,3 @@ def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: Traini
          + "".join(f"\n  {line}" for line in diagnosis(history, grid)))
     run.save_epoch(epoch, grid, history, checkpoint_state(config, epoch, state))
     return grid
-
-
-def _interrupted(run: Run, epoch: int, saved: int) -> Interrupted:
-    """What Ctrl-C says: what is saved and how to resume (in a notebook also that Jupyter skipped the cells below)."""
-    what = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved, f"epochs 1-{saved} are saved")
-    when = f"after epoch {epoch}" if saved == epoch else f"during epoch {epoch}"
-    where = f" in {run.dir / CHECKPOINT}" if saved else ""
-    again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
-    return Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}")
