@@ -53,15 +53,19 @@ class TrainingStep:
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer, loss: str = "bce", real_label: float = 1.0, fake_label: float = 0.0,
-                 label_flip: float = 0.0, *, scaler: torch.amp.GradScaler | None = None,
-                 autocast: Callable = nullcontext, ema: EMA | None = None, diffaugment: str = "",
+                 label_flip: float = 0.0, *, amp: torch.dtype | None = None, cuda_graphs: bool = False,
+                 scaler: torch.amp.GradScaler | None = None, ema: EMA | None = None, diffaugment: str = "",
                  frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         self.loss, self.labels, self.diffaugment = loss, (real_label, fake_label, label_flip), diffaugment
-        self.scaler, self.autocast, self.ema = scaler or torch.amp.GradScaler(enabled=False), autocast, ema
+        device = next(generator.parameters()).device
+        self.scaler, self.ema = scaler or torch.amp.GradScaler(device.type, enabled=amp == torch.float16), ema
+        # autocast's cache of low-precision weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
+        self.autocast = partial(torch.autocast, device.type, dtype=amp, cache_enabled=not cuda_graphs) \
+            if amp else nullcontext
         # G's step calls D without its DDP wrapper (or `frozen_d`): D's frozen weights have no gradients to all-reduce
         self.frozen_d = distributed.unwrap(discriminator) if frozen_d is None else frozen_d
-        self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
+        self.totals = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z))
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
         augment = partial(diff_augment, policy=self.diffaugment, generator=gen)  # real and fake alike (DiffAugment)
@@ -160,9 +164,7 @@ def time_training_steps(config: TrainConfig, candidates: list[str], batch: int =
             G = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
             D = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(device, memory_format=memory)
             step = TrainingStep(G, D, torch.optim.Adam(G.parameters(), foreach=True),
-                                torch.optim.Adam(D.parameters(), foreach=True), config.loss,
-                                scaler=torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
-                                autocast=partial(torch.autocast, device.type, dtype=amp) if amp else nullcontext)
+                                torch.optim.Adam(D.parameters(), foreach=True), config.loss, amp=amp)
             real = torch.rand(batch, 3, config.image_size, config.image_size, device=device) * 2 - 1
             steps[name] = partial(step, real.contiguous(memory_format=memory),
                                   torch.randn(batch, config.latent_dim, 1, 1, device=device))

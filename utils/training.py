@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -171,18 +170,15 @@ def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discrim
 
 
 def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoice) -> TrainingStep:
-    """The step as trained: DDP wrappers, torch.compile, autocast, DiffAugment, D's targets."""
+    """The step as trained: DDP wrappers, torch.compile, mixed precision, DiffAugment, D's targets."""
     train_g = distributed.wrap(state.generator, choice.device, config.sync_batchnorm)
     train_d = distributed.wrap(state.discriminator, choice.device, config.sync_batchnorm)
     frozen_d = distributed.unwrap(train_d)
     if config.compile:
         train_g, train_d, frozen_d = torch.compile(train_g), torch.compile(train_d), torch.compile(frozen_d)
-    # autocast's cache of low-precision weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
-    autocast = partial(torch.autocast, choice.device.type, dtype=choice.amp, cache_enabled=not choice.cuda_graphs) \
-        if choice.amp else nullcontext
     return TrainingStep(train_g, train_d, state.opt_g, state.opt_d, config.loss, config.real_label, config.fake_label,
-                        config.label_flip, scaler=state.scaler, autocast=autocast, ema=state.ema,
-                        diffaugment=config.diffaugment, frozen_d=frozen_d)
+                        config.label_flip, amp=choice.amp, scaler=state.scaler, ema=state.ema,
+                        diffaugment=config.diffaugment, frozen_d=frozen_d, cuda_graphs=choice.cuda_graphs)
 
 
 def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: DeviceData, choice: DeviceChoice,
