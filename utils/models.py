@@ -21,9 +21,8 @@ class Generator(nn.Sequential):
 
     def __init__(self, image_size: int = 64, latent_dim: int = 128, width: int = 64):
         channels = [width * 2 ** i for i in reversed(range(int(math.log2(image_size)) - 2))]  # 64 px: 512 ... 64
-        # z (N, latent_dim, 1, 1) -> (N, channels[0], 4, 4)
         layers = [nn.ConvTranspose2d(latent_dim, channels[0], 4, 1, 0, bias=False), nn.BatchNorm2d(channels[0]),
-                  nn.ReLU(True)]
+                  nn.ReLU(True)]  # z (N, latent_dim, 1, 1) -> (N, channels[0], 4, 4)
         for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, 2s, 2s)
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]  # -> (N, 3, S, S)
@@ -147,11 +146,10 @@ def check_network_size(config: TrainConfig, device: torch.device) -> None:
         parameters = math.inf
     needs, free = 16 * parameters, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
     if needs > free:
-        raise ConfigError(
-            f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and 'd_width' "
-            f"({config.d_width}) make networks of {parameters:,} parameters: training them needs at least "
-            f"{needs / 2**30:,.1f} GiB and {device} has {free / 2**30:,.1f} GiB free. Use smaller values (the DCGAN "
-            "reference: latent_dim 100-128, widths 64)")
+        raise ConfigError(f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and "
+                          f"'d_width' ({config.d_width}) make networks of {parameters:,} parameters: training them "
+                          f"needs at least {needs / 2**30:,.1f} GiB and {device} has {free / 2**30:,.1f} GiB free. Use "
+                          "smaller values (the DCGAN reference: latent_dim 100-128, widths 64)")
 
 
 def available_ram() -> int:
