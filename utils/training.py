@@ -161,8 +161,9 @@ def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discrim
             group.update(lr=lr, betas=(config.beta1, config.beta2))
     if world > 1:
         _log(f"distributed: {world} processes x batch {config.batch_size} = effective batch "
-             f"{world * config.batch_size}; learning rates G {lr_g:.2e}, D {lr_d:.2e} (scale_lr={config.scale_lr}: "
-             "True multiplies them by sqrt(effective batch / 128))")
+             f"{world * config.batch_size}; learning rates G {lr_g:.2e}, D {lr_d:.2e}" + (
+                 " (x sqrt(effective batch / 128))" if config.scale_lr else
+                 " (not scaled: pass scale_lr=True for x sqrt(effective batch / 128))"))
     if start_epoch <= config.epochs and distributed.is_main():
         steps = state.history["steps"]
         run.record_settings(config, state.history, start_epoch, steps[-1]["step"] if steps else 0)
