@@ -2,7 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from utils.models import Discriminator, Generator, count_parameters, layer_table, print_layer_table
+from utils.config import TrainConfig
+from utils.errors import ConfigError
+from utils.models import Discriminator, Generator, check_networks, count_parameters, layer_table, print_layer_table
 
 
 def convs(model: nn.Module) -> list[nn.Module]:
@@ -60,3 +62,14 @@ def test_the_layer_table_lists_every_layer_keeps_batchnorm_statistics_and_prints
     print_layer_table(generator, torch.randn(1, 16, 1, 1))
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 + len(generator) + 1 and lines[-1].split() == ["total", f"{count_parameters(generator):,}"]
+
+
+def test_networks_that_do_not_fit_the_loop_are_named_in_one_line():
+    config, cpu = TrainConfig(image_size=16, latent_dim=16), torch.device("cpu")
+    generator, discriminator = Generator(16, 16, 8), Discriminator(16, 8)
+    check_networks(config, generator, discriminator, cpu)   # the built-in ones fit
+    with pytest.raises(ConfigError, match=r"your generator fails on an input of shape \(2, 8, 1, 1\) .*'latent_dim'"):
+        check_networks(TrainConfig(image_size=16, latent_dim=8), generator, discriminator, cpu)
+    two_scores = nn.Sequential(*list(discriminator)[:-1], nn.Flatten(), nn.Linear(1, 2))   # (N, 2): two scores per image
+    with pytest.raises(ConfigError, match=r"turns images of shape \(2, 3, 16, 16\) into \(2, 2\); .* one score"):
+        check_networks(config, generator, two_scores, cpu)

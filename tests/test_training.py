@@ -178,8 +178,8 @@ def test_an_overflowing_fp16_step_is_skipped_and_halves_the_scale(device, graphe
     generator, discriminator = Generator(16, 16, 8).to(device), Discriminator(16, 8).to(device)
     adam = lambda model: torch.optim.Adam(model.parameters(), 2e-4, (0.5, 0.999), fused=True, capturable=graphed)
     scaler = torch.amp.GradScaler(device)
-    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator), scaler=scaler,
-                        autocast=lambda: torch.autocast(device, dtype=torch.float16, cache_enabled=not graphed))
+    step = TrainingStep(generator, discriminator, adam(generator), adam(discriminator), amp=torch.float16,
+                        scaler=scaler, cuda_graphs=graphed)
     run_step = CUDAGraphStep(step) if graphed else step
     real, z = torch.rand(32, 3, 16, 16, device=device) * 2 - 1, torch.randn(32, 16, 1, 1, device=device)
     for _ in range(6):  # ordinary steps; graphed: 3 eager warm-ups, then recorded and replayed

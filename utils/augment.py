@@ -10,21 +10,18 @@ import torch
 def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Apply the comma-separated `policy` ("color", "translation", "cutout") to a batch in [-1, 1]."""
     for name in filter(None, policy.split(",")):
-        x = _POLICIES[name](x, generator)
+        x = {"color": color, "translation": translation, "cutout": cutout}[name](x, generator)
     return x
-
-
-def _rand(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype, generator=generator)
 
 
 def color(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random brightness (+-0.5), saturation (x0..2) and contrast (x0.5..1.5) per image."""
-    x = x + (_rand(x, generator) - 0.5)
+    rand = lambda: torch.rand(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype, generator=generator)
+    x = x + (rand() - 0.5)
     mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * (_rand(x, generator) * 2) + mean
+    x = (x - mean) * (rand() * 2) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (_rand(x, generator) + 0.5) + mean
+    return (x - mean) * (rand() + 0.5) + mean
 
 
 def translation(x: torch.Tensor, generator: torch.Generator | None = None, ratio: float = 0.125) -> torch.Tensor:
@@ -49,6 +46,3 @@ def cutout(x: torch.Tensor, generator: torch.Generator | None = None, ratio: flo
     cols = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (rows >= top) & (rows < top + size_y) & (cols >= left) & (cols < left + size_x)
     return x * (~inside).unsqueeze(1).to(x.dtype)
-
-
-_POLICIES = {"color": color, "translation": translation, "cutout": cutout}

@@ -1,12 +1,10 @@
 """The DCGAN generator and discriminator (Radford et al., 2015) for any power-of-two image size, and the helpers that
-look at networks, built-in or your own. D returns a logit: the loss applies the sigmoid, stable in mixed precision.
-"""
+look at networks, built-in or your own. D returns a logit: the loss applies the sigmoid, stable in mixed precision."""
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 from contextlib import contextmanager
 from typing import Callable
 
@@ -23,9 +21,8 @@ class Generator(nn.Sequential):
 
     def __init__(self, image_size: int = 64, latent_dim: int = 128, width: int = 64):
         channels = [width * 2 ** i for i in reversed(range(int(math.log2(image_size)) - 2))]  # 64 px: 512 ... 64
-        # z (N, latent_dim, 1, 1) -> (N, channels[0], 4, 4)
         layers = [nn.ConvTranspose2d(latent_dim, channels[0], 4, 1, 0, bias=False), nn.BatchNorm2d(channels[0]),
-                  nn.ReLU(True)]
+                  nn.ReLU(True)]  # z (N, latent_dim, 1, 1) -> (N, channels[0], 4, 4)
         for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, 2s, 2s)
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]  # -> (N, 3, S, S)
@@ -118,36 +115,29 @@ def describe_network(model: nn.Module) -> str:
 
 def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device,
                    log: Callable[[str], None] = print) -> None:
-    """Say which networks are your own; they must take and give what the loop passes: z (N, latent_dim, 1, 1) ->
-    (N, 3, S, S) -> (N,)."""
-    if isinstance(generator, Generator) and isinstance(discriminator, Discriminator):
-        return
+    """Say which networks are your own and check they fit the loop: z (N, latent_dim, 1, 1) -> (N, 3, S, S) -> (N,)."""
     for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
         if not isinstance(model, builtin):
             log(f"{role}: yours, {describe_network(model)}")
-    size, z_shape = config.image_size, (2, config.latent_dim, 1, 1)
+    z_shape, image_shape = (2, config.latent_dim, 1, 1), (2, 3, config.image_size, config.image_size)
+    shapes = {}
     with sampling(generator, discriminator):
-        try:
-            images = generator(torch.zeros(z_shape, device=device))
-        except Exception as error:
-            raise ConfigError(f"your generator fails on z of shape {z_shape} (config field 'latent_dim'): "
-                              f"{type(error).__name__}: {error}") from None
-        if tuple(images.shape) != (2, 3, size, size):
-            raise ConfigError(f"your generator turns z of shape {z_shape} into {tuple(images.shape)}; training needs "
-                              f"(2, 3, {size}, {size}) (config field 'image_size' is {size})")
-        try:
-            logits = discriminator(images)
-        except Exception as error:
-            raise ConfigError(f"your discriminator fails on images of shape (2, 3, {size}, {size}): "
-                              f"{type(error).__name__}: {error}") from None
-        if logits.numel() != 2:
-            raise ConfigError(f"your discriminator turns images of shape (2, 3, {size}, {size}) into "
-                              f"{tuple(logits.shape)}; training needs one score per image: shape (2,) or (2, 1)")
+        for role, model, shape in (("generator", generator, z_shape), ("discriminator", discriminator, image_shape)):
+            try:
+                shapes[role] = tuple(model(torch.zeros(shape, device=device)).shape)
+            except Exception as error:
+                raise ConfigError(f"your {role} fails on an input of shape {shape} (config fields 'latent_dim' and "
+                                  f"'image_size'): {type(error).__name__}: {error}") from None
+    if shapes["generator"] != image_shape:
+        raise ConfigError(f"your generator turns z of shape {z_shape} into {shapes['generator']}; training needs "
+                          f"{image_shape} (config field 'image_size' is {config.image_size})")
+    if math.prod(shapes["discriminator"]) != 2:
+        raise ConfigError(f"your discriminator turns images of shape {image_shape} into {shapes['discriminator']}; "
+                          "training needs one score per image: shape (2,) or (2, 1)")
 
 
 def check_network_size(config: TrainConfig, device: torch.device) -> None:
-    """Refuse built-in networks that cannot fit in the device's free memory (16 bytes a parameter: weights, gradients,
-    Adam's moments) before a width a thousand times too large fails in the allocator or swaps."""
+    """Refuse built-in networks whose weights, gradients and Adam moments (16 bytes a parameter) exceed free memory."""
     try:  # on "meta", which allocates nothing; D without spectral norm, whose power iterations crawl there
         with torch.device("meta"):
             parameters = (count_parameters(Generator(config.image_size, config.latent_dim, config.g_width))
@@ -156,20 +146,16 @@ def check_network_size(config: TrainConfig, device: torch.device) -> None:
         parameters = math.inf
     needs, free = 16 * parameters, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
     if needs > free:
-        raise ConfigError(
-            f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and 'd_width' "
-            f"({config.d_width}) make networks of {parameters:,} parameters: training them needs at least "
-            f"{needs / 2**30:,.1f} GiB and {device} has {free / 2**30:,.1f} GiB free. Use smaller values (the DCGAN "
-            "reference: latent_dim 100-128, widths 64)")
+        raise ConfigError(f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and "
+                          f"'d_width' ({config.d_width}) make networks of {parameters:,} parameters: training them "
+                          f"needs at least {needs / 2**30:,.1f} GiB and {device} has {free / 2**30:,.1f} GiB free. Use "
+                          "smaller values (the DCGAN reference: latent_dim 100-128, widths 64)")
 
 
 def available_ram() -> int:
-    """Bytes of RAM free for new allocations: Linux's MemAvailable (page cache counted), else the free pages."""
+    """Bytes of RAM free for new allocations: Linux's MemAvailable (page cache counted); elsewhere no limit is known."""
     try:
         with open("/proc/meminfo") as meminfo:
             return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):  # Windows: plenty
-            return 1 << 62
+    except (OSError, StopIteration):
+        return 1 << 62

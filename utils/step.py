@@ -1,7 +1,5 @@
-"""One training step of the GAN, as notebook 03 writes it out by hand (tests/test_notebook_code.py proves the two
-equal); the EMA of G's weights; the step replayed as a CUDA graph; and `time_training_steps`, the one place that
-measures training speed (the CPU trial and utils/estimate.py call it). The loop around the step is utils/training.py.
-"""
+"""One training step of the GAN as notebook 03 writes it out (tests/test_notebook_code.py proves the two equal), the
+EMA of G's weights, the step replayed as a CUDA graph, and `time_training_steps`: the one place that times training."""
 
 from __future__ import annotations
 
@@ -26,9 +24,8 @@ TRIAL_BATCH = 32   # the batch the CPU trial times (at most the run's): small, s
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str,
                        labels: tuple[float, float, float] = (1.0, 0.0, 0.0),
                        gen: torch.Generator | None = None) -> torch.Tensor:
-    """D's loss: hinge, or BCE against the targets `labels` = (real_label, fake_label, label_flip) make: each label
-    (label smoothing when not 1 and 0) swapped with probability label_flip (noisy labels), tossed with `gen`. A D
-    that cannot become certain keeps giving G useful gradients for longer."""
+    """D's loss: hinge, or BCE against the targets `labels` = (real_label, fake_label, label_flip) make: smoothed when
+    not 1 and 0, each swapped with probability label_flip (tossed with `gen`). An unsure D guides G for longer."""
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     real_label, fake_label, label_flip = labels
@@ -51,22 +48,24 @@ def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 
 class TrainingStep:
-    """One round of the game: D learns from a real and a fake batch, then G learns to fool D. Notebook 03's step, plus
-    what keeps it fast: it never waits for the device (the losses are summed into `totals` there and `read` every few
-    steps), so it can be replayed as a CUDA graph. The networks come as trained: plain, DDP-wrapped or compiled;
-    `frozen_d` is D as G's step calls it (by default D without its DDP wrapper)."""
+    """One round of the game: D learns from a real and a fake batch, then G learns to fool D. It never waits for the
+    device (the losses are summed in `totals`, `read` every few steps), so it can be replayed as a CUDA graph."""
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer, loss: str = "bce", real_label: float = 1.0, fake_label: float = 0.0,
-                 label_flip: float = 0.0, *, scaler: torch.amp.GradScaler | None = None,
-                 autocast: Callable = nullcontext, ema: EMA | None = None, diffaugment: str = "",
+                 label_flip: float = 0.0, *, amp: torch.dtype | None = None, cuda_graphs: bool = False,
+                 scaler: torch.amp.GradScaler | None = None, ema: EMA | None = None, diffaugment: str = "",
                  frozen_d: nn.Module | None = None):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         self.loss, self.labels, self.diffaugment = loss, (real_label, fake_label, label_flip), diffaugment
-        self.scaler, self.autocast, self.ema = scaler or torch.amp.GradScaler(enabled=False), autocast, ema
-        # G's step calls D itself, not its DDP wrapper: D's frozen weights get no gradients to all-reduce there
+        device = next(generator.parameters()).device
+        self.scaler, self.ema = scaler or torch.amp.GradScaler(device.type, enabled=amp == torch.float16), ema
+        # autocast's cache of low-precision weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
+        self.autocast = partial(torch.autocast, device.type, dtype=amp, cache_enabled=not cuda_graphs) \
+            if amp else nullcontext
+        # G's step calls D without its DDP wrapper (or `frozen_d`): D's frozen weights have no gradients to all-reduce
         self.frozen_d = distributed.unwrap(discriminator) if frozen_d is None else frozen_d
-        self.totals = torch.zeros(4, device=next(generator.parameters()).device)  # loss_d, loss_g, D(x), D(G(z))
+        self.totals = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z))
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
         augment = partial(diff_augment, policy=self.diffaugment, generator=gen)  # real and fake alike (DiffAugment)
@@ -133,7 +132,7 @@ class CUDAGraphStep:
         self.step, self.warmup, self.graph = step, warmup, None
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> None:
-        if self.graph is None and self.warmup > 0:  # eager steps on a side stream: cuDNN autotuning, allocations
+        if self.warmup > 0:  # eager steps on a side stream: cuDNN autotuning, allocations
             self.warmup -= 1
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -154,8 +153,7 @@ class CUDAGraphStep:
 def time_training_steps(config: TrainConfig, candidates: list[str], batch: int = TRIAL_BATCH,
                         device: torch.device = torch.device("cpu")) -> Iterator[dict[str, float]]:
     """Round after round, the images/s of one training step of `config`'s built-in networks on `device` in each
-    candidate ("fp32 NCHW", "bf16 channels_last", "fp16 channels_last", ...), after a warm-up step each, waiting for
-    the device. Closing it restores the random state."""
+    candidate ("fp32 NCHW", "bf16 channels_last", ...), waiting for the device. Closing it restores the random state."""
     batch, steps = min(batch, config.batch_size), {}
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(0)
@@ -166,18 +164,16 @@ def time_training_steps(config: TrainConfig, candidates: list[str], batch: int =
             G = Generator(config.image_size, config.latent_dim, config.g_width).to(device, memory_format=memory)
             D = Discriminator(config.image_size, config.d_width, config.spectral_norm).to(device, memory_format=memory)
             step = TrainingStep(G, D, torch.optim.Adam(G.parameters(), foreach=True),
-                                torch.optim.Adam(D.parameters(), foreach=True), config.loss,
-                                scaler=torch.amp.GradScaler(device.type) if amp == torch.float16 else None,
-                                autocast=partial(torch.autocast, device.type, dtype=amp) if amp else nullcontext)
+                                torch.optim.Adam(D.parameters(), foreach=True), config.loss, amp=amp)
             real = torch.rand(batch, 3, config.image_size, config.image_size, device=device) * 2 - 1
-            z = torch.randn(batch, config.latent_dim, 1, 1, device=device)
-            steps[name] = step, partial(step, real.contiguous(memory_format=memory), z)
-            steps[name][1]()  # the first step allocates and picks kernels
+            steps[name] = partial(step, real.contiguous(memory_format=memory),
+                                  torch.randn(batch, config.latent_dim, 1, 1, device=device))
+            steps[name]()  # a warm-up: the first step allocates and picks kernels
         while True:
             timing = {}
-            for name, (step, run_step) in steps.items():
+            for name, run_step in steps.items():
                 started = time.perf_counter()
                 run_step()
-                step.totals.tolist()   # waits for the device (not `read`: no other process takes part)
+                run_step.func.totals.tolist()   # waits for the device (not `read`: no other process takes part)
                 timing[name] = batch / (time.perf_counter() - started)
             yield timing

@@ -1,12 +1,11 @@
-"""The training loop, `train(config)`: notebook 03's loop around its step (utils/step.py), with the data kept on the
-GPU when it fits, no waits for the device (one GPU replays the step as a CUDA graph) and a checkpoint after every
-epoch, from which a resumed run ends exactly like an uninterrupted one (each epoch's randomness: from seed, epoch)."""
+"""`train(config)`: notebook 03's loop around its step (utils/step.py), with the data on the GPU when it fits, no
+waits for the device and a checkpoint after every epoch, from which a resumed run ends exactly like an uninterrupted
+one: each epoch's randomness comes from (seed, epoch)."""
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -24,16 +23,12 @@ from utils.diagnose import Diagnosis
 from utils.environment import DeviceChoice, choose_device
 from utils.errors import ConfigError, Interrupted, UserError
 from utils.metrics import FID, fid_for_config, load_inception
-from utils.models import Discriminator, Generator, available_ram, check_network_size, check_networks
+from utils.models import Discriminator, Generator, check_network_size, check_networks
 from utils.run import (CHECKPOINT, Run, TrainingState, checkpoint_state, frame_path, network_descriptions,
                        network_tag, restore_checkpoint)
 from utils.step import EMA, CUDAGraphStep, TrainingStep, time_training_steps
 from utils.urls import redact
 from utils.visualize import image_grid, in_notebook
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is left untouched."""
 
 
 @dataclass
@@ -46,21 +41,19 @@ class TrainResult:
 
 
 class DeviceData:
-    """Shuffled, flipped batches in [-1, 1] from a uint8 image tensor, kept on the GPU when it fits (else in pinned
-    host memory, copied per batch); with several processes, each one takes its own share of every epoch."""
+    """Shuffled, flipped batches in [-1, 1] from a uint8 image tensor, kept on the GPU when it fits (else in host
+    memory, copied per batch); with several processes, each one takes its own share of every epoch."""
 
     def __init__(self, images: torch.Tensor, device: torch.device, config: TrainConfig, channels_last: bool,
                  log: Callable[[str], None] = print):
         self.device, self.batch_size, self.channels_last = device, config.batch_size, channels_last
-        nbytes, setting = images.numel(), config.data_on_device
-        fits = device.type == "cuda" and nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
-        if device.type != "cpu" and (setting == "on" or setting == "auto" and fits):
+        fits = device.type == "cuda" and images.numel() < 0.4 * torch.cuda.mem_get_info(device)[0]
+        if device.type != "cpu" and (config.data_on_device == "on" or config.data_on_device == "auto" and fits):
             self.images, where = images.to(device), f"on {device}"
-        elif device.type == "cuda" and nbytes < 0.5 * available_ram():
-            self.images, where = images.pin_memory(), "in pinned host memory (too large for the GPU), copied per batch"
-        else:  # a CPU reads the memory-mapped cache, as does a GPU when the data fits neither it nor the RAM
+        else:  # indexing makes each batch a new, unpinned tensor: pinning the source would copy it all for nothing
             self.images, where = images, "in host memory (memory-mapped cache)"
-        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {nbytes / 2**20:,.0f} MiB, kept {where}")
+        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {images.numel() / 2**20:,.0f} MiB, "
+            f"kept {where}")
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.steps_per_epoch = len(images) // self.world // self.batch_size
         if self.steps_per_epoch == 0:
@@ -81,9 +74,8 @@ class DeviceData:
 
 def epoch_generators(seed: int, epoch: int, device: torch.device,
                      rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
-    """(CPU, device) random generators for one epoch, from (seed, epoch) and the process's rank only: a resumed run
-    draws what an uninterrupted one draws. The CPU one (the permutation) is every process's, the device one (noise,
-    augmentations) each process's own. Small offsets: the CPU generator keeps only a seed's low 32 bits."""
+    """(CPU, device) random generators for one epoch from (seed, epoch, rank) only: the permutation is every process's,
+    the noise and augmentations each one's own. Small offsets: the CPU generator keeps only a seed's low 32 bits."""
     cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
     return cpu, dev
@@ -91,9 +83,8 @@ def epoch_generators(seed: int, epoch: int, device: torch.device,
 
 def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None,
           generator: nn.Module | None = None, discriminator: nn.Module | None = None) -> TrainResult:
-    """Train (or continue) the run of `config` (in `config.out`, or a folder named from the settings when that is "")
-    until `config.epochs` epochs are done. `live_plot`: utils.visualize.LivePlot or alike; `images` replaces loading
-    `config.data` (tests, benchmarks); `generator` and `discriminator` replace the built-in networks."""
+    """Train (or continue) `config`'s run until `config.epochs` epochs are done. `live_plot`: utils.visualize.LivePlot;
+    `images` replaces loading `config.data`; `generator` and `discriminator` replace the built-in networks."""
     config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
     try:
         choice = choose_device(config, partial(time_training_steps, config))  # joins a distributed run's group
@@ -113,8 +104,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             distributed.barrier()
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
-            device_line, chosen = choice.log.split("\n", 1)
-            _log(f"{device_line}\nrun folder: {run.dir}\n{chosen}")
+            _log(f"run folder: {run.dir}\n{choice.log}")
             if images is None:
                 with distributed.main_first():  # the main process builds the cache, the others then reuse it
                     images = load_dataset(config, progress=progress)
@@ -129,6 +119,10 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
                 if inception is not None and start_epoch <= config.epochs else None
             # a resumed run compares its next grid with the last one saved, as an uninterrupted run would
             diagnosis = Diagnosis(config, images, frame_path(run.dir, start_epoch - 1) if start_epoch > 1 else None)
+            if start_epoch > config.epochs:
+                _log(f"{run.dir} already has {start_epoch - 1} epochs; raise 'epochs' to train longer")
+            elif live_plot is not None:
+                live_plot.update(state.history, force=True)  # first: each epoch's bar and line print under it
             return _train_epochs(config, run, state, batches, choice, start_epoch, fid, diagnosis, live_plot, progress)
     except Interrupted:  # the loop's own, which says what was saved
         raise
@@ -145,8 +139,7 @@ def _log(message: str) -> None:
 
 def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discriminator: nn.Module,
                     choice: DeviceChoice, networks: dict[str, str]) -> tuple[TrainingState, int]:
-    """The optimisers, AMP scaler, EMA and fixed noise, restored from the checkpoint when the run continues, with this
-    call's learning rates and betas; the settings recorded. Returns them and the first epoch to train."""
+    """The optimisers, scaler, EMA and fixed noise (restored when the run continues), and the first epoch to train."""
     # fused Adam on a GPU (capturable in a CUDA graph) and in fp16, where GradScaler hands it the scale as a tensor
     fused = choice.device.type == "cuda" or choice.amp == torch.float16
     adam = {"fused": True, "capturable": choice.cuda_graphs} if fused else {"foreach": True}
@@ -171,40 +164,32 @@ def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discrim
              f"{world * config.batch_size}; learning rates G {lr_g:.2e}, D {lr_d:.2e}" + (
                  " (x sqrt(effective batch / 128))" if config.scale_lr else
                  " (not scaled: pass scale_lr=True for x sqrt(effective batch / 128))"))
-    history = state.history
-    if start_epoch > config.epochs:
-        _log(f"{run.dir} already has {start_epoch - 1} epochs; raise 'epochs' to train longer")
-    elif distributed.is_main():
-        run.record_settings(config, history, start_epoch, history["steps"][-1]["step"] if history["steps"] else 0)
+    if start_epoch <= config.epochs and distributed.is_main():
+        steps = state.history["steps"]
+        run.record_settings(config, state.history, start_epoch, steps[-1]["step"] if steps else 0)
     return state, start_epoch
 
 
 def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoice) -> TrainingStep:
-    """The step as trained: DDP wrappers, torch.compile, autocast, DiffAugment, D's targets."""
+    """The step as trained: DDP wrappers, torch.compile, mixed precision, DiffAugment, D's targets."""
     train_g = distributed.wrap(state.generator, choice.device, config.sync_batchnorm)
     train_d = distributed.wrap(state.discriminator, choice.device, config.sync_batchnorm)
     frozen_d = distributed.unwrap(train_d)
     if config.compile:
         train_g, train_d, frozen_d = torch.compile(train_g), torch.compile(train_d), torch.compile(frozen_d)
-    # autocast's cache of low-precision weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
-    autocast = partial(torch.autocast, choice.device.type, dtype=choice.amp, cache_enabled=not choice.cuda_graphs) \
-        if choice.amp else nullcontext
     return TrainingStep(train_g, train_d, state.opt_g, state.opt_d, config.loss, config.real_label, config.fake_label,
-                        config.label_flip, scaler=state.scaler, autocast=autocast, ema=state.ema,
-                        diffaugment=config.diffaugment, frozen_d=frozen_d)
+                        config.label_flip, amp=choice.amp, scaler=state.scaler, ema=state.ema,
+                        diffaugment=config.diffaugment, frozen_d=frozen_d, cuda_graphs=choice.cuda_graphs)
 
 
 def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: DeviceData, choice: DeviceChoice,
                   start_epoch: int, fid: FID | None, diagnosis: Diagnosis, live_plot, progress: bool) -> TrainResult:
-    """The loop, as in notebook 03: each epoch, every batch through the step, the losses read every `log_every` steps
-    (every step on a CPU, where reading costs nothing), then `_end_epoch`; Ctrl-C says what is saved."""
+    """Notebook 03's loop, the losses read every `log_every` steps (every step on a CPU, where reading is free)."""
     history, device, epoch, saved = state.history, choice.device, start_epoch, start_epoch - 1
     step = _training_step(config, state, choice)
     run_step = CUDAGraphStep(step) if choice.cuda_graphs else step
     log_every = 1 if device.type == "cpu" else config.log_every
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
-    if live_plot is not None and start_epoch <= config.epochs:
-        live_plot.update(history, force=True)  # the picture first: each epoch's bar and line print under it
     try:
         for epoch in range(start_epoch, config.epochs + 1):
             if config.max_minutes and budget_s <= 0:
@@ -222,11 +207,10 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                 if index % log_every and index < batches.steps_per_epoch:
                     continue
                 losses = step.read((index - 1) % log_every + 1)  # the means over the steps since the last read
-                if not (math.isfinite(losses["loss_d"]) and math.isfinite(losses["loss_g"])):
-                    raise TrainingDiverged(f"training diverged at epoch {epoch}, step {steps_before + index}: loss_d="
-                                           f"{losses['loss_d']}, loss_g={losses['loss_g']}. The last good checkpoint "
-                                           "(end of the previous epoch) is kept; lower lr_g/lr_d, try amp='off', or "
-                                           "loss='hinge' with spectral_norm=True")
+                if not math.isfinite(losses["loss_d"] + losses["loss_g"]):
+                    raise UserError(f"training diverged at epoch {epoch}, step {steps_before + index}: loss_d="
+                                    f"{losses['loss_d']}, loss_g={losses['loss_g']}. The last good checkpoint is kept; "
+                                    "lower lr_g/lr_d, try amp='off', or loss='hinge' with spectral_norm=True")
                 history["steps"].append({"epoch": epoch, "step": steps_before + index, **losses,
                                          "seconds": round(time.perf_counter() - started, 2)})
                 bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}",
@@ -238,50 +222,41 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
             bar.close()
             seconds = time.perf_counter() - started
             budget_s -= seconds
-            images_per_s = round(index * config.batch_size * distributed.world_size() / seconds, 1)
-            cut_short = {"steps": index} if index < batches.steps_per_epoch else {}  # by max_minutes
-            history["epochs"].append({"epoch": epoch, "seconds": round(seconds, 2), "images_per_s": images_per_s,
-                                      **cut_short})
+            history["epochs"].append({"epoch": epoch, "seconds": round(seconds, 2), "images_per_s": round(
+                index * config.batch_size * batches.world / seconds, 1)})
+            if index < batches.steps_per_epoch:  # cut short by max_minutes
+                history["epochs"][-1]["steps"] = index
             grid = _end_epoch(config, run, state, step, fid, diagnosis) if distributed.is_main() else None
             saved = epoch
             if live_plot is not None:
                 title = ", ".join([f"epoch {epoch}", *history["epochs"][-1].get("diagnosis", {})])
                 live_plot.update(history, grid=grid, title=title, force=True)
             distributed.barrier()
-    except KeyboardInterrupt:
-        raise _interrupted(run, epoch, saved) from None
+    except KeyboardInterrupt:  # say what is saved and how to resume (in a notebook: Jupyter skipped the cells below)
+        what = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved, f"epochs 1-{saved} are saved")
+        when = f"after epoch {epoch}" if saved == epoch else f"during epoch {epoch}"
+        where = f" in {run.dir / CHECKPOINT}" if saved else ""
+        again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
+        raise Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}") from None
     sample_from = state.ema.module if state.ema is not None else state.generator
     return TrainResult(sample_from, state.discriminator, history, run.dir, saved)
 
 
 def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: TrainingStep, fid: FID | None,
                diagnosis: Diagnosis) -> np.ndarray:
-    """After each epoch, on the main process: the grid of the fixed noise, the FID every `fid_every` epochs, the
-    epoch's line with what the diagnosis sees under it, and the save (in the background). Returns the grid."""
+    """On the main process after each epoch: the grid, the FID when due, the epoch's line, the diagnosis, the save."""
     history, epoch = state.history, state.history["epochs"][-1]["epoch"]
-    sample_from = state.ema.module if state.ema is not None else state.generator
-    noise = state.fixed_noise.to(next(sample_from.parameters()).device)
+    generator = state.ema.module if state.ema is not None else state.generator
+    noise = state.fixed_noise.to(next(generator.parameters()).device)
     with torch.no_grad(), step.autocast():
-        grid = image_grid(sample_from(noise).float()).permute(1, 2, 0).numpy()
+        grid = image_grid(generator(noise).float()).permute(1, 2, 0).numpy()
     if fid is not None and (epoch % config.fid_every == 0 or epoch == config.epochs):
-        score = fid.score_generator(sample_from, config.latent_dim, config.fid_samples, seed=config.seed)
+        score = fid.score_generator(generator, config.latent_dim, config.fid_samples, seed=config.seed)
         history["epochs"][-1]["fid"] = round(score, 3)
         _log(f"epoch {epoch}: FID {score:.2f} ({config.fid_samples:,} samples)")
-    seen = diagnosis(history, grid)
-    _log(f"epoch {epoch}/{config.epochs}: loss_d {history['steps'][-1]['loss_d']:.3f}, "
-         f"loss_g {history['steps'][-1]['loss_g']:.3f}, {history['epochs'][-1]['images_per_s']:,.0f} images/s "
-         f"-> samples/epoch_{epoch:03d}.png")
-    for line in seen:
-        _log(f"  {line}")
+    last = history["steps"][-1]
+    _log(f"epoch {epoch}/{config.epochs}: loss_d {last['loss_d']:.3f}, loss_g {last['loss_g']:.3f}, "
+         f"{history['epochs'][-1]['images_per_s']:,.0f} images/s -> samples/epoch_{epoch:03d}.png"
+         + "".join(f"\n  {line}" for line in diagnosis(history, grid)))
     run.save_epoch(epoch, grid, history, checkpoint_state(config, epoch, state))
     return grid
-
-
-def _interrupted(run: Run, epoch: int, saved: int) -> Interrupted:
-    """What Ctrl-C during the loop says: where it landed, what is saved, how to resume; in a notebook also that the
-    cells queued below did not run (Jupyter stops the queue on an interrupt)."""
-    what = {0: "no epoch was saved", 1: "epoch 1 is saved"}.get(saved, f"epochs 1-{saved} are saved")
-    when = f"after epoch {epoch}" if saved == epoch else f"during epoch {epoch}"
-    where = f" in {run.dir / CHECKPOINT}" if saved else ""
-    again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
-    return Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}")
