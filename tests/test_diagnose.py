@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from utils.compare import comparison_table
+from utils.compare import compare_runs
 from utils.config import TrainConfig
 from utils.diagnose import TROUBLESHOOTING, Diagnosis, findings, knob, since, stride_peak, untile, variety
 from utils.models import to_uint8
@@ -105,7 +105,7 @@ def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_e
     assert since(epochs, "mode collapse") == 4
 
 
-def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it_in_compare(tmp_path):
+def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it_in_compare(tmp_path, capsys):
     """Three epochs of a G that draws one image for every z while D takes it for real."""
     config = TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4)
     diagnose = Diagnosis(config, to_uint8(smooth_images(256)))
@@ -124,7 +124,8 @@ def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it
     assert "mode collapse" in [t.get_text() for ax in plot_history(history, Figure()).axes for t in ax.texts]
     config.save(tmp_path / "config.json")
     (tmp_path / "history.json").write_text(json.dumps(history))
-    assert "| mode collapse from 1 |" in comparison_table([tmp_path])
+    compare_runs([tmp_path])
+    assert "| mode collapse from 1 |" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------- real small runs
