@@ -1,8 +1,5 @@
-"""Pictures of a run: sample grids, the curves of its history, and a live view while training.
-
-`show_images` and `plot_history` draw with pyplot, so a notebook shows them (end the line with `;`); what only
-saves or redraws uses a bare `Figure`, which needs no GUI backend and is freed when dropped.
-"""
+"""Pictures of a run: sample grids, the curves of its history, and a live view while training. What a notebook shows
+is drawn with pyplot; what is only saved or redrawn uses a bare `Figure` (no GUI backend, freed when dropped)."""
 
 from __future__ import annotations
 
@@ -49,8 +46,8 @@ def write_png(image: np.ndarray, path: str | Path) -> Path:
 
 
 def read_grid(path: Path) -> np.ndarray:
-    """A sample grid's RGB pixels (H, W, 3); a UserError naming it if it is not a readable image or announces more
-    pixels than Pillow decodes without a warning (far more than any grid)."""
+    """A sample grid's RGB pixels (H, W, 3); a UserError if it is unreadable or announces more pixels than Pillow
+    decodes without a warning (far more than any grid)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -62,8 +59,7 @@ def read_grid(path: Path) -> np.ndarray:
 
 
 def enlarged(image: np.ndarray) -> np.ndarray:
-    """`image` (H, W, 3) enlarged by the smallest whole factor that makes it at least MIN_WIDTH pixels wide, each
-    pixel a sharp square (nearest neighbour, no blur)."""
+    """`image` (H, W, 3) enlarged by the smallest whole factor that makes it MIN_WIDTH wide, in sharp squares."""
     scale = math.ceil(MIN_WIDTH / image.shape[1])
     return image.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else image
 
@@ -79,18 +75,13 @@ def show_images(images: torch.Tensor, title: str = "", nrow: int = 8, figsize=(8
     return fig
 
 
-def _scored(history: dict) -> list[dict]:
-    return [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
-
-
 def _figsize(history: dict) -> tuple[float, float]:
-    return 5.0 * (3 if _scored(history) else 2), 3.5
+    return 5.0 * (3 if any(epoch.get("fid") is not None for epoch in history.get("epochs", [])) else 2), 3.5
 
 
 def plot_history(history: dict, fig=None):
-    """Plot D's and G's loss and D's verdicts per logged step, FID per epoch where measured, into `fig` (a Figure
-    or SubFigure) or a new pyplot figure. A dotted line marks each step where a setting changed as the run
-    continued; the epochs in which the diagnosis saw a problem are shaded and named."""
+    """Plot D's and G's loss and D's verdicts per logged step, FID per epoch where measured, into `fig` (a Figure or
+    SubFigure) or a new pyplot figure; mark where a setting changed and shade the epochs the diagnosis named."""
     if fig is None:
         import matplotlib.pyplot as plt
 
@@ -98,7 +89,7 @@ def plot_history(history: dict, fig=None):
     steps = history.get("steps", [])
     x = [s["step"] for s in steps]
     dots = dict(marker="o", markersize=3) if len(steps) < 60 else {}  # so that even a single step shows
-    scored = _scored(history)
+    scored = [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
     axes = fig.subplots(1, 3 if scored else 2, squeeze=False)[0]
     losses, verdicts = axes[:2]
     curves = ((losses, {"loss_d": "D loss", "loss_g": "G loss"}),
@@ -151,22 +142,16 @@ def _mark_changes(axes, history: dict) -> float:
 
 def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
     """(first step, last step, problem) of each unbroken stretch of epochs in which the diagnosis saw a problem,
-    starting where the epoch before it ended."""
-    spans, last = {}, 0  # epoch -> (the step before it, its last step)
-    for record in history.get("steps", []):
-        if "epoch" in record:  # the hand loop of notebook 03 logs steps without epochs
-            spans[record["epoch"]] = (spans.get(record["epoch"], (last,))[0], record["step"])
-            last = record["step"]
-    stretches: dict[str, tuple[int, int]] = {}
-    marks = []
+    from the end of the epoch before it."""
+    # each epoch's last logged step (the hand loop of notebook 03 logs steps without epochs)
+    ends = {record["epoch"]: record["step"] for record in history.get("steps", []) if "epoch" in record}
+    going, marks = {}, []  # going: problem -> (first step, last step) of a stretch that may go on
     for record in history.get("epochs", []):
-        seen = record.get("diagnosis", {})
-        marks += [(*stretches.pop(problem), problem) for problem in list(stretches) if problem not in seen]
+        seen = record.get("diagnosis", {}) if record["epoch"] in ends else {}
+        marks += [(*going.pop(problem), problem) for problem in list(going) if problem not in seen]
         for problem in seen:
-            if record["epoch"] in spans:
-                first, end = spans[record["epoch"]]
-                stretches[problem] = (stretches.get(problem, (first,))[0], end)
-    return sorted(marks + [(first, end, problem) for problem, (first, end) in stretches.items()])
+            going[problem] = (going.get(problem, (ends.get(record["epoch"] - 1, 0),))[0], ends[record["epoch"]])
+    return sorted(marks + [(first, last, problem) for problem, (first, last) in going.items()])
 
 
 def save_history_plot(history: dict, path: str | Path) -> Path:
@@ -188,10 +173,9 @@ def in_notebook() -> bool:
 
 
 class LivePlot:
-    """One notebook output redrawn in place while training: the history's curves as `plot_history` draws them, and
-    the last epoch's grid beside them until the next. It redraws at most every `every_seconds`, and rarer where a
-    redraw is slow (about 2 s on a busy 2-core CPU), so that redrawing takes at most `max_share` of the time. Each
-    redraw renders a bare Figure to PNG and drops it (hundreds leak nothing); outside Jupyter it draws nothing."""
+    """One notebook output redrawn in place while training: the curves of `plot_history` and the last epoch's grid.
+    It redraws at most every `every_seconds`, rarer where a redraw is slow (2 s on a busy 2-core CPU), so that
+    redrawing takes at most `max_share` of the time; outside Jupyter it draws nothing."""
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
         self.every_seconds, self.max_share = every_seconds, max_share
