@@ -17,20 +17,15 @@ from utils.visualize import read_grid
 FORMED = 0.4                 # samples this varied (a share of the real images' variety) are past a young G's blobs
 COLLAPSE_VARIETY = 0.35      # variety below this while D takes the samples for real is a collapse...
 COLLAPSE_DROP = 0.5          # ...and so, once formed, is falling below this share of its best (at most of 1)
-D_CERTAIN = 0.99             # D(x) above this and D(G(z)) below 1 - this: D is certain...
-D_WON = 0.5                  # ...in this share of the epoch's logged steps: D has won
-FOOLED_BY = 0.05             # D(G(z)) above D(x) by this much on the epoch's mean (0.5 and 0.5 is a draw)
-MOST = 0.8                   # "most of the epoch": this share of its logged steps
+D_CERTAIN, D_WON = 0.99, 0.5  # D(x) above 0.99 and D(G(z)) below 0.01 in half the epoch's logged steps: D has won
+FOOLED_BY, MOST = 0.05, 0.8  # D(G(z)) above D(x) in 80% of the steps, and by 0.05 on the mean (0.5, 0.5 is a draw)
 CHECKER_RATIO = 15.0         # the stride-2 peak of the spectrum this many times the real images' (2 epochs' mean)
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
-STILL = 0.05                 # samples changed less than this share of the real images' variety since the last epoch
-FLAT = 0.05                  # while the epoch's mean losses moved by less than this share
+STILL, FLAT = 0.05, 0.05     # samples changed by under 5% of the real variety, the mean losses by under 5%: stuck
 DCGAN_LR = 2e-4              # both learning rates of the DCGAN recipe (TrainConfig's defaults)
 
-TROUBLESHOOTING = {  # the sections of notebook 03's Troubleshooting, by problem
-    "mode collapse": "Mode collapse", "D wins": "D wins", "G fools D": "Mode collapse",
-    "checkerboard": "Checkerboard artefacts", "divergence": "Divergence", "no progress": "D wins",
-}
+TROUBLESHOOTING = {"mode collapse": "Mode collapse", "D wins": "D wins", "G fools D": "Mode collapse",  # notebook 03
+                   "checkerboard": "Checkerboard artefacts", "divergence": "Divergence", "no progress": "D wins"}
 
 
 def untile(grid: np.ndarray, count: int, size: int, nrow: int = 8, padding: int = 2) -> torch.Tensor:
@@ -52,14 +47,10 @@ def stride_peak(images: torch.Tensor) -> float:
     neighbouring frequencies: about 1 for a smooth spectrum (real faces, noise), far above for a checkerboard."""
     x = images.double()
     power = torch.fft.fft2(x - x.mean(dim=(2, 3), keepdim=True)).abs().pow(2).mean(dim=(0, 1))  # (H, W)
+    around = (sum(power.roll((dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) - power) / 8
     h, w = power.shape
-    peak = neighbours = 0.0
-    for fy, fx in ((h // 2, 0), (0, w // 2), (h // 2, w // 2)):
-        peak += power[fy, fx].item()
-        around = [power[(fy + dy) % h, (fx + dx) % w].item() for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                  if (dy or dx) and ((fy + dy) % h, (fx + dx) % w) != (0, 0)]
-        neighbours += sum(around) / len(around)
-    return peak / max(neighbours, 1e-12)
+    stride_2 = ([h // 2, 0, h // 2], [0, w // 2, w // 2])
+    return power[stride_2].sum().item() / max(around[stride_2].sum().item(), 1e-12)
 
 
 def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
