@@ -23,7 +23,8 @@ from utils.visualize import in_notebook, read_grid
 FIGURE_WIDTH = 9.0  # inches: about 900 px in a notebook
 _STEP_KEYS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake")
 _BUILT_IN = {"G": ("generator", "Generator"), "D": ("discriminator", "Discriminator")}
-_LABELLED = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)] + ["recipe"]
+_LABELLED = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)]
+_LABELLED += ["recipe", "G", "D"]  # G, D: your own networks' class names
 _COLOURS = [f"C{i}" for i in range(10)] + ["black", "#b8860b"]  # matplotlib's ten, then two unlike them
 _TWIN_MARKERS = "osD^vP"
 
@@ -104,34 +105,32 @@ def _labels(runs: list[_Run]) -> list[str]:
     """What each run changed: against the recipe's default where a run has it (notebook 03's main run before its
     tweaks), else against the value most runs share. What a run's own recipe sets is said by "recipe=..." alone."""
     recipes = [run.config.recipe for run in runs if run.config]
-    default = _settings(TrainConfig(recipe="dcgan" if "dcgan" in recipes else _most_shared(recipes) or "dcgan"))
-    rows = [_settings(run.config) | run.networks if run.config else None for run in runs]
+    default = TrainConfig(recipe="dcgan" if "dcgan" in recipes else _most_shared(recipes) or "dcgan").to_dict()
+    rows = [run.config.to_dict() | run.networks if run.config else None for run in runs]
     references = {}
-    for name, value in (default | {"G": "built-in", "D": "built-in"}).items():
+    for name in _LABELLED:
         values = [row[name] for row in rows if row]
         if len(set(values)) > 1:  # the runs differ in it
-            references[name] = value if value in values else _most_shared(values)
+            reference = default.get(name, "built-in")
+            references[name] = reference if reference in values else _most_shared(values)
     labels = []
-    for run, row in zip(runs, rows):
+    for row in rows:
         if row is None:
             labels.append("settings unreadable")
             continue
-        own_recipe = _settings(TrainConfig(recipe=run.config.recipe))
-        changed = [f"{name}={row[name]}" for name, reference in references.items()
+        own_recipe = TrainConfig(recipe=row["recipe"]).to_dict()
+        changed = [f"{name}={_cell(row[name])}" for name, reference in references.items()
                    if row[name] != reference and not (name in IMPROVED_RECIPE and row[name] == own_recipe[name])]
         labels.append(", ".join(changed) or "common settings")
     return labels
 
 
-def _settings(config: TrainConfig) -> dict[str, str]:
-    """The labelled fields as a label writes them: 0.001, not 1e-03; a data folder or URL by its last part."""
-    cells = {}
-    for name in _LABELLED:
-        value = getattr(config, name)
-        if isinstance(value, str) and ("/" in value or "\\" in value):
-            value = Path(value.rstrip("/\\")).name or value
-        cells[name] = f"{value:g}" if isinstance(value, float) else str(value)
-    return cells
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, str) and ("/" in value or "\\" in value):  # a data folder or URL: its last part
+        return Path(value.rstrip("/\\")).name or value
+    return str(value)
 
 
 def _most_shared(values: list) -> str | None:
@@ -140,8 +139,8 @@ def _most_shared(values: list) -> str | None:
 
 
 def _table(runs: list[_Run], fid: dict | None) -> str:
-    """A Markdown table: a row per run (FID, epochs, what it changed, the last losses and D's verdicts, what the
-    diagnosis saw in the last epoch), then the run folders."""
+    """A Markdown table, a row per run (FID, epochs, label, last losses and verdicts, what the diagnosis saw), then
+    the run folders."""
     given = {Path(run_dir): score for run_dir, score in (fid or {}).items()}
     lines = ["| # | FID | epochs | what differs | D / G loss | D(x) / D(G(z)) | seen |", "|---" * 7 + "|"]
     for number, (run, label) in enumerate(zip(runs, _labels(runs)), 1):
@@ -163,8 +162,7 @@ def _table(runs: list[_Run], fid: dict | None) -> str:
 
 
 def _plot(runs: list[_Run]) -> Figure:
-    """The last grid of each run under its number and label, in the colour of its curves below: D's and G's loss and
-    D's verdicts against epochs."""
+    """The last grid of each run under its number and label, in the colour of its curves below them."""
     curves = [{"x": epoch_positions(run.steps), **{key: [s[key] for s in run.steps] for key in _STEP_KEYS[2:]}}
               for run in runs]
     twins = [[other for other, curve in enumerate(curves) if curve == curves[number]] for number in range(len(runs))]
@@ -175,7 +173,8 @@ def _plot(runs: list[_Run]) -> Figure:
     for number, (label, group, run) in enumerate(zip(_labels(runs), twins, runs)):
         same = ", ".join(str(i + 1) for i in group if i != number)
         title = f"{number + 1}: {label}" + (f" (same curves as {same})" if same else "")
-        titles.append(textwrap.fill(title, max(12, int(tile * 14.5))) + (f"\nepoch {run.epoch}" if run.epoch else ""))
+        shown = f"epoch {run.epoch}" if run.grid is not None else "grid unreadable" if run.epoch else "no grid yet"
+        titles.append(textwrap.fill(title, max(12, int(tile * 14.5))) + "\n" + shown)
     aspect = max([run.grid.shape[0] / run.grid.shape[1] for run in runs if run.grid is not None] or [1.0])
     grids_height = rows * (tile * aspect + 0.17 * max(title.count("\n") + 1 for title in titles) + 0.1)
     fig = Figure(figsize=(FIGURE_WIDTH, grids_height + 2.9), layout="constrained")
@@ -185,9 +184,6 @@ def _plot(runs: list[_Run]) -> Figure:
     for number, (ax, run, title) in enumerate(zip(axes, runs, titles)):
         if run.grid is not None:
             ax.imshow(run.grid)
-        else:
-            ax.text(0.5, 0.5, "unreadable" if run.problems else "no grid yet", ha="center", va="center", fontsize=8,
-                    color="gray", transform=ax.transAxes)
         ax.set_title(title, fontsize=8, color=_COLOURS[number])
         ax.set_axis_off()
     for ax in axes[len(runs):]:
@@ -197,9 +193,8 @@ def _plot(runs: list[_Run]) -> Figure:
 
 
 def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
-    """One colour per run. Runs with identical curves each get hollow markers of their own shape and size, on the
-    line's points in turn, so that the one drawn last does not hide the others. A run far above the others (a
-    diverged one) is left off a loss panel's scale, its title saying which."""
+    """D's and G's loss and D's verdicts, a colour per run; identical curves get hollow markers of their own, in turn
+    along the line, so that the one drawn last hides none; a diverged run is left off a loss panel's scale."""
     for number, curve in enumerate(curves):
         x, group = curve["x"], twins[number]
         style = dict(color=_COLOURS[number], linewidth=1)
@@ -213,7 +208,8 @@ def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
         for ax, key in zip(panels, ("loss_d", "loss_g", "d_real")):
             ax.plot(x, curve[key], **style)
         panels[2].plot(x, curve["d_fake"], **style | dict(linestyle="--", linewidth=0.8))
-    for ax, key, title in ((panels[0], "loss_d", "D loss"), (panels[1], "loss_g", "G loss")):
+    for ax, key, title in zip(panels, ("loss_d", "loss_g", "d_real"),
+                              ("D loss", "G loss", "D(x) solid, D(G(z)) dashed")):  # verdicts, in [0, 1], never go off
         # far above the others: a 95th percentile over 5 times (plus 1) the lower median of the runs' 95th
         # percentiles (G loss 2,000 beside runs at 1-5 is; a run at 8 beside runs at 2 is not)
         highs = {i: float(np.percentile(curve[key], 95)) for i, curve in enumerate(curves) if curve[key]}
@@ -226,14 +222,12 @@ def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
             numbers = ", ".join(str(i + 1) for i in outliers)
             title += f"\n({'runs' if len(outliers) > 1 else 'run'} {numbers} off the scale)"
         ax.set_title(title, fontsize=9)
-    panels[2].set_title("D(x) solid, D(G(z)) dashed", fontsize=9)
-    panels[2].set_ylim(0, 1)
-    panels[2].axhline(0.5, color="gray", linestyle=":", linewidth=1)
-    for ax in panels:
         ax.set_xlabel("epoch", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    panels[2].set_ylim(0, 1)
+    panels[2].axhline(0.5, color="gray", linestyle=":", linewidth=1)
 
 
 def epoch_positions(steps: list[dict]) -> list[float]:
