@@ -26,7 +26,6 @@ _BUILT_IN = {"G": ("generator", "Generator"), "D": ("discriminator", "Discrimina
 _LABELLED = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)]
 _LABELLED += ["recipe", "G", "D"]  # G, D: your own networks' class names
 _COLOURS = [f"C{i}" for i in range(10)] + ["black", "#b8860b"]  # matplotlib's ten, then two unlike them
-_TWIN_MARKERS = "osD^vP"
 
 
 @dataclass
@@ -200,7 +199,7 @@ def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
         style = dict(color=_COLOURS[number], linewidth=1)
         if len(group) > 1:
             place, every = group.index(number), max(1, len(x) // (10 * len(group)))  # about ten markers each
-            style |= dict(marker=_TWIN_MARKERS[place % len(_TWIN_MARKERS)], markersize=5 + 2 * place, fillstyle="none")
+            style |= dict(marker="osD^vP"[place % 6], markersize=5 + 2 * place, fillstyle="none")
             if len(group) <= len(x):  # the twins' markers in turn along the line
                 style["markevery"] = slice(place * every, None, len(group) * every)
         elif len(x) < 20:  # dots, so that a run of a single point shows

@@ -211,10 +211,8 @@ class LivePlot:
         curves, samples = fig.subfigures(1, 2, width_ratios=[width, height + 1])
         plot_history(history, curves)
         ax = samples.subplots()
-        if self._grid is None:
-            ax.text(0.5, 0.5, "each epoch's samples\nwill be shown here", ha="center", va="center", color="gray")
-        else:
+        if self._grid is not None:
             ax.imshow(self._grid)
-        ax.set_title(self._title)
+        ax.set_title(self._title or "each epoch's samples\nwill be shown here")
         ax.set_axis_off()
         return fig
