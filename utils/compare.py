@@ -112,16 +112,14 @@ def _labels(runs: list[_Run]) -> list[str]:
         if len(set(values)) > 1:  # the runs differ in it
             reference = default.get(name, "built-in")
             references[name] = reference if reference in values else _most_shared(values)
-    labels = []
-    for row in rows:
-        if row is None:
-            labels.append("settings unreadable")
-            continue
+
+    def label(row: dict) -> str:
         own_recipe = TrainConfig(recipe=row["recipe"]).to_dict()
         changed = [f"{name}={_cell(row[name])}" for name, reference in references.items()
                    if row[name] != reference and not (name in IMPROVED_RECIPE and row[name] == own_recipe[name])]
-        labels.append(", ".join(changed) or "common settings")
-    return labels
+        return ", ".join(changed) or "common settings"
+
+    return [label(row) if row else "settings unreadable" for row in rows]
 
 
 def _cell(value) -> str:
