@@ -60,8 +60,7 @@ def _image_size(run_dir: Path) -> int | None:
 
 
 def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
-    """Each run's settings, history, networks and last grid; a file that cannot be read is a line in its `problems`.
-    A damaged config.json or history.json is taken from the checkpoint, as training does."""
+    """Each run's settings, history, networks and last grid; a file that cannot be read is a line in its `problems`."""
     runs = [_Run(Path(run_dir)) for run_dir in run_dirs]
     for run in runs:
         frames = list_frames(run.dir)
@@ -89,8 +88,7 @@ def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
 
 
 def _networks(run_dir: Path) -> dict[str, str]:
-    """{"G": class name or "built-in", "D": ...} as the checkpoint records them (memory-mapped: only that entry is
-    read); built in without a readable checkpoint."""
+    """{"G": class name or "built-in", "D": ...} as the checkpoint records them (memory-mapped: only that is read)."""
     try:
         state = load_data(run_dir / CHECKPOINT, "checkpoint", UserError, "", mmap=True)
     except UserError:
@@ -118,7 +116,6 @@ def _labels(runs: list[_Run]) -> list[str]:
         changed = [f"{name}={_cell(row[name])}" for name, reference in references.items()
                    if row[name] != reference and not (name in IMPROVED_RECIPE and row[name] == own_recipe[name])]
         return ", ".join(changed) or "common settings"
-
     return [label(row) if row else "settings unreadable" for row in rows]
 
 
@@ -136,8 +133,7 @@ def _most_shared(values: list) -> str | None:
 
 
 def _table(runs: list[_Run], fid: dict | None) -> str:
-    """A Markdown table, a row per run (FID, epochs, label, last losses and verdicts, what the diagnosis saw), then
-    the run folders."""
+    """A Markdown table, a row per run (FID, epochs, label, last losses, what the diagnosis saw), and the folders."""
     given = {Path(run_dir): score for run_dir, score in (fid or {}).items()}
     lines = ["| # | FID | epochs | what differs | D / G loss | D(x) / D(G(z)) | seen |", "|---" * 7 + "|"]
     for number, (run, label) in enumerate(zip(runs, _labels(runs)), 1):

@@ -1,7 +1,6 @@
 """After each epoch, what a GAN practitioner would say: the problem seen (mode collapse, D wins, G fools D,
-checkerboard, divergence, no progress), since which epoch, and the knob to turn first. It measures only what the
-epoch made anyway (the fixed-noise grid, losses and verdicts) against 64 real images. Thresholds and the runs they
-were measured on: docs/troubleshooting/README.md."""
+checkerboard, divergence, no progress), since when, and the knob to turn first, from what the epoch made anyway
+against 64 real images. Thresholds and the runs they were measured on: docs/troubleshooting/README.md."""
 
 from __future__ import annotations
 
@@ -127,9 +126,8 @@ def since(epochs: list[dict], problem: str) -> int:
 
 
 class Diagnosis:
-    """`diagnosis(history, grid)` after each epoch: records the epoch's signals and what they show in its record
-    (history["epochs"][-1]) and returns the lines to print. `previous_grid`: the last epoch's grid when the run
-    resumes, so that it measures what an uninterrupted one did."""
+    """`diagnosis(history, grid)` after each epoch: the signals and what they show go into the epoch's record, the lines
+    to print are returned. `previous_grid`: the grid before a resume, so that it measures as an uninterrupted run."""
 
     def __init__(self, config, real_images: torch.Tensor, previous_grid: Path | None = None):
         self.config = config

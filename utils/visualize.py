@@ -46,8 +46,7 @@ def write_png(image: np.ndarray, path: str | Path) -> Path:
 
 
 def read_grid(path: Path) -> np.ndarray:
-    """A sample grid's RGB pixels (H, W, 3); a UserError if it is unreadable or announces more pixels than Pillow
-    decodes without a warning (far more than any grid)."""
+    """A sample grid's RGB pixels (H, W, 3); a UserError if it is unreadable or a decompression bomb."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -92,20 +91,18 @@ def plot_history(history: dict, fig=None):
     scored = [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
     axes = fig.subplots(1, 3 if scored else 2, squeeze=False)[0]
     losses, verdicts = axes[:2]
-    curves = ((losses, {"loss_d": "D loss", "loss_g": "G loss"}),
-              (verdicts, {"d_real": "D(x): real", "d_fake": "D(G(z)): fake"}))
-    for ax, labels in curves:
+    curves = ((losses, {"loss_d": "D loss", "loss_g": "G loss"}, "loss"),
+              (verdicts, {"d_real": "D(x): real", "d_fake": "D(G(z)): fake"}, "probability 'real'"))
+    for ax, labels, ylabel in curves:
         for key, label in labels.items():
             ax.plot(x, [s[key] for s in steps], label=label, **dots)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("step")
+        ax.set(xlim=(0, None), xlabel="step", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not steps:  # nothing measured yet: no made-up scale
         losses.set(xticks=[], yticks=[])
         verdicts.set_xticks([])
     verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
-    verdicts.set(ylabel="probability 'real'", ylim=(0, 1))
-    losses.set_ylabel("loss")
+    verdicts.set_ylim(0, 1)
     losses.legend()
     verdicts.legend()
     pad = 6 + _mark_changes(axes[:2], history)
@@ -173,9 +170,8 @@ def in_notebook() -> bool:
 
 
 class LivePlot:
-    """One notebook output redrawn in place while training: the curves of `plot_history` and the last epoch's grid.
-    It redraws at most every `every_seconds`, rarer where a redraw is slow (2 s on a busy 2-core CPU), so that
-    redrawing takes at most `max_share` of the time; outside Jupyter it draws nothing."""
+    """One notebook output redrawn in place while training (curves and the last grid) at most every `every_seconds`,
+    rarer where a redraw is slow (2 s on a busy 2-core CPU) so that it takes at most `max_share` of the time."""
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
         self.every_seconds, self.max_share = every_seconds, max_share
