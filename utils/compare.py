@@ -101,15 +101,17 @@ def _networks(run_dir: Path) -> dict[str, str]:
 def _labels(runs: list[_Run]) -> list[str]:
     """What each run changed: against the recipe's default where a run has it (notebook 03's main run before its
     tweaks), else against the value most runs share. What a run's own recipe sets is said by "recipe=..." alone."""
-    recipes = [run.config.recipe for run in runs if run.config]
-    default = TrainConfig(recipe="dcgan" if "dcgan" in recipes else _most_shared(recipes) or "dcgan").to_dict()
     rows = [run.config.to_dict() | run.networks if run.config else None for run in runs]
+    recipes = {row["recipe"] for row in rows if row}
+    default = TrainConfig(recipe="improved" if recipes == {"improved"} else "dcgan").to_dict()
     references = {}
     for name in _LABELLED:
         values = [row[name] for row in rows if row]
         if len(set(values)) > 1:  # the runs differ in it
             reference = default.get(name, "built-in")
-            references[name] = reference if reference in values else _most_shared(values)
+            if reference not in values:  # the value more than half of the runs have, if any
+                reference = next((value for value in set(values) if values.count(value) > len(values) / 2), None)
+            references[name] = reference
 
     def label(row: dict) -> str:
         own_recipe = TrainConfig(recipe=row["recipe"]).to_dict()
@@ -125,11 +127,6 @@ def _cell(value) -> str:
     if isinstance(value, str) and ("/" in value or "\\" in value):  # a data folder or URL: its last part
         return Path(value.rstrip("/\\")).name or value
     return str(value)
-
-
-def _most_shared(values: list) -> str | None:
-    """The value more than half of `values` have, if any."""
-    return next((value for value in set(values) if values.count(value) > len(values) / 2), None)
 
 
 def _table(runs: list[_Run], fid: dict | None) -> str:
