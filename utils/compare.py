@@ -122,11 +122,8 @@ def _labels(runs: list[_Run]) -> list[str]:
 
 
 def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, str) and ("/" in value or "\\" in value):  # a data folder or URL: its last part
-        return Path(value.rstrip("/\\")).name or value
-    return str(value)
+    """A setting as a label writes it: 0.001, not 1e-03; a data folder or URL by its last part."""
+    return f"{value:g}" if isinstance(value, float) else Path(str(value).rstrip("/\\")).name or str(value)
 
 
 def _table(runs: list[_Run], fid: dict | None) -> str:

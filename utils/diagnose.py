@@ -134,9 +134,8 @@ class Diagnosis:
         index = torch.linspace(0, len(real_images) - 1, min(64, len(real_images))).long()  # spread over the set
         real = real_images[index].cpu().float().div(127.5).sub(1)
         self.real_variety, self.real_checker = max(variety(real), 1e-6), max(stride_peak(real), 1e-6)
-        self.previous = None  # the last epoch's samples, for "change"
-        if previous_grid is not None and previous_grid.is_file():
-            self.previous = untile(read_grid(previous_grid), config.num_samples, config.image_size)
+        resumed = previous_grid is not None and previous_grid.is_file()  # the last epoch's samples, for "change"
+        self.previous = untile(read_grid(previous_grid), config.num_samples, config.image_size) if resumed else None
 
     def __call__(self, history: dict, grid: np.ndarray) -> list[str]:
         record = history["epochs"][-1]

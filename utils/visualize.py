@@ -162,10 +162,8 @@ def save_history_plot(history: dict, path: str | Path) -> Path:
 
 def in_notebook() -> bool:
     """True inside a running Jupyter kernel (Jupyter, Colab, Kaggle), where output can be redrawn in place."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
+    from IPython import get_ipython  # installed with ipywidgets
+
     return getattr(get_ipython(), "kernel", None) is not None  # get_ipython() is None outside IPython
 
 
