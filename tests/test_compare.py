@@ -42,8 +42,9 @@ def runs(tmp_path_factory):
     """Sibling runs as notebook 03 makes them: the defaults, another lr_g, another batch size; then the defaults with
     your own generator, and a run of another image size."""
     root = tmp_path_factory.mktemp("compare")
-    made = [train(TrainConfig(**BASE | change, out=str(root / "generated" / name)), progress=False, images=IMAGES).run_dir
-            for name, change in (("a", {}), ("b", {"lr_g": 1e-3}), ("c", {"batch_size": 64}))]
+    changes = (("a", {}), ("b", {"lr_g": 1e-3}), ("c", {"batch_size": 64}))
+    made = [train(TrainConfig(**BASE | change, out=str(root / "generated" / name)), progress=False,
+                  images=IMAGES).run_dir for name, change in changes]
     torch.manual_seed(0)
     own = train(TrainConfig(**BASE, out=str(root / "generated" / "own")), progress=False, images=IMAGES,
                 generator=LeakyGenerator()).run_dir
