@@ -105,7 +105,17 @@ def plot_history(history: dict, fig=None):
     verdicts.set_ylim(0, 1)
     losses.legend()
     verdicts.legend()
-    pad = 6 + _mark_changes(axes[:2], history)
+    changes: dict[int, list[str]] = {}  # step -> the settings changed there as the run continued
+    for change in history.get("changes", []):
+        changes.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
+    for row, (at, labels) in enumerate(sorted(changes.items())):  # dotted, named in a band above (a row each)
+        for ax in axes[:2]:
+            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
+        right_half = at > sum(losses.get_xlim()) / 2
+        losses.annotate(", ".join(labels), (at, 1), xycoords=("data", "axes fraction"), textcoords="offset points",
+                        xytext=(-2 if right_half else 2, 3 + 12 * row), ha="right" if right_half else "left",
+                        va="bottom", fontsize=9, color="tab:red", annotation_clip=False)
+    pad = 6 + 12 * len(changes) + (4 if changes else 0)  # the titles go above the band
     for row, (first, last, problem) in enumerate(diagnosis_marks(history)):  # shaded, named at the foot (a row each)
         for ax in axes[:2]:
             ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
@@ -119,22 +129,6 @@ def plot_history(history: dict, fig=None):
         axes[2].set_title("FID (lower is better)", pad=pad)
         axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
-
-
-def _mark_changes(axes, history: dict) -> float:
-    """A dotted line in every panel at each step where settings changed as the run continued, labelled in a band
-    above the first panel (a row per step, so that no label crosses a curve or another); returns its height."""
-    changes: dict[int, list[str]] = {}
-    for change in history.get("changes", []):
-        changes.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
-    for row, (at, labels) in enumerate(sorted(changes.items())):
-        for ax in axes:
-            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
-        right_half = at > sum(axes[0].get_xlim()) / 2
-        axes[0].annotate(", ".join(labels), (at, 1), xycoords=("data", "axes fraction"), textcoords="offset points",
-                         xytext=(-2 if right_half else 2, 3 + 12 * row), ha="right" if right_half else "left",
-                         va="bottom", fontsize=9, color="tab:red", annotation_clip=False)
-    return 12 * len(changes) + (4 if changes else 0)
 
 
 def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
