@@ -22,7 +22,6 @@ from utils.visualize import in_notebook, read_grid
 
 FIGURE_WIDTH = 9.0  # inches: about 900 px in a notebook
 _STEP_KEYS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake")
-_BUILT_IN = {"G": ("generator", "Generator"), "D": ("discriminator", "Discriminator")}
 _LABELLED = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)]
 _LABELLED += ["recipe", "G", "D"]  # G, D: your own networks' class names
 _COLOURS = [f"C{i}" for i in range(10)] + ["black", "#b8860b"]  # matplotlib's ten, then two unlike them
@@ -75,7 +74,14 @@ def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
         except UserError as error:
             run.problems.append(f"{error}; it is shown as unreadable")
             continue
-        run.networks = _networks(run.dir)
+        try:  # your own networks' class names, as the checkpoint records them (memory-mapped: only those are read)
+            state = load_data(run.dir / CHECKPOINT, "checkpoint", UserError, "", mmap=True)
+        except UserError:
+            state = {}
+        described = state.get("networks", {}) if isinstance(state, dict) else {}
+        for short, role, builtin in (("G", "generator", "Generator"), ("D", "discriminator", "Discriminator")):
+            name = str(described.get(role, builtin)).split(" ", 1)[0]  # "LeakyGenerator (N parameters, #hash)"
+            run.networks[short] = "built-in" if name == builtin else name
         steps, epochs = history.get("steps", []), history.get("epochs", [])
         # what a hand edit can break: the curves need a number in each step's fields, the table in each FID
         if all(isinstance(record.get(key), (int, float)) for record in steps for key in _STEP_KEYS) and \
@@ -85,17 +91,6 @@ def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
             run.problems.append(f"{run.dir / HISTORY} is unreadable (a step's {', '.join(_STEP_KEYS)} or an epoch's "
                                 "fid is not a number): its curves are not shown")
     return runs
-
-
-def _networks(run_dir: Path) -> dict[str, str]:
-    """{"G": class name or "built-in", "D": ...} as the checkpoint records them (memory-mapped: only that is read)."""
-    try:
-        state = load_data(run_dir / CHECKPOINT, "checkpoint", UserError, "", mmap=True)
-    except UserError:
-        state = {}
-    described = state.get("networks", {}) if isinstance(state, dict) else {}
-    names = {short: str(described.get(role, builtin)).split(" ", 1)[0] for short, (role, builtin) in _BUILT_IN.items()}
-    return {short: "built-in" if name == _BUILT_IN[short][1] else name for short, name in names.items()}
 
 
 def _labels(runs: list[_Run]) -> list[str]:
