@@ -240,8 +240,7 @@ def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = No
         raise UserError(f"compare_runs: no runs {where}: train one first (notebook 03), or pass the run folders")
     runs = read_runs(run_dirs[-12:])  # more and the grids are too small to see
     fig, table = _plot(runs), _table(runs, fid)
-    for problem in (problem for run in runs for problem in run.problems):
-        print(problem)
+    print("".join(f"{problem}\n" for run in runs for problem in run.problems), end="")
     if in_notebook():
         from IPython.display import Markdown, display
 

@@ -18,6 +18,7 @@ from PIL import Image, PngImagePlugin
 
 from utils.errors import UserError
 from utils.files import MAKER, atomic_path, output_file
+from utils.models import to_uint8
 
 MIN_WIDTH = 512  # a grid animated or shown narrower than this is enlarged: a 16 px run is not a thumbnail
 
@@ -26,10 +27,7 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps. Floats are read as G's [-1, 1]
     (not stretched to their own range), so a grid's brightness means the same in every epoch."""
     images = images.detach().cpu()
-    if images.dtype == torch.uint8:
-        return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
-    grid = torchvision.utils.make_grid(images.float(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
-    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return torchvision.utils.make_grid(images if images.dtype == torch.uint8 else to_uint8(images), nrow, padding=2)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
@@ -86,7 +84,6 @@ def plot_history(history: dict, fig=None):
 
         fig = plt.figure(figsize=_figsize(history), layout="constrained")
     steps = history.get("steps", [])
-    x = [s["step"] for s in steps]
     dots = dict(marker="o", markersize=3) if len(steps) < 60 else {}  # so that even a single step shows
     scored = [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
     axes = fig.subplots(1, 3 if scored else 2, squeeze=False)[0]
@@ -95,7 +92,7 @@ def plot_history(history: dict, fig=None):
               (verdicts, {"d_real": "D(x): real", "d_fake": "D(G(z)): fake"}, "probability 'real'"))
     for ax, labels, ylabel in curves:
         for key, label in labels.items():
-            ax.plot(x, [s[key] for s in steps], label=label, **dots)
+            ax.plot([s["step"] for s in steps], [s[key] for s in steps], label=label, **dots)
         ax.set(xlim=(0, None), xlabel="step", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not steps:  # nothing measured yet: no made-up scale
