@@ -47,9 +47,8 @@ def stride_peak(images: torch.Tensor) -> float:
     x = images.double()
     power = torch.fft.fft2(x - x.mean(dim=(2, 3), keepdim=True)).abs().pow(2).mean(dim=(0, 1))  # (H, W)
     around = (sum(power.roll((dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) - power) / 8
-    h, w = power.shape
-    stride_2 = ([h // 2, 0, h // 2], [0, w // 2, w // 2])
-    return power[stride_2].sum().item() / max(around[stride_2].sum().item(), 1e-12)
+    h, w = power.shape[0] // 2, power.shape[1] // 2  # the stride-2 frequencies: down, across and diagonally
+    return power[[h, 0, h], [0, w, w]].sum().item() / max(around[[h, 0, h], [0, w, w]].sum().item(), 1e-12)
 
 
 def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
