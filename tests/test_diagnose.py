@@ -79,14 +79,11 @@ def test_each_problem_is_seen_in_its_signals_and_a_healthy_epoch_says_nothing(ep
     assert list(findings(epochs, steps)) == seen
 
 
-def test_a_collapse_says_how_varied_the_samples_are_and_were():
+def test_the_evidence_and_the_knob_name_the_values_and_the_problem_dates_from_its_first_epoch():
     assert findings([epoch(1, variety=0.1), epoch(2, variety=0.1)], steps_of(2, 0.4, 0.9)) == {"mode collapse": (
         "the grid's samples are 10% as varied as the real images, and D(G(z)) = 0.90 is above D(x) = 0.40")}
     assert findings([epoch(1, variety=0.8), epoch(2, variety=0.35)], H) == {
         "mode collapse": "the grid's samples are 35% as varied as the real images (they were 80%)"}
-
-
-def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_epoch():
     assert knob("mode collapse", TrainConfig(lr_g=1e-3)) == \
         "lower lr_g (now 0.001) to at most lr_d (now 0.0002), or try recipe='improved'"
     assert knob("mode collapse", TrainConfig(lr_g=1e-3, lr_d=1e-3)) == \
