@@ -62,13 +62,11 @@ def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
     """Each run's settings, history, networks and last grid; a file that cannot be read is a line in its `problems`."""
     runs = [_Run(Path(run_dir)) for run_dir in run_dirs]
     for run in runs:
-        frames = list_frames(run.dir)
-        if frames:
-            run.epoch, path = frames[-1]
-            try:
-                run.grid = read_grid(path)
-            except UserError as error:
-                run.problems.append(f"{error}; it is not shown")
+        run.epoch, path = (list_frames(run.dir) or [(0, None)])[-1]  # the last grid, if any
+        try:
+            run.grid = read_grid(path) if path else None
+        except UserError as error:
+            run.problems.append(f"{error}; it is not shown")
         try:
             run.config, history = read_run(run.dir)
         except UserError as error:
