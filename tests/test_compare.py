@@ -86,8 +86,7 @@ def many(runs):
 
 def table(run_dirs, **fid) -> str:
     """The table compare_runs prints outside a notebook, and the run folders under it."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
         compare_runs(run_dirs, **fid)
     return out.getvalue()[out.getvalue().index("| # |"):]
 
