@@ -9,7 +9,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from utils.compare import comparison_table
+from utils.compare import compare_runs
 from utils.config import TrainConfig
 from utils.diagnose import TROUBLESHOOTING, Diagnosis, findings, knob, since, stride_peak, untile, variety
 from utils.models import to_uint8
@@ -79,14 +79,11 @@ def test_each_problem_is_seen_in_its_signals_and_a_healthy_epoch_says_nothing(ep
     assert list(findings(epochs, steps)) == seen
 
 
-def test_a_collapse_says_how_varied_the_samples_are_and_were():
+def test_the_evidence_and_the_knob_name_the_values_and_the_problem_dates_from_its_first_epoch():
     assert findings([epoch(1, variety=0.1), epoch(2, variety=0.1)], steps_of(2, 0.4, 0.9)) == {"mode collapse": (
         "the grid's samples are 10% as varied as the real images, and D(G(z)) = 0.90 is above D(x) = 0.40")}
     assert findings([epoch(1, variety=0.8), epoch(2, variety=0.35)], H) == {
         "mode collapse": "the grid's samples are 35% as varied as the real images (they were 80%)"}
-
-
-def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_epoch():
     assert knob("mode collapse", TrainConfig(lr_g=1e-3)) == \
         "lower lr_g (now 0.001) to at most lr_d (now 0.0002), or try recipe='improved'"
     assert knob("mode collapse", TrainConfig(lr_g=1e-3, lr_d=1e-3)) == \
@@ -105,7 +102,7 @@ def test_the_knob_names_the_current_value_and_the_problem_dates_from_its_first_e
     assert since(epochs, "mode collapse") == 4
 
 
-def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it_in_compare(tmp_path):
+def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it_in_compare(tmp_path, capsys):
     """Three epochs of a G that draws one image for every z while D takes it for real."""
     config = TrainConfig(image_size=16, lr_g=5e-3, lr_d=1e-4)
     diagnose = Diagnosis(config, to_uint8(smooth_images(256)))
@@ -124,7 +121,8 @@ def test_a_run_records_and_says_what_it_sees_marks_it_on_the_curves_and_lists_it
     assert "mode collapse" in [t.get_text() for ax in plot_history(history, Figure()).axes for t in ax.texts]
     config.save(tmp_path / "config.json")
     (tmp_path / "history.json").write_text(json.dumps(history))
-    assert "| mode collapse from 1 |" in comparison_table([tmp_path])
+    compare_runs([tmp_path])
+    assert "| mode collapse from 1 |" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------- real small runs

@@ -1,12 +1,10 @@
-"""After each epoch, what a GAN practitioner looking over the learner's shoulder would say: the problem seen, since
-which epoch, and the one knob to turn first (mode collapse, D wins, G fools D, checkerboard, divergence, no
-progress). It measures only what the epoch produced anyway: the grid of the fixed-noise samples, the logged losses
-and D's verdicts, against 64 of the real images. The signals and what they show go into the epoch's record of the
-history. Thresholds and the runs they were measured on: docs/troubleshooting/README.md.
-"""
+"""After each epoch, what a GAN practitioner would say: the problem seen (mode collapse, D wins, G fools D,
+checkerboard, divergence, no progress), since when, and the knob to turn first, from what the epoch made anyway
+against 64 real images. Thresholds and the runs they were measured on: docs/troubleshooting/README.md."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -17,23 +15,16 @@ from utils.visualize import read_grid
 
 FORMED = 0.4                 # samples this varied (a share of the real images' variety) are past a young G's blobs
 COLLAPSE_VARIETY = 0.35      # variety below this while D takes the samples for real is a collapse...
-COLLAPSE_DROP = 0.5          # ...and so, once formed, is falling below this share of its best and below DROP_VARIETY
-DROP_VARIETY = 0.5
-D_CERTAIN = 0.99             # D(x) above this and D(G(z)) below 1 - this: D is certain...
-D_WON = 0.5                  # ...in this share of the epoch's logged steps: D has won
-FOOLED_BY = 0.05             # D(G(z)) above D(x) by this much on the epoch's mean (0.5 and 0.5 is a draw)
-MOST = 0.8                   # "most of the epoch": this share of its logged steps
+COLLAPSE_DROP = 0.5          # ...and so, once formed, is falling below this share of its best (at most of 1)
+D_CERTAIN, D_WON = 0.99, 0.5  # D(x) above 0.99 and D(G(z)) below 0.01 in half the epoch's logged steps: D has won
+FOOLED_BY, MOST = 0.05, 0.8  # D(G(z)) above D(x) in 80% of the steps, and by 0.05 on the mean (0.5, 0.5 is a draw)
 CHECKER_RATIO = 15.0         # the stride-2 peak of the spectrum this many times the real images' (2 epochs' mean)
 DIVERGED = 10.0              # an epoch's mean loss this many times the largest of the earlier epochs', and above 10
-MIN_SAMPLES = 8              # fewer fixed-noise samples say too little about variety
-STILL = 0.05                 # samples changed less than this share of the real images' variety since the last epoch
-FLAT = 0.05                  # while the epoch's mean losses moved by less than this share
+STILL, FLAT = 0.05, 0.05     # samples changed by under 5% of the real variety, the mean losses by under 5%: stuck
 DCGAN_LR = 2e-4              # both learning rates of the DCGAN recipe (TrainConfig's defaults)
 
-TROUBLESHOOTING = {  # the sections of notebook 03's Troubleshooting, by problem
-    "mode collapse": "Mode collapse", "D wins": "D wins", "G fools D": "Mode collapse",
-    "checkerboard": "Checkerboard artefacts", "divergence": "Divergence", "no progress": "D wins",
-}
+TROUBLESHOOTING = {"mode collapse": "Mode collapse", "D wins": "D wins", "G fools D": "Mode collapse",  # notebook 03
+                   "checkerboard": "Checkerboard artefacts", "divergence": "Divergence", "no progress": "D wins"}
 
 
 def untile(grid: np.ndarray, count: int, size: int, nrow: int = 8, padding: int = 2) -> torch.Tensor:
@@ -46,13 +37,8 @@ def untile(grid: np.ndarray, count: int, size: int, nrow: int = 8, padding: int 
 
 def variety(images: torch.Tensor) -> float:
     """The root mean square distance between two different images of the set, per pixel (0: all identical)."""
-    flat = images.flatten(1).double()
-    n = len(flat)
-    if n < 2:
-        return 0.0
-    # the mean squared distance over pairs is twice the variance about the mean image (times n / (n - 1))
-    spread = (flat - flat.mean(0)).pow(2).sum(1).mean().item()
-    return math.sqrt(2 * spread * n / (n - 1) / flat.shape[1])
+    # the mean squared distance over pairs of images is twice their (unbiased) variance about the mean image
+    return math.sqrt(2 * images.flatten(1).double().var(0).mean().item()) if len(images) > 1 else 0.0
 
 
 def stride_peak(images: torch.Tensor) -> float:
@@ -60,22 +46,16 @@ def stride_peak(images: torch.Tensor) -> float:
     neighbouring frequencies: about 1 for a smooth spectrum (real faces, noise), far above for a checkerboard."""
     x = images.double()
     power = torch.fft.fft2(x - x.mean(dim=(2, 3), keepdim=True)).abs().pow(2).mean(dim=(0, 1))  # (H, W)
-    h, w = power.shape
-    peak = neighbours = 0.0
-    for fy, fx in ((h // 2, 0), (0, w // 2), (h // 2, w // 2)):
-        peak += power[fy, fx].item()
-        around = [power[(fy + dy) % h, (fx + dx) % w].item() for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                  if (dy or dx) and ((fy + dy) % h, (fx + dx) % w) != (0, 0)]
-        neighbours += sum(around) / len(around)
-    return peak / max(neighbours, 1e-12)
+    around = (sum(power.roll((dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) - power) / 8
+    h, w = power.shape[0] // 2, power.shape[1] // 2  # the stride-2 frequencies: down, across and diagonally
+    return power[[h, 0, h], [0, w, w]].sum().item() / max(around[[h, 0, h], [0, w, w]].sum().item(), 1e-12)
 
 
 def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
-    """{problem: what is seen} in the last of `epochs` (records with "signals"), from its signals, the earlier
-    epochs' and `steps`, that epoch's logged steps; only the first to fix where one problem explains others. Empty
-    for a healthy epoch."""
+    """{problem: what is seen} in the last of `epochs` (records with "signals") and `steps`, its logged steps; where one
+    problem explains others, only that one. Empty for a healthy epoch."""
     now, earlier = epochs[-1]["signals"], [e["signals"] for e in epochs[:-1] if "signals" in e]
-    if steps and _share(steps, lambda s: s["d_real"] > D_CERTAIN and s["d_fake"] < 1 - D_CERTAIN) >= D_WON:
+    if steps and sum(s["d_real"] > D_CERTAIN and s["d_fake"] < 1 - D_CERTAIN for s in steps) >= D_WON * len(steps):
         # G gets no gradient: its samples stop changing or fall onto one pattern, and its loss soars
         return {"D wins": f"D(x) = {steps[-1]['d_real']:.2f} and D(G(z)) = {steps[-1]['d_fake']:.2f}: D is certain, "
                           "so G gets almost no gradient"}
@@ -84,18 +64,18 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
     if not (math.isfinite(loss_d) and math.isfinite(loss_g)):
         seen["divergence"] = "the losses are no longer finite numbers"
     elif earlier and max(abs(loss_d), abs(loss_g)) > max(10.0, DIVERGED * max(
-            max(abs(e.get("loss_d", 0)), abs(e.get("loss_g", 0))) for e in earlier)):
+            max(abs(e["loss_d"]), abs(e["loss_g"])) for e in earlier)):
         seen["divergence"] = (f"the losses jumped to {loss_d:.3g} (D) and {loss_g:.3g} (G), ten times any earlier "
                               "epoch's")
     d_real, d_fake = _mean(steps, "d_real"), _mean(steps, "d_fake")
-    fooled = bool(steps) and _share(steps, lambda s: s["d_fake"] > s["d_real"]) >= MOST and d_fake > d_real + FOOLED_BY
+    fooled = sum(s["d_fake"] > s["d_real"] for s in steps) >= MOST * len(steps) and d_fake > d_real + FOOLED_BY
     # a young G's blobs are alike too, but D rejects them: low variety is a collapse while D takes the samples for
     # real (and as long as it stays low), or when samples that had become varied lose it
     variety_now = now.get("variety", 1)
     best = max([e.get("variety", 0) for e in earlier] + [now.get("variety", 0)])
     collapsed = len(epochs) > 1 and "mode collapse" in epochs[-2].get("diagnosis", {})
     if (variety_now < COLLAPSE_VARIETY and (fooled or collapsed)) or \
-            (best >= FORMED and variety_now < min(COLLAPSE_DROP * best, DROP_VARIETY)):
+            (best >= FORMED and variety_now < COLLAPSE_DROP * min(best, 1)):
         # a collapsed G fools D, may carry a pattern and changes little: the collapse is the one to fix
         return seen | {"mode collapse": f"the grid's samples are {variety_now:.0%} as varied as the real images"
                        + (f" (they were {best:.0%})" if best > 2 * variety_now else "")
@@ -103,13 +83,12 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
     if fooled:
         seen["G fools D"] = f"D(G(z)) = {d_fake:.2f} is above D(x) = {d_real:.2f}: G outruns D"
     # a young G's blobs carry the pattern too; averaged over two epochs, as it flickers from one to the next
-    pattern = (now["checker"] + earlier[-1]["checker"]) / 2 if earlier and "checker" in earlier[-1] else now["checker"]
+    pattern = (now["checker"] + earlier[-1]["checker"]) / 2 if earlier else now["checker"]
     if pattern > CHECKER_RATIO and variety_now >= FORMED:
         seen["checkerboard"] = f"the samples carry a 2-pixel pattern {pattern:.0f} times stronger than the real images'"
-    previous = earlier[-1] if earlier else {}
-    moved = [abs(mean - previous[key]) / max(abs(previous[key]), 1e-3)  # relative to the losses' size
-             for key, mean in (("loss_d", loss_d), ("loss_g", loss_g)) if key in previous]
-    if now.get("change", 1) < STILL and moved and max(moved) < FLAT:
+    moved = max(abs(mean - earlier[-1][key]) / max(abs(earlier[-1][key]), 1e-3)  # relative to the losses' size
+                for key, mean in (("loss_d", loss_d), ("loss_g", loss_g))) if earlier else 1.0
+    if now.get("change", 1) < STILL and moved < FLAT:
         seen["no progress"] = (f"the samples changed by {now['change']:.0%} of the real images' variety since the last "
                                "epoch, and the losses stay flat")
     return seen
@@ -119,55 +98,43 @@ def _mean(steps: list[dict], key: str) -> float:
     return sum(s[key] for s in steps) / len(steps) if steps else 0.0
 
 
-def _share(steps: list[dict], test) -> float:
-    return sum(map(test, steps)) / len(steps)
-
-
 def knob(problem: str, config) -> str:
     """The first change to try for `problem`, with the current values (as notebook 03's Troubleshooting advises)."""
     improved = "" if config.loss == "hinge" else ", or try recipe='improved'"
     # the DCGAN rates are the reference of a plain run; the improved recipe has faster ones of its own
-    high = [name for name in ("lr_g", "lr_d") if getattr(config, name) > DCGAN_LR and config.loss != "hinge"]
-    to_dcgan = " and ".join(f"{name} (now {getattr(config, name):g})" for name in high) + \
-        f" to the DCGAN recipe's {DCGAN_LR:g}"
+    high = " and ".join(f"{name} (now {getattr(config, name):g})" for name in ("lr_g", "lr_d")
+                        if getattr(config, name) > DCGAN_LR and config.loss != "hinge")
+    to_dcgan = f"lower {high} to the DCGAN recipe's {DCGAN_LR:g}"
     if problem in ("mode collapse", "G fools D"):
         limit = f" to at most lr_d (now {config.lr_d:g})" if config.lr_g > config.lr_d else ""
         return f"lower lr_g (now {config.lr_g:g}){limit}{improved}"
     if problem in ("D wins", "no progress"):
-        if high:
-            return f"lower {to_dcgan}{improved}"
-        return f"slow D down: lower lr_d (now {config.lr_d:g}) to {config.lr_d / 2:g}{improved}"
+        slow_d = f"slow D down: lower lr_d (now {config.lr_d:g}) to {config.lr_d / 2:g}"
+        return (to_dcgan if high else slow_d) + improved
     if problem == "checkerboard":
-        return (f"lower {to_dcgan} and train longer: the pattern fades as G learns" if high else
-                f"train longer (epochs, now {config.epochs}): the pattern fades as G learns")
+        return (f"{to_dcgan} and train longer" if high else f"train longer (epochs, now {config.epochs})") + \
+            ": the pattern fades as G learns"
     amp = "" if config.amp == "off" else ", or amp='off'"
     return f"lower lr_g and lr_d (now {config.lr_g:g} and {config.lr_d:g}) to half{amp}{improved}"
 
 
 def since(epochs: list[dict], problem: str) -> int:
     """The first epoch of the unbroken stretch of epochs, ending with the last one, that had `problem`."""
-    first = epochs[-1]["epoch"]
-    for record in reversed(epochs[:-1]):
-        if problem not in record.get("diagnosis", {}):
-            break
-        first = record["epoch"]
-    return first
+    stretch = itertools.takewhile(lambda record: problem in record.get("diagnosis", {}), reversed(epochs[:-1]))
+    return [epochs[-1], *stretch][-1]["epoch"]
 
 
 class Diagnosis:
-    """`diagnosis(history, grid)` after each epoch: measures the epoch's signals against 64 real images, records
-    them and what they show in its record (history["epochs"][-1]), and returns the lines to print."""
+    """`diagnosis(history, grid)` after each epoch: the signals and what they show go into the epoch's record, the lines
+    to print are returned. `previous_grid`: the grid before a resume, so that it measures as an uninterrupted run."""
 
     def __init__(self, config, real_images: torch.Tensor, previous_grid: Path | None = None):
-        """`real_images`: the data set (uint8); `previous_grid`: the last epoch's grid PNG when the run resumes,
-        so that a resumed run measures exactly what an uninterrupted one did."""
         self.config = config
         index = torch.linspace(0, len(real_images) - 1, min(64, len(real_images))).long()  # spread over the set
         real = real_images[index].cpu().float().div(127.5).sub(1)
         self.real_variety, self.real_checker = max(variety(real), 1e-6), max(stride_peak(real), 1e-6)
-        self.previous = None  # the last epoch's samples, for "change"
-        if previous_grid is not None and previous_grid.is_file():
-            self.previous = untile(read_grid(previous_grid), config.num_samples, config.image_size)
+        resumed = previous_grid is not None and previous_grid.is_file()  # the last epoch's samples, for "change"
+        self.previous = untile(read_grid(previous_grid), config.num_samples, config.image_size) if resumed else None
 
     def __call__(self, history: dict, grid: np.ndarray) -> list[str]:
         record = history["epochs"][-1]
@@ -176,7 +143,7 @@ class Diagnosis:
         # variety and checker: 1 is as the real images; change: since the last epoch, in the real images' variety
         signals = {"checker": round(stride_peak(samples) / self.real_checker, 3),
                    "loss_d": round(_mean(steps, "loss_d"), 4), "loss_g": round(_mean(steps, "loss_g"), 4)}
-        if len(samples) >= MIN_SAMPLES:
+        if len(samples) >= 8:  # fewer samples say too little about variety
             signals["variety"] = round(variety(samples) / self.real_variety, 4)
         if self.previous is not None:
             signals["change"] = round((samples - self.previous).pow(2).mean().sqrt().item() / self.real_variety, 4)

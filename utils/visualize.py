@@ -1,8 +1,5 @@
-"""Pictures of a run: sample grids, the curves of its history, and a live view while training.
-
-`show_images` and `plot_history` draw with pyplot, so a notebook shows them (end the line with `;`); what only
-saves or redraws uses a bare `Figure`, which needs no GUI backend and is freed when dropped.
-"""
+"""Pictures of a run: sample grids, the curves of its history, and a live view while training. What a notebook shows
+is drawn with pyplot; what is only saved or redrawn uses a bare `Figure` (no GUI backend, freed when dropped)."""
 
 from __future__ import annotations
 
@@ -21,6 +18,7 @@ from PIL import Image, PngImagePlugin
 
 from utils.errors import UserError
 from utils.files import MAKER, atomic_path, output_file
+from utils.models import to_uint8
 
 MIN_WIDTH = 512  # a grid animated or shown narrower than this is enlarged: a 16 px run is not a thumbnail
 
@@ -29,10 +27,7 @@ def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps. Floats are read as G's [-1, 1]
     (not stretched to their own range), so a grid's brightness means the same in every epoch."""
     images = images.detach().cpu()
-    if images.dtype == torch.uint8:
-        return torchvision.utils.make_grid(images, nrow=nrow, padding=2)
-    grid = torchvision.utils.make_grid(images.float(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
-    return grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    return torchvision.utils.make_grid(images if images.dtype == torch.uint8 else to_uint8(images), nrow, padding=2)
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
@@ -49,8 +44,7 @@ def write_png(image: np.ndarray, path: str | Path) -> Path:
 
 
 def read_grid(path: Path) -> np.ndarray:
-    """A sample grid's RGB pixels (H, W, 3); a UserError naming it if it is not a readable image or announces more
-    pixels than Pillow decodes without a warning (far more than any grid)."""
+    """A sample grid's RGB pixels (H, W, 3); a UserError if it is unreadable or a decompression bomb."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -62,8 +56,7 @@ def read_grid(path: Path) -> np.ndarray:
 
 
 def enlarged(image: np.ndarray) -> np.ndarray:
-    """`image` (H, W, 3) enlarged by the smallest whole factor that makes it at least MIN_WIDTH pixels wide, each
-    pixel a sharp square (nearest neighbour, no blur)."""
+    """`image` (H, W, 3) enlarged by the smallest whole factor that makes it MIN_WIDTH wide, in sharp squares."""
     scale = math.ceil(MIN_WIDTH / image.shape[1])
     return image.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else image
 
@@ -79,45 +72,47 @@ def show_images(images: torch.Tensor, title: str = "", nrow: int = 8, figsize=(8
     return fig
 
 
-def _scored(history: dict) -> list[dict]:
-    return [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
-
-
 def _figsize(history: dict) -> tuple[float, float]:
-    return 5.0 * (3 if _scored(history) else 2), 3.5
+    return 5.0 * (3 if any(epoch.get("fid") is not None for epoch in history.get("epochs", [])) else 2), 3.5
 
 
 def plot_history(history: dict, fig=None):
-    """Plot D's and G's loss and D's verdicts per logged step, FID per epoch where measured, into `fig` (a Figure
-    or SubFigure) or a new pyplot figure. A dotted line marks each step where a setting changed as the run
-    continued; the epochs in which the diagnosis saw a problem are shaded and named."""
+    """Plot D's and G's loss and D's verdicts per logged step, FID per epoch where measured, into `fig` (a Figure or
+    SubFigure) or a new pyplot figure; mark where a setting changed and shade the epochs the diagnosis named."""
     if fig is None:
         import matplotlib.pyplot as plt
 
         fig = plt.figure(figsize=_figsize(history), layout="constrained")
     steps = history.get("steps", [])
-    x = [s["step"] for s in steps]
     dots = dict(marker="o", markersize=3) if len(steps) < 60 else {}  # so that even a single step shows
-    scored = _scored(history)
+    scored = [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
     axes = fig.subplots(1, 3 if scored else 2, squeeze=False)[0]
     losses, verdicts = axes[:2]
-    curves = ((losses, {"loss_d": "D loss", "loss_g": "G loss"}),
-              (verdicts, {"d_real": "D(x): real", "d_fake": "D(G(z)): fake"}))
-    for ax, labels in curves:
+    curves = ((losses, {"loss_d": "D loss", "loss_g": "G loss"}, "loss"),
+              (verdicts, {"d_real": "D(x): real", "d_fake": "D(G(z)): fake"}, "probability 'real'"))
+    for ax, labels, ylabel in curves:
         for key, label in labels.items():
-            ax.plot(x, [s[key] for s in steps], label=label, **dots)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("step")
+            ax.plot([s["step"] for s in steps], [s[key] for s in steps], label=label, **dots)
+        ax.set(xlim=(0, None), xlabel="step", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not steps:  # nothing measured yet: no made-up scale
         losses.set(xticks=[], yticks=[])
         verdicts.set_xticks([])
     verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
-    verdicts.set(ylabel="probability 'real'", ylim=(0, 1))
-    losses.set_ylabel("loss")
+    verdicts.set_ylim(0, 1)
     losses.legend()
     verdicts.legend()
-    pad = 6 + _mark_changes(axes[:2], history)
+    changes: dict[int, list[str]] = {}  # step -> the settings changed there as the run continued
+    for change in history.get("changes", []):
+        changes.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
+    for row, (at, labels) in enumerate(sorted(changes.items())):  # dotted, named in a band above (a row each)
+        for ax in axes[:2]:
+            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
+        right_half = at > sum(losses.get_xlim()) / 2
+        losses.annotate(", ".join(labels), (at, 1), xycoords=("data", "axes fraction"), textcoords="offset points",
+                        xytext=(-2 if right_half else 2, 3 + 12 * row), ha="right" if right_half else "left",
+                        va="bottom", fontsize=9, color="tab:red", annotation_clip=False)
+    pad = 6 + 12 * len(changes) + (4 if changes else 0)  # the titles go above the band
     for row, (first, last, problem) in enumerate(diagnosis_marks(history)):  # shaded, named at the foot (a row each)
         for ax in axes[:2]:
             ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
@@ -133,40 +128,18 @@ def plot_history(history: dict, fig=None):
     return fig
 
 
-def _mark_changes(axes, history: dict) -> float:
-    """A dotted line in every panel at each step where settings changed as the run continued, labelled in a band
-    above the first panel (a row per step, so that no label crosses a curve or another); returns its height."""
-    changes: dict[int, list[str]] = {}
-    for change in history.get("changes", []):
-        changes.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
-    for row, (at, labels) in enumerate(sorted(changes.items())):
-        for ax in axes:
-            ax.axvline(at, color="tab:red", linestyle=":", linewidth=1.2)
-        right_half = at > sum(axes[0].get_xlim()) / 2
-        axes[0].annotate(", ".join(labels), (at, 1), xycoords=("data", "axes fraction"), textcoords="offset points",
-                         xytext=(-2 if right_half else 2, 3 + 12 * row), ha="right" if right_half else "left",
-                         va="bottom", fontsize=9, color="tab:red", annotation_clip=False)
-    return 12 * len(changes) + (4 if changes else 0)
-
-
 def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
     """(first step, last step, problem) of each unbroken stretch of epochs in which the diagnosis saw a problem,
-    starting where the epoch before it ended."""
-    spans, last = {}, 0  # epoch -> (the step before it, its last step)
-    for record in history.get("steps", []):
-        if "epoch" in record:  # the hand loop of notebook 03 logs steps without epochs
-            spans[record["epoch"]] = (spans.get(record["epoch"], (last,))[0], record["step"])
-            last = record["step"]
-    stretches: dict[str, tuple[int, int]] = {}
-    marks = []
+    from the end of the epoch before it."""
+    # each epoch's last logged step (the hand loop of notebook 03 logs steps without epochs)
+    ends = {record["epoch"]: record["step"] for record in history.get("steps", []) if "epoch" in record}
+    going, marks = {}, []  # going: problem -> (first step, last step) of a stretch that may go on
     for record in history.get("epochs", []):
-        seen = record.get("diagnosis", {})
-        marks += [(*stretches.pop(problem), problem) for problem in list(stretches) if problem not in seen]
+        seen = record.get("diagnosis", {}) if record["epoch"] in ends else {}
+        marks += [(*going.pop(problem), problem) for problem in list(going) if problem not in seen]
         for problem in seen:
-            if record["epoch"] in spans:
-                first, end = spans[record["epoch"]]
-                stretches[problem] = (stretches.get(problem, (first,))[0], end)
-    return sorted(marks + [(first, end, problem) for problem, (first, end) in stretches.items()])
+            going[problem] = (going.get(problem, (ends.get(record["epoch"] - 1, 0),))[0], ends[record["epoch"]])
+    return sorted(marks + [(first, last, problem) for problem, (first, last) in going.items()])
 
 
 def save_history_plot(history: dict, path: str | Path) -> Path:
@@ -180,18 +153,14 @@ def save_history_plot(history: dict, path: str | Path) -> Path:
 
 def in_notebook() -> bool:
     """True inside a running Jupyter kernel (Jupyter, Colab, Kaggle), where output can be redrawn in place."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
+    from IPython import get_ipython  # installed with ipywidgets
+
     return getattr(get_ipython(), "kernel", None) is not None  # get_ipython() is None outside IPython
 
 
 class LivePlot:
-    """One notebook output redrawn in place while training: the history's curves as `plot_history` draws them, and
-    the last epoch's grid beside them until the next. It redraws at most every `every_seconds`, and rarer where a
-    redraw is slow (about 2 s on a busy 2-core CPU), so that redrawing takes at most `max_share` of the time. Each
-    redraw renders a bare Figure to PNG and drops it (hundreds leak nothing); outside Jupyter it draws nothing."""
+    """One notebook output redrawn in place while training (curves and the last grid) at most every `every_seconds`,
+    rarer where a redraw is slow (2 s on a busy 2-core CPU) so that it takes at most `max_share` of the time."""
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
         self.every_seconds, self.max_share = every_seconds, max_share
@@ -227,10 +196,8 @@ class LivePlot:
         curves, samples = fig.subfigures(1, 2, width_ratios=[width, height + 1])
         plot_history(history, curves)
         ax = samples.subplots()
-        if self._grid is None:
-            ax.text(0.5, 0.5, "each epoch's samples\nwill be shown here", ha="center", va="center", color="gray")
-        else:
+        if self._grid is not None:
             ax.imshow(self._grid)
-        ax.set_title(self._title)
+        ax.set_title(self._title or "each epoch's samples\nwill be shown here")
         ax.set_axis_off()
         return fig
