@@ -14,7 +14,6 @@ import copy
 import io
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,19 +75,18 @@ def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
     that batch as the sample grids do, and any latent as if part of it."""
     decoder = copy.deepcopy(generator).float().cpu()
 
-    def freeze(layer: nn.Module, inputs: tuple[Tensor]) -> None:
+    def freeze(layer: nn.Module, inputs: tuple[Tensor]) -> None:  # before each BatchNorm normalises in eval mode
         x = inputs[0].transpose(0, 1).flatten(1)  # (channels, everything else)
         layer.running_mean.copy_(x.mean(dim=1))
         layer.running_var.copy_(x.var(dim=1, unbiased=False))  # train mode normalises by the biased variance
-        layer.momentum = 0.0  # the train-mode pass below keeps these as they are
 
     hooks = [layer.register_forward_pre_hook(freeze) for layer in decoder.modules()
              if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
-        decoder.train()(reference_z.float())
+        decoder.eval()(reference_z)
     for hook in hooks:
         hook.remove()
-    return decoder.eval().requires_grad_(False)
+    return decoder.requires_grad_(False)
 
 
 def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
@@ -157,8 +155,7 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
     seed, size = faces.seed if seed is None else seed, size or faces.image_size
     check_inputs(size=size, smallest=faces.image_size)
-    width = max(4, len(str(n - 1)))  # seed42_0007.png: 4 digits, more if needed
-    paths = [out / f"seed{seed}_{index:0{width}d}.png" for index in range(n)]
+    paths = [out / f"seed{seed}_{index:04d}.png" for index in range(n)]   # a face's name does not depend on n
     images = (image for block in face_set_latents(seed, n, faces.latent_dim).split(BLOCK)
               for image in faces.decode(block))   # decoded a block at a time: memory stays bounded
     for path, image in tqdm(zip(paths, images), total=n, desc=f"faces -> {out}", unit="face"):
@@ -180,7 +177,7 @@ def morph(faces: Faces | str | Path, chosen: list[str | int], out: str | Path, s
     check_inputs(size=size, smallest=faces.image_size)
     z = torch.stack([face_latent(faces, face) for face in chosen])
 
-    def frames() -> Iterator[np.ndarray]:  # one leg decoded at a time, encoded as it comes
+    def frames():  # one leg decoded at a time, encoded as it comes
         for k in range(len(z)):
             leg = torch.cat([slerp(z[k:k + 1], z[(k + 1) % len(z)][None], step / steps) for step in range(steps)])
             yield from (sharp(image, size) for image in faces.decode(leg))

@@ -35,9 +35,7 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     output_file(out, "out (--out)")
     count = len(frames) if count is None else count
     frames = map(Image.fromarray, frames)
-    first = next(frames, None)
-    if first is None:
-        raise UserError("a GIF needs at least one frame; got none")
+    first = next(frames)
     durations = [frame_ms] * (count - 1) + [hold_last_ms or frame_ms]
     with atomic_path(out) as tmp:
         first.save(tmp, format="GIF", save_all=True, append_images=frames, loop=0, comment=MAKER_BYTES,
