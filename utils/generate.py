@@ -90,8 +90,7 @@ def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
 
 
 def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
-    """The first `count` latents (count, latent_dim, 1, 1) of the set of `seed`; the run seed's first 64 are its
-    fixed noise."""
+    """The first `count` latents (count, latent_dim, 1, 1) of the set of `seed` (the run's begins with its grid's)."""
     random = torch.Generator().manual_seed(seed)
     return torch.cat([torch.randn(BLOCK, latent_dim, 1, 1, generator=random) for _ in range(0, count, BLOCK)])[:count]
 
@@ -102,8 +101,7 @@ def face_latent(faces: Faces, face: str | int) -> Tensor:
     index = str(face).removeprefix("grid:")
     if isinstance(face, int) or index.isdigit():
         if not 0 <= int(index) < len(faces.fixed_noise):
-            raise UserError(f"face grid:{index} does not exist: the grid of {faces.run_dir} has faces 0 to "
-                            f"{len(faces.fixed_noise) - 1} (row by row from the top left)")
+            raise UserError(f"face grid:{index} does not exist: the grid has faces 0 to {len(faces.fixed_noise) - 1}")
         return faces.fixed_noise[int(index)].clone()
     match = FACE_NAME.fullmatch(Path(str(face)).name)
     if match is None:
@@ -176,13 +174,10 @@ def morph(faces: Faces | str | Path, chosen: list[str | int], out: str | Path, s
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
     check_inputs(size=size, smallest=faces.image_size)
     z = torch.stack([face_latent(faces, face) for face in chosen])
-
-    def frames():  # one leg decoded at a time, encoded as it comes
-        for k in range(len(z)):
-            leg = torch.cat([slerp(z[k:k + 1], z[(k + 1) % len(z)][None], step / steps) for step in range(steps)])
-            yield from (sharp(image, size) for image in faces.decode(leg))
-
-    return write_gif(frames(), out, frame_ms=60, count=len(z) * steps)
+    legs = (torch.cat([slerp(z[k:k + 1], z[(k + 1) % len(z)][None], step / steps) for step in range(steps)])
+            for k in range(len(z)))   # one leg decoded at a time, its frames encoded as they come
+    frames = (sharp(image, size) for leg in legs for image in faces.decode(leg))
+    return write_gif(frames, out, frame_ms=60, count=len(z) * steps)
 
 
 class FaceExplorer:

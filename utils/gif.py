@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -57,15 +57,14 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
               f"to epoch {frames[-1][0]}")
         frames = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES)]   # the first and the last
 
-    def images() -> Iterator[np.ndarray]:
+    def images():
         shape = None
         for epoch, path in frames:
             grid = read_grid(path)
             shape = shape or grid.shape   # the first grid's: a GIF has one frame size
             if grid.shape != shape:
-                raise UserError(f"{path} is {grid.shape[1]}x{grid.shape[0]} pixels but {frames[0][1]} is "
-                                f"{shape[1]}x{shape[0]}: a GIF needs one frame size; move the grids of the other run "
-                                f"out of {path.parent}")
+                raise UserError(f"{path} is not the size of {frames[0][1]}: a GIF needs one frame size; move the "
+                                f"grids of the other run out of {path.parent}")
             yield add_label(enlarged(grid), f"epoch {epoch}")
 
     return write_gif(images(), run_dir / "training.gif" if out is None else out, frame_ms, hold_last_ms, len(frames))
