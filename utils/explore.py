@@ -1,8 +1,5 @@
-"""Looking inside a trained generator: latent walks, nearest real neighbours, the discriminator's favourites.
-
-Everything samples as training does (BatchNorm's batch statistics, see `utils.models.sampling`) from latents drawn
-on the CPU from a seed, so the same call gives the same images on every device and leaves the models unchanged.
-"""
+"""Looking inside a trained generator: latent walks, nearest real neighbours, the discriminator's favourites. All
+sample as training does (`utils.models.sampling`) from latents drawn on the CPU: the same images on every device."""
 
 from __future__ import annotations
 
