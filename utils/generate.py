@@ -159,8 +159,8 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
     for path, image in tqdm(zip(paths, images), total=n, desc=f"faces -> {out}", unit="face"):
         write_png(sharp(image, size), path)
     if grid is not None:  # the set's first 64 faces, however many were asked for
-        write_png(image_grid(faces.decode(face_set_latents(seed, BLOCK, faces.latent_dim))).permute(1, 2, 0).numpy(),
-                  grid)
+        first = faces.decode(face_set_latents(seed, BLOCK, faces.latent_dim))
+        write_png(image_grid(first).permute(1, 2, 0).numpy(), grid)
     return paths
 
 
