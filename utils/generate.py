@@ -2,8 +2,6 @@
 
     python -m utils.generate RUN_DIR --n 1000 --out faces/ [--seed S] [--grid FILE] [--size PX]
     python -m utils.generate RUN_DIR --morph seed42_0007.png grid:12 --out morph.gif [--steps 24] [--size 256]
-
-`seedS_NNNN.png` is face NNNN of seed S's latents; the first 64 of the run's seed are its fixed noise (`grid:7`).
 """
 
 from __future__ import annotations
@@ -90,7 +88,7 @@ def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
 
 
 def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
-    """The first `count` latents (count, latent_dim, 1, 1) of the set of `seed` (the run's begins with its grid's)."""
+    """The latents (count, latent_dim, 1, 1) of faces 0, 1, ... of `seed` (seedS_NNNN.png); the run's begin its grid."""
     random = torch.Generator().manual_seed(seed)
     return torch.cat([torch.randn(BLOCK, latent_dim, 1, 1, generator=random) for _ in range(0, count, BLOCK)])[:count]
 
