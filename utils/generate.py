@@ -124,11 +124,11 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
 
 
 def check_inputs(n: int | None = None, size: int | None = None, seed: int | None = None,
-                 steps: int | None = None, faces: int = 2, smallest: int = 1) -> None:
-    """A UserError for a number of faces, a size (`smallest`: the run's), a seed or a morph's steps out of range."""
-    most_steps = max(1, MAX_MORPH_PIXELS // (faces * (size or 1) ** 2))
+                 steps: int | None = None, faces: int | None = None, smallest: int = 1) -> None:
+    """A UserError naming the first input out of its range (sizes from `smallest`, the run's, when it is known)."""
+    most_steps = max(1, MAX_MORPH_PIXELS // ((faces or 2) * (size or 1) ** 2))
     for name, value, low, high, unit in (
-            ("n", n, 1, MAX_FACES, " faces"), ("seed", seed, 0, MAX_SEED, ""),
+            ("n", n, 1, MAX_FACES, " faces"), ("seed", seed, 0, MAX_SEED, ""), ("morph", faces, 2, MAX_FACES, " faces"),
             ("size", size, smallest, MAX_SIZE, " pixels (faces are enlarged with sharp pixels, never shrunk)"),
             ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
                                             f"{MAX_MORPH_PIXELS:,} pixels in all)")):
@@ -165,8 +165,6 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
 def morph(faces: Faces | str | Path, chosen: list[str | int], out: str | Path, steps: int = 24, size: int = 256,
           device: str = "auto") -> Path:
     """Write a looping GIF through the chosen faces, `steps` slerped frames from each to the next, `size` px each."""
-    if len(chosen) < 2:
-        raise UserError(f"a morph needs at least two faces to move between; got {len(chosen)}")
     check_inputs(size=size, steps=steps, faces=len(chosen))
     output_file(out, "out (--out)")
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)

@@ -30,8 +30,7 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
         if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
             raise UserError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
-                            f"milliseconds; got {value} (GIF stores 1/100 s, and browsers play frames shorter than "
-                            f"{MIN_FRAME_MS} ms for 100 ms)")
+                            f"milliseconds; got {value} (GIF stores 1/100 s; browsers play < 20 ms as 100 ms)")
     output_file(out, "out (--out)")
     count = len(frames) if count is None else count
     frames = map(Image.fromarray, frames)
