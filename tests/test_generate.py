@@ -105,8 +105,10 @@ def test_faces_by_name_the_names_refused_and_a_grid_faces_history_cut_from_each_
     assert [epoch for epoch, _ in history] == [1, 2] and all(face.shape == (16, 16, 3) for _, face in history)
     assert np.abs(history[-1][1].astype(int) - image(faces, 9)).max() <= 1  # the last grid is this generator's
     assert not np.array_equal(history[0][1], history[1][1])                 # the face changed as training went on
-    with pytest.raises(UserError, match="not a face of the run's grid"):
-        grid_face_history(faces, "seed42_0001.png")
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(grid_face_history(faces, "seed42_0009.png"), history))
+    for outside in ("seed42_0064.png", "seed7_0009.png"):   # faces that no grid holds
+        with pytest.raises(UserError, match="not a face of the run's grid"):
+            grid_face_history(faces, outside)
 
 
 def test_a_morph_loops_through_the_faces_at_a_readable_size(faces, tmp_path):
@@ -114,7 +116,7 @@ def test_a_morph_loops_through_the_faces_at_a_readable_size(faces, tmp_path):
     assert frames.shape == (12, 256, 256, 3)  # 3 faces x 4 steps, each 16 px face enlarged 16x
     assert np.array_equal(frames[0][::16, ::16], image(faces, "seed42_0070.png"))  # each pixel a 16x16 block
     assert np.array_equal(frames[4][::16, ::16], image(faces, 12)) and not np.array_equal(frames[1], frames[0])
-    with pytest.raises(UserError, match="at least two faces"):
+    with pytest.raises(UserError, match=r"morph \(--morph\) must be 2 to 100,000 faces; got 1"):
         morph(faces, ["grid:1"], tmp_path / "one.gif")
 
 
@@ -128,11 +130,11 @@ def test_the_command_line_writes_faces_in_a_real_process_and_a_morph(run_dir, tm
                           png(generate(run_dir, 5, tmp_path / "here", seed=3)[4]))
     assert png(tmp_path / "g.png").shape == (8 * TILE + 2, 8 * TILE + 2, 3)  # --n 5 --grid: the documented 8x8
     main([str(run_dir), "--morph", "seed3_0004.png", "grid:12", "--steps", "3", "--out", str(tmp_path / "m.gif")])
-    assert "morph of 2 faces, 6 frames" in capsys.readouterr().out
+    assert capsys.readouterr().out.strip() == str(tmp_path / "m.gif")
     assert iio.imread(tmp_path / "m.gif", index=None).shape[:3] == (6, 256, 256)
 
 
-@pytest.mark.parametrize("case", ["not a run", "no epoch", "other files", "n 0"])
+@pytest.mark.parametrize("case", ["not a run", "no epoch", "other files", "n 0", "smaller"])
 def test_main_refuses_with_one_line_and_writes_nothing(run_dir, tmp_path, case, capsys):
     (tmp_path / "fresh").mkdir()
     TrainConfig().save(tmp_path / "fresh" / "config.json")
@@ -142,7 +144,9 @@ def test_main_refuses_with_one_line_and_writes_nothing(run_dir, tmp_path, case, 
     args, words = {"not a run": ([str(tmp_path), "--out", out], "is not a run folder with a finished epoch"),
                    "no epoch": ([str(tmp_path / "fresh"), "--out", out], "is not a run folder with a finished epoch"),
                    "other files": ([str(run_dir), "--out", str(tmp_path / "busy")], "holds other files (notes.txt)"),
-                   "n 0": ([str(run_dir), "--n", "0", "--out", out], "must be 1 to 100,000 faces")}[case]
+                   "n 0": ([str(run_dir), "--n", "0", "--out", out], "must be 1 to 100,000 faces"),
+                   "smaller": ([str(run_dir), "--size", "8", "--out", out],   # the run's faces are 16 px
+                               "size (--size) must be 16 to 2,048 pixels (faces are enlarged with sharp pixels")}[case]
     with pytest.raises(SystemExit) as exit:
         main(args)
     error = capsys.readouterr().err
@@ -171,7 +175,7 @@ def test_the_explorer_grid_holds_the_pair_their_mix_and_the_seeds_faces_and_its_
     output = explorer.output(seed=3, position=0.25, strengths=(1.0, 0.0, -1.0))
     assert "application/vnd.jupyter.widget-view+json" in output
     assert np.array_equal(png(output["image/png"]), explorer.render(3, 0.25, (1.0, 0.0, -1.0)))  # papermill, GitHub
-    explorer.controls["direction 2"].value = -1.5   # the image redrawn in place, as the same settings draw it
+    explorer.controls[3].value = -1.5   # direction 2: the image redrawn in place, as the same settings draw it
     assert np.array_equal(png(explorer.image.value), explorer.render(3, 0.25, (1.0, -1.5, -1.0)))
-    explorer.controls["seed"].value = 7
+    explorer.controls[0].value = 7   # the seed
     assert np.array_equal(png(explorer.image.value), explorer.render(7, 0.25, (1.0, -1.5, -1.0)))

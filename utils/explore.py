@@ -1,8 +1,5 @@
-"""Looking inside a trained generator: latent walks, nearest real neighbours, the discriminator's favourites.
-
-Everything samples as training does (BatchNorm's batch statistics, see `utils.models.sampling`) from latents drawn
-on the CPU from a seed, so the same call gives the same images on every device and leaves the models unchanged.
-"""
+"""Looking inside a trained generator: latent walks, nearest real neighbours, the discriminator's favourites. All
+sample as training does (`utils.models.sampling`) from latents drawn on the CPU: the same images on every device."""
 
 from __future__ import annotations
 
@@ -48,28 +45,27 @@ def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
     return ((w0 * u + w1 * v) * ((1 - t) * norm_a + t * norm_b)).view_as(z0)
 
 
-def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: int = 16, num_paths: int = 8,
-                         nrow: int = 4, seed: int = 0) -> list[np.ndarray]:
-    """Frames of `num_paths` latent walks side by side, uint8 (H, W, 3) grids at least 512 pixels wide: each walk
-    slerps through `num_keyframes` random latents, `steps` frames a leg, back to the first (the last frame repeats
-    it). All frames are one batch: they share BatchNorm's batch statistics, so nothing flickers."""
+def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: int = 16,
+                         seed: int = 0) -> list[np.ndarray]:
+    """Frames of 8 latent walks in 2 rows, uint8 (H, W, 3) at least 512 pixels wide: each slerps through
+    `num_keyframes` random latents, `steps` frames a leg, back to the first (the last frame repeats it). All frames
+    are one batch: they share BatchNorm's batch statistics, so nothing flickers."""
     if num_keyframes < 2 or steps < 1:
         raise UserError(f"num_keyframes must be >= 2 (a walk moves between two latents) and steps >= 1; got "
                         f"{num_keyframes} and {steps}")
-    keyframes = latents(num_keyframes * num_paths, generator.latent_dim, seed).view(num_keyframes, num_paths, -1, 1, 1)
+    keyframes = latents(num_keyframes * 8, generator.latent_dim, seed).view(num_keyframes, 8, -1, 1, 1)
     path = torch.stack([slerp(keyframes[k], keyframes[(k + 1) % num_keyframes], step / steps)
                         for k in range(num_keyframes) for step in range(steps)])  # (frames, paths, latent_dim, 1, 1)
     with sampling(generator):
-        images = decode(generator, path.flatten(0, 1), batch_size=len(path) * num_paths).unflatten(0, path.shape[:2])
-    frames = [enlarged(image_grid(frame, nrow).permute(1, 2, 0).numpy()) for frame in images]
+        images = decode(generator, path.flatten(0, 1), batch_size=len(path) * 8).unflatten(0, path.shape[:2])
+    frames = [enlarged(image_grid(frame, nrow=4).permute(1, 2, 0).numpy()) for frame in images]
     return frames + [frames[0].copy()]
 
 
 def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
                        batch_size: int = 4096) -> tuple[Tensor, Tensor]:
     """The `k` real images closest to each fake (does G copy its training set?): indices and distances (M, k),
-    closest first, in root-mean-square 0..255 levels; the reals are read `batch_size` at a time (a memory-mapped
-    dataset never has to fit in memory as floats)."""
+    closest first, in root-mean-square 0..255 levels; the reals are read `batch_size` at a time."""
     if {fakes_uint8.dtype, reals_uint8.dtype} != {torch.uint8} or fakes_uint8.shape[1:] != reals_uint8.shape[1:]:
         raise UserError(f"fakes_uint8 and reals_uint8 must be uint8 images (N, 3, H, W) of the same size; got "
                         f"{fakes_uint8.dtype} {tuple(fakes_uint8.shape)} and {reals_uint8.dtype} "

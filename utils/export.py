@@ -1,8 +1,6 @@
-"""A generator that travels: one TorchScript file that samples with PyTorch alone (the README shows how).
+"""A generator that travels: one TorchScript file, utils.generate's decoder, that samples with PyTorch alone.
 
     python -m utils.export generated/dcgan-64px --out generator.pt
-
-It holds utils.generate's decoder (each face depends on its own latent only); `meta.json` inside says where from.
 """
 
 from __future__ import annotations
@@ -27,12 +25,10 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") 
     where it came from in META; returns `out`."""
     out = output_file(out, "out (--out)")
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
-    # a CPU copy: the file then loads on any machine, and `faces` keeps decoding on its own device
-    generator = copy.deepcopy(faces.generator).cpu().eval()
+    generator = copy.deepcopy(faces.generator).cpu()   # loads on any machine; `faces` keeps its own device
     generator.latent_dim, generator.image_size = faces.latent_dim, faces.image_size
     meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "run": str(faces.run_dir),
-            "epoch": faces.epoch, "seed": faces.seed, "input": "z ~ N(0, I), (N, latent_dim, 1, 1)",
-            "output": "images in [-1, 1], (N, 3, S, S)"}
+            "epoch": faces.epoch, "seed": faces.seed}
     with warnings.catch_warnings(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
         torch.jit.save(torch.jit.script(generator), str(tmp),
@@ -41,7 +37,7 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError (not a run folder, no finished epoch, a folder as --out) prints one line."""
+    """The command line: a UserError prints one line."""
     parser = argparse.ArgumentParser(prog="python -m utils.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", default="generator.pt", help="TorchScript file to write (default: generator.pt)")

@@ -2,9 +2,6 @@
 
     python -m utils.generate RUN_DIR --n 1000 --out faces/ [--seed S] [--grid FILE] [--size PX]
     python -m utils.generate RUN_DIR --morph seed42_0007.png grid:12 --out morph.gif [--steps 24] [--size 256]
-
-`seedS_NNNN.png` is face NNNN of the latents drawn 64 at a time from seed S; the first 64 of the run's seed are its
-fixed noise (`grid:7`). BatchNorm's statistics are frozen to the fixed noise's: a face looks the same in any batch.
 """
 
 from __future__ import annotations
@@ -13,11 +10,8 @@ import argparse
 import base64
 import copy
 import io
-import itertools
-import math
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +39,7 @@ FACE_NAME = re.compile(r"seed(\d+)_(\d+)\.png")
 
 @dataclass
 class Faces:
-    """A run's generator ready to decode faces (`decode(z)`), its fixed noise and what it was trained with."""
+    """A run's generator ready to decode faces, its fixed noise and what it was trained with."""
 
     generator: nn.Module        # a copy in eval mode, BatchNorm frozen to the fixed noise's statistics
     fixed_noise: Tensor         # the latents of the run's sample grids (num_samples, latent_dim, 1, 1), on the CPU
@@ -62,15 +56,14 @@ class Faces:
 
 
 def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module | None = None) -> Faces:
-    """A run's generator (its EMA weights if kept) decoding faces on `device`; a run of your own generator class
-    needs a fresh instance of it."""
+    """A run's generator (its EMA weights if kept) decoding faces on `device` (`generator`: a run of your own class)."""
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).is_file():
         raise UserError(f"{run_dir} is not a run folder with a finished epoch (no {CHECKPOINT} in it): pass the "
                         "folder training wrote, e.g. generated/dcgan-64px, once it has finished an epoch")
     state = read_checkpoint(run_dir / CHECKPOINT)
     trained, _, _ = models_from_checkpoint(state, run_dir, generator=generator)
-    config, fixed_noise, device = state["config"], state["fixed_noise"].float(), pick_device(device)
+    config, fixed_noise, device = state["config"], state["fixed_noise"], pick_device(device)
     return Faces(frozen_statistics(trained, fixed_noise).to(device), fixed_noise, run_dir, state["epoch"],
                  config["seed"], config["latent_dim"], config["image_size"], device)
 
@@ -80,50 +73,34 @@ def frozen_statistics(generator: nn.Module, reference_z: Tensor) -> nn.Module:
     that batch as the sample grids do, and any latent as if part of it."""
     decoder = copy.deepcopy(generator).float().cpu()
 
-    def freeze(layer: nn.Module, inputs: tuple[Tensor]) -> None:
+    def freeze(layer: nn.Module, inputs: tuple[Tensor]) -> None:  # before each BatchNorm normalises in eval mode
         x = inputs[0].transpose(0, 1).flatten(1)  # (channels, everything else)
         layer.running_mean.copy_(x.mean(dim=1))
         layer.running_var.copy_(x.var(dim=1, unbiased=False))  # train mode normalises by the biased variance
-        layer.momentum = 0.0  # the train-mode pass below keeps these as they are
 
     hooks = [layer.register_forward_pre_hook(freeze) for layer in decoder.modules()
              if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
-        decoder.train()(reference_z.float())
+        decoder.eval()(reference_z)
     for hook in hooks:
         hook.remove()
-    return decoder.eval().requires_grad_(False)
-
-
-def latent_blocks(seed: int, latent_dim: int) -> Iterator[Tensor]:
-    """The set of `seed`, BLOCK latents at a time for as long as asked; the first block is the fixed noise."""
-    random = torch.Generator().manual_seed(seed)
-    while True:
-        yield torch.randn(BLOCK, latent_dim, 1, 1, generator=random)
+    return decoder.requires_grad_(False)
 
 
 def face_set_latents(seed: int, count: int, latent_dim: int) -> Tensor:
-    """The first `count` latents of the set of `seed`, (count, latent_dim, 1, 1)."""
-    return torch.cat(list(itertools.islice(latent_blocks(seed, latent_dim), math.ceil(count / BLOCK))))[:count]
-
-
-def grid_index(faces: Faces, face: str | int) -> int | None:
-    """12 for the grid's face "grid:12", "12" or 12 (a UserError outside the grid); None for any other name."""
-    index = str(face).removeprefix("grid:")
-    if not (isinstance(face, int) or index.isdigit()):
-        return None
-    if not 0 <= int(index) < len(faces.fixed_noise):
-        raise UserError(f"face grid:{index} does not exist: the grid of {faces.run_dir} has faces 0 to "
-                        f"{len(faces.fixed_noise) - 1} (row by row from the top left)")
-    return int(index)
+    """The latents (count, latent_dim, 1, 1) of faces 0, 1, ... of `seed` (seedS_NNNN.png); the run's begin its grid."""
+    random = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.randn(BLOCK, latent_dim, 1, 1, generator=random) for _ in range(0, count, BLOCK)])[:count]
 
 
 def face_latent(faces: Faces, face: str | int) -> Tensor:
-    """The latent (latent_dim, 1, 1) of a face: "seed42_0007.png" (or its path), "grid:12" or 12 (face 12 of the
-    run's 8x8 grid, row by row from 0). `faces.decode(z)` draws it, also with a later epoch's generator."""
-    index = grid_index(faces, face)
-    if index is not None:
-        return faces.fixed_noise[index].clone()
+    """The latent (latent_dim, 1, 1) of face "seed42_0007.png" (or its path), "grid:12" or 12 (of the run's grid, row
+    by row from 0): `faces.decode(z)` draws it, also with a later epoch's generator."""
+    index = str(face).removeprefix("grid:")
+    if isinstance(face, int) or index.isdigit():
+        if not 0 <= int(index) < len(faces.fixed_noise):
+            raise UserError(f"face grid:{index} does not exist: the grid has faces 0 to {len(faces.fixed_noise) - 1}")
+        return faces.fixed_noise[int(index)].clone()
     match = FACE_NAME.fullmatch(Path(str(face)).name)
     if match is None:
         raise UserError(f"face {face!r} is neither a generated face's file name (like seed42_0007.png) nor a face of "
@@ -136,133 +113,121 @@ def face_latent(faces: Faces, face: str | int) -> Tensor:
 
 
 def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarray]]:
-    """(epoch, uint8 (S, S, 3) image) of a face of the grid ("grid:12" or 12), cut from every epoch's saved grid:
-    earlier generators are gone, but their grids show the face as training went on."""
-    index = grid_index(faces, face)
-    if index is None:
+    """(epoch, uint8 (S, S, 3) image) of a face of the sample grid, cut from each epoch's grid: the face in training."""
+    rows = (faces.fixed_noise == face_latent(faces, face)).flatten(1).all(dim=1).nonzero().flatten().tolist()
+    if not rows:   # the grids hold the fixed noise's faces only (grid:12, or the run seed's first 64)
         raise UserError(f"face {face!r} is not a face of the run's grid (like grid:12): only those have a history")
-    size, (row, col) = faces.image_size, divmod(index, 8)  # the grids are 8 faces wide with 2-pixel gaps
+    size, (row, col) = faces.image_size, divmod(rows[0], 8)  # the grids are 8 faces wide with 2-pixel gaps
     top, left = 2 + row * (size + 2), 2 + col * (size + 2)
     return [(epoch, read_grid(path)[top:top + size, left:left + size].copy())
             for epoch, path in list_frames(faces.run_dir)]
 
 
 def check_inputs(n: int | None = None, size: int | None = None, seed: int | None = None,
-                 steps: int | None = None, faces: int = 2) -> None:
-    """A UserError for a number of faces, a size, a seed or a morph's steps (for `size` px frames) out of range."""
-    most_steps = max(1, MAX_MORPH_PIXELS // (faces * (size or 1) ** 2))
+                 steps: int | None = None, faces: int | None = None, smallest: int = 1) -> None:
+    """A UserError naming the first input out of its range (sizes from `smallest`, the run's, when it is known)."""
+    most_steps = max(1, MAX_MORPH_PIXELS // ((faces or 2) * (size or 1) ** 2))
     for name, value, low, high, unit in (
-            ("n", n, 1, MAX_FACES, " faces"), ("size", size, 1, MAX_SIZE, " pixels"), ("seed", seed, 0, MAX_SEED, ""),
+            ("n", n, 1, MAX_FACES, " faces"), ("seed", seed, 0, MAX_SEED, ""), ("morph", faces, 2, MAX_FACES, " faces"),
+            ("size", size, smallest, MAX_SIZE, " pixels (faces are enlarged with sharp pixels, never shrunk)"),
             ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
                                             f"{MAX_MORPH_PIXELS:,} pixels in all)")):
         if value is not None and not low <= value <= high:
             raise UserError(f"{name} (--{name}) must be {low:,} to {high:,}{unit}; got {value:,}")
 
 
+def sharp(image: Tensor, size: int) -> np.ndarray:
+    """A uint8 face (3, S, S) as (size, size, 3), enlarged by nearest neighbour: each pixel a sharp block."""
+    return np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((size, size), Image.NEAREST))
+
+
 def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | None = None,
              grid: str | Path | None = None, size: int | None = None, device: str = "auto") -> list[Path]:
-    """Write faces 0..n-1 of the set of `seed` (default: the run's) as OUT/seedS_NNNN.png, `size` px each, and the
-    set's first 64 as one 8x8 PNG to `grid`; returns the paths. Inputs are checked before the run is loaded."""
-    check_inputs(n=n, size=size, seed=seed)
+    """Write faces 0..n-1 of the set of `seed` (default: the run's) as OUT/seedS_NNNN.png, `size` px each (default:
+    the run's), and the set's first 64 as one 8x8 PNG to `grid`; returns the paths."""
+    check_inputs(n=n, size=size, seed=seed)   # before the run is loaded: a typo costs nothing
     out = output_folder(out, "out (--out)", FACE_NAME)
     grid = output_file(grid, "grid (--grid)") if grid is not None else None
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
-    seed = faces.seed if seed is None else seed
-    width = max(4, len(str(n - 1)))  # seed42_0007.png: 4 digits, more if needed
-    paths = [out / f"seed{seed}_{index:0{width}d}.png" for index in range(n)]
-    images = (image for block in latent_blocks(seed, faces.latent_dim) for image in faces.decode(block))
+    seed, size = faces.seed if seed is None else seed, size or faces.image_size
+    check_inputs(size=size, smallest=faces.image_size)
+    paths = [out / f"seed{seed}_{index:04d}.png" for index in range(n)]   # a face's name does not depend on n
+    images = (image for block in face_set_latents(seed, n, faces.latent_dim).split(BLOCK)
+              for image in faces.decode(block))   # decoded a block at a time: memory stays bounded
     for path, image in tqdm(zip(paths, images), total=n, desc=f"faces -> {out}", unit="face"):
-        image = image.permute(1, 2, 0).numpy()  # latents drawn as they are decoded: memory stays bounded
-        if size is not None and size != len(image):  # enlarged with sharp pixels, shrunk with Lanczos
-            method = Image.NEAREST if size > len(image) else Image.LANCZOS
-            image = np.asarray(Image.fromarray(image).resize((size, size), method))
-        write_png(image, path)
+        write_png(sharp(image, size), path)
     if grid is not None:  # the set's first 64 faces, however many were asked for
         first = faces.decode(face_set_latents(seed, BLOCK, faces.latent_dim))
         write_png(image_grid(first).permute(1, 2, 0).numpy(), grid)
     return paths
 
 
-def morph(faces: Faces | str | Path, chosen: list[str | int] | Tensor, out: str | Path, steps: int = 24,
-          size: int = 256, frame_ms: int = 60, device: str = "auto") -> Path:
-    """Write a looping GIF through the chosen faces (names, grid indices or latents), `steps` slerped frames from
-    each to the next, enlarged with sharp pixels to at least `size`; returns `out`."""
-    if len(chosen) < 2:
-        raise UserError(f"a morph needs at least two faces to move between; got {len(chosen)}")
+def morph(faces: Faces | str | Path, chosen: list[str | int], out: str | Path, steps: int = 24, size: int = 256,
+          device: str = "auto") -> Path:
+    """Write a looping GIF through the chosen faces, `steps` slerped frames from each to the next, `size` px each."""
     check_inputs(size=size, steps=steps, faces=len(chosen))
     output_file(out, "out (--out)")
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
-    scale = math.ceil(size / faces.image_size)
-    check_inputs(size=scale * faces.image_size, steps=steps, faces=len(chosen))  # the frames as they will be
-    latents = chosen if isinstance(chosen, Tensor) else torch.stack([face_latent(faces, face) for face in chosen])
-
-    def frames() -> Iterator[np.ndarray]:  # one leg decoded at a time, encoded as it comes
-        for k in range(len(latents)):
-            leg = torch.cat([slerp(latents[k:k + 1], latents[(k + 1) % len(latents)][None], step / steps)
-                             for step in range(steps)])
-            for image in faces.decode(leg):
-                yield image.repeat_interleave(scale, 1).repeat_interleave(scale, 2).permute(1, 2, 0).numpy()
-
-    return write_gif(frames(), out, frame_ms, count=len(latents) * steps)
+    check_inputs(size=size, smallest=faces.image_size)
+    z = torch.stack([face_latent(faces, face) for face in chosen])
+    legs = (torch.cat([slerp(z[k:k + 1], z[(k + 1) % len(z)][None], step / steps) for step in range(steps)])
+            for k in range(len(z)))   # one leg decoded at a time, its frames encoded as they come
+    frames = (sharp(image, size) for leg in legs for image in faces.decode(leg))
+    return write_gif(frames, out, frame_ms=60, count=len(z) * steps)
 
 
 class FaceExplorer:
-    """Sliders over a 3x3 grid of faces, redrawn in place: the picked pair with their slerp at `position` between
-    them, then the faces of `seed`; every face moved by `strengths` along 3 random orthonormal latent directions (a
-    latent's coordinate along one is N(0, 1), so -3 to 3 spans what the generator saw in training)."""
+    """Sliders over a 3x3 grid of faces: the picked pair with their slerp at `position` between them, then the faces
+    of `seed`; every face moved by `strengths` along 3 random orthonormal latent directions."""
 
     def __init__(self, faces: Faces, pair: tuple[str | int, str | int] = ("grid:0", "grid:1")):
         self.faces, self.pair = faces, pair
         self.picked = torch.stack([face_latent(faces, face) for face in pair])
         gaussian = torch.randn(faces.latent_dim, 3, generator=torch.Generator().manual_seed(0))
-        self.directions = torch.linalg.qr(gaussian).Q.T.reshape(3, -1, 1, 1)  # orthonormal
+        # orthonormal: a latent's coordinate along each is N(0, 1), so -3 to 3 spans what the generator saw
+        self.directions = torch.linalg.qr(gaussian).Q.T.reshape(3, -1, 1, 1)
         self.seconds = 0.0  # how long the last render took
 
     def render(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] = ()) -> np.ndarray:
         """The grid as a uint8 (H, W, 3) image, enlarged (nearest neighbour) to at least 512 pixels wide."""
         started = time.perf_counter()
         mix = slerp(self.picked[:1], self.picked[1:], position)
-        others = face_set_latents(seed, 6, self.faces.latent_dim)
-        z = torch.cat([self.picked[:1], mix, self.picked[1:], others])
+        z = torch.cat([self.picked[:1], mix, self.picked[1:], face_set_latents(seed, 6, self.faces.latent_dim)])
         z = z + sum(strength * direction for strength, direction in zip(strengths, self.directions))
         image = enlarged(image_grid(self.faces.decode(z), nrow=3).permute(1, 2, 0).numpy())
         self.seconds = time.perf_counter() - started
         return image
 
     def show(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] | None = None) -> None:
-        """Display the sliders and the grid (`output`) in a notebook."""
+        """Display `output` in a notebook."""
         if in_notebook():
             from IPython.display import display
 
             display(self.output(seed, position, strengths), raw=True)
 
     def output(self, seed: int = 0, position: float = 0.5, strengths: tuple[float, ...] | None = None) -> dict:
-        """What `show` displays: ipywidgets' sliders (`self.controls`) and image (`self.image`) and, in the same mime
-        bundle, a PNG of the grid for viewers that cannot draw widgets (papermill, GitHub)."""
+        """Sliders (`self.controls`: seed, position, directions) over the grid (`self.image`), redrawn in place, as a
+        mime bundle that also holds a PNG of the grid for viewers that cannot draw widgets (papermill, GitHub)."""
         import ipywidgets as widgets
 
-        strengths = tuple(strengths or (0.0,) * len(self.directions))
-        png = _png(self.render(seed, position, strengths))
         style = {"style": {"description_width": "initial"}, "layout": widgets.Layout(width="420px")}
-        self.controls = {
-            "seed": widgets.IntSlider(seed, 0, 999, description="seed of the other faces", **style),
-            "position": widgets.FloatSlider(position, min=0, max=1, step=0.05,
-                                            description=f"{self.pair[0]} -> {self.pair[1]}", **style),
-            **{f"direction {k + 1}": widgets.FloatSlider(value, min=-3, max=3, step=0.1,
-                                                         description=f"random direction {k + 1}", **style)
-               for k, value in enumerate(strengths)}}
-        self.image = widgets.Image(value=png, format="png")
-        timing = widgets.Label(f"drawn in {self.seconds * 1000:.0f} ms")
+        self.controls = [widgets.IntSlider(seed, 0, 999, description="seed of the other faces", **style),
+                         widgets.FloatSlider(position, min=0, max=1, step=0.05,
+                                             description=f"{self.pair[0]} -> {self.pair[1]}", **style)]
+        self.controls += [widgets.FloatSlider(value, min=-3, max=3, step=0.1, description=f"random direction {k + 1}",
+                                              **style) for k, value in enumerate(strengths or (0.0,) * 3)]
+        self.image, timing = widgets.Image(format="png"), widgets.Label()
 
         def redraw(_=None) -> None:
-            values = [slider.value for slider in self.controls.values()]
-            self.image.value = _png(self.render(values[0], values[1], tuple(values[2:])))
-            timing.value = f"redrawn in {self.seconds * 1000:.0f} ms"
+            seed, position, *strengths = (slider.value for slider in self.controls)
+            self.image.value = _png(self.render(seed, position, tuple(strengths)))
+            timing.value = f"drawn in {self.seconds * 1000:.0f} ms"
 
-        for slider in self.controls.values():
+        redraw()
+        for slider in self.controls:
             slider.observe(redraw, names="value")
-        bundle = widgets.VBox([*self.controls.values(), timing, self.image])._repr_mimebundle_()
-        return bundle | {"image/png": base64.b64encode(png).decode()}
+        bundle = widgets.VBox([*self.controls, timing, self.image])._repr_mimebundle_()
+        return bundle | {"image/png": base64.b64encode(self.image.value).decode()}
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -277,26 +242,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", required=True, help="folder for the faces; with --morph, the GIF to write")
     parser.add_argument("--n", type=int, default=64, help="how many faces to write (default: 64)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="which set of faces (default: the run's seed, whose first 64 faces are its sample grid)")
+    parser.add_argument("--seed", type=int, default=None, help="which set of faces (default: the run's, as its grid)")
     parser.add_argument("--grid", default=None, help="also write the set's first 64 faces as one 8x8 PNG here")
     parser.add_argument("--size", type=int, default=None,
-                        help="pixels per face (default: the run's image size; with --morph: at least 256)")
+                        help="pixels per face, enlarged with sharp pixels (default: the run's; with --morph: 256)")
     parser.add_argument("--morph", nargs="+", metavar="FACE", default=None,
-                        help="write a looping GIF through these faces instead: seed42_0007.png (a generated face), "
-                             "grid:12 (face 12 of the run's grid)")
+                        help="write a looping GIF through these faces instead (seed42_0007.png, grid:12)")
     parser.add_argument("--steps", type=int, default=24, help="with --morph: frames from one face to the next")
     parser.add_argument("--device", default="auto", help="'auto' (a GPU if there is one), 'cuda', 'mps' or 'cpu'")
     args = parser.parse_args(argv)
 
-    def command() -> None:  # each input is checked before the run is loaded: a typo costs nothing
+    def command() -> None:
         if args.morph:
-            path = morph(args.run_dir, args.morph, args.out, args.steps, args.size or 256, device=args.device)
-            print(f"morph of {len(args.morph)} faces, {len(args.morph) * args.steps} frames: {path}")
+            print(morph(args.run_dir, args.morph, args.out, args.steps, args.size or 256, args.device))
         else:
             paths = generate(args.run_dir, args.n, args.out, args.seed, args.grid, args.size, args.device)
-            print(f"{len(paths)} faces in {args.out}: {paths[0].name} ... {paths[-1].name}"
-                  + (f"; grid: {args.grid}" if args.grid else ""))
+            print(f"{len(paths)} faces in {args.out}: {paths[0].name} ... {paths[-1].name}")
 
     run_cli(command)
 

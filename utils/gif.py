@@ -1,7 +1,7 @@
 """Turn a run's per-epoch sample grids into an animated GIF: watch the faces emerge, epoch by epoch.
 
     >>> show_gif(make_gif("generated/dcgan-64px"))    # -> generated/dcgan-64px/training.gif
-    python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--max-frames 100]
+    python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--hold-last-ms 2000]
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +26,15 @@ MAX_FRAMES = 100   # a longer run shows this many of its grids, evenly spread: m
 def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100, hold_last_ms: int | None = None,
               count: int | None = None) -> Path:
     """Write uint8 (H, W, 3) frames (a list, or an iterator of `count`) as a looping GIF, the last one shown for
-    `hold_last_ms` (default: `frame_ms`; GIF rounds to 10 ms); returns `out`. Pillow encodes each frame as it comes,
-    keeping one palette byte a pixel, never the RGB frames."""
-    _check_gif_options(out, frame_ms, hold_last_ms)
+    `hold_last_ms` (default: `frame_ms`); Pillow encodes each frame as it comes, never holding the RGB frames."""
+    for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
+        if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
+            raise UserError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
+                            f"milliseconds; got {value} (GIF stores 1/100 s; browsers play < 20 ms as 100 ms)")
+    output_file(out, "out (--out)")
     count = len(frames) if count is None else count
     frames = map(Image.fromarray, frames)
-    first = next(frames, None)
-    if first is None:
-        raise UserError("a GIF needs at least one frame; got none")
+    first = next(frames)
     durations = [frame_ms] * (count - 1) + [hold_last_ms or frame_ms]
     with atomic_path(out) as tmp:
         first.save(tmp, format="GIF", save_all=True, append_images=frames, loop=0, comment=MAKER_BYTES,
@@ -41,48 +42,31 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     return Path(out)
 
 
-def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000,
-             label: bool = True, max_frames: int = MAX_FRAMES) -> Path:
-    """Animate RUN_DIR/samples/epoch_*.png, labelled "epoch N", into RUN_DIR/training.gif or `out`, small grids
-    enlarged with sharp pixels, at most `max_frames` of them (evenly spread). A refusal leaves no file."""
+def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200,
+             hold_last_ms: int = 2000) -> Path:
+    """Animate RUN_DIR/samples/epoch_*.png, labelled "epoch N" and small grids enlarged with sharp pixels, into
+    RUN_DIR/training.gif or `out`: at most MAX_FRAMES grids, evenly spread. A refusal leaves no file."""
     run_dir = Path(run_dir)
-    out = run_dir / "training.gif" if out is None else Path(out)
-    _check_gif_options(out, frame_ms, hold_last_ms)
-    if max_frames < 2:
-        raise UserError(f"max_frames (--max-frames) must be >= 2 (the first and the last epoch); got {max_frames}")
     frames = list_frames(run_dir)
     if not frames:
         raise UserError(f"no sample grids in {run_dir / SAMPLES}: train first "
                         f"(notebook 03 or `python -m utils.train --out {run_dir}`)")
-    if len(frames) > max_frames:
-        step = (len(frames) - 1) / (max_frames - 1)   # > 1, so no grid comes twice; the first and the last are kept
-        print(f"gif: {len(frames)} grids, more than max_frames={max_frames}: animating {max_frames} of them, evenly "
-              f"spread from epoch {frames[0][0]} to epoch {frames[-1][0]} (a larger max_frames shows more, and "
-              "needs more memory)")
-        frames = [frames[round(i * step)] for i in range(max_frames)]
-    first = frames[0][1]
-    shape = read_grid(first).shape  # a GIF has one frame size
+    if len(frames) > MAX_FRAMES:
+        print(f"gif: {len(frames)} grids: animating {MAX_FRAMES} of them, evenly spread from epoch {frames[0][0]} "
+              f"to epoch {frames[-1][0]}")
+        frames = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES)]   # the first and the last
 
-    def images() -> Iterator[np.ndarray]:
+    def images():
+        shape = None
         for epoch, path in frames:
             grid = read_grid(path)
+            shape = shape or grid.shape   # the first grid's: a GIF has one frame size
             if grid.shape != shape:
-                raise UserError(f"{path} is {grid.shape[1]}x{grid.shape[0]} pixels but {first} is {shape[1]}x"
-                                f"{shape[0]}: a GIF needs one frame size; move the grids of the other run out of "
-                                f"{path.parent}")
-            yield add_label(enlarged(grid), f"epoch {epoch}") if label else enlarged(grid)
+                raise UserError(f"{path} is not the size of {frames[0][1]}: a GIF needs one frame size; move the "
+                                f"grids of the other run out of {path.parent}")
+            yield add_label(enlarged(grid), f"epoch {epoch}")
 
-    return write_gif(images(), out, frame_ms, hold_last_ms, count=len(frames))
-
-
-def _check_gif_options(out: str | Path, frame_ms: int, hold_last_ms: int | None) -> None:
-    """Refuse, before any work, durations a GIF cannot hold and an `out` that `output_file` refuses."""
-    for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
-        if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
-            raise UserError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
-                            f"milliseconds; got {value} (GIF stores 1/100 s, and browsers play frames shorter than "
-                            f"{MIN_FRAME_MS} ms for 100 ms)")
-    output_file(out, "out (--out)")
+    return write_gif(images(), run_dir / "training.gif" if out is None else out, frame_ms, hold_last_ms, len(frames))
 
 
 def add_label(image: np.ndarray, text: str) -> np.ndarray:
@@ -106,28 +90,22 @@ def show_gif(path: str | Path) -> None:
         display(NotebookImage(filename=str(path), embed=True))
     if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
         print(f"Download: from google.colab import files; files.download('{path}')")
-    elif "KAGGLE_KERNEL_RUN_TYPE" in os.environ and path.is_relative_to("/kaggle/working"):
-        print(f"Saved to {path}: download it from the notebook's Output tab (/kaggle/working).")
     elif "KAGGLE_KERNEL_RUN_TYPE" in os.environ:
-        print(f"Saved to {path}: only /kaggle/working is kept as Output; copy it there to download it.")
+        print(f"Saved to {path}: download it from the notebook's Output tab (which keeps /kaggle/working only).")
     else:
         print(f"Saved to {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError (no grids, a bad duration, an unreadable grid) prints `error: ...`, exits 1."""
+    """The command line: a UserError prints one line."""
     parser = argparse.ArgumentParser(prog="python -m utils.gif", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds samples/epoch_001.png, ...)")
     parser.add_argument("--out", default=None, help="GIF to write (default: RUN_DIR/training.gif)")
     parser.add_argument("--frame-ms", type=int, default=200, help="milliseconds per epoch, 20 to 655350 (default: 200)")
     parser.add_argument("--hold-last-ms", type=int, default=2000,
                         help="milliseconds the last epoch stays before looping, 20 to 655350 (default: 2000)")
-    parser.add_argument("--no-label", dest="label", action="store_false", help="do not draw 'epoch N' above frames")
-    parser.add_argument("--max-frames", type=int, default=MAX_FRAMES,
-                        help=f"a longer run shows this many of its grids, evenly spread (default: {MAX_FRAMES})")
     args = parser.parse_args(argv)
-    run_cli(lambda: print(make_gif(args.run_dir, args.out, args.frame_ms, args.hold_last_ms, args.label,
-                                   args.max_frames)))
+    run_cli(lambda: print(make_gif(args.run_dir, args.out, args.frame_ms, args.hold_last_ms)))
 
 
 if __name__ == "__main__":
