@@ -76,8 +76,8 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
     """Download `url` into `target` within the limits above; the file takes its name only if its sha256 starts with
     `sha256_prefix` (and, with `zip_archive`, it is a whole .zip). Every failure is one line naming the URL."""
     if "@" in urllib.parse.urlsplit(url).netloc:   # urllib would take user:password@ for the host
-        raise DownloadError(f"{url} holds a user name or password, which is never sent: pass a URL with a token "
-                            "parameter (?token=...), or download the file yourself and give its path")
+        raise DownloadError(f"{url} holds a user name or password, which is never sent: pass a URL that carries its "
+                            "token in the query string, or download the file yourself and give its path")
     with atomic_path(target) as tmp:
         try:
             with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response, open(tmp, "wb") as file:
