@@ -144,26 +144,21 @@ def _is_filled(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def _signed_in_opendatasets():
-    """opendatasets, if it imports and finds its credentials in ./kaggle.json (it reads only there), else None."""
-    try:
+def _download_kaggle(target: Path) -> Path:
+    try:   # opendatasets reads credentials only from ./kaggle.json, and prompts without one
         import opendatasets
         from opendatasets.utils.kaggle_api import read_kaggle_creds
+        signed_in = Path("kaggle.json").is_file() and read_kaggle_creds()
     except ImportError:   # Python 3.13: it imports the removed `cgi` module
-        return None
-    return opendatasets if Path("kaggle.json").is_file() and read_kaggle_creds() else None
-
-
-def _download_kaggle(target: Path) -> Path:
-    opendatasets = _signed_in_opendatasets()
-    tool = "opendatasets" if opendatasets else "kagglehub"
+        signed_in = False
+    tool = "opendatasets" if signed_in else "kagglehub"
     print(f"kaggle: downloading {KAGGLE_DATASET} with {tool} into {target}")
     check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
     staging = target.parent / ".kaggle-download"
     try:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        if opendatasets:
+        if signed_in:
             opendatasets.download(f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}", data_dir=str(staging))
         else:
             import kagglehub

@@ -50,7 +50,7 @@ def open_source(source: Path, max_images: int) -> Iterator[tuple[list[str], Call
     else:
         raise DataError(f"data source {source} is neither a folder nor a .zip: pass a folder or .zip of images")
     with archive:
-        names = names[:max_images] if max_images else names
+        names = names[:max_images or None]
         if not names:
             raise DataError(f"no images found in {source}: expected files ending in "
                             f"{', '.join(IMAGE_EXTENSIONS)} (folders are searched recursively)")

@@ -114,8 +114,7 @@ def weights_id(weights: str) -> str:
 
 def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.device,
                    inception: nn.Module | None = None) -> FID:
-    """The Inception FID of a TrainConfig (`fid_weights`, `fid_real`), cached under `data_dir`/cache; `inception`:
-    what `load_inception(config.fid_weights)` returned, if built already."""
+    """The FID of a TrainConfig (`fid_weights`, `fid_real`), cached in data_dir/cache; `inception`: if built already."""
     cache_file = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
                                       weights_id(config.fid_weights))
     inception = inception if inception is not None else load_inception(config.fid_weights)
