@@ -1,9 +1,6 @@
-"""The training images: `config.data` in, uint8 (N, 3, S, S) out, decoded once and cached in `data_dir/cache/`.
-
-`config.data` is "synthetic" (faces drawn offline), "kaggle" (the Anime Face Dataset), a folder or .zip of images,
-or an http(s) URL of a .zip. The cache's name changes whenever its content would; later runs memory-map it, and a
-file that does not hold what its name promises is rebuilt, never trained on.
-"""
+"""The training images: `config.data` ("synthetic", "kaggle", a folder or .zip of images, or an http(s) URL of a .zip)
+in, uint8 (N, 3, S, S) out, decoded once into data_dir/cache/. The cache's name changes whenever its content would;
+later runs memory-map it, and a file that does not hold what its name promises is rebuilt, never trained on."""
 
 from __future__ import annotations
 

@@ -65,8 +65,6 @@ class FID:
 
     def _statistics(self, draw: Callable[[int, int], Tensor], count: int, description: str) -> tuple[Tensor, Tensor]:
         """Mean and covariance (float64) of the features of `count` uint8 images, `draw(start, stop)` at a time."""
-        if count < 2:
-            raise ValueError(f"FID needs at least 2 images on each side; got {count}")
         feature_sum, outer_sum = 0, 0
         with torch.no_grad():
             for start in tqdm(range(0, count, BATCH), desc=description, disable=not self.progress):
