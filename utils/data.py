@@ -1,9 +1,6 @@
-"""The training images: `config.data` in, uint8 (N, 3, S, S) out, decoded once and cached in `data_dir/cache/`.
-
-`config.data` is "synthetic" (faces drawn offline), "kaggle" (the Anime Face Dataset), a folder or .zip of images,
-or an http(s) URL of a .zip. The cache's name changes whenever its content would; later runs memory-map it, and a
-file that does not hold what its name promises is rebuilt, never trained on.
-"""
+"""The training images: `config.data` ("synthetic", "kaggle", a folder or .zip of images, or an http(s) URL of a .zip)
+in, uint8 (N, 3, S, S) out, decoded once into data_dir/cache/. The cache's name changes whenever its content would;
+later runs memory-map it, and a file that does not hold what its name promises is rebuilt, never trained on."""
 
 from __future__ import annotations
 
@@ -19,8 +16,7 @@ import numpy as np
 import torch
 
 from utils.config import TrainConfig
-from utils.downloads import (KAGGLE_SLUG, cleaned_up_on_sigterm, data_dir_lock, download_kaggle, download_url,
-                             safe_file_name)
+from utils.downloads import KAGGLE_SLUG, data_dir_lock, download_kaggle, download_url, safe_file_name
 from utils.files import atomic_path
 from utils.image_files import DataError, decode_all, list_image_files, open_source
 from utils.synthetic import synthetic_faces
@@ -47,8 +43,7 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
         if problem not in (None, "missing"):
             print(f"dataset cache: {path} {problem}: rebuilding it")
         if problem is not None:
-            with cleaned_up_on_sigterm():
-                _build_cache(config, source, path, progress)
+            _build_cache(config, source, path, progress)
     images = torch.from_numpy(np.load(path, mmap_mode="c"))
     print(f"dataset cache: {verb} {path} ({len(images)} images of {config.image_size}x{config.image_size})")
     return images
@@ -68,29 +63,24 @@ def _local_source(config: TrainConfig) -> Path | None:
 
 
 def _cache_file(config: TrainConfig, source: Path | None) -> tuple[Path, range]:
-    """(the cache's path, the image counts a valid cache can hold): the name hashes what is read (a folder's file
-    names, sizes and times; a zip's size and time; the URL; the synthetic seed and count) and the settings."""
-    name, identity, counts = _source_identity(config, source)
+    """(the cache's path, the image counts it can hold): the name hashes what is read (a folder's file names, sizes and
+    times; a zip's size and time; the URL; the synthetic seed and count) and the settings."""
+    least, most = 1, config.max_images or sys.maxsize
+    if config.data == "synthetic":
+        least = most = config.max_images or SYNTHETIC_DEFAULT_COUNT
+        name, identity = f"synthetic-seed{config.seed}", f"synthetic|{config.seed}|{most}"
+    elif source is None:   # a URL: the zip it names does not change
+        name, identity = Path(urllib.parse.urlsplit(config.data).path).stem, f"url|{config.data}"
+    elif not source.is_dir():
+        name, identity = source.stem, f"file|{source.resolve()}|{_file_state(source)}"
+    else:
+        files, start = list_image_files(source), len(str(source))
+        digest = hashlib.sha1("".join(f"{file[start:]}|{_file_state(file)}\n" for file in files).encode()).hexdigest()
+        name = KAGGLE_SLUG if config.data == "kaggle" else source.name
+        identity, most = f"folder|{source.resolve()}|{len(files)}|{digest}", min(most, len(files))
     key = f"{_CACHE_FORMAT}|{identity}|{config.image_size}|{config.max_images}"
     file_name = f"{safe_file_name(name, 'data')}-{config.image_size}px-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-    return Path(config.data_dir) / "cache" / f"{file_name}.npy", counts
-
-
-def _source_identity(config: TrainConfig, source: Path | None) -> tuple[str, str, range]:
-    """(a readable name, a string that changes whenever the images would, the possible image counts)."""
-    if config.data == "synthetic":
-        count = config.max_images or SYNTHETIC_DEFAULT_COUNT
-        return f"synthetic-seed{config.seed}", f"synthetic|{config.seed}|{count}", range(count, count + 1)
-    most = config.max_images or sys.maxsize
-    if source is None:   # a URL: the zip it names does not change
-        return Path(urllib.parse.urlsplit(config.data).path).stem, f"url|{config.data}", range(1, most + 1)
-    if not source.is_dir():
-        return source.stem, f"file|{source.resolve()}|{_file_state(source)}", range(1, most + 1)
-    files = list_image_files(source)
-    start = len(str(source))
-    digest = hashlib.sha1("".join(f"{file[start:]}|{_file_state(file)}\n" for file in files).encode()).hexdigest()
-    name = KAGGLE_SLUG if config.data == "kaggle" else source.name
-    return name, f"folder|{source.resolve()}|{len(files)}|{digest}", range(1, min(most, len(files)) + 1)
+    return Path(config.data_dir) / "cache" / f"{file_name}.npy", range(least, most + 1)
 
 
 def _file_state(path: str | Path) -> str:

@@ -1,27 +1,22 @@
 """Downloads: a file at a URL (a .zip of images given as `data`, the FID weights) and the Kaggle Anime Face Dataset.
 
-`download` is torch.hub.download_url_to_file's loop (temporary file, sha256 prefix, rename) with the limits torch
-hub lacks: it ends (a silent server, a deadline, a size cap without a length), leaves no partial file (SIGTERM
-included) and never shows a credential (a DownloadError's message is redacted). Nothing prompts.
+`download` is torch.hub.download_url_to_file's loop (temporary file, sha256 prefix, rename) plus what it lacks: it
+ends (a silent server, a deadline, a size cap without a length) and never shows a credential. Nothing prompts.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import http.client
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -61,20 +56,6 @@ def data_dir_lock(data_dir: Path, wait: bool) -> Iterator[bool]:
         lock.release()   # nothing to do when not held
 
 
-@contextlib.contextmanager
-def cleaned_up_on_sigterm() -> Iterator[None]:
-    """While the block runs, SIGTERM exits like `sys.exit(143)`, so the block's `finally`s remove its partial files
-    (in the main thread, where SIGTERM has its default meaning)."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    else:
-        yield
-
-
 def safe_file_name(text: str, fallback: str) -> str:
     """`text` as a short, safe file name part: 64 characters at most, so no folder name makes a name too long."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:64] or fallback
@@ -86,25 +67,20 @@ def download_url(url: str, data_dir: Path, progress: bool = True) -> Path:
     target = Path(data_dir) / "downloads" / f"{stem}-{hashlib.sha1(url.encode()).hexdigest()[:8]}.zip"
     if target.exists():
         print(f"download: reusing {target}")
-        return target
-
-    def is_zip(tmp: Path, content_type: str) -> None:
-        if not zipfile.is_zipfile(tmp):
-            raise DownloadError(f"{url} did not send a whole .zip archive ({tmp.stat().st_size:,} bytes of "
-                                f"{content_type}): data must be the URL of a .zip of images; if the connection "
-                                "dropped, run again")
-    download(url, target, progress, check=is_zip)
+    else:
+        download(url, target, progress, zip_archive=True)
     return target
 
 
-def download(url: str, target: Path, progress: bool = True, sha256_prefix: str = "",
-             check: Callable[[Path, str], None] | None = None) -> None:
+def download(url: str, target: Path, progress: bool = True, sha256_prefix: str = "", zip_archive: bool = False) -> None:
     """Download `url` into `target` within the limits above; the file takes its name only if its sha256 starts with
-    `sha256_prefix` and `check(tmp, content_type)` does not raise. Every failure is one line naming the URL."""
-    with cleaned_up_on_sigterm(), atomic_path(target) as tmp:
+    `sha256_prefix` (and, with `zip_archive`, it is a whole .zip). Every failure is one line naming the URL."""
+    if "@" in urllib.parse.urlsplit(url).netloc:   # urllib would take user:password@ for the host
+        raise DownloadError(f"{url} holds a user name or password, which is never sent: pass a URL that carries its "
+                            "token in the query string, or download the file yourself and give its path")
+    with atomic_path(target) as tmp:
         try:
-            with urllib.request.urlopen(_request(url), timeout=NETWORK_TIMEOUT_S) as response, \
-                    open(tmp, "wb") as file:
+            with urllib.request.urlopen(url, timeout=NETWORK_TIMEOUT_S) as response, open(tmp, "wb") as file:
                 size, digest, deadline = response.length, hashlib.sha256(), time.monotonic() + DOWNLOAD_DEADLINE_S
                 check_free_space(target, size or 0)
                 with tqdm(total=size, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
@@ -129,28 +105,15 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
             reason = getattr(error, "reason", error)   # urllib's URLError wraps the socket's error
             if isinstance(reason, TimeoutError):
                 reason = f"nothing arrived for {NETWORK_TIMEOUT_S} s"
-            elif not isinstance(reason, OSError):   # http.client's own messages can quote the URL raw
-                invalid = isinstance(reason, (ValueError, http.client.InvalidURL))
-                reason = "not a valid URL" if invalid else type(error).__name__
-            raise DownloadError(f"downloading {url} failed ({reason}): check the network and the URL, then run "
-                                "again") from None
+            raise DownloadError(f"downloading {url} failed ({reason or type(error).__name__}): check the network and "
+                                "the URL, then run again") from None
         if not digest.hexdigest().startswith(sha256_prefix):
             raise DownloadError(f"{url} did not send the expected file (invalid hash value: sha256 "
                                 f"{digest.hexdigest()[:8]}..., expected {sha256_prefix}...); nothing was kept")
-        if check is not None:
-            check(tmp, content_type)
-
-
-def _request(url: str) -> urllib.request.Request:
-    """A request for `url` whose user:password@ becomes basic authentication (urllib would take it for the host),
-    never sent on to where the server redirects."""
-    parts = urllib.parse.urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=host)))
-    if at:
-        credentials = ":".join(urllib.parse.unquote(part) for part in userinfo.split(":", 1)).encode()
-        request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(credentials).decode())
-    return request
+        if zip_archive and not zipfile.is_zipfile(tmp):
+            raise DownloadError(f"{url} did not send a whole .zip archive ({tmp.stat().st_size:,} bytes of "
+                                f"{content_type}): data must be the URL of a .zip of images; if the connection "
+                                "dropped, run again")
 
 
 def find_kaggle_input() -> Path | None:
@@ -173,7 +136,7 @@ def download_kaggle(data_dir: Path) -> Path:
     target = Path(data_dir) / KAGGLE_SLUG
     if _is_filled(target):
         return target
-    with data_dir_lock(Path(data_dir), wait=True), cleaned_up_on_sigterm():
+    with data_dir_lock(Path(data_dir), wait=True):
         return target if _is_filled(target) else _download_kaggle(target)   # filled by whom we waited for
 
 
@@ -181,26 +144,21 @@ def _is_filled(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def _signed_in_opendatasets():
-    """opendatasets, if it imports and finds its credentials in ./kaggle.json (it reads only there), else None."""
-    try:
+def _download_kaggle(target: Path) -> Path:
+    try:   # opendatasets reads credentials only from ./kaggle.json, and prompts without one
         import opendatasets
         from opendatasets.utils.kaggle_api import read_kaggle_creds
+        signed_in = Path("kaggle.json").is_file() and read_kaggle_creds()
     except ImportError:   # Python 3.13: it imports the removed `cgi` module
-        return None
-    return opendatasets if Path("kaggle.json").is_file() and read_kaggle_creds() else None
-
-
-def _download_kaggle(target: Path) -> Path:
-    opendatasets = _signed_in_opendatasets()
-    tool = "opendatasets" if opendatasets else "kagglehub"
+        signed_in = False
+    tool = "opendatasets" if signed_in else "kagglehub"
     print(f"kaggle: downloading {KAGGLE_DATASET} with {tool} into {target}")
+    check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
     staging = target.parent / ".kaggle-download"
     try:
-        check_free_space(target, KAGGLE_DOWNLOAD_BYTES)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        if opendatasets:
+        if signed_in:
             opendatasets.download(f"https://www.kaggle.com/datasets/{KAGGLE_DATASET}", data_dir=str(staging))
         else:
             import kagglehub
@@ -209,23 +167,16 @@ def _download_kaggle(target: Path) -> Path:
                 return found
         os.replace(staging / KAGGLE_SLUG, target)
         return target
-    except UserError:
-        raise
-    except Exception as error:
-        raise _kaggle_failure(error, tool, target) from error
+    except Exception as error:   # a full or read-only disk, an HTTP status, the network: one line
+        explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES) if isinstance(error, OSError) else error
+        if isinstance(explained, CannotWrite):
+            raise explained from error
+        response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
+        if getattr(response, "status_code", None):
+            reason = f"{response.url} answered {response.status_code} {response.reason}"
+        else:
+            reason = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
+        raise DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({reason}): check the network, or "
+                            "attach the dataset (on Kaggle) or use data='synthetic'") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _kaggle_failure(error: Exception, tool: str, target: Path) -> UserError:
-    """A download client's exception as one line: a full or read-only disk, an HTTP status, the network."""
-    explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES) if isinstance(error, OSError) else None
-    if isinstance(explained, CannotWrite):
-        return explained
-    response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
-    if getattr(response, "status_code", None):
-        reason = f"{response.url} answered {response.status_code} {response.reason}"
-    else:
-        reason = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
-    return DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({reason}): check the network, or attach "
-                         "the dataset (on Kaggle) or use data='synthetic'")

@@ -8,7 +8,6 @@ import contextlib
 import io
 import os
 import stat
-import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -43,15 +42,15 @@ def open_source(source: Path, max_images: int) -> Iterator[tuple[list[str], Call
         archive = zipfile.ZipFile(source)   # members are read, never extracted: "../x.jpg" cannot write anywhere
         members = {info.filename: info for info in archive.infolist()
                    if not info.is_dir() and _is_image_name(info.filename)}
-        names, lock = sorted(members), threading.Lock()   # the decoding threads share one file handle
+        names = sorted(members)
 
-        def read(name: str) -> bytes:
-            with lock, archive.open(members[name]) as member:
+        def read(name: str) -> bytes:   # zipfile's shared handle is thread-safe: members decompress in parallel
+            with archive.open(members[name]) as member:
                 return _read_limited(member, members[name].file_size)
     else:
         raise DataError(f"data source {source} is neither a folder nor a .zip: pass a folder or .zip of images")
     with archive:
-        names = names[:max_images] if max_images else names
+        names = names[:max_images or None]
         if not names:
             raise DataError(f"no images found in {source}: expected files ending in "
                             f"{', '.join(IMAGE_EXTENSIONS)} (folders are searched recursively)")
@@ -60,17 +59,14 @@ def open_source(source: Path, max_images: int) -> Iterator[tuple[list[str], Call
 
 def decode_all(source: Path, names: list[str], read: Callable[[str], bytes], image_size: int,
                progress: bool) -> np.ndarray:
-    """The files decoded on a thread pool, in order; those that do not decode are skipped and counted in a warning,
-    and so are images smaller than `image_size` (upsampling cannot sharpen them)."""
+    """The files decoded on a thread pool, in order; one warning counts those skipped, one those upsampled."""
     def decode(name: str) -> tuple[np.ndarray | None, tuple[int, int] | str]:
         try:
             return _decode_image(read(name), image_size)
         except UnidentifiedImageError:
             return None, "not a recognised image format"
-        except _Unreadable as error:
-            return None, str(error)
         except Exception as error:   # PIL raises many types for broken files; all mean "skip it"
-            return None, f"{type(error).__name__}: {error}"
+            return None, str(error) if isinstance(error, _Unreadable) else f"{type(error).__name__}: {error}"
 
     images = np.empty((len(names), 3, image_size, image_size), dtype=np.uint8)
     count, failures, upsampled = 0, [], []
@@ -105,12 +101,8 @@ def decode_all(source: Path, names: list[str], read: Callable[[str], bytes], ima
 
 def _read_regular_file(name: str) -> bytes:
     """The bytes of a regular file; anything else is refused unread (O_NONBLOCK: a FIFO is never waited on)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as error:   # a broken or looping symbolic link
-        raise _Unreadable(f"cannot be opened ({error.strerror}), so not read") from None
-    with open(fd, "rb") as file:
-        info = os.fstat(fd)
+    with open(os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as file:
+        info = os.fstat(file.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise _Unreadable("not a regular file (a FIFO, socket or device), so not read")
         return _read_limited(file, info.st_size)
@@ -127,8 +119,8 @@ def _read_limited(file: io.BufferedIOBase, declared_size: int) -> bytes:
 
 
 def list_image_files(folder: Path) -> list[str]:
-    """The paths of the image files under `folder`, recursively, sorted, never inside a training run's folder (its
-    samples/ holds the per-epoch grids). Strings from os.walk: Path objects made every cache check slower."""
+    """The image files under `folder`, recursively, sorted, never in a training run's folder (whose samples/ holds
+    grids); strings, not Paths, which made every cache check slower."""
     found = []
     for root, dirs, names in os.walk(folder):
         if "samples" in dirs and list_frames(root):

@@ -1,7 +1,5 @@
-"""Fréchet Inception Distance (FID): how far generated images are from the real ones; lower is better.
-
-torch-fidelity's port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images;
-the distance in float64 from symmetric eigendecompositions, stable for small sets.
+"""Fréchet Inception Distance (FID): how far generated images are from the real ones; lower is better. torch-fidelity's
+port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images.
 
     >>> fid = fid_for_config(config, real_images, device)  # real statistics: computed once, cached on disk
     >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)
@@ -34,28 +32,24 @@ class FID:
 
     def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device,
                  feature_extractor: nn.Module, num_real: int = 0, progress: bool = True):
-        _check_images(real_images, "real_images")
+        if real_images.dtype != torch.uint8 or real_images.dim() != 4 or real_images.shape[1] != 3:
+            raise ValueError(f"real_images must be a uint8 tensor (N, 3, H, W); got {real_images.dtype} "
+                             f"{tuple(real_images.shape)}")
         self.device, self.progress = torch.device(device), progress
         # float64 statistics; MPS has no float64, so they stay on the CPU there
         self.statistics_device = torch.device("cpu") if self.device.type == "mps" else self.device
         self.feature_extractor = feature_extractor.eval().to(self.device)
-        if cache_file is not None and Path(cache_file).is_file():
-            self.real_mean, self.real_cov = _read_reference(Path(cache_file), self.statistics_device)
-        else:
-            chosen = torch.arange(len(real_images))
-            if 0 < num_real < len(real_images):   # sorted: a memory-mapped set is read front to back
-                chosen = torch.randperm(len(chosen), generator=torch.Generator().manual_seed(0))[:num_real].sort()[0]
+        if cache_file is not None and cache_file.is_file():
+            self.real_mean, self.real_cov = _read_reference(cache_file, self.statistics_device)
+        else:   # sorted: a memory-mapped set is read front to back
+            chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(0))[:num_real or None]
+            chosen = chosen.sort().values
             self.real_mean, self.real_cov = self._statistics(lambda start, stop: real_images[chosen[start:stop]],
                                                              len(chosen), "FID: real images")
             if cache_file is not None:
                 with atomic_path(cache_file) as tmp:
                     torch.save({"mean": self.real_mean.cpu(), "cov": self.real_cov.cpu()}, tmp)
         self.real_cov_sqrt = _sqrtm_psd(self.real_cov)   # the costly half of every distance, done once
-
-    def score_images(self, fake_images_uint8: Tensor) -> float:
-        """FID of a set of uint8 images (N, 3, S, S) against the real statistics."""
-        _check_images(fake_images_uint8, "fake_images_uint8")
-        return self._score(lambda start, stop: fake_images_uint8[start:stop], len(fake_images_uint8))
 
     def score_generator(self, generator: nn.Module, latent_dim: int, num_samples: int, seed: int = 0) -> float:
         """FID of `num_samples` images from `generator`, sampled as the grids are, from the same latents for a `seed`
@@ -66,16 +60,11 @@ class FID:
             return to_uint8(generator(torch.randn(stop - start, latent_dim, 1, 1, generator=latents).to(device)))
 
         with sampling(generator):
-            return self._score(draw, num_samples)
-
-    def _score(self, draw: Callable[[int, int], Tensor], count: int) -> float:
-        mean, cov = self._statistics(draw, count, "FID: generated images")
+            mean, cov = self._statistics(draw, num_samples, "FID: generated images")
         return frechet_distance(self.real_mean, self.real_cov, mean, cov, sigma1_sqrt=self.real_cov_sqrt)
 
     def _statistics(self, draw: Callable[[int, int], Tensor], count: int, description: str) -> tuple[Tensor, Tensor]:
         """Mean and covariance (float64) of the features of `count` uint8 images, `draw(start, stop)` at a time."""
-        if count < 2:
-            raise ValueError(f"FID needs at least 2 images on each side; got {count}")
         feature_sum, outer_sum = 0, 0
         with torch.no_grad():
             for start in tqdm(range(0, count, BATCH), desc=description, disable=not self.progress):
@@ -123,8 +112,7 @@ def weights_id(weights: str) -> str:
 
 def fid_for_config(config: TrainConfig, real_images: Tensor, device: torch.device,
                    inception: nn.Module | None = None) -> FID:
-    """The Inception FID of a TrainConfig (`fid_weights`, `fid_real`), cached under `data_dir`/cache; `inception`:
-    what `load_inception(config.fid_weights)` returned, if built already."""
+    """The FID of a TrainConfig (`fid_weights`, `fid_real`), cached in data_dir/cache; `inception`: if built already."""
     cache_file = reference_cache_file(config.data_dir, dataset_id(real_images), config.fid_real,
                                       weights_id(config.fid_weights))
     inception = inception if inception is not None else load_inception(config.fid_weights)
@@ -136,13 +124,10 @@ def load_inception(weights: str) -> nn.Module:
     published one, downloaded once; a wrong file or a failed download raises one line, never running the file."""
     from torch_fidelity import feature_extractor_inceptionv3 as inception
 
-    path = _weights_path(weights)
-    if path:
-        error, remedy = ConfigError, ("Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the "
-                                      "FID Inception's weights), or to '' to download them")
-    else:
-        path, error = _download_weights(inception.URL_INCEPTION_V3), DownloadError
-        remedy = f"Delete it to download it again; offline, {_OFFLINE}"
+    path = _weights_path(weights) or _download_weights(inception.URL_INCEPTION_V3)
+    error, remedy = ((ConfigError, "Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID "
+                                   "Inception's weights), or to '' to download them") if weights
+                     else (DownloadError, f"Delete it to download it again; offline, {_OFFLINE}"))
     state = load_data(path, "weights file", error, remedy)
     if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
         raise error(f"{path} does not hold network weights (a dict of tensors). {remedy}")
@@ -152,18 +137,8 @@ def load_inception(weights: str) -> nn.Module:
     except RuntimeError as failure:   # load_state_dict: missing, unexpected or differently shaped tensors
         detail = " ".join(str(failure).split("\n", 1)[-1].split())[:160]
         raise error(f"{path} is not the FID Inception's weights ({detail}). {remedy}") from None
-    return _Pool3(network)
-
-
-class _Pool3(nn.Module):
-    """torch-fidelity's network returns a tuple of the features asked for: here, the pool3 features alone."""
-
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = network
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.network(images)[0]
+    network.register_forward_hook(lambda module, images, features: features[0])   # pool3 alone, not in a 1-tuple
+    return network
 
 
 def _download_weights(url: str) -> Path:
@@ -195,7 +170,3 @@ def _read_reference(path: Path, device: torch.device) -> tuple[Tensor, Tensor]:
         raise UserError(f"{path} does not hold FID statistics (a float64 mean and its square covariance). {remedy}")
     return mean.to(device), cov.to(device)
 
-
-def _check_images(images: Tensor, name: str) -> None:
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name} must be a uint8 tensor (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")

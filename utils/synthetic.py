@@ -1,10 +1,6 @@
-"""Anime-style faces drawn procedurally, a whole batch at once: the offline default data.
-
-    >>> faces = synthetic_faces(64, image_size=64, seed=0)    # uint8 (64, 3, 64, 64)
-
-Image i depends only on (seed, i), and the same face is drawn at every resolution: every shape is a signed
-distance (negative inside) in face coordinates, turned into coverage with a one-pixel anti-aliased edge.
-"""
+"""Anime-style faces drawn procedurally, a whole batch at once: the offline default data. Face i depends only on
+(seed, i) and is the same at every resolution: each shape is a signed distance (negative inside) in face coordinates,
+turned into coverage with a one-pixel anti-aliased edge."""
 
 from __future__ import annotations
 
