@@ -166,7 +166,7 @@ def main() -> None:
                    ("amp fp16, CUDA graphs off", dict(amp="fp16", cuda_graphs="off")),
                    ("amp bf16, CUDA graphs off", dict(amp="bf16", cuda_graphs="off")),
                    ("channels_last off", dict(channels_last="off")), ("channels_last on", dict(channels_last="on")),
-                   ("data in pinned host memory", dict(data_on_device="off")),
+                   ("data in host memory", dict(data_on_device="off")),
                    ("batch 512, lr x sqrt(4)", dict(batch_size=512, scale_lr=True)),
                    ("batch 512, lr x sqrt(4), amp off", dict(batch_size=512, scale_lr=True, amp="off")),
                    ("batch 1024, lr x sqrt(8)", dict(batch_size=1024, scale_lr=True)),

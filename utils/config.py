@@ -67,7 +67,7 @@ class TrainConfig:
     channels_last: str = how("auto", '"auto", "on" or "off"')
     compile: bool = how(False, "torch.compile the models (slow first epoch, faster after)")
     cuda_graphs: str = how("auto", '"auto", "on" or "off": replay each step as one CUDA graph (utils/environment.py)')
-    data_on_device: str = how("auto", '"auto" (if it fits), "on" or "off" (pinned host memory)')
+    data_on_device: str = how("auto", '"auto" (if it fits), "on" or "off" (host memory, copied per batch)')
     sync_batchnorm: bool = how(False, "multi-GPU only: share BatchNorm statistics across GPUs")
     log_every: int = how(50, "a GPU's losses are read (a wait) every N steps; a CPU's every step")
     # run
