@@ -247,8 +247,8 @@ def damaged_copy(run_dir, damage, file, keep_checkpoint):
     return broken, path
 
 
-@pytest.mark.parametrize("damage, file", [("truncate", "history.json"), ("truncate", "config.json"),
-                                          ("edit", "config.json")])
+@pytest.mark.parametrize("damage, file", [("truncate", "history.json"), ("edit", "history.json"),
+                                          ("truncate", "config.json"), ("edit", "config.json")])
 def test_a_damaged_json_file_of_a_run_with_a_checkpoint_is_read_from_the_checkpoint(runs, damage, file):
     _, made, _ = runs
     broken, _ = damaged_copy(made[1], damage, file, keep_checkpoint=True)
@@ -261,7 +261,7 @@ def test_a_damaged_json_file_of_a_run_with_a_checkpoint_is_read_from_the_checkpo
 @pytest.mark.parametrize("damage, file, said", [
     ("truncate", "history.json", "history.json is not valid JSON"),
     ("truncate", "config.json", "config.json is not valid JSON"),
-    ("edit", "history.json", "history.json is unreadable (a step's epoch, step, loss_d"),
+    ("edit", "history.json", "history.json is not a training history (steps and epochs with numbers in epoch,"),
     ("edit", "config.json", "config.json: config field 'epochs'"),
     ("announce", "samples/epoch_002.png", "epoch_002.png is not a readable image (Image size (400000000 pixels)"),
 ])

@@ -17,11 +17,10 @@ from utils.config import FIXED_FIELDS, HOW_FIELDS, IMPROVED_RECIPE, TUNABLE_FIEL
 from utils.diagnose import since
 from utils.errors import UserError
 from utils.files import CHECKPOINT, CONFIG, HISTORY, is_run_folder, list_frames, load_data, read_json
-from utils.run import read_run
+from utils.run import STEP_KEYS, read_run
 from utils.visualize import in_notebook, read_grid
 
 FIGURE_WIDTH = 9.0  # inches: about 900 px in a notebook
-_STEP_KEYS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake")
 _LABELLED = [name for name in FIXED_FIELDS + TUNABLE_FIELDS if name not in HOW_FIELDS + ("epochs",)]
 _LABELLED += ["recipe", "G", "D"]  # G, D: your own networks' class names
 _COLOURS = [f"C{i}" for i in range(10)] + ["black", "#b8860b"]  # matplotlib's ten, then two unlike them
@@ -80,14 +79,7 @@ def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
         for short, role, builtin in (("G", "generator", "Generator"), ("D", "discriminator", "Discriminator")):
             name = str(described.get(role, builtin)).split(" ", 1)[0]  # "LeakyGenerator (N parameters, #hash)"
             run.networks[short] = "built-in" if name == builtin else name
-        steps, epochs = history.get("steps", []), history.get("epochs", [])
-        # what a hand edit can break: the curves need a number in each step's fields, the table in each FID
-        if all(isinstance(record.get(key), (int, float)) for record in steps for key in _STEP_KEYS) and \
-                all(isinstance(record.get("fid") or 0, (int, float)) for record in epochs):
-            run.steps, run.epochs = steps, epochs
-        else:
-            run.problems.append(f"{run.dir / HISTORY} is unreadable (a step's {', '.join(_STEP_KEYS)} or an epoch's "
-                                "fid is not a number): its curves are not shown")
+        run.steps, run.epochs = history.get("steps", []), history.get("epochs", [])   # read_run checked their numbers
     return runs
 
 
@@ -143,7 +135,7 @@ def _table(runs: list[_Run], fid: dict | None) -> str:
 
 def _plot(runs: list[_Run]) -> Figure:
     """The last grid of each run under its number and label, in the colour of its curves below them."""
-    curves = [{"x": epoch_positions(run.steps), **{key: [s[key] for s in run.steps] for key in _STEP_KEYS[2:]}}
+    curves = [{"x": epoch_positions(run.steps), **{key: [s[key] for s in run.steps] for key in STEP_KEYS[2:]}}
               for run in runs]
     twins = [[other for other, curve in enumerate(curves) if curve == curves[number]] for number in range(len(runs))]
     columns = len(runs) if len(runs) <= 6 else math.ceil(len(runs) / 2)

@@ -35,6 +35,7 @@ from utils.urls import is_url, redact_url
 GENERATED = Path("generated")
 _MOVE_AWAY = "Move it away to start a new run in its folder"
 _BY_NAME = ("synthetic", "kaggle")   # data that is a word, not a folder or URL
+STEP_KEYS = ("epoch", "step", "loss_d", "loss_g", "d_real", "d_fake")   # the numbers of every step in a history
 _CHECKPOINT_KEYS = ("epoch", "config", "history", "fixed_noise", "generator", "discriminator", "opt_g", "opt_d",
                     "scaler", "rng")   # all that `checkpoint_state` writes but what older checkpoints lack
 
@@ -184,8 +185,11 @@ def check_optimizer_state(path: Path, role: str, saved: dict, optimizer: torch.o
 
 
 def _is_history(value: Any) -> bool:
-    return (isinstance(value, dict) and isinstance(value.get("steps"), list) and isinstance(value.get("epochs"), list)
-            and all(isinstance(record, dict) for record in value["steps"] + value["epochs"]))
+    """Lists of step and epoch records with numbers where the curves and the table read them (a hand edit may not)."""
+    steps, epochs = (value.get("steps"), value.get("epochs")) if isinstance(value, dict) else (None, None)
+    return (isinstance(steps, list) and isinstance(epochs, list)
+            and all(isinstance(s, dict) and all(isinstance(s.get(k), (int, float)) for k in STEP_KEYS) for s in steps)
+            and all(isinstance(e, dict) and isinstance(e.get("fid") or 0, (int, float)) for e in epochs))
 
 
 def network_descriptions(generator: nn.Module, discriminator: nn.Module) -> dict[str, str]:
@@ -257,7 +261,9 @@ def read_history_file(run_dir: Path) -> tuple[dict | None, str]:
         return None, f"{path} {error}"
     except OSError as error:
         return None, f"{path} cannot be read ({error.strerror})"
-    return (history, "") if _is_history(history) else (None, f"{path} holds no 'steps' and 'epochs' lists")
+    if not _is_history(history):
+        return None, f"{path} is not a training history (steps and epochs with numbers in {', '.join(STEP_KEYS)}, fid)"
+    return history, ""
 
 
 def saved_config(run_dir: str | Path) -> TrainConfig | None:
