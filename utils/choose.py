@@ -1,5 +1,4 @@
-"""Which run notebooks 04 to 06 work on (`choose_run`): by default the main run of their settings, the one notebook 03
-trains, never a tweak of it nor whichever trained last."""
+"""Which run notebooks 04 to 06 work on: by default notebook 03's main run, never a tweak of it nor the newest."""
 
 from __future__ import annotations
 
@@ -60,8 +59,7 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
 
 
 def _word(name: str, main_name: str) -> str:
-    """What `out` takes for a run folder: its name less what it shares with the main run's ("lr_g=0.001" for a tweak,
-    "improved" or "improved-lr_g=0.001" for the other recipe, "dcgan" for the main run), else the whole name."""
+    """What `out` takes for a run folder: its name less the main run's ("lr_g=0.001", "improved"), else the name."""
     (recipe, _, rest), (main_recipe, _, main_rest) = name.partition("-"), main_name.partition("-")
     if rest != main_rest and not rest.startswith(f"{main_rest}-"):
         return name

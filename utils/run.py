@@ -52,7 +52,6 @@ def default_run_dir(config: TrainConfig, networks: str = "") -> Path:
 
 
 def run_dir_of(config: TrainConfig, networks: str = "") -> Path:
-    """The folder `config` trains in: `out` when given, else `default_run_dir`."""
     return Path(config.out) if config.out else default_run_dir(config, networks)
 
 
@@ -157,12 +156,8 @@ def read_checkpoint(path: str | Path) -> dict:
 
 def check_weights(path: Path, role: str, saved: Any, expected: dict[str, torch.Tensor]) -> None:
     """Raise CheckpointError unless `saved` has `expected`'s names, shapes and dtypes (load_state_dict would cast)."""
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: its {role} is not a dict of tensors. {_MOVE_AWAY}")
-    missing, unexpected = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
-    if missing or unexpected:
-        names = ", ".join([f"no {name}" for name in missing[:3]] + [f"an unknown {name}" for name in unexpected[:3]])
-        raise CheckpointError(f"{path}: its {role} does not fit the run's settings ({names}). {_MOVE_AWAY}")
+    if not isinstance(saved, dict) or saved.keys() != expected.keys():
+        raise CheckpointError(f"{path}: its {role} does not hold the tensors the run's settings make. {_MOVE_AWAY}")
     for name, tensor in expected.items():
         value, needed = saved[name], f"{tensor.dtype} {tuple(tensor.shape)}"
         found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
@@ -296,7 +291,6 @@ def trained_runs(root: str | Path = GENERATED) -> list[Path]:
 
 
 def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
-    """Raise ConfigError if the folder is part of a run, the data folder, in or around it, data_dir, or read-only."""
     if run_part(run_dir):
         raise ConfigError(f"config field 'out' ({run_dir}) is {run_part(run_dir)}: choose a folder of its own")
     run, data = run_dir.expanduser().resolve(), Path(config.data).expanduser().resolve()
@@ -314,8 +308,8 @@ def _refuse_unusable_folder(run_dir: Path, config: TrainConfig) -> None:
 
 
 def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, log: Callable[[str], None]) -> None:
-    """Make the folder hold what the checkpoint `state` (None: no run yet) holds, said in one line: a cut short epoch's
-    grid is deleted, grids or history it lacks are moved aside, a damaged config.json or history.json rewritten."""
+    """Make the folder hold what `state` (None: no run yet) holds: a cut short epoch's grid deleted, files it lacks
+    moved aside, a damaged config.json or history.json rewritten, each said in one line."""
     epoch = state["epoch"] if state else 0
     later = [(e, frame) for e, frame in list_frames(run_dir) if e > epoch]
     history, history_problem = read_history_file(run_dir)
@@ -411,8 +405,7 @@ class Run:
             config.save(self.dir / CONFIG)
 
     def save_epoch(self, epoch: int, grid: np.ndarray, history: dict, state: dict) -> None:
-        """Write the epoch's grid, checkpoint and history.json in the background, in that order, each atomically; at
-        most one epoch pending. A failed write raises here or on leaving `with`."""
+        """Write grid, checkpoint, history.json in that order, in the background; a failure raises on the next call."""
         self._wait()
         checkpoint = io.BytesIO()
         torch.save(state, checkpoint)   # now: the tensors keep training
@@ -435,7 +428,6 @@ class Run:
             raise
 
     def _check_in_place(self, epoch: int) -> None:
-        """Raise UserError if the folder is no longer the one opened (renamed, deleted, or replaced by another)."""
         with suppress(OSError):
             if self._opened is None or os.path.samestat(os.stat(self.dir), self._opened):
                 return
