@@ -29,7 +29,7 @@ def choose_run(out: str, config: TrainConfig, recipe: str | None = None, root: s
     root = Path(root)
     main = root / default_run_dir(config).name
     runs = [(run_dir, saved) for run_dir in trained_runs(root) for saved in [saved_config(run_dir)]
-            if saved is not None and list_frames(run_dir) and (recipe is None or saved.recipe == recipe)]
+            if list_frames(run_dir) and (recipe is None or saved.recipe == recipe)]
     untweaked = [run_dir for run_dir, saved in runs if builtin_networks(run_dir, saved) and saved.recipe ==
                  config.recipe and not differences(saved, config, TWEAK_FIELDS)]
     chosen = None

@@ -1,6 +1,5 @@
-"""A run folder: one training run's files, who may write them, and what may change when it continues.
-
-generated/dcgan-64px/ holds checkpoint.pt (the rest is rebuilt from it), config.json, history.json and samples/."""
+"""A run folder (generated/dcgan-64px/: checkpoint.pt, config.json, history.json, samples/): who may write it, what may
+change when it continues, and how its files are made to match the checkpoint."""
 
 from __future__ import annotations
 
