@@ -14,7 +14,7 @@ import torch
 
 from utils import environment
 from utils.config import TrainConfig
-from utils.environment import _save_trial, choose_device, cpu_trial, pick_device, trial_cache_file
+from utils.environment import choose_device, cpu_trial, pick_device, trial_cache_file
 from utils.errors import ConfigError
 from utils.run import CHECKPOINT, read_checkpoint
 from utils.step import time_training_steps
@@ -89,7 +89,10 @@ def test_settings_given_explicitly_are_used_as_given_narrow_the_trial_or_are_ref
     assert choose_device(TrainConfig(**TINY, channels_last="on"), measure).candidate == "bf16 channels_last"
 
 
-def test_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
+def test_a_device_missing_here_is_refused_and_under_torchrun_cuda_means_the_gpu_numbered_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="^config field 'device' is 'mps' but this machine has no mps device"):
+        pick_device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert pick_device("cuda") == torch.device("cuda", 0)      # not started by torchrun: the first GPU
@@ -131,7 +134,7 @@ def test_a_resumed_run_keeps_the_precision_its_epochs_trained_with_whatever_the_
         empty_cache, tmp_path, capsys, monkeypatch):
     """The trial's figures are printed with ANIME_GAN_VERBOSE=1 only."""
     config = TrainConfig(**TINY, epochs=1, log_every=2, out=str(tmp_path / "run"))
-    _save_trial(config, {"fp32 NCHW": 60.0, "fp32 channels_last": 100.0})
+    cpu_trial(config, rounds_of({"fp32 NCHW": 60.0, "fp32 channels_last": 100.0}))
     monkeypatch.setenv("ANIME_GAN_VERBOSE", "1")
     train(config, progress=False, images=IMAGES)
     log = capsys.readouterr().out
@@ -139,7 +142,8 @@ def test_a_resumed_run_keeps_the_precision_its_epochs_trained_with_whatever_the_
            "fp32 channels_last" in log and "channels_last: on" in log
 
     monkeypatch.setenv("ANIME_GAN_VERBOSE", "")
-    _save_trial(config, {"fp32 NCHW": 100.0, "fp32 channels_last": 50.0})   # measured again: new runs pick NCHW
+    trial_cache_file().unlink()   # measured again: new runs pick NCHW
+    cpu_trial(config, rounds_of({"fp32 NCHW": 100.0, "fp32 channels_last": 50.0}))
     resumed = train(TrainConfig(**config.to_dict() | {"epochs": 2}), progress=False, images=IMAGES)
     log = capsys.readouterr().out
     assert "CPU trial (" not in log and "channels_last: on" in log

@@ -9,7 +9,7 @@ import torch
 
 from utils import environment
 from utils.config import TrainConfig
-from utils.environment import _save_trial
+from utils.environment import cpu_trial
 from utils.estimate import fid_estimate, fid_images_to_score, format_duration, training_estimate
 from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.run import CONFIG, HISTORY, default_run_dir
@@ -26,7 +26,7 @@ def trial(tmp_path, monkeypatch):
     monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ANIME_GAN_AMP", raising=False)
     monkeypatch.setattr(environment, "cpu_has_bf16", lambda: False)   # the cache holds fp32 candidates only
-    _save_trial(SMALL, {"fp32 NCHW": 300.0, "fp32 channels_last": 400.0})
+    cpu_trial(SMALL, lambda candidates: ({"fp32 NCHW": 300.0, "fp32 channels_last": 400.0} for _ in range(5)))
 
 
 def test_durations_read_as_estimates():
@@ -78,10 +78,10 @@ def test_fid_estimate_counts_the_real_images_until_cached_says_what_fewer_sample
            ("1,000 samples per score: FID reads higher than with the usual 10,000 (its bias falls as 1 / samples), so "
             "compare only scores of equal settings")
     assert fid_estimate(20_000, 2.0, CPU, "fid_samples and fid_real").endswith(
-        "warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), or use a GPU")
+        "warning: over 30 minutes on a CPU: lower fid_samples and fid_real (1,000 to 2,000), use a GPU, or skip FID "
+        "(compute_fid=False)")
     assert fid_estimate(3_000, 1.0, CPU, "fid_samples and fid_real", samples=1_000).endswith(   # already few: no
-        "warning: over 30 minutes on a CPU even at 1,000 samples (is other work slowing this CPU?): use a GPU, or "
-        "skip FID (compute_fid = False)")   # advice to lower them to what they are
+        "warning: over 30 minutes on a CPU: use a GPU, or skip FID (compute_fid=False)")   # advice to lower them
     images = torch.zeros(300, 3, 16, 16, dtype=torch.uint8)
     config = TrainConfig(data_dir=str(tmp_path), fid_samples=1000, fid_real=200)
     assert fid_images_to_score(config, images, generators=2) == 200 + 2 * 1000

@@ -26,8 +26,6 @@ from utils.config import TrainConfig, config_to_argv
 from utils.errors import ConfigError, UserError
 from utils.urls import redact
 
-# generous: at some collectives the others wait while process 0 alone downloads, decodes or measures FID
-COLLECTIVE_TIMEOUT = timedelta(hours=1)
 # No buffer broadcast at each forward: D runs twice before one backward, and a broadcast at the second forward would
 # overwrite BatchNorm statistics saved for that backward. Each process keeps its own running statistics.
 _NO_BUFFER_SYNC_IN_FORWARD = (
@@ -41,11 +39,11 @@ def launched() -> bool:
 
 
 def setup(device: torch.device) -> None:
-    """Join the process group when started by torchrun: nccl for GPUs, gloo for CPUs."""
+    """Join torchrun's process group (nccl for GPUs, gloo for CPUs); others may wait an hour while process 0 works."""
     if launched() and not dist.is_initialized() and device.type == "cuda":
-        dist.init_process_group("nccl", timeout=COLLECTIVE_TIMEOUT, device_id=device)
+        dist.init_process_group("nccl", timeout=timedelta(hours=1), device_id=device)
     elif launched() and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group("gloo", timeout=timedelta(hours=1))
 
 
 def world_size() -> int:

@@ -1,6 +1,5 @@
-"""Where we run and how fast: `choose_device(config, measure)` decides once per run the device, mixed precision,
-memory layout and CUDA graphs, and says so; `size_preset` sizes the notebooks' runs for this machine. CPUs disagree
-on bf16 and channels_last, so on a CPU a trial times real training steps, cached per machine (docs/engineering.md)."""
+"""Where we run and how fast: `choose_device` decides once per run the device, mixed precision, memory layout and CUDA
+graphs (on a CPU by a cached trial of real training steps); `size_preset` sizes the notebooks' runs for this machine."""
 
 from __future__ import annotations
 
@@ -30,14 +29,12 @@ Measure = Callable[[list[str]], Iterator[dict[str, float]]]   # round after roun
 
 def pick_device(name: str = "auto") -> torch.device:
     """The device this process drives: `name` or for "auto" cuda, then mps, then cpu; under torchrun cuda:LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    name = next(kind for kind, present in available.items() if present) if name == "auto" else name
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config field 'device' is 'cuda' but no CUDA GPU is visible: use device='auto' or 'cpu' "
-                          "(on Colab: Runtime > Change runtime type > GPU)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("config field 'device' is 'mps' but Apple MPS is not available: use device='auto' or 'cpu'")
+    if not available.get(device.type, True):
+        raise ConfigError(f"config field 'device' is '{name}' but this machine has no {device.type} device: use "
+                          "device='auto' or 'cpu' (on Colab, a GPU: Runtime > Change runtime type)")
     if device.type != "cuda":
         return device
     index = int(os.environ["LOCAL_RANK"]) if distributed.launched() else device.index or 0
@@ -56,10 +53,8 @@ def _cpuinfo() -> str:
 
 def cpu_has_bf16() -> bool:
     """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); autocast is only worth it then."""
-    flags = _cpuinfo()
-    if not flags:
-        return platform.machine() == "arm64" and sys.platform == "darwin"   # Apple M2+ has bf16 instructions
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    flags = _cpuinfo()   # none on macOS, where Apple's M2 and later have bf16 instructions
+    return "avx512_bf16" in flags or "amx_bf16" in flags or (sys.platform == "darwin" and platform.machine() == "arm64")
 
 
 def amp_setting(config: TrainConfig) -> tuple[str, str]:
@@ -123,8 +118,7 @@ class DeviceChoice:
         return "\n".join(lines)
 
     def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
-        """This choice for a run whose epochs trained as `trained_as`: a trial measured since must not change what
-        "auto" decided, or the run would not end like an uninterrupted one."""
+        """This choice for a run whose epochs trained as `trained_as`: a newer trial must not change how it ends."""
         if trained_as == self.candidate or trained_as not in (self.trial or {}):
             return self
         dtype, layout = trained_as.split()
@@ -134,8 +128,7 @@ class DeviceChoice:
 
 
 def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
-    """The device, precision, layout and CUDA graphs for training `config` in this process, decided once (joining a
-    torchrun run's process group). On a CPU process 0 times the trial with `measure`, the others read its answer."""
+    """Decide once the device, precision, layout and CUDA graphs for `config` (joining torchrun's process group)."""
     device = pick_device(config.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -143,8 +136,7 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
     distributed.setup(device)
     amp, source = amp_setting(config)
     if amp == "bf16" and device.type == "cpu" and not cpu_has_bf16():   # refused before anything is measured
-        raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (it would run many times slower): "
-                          "use amp='auto' or 'off'")
+        raise ConfigError(f"{source} is 'bf16' but this CPU has no native bf16 (far slower): use 'auto' or 'off'")
     if amp == "fp16" and device.type == "mps":
         raise ConfigError(f"{source} is 'fp16', which runs on a CUDA GPU or a CPU, not on mps: use 'auto' or 'off'")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)   # None: fp32, also MPS's "auto"
@@ -166,18 +158,22 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
 
 def cpu_trial(config: TrainConfig, measure: Measure) -> dict[str, float]:
     """Each candidate's images/s for `config`'s networks here, cached so that every process and start choose alike."""
-    cached = cached_trial(config)
-    if cached is not None:
+    if (cached := cached_trial(config)) is not None:
         return cached
     candidates = _candidates()
     with closing(measure(candidates)) as timings:   # closing: the timer restores the random state it forked
         rounds = list(islice(timings, 5))   # in turn: a burst of other work slows one round of each, not all
     best = {name: round(max(timing[name] for timing in rounds), 1) for name in candidates}
-    _save_trial(config, best)
+    known = {}
+    with suppress(OSError, ValueError):   # none yet, or damaged (cached_trial said so): started afresh
+        known = read_json(trial_cache_file())
+    entry = {_trial_key(config): {"images_per_s": best}}
+    with suppress(OSError), atomic_path(trial_cache_file()) as tmp:   # a read-only home: measured again next time
+        tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | entry, indent=1) + "\n")
     return best
 
 
-def trial_pick(images_per_s: dict[str, float], amp: str = "auto", channels_last: str = "auto") -> str:
+def trial_pick(images_per_s: dict[str, float], amp: str, channels_last: str) -> str:
     """The candidate "auto" picks: fp32 channels_last (fastest on both AVX2 CPUs measured) unless another is over 10%
     faster (timings on a shared machine vary by nearly that); an explicit `amp` or `channels_last` narrows the pool."""
     dtype = {"auto": "", "bf16": "bf16"}.get(amp, "fp32")
@@ -186,16 +182,6 @@ def trial_pick(images_per_s: dict[str, float], amp: str = "auto", channels_last:
     default = f"{dtype or 'fp32'} {layout or 'channels_last'}"
     fastest = max(pool, key=pool.get)
     return fastest if pool[fastest] > 1.10 * pool.get(default, 0.0) else default
-
-
-def _save_trial(config: TrainConfig, images_per_s: dict[str, float]) -> None:
-    cache = trial_cache_file()
-    known = {}
-    with suppress(OSError, ValueError):   # none yet, or damaged (cached_trial said so): started afresh
-        known = read_json(cache)
-    entry = {_trial_key(config): {"images_per_s": images_per_s}}
-    with suppress(OSError), atomic_path(cache) as tmp:   # a read-only home: the trial is simply repeated next time
-        tmp.write_text(json.dumps((known if isinstance(known, dict) else {}) | entry, indent=1) + "\n")
 
 
 def _candidates() -> list[str]:
@@ -238,29 +224,32 @@ SIZES = {
                 fid_samples=500, fid_real=500),   # Inception: ~6 images/s on a 2-core AVX2 CPU
 }
 CPU_MINUTES = 2.25   # of training: with the rest of `make demo`, under 5 min on a CPU several times slower than ours
-CPU_IMAGES = (1_000, 20_000)   # the bounds, in steps of 1,000 (20,000: all the synthetic faces)
-CPU_MIN_STEPS = 900            # at least: at 32x32, 375 steps drew blobs, 750 faces with hair
-EPOCH_SHARE = 0.75   # whole epochs (logging, grids, saves, live plot) ran at 74% of the trial's speed in `make demo`
+CPU_MIN_STEPS = 900   # at least: at 32x32, 375 steps drew blobs, 750 faces with hair
 
 
 def cpu_epoch_speed(config: TrainConfig) -> float:
-    """EPOCH_SHARE of the images/s the CPU trial measured for what "auto" picks for `config` on this CPU."""
+    """Images/s of whole epochs of `config` here: 0.75 x the CPU trial's (74% in `make demo`, with grids and saves)."""
     trial = cpu_trial(config, partial(time_training_steps, config))
-    return EPOCH_SHARE * trial[trial_pick(trial, amp_setting(config)[0], config.channels_last)]
+    return 0.75 * trial[trial_pick(trial, amp_setting(config)[0], config.channels_last)]
 
 
 def size_preset(size: str = "auto", device: str | torch.device = "auto", **given) -> dict:
-    """SIZES' values for `size` ("auto": "gpu" on a CUDA GPU, else "cpu"), a value in `given` other than None
-    winning, said in one line. The "cpu" image count follows the cached CPU trial, so 01 to 06 agree."""
+    """SIZES' values for `size` ("auto": "gpu" on a CUDA GPU, else "cpu"), each value in `given` not None winning."""
     if size not in ("auto", "cpu", "gpu"):
         raise ConfigError(f"parameter 'size' must be 'auto', 'cpu' or 'gpu'; got {size!r}")
     gpu = (device if isinstance(device, torch.device) else pick_device(device)).type == "cuda"
     chosen = size if size != "auto" else "gpu" if gpu else "cpu"
     yours = {name: value for name, value in given.items() if value is not None}
     values, how = {**SIZES[chosen], **yours}, ""
-    if values["max_images"] is None:
-        values["max_images"], epochs, how = _cpu_images(TrainConfig(**{**values, "max_images": 0}))
-        values["epochs"] = yours.get("epochs", epochs)
+    if values["max_images"] is None:   # from the cached trial (01 to 06 agree): CPU_MINUTES, CPU_MIN_STEPS at least
+        speed = cpu_epoch_speed(TrainConfig(**{**values, "max_images": 0}))
+        budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * values["batch_size"])   # images to train
+        images = min(max(math.ceil(budget / values["epochs"] / 1000) * 1000, 1_000), 20_000)   # all synthetic faces
+        values["max_images"] = images
+        values["epochs"] = yours.get("epochs", min(values["epochs"], math.ceil(budget / images)))
+        minutes = images * values["epochs"] / speed / 60
+        how = f" (about {minutes:.0f} min at the {speed:,.0f} images/s an epoch runs here"
+        how += f"; slow or busy CPU: faces need {CPU_MIN_STEPS:,} steps)" if budget > CPU_MINUTES * 60 * speed else ")"
     why = f'size "{size}"' + (f" -> {chosen} ({'a CUDA GPU' if gpu else 'no CUDA GPU'})" if size == "auto" else "")
     count = f"{values['max_images']:,} images" if values["max_images"] else "all images"
     real = f"{values['fid_real']:,}" if values["fid_real"] else "all"
@@ -270,20 +259,6 @@ def size_preset(size: str = "auto", device: str | torch.device = "auto", **given
           + ('size = "cpu" trains a small run in minutes' if chosen == "gpu" else
              'size = "gpu" is the 64x64 recipe (hours on a CPU)'))
     return values
-
-
-def _cpu_images(config: TrainConfig) -> tuple[int, int, str]:
-    """(max_images, epochs, why): what `config.epochs` epochs train in CPU_MINUTES here; CPU_MIN_STEPS at least."""
-    speed = cpu_epoch_speed(config)
-    budget = max(CPU_MINUTES * 60 * speed, CPU_MIN_STEPS * config.batch_size)   # images to train
-    images = min(max(math.ceil(budget / config.epochs / 1000) * 1000, CPU_IMAGES[0]), CPU_IMAGES[1])
-    epochs = min(config.epochs, math.ceil(budget / images))
-    if budget > CPU_MINUTES * 60 * speed:
-        minutes = images * epochs / speed / 60
-        return images, epochs, (f" (this CPU is slow or busy: {speed:,.0f} images/s an epoch; about {minutes:.0f} "
-                                f"min for the {CPU_MIN_STEPS:,} steps that faces need)")
-    return images, epochs, (f" (what trains in about {CPU_MINUTES:g} min at the {speed:,.0f} images/s an epoch runs "
-                            "at here)")
 
 
 def describe_device(device: torch.device) -> str:

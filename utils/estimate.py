@@ -1,5 +1,5 @@
-"""How long the long cells (training, FID) take here, in one line with one duration: on a CPU from the cached CPU trial
-(utils/environment.py), on a GPU from a few steps timed now; on a CPU a warning names what to lower past 30 minutes."""
+"""How long the long cells (training, FID) take here, in one line: on a CPU from the cached CPU trial, on a GPU from a
+few steps timed now; past 30 minutes on a CPU a warning names what to lower."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from utils.metrics import dataset_id, reference_cache_file, weights_id
 from utils.run import read_history_file, run_dir_of
 from utils.step import time_training_steps
 
-LONG_ON_CPU_S = 30 * 60   # past this a CPU run is worth shrinking: a warning names the values to lower
+LONG_MINUTES = 30   # past this on a CPU a run is worth shrinking: a warning names the values to lower
 FID_REFERENCE_SAMPLES = 10_000   # fewer generated images bias FID upward (the bias falls as 1 / samples)
 
 
@@ -33,8 +33,7 @@ def plural(count: int, noun: str) -> str:
 
 
 def training_estimate(config: TrainConfig, device: torch.device, num_images: int, run_dir: Path | None = None) -> str:
-    """What training the epochs still to train in `run_dir` (default: `config`'s) on `num_images` images takes
-    here, in one line; on a CPU past LONG_ON_CPU_S a warning naming what to lower."""
+    """How long the epochs that `run_dir` (default: `config`'s) has still to train on `num_images` images take here."""
     run_dir = run_dir_of(config) if run_dir is None else run_dir
     history, _ = read_history_file(run_dir)   # a damaged history.json: a new run
     done = len(history["epochs"]) if history else 0
@@ -52,8 +51,8 @@ def training_estimate(config: TrainConfig, device: torch.device, num_images: int
     resumed = f" (epochs {done + 1}-{config.epochs}; {done} done)" if done else ""
     line = (f"{plural(remaining, 'epoch')}{resumed} x {num_images:,} images at about {speed:,.0f} images/s "
             f"({source}): {format_duration(seconds)} here")
-    if device.type == "cpu" and seconds > LONG_ON_CPU_S:
-        line += (f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU: size = \"cpu\" picks values that train in "
+    if device.type == "cpu" and seconds > LONG_MINUTES * 60:
+        line += (f"\nwarning: over {LONG_MINUTES} minutes on a CPU: size = \"cpu\" picks values that train in "
                  "minutes here (or lower epochs, max_images, image_size, g_width and d_width), or use a GPU")
     return line
 
@@ -61,18 +60,16 @@ def training_estimate(config: TrainConfig, device: torch.device, num_images: int
 def fid_estimate(images_to_score: int, images_per_s: float, device: torch.device, lower: str,
                  samples: int = FID_REFERENCE_SAMPLES) -> str:
     """What scoring `images_to_score` images through Inception takes, what `samples` per score cost in precision;
-    on a CPU past LONG_ON_CPU_S a warning naming `lower` (the parameters that set the count)."""
+    on a CPU past LONG_MINUTES a warning naming `lower` (the parameters that set the count)."""
     seconds = images_to_score / images_per_s
     line = (f"FID: {images_to_score:,} images through Inception at about {images_per_s:,.1f} images/s (timed now on "
             f"{device}): {format_duration(seconds)} here")
     if samples < FID_REFERENCE_SAMPLES:
         line += (f"\n{samples:,} samples per score: FID reads higher than with the usual {FID_REFERENCE_SAMPLES:,} "
                  "(its bias falls as 1 / samples), so compare only scores of equal settings")
-    if device.type == "cpu" and seconds > LONG_ON_CPU_S:
-        line += f"\nwarning: over {LONG_ON_CPU_S // 60} minutes on a CPU" + (
-            f": lower {lower} (1,000 to 2,000), or use a GPU" if samples > 2_000 else
-            f" even at {samples:,} samples (is other work slowing this CPU?): use a GPU, or skip FID (compute_fid = "
-            "False)")
+    if device.type == "cpu" and seconds > LONG_MINUTES * 60:   # lowering `lower` helps only where it is not low already
+        advice = f"lower {lower} (1,000 to 2,000), " if samples > 2_000 else ""
+        line += f"\nwarning: over {LONG_MINUTES} minutes on a CPU: {advice}use a GPU, or skip FID (compute_fid=False)"
     return line
 
 
