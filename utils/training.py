@@ -64,11 +64,10 @@ class DeviceData:
         """This process's batches of one epoch, given the epoch's permutation and coin tosses for the flips."""
         start, used = self.rank * (len(order) // self.world), self.steps_per_epoch * self.batch_size
         order, flips = order[start:start + used], flips[start:start + used]  # this process's share, whole batches
-        if self.images.device == self.device:
-            order, flips = order.to(self.device), flips.to(self.device)
+        order, flips = order.to(self.images.device), flips.to(self.device)  # indices where the images are
         for index, flip in zip(order.split(self.batch_size), flips.split(self.batch_size)):
             x = self.images[index].to(self.device, non_blocking=True).float().div_(127.5).sub_(1)
-            x = torch.where(flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -160,33 +159,24 @@ def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discrim
         for group in optimizer.param_groups:
             group.update(lr=lr, betas=(config.beta1, config.beta2))
     if world > 1:
-        _log(f"distributed: {world} processes x batch {config.batch_size} = effective batch "
-             f"{world * config.batch_size}; learning rates G {lr_g:.2e}, D {lr_d:.2e}" + (
-                 " (x sqrt(effective batch / 128))" if config.scale_lr else
-                 " (not scaled: pass scale_lr=True for x sqrt(effective batch / 128))"))
+        rule = "x sqrt(effective batch / 128)"
+        _log(f"distributed: {world} processes x batch {config.batch_size} = effective batch {world * config.batch_size}"
+             f"; learning rates G {lr_g:.2e}, D {lr_d:.2e} "
+             + (f"({rule})" if config.scale_lr else f"(not scaled: pass scale_lr=True for {rule})"))
     if start_epoch <= config.epochs and distributed.is_main():
         steps = state.history["steps"]
         run.record_settings(config, state.history, start_epoch, steps[-1]["step"] if steps else 0)
     return state, start_epoch
 
 
-def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoice) -> TrainingStep:
-    """The step as trained: DDP wrappers, torch.compile, mixed precision, DiffAugment, D's targets."""
-    train_g = distributed.wrap(state.generator, choice.device, config.sync_batchnorm)
-    train_d = distributed.wrap(state.discriminator, choice.device, config.sync_batchnorm)
-    frozen_d = distributed.unwrap(train_d)
-    if config.compile:
-        train_g, train_d, frozen_d = torch.compile(train_g), torch.compile(train_d), torch.compile(frozen_d)
-    return TrainingStep(train_g, train_d, state.opt_g, state.opt_d, config.loss, config.real_label, config.fake_label,
-                        config.label_flip, amp=choice.amp, scaler=state.scaler, ema=state.ema,
-                        diffaugment=config.diffaugment, frozen_d=frozen_d, cuda_graphs=choice.cuda_graphs)
-
-
 def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: DeviceData, choice: DeviceChoice,
                   start_epoch: int, fid: FID | None, diagnosis: Diagnosis, live_plot, progress: bool) -> TrainResult:
     """Notebook 03's loop, the losses read every `log_every` steps (every step on a CPU, where reading is free)."""
     history, device, epoch, saved = state.history, choice.device, start_epoch, start_epoch - 1
-    step = _training_step(config, state, choice)
+    wrap = partial(distributed.wrap, device=device, sync_batchnorm=config.sync_batchnorm)  # DDP when distributed
+    step = TrainingStep(wrap(state.generator), wrap(state.discriminator), state.opt_g, state.opt_d, config.loss,
+                        config.real_label, config.fake_label, config.label_flip, amp=choice.amp, scaler=state.scaler,
+                        ema=state.ema, diffaugment=config.diffaugment, cuda_graphs=choice.cuda_graphs)
     run_step = CUDAGraphStep(step) if choice.cuda_graphs else step
     log_every = 1 if device.type == "cpu" else config.log_every
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
