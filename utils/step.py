@@ -125,8 +125,8 @@ class CUDAGraphStep:
     """Runs a step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it: one launch
     instead of ~300 small kernels. Inputs are copied into fixed buffers: a graph reads the addresses it recorded."""
 
-    def __init__(self, step: Callable[..., None], warmup: int = 3):
-        self.step, self.warmup, self.graph = step, warmup, None
+    def __init__(self, step: Callable[..., None]):
+        self.step, self.warmup, self.graph = step, 3, None
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> None:
         if self.warmup > 0:  # eager steps on a side stream: cuDNN autotuning, allocations

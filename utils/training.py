@@ -1,6 +1,5 @@
-"""`train(config)`: notebook 03's loop around its step (utils/step.py), with the data on the GPU when it fits, no
-waits for the device and a checkpoint after every epoch, from which a resumed run ends exactly like an uninterrupted
-one: each epoch's randomness comes from (seed, epoch)."""
+"""`train(config)`: notebook 03's loop around its step (utils/step.py), the data on the GPU when it fits, a checkpoint
+after every epoch; a resumed run ends exactly like an uninterrupted one, each epoch's randomness from (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -47,12 +46,12 @@ class DeviceData:
     def __init__(self, images: torch.Tensor, device: torch.device, config: TrainConfig, channels_last: bool,
                  log: Callable[[str], None] = print):
         self.device, self.batch_size, self.channels_last = device, config.batch_size, channels_last
-        fits = device.type == "cuda" and images.numel() < 0.4 * torch.cuda.mem_get_info(device)[0]
+        fits = device.type == "cuda" and images.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
         if device.type != "cpu" and (config.data_on_device == "on" or config.data_on_device == "auto" and fits):
             self.images, where = images.to(device), f"on {device}"
         else:  # indexing makes each batch a new, unpinned tensor: pinning the source would copy it all for nothing
             self.images, where = images, "in host memory (memory-mapped cache)"
-        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {images.numel() / 2**20:,.0f} MiB, "
+        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {images.nbytes / 2**20:,.0f} MiB, "
             f"kept {where}")
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.steps_per_epoch = len(images) // self.world // self.batch_size
@@ -111,7 +110,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             memory = torch.channels_last if choice.channels_last else torch.preserve_format
             generator.to(choice.device, memory_format=memory)
             discriminator.to(choice.device, memory_format=memory)
-            check_networks(config, generator, discriminator, choice.device, _log)
+            check_networks(config, generator, discriminator, choice.device)
             state, start_epoch = _training_state(config, run, generator, discriminator, choice, networks)
             # the real images' statistics, computed or read from data_dir's cache: a damaged cache fails now
             fid = fid_for_config(config, images, choice.device, inception) \
@@ -173,6 +172,7 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                   start_epoch: int, fid: FID | None, diagnosis: Diagnosis, live_plot, progress: bool) -> TrainResult:
     """Notebook 03's loop, the losses read every `log_every` steps (every step on a CPU, where reading is free)."""
     history, device, epoch, saved = state.history, choice.device, start_epoch, start_epoch - 1
+    sample_from = state.ema.module if state.ema is not None else state.generator  # the grids, FID and the result
     wrap = partial(distributed.wrap, device=device, sync_batchnorm=config.sync_batchnorm)  # DDP when distributed
     step = TrainingStep(wrap(state.generator), wrap(state.discriminator), state.opt_g, state.opt_d, config.loss,
                         config.real_label, config.fake_label, config.label_flip, amp=choice.amp, scaler=state.scaler,
@@ -203,8 +203,7 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                                     "lower lr_g/lr_d, try amp='off', or loss='hinge' with spectral_norm=True")
                 history["steps"].append({"epoch": epoch, "step": steps_before + index, **losses,
                                          "seconds": round(time.perf_counter() - started, 2)})
-                bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}",
-                                d_x=f"{losses['d_real']:.2f}", d_g_z=f"{losses['d_fake']:.2f}", refresh=False)
+                bar.set_postfix(losses, refresh=False)  # the names history.json uses
                 if live_plot is not None:
                     live_plot.update(history)
                 if config.max_minutes and distributed.agree(time.perf_counter() - started > budget_s):
@@ -216,7 +215,7 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                 index * config.batch_size * batches.world / seconds, 1)})
             if index < batches.steps_per_epoch:  # cut short by max_minutes
                 history["epochs"][-1]["steps"] = index
-            grid = _end_epoch(config, run, state, step, fid, diagnosis) if distributed.is_main() else None
+            grid = _end_epoch(config, run, state, step, sample_from, fid, diagnosis) if distributed.is_main() else None
             saved = epoch
             if live_plot is not None:
                 title = ", ".join([f"epoch {epoch}", *history["epochs"][-1].get("diagnosis", {})])
@@ -228,15 +227,13 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
         where = f" in {run.dir / CHECKPOINT}" if saved else ""
         again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
         raise Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}") from None
-    sample_from = state.ema.module if state.ema is not None else state.generator
     return TrainResult(sample_from, state.discriminator, history, run.dir, saved)
 
 
-def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: TrainingStep, fid: FID | None,
-               diagnosis: Diagnosis) -> np.ndarray:
+def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: TrainingStep, generator: nn.Module,
+               fid: FID | None, diagnosis: Diagnosis) -> np.ndarray:
     """On the main process after each epoch: the grid, the FID when due, the epoch's line, the diagnosis, the save."""
     history, epoch = state.history, state.history["epochs"][-1]["epoch"]
-    generator = state.ema.module if state.ema is not None else state.generator
     noise = state.fixed_noise.to(next(generator.parameters()).device)
     with torch.no_grad(), step.autocast():
         grid = image_grid(generator(noise).float()).permute(1, 2, 0).numpy()
