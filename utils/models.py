@@ -39,7 +39,6 @@ class Discriminator(nn.Sequential):
         def conv(c_in: int, c_out: int, stride: int, padding: int) -> nn.Module:
             layer = nn.Conv2d(c_in, c_out, 4, stride, padding, bias=spectral_norm)
             return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
-
         layers = [conv(3, channels[0], 2, 1), nn.LeakyReLU(0.2, inplace=True)]  # -> (N, channels[0], S/2, S/2), no norm
         for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, s/2, s/2)
             norm = nn.Identity() if spectral_norm else nn.BatchNorm2d(c_out)

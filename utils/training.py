@@ -74,9 +74,8 @@ def epoch_generators(seed: int, epoch: int, device: torch.device,
                      rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
     """(CPU, device) random generators for one epoch from (seed, epoch, rank) only: the permutation is every process's,
     the noise and augmentations each one's own. Small offsets: the CPU generator keeps only a seed's low 32 bits."""
-    cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
-    return cpu, dev
+    base = seed * 1_000_003 + epoch
+    return torch.Generator().manual_seed(base), torch.Generator(device).manual_seed(base + 500_000 + rank * 1_000_000)
 
 
 def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None,
@@ -86,9 +85,8 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
     try:
         choice = choose_device(config, partial(time_training_steps, config))  # joins a distributed run's group
-        main = distributed.is_main()
         # a wrong or missing weights file, or a failed download, fails now: not after the first epoch, losing it
-        inception = load_inception(config.fid_weights) if config.fid_every and main else None
+        inception = load_inception(config.fid_weights) if config.fid_every and distributed.is_main() else None
         if generator is None or discriminator is None:
             check_network_size(config, choice.device)
         tag = network_tag(config, generator, discriminator)
@@ -98,7 +96,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         if discriminator is None:
             discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
         networks = network_descriptions(generator, discriminator)
-        with Run.open(config, networks, tag, main=main, log=_log) as run:  # refuses what cannot continue
+        with Run.open(config, networks, tag, main=distributed.is_main(), log=_log) as run:  # refuses what cannot go on
             distributed.barrier()
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
@@ -158,10 +156,9 @@ def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discrim
         for group in optimizer.param_groups:
             group.update(lr=lr, betas=(config.beta1, config.beta2))
     if world > 1:
-        rule = "x sqrt(effective batch / 128)"
+        scaled = "" if config.scale_lr else "not scaled: pass scale_lr=True for "
         _log(f"distributed: {world} processes x batch {config.batch_size} = effective batch {world * config.batch_size}"
-             f"; learning rates G {lr_g:.2e}, D {lr_d:.2e} "
-             + (f"({rule})" if config.scale_lr else f"(not scaled: pass scale_lr=True for {rule})"))
+             f"; learning rates G {lr_g:.2e}, D {lr_d:.2e} ({scaled}x sqrt(effective batch / 128))")
     if start_epoch <= config.epochs and distributed.is_main():
         steps = state.history["steps"]
         run.record_settings(config, state.history, start_epoch, steps[-1]["step"] if steps else 0)
