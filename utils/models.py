@@ -15,7 +15,7 @@ from utils.errors import ConfigError
 
 
 class Generator(nn.Sequential):
-    """z (N, latent_dim, 1, 1) -> image (N, 3, S, S) in [-1, 1]; 64 px channels: 128 -> 512 -> ... -> 64 -> 3."""
+    """z (N, latent_dim, 1, 1) -> image (N, 3, S, S) in [-1, 1]; 64 px: 128 -> 512 -> 256 -> 128 -> 64 -> 3 channels."""
 
     def __init__(self, image_size: int = 64, latent_dim: int = 128, width: int = 64):
         channels = [width * 2 ** i for i in reversed(range(int(math.log2(image_size)) - 2))]  # 64 px: 512 ... 64
