@@ -169,11 +169,10 @@ def main() -> None:
                    ("data in host memory", dict(data_on_device="off")),
                    ("batch 512, lr x sqrt(4)", dict(batch_size=512, scale_lr=True)),
                    ("batch 512, lr x sqrt(4), amp off", dict(batch_size=512, scale_lr=True, amp="off")),
-                   ("batch 1024, lr x sqrt(8)", dict(batch_size=1024, scale_lr=True)),
-                   ("torch.compile", dict(compile=True))]
+                   ("batch 1024, lr x sqrt(8)", dict(batch_size=1024, scale_lr=True))]
         if not on_gpu:
             options = [(name, option) for name, option in options
-                       if name in ("amp off", "amp bf16", "channels_last off", "channels_last on", "torch.compile")]
+                       if name in ("amp off", "amp bf16", "channels_last off", "channels_last on")]
         for name, overrides in [(n, o) for n, o in options if not args.variant or n in args.variant]:
             try:
                 variants[name] = time_ours(images, device, epochs, work / name.replace(" ", "-").replace(",", ""),

@@ -21,7 +21,7 @@ BAD_VALUES = {
     "beta1": [1.0, -0.1], "beta2": [1.5], "scale_lr": ["yes"],
     "recipe": ["fancy"], "loss": ["wgan"], "ema_decay": [1.0, -0.5], "diffaugment": ["color,blur", "Color"],
     "spectral_norm": [1], "real_label": [0.0, 1.5], "fake_label": [-0.1, 1.0], "label_flip": [0.5, -0.01],
-    "device": ["gpu", "cuda:x", "cuda:"], "amp": ["fp8"], "channels_last": ["yes"], "compile": ["true"],
+    "device": ["gpu", "cuda:x", "cuda:"], "amp": ["fp8"], "channels_last": ["yes"],
     "cuda_graphs": ["yes"], "data_on_device": ["gpu"], "sync_batchnorm": [0], "log_every": [0],
     "seed": [-1, 2**32], "out": [3], "num_samples": [0, 2000], "resume": ["no"], "max_minutes": [-1.0],
     "fid_every": [-1], "fid_samples": [1], "fid_real": [-5], "fid_weights": [3],

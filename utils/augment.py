@@ -1,6 +1,5 @@
-"""DiffAugment (Zhao et al., 2020): with little data D memorises the real images; augmenting everything D sees, real
-and fake alike and differentiably (G's gradients flow through), keeps D honest without teaching G to draw augmented
-faces. Randomness comes from `generator`, so a seeded run is reproducible."""
+"""DiffAugment (Zhao et al., 2020): with little data D memorises the real images; augmenting all D sees, real and fake,
+differentiably (G's gradients flow through) keeps D honest without teaching G to draw augmented faces."""
 
 from __future__ import annotations
 

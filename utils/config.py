@@ -65,7 +65,6 @@ class TrainConfig:
     device: str = how("auto", '"auto", "cuda", "cuda:1", "mps" or "cpu"')
     amp: str = how("auto", '"auto", "bf16", "fp16" or "off"')
     channels_last: str = how("auto", '"auto", "on" or "off"')
-    compile: bool = how(False, "torch.compile the models (slow first epoch, faster after)")
     cuda_graphs: str = how("auto", '"auto", "on" or "off": replay each step as one CUDA graph (utils/environment.py)')
     data_on_device: str = how("auto", '"auto" (if it fits), "on" or "off" (host memory, copied per batch)')
     sync_batchnorm: bool = how(False, "multi-GPU only: share BatchNorm statistics across GPUs")

@@ -74,7 +74,7 @@ def pick_cuda_graphs(device: torch.device, config: TrainConfig, amp_dtype: torch
     outside the graph; "auto" keeps fp16 eager (not yet measured)."""
     blockers = [reason for reason, present in [
         ("DiffAugment", bool(config.diffaugment)), ("label_flip", config.label_flip > 0),
-        ("torch.compile", config.compile), ("several processes", world_size > 1)] if present]
+        ("several processes", world_size > 1)] if present]
     if config.cuda_graphs == "on" and (device.type != "cuda" or blockers):
         raise ConfigError(f"config field 'cuda_graphs' is 'on' but it needs one CUDA GPU without "
                           f"{', '.join(blockers) or 'a CPU or MPS device'}: use cuda_graphs='auto' or 'off'")
@@ -142,11 +142,10 @@ def choose_device(config: TrainConfig, measure: Measure) -> DeviceChoice:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)   # None: fp32, also MPS's "auto"
     if amp == "auto" and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else torch.float16
-    # channels_last (NHWC) spares cuDNN and oneDNN layout transposes; under torch.compile "auto" leaves it off
-    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type != "mps"
-                                                     and not config.compile)
+    # channels_last (NHWC) spares cuDNN and oneDNN layout transposes
+    channels_last = config.channels_last == "on" or (config.channels_last == "auto" and device.type != "mps")
     trial = None   # a CPU times what is "auto" in fp32 and bf16; fp16 on a CPU (the T4's path) keeps the T4's layout
-    if device.type == "cpu" and not config.compile and amp != "fp16" and "auto" in (amp, config.channels_last):
+    if device.type == "cpu" and amp != "fp16" and "auto" in (amp, config.channels_last):
         with distributed.main_first():
             trial = cpu_trial(config, measure)
         dtype, layout = trial_pick(trial, amp, config.channels_last).split()

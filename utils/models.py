@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import math
 from contextlib import contextmanager
-from typing import Callable
 
 import torch
 from torch import nn
@@ -16,8 +15,7 @@ from utils.errors import ConfigError
 
 
 class Generator(nn.Sequential):
-    """z (N, latent_dim, 1, 1) -> image (N, 3, S, S) in [-1, 1]; at 64 px with the defaults the reference network:
-    z 128x1x1 -> 512x4x4 -> 256x8x8 -> 128x16x16 -> 64x32x32 -> 3x64x64."""
+    """z (N, latent_dim, 1, 1) -> image (N, 3, S, S) in [-1, 1]; 64 px: 128 -> 512 -> 256 -> 128 -> 64 -> 3 channels."""
 
     def __init__(self, image_size: int = 64, latent_dim: int = 128, width: int = 64):
         channels = [width * 2 ** i for i in reversed(range(int(math.log2(image_size)) - 2))]  # 64 px: 512 ... 64
@@ -41,9 +39,7 @@ class Discriminator(nn.Sequential):
         def conv(c_in: int, c_out: int, stride: int, padding: int) -> nn.Module:
             layer = nn.Conv2d(c_in, c_out, 4, stride, padding, bias=spectral_norm)
             return nn.utils.parametrizations.spectral_norm(layer) if spectral_norm else layer
-
-        # (N, 3, S, S) -> (N, channels[0], S/2, S/2), no norm on the input layer
-        layers = [conv(3, channels[0], 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        layers = [conv(3, channels[0], 2, 1), nn.LeakyReLU(0.2, inplace=True)]  # -> (N, channels[0], S/2, S/2), no norm
         for c_in, c_out in zip(channels, channels[1:]):  # (N, c_in, s, s) -> (N, c_out, s/2, s/2)
             norm = nn.Identity() if spectral_norm else nn.BatchNorm2d(c_out)
             layers += [conv(c_in, c_out, 2, 1), norm, nn.LeakyReLU(0.2, inplace=True)]
@@ -113,12 +109,8 @@ def describe_network(model: nn.Module) -> str:
     return f"{type(model).__name__} ({count_parameters(model):,} parameters, #{digest})"
 
 
-def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device,
-                   log: Callable[[str], None] = print) -> None:
-    """Say which networks are your own and check they fit the loop: z (N, latent_dim, 1, 1) -> (N, 3, S, S) -> (N,)."""
-    for role, model, builtin in (("generator", generator, Generator), ("discriminator", discriminator, Discriminator)):
-        if not isinstance(model, builtin):
-            log(f"{role}: yours, {describe_network(model)}")
+def check_networks(config: TrainConfig, generator: nn.Module, discriminator: nn.Module, device: torch.device) -> None:
+    """Check that the networks, built-in or your own, fit the loop: z (N, latent_dim, 1, 1) -> (N, 3, S, S) -> (N,)."""
     z_shape, image_shape = (2, config.latent_dim, 1, 1), (2, 3, config.image_size, config.image_size)
     shapes = {}
     with sampling(generator, discriminator):
@@ -144,18 +136,16 @@ def check_network_size(config: TrainConfig, device: torch.device) -> None:
                           + count_parameters(Discriminator(config.image_size, config.d_width)))
     except (RuntimeError, TypeError, OverflowError):  # sizes beyond 64 bits
         parameters = math.inf
-    needs, free = 16 * parameters, torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_ram()
-    if needs > free:
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:  # RAM free for new allocations: Linux's MemAvailable (page cache counted); elsewhere no limit is known
+        try:
+            with open("/proc/meminfo") as meminfo:
+                free = next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            free = 1 << 62
+    if 16 * parameters > free:
         raise ConfigError(f"config fields 'latent_dim' ({config.latent_dim}), 'g_width' ({config.g_width}) and "
                           f"'d_width' ({config.d_width}) make networks of {parameters:,} parameters: training them "
-                          f"needs at least {needs / 2**30:,.1f} GiB and {device} has {free / 2**30:,.1f} GiB free. Use "
-                          "smaller values (the DCGAN reference: latent_dim 100-128, widths 64)")
-
-
-def available_ram() -> int:
-    """Bytes of RAM free for new allocations: Linux's MemAvailable (page cache counted); elsewhere no limit is known."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration):
-        return 1 << 62
+                          f"needs at least {16 * parameters / 2**30:,.1f} GiB and {device} has {free / 2**30:,.1f} "
+                          "GiB free. Use smaller values (the DCGAN reference: latent_dim 100-128, widths 64)")

@@ -54,8 +54,7 @@ class TrainingStep:
     def __init__(self, generator: nn.Module, discriminator: nn.Module, opt_g: torch.optim.Optimizer,
                  opt_d: torch.optim.Optimizer, loss: str = "bce", real_label: float = 1.0, fake_label: float = 0.0,
                  label_flip: float = 0.0, *, amp: torch.dtype | None = None, cuda_graphs: bool = False,
-                 scaler: torch.amp.GradScaler | None = None, ema: EMA | None = None, diffaugment: str = "",
-                 frozen_d: nn.Module | None = None):
+                 scaler: torch.amp.GradScaler | None = None, ema: EMA | None = None, diffaugment: str = ""):
         self.generator, self.discriminator, self.opt_g, self.opt_d = generator, discriminator, opt_g, opt_d
         self.loss, self.labels, self.diffaugment = loss, (real_label, fake_label, label_flip), diffaugment
         device = next(generator.parameters()).device
@@ -63,8 +62,6 @@ class TrainingStep:
         # autocast's cache of low-precision weight copies must be off inside a CUDA graph (PyTorch's CUDA graphs notes)
         self.autocast = partial(torch.autocast, device.type, dtype=amp, cache_enabled=not cuda_graphs) \
             if amp else nullcontext
-        # G's step calls D without its DDP wrapper (or `frozen_d`): D's frozen weights have no gradients to all-reduce
-        self.frozen_d = distributed.unwrap(discriminator) if frozen_d is None else frozen_d
         self.totals = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z))
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator | None = None) -> None:
@@ -80,9 +77,9 @@ class TrainingStep:
         self.scaler.step(self.opt_d)
         # 2) G learns to fool D, frozen meanwhile: G needs the gradient w.r.t. the images, not D's weights'
         self.discriminator.requires_grad_(False)
-        try:
+        try:  # D without its DDP wrapper: its frozen weights have no gradients to all-reduce
             with self.autocast():
-                loss_g = generator_loss(self.frozen_d(augment(fake)).flatten(), self.loss)
+                loss_g = generator_loss(distributed.unwrap(self.discriminator)(augment(fake)).flatten(), self.loss)
         finally:
             self.discriminator.requires_grad_(True)
         self.opt_g.zero_grad(set_to_none=True)
@@ -128,8 +125,8 @@ class CUDAGraphStep:
     """Runs a step eagerly for a few warm-up calls, then records it once as a CUDA graph and replays it: one launch
     instead of ~300 small kernels. Inputs are copied into fixed buffers: a graph reads the addresses it recorded."""
 
-    def __init__(self, step: Callable[..., None], warmup: int = 3):
-        self.step, self.warmup, self.graph = step, warmup, None
+    def __init__(self, step: Callable[..., None]):
+        self.step, self.warmup, self.graph = step, 3, None
 
     def __call__(self, real: torch.Tensor, z: torch.Tensor, gen: torch.Generator) -> None:
         if self.warmup > 0:  # eager steps on a side stream: cuDNN autotuning, allocations

@@ -1,6 +1,5 @@
-"""`train(config)`: notebook 03's loop around its step (utils/step.py), with the data on the GPU when it fits, no
-waits for the device and a checkpoint after every epoch, from which a resumed run ends exactly like an uninterrupted
-one: each epoch's randomness comes from (seed, epoch)."""
+"""`train(config)`: notebook 03's loop around its step (utils/step.py), the data on the GPU when it fits, a checkpoint
+after every epoch; a resumed run ends exactly like an uninterrupted one, each epoch's randomness from (seed, epoch)."""
 
 from __future__ import annotations
 
@@ -47,12 +46,12 @@ class DeviceData:
     def __init__(self, images: torch.Tensor, device: torch.device, config: TrainConfig, channels_last: bool,
                  log: Callable[[str], None] = print):
         self.device, self.batch_size, self.channels_last = device, config.batch_size, channels_last
-        fits = device.type == "cuda" and images.numel() < 0.4 * torch.cuda.mem_get_info(device)[0]
+        fits = device.type == "cuda" and images.nbytes < 0.4 * torch.cuda.mem_get_info(device)[0]
         if device.type != "cpu" and (config.data_on_device == "on" or config.data_on_device == "auto" and fits):
             self.images, where = images.to(device), f"on {device}"
         else:  # indexing makes each batch a new, unpinned tensor: pinning the source would copy it all for nothing
             self.images, where = images, "in host memory (memory-mapped cache)"
-        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {images.numel() / 2**20:,.0f} MiB, "
+        log(f"dataset: {len(images):,} images of {tuple(images.shape[1:])}, {images.nbytes / 2**20:,.0f} MiB, "
             f"kept {where}")
         self.rank, self.world = distributed.rank(), distributed.world_size()
         self.steps_per_epoch = len(images) // self.world // self.batch_size
@@ -64,11 +63,10 @@ class DeviceData:
         """This process's batches of one epoch, given the epoch's permutation and coin tosses for the flips."""
         start, used = self.rank * (len(order) // self.world), self.steps_per_epoch * self.batch_size
         order, flips = order[start:start + used], flips[start:start + used]  # this process's share, whole batches
-        if self.images.device == self.device:
-            order, flips = order.to(self.device), flips.to(self.device)
+        order, flips = order.to(self.images.device), flips.to(self.device)  # indices where the images are
         for index, flip in zip(order.split(self.batch_size), flips.split(self.batch_size)):
             x = self.images[index].to(self.device, non_blocking=True).float().div_(127.5).sub_(1)
-            x = torch.where(flip.to(self.device, non_blocking=True).view(-1, 1, 1, 1), x.flip(3), x)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             yield x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
@@ -76,9 +74,8 @@ def epoch_generators(seed: int, epoch: int, device: torch.device,
                      rank: int = 0) -> tuple[torch.Generator, torch.Generator]:
     """(CPU, device) random generators for one epoch from (seed, epoch, rank) only: the permutation is every process's,
     the noise and augmentations each one's own. Small offsets: the CPU generator keeps only a seed's low 32 bits."""
-    cpu = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    dev = torch.Generator(device=device).manual_seed(seed * 1_000_003 + epoch + 500_000 + rank * 1_000_000)
-    return cpu, dev
+    base = seed * 1_000_003 + epoch
+    return torch.Generator().manual_seed(base), torch.Generator(device).manual_seed(base + 500_000 + rank * 1_000_000)
 
 
 def train(config: TrainConfig, progress: bool = True, live_plot=None, images: torch.Tensor | None = None,
@@ -88,9 +85,8 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
     try:
         choice = choose_device(config, partial(time_training_steps, config))  # joins a distributed run's group
-        main = distributed.is_main()
         # a wrong or missing weights file, or a failed download, fails now: not after the first epoch, losing it
-        inception = load_inception(config.fid_weights) if config.fid_every and main else None
+        inception = load_inception(config.fid_weights) if config.fid_every and distributed.is_main() else None
         if generator is None or discriminator is None:
             check_network_size(config, choice.device)
         tag = network_tag(config, generator, discriminator)
@@ -100,7 +96,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
         if discriminator is None:
             discriminator = Discriminator(config.image_size, config.d_width, config.spectral_norm)
         networks = network_descriptions(generator, discriminator)
-        with Run.open(config, networks, tag, main=main, log=_log) as run:  # refuses what cannot continue
+        with Run.open(config, networks, tag, main=distributed.is_main(), log=_log) as run:  # refuses what cannot go on
             distributed.barrier()
             if run.state is not None:  # a resumed run keeps the precision and layout its epochs trained with
                 choice = choice.resumed(config, run.state.get("precision"))
@@ -112,7 +108,7 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
             memory = torch.channels_last if choice.channels_last else torch.preserve_format
             generator.to(choice.device, memory_format=memory)
             discriminator.to(choice.device, memory_format=memory)
-            check_networks(config, generator, discriminator, choice.device, _log)
+            check_networks(config, generator, discriminator, choice.device)
             state, start_epoch = _training_state(config, run, generator, discriminator, choice, networks)
             # the real images' statistics, computed or read from data_dir's cache: a damaged cache fails now
             fid = fid_for_config(config, images, choice.device, inception) \
@@ -160,33 +156,24 @@ def _training_state(config: TrainConfig, run: Run, generator: nn.Module, discrim
         for group in optimizer.param_groups:
             group.update(lr=lr, betas=(config.beta1, config.beta2))
     if world > 1:
-        _log(f"distributed: {world} processes x batch {config.batch_size} = effective batch "
-             f"{world * config.batch_size}; learning rates G {lr_g:.2e}, D {lr_d:.2e}" + (
-                 " (x sqrt(effective batch / 128))" if config.scale_lr else
-                 " (not scaled: pass scale_lr=True for x sqrt(effective batch / 128))"))
+        scaled = "" if config.scale_lr else "not scaled: pass scale_lr=True for "
+        _log(f"distributed: {world} processes x batch {config.batch_size} = effective batch {world * config.batch_size}"
+             f"; learning rates G {lr_g:.2e}, D {lr_d:.2e} ({scaled}x sqrt(effective batch / 128))")
     if start_epoch <= config.epochs and distributed.is_main():
         steps = state.history["steps"]
         run.record_settings(config, state.history, start_epoch, steps[-1]["step"] if steps else 0)
     return state, start_epoch
 
 
-def _training_step(config: TrainConfig, state: TrainingState, choice: DeviceChoice) -> TrainingStep:
-    """The step as trained: DDP wrappers, torch.compile, mixed precision, DiffAugment, D's targets."""
-    train_g = distributed.wrap(state.generator, choice.device, config.sync_batchnorm)
-    train_d = distributed.wrap(state.discriminator, choice.device, config.sync_batchnorm)
-    frozen_d = distributed.unwrap(train_d)
-    if config.compile:
-        train_g, train_d, frozen_d = torch.compile(train_g), torch.compile(train_d), torch.compile(frozen_d)
-    return TrainingStep(train_g, train_d, state.opt_g, state.opt_d, config.loss, config.real_label, config.fake_label,
-                        config.label_flip, amp=choice.amp, scaler=state.scaler, ema=state.ema,
-                        diffaugment=config.diffaugment, frozen_d=frozen_d, cuda_graphs=choice.cuda_graphs)
-
-
 def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: DeviceData, choice: DeviceChoice,
                   start_epoch: int, fid: FID | None, diagnosis: Diagnosis, live_plot, progress: bool) -> TrainResult:
     """Notebook 03's loop, the losses read every `log_every` steps (every step on a CPU, where reading is free)."""
     history, device, epoch, saved = state.history, choice.device, start_epoch, start_epoch - 1
-    step = _training_step(config, state, choice)
+    sample_from = state.ema.module if state.ema is not None else state.generator  # the grids, FID and the result
+    wrap = partial(distributed.wrap, device=device, sync_batchnorm=config.sync_batchnorm)  # DDP when distributed
+    step = TrainingStep(wrap(state.generator), wrap(state.discriminator), state.opt_g, state.opt_d, config.loss,
+                        config.real_label, config.fake_label, config.label_flip, amp=choice.amp, scaler=state.scaler,
+                        ema=state.ema, diffaugment=config.diffaugment, cuda_graphs=choice.cuda_graphs)
     run_step = CUDAGraphStep(step) if choice.cuda_graphs else step
     log_every = 1 if device.type == "cpu" else config.log_every
     budget_s = config.max_minutes * 60 - sum(e["seconds"] for e in history["epochs"])
@@ -213,8 +200,7 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                                     "lower lr_g/lr_d, try amp='off', or loss='hinge' with spectral_norm=True")
                 history["steps"].append({"epoch": epoch, "step": steps_before + index, **losses,
                                          "seconds": round(time.perf_counter() - started, 2)})
-                bar.set_postfix(loss_d=f"{losses['loss_d']:.3f}", loss_g=f"{losses['loss_g']:.3f}",
-                                d_x=f"{losses['d_real']:.2f}", d_g_z=f"{losses['d_fake']:.2f}", refresh=False)
+                bar.set_postfix(losses, refresh=False)  # the names history.json uses
                 if live_plot is not None:
                     live_plot.update(history)
                 if config.max_minutes and distributed.agree(time.perf_counter() - started > budget_s):
@@ -226,7 +212,7 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
                 index * config.batch_size * batches.world / seconds, 1)})
             if index < batches.steps_per_epoch:  # cut short by max_minutes
                 history["epochs"][-1]["steps"] = index
-            grid = _end_epoch(config, run, state, step, fid, diagnosis) if distributed.is_main() else None
+            grid = _end_epoch(config, run, state, step, sample_from, fid, diagnosis) if distributed.is_main() else None
             saved = epoch
             if live_plot is not None:
                 title = ", ".join([f"epoch {epoch}", *history["epochs"][-1].get("diagnosis", {})])
@@ -238,15 +224,13 @@ def _train_epochs(config: TrainConfig, run: Run, state: TrainingState, batches: 
         where = f" in {run.dir / CHECKPOINT}" if saved else ""
         again = "; the cells below did not run: re-run this cell" if in_notebook() else ". Run the same again"
         raise Interrupted(f"training stopped {when}: {what}{where}{again} to resume from epoch {saved + 1}") from None
-    sample_from = state.ema.module if state.ema is not None else state.generator
     return TrainResult(sample_from, state.discriminator, history, run.dir, saved)
 
 
-def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: TrainingStep, fid: FID | None,
-               diagnosis: Diagnosis) -> np.ndarray:
+def _end_epoch(config: TrainConfig, run: Run, state: TrainingState, step: TrainingStep, generator: nn.Module,
+               fid: FID | None, diagnosis: Diagnosis) -> np.ndarray:
     """On the main process after each epoch: the grid, the FID when due, the epoch's line, the diagnosis, the save."""
     history, epoch = state.history, state.history["epochs"][-1]["epoch"]
-    generator = state.ema.module if state.ema is not None else state.generator
     noise = state.fixed_noise.to(next(generator.parameters()).device)
     with torch.no_grad(), step.autocast():
         grid = image_grid(generator(noise).float()).permute(1, 2, 0).numpy()
