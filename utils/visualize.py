@@ -20,18 +20,12 @@ from utils.errors import UserError
 from utils.files import MAKER, atomic_path, output_file
 from utils.models import to_uint8
 
-MIN_WIDTH = 512  # a grid animated or shown narrower than this is enlarged: a 16 px run is not a thumbnail
-
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps. Floats are read as G's [-1, 1]
     (not stretched to their own range), so a grid's brightness means the same in every epoch."""
     images = images.detach().cpu()
     return torchvision.utils.make_grid(images if images.dtype == torch.uint8 else to_uint8(images), nrow, padding=2)
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    return write_png(image_grid(images, nrow).permute(1, 2, 0).numpy(), path)
 
 
 def write_png(image: np.ndarray, path: str | Path) -> Path:
@@ -56,8 +50,8 @@ def read_grid(path: Path) -> np.ndarray:
 
 
 def enlarged(image: np.ndarray) -> np.ndarray:
-    """`image` (H, W, 3) enlarged by the smallest whole factor that makes it MIN_WIDTH wide, in sharp squares."""
-    scale = math.ceil(MIN_WIDTH / image.shape[1])
+    """`image` (H, W, 3) enlarged by the smallest whole factor to 512 px wide (not a thumbnail), in sharp squares."""
+    scale = math.ceil(512 / image.shape[1])
     return image.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else image
 
 
@@ -88,6 +82,8 @@ def plot_history(history: dict, fig=None):
     scored = [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
     axes = fig.subplots(1, 3 if scored else 2, squeeze=False)[0]
     losses, verdicts = axes[:2]
+    verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
+    verdicts.set_ylim(0, 1)
     curves = ((losses, {"loss_d": "D loss", "loss_g": "G loss"}, "loss"),
               (verdicts, {"d_real": "D(x): real", "d_fake": "D(G(z)): fake"}, "probability 'real'"))
     for ax, labels, ylabel in curves:
@@ -95,13 +91,10 @@ def plot_history(history: dict, fig=None):
             ax.plot([s["step"] for s in steps], [s[key] for s in steps], label=label, **dots)
         ax.set(xlim=(0, None), xlabel="step", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
     if not steps:  # nothing measured yet: no made-up scale
         losses.set(xticks=[], yticks=[])
         verdicts.set_xticks([])
-    verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
-    verdicts.set_ylim(0, 1)
-    losses.legend()
-    verdicts.legend()
     changes: dict[int, list[str]] = {}  # step -> the settings changed there as the run continued
     for change in history.get("changes", []):
         changes.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
