@@ -17,12 +17,10 @@ from utils.errors import run_cli
 from utils.files import MAKER_BYTES, atomic_path, output_file
 from utils.generate import Faces, load_faces
 
-META = "meta.json"
-
 
 def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") -> Path:
     """Write the run's generator as TorchScript to `out`, with its latent_dim and image_size as attributes and
-    where it came from in META; returns `out`."""
+    where it came from in meta.json; returns `out`."""
     out = output_file(out, "out (--out)")
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     generator = copy.deepcopy(faces.generator).cpu()   # loads on any machine; `faces` keeps its own device
@@ -32,12 +30,11 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") 
     with warnings.catch_warnings(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
         torch.jit.save(torch.jit.script(generator), str(tmp),
-                       _extra_files={META: json.dumps(meta, indent=1), "software": MAKER_BYTES})
+                       _extra_files={"meta.json": json.dumps(meta, indent=1), "software": MAKER_BYTES})
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError prints one line."""
     parser = argparse.ArgumentParser(prog="python -m utils.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", default="generator.pt", help="TorchScript file to write (default: generator.pt)")
