@@ -40,8 +40,7 @@ class _Run:
 
 
 def list_runs(root: str | Path = "generated", image_size: int | None = None, last: int | None = None) -> list[Path]:
-    """The run folders under `root`, least recently trained first: of `image_size` (and those whose size cannot be
-    read, for compare to say so), the `last` trained last."""
+    """The run folders under `root` of `image_size` (or unreadable), least recently trained first, the `last` newest."""
     if last is not None and last < 1:
         raise UserError(f"last={last}: choose how many of the runs trained last to show (1 or more)")
     runs = [path for path in Path(root).iterdir() if is_run_folder(path)] if Path(root).is_dir() else []

@@ -86,8 +86,7 @@ def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
 
 def rank_by_discriminator(generator: nn.Module, discriminator: nn.Module, num_samples: int = 512,
                           seed: int = 0) -> tuple[Tensor, Tensor]:
-    """`num_samples` generated images sorted by D's logit on exactly those pixels, most "real" first: (uint8 images,
-    scores). The lowest show what G still gets wrong."""
+    """(uint8 images, D's logits) of `num_samples` samples, most "real" first: the last show what G still gets wrong."""
     images = sample_images(generator, num_samples, seed)
     device = next(discriminator.parameters()).device
     with sampling(discriminator):

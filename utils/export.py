@@ -19,8 +19,7 @@ from utils.generate import Faces, load_faces
 
 
 def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") -> Path:
-    """Write the run's generator as TorchScript to `out`, with its latent_dim and image_size as attributes and
-    where it came from in meta.json; returns `out`."""
+    """Write the run's generator as TorchScript to `out`, latent_dim and image_size attributes, origin in meta.json."""
     out = output_file(out, "out (--out)")
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     generator = copy.deepcopy(faces.generator).cpu()   # loads on any machine; `faces` keeps its own device

@@ -90,7 +90,6 @@ def plot_history(history: dict, fig=None):
         for key, label in labels.items():
             ax.plot([s["step"] for s in steps], [s[key] for s in steps], label=label, **dots)
         ax.set(xlim=(0, None), xlabel="step", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     if not steps:  # nothing measured yet: no made-up scale
         losses.set(xticks=[], yticks=[])
@@ -111,19 +110,17 @@ def plot_history(history: dict, fig=None):
             ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
         verdicts.annotate(problem, (first, 0), xycoords=("data", "axes fraction"), xytext=(2, 3 + 11 * row),
                           textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
-    losses.set_title("Losses", pad=pad)
-    verdicts.set_title("Discriminator's verdict", pad=pad)
     if scored:
         axes[2].plot([e["epoch"] for e in scored], [e["fid"] for e in scored], marker="o")
         axes[2].set(xlabel="epoch", ylabel="FID")
-        axes[2].set_title("FID (lower is better)", pad=pad)
-        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, title in zip(axes, ("Losses", "Discriminator's verdict", "FID (lower is better)")):
+        ax.set_title(title, pad=pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
 def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
-    """(first step, last step, problem) of each unbroken stretch of epochs in which the diagnosis saw a problem,
-    from the end of the epoch before it."""
+    """(first step, last step, problem) of each stretch of epochs with a problem, from the previous epoch's end."""
     # each epoch's last logged step (the hand loop of notebook 03 logs steps without epochs)
     ends = {record["epoch"]: record["step"] for record in history.get("steps", []) if "epoch" in record}
     going, marks = {}, []  # going: problem -> (first step, last step) of a stretch that may go on
