@@ -24,12 +24,10 @@ def export_generator(run: Faces | str | Path, out: str | Path = "generator.pt") 
     faces = run if isinstance(run, Faces) else load_faces(run, "cpu")
     generator = copy.deepcopy(faces.generator).cpu()   # loads on any machine; `faces` keeps its own device
     generator.latent_dim, generator.image_size = faces.latent_dim, faces.image_size
-    meta = {"latent_dim": faces.latent_dim, "image_size": faces.image_size, "run": str(faces.run_dir),
-            "epoch": faces.epoch, "seed": faces.seed}
+    meta = json.dumps({"run": str(faces.run_dir), "epoch": faces.epoch, "seed": faces.seed}, indent=1)
     with warnings.catch_warnings(), atomic_path(out) as tmp:
         warnings.simplefilter("ignore")  # TorchScript is deprecated for torch.export, yet loads in any PyTorch 1.x+
-        torch.jit.save(torch.jit.script(generator), str(tmp),
-                       _extra_files={"meta.json": json.dumps(meta, indent=1), "software": MAKER_BYTES})
+        torch.jit.save(torch.jit.script(generator), str(tmp), _extra_files={"meta.json": meta, "software": MAKER_BYTES})
     return out
 
 
