@@ -77,15 +77,11 @@ class Display:
     """Stands in for IPython.display.display: records what would be shown, then redrawn in place."""
 
     def __init__(self):
-        self.shown, self.updates = [], []
+        self.shown, self.updates, self.ids = [], [], set()
 
-    def __call__(self, picture, display_id=False):
-        assert display_id is True  # needed to redraw the same output
-        self.shown.append(picture)
-        return self
-
-    def update(self, picture):
-        self.updates.append(picture)
+    def __call__(self, picture, display_id=None, update=False):
+        self.ids.add(display_id)   # one output, redrawn in place
+        (self.updates if update else self.shown).append(picture)
 
 
 @pytest.fixture
@@ -108,6 +104,7 @@ def test_live_plot_redraws_one_output_at_most_every_n_seconds_keeping_the_last_g
     assert len(display.shown) == 1 and not display.updates  # within every_seconds: skipped
     live.update(history(6), force=True)  # mid-epoch: no grid passed, the last one stays
     assert len(display.updates) == 1 and display.updates[0].data.startswith(b"\x89PNG")
+    assert len(display.ids) == 1 and None not in display.ids  # one output, redrawn in place
     assert live.figure(history(6)).axes[-1].images and not LivePlot().figure(history()).axes[-1].images
     assert plt.get_fignums() == open_figures  # nothing left open in pyplot
 
@@ -161,6 +158,6 @@ def test_a_cpu_run_shows_a_point_per_step_and_a_resumed_run_keeps_its_earlier_ep
     assert [points for _, points in first.seen] == list(range(0, 6 + 1)) + [6]  # drawn before the first step
     assert resumed.seen[0] == (1, 6)  # before its first step: epoch 1's six steps, from the checkpoint
     assert [points for _, points in resumed.seen[1:7]] == list(range(7, 12 + 1)) and resumed.seen[-1] == (2, 12)
-    assert len(display.shown) == 2  # one output per run, redrawn in place
+    assert len(display.shown) == len(display.ids) == 2  # an output per run, redrawn in place
     whole_run = plot_history(result.history, Figure())
     assert list(whole_run.axes[0].lines[0].get_xdata()) == list(range(1, 12 + 1))

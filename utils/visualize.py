@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -155,7 +156,7 @@ class LivePlot:
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
         self.every_seconds, self.max_share = every_seconds, max_share
         self._enabled = in_notebook()
-        self._handle = None  # the IPython DisplayHandle redrawn in place
+        self._id = uuid.uuid4().hex  # of the one notebook output, redrawn in place
         self._last_draw, self._draw_seconds = -math.inf, 0.0
         self._grid, self._title = None, ""  # the last epoch's grid (uint8, H x W x 3) and its title
 
@@ -172,12 +173,9 @@ class LivePlot:
         buffer = io.BytesIO()
         self.figure(history).savefig(buffer, format="png", dpi=80)
         picture = display.Image(data=buffer.getvalue(), format="png")
+        display.display(picture, display_id=self._id, update=self._last_draw > -math.inf)
         self._last_draw = time.monotonic()
         self._draw_seconds = self._last_draw - now
-        if self._handle is None:
-            self._handle = display.display(picture, display_id=True)
-        else:
-            self._handle.update(picture)
 
     def figure(self, history: dict) -> Figure:
         """The picture as it would be drawn now."""
