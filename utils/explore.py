@@ -50,8 +50,7 @@ def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: in
     """Frames (uint8 (H, W, 3), 512+ px wide) of 8 walks in 2 rows, each slerping `steps` frames a leg through
     `num_keyframes` random latents and back; in one batch, so BatchNorm's statistics make nothing flicker."""
     if num_keyframes < 2 or steps < 1:
-        raise UserError(f"num_keyframes must be >= 2 (a walk moves between two latents) and steps >= 1; got "
-                        f"{num_keyframes} and {steps}")
+        raise UserError(f"num_keyframes must be >= 2 and steps >= 1 for a walk; got {num_keyframes} and {steps}")
     keyframes = latents(num_keyframes * 8, generator.latent_dim, seed).view(num_keyframes, 8, -1, 1, 1)
     path = torch.stack([slerp(keyframes[k], keyframes[(k + 1) % num_keyframes], step / steps)
                         for k in range(num_keyframes) for step in range(steps)])  # (frames, paths, latent_dim, 1, 1)

@@ -41,8 +41,7 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     return Path(out)
 
 
-def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200,
-             hold_last_ms: int = 2000) -> Path:
+def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000) -> Path:
     """Animate RUN_DIR/samples/epoch_*.png, labelled "epoch N" and small grids enlarged with sharp pixels, into
     RUN_DIR/training.gif or `out`: at most MAX_FRAMES grids, evenly spread. A refusal leaves no file."""
     run_dir = Path(run_dir)

@@ -135,9 +135,8 @@ def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
 
 def save_history_plot(history: dict, path: str | Path) -> Path:
     """Save `plot_history(history)` as a PNG, e.g. RUN_DIR/history.png."""
-    output_file(path, "path")
     fig = plot_history(history, Figure(figsize=_figsize(history), layout="constrained"))
-    with atomic_path(path) as tmp:
+    with atomic_path(output_file(path, "path")) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": MAKER})
     return Path(path)
 
@@ -155,7 +154,6 @@ class LivePlot:
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
         self.every_seconds, self.max_share = every_seconds, max_share
-        self._enabled = in_notebook()
         self._id = uuid.uuid4().hex  # of the one notebook output, redrawn in place
         self._last_draw, self._draw_seconds = -math.inf, 0.0
         self._grid, self._title = None, ""  # the last epoch's grid (uint8, H x W x 3) and its title
@@ -166,7 +164,7 @@ class LivePlot:
             self._grid, self._title = grid, title
         now = time.monotonic()
         wait = max(self.every_seconds, self._draw_seconds * (1 / self.max_share - 1))
-        if not self._enabled or (not force and now - self._last_draw < wait):
+        if (not force and now - self._last_draw < wait) or not in_notebook():
             return
         from IPython import display
 
