@@ -11,19 +11,26 @@ from utils.errors import UserError
 from utils import gif
 from utils.gif import main, make_gif, show_gif, write_gif
 from utils.run import frame_path
-from utils.visualize import save_grid
+from utils.visualize import image_grid, write_png
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = 2 * (16 + 2) + 2  # four 16x16 images, two per row
-SCALE = 14  # the whole factor that makes a 38 px grid at least 512 px wide (utils.visualize.MIN_WIDTH)
+SCALE = 14  # the whole factor that makes a 38 px grid at least 512 px wide (utils.visualize.enlarged)
 WIDE = GRID * SCALE
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 2) -> np.ndarray:
+    """Write `images` as training writes a sample grid; returns the grid's pixels."""
+    grid = image_grid(images, nrow).permute(1, 2, 0).numpy()
+    write_png(grid, path)
+    return grid
 
 
 def write_run(run_dir: Path, epochs: int, gray: bool = True) -> None:
     """A run folder with one 2x2 grid per epoch; `gray`: epoch e is a uniform gray that brightens with e."""
     for epoch in range(1, epochs + 1):
-        save_grid(torch.full((4, 3, 16, 16), -1 + 2 * epoch / (epochs + 1) if gray else 0.0),
-                  frame_path(run_dir, epoch), nrow=2)
+        gray_level = -1 + 2 * epoch / (epochs + 1) if gray else 0.0
+        save_grid(torch.full((4, 3, 16, 16), gray_level), frame_path(run_dir, epoch))
 
 
 def read_gif(path: Path) -> tuple[list[np.ndarray], list[int], int]:
@@ -71,7 +78,7 @@ def test_make_gif_labels_each_frame_with_its_epoch_and_writes_where_asked(tmp_pa
 
 def test_small_grids_are_enlarged_by_a_whole_factor_with_sharp_pixels(tmp_path):
     few_colours = torch.randint(0, 4, (4, 3, 16, 16)) / 3 * 2 - 1   # 64 colours: a GIF keeps each one exactly
-    grid = np.asarray(Image.open(save_grid(few_colours, frame_path(tmp_path, 1), nrow=2)).convert("RGB"))
+    grid = save_grid(few_colours, frame_path(tmp_path, 1))
     enlarged = read_gif(make_gif(tmp_path))[0][0][-WIDE:]   # below the label strip
     assert enlarged.shape == (WIDE, WIDE, 3) and WIDE >= 512 > WIDE - GRID
     assert np.array_equal(enlarged, grid.repeat(SCALE, axis=0).repeat(SCALE, axis=1))   # pixel for pixel, sharp
@@ -85,8 +92,7 @@ def test_small_grids_are_enlarged_by_a_whole_factor_with_sharp_pixels(tmp_path):
 def test_the_memory_of_a_gif_does_not_grow_with_the_epochs(tmp_path):
     """4x the epochs costs no more memory: frames are encoded as read, at most MAX_FRAMES of them (20 here). One
     subprocess makes both GIFs; its peak rises in the second only by what that needs beyond the first."""
-    grid = np.asarray(Image.open(save_grid(torch.rand(4, 3, 16, 16) * 2 - 1, frame_path(tmp_path / "short", 1),
-                                           nrow=2)).convert("RGB"))
+    grid = save_grid(torch.rand(4, 3, 16, 16) * 2 - 1, frame_path(tmp_path / "short", 1))
     for run, epochs in (("short", 40), ("long", 160)):
         for epoch in range(1, epochs + 1):
             path = frame_path(tmp_path / run, epoch)
@@ -120,7 +126,7 @@ def test_a_bad_grid_is_refused_in_one_line_naming_it_and_nothing_is_written(tmp_
     elif case.startswith("announces"):
         Image.new("1", (int(case.split()[1]),) * 2).save(grid)   # a small file announcing a huge image
     else:
-        save_grid(torch.zeros(4, 3, 8, 8), grid, nrow=2)
+        save_grid(torch.zeros(4, 3, 8, 8), grid)
     with pytest.raises(UserError, match=message):
         make_gif(tmp_path)
     assert [path.name for path in tmp_path.iterdir()] == ["samples"]  # no GIF, no temporary file

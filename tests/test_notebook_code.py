@@ -27,7 +27,7 @@ from utils.metrics import frechet_distance
 from utils.models import Discriminator, Generator, count_parameters, layer_table
 from utils.run import frame_path
 from utils.step import TrainingStep
-from utils.visualize import save_grid
+from utils.visualize import image_grid, write_png
 
 from test_gif import read_gif  # what a GIF viewer plays, read as the GIF tests read it
 
@@ -193,7 +193,8 @@ def test_notebook_04_gif_by_hand_is_make_gif(tmp_path, image_size, faces, epochs
     enough as they are (530 px), and on a run of one epoch: the same frames, durations and loop as make_gif."""
     random = torch.Generator().manual_seed(image_size + len(epochs))
     for epoch in epochs:   # every epoch its own faces, so a frame out of order or missing shows
-        save_grid(torch.rand(faces, 3, image_size, image_size, generator=random) * 2 - 1, frame_path(tmp_path, epoch))
+        images = torch.rand(faces, 3, image_size, image_size, generator=random) * 2 - 1
+        write_png(image_grid(images).permute(1, 2, 0).numpy(), frame_path(tmp_path, epoch))
     cells = run_cells("04_gif", "gif", run_dir=tmp_path, frame_ms=120, hold_last_ms=900)
     hand = read_gif(cells["hand_gif"])
     package = read_gif(make_gif(tmp_path, frame_ms=120, hold_last_ms=900))

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
 from utils.config import TrainConfig
 from utils.choose import choose_run
@@ -22,7 +22,7 @@ from utils.generate import generate, load_faces, morph
 from utils.gif import make_gif
 from utils.run import Run, read_checkpoint, read_history_file
 from utils.urls import redact
-from utils.visualize import save_grid
+from utils.visualize import write_png
 
 from test_run import REPO, one_line_error
 
@@ -103,7 +103,7 @@ def test_train_refuses_a_run_folder_inside_another_runs_samples_or_files(run_dir
 
 def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp_path):
     run_dir = tmp_path / "run"
-    save_grid(torch.zeros(1, 3, 4, 4), run_dir / "samples" / "epoch_001.png")   # a run without its checkpoint
+    write_png(np.zeros((4, 4, 3), np.uint8), run_dir / "samples" / "epoch_001.png")   # a run without its checkpoint
     (run_dir / HISTORY).write_text('{"steps": [], "epochs": []}')
     for number in (1, 3):
         (run_dir / f"earlier-{number}").mkdir()

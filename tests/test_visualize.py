@@ -10,7 +10,7 @@ from PIL import Image
 from utils import visualize
 from utils.config import TrainConfig
 from utils.training import train
-from utils.visualize import LivePlot, image_grid, plot_history, save_grid, save_history_plot, write_png
+from utils.visualize import LivePlot, image_grid, plot_history, save_history_plot, write_png
 
 
 def history(num_steps: int = 4, fid_epochs: tuple[int, ...] = (), changes=()) -> dict:
@@ -32,14 +32,12 @@ def test_image_grid_maps_the_fixed_range_minus_one_to_one_and_tiles_uint8_as_it_
 
 
 def test_a_grid_is_written_whole_or_not_at_all(tmp_path):
-    images = torch.rand(64, 3, 16, 16) * 2 - 1
-    path = save_grid(images, tmp_path / "a" / "grid.png")
-    with Image.open(path) as png:
-        assert png.size == (146, 146)
-        assert np.array_equal(np.asarray(png.convert("RGB")), image_grid(images).permute(1, 2, 0).numpy())
+    grid = image_grid(torch.rand(64, 3, 16, 16) * 2 - 1).permute(1, 2, 0).numpy()
+    path = write_png(grid, tmp_path / "a" / "grid.png")
     with pytest.raises(TypeError):  # an image PIL cannot encode fails half way
         write_png(np.zeros((4, 4, 3), dtype=complex), path)
-    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), image_grid(images).permute(1, 2, 0).numpy())
+    with Image.open(path) as png:
+        assert png.size == (146, 146) and np.array_equal(np.asarray(png.convert("RGB")), grid)
     assert [p.name for p in path.parent.iterdir()] == ["grid.png"]
 
 
@@ -47,11 +45,11 @@ def test_plot_history_draws_losses_and_verdicts_then_fid_when_measured(tmp_path)
     losses, verdicts = plot_history(history(), Figure()).axes
     assert list(losses.lines[0].get_xdata()) == [50, 100, 150, 200]
     assert list(losses.lines[0].get_ydata()) == [1.0, 2.0, 3.0, 4.0]
-    assert 0.5 in verdicts.lines[-1].get_ydata()  # the "can't tell" line
+    assert 0.5 in verdicts.lines[0].get_ydata()  # the "can't tell" line
     fid = plot_history(history(fid_epochs=(1, 3)), Figure()).axes[2]
     assert list(fid.lines[0].get_xdata()) == [1, 3] and list(fid.lines[0].get_ydata()) == [200.0, 200.0 / 3]
     for empty in ({}, {"steps": [], "epochs": []}):
-        assert [len(ax.lines[0].get_xdata()) for ax in plot_history(empty, Figure()).axes] == [0, 0]
+        assert [len(ax.lines[-1].get_xdata()) for ax in plot_history(empty, Figure()).axes] == [0, 0]
 
     path = save_history_plot(history(fid_epochs=(2,)), tmp_path / "history.png")
     with Image.open(path) as png:
@@ -79,15 +77,11 @@ class Display:
     """Stands in for IPython.display.display: records what would be shown, then redrawn in place."""
 
     def __init__(self):
-        self.shown, self.updates = [], []
+        self.shown, self.updates, self.ids = [], [], set()
 
-    def __call__(self, picture, display_id=False):
-        assert display_id is True  # needed to redraw the same output
-        self.shown.append(picture)
-        return self
-
-    def update(self, picture):
-        self.updates.append(picture)
+    def __call__(self, picture, display_id=None, update=False):
+        self.ids.add(display_id)   # one output, redrawn in place
+        (self.updates if update else self.shown).append(picture)
 
 
 @pytest.fixture
@@ -110,6 +104,7 @@ def test_live_plot_redraws_one_output_at_most_every_n_seconds_keeping_the_last_g
     assert len(display.shown) == 1 and not display.updates  # within every_seconds: skipped
     live.update(history(6), force=True)  # mid-epoch: no grid passed, the last one stays
     assert len(display.updates) == 1 and display.updates[0].data.startswith(b"\x89PNG")
+    assert len(display.ids) == 1 and None not in display.ids  # one output, redrawn in place
     assert live.figure(history(6)).axes[-1].images and not LivePlot().figure(history()).axes[-1].images
     assert plt.get_fignums() == open_figures  # nothing left open in pyplot
 
@@ -163,6 +158,6 @@ def test_a_cpu_run_shows_a_point_per_step_and_a_resumed_run_keeps_its_earlier_ep
     assert [points for _, points in first.seen] == list(range(0, 6 + 1)) + [6]  # drawn before the first step
     assert resumed.seen[0] == (1, 6)  # before its first step: epoch 1's six steps, from the checkpoint
     assert [points for _, points in resumed.seen[1:7]] == list(range(7, 12 + 1)) and resumed.seen[-1] == (2, 12)
-    assert len(display.shown) == 2  # one output per run, redrawn in place
+    assert len(display.shown) == len(display.ids) == 2  # an output per run, redrawn in place
     whole_run = plot_history(result.history, Figure())
     assert list(whole_run.axes[0].lines[0].get_xdata()) == list(range(1, 12 + 1))

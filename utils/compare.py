@@ -39,8 +39,7 @@ class _Run:
 
 
 def list_runs(root: str | Path = "generated", image_size: int | None = None, last: int | None = None) -> list[Path]:
-    """The run folders under `root`, least recently trained first: of `image_size` (and those whose size cannot be
-    read, for compare to say so), the `last` trained last."""
+    """The run folders under `root` of `image_size` (or unreadable), least recently trained first, the `last` newest."""
     if last is not None and last < 1:
         raise UserError(f"last={last}: choose how many of the runs trained last to show (1 or more)")
     runs = [path for path in Path(root).iterdir() if is_run_folder(path)] if Path(root).is_dir() else []
@@ -72,10 +71,9 @@ def read_runs(run_dirs: list[str | Path]) -> list[_Run]:
             run.problems.append(f"{error}; it is shown as unreadable")
             continue
         try:  # your own networks' class names, as the checkpoint records them (memory-mapped: only those are read)
-            state = load_data(run.dir / CHECKPOINT, "checkpoint", UserError, "", mmap=True)
-        except UserError:
-            state = {}
-        described = state.get("networks", {}) if isinstance(state, dict) else {}
+            described = load_data(run.dir / CHECKPOINT, "checkpoint", UserError, "", mmap=True).get("networks", {})
+        except (UserError, AttributeError):   # no checkpoint, or not a dict
+            described = {}
         for short, role, builtin in (("G", "generator", "Generator"), ("D", "discriminator", "Discriminator")):
             name = str(described.get(role, builtin)).split(" ", 1)[0]  # "LeakyGenerator (N parameters, #hash)"
             run.networks[short] = "built-in" if name == builtin else name
@@ -116,8 +114,7 @@ def _table(runs: list[_Run], fid: dict | None) -> str:
     given = {Path(run_dir): score for run_dir, score in (fid or {}).items()}
     lines = ["| # | FID | epochs | what differs | D / G loss | D(x) / D(G(z)) | seen |", "|---" * 7 + "|"]
     for number, (run, label) in enumerate(zip(runs, _labels(runs)), 1):
-        scored = [epoch["fid"] for epoch in run.epochs if epoch.get("fid") is not None]
-        score = given.get(run.dir, scored[-1] if scored else None)
+        score = given.get(run.dir, next((e["fid"] for e in reversed(run.epochs) if e.get("fid") is not None), None))
         target = run.config.epochs if run.config else len(run.epochs)
         done = "unreadable" if run.problems and not run.epochs else \
             str(len(run.epochs)) + (f" of {target}" if target != len(run.epochs) else "")
@@ -182,8 +179,7 @@ def _draw_curves(panels, curves: list[dict], twins: list[list[int]]) -> None:
         panels[2].plot(x, curve["d_fake"], **style | dict(linestyle="--", linewidth=0.8))
     for ax, key, title in zip(panels, ("loss_d", "loss_g", "d_real"),
                               ("D loss", "G loss", "D(x) solid, D(G(z)) dashed")):  # verdicts, in [0, 1], never go off
-        # far above the others: a 95th percentile over 5 times (plus 1) the lower median of the runs' 95th
-        # percentiles (G loss 2,000 beside runs at 1-5 is; a run at 8 beside runs at 2 is not)
+        # off the scale: a 95th percentile over 5x (+1) the runs' median one (G loss 2,000 beside 1-5; not 8 beside 2)
         highs = {i: float(np.percentile(curve[key], 95)) for i, curve in enumerate(curves) if curve[key]}
         reference = sorted(highs.values())[(len(highs) - 1) // 2] if len(highs) > 1 else math.inf
         outliers = [i for i, high in highs.items() if high > 5 * reference + 1]
@@ -214,9 +210,8 @@ def epoch_positions(steps: list[dict]) -> list[float]:
 
 def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = None, *, root: str | Path = "generated",
                  image_size: int | None = None, last: int | None = None) -> Figure:
-    """Show the table and the figure of the runs in a notebook (print the table elsewhere); return the figure. The
-    runs are `run_dirs` in that order, else the `last` trained under `root` of `image_size` (see `list_runs`); the
-    last 12 are drawn. `fid` ({run_dir: score}) overrides the FID a history holds."""
+    """Show the table and figure of `run_dirs`, else of `list_runs(root, image_size, last)`, the last 12 drawn (print
+    the table outside a notebook); returns the figure. `fid` ({run_dir: score}) overrides the histories' FID."""
     given = run_dirs is not None
     run_dirs = [Path(run_dir) for run_dir in run_dirs] if given else list_runs(root, image_size, last)
     refused = [f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})" if path.exists() else

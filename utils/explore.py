@@ -24,10 +24,10 @@ def decode(generator: nn.Module, z: Tensor, batch_size: int = 256) -> Tensor:
         return torch.cat([to_uint8(generator(chunk.to(device))).cpu() for chunk in z.split(batch_size)])
 
 
-def sample_images(generator: nn.Module, num_samples: int, seed: int = 0, batch_size: int = 256) -> Tensor:
+def sample_images(generator: nn.Module, num_samples: int, seed: int = 0) -> Tensor:
     """`num_samples` generated images of the latents of `seed`, as uint8 (N, 3, S, S) on the CPU."""
     with sampling(generator):
-        return decode(generator, latents(num_samples, generator.latent_dim, seed), batch_size)
+        return decode(generator, latents(num_samples, generator.latent_dim, seed))
 
 
 def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
@@ -47,12 +47,10 @@ def slerp(z0: Tensor, z1: Tensor, t: float) -> Tensor:
 
 def interpolation_frames(generator: nn.Module, num_keyframes: int = 5, steps: int = 16,
                          seed: int = 0) -> list[np.ndarray]:
-    """Frames of 8 latent walks in 2 rows, uint8 (H, W, 3) at least 512 pixels wide: each slerps through
-    `num_keyframes` random latents, `steps` frames a leg, back to the first (the last frame repeats it). All frames
-    are one batch: they share BatchNorm's batch statistics, so nothing flickers."""
+    """Frames (uint8 (H, W, 3), 512+ px wide) of 8 walks in 2 rows, each slerping `steps` frames a leg through
+    `num_keyframes` random latents and back; in one batch, so BatchNorm's statistics make nothing flicker."""
     if num_keyframes < 2 or steps < 1:
-        raise UserError(f"num_keyframes must be >= 2 (a walk moves between two latents) and steps >= 1; got "
-                        f"{num_keyframes} and {steps}")
+        raise UserError(f"num_keyframes must be >= 2 and steps >= 1 for a walk; got {num_keyframes} and {steps}")
     keyframes = latents(num_keyframes * 8, generator.latent_dim, seed).view(num_keyframes, 8, -1, 1, 1)
     path = torch.stack([slerp(keyframes[k], keyframes[(k + 1) % num_keyframes], step / steps)
                         for k in range(num_keyframes) for step in range(steps)])  # (frames, paths, latent_dim, 1, 1)
@@ -85,14 +83,13 @@ def nearest_neighbours(fakes_uint8: Tensor, reals_uint8: Tensor, k: int = 1,
     return candidates.gather(1, order), distances.float()
 
 
-def rank_by_discriminator(generator: nn.Module, discriminator: nn.Module, num_samples: int = 512, seed: int = 0,
-                          batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """`num_samples` generated images sorted by D's logit on exactly those pixels, most "real" first: (uint8 images,
-    scores). The lowest show what G still gets wrong."""
-    images = sample_images(generator, num_samples, seed, batch_size)
+def rank_by_discriminator(generator: nn.Module, discriminator: nn.Module, num_samples: int = 512,
+                          seed: int = 0) -> tuple[Tensor, Tensor]:
+    """(uint8 images, D's logits) of `num_samples` samples, most "real" first: the last show what G still gets wrong."""
+    images = sample_images(generator, num_samples, seed)
     device = next(discriminator.parameters()).device
     with sampling(discriminator):
         scores = torch.cat([discriminator(chunk.to(device).float().div(127.5).sub(1)).float().cpu()
-                            for chunk in images.split(batch_size)])
+                            for chunk in images.split(256)])
     scores, order = scores.sort(descending=True)
     return images[order], scores

@@ -32,7 +32,6 @@ from utils.visualize import enlarged, image_grid, in_notebook, read_grid, write_
 
 BLOCK = 64  # latents are drawn this many at a time: face i of a seed does not depend on how many are drawn
 MAX_FACES = 100_000        # faces of one set (--n, the NNNN of a face name): far past what FID needs
-MAX_SIZE = 2048            # pixels per face (--size)
 MAX_MORPH_PIXELS = 2**28   # frames x pixels of a morph: what the GIF encoder holds (1 byte a pixel) stays bounded
 FACE_NAME = re.compile(r"seed(\d+)_(\d+)\.png")
 
@@ -129,7 +128,7 @@ def check_inputs(n: int | None = None, size: int | None = None, seed: int | None
     most_steps = max(1, MAX_MORPH_PIXELS // ((faces or 2) * (size or 1) ** 2))
     for name, value, low, high, unit in (
             ("n", n, 1, MAX_FACES, " faces"), ("seed", seed, 0, MAX_SEED, ""), ("morph", faces, 2, MAX_FACES, " faces"),
-            ("size", size, smallest, MAX_SIZE, " pixels (faces are enlarged with sharp pixels, never shrunk)"),
+            ("size", size, smallest, 2048, " pixels (faces are enlarged with sharp pixels, never shrunk)"),
             ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
                                             f"{MAX_MORPH_PIXELS:,} pixels in all)")):
         if value is not None and not low <= value <= high:
@@ -166,7 +165,6 @@ def morph(faces: Faces | str | Path, chosen: list[str | int], out: str | Path, s
           device: str = "auto") -> Path:
     """Write a looping GIF through the chosen faces, `steps` slerped frames from each to the next, `size` px each."""
     check_inputs(size=size, steps=steps, faces=len(chosen))
-    output_file(out, "out (--out)")
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
     check_inputs(size=size, smallest=faces.image_size)
     z = torch.stack([face_latent(faces, face) for face in chosen])
@@ -237,7 +235,6 @@ def _png(image: np.ndarray) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError prints one line."""
     parser = argparse.ArgumentParser(prog="python -m utils.generate", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds checkpoint.pt)")
     parser.add_argument("--out", required=True, help="folder for the faces; with --morph, the GIF to write")

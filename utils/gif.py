@@ -19,7 +19,6 @@ from utils.errors import UserError, run_cli
 from utils.files import MAKER_BYTES, SAMPLES, atomic_path, list_frames, output_file
 from utils.visualize import enlarged, in_notebook, read_grid
 
-MIN_FRAME_MS, MAX_FRAME_MS = 20, 655_350   # GIF stores 1/100 s, at most 65535; browsers play < 20 ms as 100 ms
 MAX_FRAMES = 100   # a longer run shows this many of its grids, evenly spread: memory stays bounded
 
 
@@ -28,9 +27,9 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     """Write uint8 (H, W, 3) frames (a list, or an iterator of `count`) as a looping GIF, the last one shown for
     `hold_last_ms` (default: `frame_ms`); Pillow encodes each frame as it comes, never holding the RGB frames."""
     for name, value in (("frame_ms", frame_ms), ("hold_last_ms", hold_last_ms)):
-        if value is not None and not MIN_FRAME_MS <= value <= MAX_FRAME_MS:
-            raise UserError(f"{name} (--{name.replace('_', '-')}) must be {MIN_FRAME_MS} to {MAX_FRAME_MS:,} "
-                            f"milliseconds; got {value} (GIF stores 1/100 s; browsers play < 20 ms as 100 ms)")
+        if value is not None and not 20 <= value <= 655_350:
+            raise UserError(f"{name} (--{name.replace('_', '-')}) must be 20 to 655,350 milliseconds; got {value} "
+                            "(GIF stores 1/100 s, at most 65,535 of them; browsers play < 20 ms as 100 ms)")
     output_file(out, "out (--out)")
     count = len(frames) if count is None else count
     frames = map(Image.fromarray, frames)
@@ -42,8 +41,7 @@ def write_gif(frames: Iterable[np.ndarray], out: str | Path, frame_ms: int = 100
     return Path(out)
 
 
-def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200,
-             hold_last_ms: int = 2000) -> Path:
+def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int = 200, hold_last_ms: int = 2000) -> Path:
     """Animate RUN_DIR/samples/epoch_*.png, labelled "epoch N" and small grids enlarged with sharp pixels, into
     RUN_DIR/training.gif or `out`: at most MAX_FRAMES grids, evenly spread. A refusal leaves no file."""
     run_dir = Path(run_dir)
@@ -55,12 +53,11 @@ def make_gif(run_dir: str | Path, out: str | Path | None = None, frame_ms: int =
         print(f"gif: {len(frames)} grids: animating {MAX_FRAMES} of them, evenly spread from epoch {frames[0][0]} "
               f"to epoch {frames[-1][0]}")
         frames = [frames[round(i)] for i in np.linspace(0, len(frames) - 1, MAX_FRAMES)]   # the first and the last
+    shape = read_grid(frames[0][1]).shape   # a GIF has one frame size: the first grid's
 
     def images():
-        shape = None
         for epoch, path in frames:
             grid = read_grid(path)
-            shape = shape or grid.shape   # the first grid's: a GIF has one frame size
             if grid.shape != shape:
                 raise UserError(f"{path} is not the size of {frames[0][1]}: a GIF needs one frame size; move the "
                                 f"grids of the other run out of {path.parent}")
@@ -97,7 +94,6 @@ def show_gif(path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The command line: a UserError prints one line."""
     parser = argparse.ArgumentParser(prog="python -m utils.gif", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="run folder written by training (it holds samples/epoch_001.png, ...)")
     parser.add_argument("--out", default=None, help="GIF to write (default: RUN_DIR/training.gif)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import uuid
 import warnings
 from pathlib import Path
 
@@ -20,18 +21,12 @@ from utils.errors import UserError
 from utils.files import MAKER, atomic_path, output_file
 from utils.models import to_uint8
 
-MIN_WIDTH = 512  # a grid animated or shown narrower than this is enlarged: a 16 px run is not a thumbnail
-
 
 def image_grid(images: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """Tile images (N, C, H, W) into one uint8 image (3, H', W') with 2-pixel gaps. Floats are read as G's [-1, 1]
     (not stretched to their own range), so a grid's brightness means the same in every epoch."""
     images = images.detach().cpu()
     return torchvision.utils.make_grid(images if images.dtype == torch.uint8 else to_uint8(images), nrow, padding=2)
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
-    return write_png(image_grid(images, nrow).permute(1, 2, 0).numpy(), path)
 
 
 def write_png(image: np.ndarray, path: str | Path) -> Path:
@@ -56,8 +51,8 @@ def read_grid(path: Path) -> np.ndarray:
 
 
 def enlarged(image: np.ndarray) -> np.ndarray:
-    """`image` (H, W, 3) enlarged by the smallest whole factor that makes it MIN_WIDTH wide, in sharp squares."""
-    scale = math.ceil(MIN_WIDTH / image.shape[1])
+    """`image` (H, W, 3) enlarged by the smallest whole factor to 512 px wide (not a thumbnail), in sharp squares."""
+    scale = math.ceil(512 / image.shape[1])
     return image.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else image
 
 
@@ -88,20 +83,18 @@ def plot_history(history: dict, fig=None):
     scored = [epoch for epoch in history.get("epochs", []) if epoch.get("fid") is not None]
     axes = fig.subplots(1, 3 if scored else 2, squeeze=False)[0]
     losses, verdicts = axes[:2]
+    verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
+    verdicts.set_ylim(0, 1)
     curves = ((losses, {"loss_d": "D loss", "loss_g": "G loss"}, "loss"),
               (verdicts, {"d_real": "D(x): real", "d_fake": "D(G(z)): fake"}, "probability 'real'"))
     for ax, labels, ylabel in curves:
         for key, label in labels.items():
             ax.plot([s["step"] for s in steps], [s[key] for s in steps], label=label, **dots)
         ax.set(xlim=(0, None), xlabel="step", ylabel=ylabel)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
     if not steps:  # nothing measured yet: no made-up scale
         losses.set(xticks=[], yticks=[])
         verdicts.set_xticks([])
-    verdicts.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="0.5: can't tell")
-    verdicts.set_ylim(0, 1)
-    losses.legend()
-    verdicts.legend()
     changes: dict[int, list[str]] = {}  # step -> the settings changed there as the run continued
     for change in history.get("changes", []):
         changes.setdefault(change["step"], []).append(f"{change['field']} {change['from']} -> {change['to']}")
@@ -118,19 +111,17 @@ def plot_history(history: dict, fig=None):
             ax.axvspan(first, last, color="tab:red", alpha=0.1, linewidth=0)
         verdicts.annotate(problem, (first, 0), xycoords=("data", "axes fraction"), xytext=(2, 3 + 11 * row),
                           textcoords="offset points", fontsize=8, color="tab:red", va="bottom")
-    losses.set_title("Losses", pad=pad)
-    verdicts.set_title("Discriminator's verdict", pad=pad)
     if scored:
         axes[2].plot([e["epoch"] for e in scored], [e["fid"] for e in scored], marker="o")
         axes[2].set(xlabel="epoch", ylabel="FID")
-        axes[2].set_title("FID (lower is better)", pad=pad)
-        axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, title in zip(axes, ("Losses", "Discriminator's verdict", "FID (lower is better)")):
+        ax.set_title(title, pad=pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig
 
 
 def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
-    """(first step, last step, problem) of each unbroken stretch of epochs in which the diagnosis saw a problem,
-    from the end of the epoch before it."""
+    """(first step, last step, problem) of each stretch of epochs with a problem, from the previous epoch's end."""
     # each epoch's last logged step (the hand loop of notebook 03 logs steps without epochs)
     ends = {record["epoch"]: record["step"] for record in history.get("steps", []) if "epoch" in record}
     going, marks = {}, []  # going: problem -> (first step, last step) of a stretch that may go on
@@ -144,9 +135,8 @@ def diagnosis_marks(history: dict) -> list[tuple[int, int, str]]:
 
 def save_history_plot(history: dict, path: str | Path) -> Path:
     """Save `plot_history(history)` as a PNG, e.g. RUN_DIR/history.png."""
-    output_file(path, "path")
     fig = plot_history(history, Figure(figsize=_figsize(history), layout="constrained"))
-    with atomic_path(path) as tmp:
+    with atomic_path(output_file(path, "path")) as tmp:
         fig.savefig(tmp, format="png", dpi=100, metadata={"Software": MAKER})
     return Path(path)
 
@@ -164,8 +154,7 @@ class LivePlot:
 
     def __init__(self, every_seconds: float = 5.0, max_share: float = 0.2):
         self.every_seconds, self.max_share = every_seconds, max_share
-        self._enabled = in_notebook()
-        self._handle = None  # the IPython DisplayHandle redrawn in place
+        self._id = uuid.uuid4().hex  # of the one notebook output, redrawn in place
         self._last_draw, self._draw_seconds = -math.inf, 0.0
         self._grid, self._title = None, ""  # the last epoch's grid (uint8, H x W x 3) and its title
 
@@ -175,19 +164,16 @@ class LivePlot:
             self._grid, self._title = grid, title
         now = time.monotonic()
         wait = max(self.every_seconds, self._draw_seconds * (1 / self.max_share - 1))
-        if not self._enabled or (not force and now - self._last_draw < wait):
+        if (not force and now - self._last_draw < wait) or not in_notebook():
             return
         from IPython import display
 
         buffer = io.BytesIO()
         self.figure(history).savefig(buffer, format="png", dpi=80)
         picture = display.Image(data=buffer.getvalue(), format="png")
+        display.display(picture, display_id=self._id, update=self._last_draw > -math.inf)
         self._last_draw = time.monotonic()
         self._draw_seconds = self._last_draw - now
-        if self._handle is None:
-            self._handle = display.display(picture, display_id=True)
-        else:
-            self._handle.update(picture)
 
     def figure(self, history: dict) -> Figure:
         """The picture as it would be drawn now."""
