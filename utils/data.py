@@ -9,7 +9,7 @@ import hashlib
 import os
 import sys
 import urllib.parse
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,8 @@ _CACHE_FORMAT = 4   # bump when decoding, the synthetic renderer or the cache ke
 
 
 def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
-    """The images named by `config.data`, uint8 (N, 3, S, S) with S = config.image_size and N at most
-    config.max_images (0 = all; for "synthetic" SYNTHETIC_DEFAULT_COUNT). Later calls memory-map the cache
-    copy-on-write: well under a second, and writing into the tensor never changes the file."""
+    """The images of `config.data`, uint8 (N, 3, S, S), N at most config.max_images (0 = all). Later calls memory-map
+    the cache copy-on-write: well under a second, and writing into the tensor never changes the file."""
     source = _local_source(config)
     path, counts = _cache_file(config, source)
     problem = _cache_problem(path, config.image_size, counts)
@@ -92,8 +91,7 @@ def _file_state(path: str | Path) -> str:
 
 
 def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
-    """Why the cache file `path` cannot be used ("missing" when absent), or None; maps it without reading the pixels,
-    which a truncated file fails."""
+    """Why the cache `path` cannot be used ("missing" when absent), or None; mapping it fails if it is truncated."""
     if not path.exists():
         return "missing"
     if not path.is_file():
@@ -112,21 +110,16 @@ def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
 
 
 def _build_cache(config: TrainConfig, source: Path | None, path: Path, progress: bool) -> None:
-    size = config.image_size
-    if config.data == "synthetic":
-        count = config.max_images or SYNTHETIC_DEFAULT_COUNT
-        _write_cache(path, count, size, lambda: synthetic_faces(count, size, config.seed).numpy())
-        return
-    if source is None:
-        source = download_url(config.data, Path(config.data_dir), progress)
-    with open_source(source, config.max_images) as (names, read):
-        _write_cache(path, len(names), size, lambda: decode_all(source, names, read, size, progress))
-
-
-def _write_cache(path: Path, count: int, image_size: int, make: Callable[[], np.ndarray]) -> None:
-    """Write `make()` to `path` as .npy, opening the file first: a full or read-only data_dir fails before decoding."""
-    with atomic_path(path, needs_bytes=count * 3 * image_size**2 + 128) as tmp, open(tmp, "wb") as file:
-        np.save(file, make())
+    """Draw or decode the images into `path`, opening the file first: a full or read-only data_dir fails before."""
+    size, count = config.image_size, config.max_images or SYNTHETIC_DEFAULT_COUNT
+    with contextlib.ExitStack() as stack:
+        make = partial(synthetic_faces, count, size, config.seed)
+        if config.data != "synthetic":
+            source = source or download_url(config.data, Path(config.data_dir), progress)
+            names, read = stack.enter_context(open_source(source, config.max_images))
+            count, make = len(names), partial(decode_all, source, names, read, size, progress)
+        with atomic_path(path, needs_bytes=count * 3 * size**2 + 128) as tmp, open(tmp, "wb") as file:
+            np.save(file, np.asarray(make()))
 
 
 def _remove_stale_temporaries(data_dir: Path) -> None:
