@@ -1,8 +1,6 @@
-"""Downloads: a file at a URL (a .zip of images given as `data`, the FID weights) and the Kaggle Anime Face Dataset.
-
+"""Downloads: a URL's file (a .zip of images, the FID weights) and the Kaggle Anime Face Dataset; nothing prompts.
 `download` is torch.hub.download_url_to_file's loop (temporary file, sha256 prefix, rename) plus what it lacks: it
-ends (a silent server, a deadline, a size cap without a length) and never shows a credential. Nothing prompts.
-"""
+ends (a silent server, a deadline, a size cap without a length) and never shows a credential."""
 
 from __future__ import annotations
 
@@ -126,9 +124,8 @@ def find_kaggle_input() -> Path | None:
 
 
 def download_kaggle(data_dir: Path) -> Path:
-    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now, with
-    opendatasets where it imports and ./kaggle.json signs it in (without one it would prompt), else with kagglehub
-    (public: no account needed). It takes its name only once complete."""
+    """The Anime Face Dataset's folder: attached on Kaggle, downloaded before, or now with opendatasets where it imports
+    and ./kaggle.json signs it in (else it would prompt), else kagglehub (no account); named only once complete."""
     attached = find_kaggle_input()
     if attached is not None:
         print(f"kaggle: using the attached dataset in {attached}")
@@ -171,11 +168,7 @@ def _download_kaggle(target: Path) -> Path:
         explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES) if isinstance(error, OSError) else error
         if isinstance(explained, CannotWrite):
             raise explained from error
-        response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
-        if getattr(response, "status_code", None):
-            reason = f"{response.url} answered {response.status_code} {response.reason}"
-        else:
-            reason = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
+        reason = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
         raise DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({reason}): check the network, or "
                             "attach the dataset (on Kaggle) or use data='synthetic'") from error
     finally:
