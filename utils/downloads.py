@@ -95,7 +95,6 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
                 if size is not None and file.tell() < size:
                     raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {url}: "
                                         "the partial file was removed; run again")
-                content_type = response.headers.get_content_type()
         except urllib.error.HTTPError as error:
             raise DownloadError(f"downloading {url} failed: the server answered {error.code} {error.reason}: "
                                 "check the URL") from None
@@ -110,13 +109,13 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
                                 f"{digest.hexdigest()[:8]}..., expected {sha256_prefix}...); nothing was kept")
         if zip_archive and not zipfile.is_zipfile(tmp):
             raise DownloadError(f"{url} did not send a whole .zip archive ({tmp.stat().st_size:,} bytes of "
-                                f"{content_type}): data must be the URL of a .zip of images; if the connection "
-                                "dropped, run again")
+                                f"{response.headers.get_content_type()}): data must be the URL of a .zip of images; "
+                                "if the connection dropped, run again")
 
 
 def find_kaggle_input() -> Path | None:
-    """The attached Anime Face Dataset on Kaggle (read-only, used in place), or None: an `images/` folder holding
-    JPEGs up to four levels under $ANIME_GAN_KAGGLE_INPUT_ROOT (default /kaggle/input), one naming the dataset first."""
+    """The dataset attached on Kaggle (used in place), or None: an `images/` folder of JPEGs up to four levels under
+    $ANIME_GAN_KAGGLE_INPUT_ROOT (default /kaggle/input), one naming the dataset first."""
     root = Path(os.environ.get("ANIME_GAN_KAGGLE_INPUT_ROOT", "/kaggle/input"))
     found = [folder for depth in range(1, 5) for folder in sorted(root.glob("*/" * depth + "images"))
              if folder.is_dir() and next(folder.glob("*.jpg"), None) is not None]
