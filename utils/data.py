@@ -62,8 +62,7 @@ def _local_source(config: TrainConfig) -> Path | None:
 
 
 def _cache_file(config: TrainConfig, source: Path | None) -> tuple[Path, range]:
-    """(the cache's path, the image counts it can hold): the name hashes what is read (a folder's file names, sizes and
-    times; a zip's size and time; the URL; the synthetic seed and count) and the settings."""
+    """(the cache's path, the image counts it may hold), named by a hash of the settings and of what is read."""
     least, most = 1, config.max_images or sys.maxsize
     if config.data == "synthetic":
         least = most = config.max_images or SYNTHETIC_DEFAULT_COUNT

@@ -33,8 +33,15 @@ class FID:
         # float64 statistics; MPS has no float64, so they stay on the CPU there
         self.statistics_device = torch.device("cpu") if self.device.type == "mps" else self.device
         self.feature_extractor = feature_extractor.eval().to(self.device)
-        if cache_file is not None and cache_file.is_file():
-            self.real_mean, self.real_cov = _read_reference(cache_file, self.statistics_device)
+        if cache_file is not None and cache_file.is_file():   # loaded as data only, and checked
+            remedy = "Delete it: the statistics are computed again"
+            reference = load_data(cache_file, "FID statistics cache", UserError, remedy)
+            mean, cov = (reference.get(key) if isinstance(reference, dict) else None for key in ("mean", "cov"))
+            if not (isinstance(mean, Tensor) and isinstance(cov, Tensor) and mean.dtype == cov.dtype == torch.float64
+                    and mean.dim() == 1 and cov.shape == (len(mean), len(mean))):
+                raise UserError(f"{cache_file} does not hold FID statistics (a float64 mean and its square "
+                                f"covariance). {remedy}")
+            self.real_mean, self.real_cov = mean.to(self.statistics_device), cov.to(self.statistics_device)
         else:   # sorted: a memory-mapped set is read front to back
             chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(0))[:num_real or None]
             chosen = chosen.sort().values
@@ -148,15 +155,4 @@ def _weights_path(weights: str) -> Path | None:
         raise ConfigError(f"config field 'fid_weights' points to {weights!r}, which is not a file: give the "
                           "path of a pt_inception-2015-12-05-*.pth file, or '' to download the weights")
     return Path(weights).expanduser() if weights else None
-
-
-def _read_reference(path: Path, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The cached real mean and covariance, loaded as data only and checked."""
-    remedy = "Delete it: the statistics are computed again"
-    reference = load_data(path, "FID statistics cache", UserError, remedy)
-    mean, cov = (reference.get(key) if isinstance(reference, dict) else None for key in ("mean", "cov"))
-    if not (isinstance(mean, Tensor) and isinstance(cov, Tensor) and mean.dtype == cov.dtype == torch.float64
-            and mean.dim() == 1 and cov.shape == (len(mean), len(mean))):
-        raise UserError(f"{path} does not hold FID statistics (a float64 mean and its square covariance). {remedy}")
-    return mean.to(device), cov.to(device)
 
