@@ -31,11 +31,14 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
     the cache copy-on-write: well under a second, and writing into the tensor never changes the file."""
     source = _local_source(config)
     path, counts = _cache_file(config, source)
-    problem = _cache_problem(path, config.image_size, counts)
+    problem, data_dir = _cache_problem(path, config.image_size, counts), Path(config.data_dir)
     # a cache to build waits for a process building in data_dir; one to reuse only cleans up when nobody is there
-    with data_dir_lock(Path(config.data_dir), wait=problem is not None) as locked:
-        if locked:
-            _remove_stale_temporaries(Path(config.data_dir))
+    with data_dir_lock(data_dir, wait=problem is not None) as locked:
+        if locked:   # nobody else writes here now: a partial cache or download is a killed process's
+            for stale in sorted([*data_dir.glob("cache/.*.tmp.npy"), *data_dir.glob("downloads/.*.tmp.zip")]):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+                    print(f"data: removed {stale}, a partial file that a stopped download or cache build left")
             if problem is not None:   # perhaps built by the process we waited for
                 problem = _cache_problem(path, config.image_size, counts)
         verb = "reusing" if problem is None else "built" if problem == "missing" else "rebuilt"
@@ -119,11 +122,3 @@ def _build_cache(config: TrainConfig, source: Path | None, path: Path, progress:
             count, make = len(names), partial(decode_all, source, names, read, size, progress)
         with atomic_path(path, needs_bytes=count * 3 * size**2 + 128) as tmp, open(tmp, "wb") as file:
             np.save(file, np.asarray(make()))
-
-
-def _remove_stale_temporaries(data_dir: Path) -> None:
-    """Remove the partial caches and downloads that a process killed in data_dir left (call holding its lock)."""
-    for stale in sorted([*data_dir.glob("cache/.*.tmp.npy"), *data_dir.glob("downloads/.*.tmp.zip")]):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-            print(f"data: removed {stale}, a partial file that a stopped download or cache build left")
