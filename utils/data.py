@@ -112,11 +112,12 @@ def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
 
 
 def _build_cache(config: TrainConfig, source: Path | None, path: Path, progress: bool) -> None:
-    """Draw or decode the images into `path`, opening the file first: a full or read-only data_dir fails before."""
+    """Draw or decode the images into `path`, opening it first: a full or read-only data_dir fails before decoding."""
     size, count = config.image_size, config.max_images or SYNTHETIC_DEFAULT_COUNT
     with contextlib.ExitStack() as stack:
-        make = partial(synthetic_faces, count, size, config.seed)
-        if config.data != "synthetic":
+        if config.data == "synthetic":
+            make = partial(synthetic_faces, count, size, config.seed)
+        else:
             source = source or download_url(config.data, Path(config.data_dir), progress)
             names, read = stack.enter_context(open_source(source, config.max_images))
             count, make = len(names), partial(decode_all, source, names, read, size, progress)
