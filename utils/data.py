@@ -9,7 +9,7 @@ import hashlib
 import os
 import sys
 import urllib.parse
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +27,18 @@ _CACHE_FORMAT = 4   # bump when decoding, the synthetic renderer or the cache ke
 
 
 def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
-    """The images named by `config.data`, uint8 (N, 3, S, S) with S = config.image_size and N at most
-    config.max_images (0 = all; for "synthetic" SYNTHETIC_DEFAULT_COUNT). Later calls memory-map the cache
-    copy-on-write: well under a second, and writing into the tensor never changes the file."""
+    """The images of `config.data`, uint8 (N, 3, S, S), N at most config.max_images (0 = all). Later calls memory-map
+    the cache copy-on-write: well under a second, and writing into the tensor never changes the file."""
     source = _local_source(config)
     path, counts = _cache_file(config, source)
-    problem = _cache_problem(path, config.image_size, counts)
+    problem, data_dir = _cache_problem(path, config.image_size, counts), Path(config.data_dir)
     # a cache to build waits for a process building in data_dir; one to reuse only cleans up when nobody is there
-    with data_dir_lock(Path(config.data_dir), wait=problem is not None) as locked:
-        if locked:
-            _remove_stale_temporaries(Path(config.data_dir))
+    with data_dir_lock(data_dir, wait=problem is not None) as locked:
+        if locked:   # nobody else writes here now: a partial cache or download is a killed process's
+            for stale in sorted([*data_dir.glob("cache/.*.tmp.npy"), *data_dir.glob("downloads/.*.tmp.zip")]):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+                    print(f"data: removed {stale}, a partial file that a stopped download or cache build left")
             if problem is not None:   # perhaps built by the process we waited for
                 problem = _cache_problem(path, config.image_size, counts)
         verb = "reusing" if problem is None else "built" if problem == "missing" else "rebuilt"
@@ -63,8 +65,7 @@ def _local_source(config: TrainConfig) -> Path | None:
 
 
 def _cache_file(config: TrainConfig, source: Path | None) -> tuple[Path, range]:
-    """(the cache's path, the image counts it can hold): the name hashes what is read (a folder's file names, sizes and
-    times; a zip's size and time; the URL; the synthetic seed and count) and the settings."""
+    """(the cache's path, the image counts it may hold), named by a hash of the settings and of what is read."""
     least, most = 1, config.max_images or sys.maxsize
     if config.data == "synthetic":
         least = most = config.max_images or SYNTHETIC_DEFAULT_COUNT
@@ -92,8 +93,7 @@ def _file_state(path: str | Path) -> str:
 
 
 def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
-    """Why the cache file `path` cannot be used ("missing" when absent), or None; maps it without reading the pixels,
-    which a truncated file fails."""
+    """Why the cache `path` cannot be used ("missing" when absent), or None; mapping it fails if it is truncated."""
     if not path.exists():
         return "missing"
     if not path.is_file():
@@ -112,26 +112,14 @@ def _cache_problem(path: Path, image_size: int, counts: range) -> str | None:
 
 
 def _build_cache(config: TrainConfig, source: Path | None, path: Path, progress: bool) -> None:
-    size = config.image_size
-    if config.data == "synthetic":
-        count = config.max_images or SYNTHETIC_DEFAULT_COUNT
-        _write_cache(path, count, size, lambda: synthetic_faces(count, size, config.seed).numpy())
-        return
-    if source is None:
-        source = download_url(config.data, Path(config.data_dir), progress)
-    with open_source(source, config.max_images) as (names, read):
-        _write_cache(path, len(names), size, lambda: decode_all(source, names, read, size, progress))
-
-
-def _write_cache(path: Path, count: int, image_size: int, make: Callable[[], np.ndarray]) -> None:
-    """Write `make()` to `path` as .npy, opening the file first: a full or read-only data_dir fails before decoding."""
-    with atomic_path(path, needs_bytes=count * 3 * image_size**2 + 128) as tmp, open(tmp, "wb") as file:
-        np.save(file, make())
-
-
-def _remove_stale_temporaries(data_dir: Path) -> None:
-    """Remove the partial caches and downloads that a process killed in data_dir left (call holding its lock)."""
-    for stale in sorted([*data_dir.glob("cache/.*.tmp.npy"), *data_dir.glob("downloads/.*.tmp.zip")]):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-            print(f"data: removed {stale}, a partial file that a stopped download or cache build left")
+    """Draw or decode the images into `path`, opening it first: a full or read-only data_dir fails before decoding."""
+    size, count = config.image_size, config.max_images or SYNTHETIC_DEFAULT_COUNT
+    with contextlib.ExitStack() as stack:
+        if config.data == "synthetic":
+            make = partial(synthetic_faces, count, size, config.seed)
+        else:
+            source = source or download_url(config.data, Path(config.data_dir), progress)
+            names, read = stack.enter_context(open_source(source, config.max_images))
+            count, make = len(names), partial(decode_all, source, names, read, size, progress)
+        with atomic_path(path, needs_bytes=count * 3 * size**2 + 128) as tmp, open(tmp, "wb") as file:
+            np.save(file, np.asarray(make()))

@@ -42,8 +42,7 @@ def variety(images: torch.Tensor) -> float:
 
 
 def stride_peak(images: torch.Tensor) -> float:
-    """The power at the stride-2 frequencies (period 2 pixels down, across, diagonally) over that of their
-    neighbouring frequencies: about 1 for a smooth spectrum (real faces, noise), far above for a checkerboard."""
+    """Power at the stride-2 frequencies over their neighbours': near 1 for real faces, far above for a checkerboard."""
     x = images.double()
     power = torch.fft.fft2(x - x.mean(dim=(2, 3), keepdim=True)).abs().pow(2).mean(dim=(0, 1))  # (H, W)
     around = (sum(power.roll((dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)) - power) / 8
@@ -52,8 +51,7 @@ def stride_peak(images: torch.Tensor) -> float:
 
 
 def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
-    """{problem: what is seen} in the last of `epochs` (records with "signals") and `steps`, its logged steps; where one
-    problem explains others, only that one. Empty for a healthy epoch."""
+    """{problem: what is seen} in the last of `epochs` and its logged `steps`; a cause hides what it explains."""
     now, earlier = epochs[-1]["signals"], [e["signals"] for e in epochs[:-1] if "signals" in e]
     if steps and sum(s["d_real"] > D_CERTAIN and s["d_fake"] < 1 - D_CERTAIN for s in steps) >= D_WON * len(steps):
         # G gets no gradient: its samples stop changing or fall onto one pattern, and its loss soars

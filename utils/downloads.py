@@ -1,8 +1,6 @@
-"""Downloads: a file at a URL (a .zip of images given as `data`, the FID weights) and the Kaggle Anime Face Dataset.
-
+"""Downloads: a URL's file (a .zip of images, the FID weights) and the Kaggle Anime Face Dataset; nothing prompts.
 `download` is torch.hub.download_url_to_file's loop (temporary file, sha256 prefix, rename) plus what it lacks: it
-ends (a silent server, a deadline, a size cap without a length) and never shows a credential. Nothing prompts.
-"""
+ends (a silent server, a deadline, a size cap without a length) and never shows a credential."""
 
 from __future__ import annotations
 
@@ -97,7 +95,6 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
                 if size is not None and file.tell() < size:
                     raise DownloadError(f"the connection dropped after {file.tell():,} of {size:,} bytes of {url}: "
                                         "the partial file was removed; run again")
-                content_type = response.headers.get_content_type()
         except urllib.error.HTTPError as error:
             raise DownloadError(f"downloading {url} failed: the server answered {error.code} {error.reason}: "
                                 "check the URL") from None
@@ -112,13 +109,13 @@ def download(url: str, target: Path, progress: bool = True, sha256_prefix: str =
                                 f"{digest.hexdigest()[:8]}..., expected {sha256_prefix}...); nothing was kept")
         if zip_archive and not zipfile.is_zipfile(tmp):
             raise DownloadError(f"{url} did not send a whole .zip archive ({tmp.stat().st_size:,} bytes of "
-                                f"{content_type}): data must be the URL of a .zip of images; if the connection "
-                                "dropped, run again")
+                                f"{response.headers.get_content_type()}): data must be the URL of a .zip of images; "
+                                "if the connection dropped, run again")
 
 
 def find_kaggle_input() -> Path | None:
-    """The attached Anime Face Dataset on Kaggle (read-only, used in place), or None: an `images/` folder holding
-    JPEGs up to four levels under $ANIME_GAN_KAGGLE_INPUT_ROOT (default /kaggle/input), one naming the dataset first."""
+    """The dataset attached on Kaggle (used in place), or None: an `images/` folder of JPEGs up to four levels under
+    $ANIME_GAN_KAGGLE_INPUT_ROOT (default /kaggle/input), one naming the dataset first."""
     root = Path(os.environ.get("ANIME_GAN_KAGGLE_INPUT_ROOT", "/kaggle/input"))
     found = [folder for depth in range(1, 5) for folder in sorted(root.glob("*/" * depth + "images"))
              if folder.is_dir() and next(folder.glob("*.jpg"), None) is not None]
@@ -126,9 +123,8 @@ def find_kaggle_input() -> Path | None:
 
 
 def download_kaggle(data_dir: Path) -> Path:
-    """The folder holding the Anime Face Dataset: attached on Kaggle, already downloaded, or downloaded now, with
-    opendatasets where it imports and ./kaggle.json signs it in (without one it would prompt), else with kagglehub
-    (public: no account needed). It takes its name only once complete."""
+    """The Anime Face Dataset's folder: attached on Kaggle, downloaded before, or now with opendatasets where it imports
+    and ./kaggle.json signs it in (else it would prompt), else kagglehub (no account); named only once complete."""
     attached = find_kaggle_input()
     if attached is not None:
         print(f"kaggle: using the attached dataset in {attached}")
@@ -171,11 +167,7 @@ def _download_kaggle(target: Path) -> Path:
         explained = explain_write_error(error, target, KAGGLE_DOWNLOAD_BYTES) if isinstance(error, OSError) else error
         if isinstance(explained, CannotWrite):
             raise explained from error
-        response = getattr(error, "response", None)   # requests' HTTPError, which both clients raise
-        if getattr(response, "status_code", None):
-            reason = f"{response.url} answered {response.status_code} {response.reason}"
-        else:
-            reason = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
+        reason = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
         raise DownloadError(f"downloading {KAGGLE_DATASET} with {tool} failed ({reason}): check the network, or "
                             "attach the dataset (on Kaggle) or use data='synthetic'") from error
     finally:

@@ -1,6 +1,5 @@
-"""The image files of a folder (searched recursively) or a .zip (read in place, never extracted), sorted and decoded
-into uint8 (N, 3, S, S). Hidden files and training runs' folders are never listed; only regular files of at most
-MAX_FILE_BYTES are read (a FIFO is never waited on); files that do not decode are skipped, counted in one warning."""
+"""The image files of a folder (recursively, never hidden ones or runs') or a .zip (read in place), decoded into uint8
+(N, 3, S, S). Only regular files up to MAX_FILE_BYTES are read; those that do not decode are skipped, in one warning."""
 
 from __future__ import annotations
 
@@ -119,8 +118,7 @@ def _read_limited(file: io.BufferedIOBase, declared_size: int) -> bytes:
 
 
 def list_image_files(folder: Path) -> list[str]:
-    """The image files under `folder`, recursively, sorted, never in a training run's folder (whose samples/ holds
-    grids); strings, not Paths, which made every cache check slower."""
+    """The image files under `folder` (as strings: faster than Paths), recursively, sorted, never in a run folder."""
     found = []
     for root, dirs, names in os.walk(folder):
         if "samples" in dirs and list_frames(root):

@@ -1,9 +1,6 @@
 """Fréchet Inception Distance (FID): how far generated images are from the real ones; lower is better. torch-fidelity's
-port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images.
-
-    >>> fid = fid_for_config(config, real_images, device)  # real statistics: computed once, cached on disk
-    >>> fid.score_generator(generator, config.latent_dim, config.fid_samples)
-"""
+port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images. In use:
+`fid_for_config(config, real_images, device).score_generator(generator, config.latent_dim, config.fid_samples)`."""
 
 from __future__ import annotations
 
@@ -32,15 +29,19 @@ class FID:
 
     def __init__(self, real_images: Tensor, cache_file: Path | None, device: torch.device,
                  feature_extractor: nn.Module, num_real: int = 0, progress: bool = True):
-        if real_images.dtype != torch.uint8 or real_images.dim() != 4 or real_images.shape[1] != 3:
-            raise ValueError(f"real_images must be a uint8 tensor (N, 3, H, W); got {real_images.dtype} "
-                             f"{tuple(real_images.shape)}")
         self.device, self.progress = torch.device(device), progress
         # float64 statistics; MPS has no float64, so they stay on the CPU there
         self.statistics_device = torch.device("cpu") if self.device.type == "mps" else self.device
         self.feature_extractor = feature_extractor.eval().to(self.device)
-        if cache_file is not None and cache_file.is_file():
-            self.real_mean, self.real_cov = _read_reference(cache_file, self.statistics_device)
+        if cache_file is not None and cache_file.is_file():   # loaded as data only, and checked
+            remedy = "Delete it: the statistics are computed again"
+            reference = load_data(cache_file, "FID statistics cache", UserError, remedy)
+            mean, cov = (reference.get(key) if isinstance(reference, dict) else None for key in ("mean", "cov"))
+            if not (isinstance(mean, Tensor) and isinstance(cov, Tensor) and mean.dtype == cov.dtype == torch.float64
+                    and mean.dim() == 1 and cov.shape == (len(mean), len(mean))):
+                raise UserError(f"{cache_file} does not hold FID statistics (a float64 mean and its square "
+                                f"covariance). {remedy}")
+            self.real_mean, self.real_cov = mean.to(self.statistics_device), cov.to(self.statistics_device)
         else:   # sorted: a memory-mapped set is read front to back
             chosen = torch.randperm(len(real_images), generator=torch.Generator().manual_seed(0))[:num_real or None]
             chosen = chosen.sort().values
@@ -124,7 +125,14 @@ def load_inception(weights: str) -> nn.Module:
     published one, downloaded once; a wrong file or a failed download raises one line, never running the file."""
     from torch_fidelity import feature_extractor_inceptionv3 as inception
 
-    path = _weights_path(weights) or _download_weights(inception.URL_INCEPTION_V3)
+    path, url = _weights_path(weights), inception.URL_INCEPTION_V3
+    if path is None:   # the published weights, in torch hub's cache (kept there only if their sha256 is theirs)
+        path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        try:
+            if not path.is_file():
+                download(url, path, sha256_prefix=PUBLISHED_SHA256)
+        except DownloadError as error:
+            raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
     error, remedy = ((ConfigError, "Set config field 'fid_weights' to a pt_inception-2015-12-05-*.pth file (the FID "
                                    "Inception's weights), or to '' to download them") if weights
                      else (DownloadError, f"Delete it to download it again; offline, {_OFFLINE}"))
@@ -141,32 +149,10 @@ def load_inception(weights: str) -> nn.Module:
     return network
 
 
-def _download_weights(url: str) -> Path:
-    """The published weights in torch hub's cache, downloaded there first (kept only if their sha256 is theirs)."""
-    target = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if not target.is_file():
-        try:
-            download(url, target, sha256_prefix=PUBLISHED_SHA256)
-        except DownloadError as error:
-            raise DownloadError(f"could not download the FID Inception weights: {error}; offline, {_OFFLINE}") from None
-    return target
-
-
 def _weights_path(weights: str) -> Path | None:
     """The weights file, or None for the download; a missing file fails here, naming the config field."""
     if weights and not Path(weights).expanduser().is_file():
         raise ConfigError(f"config field 'fid_weights' points to {weights!r}, which is not a file: give the "
                           "path of a pt_inception-2015-12-05-*.pth file, or '' to download the weights")
     return Path(weights).expanduser() if weights else None
-
-
-def _read_reference(path: Path, device: torch.device) -> tuple[Tensor, Tensor]:
-    """The cached real mean and covariance, loaded as data only and checked."""
-    remedy = "Delete it: the statistics are computed again"
-    reference = load_data(path, "FID statistics cache", UserError, remedy)
-    mean, cov = (reference.get(key) if isinstance(reference, dict) else None for key in ("mean", "cov"))
-    if not (isinstance(mean, Tensor) and isinstance(cov, Tensor) and mean.dtype == cov.dtype == torch.float64
-            and mean.dim() == 1 and cov.shape == (len(mean), len(mean))):
-        raise UserError(f"{path} does not hold FID statistics (a float64 mean and its square covariance). {remedy}")
-    return mean.to(device), cov.to(device)
 
