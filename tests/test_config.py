@@ -15,7 +15,7 @@ FIELDS = [f.name for f in fields(TrainConfig)]
 # One or more out-of-range values per field (each must be refused naming the field). Booleans can only be
 # wrong in type; `fid_weights` is a path, checked when training starts (see test_faults.py).
 BAD_VALUES = {
-    "data": [""], "data_dir": [""], "image_size": [8, 48, 0, -64], "max_images": [-1],
+    "data": ["", "http://[::1/x.zip", "https://host:port/x.zip"], "data_dir": [""], "image_size": [8, 48, 0, -64], "max_images": [-1],
     "latent_dim": [0], "g_width": [0], "d_width": [-8],
     "epochs": [0], "batch_size": [0], "lr_g": [0.0, 2.0, math.nan], "lr_d": [-1e-4, math.inf],
     "beta1": [1.0, -0.1], "beta2": [1.5], "scale_lr": ["yes"],

@@ -12,7 +12,7 @@ from typing import Any
 
 from utils.errors import ConfigError
 from utils.files import atomic_path, read_json
-from utils.urls import redact_url
+from utils.urls import is_url, parses, redact_url
 
 MAX_SEED = 2**32 - 1   # each epoch's generators are seeded from (seed, epoch) within 64 bits (utils/training.py)
 
@@ -98,6 +98,7 @@ class TrainConfig:
                 raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
         self._check(self.image_size >= 16 and self.image_size.bit_count() == 1, "image_size", "a power of two >= 16")
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
+        self._check(not is_url(self.data) or parses(self.data), "data", "a valid URL (like https://host/faces.zip)")
         self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
         for name, smallest in _AT_LEAST.items():
             self._check(getattr(self, name) >= smallest, name, f">= {smallest}")

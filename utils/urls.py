@@ -1,6 +1,7 @@
 """`redact`, which every error, note, log line and stored `config.data` passes through: no password or token leaves."""
 
 import re
+import urllib.parse
 
 _SECRET_NAME = r"[\w.%-]*(?:token|key|sig|secret|pass|pwd|auth|cred|session)[\w.%-]*"
 _SECRET_PAIR = re.compile(rf"({_SECRET_NAME}=)[^&#\s'\"]+", re.IGNORECASE)   # token=abc, X-Amz-Credential=...
@@ -9,6 +10,14 @@ _USER_INFO = re.compile(r"(https?://)[^/?#\s'\"]*@", re.IGNORECASE)           # 
 
 def is_url(data: str) -> bool:
     return data.startswith(("http://", "https://"))
+
+
+def parses(url: str) -> bool:
+    """Whether urllib reads the URL's host and port (it raises a bare ValueError for "http://[::1/x.zip")."""
+    try:
+        return urllib.parse.urlsplit(url).port is not None or True
+    except ValueError:
+        return False
 
 
 def redact(text: str) -> str:
