@@ -82,8 +82,8 @@ def fid_images_to_score(config: TrainConfig, real_images: torch.Tensor, generato
 
 
 def inception_speed(fid, image_size: int) -> float:
-    """Images/s of an FID scorer's feature extractor on its device, timed on 8 images after a warm-up on 2."""
-    images = torch.zeros(8, 3, image_size, image_size, dtype=torch.uint8, device=fid.device)
+    """Images/s of an FID scorer's network on its device, timed on 16 images (per image, 8 run faster than 200)."""
+    images = torch.zeros(16, 3, image_size, image_size, dtype=torch.uint8, device=fid.device)
     with torch.no_grad():
         fid.feature_extractor(images[:2])
         started = time.perf_counter()
