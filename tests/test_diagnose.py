@@ -147,7 +147,9 @@ def train_small(faces, tmp_path, **settings) -> list[dict]:
 @pytest.mark.parametrize("settings, named, evidence", [
     ({}, (), ""), ({"recipe": "improved"}, (), ""),  # healthy: nothing said
     ({"lr_g": 5e-3, "lr_d": 1e-4}, ("G fools D", "mode collapse"), "is above D(x)"),  # G 50 times faster than D
-    ({"lr_g": 1.0, "lr_d": 1.0}, ("D wins",), "D is certain")], ids=["dcgan", "improved", "g-outruns-d", "d-wins"])
+    ({"lr_g": 1.0, "lr_d": 1.0}, ("D wins",), "D is certain"),
+    ({"lr_g": 2e-3, "lr_d": 2e-3}, ("checkerboard",), "a 2-pixel pattern covers the samples")],  # ten times DCGAN's
+    ids=["dcgan", "improved", "g-outruns-d", "d-wins", "checkerboard"])
 def test_a_small_run_names_what_goes_wrong_and_a_healthy_one_says_nothing(faces, tmp_path, capsys, settings, named,
                                                                           evidence):
     epochs = train_small(faces, tmp_path, **settings)
