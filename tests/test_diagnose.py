@@ -36,7 +36,7 @@ def steps_of(epoch: int, d_real: float, d_fake: float, loss_d: float = 1.0, loss
 
 
 def epoch(number: int, collapsed: bool = False, **signals) -> dict:
-    record = {"epoch": number, "signals": {"variety": 0.9, "checker": 0.02, "loss_d": 1.0, "loss_g": 1.0} | signals}
+    record = {"epoch": number, "signals": {"variety": 0.9, "pattern": 0.02, "loss_d": 1.0, "loss_g": 1.0} | signals}
     return record | ({"diagnosis": {"mode collapse": "..."}} if collapsed else {})
 
 
@@ -66,9 +66,11 @@ STILL = [epoch(1), epoch(2, change=0.01)]
     ([epoch(1)], steps_of(1, 0.97, 0.04), []),  # a strong D, as in a healthy DCGAN run
     ([epoch(1)], steps_of(1, 0.4, 0.7), ["G fools D"]),
     ([epoch(1)], steps_of(1, 0.5, 0.52), []),  # a draw is not G fooling D
-    ([epoch(1, checker=0.1)], H, ["checkerboard"]),
-    ([epoch(1, checker=0.1, variety=0.2)], H, []),  # a young G's blobs
-    ([epoch(1, checker=0.02), epoch(2, checker=0.1)], H, []),  # one epoch's flicker
+    ([epoch(1, pattern=0.1)], H, ["checkerboard"]),
+    ([epoch(1, pattern=0.1, variety=0.2)], H, []),  # a young G's blobs
+    ([epoch(1, pattern=0.02), epoch(2, pattern=0.1)], H, []),  # one epoch's flicker
+    ([{"epoch": 1, "signals": {"variety": 0.9, "checker": 20.0, "loss_d": 1.0, "loss_g": 1.0}}, epoch(2)], H, []),
+    # resumed from a run of the older signal
     ([epoch(1), epoch(2)], steps_of(2, 0.7, 0.3, loss_g=500), ["divergence"]),
     ([epoch(1)], steps_of(1, 0.7, 0.3, loss_g=float("nan")), ["divergence"]),
     (STILL, H, ["no progress"]),

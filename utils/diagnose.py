@@ -78,8 +78,9 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
                        + (f", and D(G(z)) = {d_fake:.2f} is above D(x) = {d_real:.2f}" if fooled else "")}
     if fooled:
         seen["G fools D"] = f"D(G(z)) = {d_fake:.2f} is above D(x) = {d_real:.2f}: G outruns D"
-    # a young G's blobs carry the pattern too; averaged over two epochs, as it flickers from one to the next
-    pattern = (now["checker"] + earlier[-1]["checker"]) / 2 if earlier else now["checker"]
+    # a young G's blobs carry the pattern too; averaged over two epochs, as it flickers from one to the next (a run
+    # from before 2026-12-07 measured it otherwise, as "checker")
+    pattern = (now["pattern"] + earlier[-1].get("pattern", now["pattern"])) / 2 if earlier else now["pattern"]
     if pattern > CHECKER and variety_now >= FORMED:
         seen["checkerboard"] = (f"a 2-pixel pattern covers the samples, at {pattern:.1%} of the real images' variety "
                                 f"(healthy runs stay under {CHECKER:.1%})")
@@ -137,8 +138,8 @@ class Diagnosis:
         record = history["epochs"][-1]
         steps = [s for s in history["steps"] if s["epoch"] == record["epoch"]]
         samples = untile(grid, self.config.num_samples, self.config.image_size)
-        # checker, variety and change in the real images' variety (variety 1: as varied as they are)
-        signals = {"checker": round(stride_pattern(samples) / self.real_variety, 4),
+        # pattern, variety and change in the real images' variety (variety 1: as varied as they are)
+        signals = {"pattern": round(stride_pattern(samples) / self.real_variety, 4),
                    "loss_d": round(_mean(steps, "loss_d"), 4), "loss_g": round(_mean(steps, "loss_g"), 4)}
         if len(samples) >= 8:  # fewer samples say too little about variety
             signals["variety"] = round(variety(samples) / self.real_variety, 4)
