@@ -78,8 +78,8 @@ def findings(epochs: list[dict], steps: list[dict]) -> dict[str, str]:
                        + (f", and D(G(z)) = {d_fake:.2f} is above D(x) = {d_real:.2f}" if fooled else "")}
     if fooled:
         seen["G fools D"] = f"D(G(z)) = {d_fake:.2f} is above D(x) = {d_real:.2f}: G outruns D"
-    # a young G's blobs carry the pattern too; averaged over two epochs, as it flickers from one to the next (a run
-    # from before 2026-12-07 measured it otherwise, as "checker")
+    # a young G's blobs carry the pattern too; averaged over two epochs, as it flickers from one to the next (an
+    # older run's records lack "pattern": the epoch after its resume stands alone)
     pattern = (now["pattern"] + earlier[-1].get("pattern", now["pattern"])) / 2 if earlier else now["pattern"]
     if pattern > CHECKER and variety_now >= FORMED:
         seen["checkerboard"] = (f"a 2-pixel pattern covers the samples, at {pattern:.1%} of the real images' variety "
