@@ -1,8 +1,6 @@
 """DiffAugment (Zhao et al., 2020): with little data D memorises the real images; augmenting all D sees, real and fake,
 differentiably (G's gradients flow through) keeps D honest without teaching G to draw augmented faces."""
 
-from __future__ import annotations
-
 import torch
 
 

@@ -1,7 +1,5 @@
 """Which run notebooks 04 to 06 work on: by default notebook 03's main run, never a tweak of it nor the newest."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from pathlib import Path
 

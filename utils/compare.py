@@ -2,8 +2,6 @@
 with FID, each run labelled by what it changed ("lr_g=0.001", "G=LeakyGenerator") or "common settings". A diverged
 run is left off the scale, identical curves stay visible, and a file that cannot be read is one line naming it."""
 
-from __future__ import annotations
-
 import math
 import textwrap
 from dataclasses import dataclass, field

@@ -2,8 +2,6 @@
 in, uint8 (N, 3, S, S) out, decoded once into data_dir/cache/. The cache's name changes whenever its content would;
 later runs memory-map it, and a file that does not hold what its name promises is rebuilt, never trained on."""
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import os

@@ -2,8 +2,6 @@
 checkerboard, divergence, no progress), since when, and the knob to turn first, from what the epoch made anyway
 against 64 real images. Thresholds and the runs they were measured on: docs/troubleshooting/README.md."""
 
-from __future__ import annotations
-
 import itertools
 import math
 from pathlib import Path

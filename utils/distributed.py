@@ -2,8 +2,6 @@
 from a shell, `launch(config)` from a notebook. Each process trains on its own shard of every epoch; gradients are
 averaged; only process 0 writes, and checkpoints hold the unwrapped models: a run resumes on any number of processes."""
 
-from __future__ import annotations
-
 import codecs
 import copy
 import inspect

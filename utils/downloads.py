@@ -2,8 +2,6 @@
 `download` is torch.hub.download_url_to_file's loop (temporary file, sha256 prefix, rename) plus what it lacks: it
 ends (a silent server, a deadline, a size cap without a length) and never shows a credential."""
 
-from __future__ import annotations
-
 import contextlib
 import hashlib
 import http.client

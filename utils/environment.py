@@ -1,8 +1,6 @@
 """Where we run and how fast: `choose_device` decides once per run the device, mixed precision, memory layout and CUDA
 graphs (on a CPU by a cached trial of real training steps); `size_preset` sizes the notebooks' runs for this machine."""
 
-from __future__ import annotations
-
 import json
 import math
 import os
@@ -117,7 +115,7 @@ class DeviceChoice:
                          f"{self.new_run_pick} for new runs)")
         return "\n".join(lines)
 
-    def resumed(self, config: TrainConfig, trained_as: str | None) -> DeviceChoice:
+    def resumed(self, config: TrainConfig, trained_as: str | None) -> "DeviceChoice":
         """This choice for a run whose epochs trained as `trained_as`: a newer trial must not change how it ends."""
         if trained_as == self.candidate or trained_as not in (self.trial or {}):
             return self

@@ -1,8 +1,6 @@
 """How long the long cells (training, FID) take here, in one line: on a CPU from the cached CPU trial, on a GPU from a
 few steps timed now; past 30 minutes on a CPU a warning names what to lower."""
 
-from __future__ import annotations
-
 import time
 from contextlib import closing
 from functools import partial

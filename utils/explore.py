@@ -1,8 +1,6 @@
 """Looking inside a trained generator: latent walks, nearest real neighbours, the discriminator's favourites. All
 sample as training does (`utils.models.sampling`) from latents drawn on the CPU: the same images on every device."""
 
-from __future__ import annotations
-
 import numpy as np
 import torch
 from torch import Tensor, nn

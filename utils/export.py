@@ -3,8 +3,6 @@
     python -m utils.export generated/dcgan-64px --out generator.pt
 """
 
-from __future__ import annotations
-
 import argparse
 import copy
 import json

@@ -4,8 +4,6 @@
     python -m utils.generate RUN_DIR --morph seed42_0007.png grid:12 --out morph.gif [--steps 24] [--size 256]
 """
 
-from __future__ import annotations
-
 import argparse
 import base64
 import copy

@@ -4,8 +4,6 @@
     python -m utils.gif generated/dcgan-64px [--out FILE.gif] [--frame-ms 200] [--hold-last-ms 2000]
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import sys

@@ -1,8 +1,6 @@
 """The image files of a folder (recursively, never hidden ones or runs') or a .zip (read in place), decoded into uint8
 (N, 3, S, S). Only regular files up to MAX_FILE_BYTES are read; those that do not decode are skipped, in one warning."""
 
-from __future__ import annotations
-
 import contextlib
 import io
 import os

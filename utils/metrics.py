@@ -2,8 +2,6 @@
 port of the TensorFlow FID Inception, so scores compare with papers' measured on as many images. In use:
 `fid_for_config(config, real_images, device).score_generator(generator, config.latent_dim, config.fid_samples)`."""
 
-from __future__ import annotations
-
 import hashlib
 from collections.abc import Callable
 from pathlib import Path

@@ -1,8 +1,6 @@
 """The DCGAN generator and discriminator (Radford et al., 2015) for any power-of-two image size, and the helpers that
 look at networks, built-in or your own. D returns a logit: the loss applies the sigmoid, stable in mixed precision."""
 
-from __future__ import annotations
-
 import hashlib
 import math
 from contextlib import contextmanager

@@ -1,8 +1,6 @@
 """A run folder (generated/dcgan-64px/: checkpoint.pt, config.json, history.json, samples/): who may write it, what may
 change when it continues, and how its files are made to match the checkpoint."""
 
-from __future__ import annotations
-
 import io
 import json
 import os

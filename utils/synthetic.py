@@ -2,8 +2,6 @@
 (seed, i) and is the same at every resolution: each shape is a signed distance (negative inside) in face coordinates,
 turned into coverage with a one-pixel anti-aliased edge."""
 
-from __future__ import annotations
-
 import functools
 
 import numpy as np

@@ -1,8 +1,6 @@
 """`train(config)`: notebook 03's loop around its step (utils/step.py), the data on the GPU when it fits, a checkpoint
 after every epoch; a resumed run ends exactly like an uninterrupted one, each epoch's randomness from (seed, epoch)."""
 
-from __future__ import annotations
-
 import math
 import time
 from dataclasses import dataclass

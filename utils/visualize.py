@@ -1,8 +1,6 @@
 """Pictures of a run: sample grids, the curves of its history, and a live view while training. What a notebook shows
 is drawn with pyplot; what is only saved or redrawn uses a bare `Figure` (no GUI backend, freed when dropped)."""
 
-from __future__ import annotations
-
 import io
 import math
 import time
