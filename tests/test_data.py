@@ -320,7 +320,8 @@ def test_a_damaged_or_foreign_cache_is_rebuilt_with_the_reason_never_used(tmp_pa
 # ------------------------------------------------------------------------------------------ where the cache goes
 
 @pytest.mark.parametrize("read_only,message", [
-    (True, r"cannot write .*disk/cache/faces-64px-\w+\.npy \(Read-only file system\): make the folder writable"),
+    (True, r"cannot write .*disk/cache/faces-64px-\w+\.npy \(Read-only file system\): choose another name or a "
+           r"writable folder"),
     (False, r"no space left to write .*disk/cache/faces-64px-\w+\.npy: it needs about 2\.3 MiB and the disk has "
             r"1\.0 MiB free"),
 ])

@@ -400,7 +400,8 @@ def test_a_failed_kaggle_download_names_the_status_leaves_nothing_and_never_prin
 @pytest.mark.parametrize("case,message", [
     ("small", r"no space left to write .*disk/animefacedataset: it needs about 900\.0 MiB and the disk has 1\.0 MiB "
               "free"),
-    ("read-only", r"cannot write .*disk/animefacedataset \(Read-only file system\): make the folder writable"),
+    ("read-only", r"cannot write .*disk/animefacedataset \(Read-only file system\): choose another name or a "
+                  r"writable folder"),
     ("filled", r"no space left to write .*disk/animefacedataset: .*Free some space"),
 ])
 def test_a_kaggle_download_onto_a_small_or_read_only_disk_fails_in_one_line_leaving_nothing(tmp_path, kaggle_api,

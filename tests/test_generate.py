@@ -116,7 +116,7 @@ def test_a_morph_loops_through_the_faces_at_a_readable_size(faces, tmp_path):
     assert frames.shape == (12, 256, 256, 3)  # 3 faces x 4 steps, each 16 px face enlarged 16x
     assert np.array_equal(frames[0][::16, ::16], image(faces, "seed42_0070.png"))  # each pixel a 16x16 block
     assert np.array_equal(frames[4][::16, ::16], image(faces, 12)) and not np.array_equal(frames[1], frames[0])
-    with pytest.raises(UserError, match=r"morph \(--morph\) must be 2 to 100,000 faces; got 1"):
+    with pytest.raises(UserError, match=r"morph \(--morph\) must be 2 to 4,096 faces of 256 px .*; got 1"):
         morph(faces, ["grid:1"], tmp_path / "one.gif")
 
 

@@ -17,7 +17,8 @@ from utils.choose import choose_run
 from utils.environment import cached_trial, trial_cache_file, _trial_key
 from utils.errors import UserError
 from utils.export import export_generator
-from utils.files import CHECKPOINT, CONFIG, HISTORY, OutputRefused, list_frames, made_here
+from utils.data import load_dataset
+from utils.files import CHECKPOINT, CONFIG, HISTORY, CannotWrite, OutputRefused, list_frames, made_here
 from utils.generate import generate, load_faces, morph
 from utils.gif import make_gif
 from utils.run import Run, read_checkpoint, read_history_file
@@ -79,6 +80,13 @@ def test_a_file_the_project_did_not_make_is_never_replaced_and_its_own_are(run_d
                         "already exists and was not written by this project")
     refused_in_one_line(command("utils.export", run_dir, "--out", mine), "already exists")
     assert mine.read_bytes() == b"not a grid" and not (tmp_path / "f").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "seed42_0000.png").write_bytes(b"my own face")   # a face's name, not a face of ours
+    refused_in_one_line(command("utils.generate", run_dir, "--n", 1, "--out", tmp_path / "kept"),
+                        "holds other files (seed42_0000.png)")
+    refused_in_one_line(command("utils.generate", run_dir, "--n", 2, "--out", tmp_path / "f",
+                                "--grid", tmp_path / "f" / "seed42_0000.png"), "is inside out (--out)")
+    assert (tmp_path / "kept" / "seed42_0000.png").read_bytes() == b"my own face" and not (tmp_path / "f").exists()
     (tmp_path / "faces").mkdir()
     (tmp_path / "faces" / ".seed42_0001.4242.tmp.png").write_bytes(b"half a face")   # what a kill mid-write leaves
     faces = load_faces(run_dir, "cpu")
@@ -108,6 +116,7 @@ def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp
     for number in (1, 3):
         (run_dir / f"earlier-{number}").mkdir()
         (run_dir / f"earlier-{number}" / HISTORY).write_text(f"kept {number}")
+    (run_dir / "earlier-\u00b2").mkdir()   # "²".isdigit(), yet int("²") fails
     said = []
     with Run.open(TrainConfig(out=str(run_dir), seed=7), {}, log=said.append):
         pass
@@ -117,8 +126,8 @@ def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp
 
 
 SECRET_URLS = ["https://ann:pw-SECRET@host/faces.zip", "https://host/faces.zip?token=SECRET&dl=1",
-               "https://host/faces.zip#access_token=SECRET", "https://host/a b.zip?X-Amz-Signature=SECRET",
-               "https://host/faces.zip?api_key=SECRET#sig=SECRET"]
+               "https://host/faces.zip#access_token=SECRET", "https://host/a%20b.zip?X-Amz-Signature=SECRET",
+               "https://host/faces.zip?api_key=SECRET#sig=SECRET", "HTTPS://host/faces.zip?to%6Ben=SECRET"]
 
 
 @pytest.mark.parametrize("url", SECRET_URLS)
@@ -132,11 +141,14 @@ def test_no_credential_is_stored_in_the_run_or_shown_in_an_error(url, tmp_path):
     assert "SECRET" not in redact(quoted) and redact("lr_g=0.0002, data=faces/") == "lr_g=0.0002, data=faces/"
 
 
-def test_a_url_with_a_space_fails_in_one_line_without_the_token(tmp_path):
-    result = command("utils.train", "--data", "https://ann:pw-SECRET@127.0.0.1:9/my faces.zip?token=SECRET",
-                     "--data-dir", tmp_path / "data", "--out", tmp_path / "run", "--image-size", 16, "--epochs", 1,
-                     "--device", "cpu", "--amp", "off", "--channels-last", "off")
-    assert result.returncode == 1 and "SECRET" not in result.stdout + result.stderr, result.stderr
+@pytest.mark.parametrize("url", ["https://ann:pw-SECRET@127.0.0.1:9/my faces.zip?token=SECRET",
+                                 "http://ann:pw SECRET@127.0.0.1:9/x.zip",   # after a space: the token's end
+                                 "http://127.0.0.1:9/x.zip?token=SECRET SECRET", "HTTP://ann:SECRET@127.0.0.1:9/x.zip"])
+def test_a_url_with_a_space_or_a_password_fails_in_one_line_without_the_token(url, tmp_path):
+    result = command("utils.train", "--data", url, "--data-dir", tmp_path / "data", "--out", tmp_path / "run",
+                     "--image-size", 16, "--epochs", 1, "--device", "cpu", "--amp", "off", "--channels-last", "off")
+    assert result.returncode in (1, 2) and "SECRET" not in result.stdout + result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and b"SECRET" not in b"".join(files_of(tmp_path).values())
 
 
 def test_choose_runs_lines_show_no_token(tiny_run, tmp_path):
@@ -155,6 +167,8 @@ def test_choose_runs_lines_show_no_token(tiny_run, tmp_path):
     (("--morph", "seed42_999999999999.png", "grid:0"), "not one this project writes"),
     (("--morph", "grid:0", "grid:1", "--steps", 100_000_000), "steps (--steps) must be 1 to 2,048 frames"),
     (("--morph", "grid:0", "grid:1", "--size", 10**6), "size (--size) must be 1 to 2,048 pixels"),
+    (("--morph", *["grid:0"] * 4097), "morph (--morph) must be 2 to 4,096 faces of 256 px"),
+    (("--device", "bogus"), "device must be auto, cpu, mps or cuda[:N]; got 'bogus'"),
     (("--n", "1e11"), "invalid int value: '1e11'"),   # by the parser: exit status 2 after its usage line
 ])
 def test_generate_refuses_sizes_counts_and_names_past_their_range_in_one_line(run_dir, tmp_path, args, words):
@@ -163,8 +177,12 @@ def test_generate_refuses_sizes_counts_and_names_past_their_range_in_one_line(ru
     assert not out.exists()
 
 
+NESTED = "[" * 100_000 + "]" * 100_000   # valid JSON, nested past what Python's parser can recurse
+
+
 @pytest.mark.parametrize("entry", [{"images_per_s": {"fp64 NCHW": 9.0}}, {"images_per_s": {}}, {},
-                                   {"images_per_s": {"fp32 NCHW": 0, "fp32 channels_last": 100}}, "fifo", "[]"])
+                                   {"images_per_s": {"fp32 NCHW": 0, "fp32 channels_last": 100}}, "fifo", "[]",
+                                   pytest.param(NESTED, id="nested")])
 def test_a_poisoned_cpu_trial_cache_is_measured_again_with_one_line(entry, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ANIME_GAN_CACHE_DIR", str(tmp_path))
     config = TrainConfig(image_size=16)
@@ -177,7 +195,7 @@ def test_a_poisoned_cpu_trial_cache_is_measured_again_with_one_line(entry, tmp_p
     assert said.count("\n") == 1 and "measuring again" in said
 
 
-@pytest.mark.parametrize("history", ['{"epochs": [1, 2]}', "[]", "\xff", "fifo"])
+@pytest.mark.parametrize("history", ['{"epochs": [1, 2]}', "[]", "\xff", "fifo", pytest.param(NESTED, id="nested")])
 def test_a_damaged_history_is_read_as_none_saying_why_without_a_wait(history, tmp_path):
     if history == "fifo":
         os.mkfifo(tmp_path / HISTORY)
@@ -194,3 +212,23 @@ def test_a_file_read_back_that_is_not_a_regular_file_is_refused_at_once(tmp_path
         TrainConfig.load(tmp_path / CONFIG)   # through read_json, as every JSON file read back
     with pytest.raises(UserError, match="is not a regular file, so not a readable checkpoint"):
         read_checkpoint(tmp_path / CHECKPOINT)
+
+
+def test_a_folder_in_the_way_of_a_file_to_write_is_refused_in_one_line(tmp_path):
+    config = TrainConfig(image_size=16, max_images=64, data_dir=str(tmp_path))
+    load_dataset(config, progress=False)
+    cache = next((tmp_path / "cache").glob("*.npy"))
+    cache.unlink()
+    cache.mkdir()   # where the cache is rebuilt: os.replace cannot put a file there
+    with pytest.raises(CannotWrite, match=r"cannot write .+\.npy \(Is a directory\): choose another name"):
+        load_dataset(config, progress=False)
+
+
+def test_networks_too_big_for_the_memory_are_refused_before_the_cpu_trial_times_them(tmp_path):
+    env = {name: value for name, value in os.environ.items() if name != "ANIME_GAN_AMP"}   # amp auto: a CPU trial
+    result = subprocess.run([sys.executable, "-m", "utils.train", "--g-width", "100000", "--image-size", "16",
+                             "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "run")], cwd=REPO,
+                            capture_output=True, text=True, timeout=300,
+                            env=env | {"PYTHONPATH": str(REPO), "ANIME_GAN_CACHE_DIR": str(tmp_path / "cache")})
+    refused_in_one_line(result, "make networks of")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()

@@ -15,6 +15,7 @@ from utils.files import atomic_path, read_json
 from utils.urls import is_url, parses, redact_url
 
 MAX_SEED = 2**32 - 1   # each epoch's generators are seeded from (seed, epoch) within 64 bits (utils/training.py)
+DEVICE_NAME = re.compile(r"auto|cuda(:\d+)?|mps|cpu")   # what `device` may be, in the config and every command
 
 # What recipe="improved" sets in fields left at their defaults (SNGAN/BigGAN's; benchmarks/results/quality-cpu-*.log)
 IMPROVED_RECIPE = dict(ema_decay=0.999, spectral_norm=True, loss="hinge", lr_d=1e-3, lr_g=5e-4, beta1=0.0, beta2=0.99)
@@ -98,7 +99,9 @@ class TrainConfig:
                 raise ConfigError(f"config field '{f.name}' must be of type {expected.__name__}; got {value!r}")
         self._check(self.image_size >= 16 and self.image_size.bit_count() == 1, "image_size", "a power of two >= 16")
         self._check(self.data != "", "data", "a non-empty string: 'synthetic', 'kaggle', a folder, a .zip or a URL")
-        self._check(not is_url(self.data) or parses(self.data), "data", "a valid URL (like https://host/faces.zip)")
+        if is_url(self.data) and not parses(self.data):   # not shown: what follows a space may be a token's end
+            raise ConfigError("config field 'data' must be a valid URL (like https://host/faces.zip) without spaces "
+                              "(write them as %20); got one not shown here, as it may hold a token")
         self._check(self.data_dir != "", "data_dir", "a folder path (downloads and caches go there)")
         for name, smallest in _AT_LEAST.items():
             self._check(getattr(self, name) >= smallest, name, f">= {smallest}")
@@ -116,7 +119,7 @@ class TrainConfig:
                                   f"targets to smooth or flip: leave {name} at {_DEFAULTS[name]!r}, or use loss='bce'")
         unknown = set(filter(None, self.diffaugment.split(","))) - {"color", "translation", "cutout"}
         self._check(not unknown, "diffaugment", "a comma-separated subset of 'color,translation,cutout'")
-        self._check(bool(re.fullmatch(r"auto|cuda(:\d+)?|mps|cpu", self.device)), "device", "auto, cpu, mps, cuda[:N]")
+        self._check(bool(DEVICE_NAME.fullmatch(self.device)), "device", "auto, cpu, mps, cuda[:N]")
         self._check(0 <= self.seed <= MAX_SEED, "seed", f"in [0, {MAX_SEED}]")
         self._check(1 <= self.num_samples <= 1024, "num_samples", "in [1, 1024]")
 

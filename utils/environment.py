@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from utils import distributed
-from utils.config import TrainConfig
+from utils.config import DEVICE_NAME, TrainConfig
 from utils.errors import ConfigError
 from utils.files import atomic_path, read_json
 from utils.step import TRIAL_BATCH, time_training_steps
@@ -27,6 +27,8 @@ Measure = Callable[[list[str]], Iterator[dict[str, float]]]   # round after roun
 
 def pick_device(name: str = "auto") -> torch.device:
     """The device this process drives: `name` or for "auto" cuda, then mps, then cpu; under torchrun cuda:LOCAL_RANK."""
+    if not DEVICE_NAME.fullmatch(name):
+        raise ConfigError(f"device must be auto, cpu, mps or cuda[:N]; got {name!r}")
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     name = next(kind for kind, present in available.items() if present) if name == "auto" else name
     device = torch.device(name)

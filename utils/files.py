@@ -81,9 +81,9 @@ def _explain(error: OSError, path: Path, tmp: Path, needs_bytes: int) -> OSError
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or (error.errno in (None, errno.EIO) and nearly_full):
         return CannotWrite(_disk_full_message(path, needs_bytes, free, written))
     if error.errno in (None, errno.EIO, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
-                       errno.EEXIST):
-        return CannotWrite(f"cannot write {path} ({error.strerror or error}): make the folder writable or choose "
-                           "another one, or a shorter name (on Kaggle, write under /kaggle/working)")
+                       errno.EEXIST, errno.EISDIR):   # EISDIR: a folder of that name is in the way
+        return CannotWrite(f"cannot write {path} ({error.strerror or error}): choose another name or a writable "
+                           "folder (on Kaggle, write under /kaggle/working)")
     return error   # such as a folder that vanished: the caller says what that means
 
 
@@ -133,15 +133,16 @@ def run_part(path: Path) -> str:
 
 
 def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
-    """`folder` if a command may write there (not a run folder nor its samples/, holding only `keep` files)."""
+    """`folder` if a command may write there (not a run folder nor its samples/, holding only `keep` files that this
+    project made: it writes over those)."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputRefused(f"{what} {folder} is a file: pass a folder (it is created if missing)")
     part = run_part(folder) or ("a run folder" if is_run_folder(folder) else "")
     if part:
         raise OutputRefused(f"{what} {folder} is {part}: choose a folder of its own")
-    others = sorted(path.name for path in folder.iterdir()
-                    if not keep.fullmatch(path.name) and not TEMPORARY.fullmatch(path.name)) if folder.is_dir() else []
+    others = sorted(path.name for path in folder.iterdir() if not TEMPORARY.fullmatch(path.name)
+                    and not (keep.fullmatch(path.name) and made_here(path))) if folder.is_dir() else []
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise OutputRefused(f"{what} {folder} holds other files ({listed}): choose a new or empty folder")
@@ -180,7 +181,7 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"has {info.st_size:,} bytes, more than this project writes")
     try:
         return json.loads(Path(path).read_bytes())
-    except ValueError as error:   # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as error:   # JSONDecodeError, UnicodeDecodeError, [[[... nested too deep
         raise ValueError(f"is not valid JSON ({error})") from None
 
 

@@ -23,9 +23,9 @@ from utils.config import MAX_SEED
 from utils.environment import pick_device
 from utils.errors import UserError, run_cli
 from utils.explore import decode, slerp
-from utils.files import CHECKPOINT, list_frames, output_file, output_folder
+from utils.files import CHECKPOINT, OutputRefused, list_frames, output_file, output_folder
 from utils.gif import write_gif
-from utils.run import models_from_checkpoint, read_checkpoint
+from utils.run import load_models, read_checkpoint
 from utils.visualize import enlarged, image_grid, in_notebook, read_grid, write_png
 
 BLOCK = 64  # latents are drawn this many at a time: face i of a seed does not depend on how many are drawn
@@ -59,7 +59,7 @@ def load_faces(run_dir: str | Path, device: str = "auto", generator: nn.Module |
         raise UserError(f"{run_dir} is not a run folder with a finished epoch (no {CHECKPOINT} in it): pass the "
                         "folder training wrote, e.g. generated/dcgan-64px, once it has finished an epoch")
     state = read_checkpoint(run_dir / CHECKPOINT)
-    trained, _, _ = models_from_checkpoint(state, run_dir, generator=generator)
+    trained, _, _ = load_models(run_dir, generator, state=state)
     config, fixed_noise, device = state["config"], state["fixed_noise"], pick_device(device)
     return Faces(frozen_statistics(trained, fixed_noise).to(device), fixed_noise, run_dir, state["epoch"],
                  config["seed"], config["latent_dim"], config["image_size"], device)
@@ -123,10 +123,12 @@ def grid_face_history(faces: Faces, face: str | int) -> list[tuple[int, np.ndarr
 def check_inputs(n: int | None = None, size: int | None = None, seed: int | None = None,
                  steps: int | None = None, faces: int | None = None, smallest: int = 1) -> None:
     """A UserError naming the first input out of its range (sizes from `smallest`, the run's, when it is known)."""
+    most_faces = max(2, MAX_MORPH_PIXELS // (size or 1) ** 2)   # one frame each
     most_steps = max(1, MAX_MORPH_PIXELS // ((faces or 2) * (size or 1) ** 2))
     for name, value, low, high, unit in (
-            ("n", n, 1, MAX_FACES, " faces"), ("seed", seed, 0, MAX_SEED, ""), ("morph", faces, 2, MAX_FACES, " faces"),
+            ("n", n, 1, MAX_FACES, " faces"), ("seed", seed, 0, MAX_SEED, ""),
             ("size", size, smallest, 2048, " pixels (faces are enlarged with sharp pixels, never shrunk)"),
+            ("morph", faces, 2, most_faces, f" faces of {size} px (a GIF holds at most {MAX_MORPH_PIXELS:,} pixels)"),
             ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
                                             f"{MAX_MORPH_PIXELS:,} pixels in all)")):
         if value is not None and not low <= value <= high:
@@ -145,6 +147,9 @@ def generate(faces: Faces | str | Path, n: int, out: str | Path, seed: int | Non
     check_inputs(n=n, size=size, seed=seed)   # before the run is loaded: a typo costs nothing
     out = output_folder(out, "out (--out)", FACE_NAME)
     grid = output_file(grid, "grid (--grid)") if grid is not None else None
+    if grid is not None and grid.resolve().parent == out.resolve():   # it would replace a face, or be in the way next
+        raise OutputRefused(f"grid (--grid) {grid} is inside out (--out) {out}, which holds the faces alone: write it "
+                            "beside the folder")
     faces = faces if isinstance(faces, Faces) else load_faces(faces, device)
     seed, size = faces.seed if seed is None else seed, size or faces.image_size
     check_inputs(size=size, smallest=faces.image_size)

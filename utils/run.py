@@ -208,15 +208,11 @@ def _refuse_other_networks(run_dir: str | Path, state: dict, networks: dict[str,
                               f"{role} {how}")
 
 
-def load_models(run_dir: str | Path, generator: nn.Module | None = None,
-                discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """A run's generator (its EMA weights if kept), discriminator and history on the CPU; own networks: fresh ones."""
-    return models_from_checkpoint(read_checkpoint(Path(run_dir) / CHECKPOINT), run_dir, generator, discriminator)
-
-
-def models_from_checkpoint(state: dict, run_dir: str | Path, generator: nn.Module | None = None,
-                           discriminator: nn.Module | None = None) -> tuple[nn.Module, nn.Module, dict]:
-    """`load_models` from a checkpoint already read (`run_dir` only names it in errors)."""
+def load_models(run_dir: str | Path, generator: nn.Module | None = None, discriminator: nn.Module | None = None,
+                state: dict | None = None) -> tuple[nn.Module, nn.Module, dict]:
+    """A run's generator (its EMA weights if kept), discriminator and history on the CPU, from its checkpoint or
+    `state` (the checkpoint already read); own networks: fresh ones of their classes to load into."""
+    state = read_checkpoint(Path(run_dir) / CHECKPOINT) if state is None else state
     config = TrainConfig.from_dict(state["config"])
     if generator is None:
         generator = Generator(config.image_size, config.latent_dim, config.g_width)
@@ -321,7 +317,7 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
             frame.unlink()
     elif later or remade or config_problem:
         own = [run_dir / CONFIG] if state is None and (run_dir / CONFIG).exists() else []
-        taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdigit()]
+        taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdecimal()]
         aside = run_dir / f"earlier-{max(taken, default=0) + 1}"
         (aside / SAMPLES).mkdir(parents=True)   # never into a folder already there: the lock keeps others out meanwhile
         for path in [frame for _, frame in later] + remade + own:

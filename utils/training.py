@@ -17,7 +17,7 @@ from utils import distributed
 from utils.config import TrainConfig
 from utils.data import load_dataset
 from utils.diagnose import Diagnosis
-from utils.environment import DeviceChoice, choose_device
+from utils.environment import DeviceChoice, choose_device, pick_device
 from utils.errors import ConfigError, Interrupted, UserError
 from utils.metrics import FID, fid_for_config, load_inception
 from utils.models import Discriminator, Generator, check_network_size, check_networks
@@ -82,11 +82,11 @@ def train(config: TrainConfig, progress: bool = True, live_plot=None, images: to
     `images` replaces loading `config.data`; `generator` and `discriminator` replace the built-in networks."""
     config.validate()  # again: fields assigned after the config was built (config.lr_g = -1) are checked too
     try:
+        if generator is None or discriminator is None:   # before the CPU trial times such networks
+            check_network_size(config, pick_device(config.device))
         choice = choose_device(config, partial(time_training_steps, config))  # joins a distributed run's group
         # a wrong or missing weights file, or a failed download, fails now: not after the first epoch, losing it
         inception = load_inception(config.fid_weights) if config.fid_every and distributed.is_main() else None
-        if generator is None or discriminator is None:
-            check_network_size(config, choice.device)
         tag = network_tag(config, generator, discriminator)
         torch.manual_seed(config.seed)  # the same config starts from the same weights
         if generator is None:

@@ -3,26 +3,34 @@
 import re
 import urllib.parse
 
-_SECRET_NAME = r"[\w.%-]*(?:token|key|sig|secret|pass|pwd|auth|cred|session)[\w.%-]*"
-_SECRET_PAIR = re.compile(rf"({_SECRET_NAME}=)[^&#\s'\"]+", re.IGNORECASE)   # token=abc, X-Amz-Credential=...
-_USER_INFO = re.compile(r"(https?://)[^/?#\s'\"]*@", re.IGNORECASE)           # https://user:pass@
+_SECRET_WORD = re.compile(r"token|key|sig|secret|pass|pwd|auth|cred|session", re.IGNORECASE)
+_NAME, _VALUE = re.compile(r"([\w.%-]+)="), re.compile(r"[^&#\s'\"]+")   # token=abc, X-Amz-Credential=..., to%6Ben=abc
+_USER_INFO = re.compile(r"(https?://)[^/?#'\"\n]*@", re.IGNORECASE)   # https://user:pass@, spaces in it included
 
 
 def is_url(data: str) -> bool:
-    return data.startswith(("http://", "https://"))
+    return data[:8].lower().startswith(("http://", "https://"))   # as urllib reads the scheme: HTTP:// too
 
 
 def parses(url: str) -> bool:
-    """Whether urllib reads the URL's host and port (it raises a bare ValueError for "http://[::1/x.zip")."""
+    """Whether urllib reads the URL's host and port (it raises a bare ValueError for "http://[::1/x.zip") and the URL
+    holds no space or control character (http.client refuses those, quoting the URL where no pattern finds it)."""
     try:
-        return urllib.parse.urlsplit(url).port is not None or True
+        return not re.search(r"[\x00-\x20\x7f]", url) and (urllib.parse.urlsplit(url).port is not None or True)
     except ValueError:
         return False
 
 
 def redact(text: str) -> str:
-    """`text` with every URL's user:password@ and the value of every secret-named name=value replaced by ***."""
-    return _SECRET_PAIR.sub(r"\1***", _USER_INFO.sub(r"\1***@", text))
+    """`text` with every URL's user:password@ and the value of every secret-named name=value (its name read as a
+    server decodes it: to%6Ben is token) replaced by ***."""
+    text, kept, end = _USER_INFO.sub(r"\1***@", text), [], 0
+    for name in _NAME.finditer(text):   # every name=, also one inside another's value (data=https://...?token=...)
+        value = _VALUE.match(text, name.end())
+        if name.start() >= end and value and _SECRET_WORD.search(urllib.parse.unquote(name[1])):
+            kept += [text[end:name.end()], "***"]
+            end = value.end()
+    return "".join(kept) + text[end:]
 
 
 def redact_url(data: str) -> str:
