@@ -209,7 +209,7 @@ def test_a_zip_url_is_downloaded_once_read_in_place_and_its_credentials_never_pr
     assert len(server.requests) == 1
 
     for failing, shown in [(f"{server.url}/status/404?token=t0ken&dl=1",
-                            f"downloading {server.url}/status/404?token=***&dl=1 failed: the server answered 404"),
+                            f"downloading {server.url}/status/404?token=***&dl=*** failed: the server answered 404"),
                            (f"{server.url}/fa ces.zip?token=t0ken", "failed (URL can't contain control characters"),
                            (f"http://ann:pa55word@127.0.0.1:{server.port}/faces.zip?token=t0ken",
                             f"http://***@127.0.0.1:{server.port}/faces.zip?token=*** holds a user name or password, "
@@ -228,13 +228,13 @@ def test_a_zip_url_is_downloaded_once_read_in_place_and_its_credentials_never_pr
     ("https://ghp_secret@github.com/x/faces.zip", "https://***@github.com/x/faces.zip"),
     ("https://ann:pw@host:8080/f.zip", "https://***@host:8080/f.zip"),
     ("https://host/f.zip?X-Amz-Signature=ab&X-Amz-Credential=cd&X-Amz-Date=2026",
-     "https://host/f.zip?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=2026"),
+     "https://host/f.zip?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=***"),
     ("https://host/f.zip?access_token=ab&dl=1&api_key=cd&flag",
-     "https://host/f.zip?access_token=***&dl=1&api_key=***&flag"),
+     "https://host/f.zip?access_token=***&dl=***&api_key=***&flag"),
     ("data/faces", "data/faces"),
     ("http://[::1/broken?key=1", "http://[::1/broken?key=***"),
 ])
-def test_redact_url_hides_passwords_and_tokens_only(url, shown):
+def test_redact_url_hides_passwords_and_every_query_value_but_not_the_path(url, shown):
     assert redact_url(url) == shown
 
 

@@ -1,3 +1,4 @@
+import math
 import os
 from pathlib import Path
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from utils import metrics
 from utils.config import TrainConfig
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 from utils.metrics import (FID, dataset_id, fid_for_config, frechet_distance, load_inception, reference_cache_file,
                            weights_id)
 
@@ -100,6 +101,10 @@ def test_reference_statistics_are_cached_and_reused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "cache")
     stand_in_fid(real, cache_file=None)   # no cache file: nothing is written
     assert list((tmp_path / "cache").iterdir()) == [cache_file]
+    torch.save({"mean": torch.zeros(32, dtype=torch.float64), "cov": torch.full((32, 32), math.nan, dtype=torch.float64)},
+               cache_file)   # the right shapes, numbers no score can come from
+    with pytest.raises(UserError, match="does not hold FID statistics"):
+        stand_in_fid(real, cache_file)
 
 
 def test_num_real_uses_the_same_random_subset_every_time():

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from utils.config import TrainConfig
 from utils.choose import choose_run
 from utils.environment import cached_trial, trial_cache_file, _trial_key
 from utils.errors import UserError
 from utils.export import export_generator
+from utils.compare import compare_runs
 from utils.data import load_dataset
 from utils.files import CHECKPOINT, CONFIG, HISTORY, CannotWrite, OutputRefused, list_frames, made_here
 from utils.generate import generate, load_faces, morph
@@ -102,11 +104,33 @@ def test_a_file_the_project_did_not_make_is_never_replaced_and_its_own_are(run_d
         make_gif(run_dir, out=mine)
 
 
+def test_paths_are_guarded_as_written_a_quoted_tilde_and_an_overlong_name_included(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(run_dir, tmp_path / "~")   # a folder named ~: open("~/samples/t.gif") writes there
+    with pytest.raises(OutputRefused, match="where the run keeps its grid"):
+        make_gif(run_dir, out="~/samples/t.gif")
+    with pytest.raises(UserError, match="choose a folder of its own"):
+        Run.open(TrainConfig(out="~/samples"), {})
+    (run_dir / "history.png").write_bytes(b"my own plot")   # one of a run's remade pictures, but not made here
+    refused_in_one_line(command("utils.generate", run_dir, "--n", 1, "--out", tmp_path / "f", "--grid",
+                                run_dir / "history.png"), "was not written by this project")
+    refused_in_one_line(command("utils.gif", run_dir, "--out", tmp_path / ("a" * 300 + ".gif")), "longer than the 255")
+    assert (run_dir / "history.png").read_bytes() == b"my own plot"
+    assert not list((tmp_path / "~" / "samples").glob("t*"))
+
+
 def test_train_refuses_a_run_folder_inside_another_runs_samples_or_files(run_dir):
     for out in (run_dir / "samples", run_dir / "samples" / "x", run_dir / CHECKPOINT):
         with pytest.raises(UserError, match="choose a folder of its own"):
             Run.open(TrainConfig(out=str(out)), {})
     assert not (run_dir / "samples" / "x").exists()
+    for data_dir in (run_dir, run_dir / "samples"):   # its cache/ and .lock would go into the run
+        with pytest.raises(UserError, match="'data_dir' .* is or lies in a run folder"):
+            load_dataset(TrainConfig(data_dir=str(data_dir), image_size=16, max_images=64), progress=False)
+    (run_dir.parent / "locked" / ".lock").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"cannot lock .*locked/\.lock \(Is a directory\)"):
+        Run.open(TrainConfig(out=str(run_dir.parent / "locked")), {})
+    assert not (run_dir / "cache").exists() and not (run_dir / "samples" / "cache").exists()
 
 
 def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp_path):
@@ -117,6 +141,7 @@ def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp
         (run_dir / f"earlier-{number}").mkdir()
         (run_dir / f"earlier-{number}" / HISTORY).write_text(f"kept {number}")
     (run_dir / "earlier-\u00b2").mkdir()   # "²".isdigit(), yet int("²") fails
+    (run_dir / ("earlier-" + "9" * 247)).mkdir()   # one more would be a name longer than a file system holds
     said = []
     with Run.open(TrainConfig(out=str(run_dir), seed=7), {}, log=said.append):
         pass
@@ -127,7 +152,8 @@ def test_moving_an_earlier_run_aside_never_moves_into_a_folder_already_there(tmp
 
 SECRET_URLS = ["https://ann:pw-SECRET@host/faces.zip", "https://host/faces.zip?token=SECRET&dl=1",
                "https://host/faces.zip#access_token=SECRET", "https://host/a%20b.zip?X-Amz-Signature=SECRET",
-               "https://host/faces.zip?api_key=SECRET#sig=SECRET", "HTTPS://host/faces.zip?to%6Ben=SECRET"]
+               "https://host/faces.zip?api_key=SECRET#sig=SECRET", "HTTPS://host/faces.zip?to%6Ben=SECRET",
+               "https://host/f.zip?auth[token]=SECRET&jwt=SECRET", "https://host/f.zip?token=SEC'SECRET"]
 
 
 @pytest.mark.parametrize("url", SECRET_URLS)
@@ -141,9 +167,15 @@ def test_no_credential_is_stored_in_the_run_or_shown_in_an_error(url, tmp_path):
     assert "SECRET" not in redact(quoted) and redact("lr_g=0.0002, data=faces/") == "lr_g=0.0002, data=faces/"
 
 
+def test_every_value_of_a_stored_urls_query_is_hidden_as_a_server_may_read_any_as_a_token():
+    stored = TrainConfig(data="https://host/f.zip?dl=1&x=SECRET#y=SECRET").to_dict(stored=True)["data"]
+    assert stored == "https://host/f.zip?dl=***&x=***#y=***"
+
+
 @pytest.mark.parametrize("url", ["https://ann:pw-SECRET@127.0.0.1:9/my faces.zip?token=SECRET",
                                  "http://ann:pw SECRET@127.0.0.1:9/x.zip",   # after a space: the token's end
-                                 "http://127.0.0.1:9/x.zip?token=SECRET SECRET", "HTTP://ann:SECRET@127.0.0.1:9/x.zip"])
+                                 "http://127.0.0.1:9/x.zip?token=SECRET SECRET", "HTTP://ann:SECRET@127.0.0.1:9/x.zip",
+                                 "ftp://ann:SECRET@127.0.0.1:9/x.zip"])   # no http(s): read as a path, shown redacted
 def test_a_url_with_a_space_or_a_password_fails_in_one_line_without_the_token(url, tmp_path):
     result = command("utils.train", "--data", url, "--data-dir", tmp_path / "data", "--out", tmp_path / "run",
                      "--image-size", 16, "--epochs", 1, "--device", "cpu", "--amp", "off", "--channels-last", "off")
@@ -169,6 +201,8 @@ def test_choose_runs_lines_show_no_token(tiny_run, tmp_path):
     (("--morph", "grid:0", "grid:1", "--size", 10**6), "size (--size) must be 1 to 2,048 pixels"),
     (("--morph", *["grid:0"] * 4097), "morph (--morph) must be 2 to 4,096 faces of 256 px"),
     (("--device", "bogus"), "device must be auto, cpu, mps or cuda[:N]; got 'bogus'"),
+    (("--morph", "grid:\u00b2", "grid:1"), "is neither a generated face's file name"),
+    (("--morph", f"seed{'1' * 5000}_0001.png", "grid:1"), "is neither a generated face's file name"),
     (("--n", "1e11"), "invalid int value: '1e11'"),   # by the parser: exit status 2 after its usage line
 ])
 def test_generate_refuses_sizes_counts_and_names_past_their_range_in_one_line(run_dir, tmp_path, args, words):
@@ -232,3 +266,19 @@ def test_networks_too_big_for_the_memory_are_refused_before_the_cpu_trial_times_
                             env=env | {"PYTHONPATH": str(REPO), "ANIME_GAN_CACHE_DIR": str(tmp_path / "cache")})
     refused_in_one_line(result, "make networks of")
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_settings_would_fill_the_memory_or_whose_networks_are_not_a_record_is_refused(run_dir):
+    state = read_checkpoint(run_dir / CHECKPOINT)
+    for damaged in ({"config": state["config"] | {"g_width": 10**9}}, {"networks": "junk"}):
+        torch.save(state | damaged, run_dir / CHECKPOINT)   # before generate builds a 16 TB network from it
+        refused_in_one_line(command("utils.generate", run_dir, "--n", 1, "--out", run_dir.parent / "f"),
+                            "is not a checkpoint of this project" if "networks" in damaged else "make networks of")
+
+
+def test_notebook_calls_with_values_of_another_type_or_one_folder_are_one_line(run_dir, tmp_path):
+    faces = load_faces(run_dir, "cpu")
+    for wrong in (dict(n=2.5), dict(n=1, seed=1.5)):
+        with pytest.raises(UserError, match=r"must be .+; got 1?\.?\d"):
+            generate(faces, out=tmp_path / "f", **wrong)
+    assert compare_runs(run_dir) is not None   # one folder, not a list of its letters

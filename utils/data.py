@@ -15,7 +15,7 @@ import torch
 
 from utils.config import TrainConfig
 from utils.downloads import KAGGLE_SLUG, data_dir_lock, download_kaggle, download_url, safe_file_name
-from utils.files import atomic_path
+from utils.files import atomic_path, is_run_folder, run_part
 from utils.image_files import DataError, decode_all, list_image_files, open_source
 from utils.synthetic import synthetic_faces
 from utils.urls import is_url
@@ -27,6 +27,8 @@ _CACHE_FORMAT = 4   # bump when decoding, the synthetic renderer or the cache ke
 def load_dataset(config: TrainConfig, progress: bool = True) -> torch.Tensor:
     """The images of `config.data`, uint8 (N, 3, S, S), N at most config.max_images (0 = all). Later calls memory-map
     the cache copy-on-write: well under a second, and writing into the tensor never changes the file."""
+    if run_part(Path(config.data_dir)) or is_run_folder(config.data_dir):   # its cache/ and .lock would go there
+        raise DataError(f"config field 'data_dir' ({config.data_dir}) is or lies in a run folder: choose another one")
     source = _local_source(config)
     path, counts = _cache_file(config, source)
     problem, data_dir = _cache_problem(path, config.image_size, counts), Path(config.data_dir)

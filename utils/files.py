@@ -122,8 +122,11 @@ def is_run_folder(folder: str | Path) -> bool:
 
 
 def run_part(path: Path) -> str:
-    """What `path` is of a run folder ("" for nothing): one of its own files, or in its samples/."""
-    path = path.expanduser().resolve()
+    """What `path` is of a run folder ("" for nothing): one of its own files, or in its samples/. As written: a
+    quoted ~ is a folder named ~, as open() reads it."""
+    if any(len(os.fsencode(part)) > 255 for part in Path(path).parts):
+        raise OutputRefused(f"{path} has a name longer than the 255 bytes a file system holds: choose a shorter one")
+    path = Path(path).resolve()
     if path.name in (CHECKPOINT, CONFIG, HISTORY, LOCK) and is_run_folder(path.parent):
         return f"the own {path.name} of the run {path.parent}"
     for folder in (path, *path.parents):
@@ -136,9 +139,9 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
     """`folder` if a command may write there (not a run folder nor its samples/, holding only `keep` files that this
     project made: it writes over those)."""
     folder = Path(folder)
+    part = run_part(folder) or ("a run folder" if is_run_folder(folder) else "")
     if folder.exists() and not folder.is_dir():
         raise OutputRefused(f"{what} {folder} is a file: pass a folder (it is created if missing)")
-    part = run_part(folder) or ("a run folder" if is_run_folder(folder) else "")
     if part:
         raise OutputRefused(f"{what} {folder} is {part}: choose a folder of its own")
     others = sorted(path.name for path in folder.iterdir() if not TEMPORARY.fullmatch(path.name)
@@ -150,15 +153,13 @@ def output_folder(folder: str | Path, what: str, keep: re.Pattern) -> Path:
 
 
 def output_file(path: str | Path, what: str) -> Path:
-    """`path` if a command may write it: not a run's own file nor in its samples/; new, REMADE or `made_here`."""
-    path = Path(path)
+    """`path` if a command may write it: not a run's own file nor in its samples/; new or `made_here`."""
+    path, part = Path(path), run_part(Path(path))
     if path.is_dir():
         raise OutputRefused(f"{what} {path} is a folder: pass the name of the file to write")
-    part = run_part(path)
     if part:
         raise OutputRefused(f"{what} {path} is {part}: choose a file outside the run's own files and samples/")
-    remade = path.name in REMADE and is_run_folder(path.parent)
-    if (path.exists() or path.is_symlink()) and not remade and not made_here(path):
+    if (path.exists() or path.is_symlink()) and not made_here(path):
         raise OutputRefused(f"{what} {path} already exists and was not written by this project: choose another name")
     return path
 

@@ -31,7 +31,7 @@ from utils.visualize import enlarged, image_grid, in_notebook, read_grid, write_
 BLOCK = 64  # latents are drawn this many at a time: face i of a seed does not depend on how many are drawn
 MAX_FACES = 100_000        # faces of one set (--n, the NNNN of a face name): far past what FID needs
 MAX_MORPH_PIXELS = 2**28   # frames x pixels of a morph: what the GIF encoder holds (1 byte a pixel) stays bounded
-FACE_NAME = re.compile(r"seed(\d+)_(\d+)\.png")
+FACE_NAME = re.compile(r"seed(\d{1,20})_(\d{1,20})\.png")   # at most 20 digits: int() refuses 4,300
 
 
 @dataclass
@@ -94,7 +94,7 @@ def face_latent(faces: Faces, face: str | int) -> Tensor:
     """The latent (latent_dim, 1, 1) of face "seed42_0007.png" (or its path), "grid:12" or 12 (of the run's grid, row
     by row from 0): `faces.decode(z)` draws it, also with a later epoch's generator."""
     index = str(face).removeprefix("grid:")
-    if isinstance(face, int) or index.isdigit():
+    if isinstance(face, int) or index.isdecimal():
         if not 0 <= int(index) < len(faces.fixed_noise):
             raise UserError(f"face grid:{index} does not exist: the grid has faces 0 to {len(faces.fixed_noise) - 1}")
         return faces.fixed_noise[int(index)].clone()
@@ -131,7 +131,7 @@ def check_inputs(n: int | None = None, size: int | None = None, seed: int | None
             ("morph", faces, 2, most_faces, f" faces of {size} px (a GIF holds at most {MAX_MORPH_PIXELS:,} pixels)"),
             ("steps", steps, 1, most_steps, f" frames per face for {faces} faces of {size} px (a GIF holds at most "
                                             f"{MAX_MORPH_PIXELS:,} pixels in all)")):
-        if value is not None and not low <= value <= high:
+        if value is not None and (type(value) is not int or not low <= value <= high):
             raise UserError(f"{name} (--{name}) must be {low:,} to {high:,}{unit}; got {value:,}")
 
 

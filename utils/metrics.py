@@ -36,8 +36,8 @@ class FID:
             reference = load_data(cache_file, "FID statistics cache", UserError, remedy)
             mean, cov = (reference.get(key) if isinstance(reference, dict) else None for key in ("mean", "cov"))
             if not (isinstance(mean, Tensor) and isinstance(cov, Tensor) and mean.dtype == cov.dtype == torch.float64
-                    and mean.dim() == 1 and cov.shape == (len(mean), len(mean))):
-                raise UserError(f"{cache_file} does not hold FID statistics (a float64 mean and its square "
+                    and mean.dim() == 1 and cov.shape == (len(mean), len(mean)) and cov.isfinite().all()):
+                raise UserError(f"{cache_file} does not hold FID statistics (a float64 mean and its finite square "
                                 f"covariance). {remedy}")
             self.real_mean, self.real_cov = mean.to(self.statistics_device), cov.to(self.statistics_device)
         else:   # sorted: a memory-mapped set is read front to back

@@ -25,7 +25,7 @@ from utils.config import FIXED_FIELDS, IMPROVED_RECIPE, NAMED_FIELDS, TUNABLE_FI
 from utils.errors import ConfigError, UserError
 from utils.files import (CHECKPOINT, CONFIG, HISTORY, LOCK, REMADE, SAMPLES, atomic_path, frame_path, list_frames,
                          load_data, read_json, run_part)
-from utils.models import Discriminator, Generator, describe_network
+from utils.models import Discriminator, Generator, check_network_size, describe_network
 from utils.step import EMA
 from utils.urls import is_url, redact_url
 
@@ -136,13 +136,15 @@ def read_checkpoint(path: str | Path) -> dict:
     state = state if isinstance(state, dict) else {}
     plain = {"epoch": type(state.get("epoch")) is int and state["epoch"] >= 0,
              "config": isinstance(state.get("config"), dict), "history": _is_history(state.get("history")),
-             "precision": isinstance(state.get("precision", ""), str)}   # older checkpoints have none
+             "precision": isinstance(state.get("precision", ""), str),   # older checkpoints have none
+             "networks": isinstance(state.get("networks", {}), dict)}
     wrong = [key for key in _CHECKPOINT_KEYS if key not in state] or [key for key, ok in plain.items() if not ok]
     if wrong:
         raise CheckpointError(f"{path} is not a checkpoint of this project (missing or not what this code writes: "
                               f"{', '.join(wrong)}). {_MOVE_AWAY}")
     try:
         config = TrainConfig.from_dict(state["config"])
+        check_network_size(config, torch.device("cpu"))   # before anything is built from them
     except ConfigError as error:
         raise CheckpointError(f"{path} holds settings that are not valid ({error}). {_MOVE_AWAY}") from None
     noise = torch.empty(config.num_samples, config.latent_dim, 1, 1)
@@ -317,7 +319,8 @@ def _match_checkpoint(run_dir: Path, config: TrainConfig, state: dict | None, lo
             frame.unlink()
     elif later or remade or config_problem:
         own = [run_dir / CONFIG] if state is None and (run_dir / CONFIG).exists() else []
-        taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*") if path.name[8:].isdecimal()]
+        taken = [int(path.name[8:]) for path in run_dir.glob("earlier-*")
+                 if path.name[8:].isdecimal() and len(path.name) < 20]   # earlier-99...9: no longer name for the next
         aside = run_dir / f"earlier-{max(taken, default=0) + 1}"
         (aside / SAMPLES).mkdir(parents=True)   # never into a folder already there: the lock keeps others out meanwhile
         for path in [frame for _, frame in later] + remade + own:
@@ -369,6 +372,8 @@ class Run:
         except Timeout:
             raise UserError(f"{run_dir} is in use: another process is training in it. Wait for it to finish or stop it "
                             "(a notebook: Kernel > Interrupt; a shell: Ctrl-C), or train in another folder") from None
+        except OSError as error:   # a folder or a device named .lock
+            raise UserError(f"cannot lock {run_dir / LOCK} ({error.strerror}): move it away or choose another out")
         try:
             for stale in [*run_dir.glob(".*.tmp.*"), *(run_dir / SAMPLES).glob(".*.tmp.*")]:
                 stale.unlink()   # what writes cut short by a kill left: never complete

@@ -3,9 +3,10 @@
 import re
 import urllib.parse
 
-_SECRET_WORD = re.compile(r"token|key|sig|secret|pass|pwd|auth|cred|session", re.IGNORECASE)
-_NAME, _VALUE = re.compile(r"([\w.%-]+)="), re.compile(r"[^&#\s'\"]+")   # token=abc, X-Amz-Credential=..., to%6Ben=abc
-_USER_INFO = re.compile(r"(https?://)[^/?#'\"\n]*@", re.IGNORECASE)   # https://user:pass@, spaces in it included
+_SECRET_WORD = re.compile(r"token|key|sig|secret|pass|pw|auth|cred|session|jwt|bearer", re.IGNORECASE)
+_NAME, _VALUE = re.compile(r"([\w.%\[\]-]+)="), re.compile(r"[^&#;\s\"]+")   # token=, X-Amz-Credential=, auth[token]=
+_USER_INFO = re.compile(r"([a-z][a-z0-9+.-]*:/+)[^/?#'\"\n]*@", re.IGNORECASE)   # https://user:pass@ (ftp:/ too)
+_QUERY = re.compile(r"(https?://[^?#\s'\"]*)([?#][^\s\"]*)", re.IGNORECASE)   # a URL's query and fragment
 
 
 def is_url(data: str) -> bool:
@@ -22,9 +23,10 @@ def parses(url: str) -> bool:
 
 
 def redact(text: str) -> str:
-    """`text` with every URL's user:password@ and the value of every secret-named name=value (its name read as a
-    server decodes it: to%6Ben is token) replaced by ***."""
-    text, kept, end = _USER_INFO.sub(r"\1***@", text), [], 0
+    """`text` with every URL's user:password@ and query values, and the value of every secret-named name=value (its
+    name read as a server decodes it: to%6Ben is token) replaced by ***."""
+    text = _QUERY.sub(lambda url: url[1] + re.sub(r"=[^&;#]*", "=***", url[2]), _USER_INFO.sub(r"\1***@", text))
+    kept, end = [], 0
     for name in _NAME.finditer(text):   # every name=, also one inside another's value (data=https://...?token=...)
         value = _VALUE.match(text, name.end())
         if name.start() >= end and value and _SECRET_WORD.search(urllib.parse.unquote(name[1])):
