@@ -210,7 +210,9 @@ def compare_runs(run_dirs: list[str | Path] | None = None, fid: dict | None = No
                  image_size: int | None = None, last: int | None = None) -> Figure:
     """Show the table and figure of `run_dirs`, else of `list_runs(root, image_size, last)`, the last 12 drawn (print
     the table outside a notebook); returns the figure. `fid` ({run_dir: score}) overrides the histories' FID."""
-    run_dirs, given = [run_dirs] if isinstance(run_dirs, (str, Path)) else run_dirs, run_dirs is not None
+    if isinstance(run_dirs, (str, Path)):   # one folder, not a list of its letters
+        run_dirs = [run_dirs]
+    given = run_dirs is not None
     run_dirs = [Path(run_dir) for run_dir in run_dirs] if given else list_runs(root, image_size, last)
     refused = [f"{path} is not a run folder (no {CONFIG} or {CHECKPOINT})" if path.exists() else
                f"{path} does not exist" for path in run_dirs if not is_run_folder(path)]
